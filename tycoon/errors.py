@@ -1,0 +1,60 @@
+"""The one exception for every refusal in Tycoon, with stable error codes.
+
+A core raises :class:`Rejected`; an adapter turns it into a signed error reply
+(``code`` + ``message``) or, for an event, drops the message and counts it.
+"""
+
+from __future__ import annotations
+
+# Stable codes. Clients match on these; never rename one, only add.
+CODES: dict[str, str] = {
+    # envelope / transport
+    "malformed": "the message is not a well-formed envelope or body",
+    "too_large": "the message exceeds the size limit",
+    "too_deep": "the message nests deeper than allowed",
+    "bad_version": "unsupported protocol version",
+    "bad_signature": "the signature does not verify",
+    "unknown_kind": "the message kind is not known here",
+    "wrong_subject": "the message was signed for another subject",
+    "wrong_reply": "the reply answers another request",
+    "stale": "the timestamp is outside the freshness window",
+    "replayed": "this message was already seen",
+    "timeout": "no reply in time",
+    "unavailable": "no service answered",
+    "internal": "the service failed while handling the request",
+    # authorization
+    "forbidden": "the sender may not do this",
+    # money and accounts
+    "bad_amount": "the amount is not a positive integer in range",
+    "unknown_account": "no such account",
+    "account_exists": "the account already exists",
+    "overdraft": "the balance does not cover the amount",
+    "self_transfer": "payer and payee are the same account",
+    "conflict": "the same id was used with different fields",
+    "not_empty": "the account still holds money",
+    # receipts and hosts
+    "bad_receipt": "the receipt is not a valid bank receipt",
+    "wrong_host": "the receipt pays another host",
+    "already_redeemed": "the receipt was already redeemed",
+    "unknown_host": "no such host",
+    # bids
+    "bad_bid": "the bid does not parse or is out of range",
+    "not_admitted": "the bid's minimum cannot be met",
+    "no_funds": "the host account has no funds",
+    "expired": "the bid has expired",
+}
+
+
+class Rejected(Exception):
+    """A refusal with a stable ``code`` (a key of :data:`CODES`) and a human message."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        if code not in CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        self.code = code
+        self.message = message or CODES[code]
+        super().__init__(f"{code}: {self.message}")
+
+    def to_body(self) -> dict[str, str]:
+        """The body of a signed error reply."""
+        return {"code": self.code, "message": self.message}
