@@ -1,0 +1,134 @@
+"""Bank receipts: signed, self-contained money-transfer tokens checked offline.
+
+A receipt is one envelope (see :mod:`tycoon.bus.envelope`) of kind ``bank.receipt``
+sealed for subject ``tycoon.bank.receipt`` by the bank's key, with the body::
+
+    {"transfer_id": str, "payer": str, "payee": str, "amount": int,
+     "memo": str, "seq": int, "settled_ns": int}
+
+Whoever holds the bank's public key can verify it with :func:`verify_receipt`; no
+freshness check applies (a receipt is a durable token). :func:`make_receipt` is
+deterministic: the envelope timestamp is ``settled_ns`` and the nonce is derived
+from the bank key, transfer id and sequence, and Ed25519 signatures are
+deterministic, so the same inputs always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from tycoon.bus.envelope import NONCE_SIZE, open_envelope, seal
+from tycoon.bus.keys import Identity, is_public_key
+from tycoon.bus.subjects import BANK_RECEIPT
+from tycoon.errors import Rejected
+from tycoon.money import MAX_AMOUNT
+
+RECEIPT_KIND = "bank.receipt"
+MAX_TRANSFER_ID = 128
+MAX_MEMO = 256
+MAX_RECEIPT_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A verified bank receipt; ``raw`` is the exact signed bytes (present them to fund)."""
+
+    transfer_id: str
+    payer: str
+    payee: str
+    amount: int
+    memo: str
+    seq: int
+    settled_ns: int
+    raw: bytes
+
+    def to_body(self) -> dict[str, Any]:
+        """The receipt's body fields (without ``raw``)."""
+        return {
+            "transfer_id": self.transfer_id,
+            "payer": self.payer,
+            "payee": self.payee,
+            "amount": self.amount,
+            "memo": self.memo,
+            "seq": self.seq,
+            "settled_ns": self.settled_ns,
+        }
+
+
+def _nonce(bank_key: str, transfer_id: str, seq: int) -> bytes:
+    material = f"{bank_key}\x00{transfer_id}\x00{seq}".encode()
+    return hashlib.sha256(b"tycoon.bank.receipt.nonce\x00" + material).digest()[:NONCE_SIZE]
+
+
+def make_receipt(
+    bank_identity: Identity,
+    *,
+    transfer_id: str,
+    payer: str,
+    payee: str,
+    amount: int,
+    memo: str,
+    seq: int,
+    settled_ns: int,
+) -> bytes:
+    """Seal a receipt for one settled transfer with the bank's key (pure, deterministic)."""
+    body = {
+        "transfer_id": transfer_id,
+        "payer": payer,
+        "payee": payee,
+        "amount": amount,
+        "memo": memo,
+        "seq": seq,
+        "settled_ns": settled_ns,
+    }
+    return seal(
+        bank_identity,
+        RECEIPT_KIND,
+        body,
+        subject=BANK_RECEIPT,
+        ts_ns=settled_ns,
+        nonce=_nonce(bank_identity.public_key, transfer_id, seq),
+    )
+
+
+def _field(body: dict[str, Any], name: str, kind: type) -> Any:
+    value = body.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise Rejected("bad_receipt", f"receipt field {name!r} is missing or not {kind.__name__}")
+    return value
+
+
+def verify_receipt(raw: bytes, bank_key: str) -> Receipt:
+    """Verify a receipt offline against the bank's public key, or raise ``bad_receipt``."""
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise Rejected("bad_receipt", "a receipt is bytes")
+    raw = bytes(raw)
+    if len(raw) > MAX_RECEIPT_SIZE:
+        raise Rejected("bad_receipt", f"receipt larger than {MAX_RECEIPT_SIZE} bytes")
+    try:
+        msg = open_envelope(raw)
+    except Rejected as error:
+        raise Rejected("bad_receipt", f"not a valid envelope ({error.code})") from error
+    if msg.sender != bank_key:
+        raise Rejected("bad_receipt", "not signed by this bank")
+    if msg.kind != RECEIPT_KIND or msg.subject != BANK_RECEIPT:
+        raise Rejected("bad_receipt", f"a {msg.kind!r} envelope is not a receipt")
+    body = msg.body
+    transfer_id = _field(body, "transfer_id", str)
+    payer = _field(body, "payer", str)
+    payee = _field(body, "payee", str)
+    amount = _field(body, "amount", int)
+    memo = _field(body, "memo", str)
+    seq = _field(body, "seq", int)
+    settled_ns = _field(body, "settled_ns", int)
+    if not transfer_id or len(transfer_id) > MAX_TRANSFER_ID:
+        raise Rejected("bad_receipt", "bad transfer id")
+    if not (is_public_key(payer) and is_public_key(payee)) or payer == payee:
+        raise Rejected("bad_receipt", "payer and payee must be two account keys")
+    if not 1 <= amount <= MAX_AMOUNT:
+        raise Rejected("bad_receipt", "amount out of range")
+    if len(memo) > MAX_MEMO or seq < 1 or settled_ns < 0:
+        raise Rejected("bad_receipt", "memo, seq or settled time out of range")
+    return Receipt(transfer_id, payer, payee, amount, memo, seq, settled_ns, raw)
