@@ -1,0 +1,35 @@
+"""Shared fixtures: a real nats-server on a free port, fresh identities."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from tycoon.bus.keys import Identity
+from tycoon.natsserver import NatsServer, nats_server_binary
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nats_server_installed() -> None:
+    # CI must fail, not skip, when the binary is missing.
+    nats_server_binary()
+
+
+@pytest.fixture
+async def nats_server() -> AsyncIterator[NatsServer]:
+    """A started nats-server on loopback, stopped after the test."""
+    async with NatsServer() as server:
+        yield server
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    """The URL of a running nats-server."""
+    return nats_server.url
+
+
+@pytest.fixture
+def identity_factory() -> Callable[[], Identity]:
+    """Call it to get a fresh random identity."""
+    return Identity.generate

@@ -1,0 +1,210 @@
+"""A signed connection to NATS: every publish is sealed, every receipt is verified.
+
+``Bus`` is the only place where the envelope meets the network. It checks the
+subject binding, freshness and replays for live traffic, counts every rejection
+by code and logs it, and for requests checks that a reply answers this request.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from tycoon.bus.envelope import DEFAULT_LIMITS, Limits, Message, open_envelope, seal
+from tycoon.bus.keys import Identity, subject_id
+from tycoon.bus.replay import ReplayGuard
+from tycoon.errors import CODES, Rejected
+from tycoon.log import get_logger
+
+Handler = Callable[[Message], Awaitable[None]]
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+class Bus:
+    """One principal's signed view of the bus."""
+
+    def __init__(
+        self,
+        nc: Client,
+        identity: Identity,
+        *,
+        guard: ReplayGuard | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.nc = nc
+        self.identity = identity
+        self.guard = guard or ReplayGuard()
+        self.limits = limits
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self.log = get_logger("bus", me=subject_id(identity.public_key))
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def inbox_prefix(self) -> str:
+        """This principal's own reply-inbox prefix."""
+        return inbox_prefix(self.identity)
+
+    def verify(self, data: bytes, subject: str) -> Message:
+        """Open an envelope received on ``subject`` and check binding, freshness, replay."""
+        msg = open_envelope(data, limits=self.limits)
+        if msg.subject != subject:
+            raise Rejected("wrong_subject", f"signed for {msg.subject!r}, received on {subject!r}")
+        self.guard.check(msg)
+        return msg
+
+    def count_rejection(self, error: Rejected, subject: str, **context: Any) -> None:
+        """Count and log one rejected message."""
+        self.rejected[error.code] += 1
+        self.log.warning(
+            "rejected", code=error.code, reason=error.message, subject=subject, **context
+        )
+
+    async def publish(self, subject: str, kind: str, body: Any) -> None:
+        """Seal ``body`` as ``kind`` for ``subject`` and publish it."""
+        await self.nc.publish(subject, seal(self.identity, kind, body, subject=subject))
+
+    async def reply(self, request: Message | bytes, reply_to: str, kind: str, body: Any) -> None:
+        """Send a signed reply bound to the digest of ``request``."""
+        raw = request.raw if isinstance(request, Message) else request
+        answers = hashlib.sha256(raw).digest()
+        await self.nc.publish(reply_to, seal(self.identity, kind, body, answers=answers))
+
+    async def request(self, subject: str, kind: str, body: Any, *, timeout: float = 5.0) -> Message:
+        """Send a signed request and return the verified reply.
+
+        An ``error`` reply raises :class:`Rejected` with the remote code.
+        """
+        raw = seal(self.identity, kind, body, subject=subject)
+        try:
+            resp = await self.nc.request(subject, raw, timeout=timeout)
+        except nats.errors.NoRespondersError as exc:
+            raise Rejected("unavailable", f"no service answers on {subject}") from exc
+        except nats.errors.TimeoutError as exc:
+            raise Rejected("timeout", f"no reply on {subject} within {timeout}s") from exc
+        return self.check_reply(raw, resp.data)
+
+    def check_reply(self, request_raw: bytes, data: bytes) -> Message:
+        """Verify a reply to ``request_raw``; raise the remote error if it is one."""
+        try:
+            msg = open_envelope(data, limits=self.limits)
+            if msg.answers != hashlib.sha256(request_raw).digest():
+                raise Rejected("wrong_reply", "the reply answers another request")
+            self.guard.check(msg)
+        except Rejected as error:
+            self.count_rejection(error, "<reply>")
+            raise
+        if msg.kind == "error":
+            code = msg.body.get("code")
+            text = str(msg.body.get("message", ""))[:1024]
+            if code in CODES:
+                raise Rejected(code, text)
+            raise Rejected("internal", f"{code!s:.64}: {text}")
+        if msg.kind != "reply":
+            raise Rejected("malformed", f"expected a reply, got {msg.kind!r}")
+        return msg
+
+    async def subscribe(self, subject: str, handler: Handler, *, queue: str = "") -> Subscription:
+        """Deliver every verified message on ``subject`` to ``handler``; drop the rest."""
+
+        async def on_message(raw: Msg) -> None:
+            try:
+                msg = self.verify(raw.data, raw.subject)
+            except Rejected as error:
+                self.count_rejection(error, raw.subject)
+                return
+            try:
+                await handler(msg)
+            except Exception:
+                self.log.exception("handler failed", subject=raw.subject, kind=msg.kind)
+
+        return await self.nc.subscribe(subject, queue=queue, cb=on_message)
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        await self.nc.flush(timeout=timeout)
+
+    async def close(self) -> None:
+        """Drain subscriptions and close the connection."""
+        if not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+
+
+def inbox_prefix(identity: Identity) -> str:
+    """``_INBOX.<principal id>``: each principal reads replies only under its own prefix."""
+    return f"_INBOX.{subject_id(identity.public_key)}"
+
+
+async def open_bus(
+    url: str | list[str],
+    identity: Identity,
+    *,
+    name: str = "",
+    creds: str | None = None,
+    use_nkey: bool = True,
+    connect_timeout: float = 2.0,
+    reconnect_wait: float = 0.5,
+    limits: Limits = DEFAULT_LIMITS,
+    guard: ReplayGuard | None = None,
+) -> Bus:
+    """Connect ``identity`` to NATS (reconnecting forever) and return its :class:`Bus`."""
+    log = get_logger("nats", me=subject_id(identity.public_key), client=name)
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", error=str(exc) or type(exc).__name__)
+
+    client: list[Client] = []
+
+    async def on_disconnect() -> None:
+        closing = client and (client[0].is_closed or client[0].is_draining)
+        (log.debug if closing else log.warning)("disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("reconnected")
+
+    options: dict[str, Any] = {
+        "servers": url,
+        "name": name or subject_id(identity.public_key),
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnect,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": reconnect_wait,
+        "connect_timeout": connect_timeout,
+        "inbox_prefix": inbox_prefix(identity),
+        "ping_interval": 5,
+        "max_outstanding_pings": 3,
+    }
+    if creds:
+        options["user_credentials"] = creds
+    elif use_nkey:
+        options["nkeys_seed_str"] = identity.seed
+    nc = await nats.connect(**options)
+    client.append(nc)
+    return Bus(nc, identity, limits=limits, guard=guard)
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str | list[str], identity: Identity, **options: Any) -> AsyncIterator[Bus]:
+    """``async with connect(url, identity) as bus:`` — a Bus closed (drained) on exit."""
+    bus = await open_bus(url, identity, **options)
+    try:
+        yield bus
+    finally:
+        await bus.close()

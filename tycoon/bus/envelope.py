@@ -1,0 +1,208 @@
+"""The signed envelope: the one shape of every message on every ``tycoon.*`` subject.
+
+Layout (all integers big-endian; see docs/protocol.md for the full specification)::
+
+    0      2   magic  b"TY"
+    2      1   version (1)
+    3      32  sender's raw Ed25519 public key
+    35     N   payload: msgpack array [kind, subject, answers, ts_ns, nonce, body]
+    35+N   64  Ed25519 signature over bytes [0, 35+N)
+
+The signature is checked over the exact received bytes before the payload is
+decoded; nothing is ever re-encoded to verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from tycoon.bus.keys import Identity, public_key_from_raw, verify_raw
+from tycoon.bus.kinds import KINDS
+from tycoon.errors import Rejected
+
+MAGIC = b"TY"
+VERSION = 1
+HEADER_SIZE = 35
+SIGNATURE_SIZE = 64
+NONCE_SIZE = 16
+DIGEST_SIZE = 32
+MAX_SUBJECT = 256
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what the decoder accepts."""
+
+    max_size: int = 1024 * 1024
+    max_depth: int = 16
+    max_str: int = 64 * 1024
+    max_bin: int = 1024 * 1024
+    max_array: int = 100_000
+    max_map: int = 100_000
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Message:
+    """A verified, decoded envelope."""
+
+    kind: str
+    subject: str
+    answers: bytes
+    sender: str
+    ts_ns: int
+    nonce: bytes
+    body: Any
+    raw: bytes
+
+    @property
+    def digest(self) -> bytes:
+        """sha256 of the exact bytes received: what a reply binds to."""
+        return hashlib.sha256(self.raw).digest()
+
+
+def seal(
+    identity: Identity,
+    kind: str,
+    body: Any,
+    *,
+    subject: str = "",
+    answers: bytes = b"",
+    ts_ns: int | None = None,
+    nonce: bytes | None = None,
+) -> bytes:
+    """Encode and sign one envelope; the returned bytes are sent as they are."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}")
+    if answers and len(answers) != DIGEST_SIZE:
+        raise ValueError("answers must be a 32-byte digest")
+    payload = msgpack.packb(
+        [
+            kind,
+            subject,
+            answers,
+            time.time_ns() if ts_ns is None else ts_ns,
+            os.urandom(NONCE_SIZE) if nonce is None else nonce,
+            body,
+        ],
+        use_bin_type=True,
+    )
+    signed = MAGIC + bytes([VERSION]) + identity.raw_public_key + payload
+    return signed + identity.sign(signed)
+
+
+def _raise_ext(code: int, data: bytes) -> Any:
+    raise Rejected("malformed", f"msgpack extension type {code} is not allowed")
+
+
+_PLAIN = (str, bytes, int, float, bool, type(None))
+
+
+def _check_depth(obj: Any, max_depth: int) -> None:
+    """Refuse nesting deeper than ``max_depth`` and any non-plain value (iterative walk)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        elif isinstance(item, _PLAIN):
+            continue
+        else:
+            raise Rejected("malformed", f"value of type {type(item).__name__} is not allowed")
+        if depth > max_depth:
+            raise Rejected("too_deep", f"nesting deeper than {max_depth}")
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+            elif not isinstance(child, _PLAIN):
+                raise Rejected("malformed", f"value of type {type(child).__name__} not allowed")
+
+
+def open_envelope(raw: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Verify and decode one envelope, or raise :class:`Rejected` with the reason."""
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise Rejected("malformed", "an envelope is bytes")
+    raw = bytes(raw)
+    if len(raw) > limits.max_size:
+        raise Rejected("too_large", f"{len(raw)} bytes > limit {limits.max_size}")
+    if len(raw) < HEADER_SIZE + 1 + SIGNATURE_SIZE:
+        raise Rejected("malformed", "shorter than the smallest envelope")
+    if raw[:2] != MAGIC:
+        raise Rejected("malformed", "bad magic")
+    if raw[2] != VERSION:
+        raise Rejected("bad_version", f"version {raw[2]} (this side speaks {VERSION})")
+    signed, signature = raw[:-SIGNATURE_SIZE], raw[-SIGNATURE_SIZE:]
+    sender_raw = raw[3:HEADER_SIZE]
+    if not verify_raw(sender_raw, signed, signature):
+        raise Rejected("bad_signature", "signature does not verify for the sender's key")
+    try:
+        payload = msgpack.unpackb(
+            signed[HEADER_SIZE:],
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            ext_hook=_raise_ext,
+            max_str_len=limits.max_str,
+            max_bin_len=limits.max_bin,
+            max_array_len=limits.max_array,
+            max_map_len=limits.max_map,
+            max_ext_len=0,
+        )
+    except msgpack.StackError as exc:
+        raise Rejected("too_deep", "msgpack nesting too deep") from exc
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise Rejected("malformed", f"payload is not valid msgpack: {exc}") from exc
+    return _message_from(payload, sender_raw, raw, limits)
+
+
+def _message_from(payload: Any, sender_raw: bytes, raw: bytes, limits: Limits) -> Message:
+    if not isinstance(payload, list) or len(payload) != 6:
+        raise Rejected("malformed", "payload must be an array of 6 fields")
+    kind, subject, answers, ts_ns, nonce, body = payload
+    if not isinstance(kind, str):
+        raise Rejected("malformed", "kind must be a string")
+    if kind not in KINDS:
+        raise Rejected("unknown_kind", f"unknown kind {kind[:64]!r}")
+    if not isinstance(subject, str) or len(subject) > MAX_SUBJECT:
+        raise Rejected("malformed", "subject must be a string of at most 256 characters")
+    if not isinstance(answers, bytes) or len(answers) not in (0, DIGEST_SIZE):
+        raise Rejected("malformed", "answers must be empty or a 32-byte digest")
+    if bool(answers) == bool(subject):
+        raise Rejected("malformed", "exactly one of subject and answers must be set")
+    if not isinstance(ts_ns, int) or isinstance(ts_ns, bool) or not 0 <= ts_ns < 2**63:
+        raise Rejected("malformed", "timestamp must be a non-negative int64 of nanoseconds")
+    if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
+        raise Rejected("malformed", f"nonce must be {NONCE_SIZE} bytes")
+    if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
+        raise Rejected("malformed", "body must be a map with string keys")
+    _check_depth(body, limits.max_depth - 1)
+    return Message(
+        kind=kind,
+        subject=subject,
+        answers=answers,
+        sender=public_key_from_raw(sender_raw),
+        ts_ns=ts_ns,
+        nonce=nonce,
+        body=body,
+        raw=raw,
+    )
+
+
+def is_finite_number(value: object) -> bool:
+    """True for an int or a finite float (not bool)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and math.isfinite(value)

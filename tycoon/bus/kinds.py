@@ -1,0 +1,39 @@
+"""Every message kind the system knows. Decoding refuses any other (``unknown_kind``)."""
+
+from __future__ import annotations
+
+KINDS: set[str] = {
+    # replies
+    "reply",
+    "error",
+    # bank
+    "bank.open",
+    "bank.mint",
+    "bank.transfer",
+    "bank.balance",
+    "bank.history",
+    "bank.close",
+    "bank.settled",
+    "bank.receipt",
+    # auctioneer
+    "host.account",
+    "host.fund",
+    "host.bid",
+    "host.refund",
+    "host.status",
+    "price",
+    "alloc",
+    # sls
+    "sls.query",
+    "sls.host",
+    "sls.snapshot",
+    # agents and brokers
+    "agent.plan",
+    "agent.rebid",
+    "agent.warning",
+    "agent.done",
+    "broker.enroll",
+    "broker.status",
+    # the bus's own demo and liveness exchange
+    "demo.echo",
+}

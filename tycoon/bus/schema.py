@@ -1,0 +1,99 @@
+"""Typed readers for message bodies: each returns the field or raises ``malformed``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tycoon.errors import Rejected
+
+_MISSING = object()
+
+
+def _get(body: Any, name: str, optional: bool) -> Any:
+    if not isinstance(body, dict):
+        raise Rejected("malformed", "body must be a map")
+    value = body.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        if optional:
+            return _MISSING
+        raise Rejected("malformed", f"missing field {name!r}")
+    return value
+
+
+def get_str(body: Any, name: str, *, optional: bool = False, max_len: int = 256) -> str | None:
+    """A string field of at most ``max_len`` characters."""
+    value = _get(body, name, optional)
+    if value is _MISSING:
+        return None
+    if not isinstance(value, str):
+        raise Rejected("malformed", f"field {name!r} must be a string")
+    if len(value) > max_len:
+        raise Rejected("malformed", f"field {name!r} is longer than {max_len}")
+    return value
+
+
+def get_int(body: Any, name: str, *, optional: bool = False) -> int | None:
+    """An integer field (bool is not an integer here)."""
+    value = _get(body, name, optional)
+    if value is _MISSING:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise Rejected("malformed", f"field {name!r} must be an integer")
+    return value
+
+
+def get_float(body: Any, name: str, *, optional: bool = False) -> float | None:
+    """A finite number field, returned as float."""
+    value = _get(body, name, optional)
+    if value is _MISSING:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Rejected("malformed", f"field {name!r} must be a number")
+    if not math.isfinite(value):
+        raise Rejected("malformed", f"field {name!r} must be finite")
+    return float(value)
+
+
+def get_bytes(
+    body: Any, name: str, *, optional: bool = False, max_len: int = 1024 * 1024
+) -> bytes | None:
+    """A binary field of at most ``max_len`` bytes."""
+    value = _get(body, name, optional)
+    if value is _MISSING:
+        return None
+    if not isinstance(value, bytes):
+        raise Rejected("malformed", f"field {name!r} must be binary")
+    if len(value) > max_len:
+        raise Rejected("malformed", f"field {name!r} is longer than {max_len} bytes")
+    return value
+
+
+def get_map(body: Any, name: str, *, optional: bool = False) -> dict[str, Any] | None:
+    """A map field."""
+    value = _get(body, name, optional)
+    if value is _MISSING:
+        return None
+    if not isinstance(value, dict):
+        raise Rejected("malformed", f"field {name!r} must be a map")
+    return value
+
+
+def get_list(body: Any, name: str, *, optional: bool = False) -> list[Any] | None:
+    """An array field."""
+    value = _get(body, name, optional)
+    if value is _MISSING:
+        return None
+    if not isinstance(value, list):
+        raise Rejected("malformed", f"field {name!r} must be an array")
+    return value
+
+
+def get_bool(body: Any, name: str, *, optional: bool = False) -> bool | None:
+    """A boolean field."""
+    value = _get(body, name, optional)
+    if value is _MISSING:
+        return None
+    if not isinstance(value, bool):
+        raise Rejected("malformed", f"field {name!r} must be a boolean")
+    return value

@@ -1,0 +1,74 @@
+"""Every subject of the system, built in one place (lowercase, broad to narrow)."""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "tycoon"
+ALL = "tycoon.>"
+PRICES_ALL = "tycoon.price.*"
+ALLOCS_ALL = "tycoon.alloc.*"
+BANK_SETTLED = "tycoon.bank.settled"
+BANK_RECEIPT = "tycoon.bank.receipt"
+SLS_SNAPSHOT = "tycoon.sls.snapshot"
+AGENTS_ALL = "tycoon.agent.>"
+
+_TOKEN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def token(value: str) -> str:
+    """Check that ``value`` is one safe subject token (no dots, wildcards or spaces)."""
+    if not _TOKEN.match(value):
+        raise ValueError(f"not a subject token: {value!r}")
+    return value
+
+
+def price(host: str) -> str:
+    """Price updates of one host."""
+    return f"{PREFIX}.price.{token(host)}"
+
+
+def alloc(host: str) -> str:
+    """Allocation changes of one host."""
+    return f"{PREFIX}.alloc.{token(host)}"
+
+
+def host_op(host: str, op: str) -> str:
+    """A request to one host's auctioneer (account, fund, bid, refund, status)."""
+    return f"{PREFIX}.host.{token(host)}.{token(op)}"
+
+
+def host_all(host: str) -> str:
+    """Every request subject of one host."""
+    return f"{PREFIX}.host.{token(host)}.>"
+
+
+def bank(op: str) -> str:
+    """A request to the bank (open, mint, transfer, balance, history, close)."""
+    return f"{PREFIX}.bank.{token(op)}"
+
+
+def sls(op: str) -> str:
+    """A query to the SLS (query, host)."""
+    return f"{PREFIX}.sls.{token(op)}"
+
+
+def agent(agent_id: str, event: str) -> str:
+    """What one agent decides (plan, rebid, warning, done)."""
+    return f"{PREFIX}.agent.{token(agent_id)}.{token(event)}"
+
+
+def agent_all(agent_id: str) -> str:
+    """Every event subject of one agent."""
+    return f"{PREFIX}.agent.{token(agent_id)}.>"
+
+
+def host_of(subject: str) -> str | None:
+    """The host token of a price, alloc or host subject, else None."""
+    parts = subject.split(".")
+    if len(parts) >= 3 and parts[0] == PREFIX and parts[1] in ("price", "alloc", "host"):
+        return parts[2]
+    return None
+
+
+DEMO_ECHO = f"{PREFIX}.demo.echo"
