@@ -1,4 +1,4 @@
-"""Logging, configured once: JSON lines when stderr is not a terminal, console rendering when it is."""
+"""Logging, configured once: JSON lines when stderr is not a terminal, console text when it is."""
 
 from __future__ import annotations
 

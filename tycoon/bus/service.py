@@ -167,7 +167,8 @@ class Service:
         except Exception as exc:
             self.stats.errors["internal"] += 1
             self.log.exception("handler failed", kind=msg.kind, sender=msg.sender)
-            body, kind = Rejected("internal", f"{type(exc).__name__} in {msg.kind}").to_body(), "error"
+            error = Rejected("internal", f"{type(exc).__name__} in {msg.kind}")
+            body, kind = error.to_body(), "error"
         await self._reply(raw, reply_to, kind, body)
 
     async def _reply(self, raw: bytes, reply_to: str, kind: str, body: Any) -> None:

@@ -23,7 +23,9 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every command module registered."""
-    parser = argparse.ArgumentParser(prog="tycoon", description="A market for a cluster's resources.")
+    parser = argparse.ArgumentParser(
+        prog="tycoon", description="A market for a cluster's resources."
+    )
     parser.add_argument("--version", action="version", version=f"tycoon {__version__}")
     parser.add_argument(
         "--nats",
