@@ -42,6 +42,7 @@ CODES: dict[str, str] = {
     "not_admitted": "the bid's minimum cannot be met",
     "no_funds": "the host account has no funds",
     "expired": "the bid has expired",
+    "bad_input": "the input to a computation (solver, predictor, simulator) is not valid",
 }
 
 
