@@ -42,6 +42,8 @@ CODES: dict[str, str] = {
     "not_admitted": "the bid's minimum cannot be met",
     "no_funds": "the host account has no funds",
     "expired": "the bid has expired",
+    "bad_share": "a share is not a fraction in 0..1 or a resource is shared out above 1",
+    "driver_failed": "the VMM driver could not apply the change on the host",
     "bad_input": "the input to a computation (solver, predictor, simulator) is not valid",
 }
 
