@@ -15,6 +15,7 @@ KINDS: set[str] = {
     "bank.close",
     "bank.settled",
     "bank.receipt",
+    "bank.info",
     # auctioneer
     "host.account",
     "host.fund",

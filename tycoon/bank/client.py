@@ -1,0 +1,130 @@
+"""``BankClient``: the async client of the bank, signed by the bus's identity.
+
+Every reply must be signed by the bank's key (given by the caller, never learnt
+from the wire) and answer this very request. A transfer's receipt is verified
+offline and checked against what was asked. Idempotent operations (transfer,
+mint, balance, history) are retried on ``timeout``/``unavailable`` with the same
+transfer or mint id, so a retry never pays twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import nats.errors
+
+from tycoon.bank.receipt import Receipt, verify_receipt
+from tycoon.bus import subjects
+from tycoon.bus.connection import Bus
+from tycoon.bus.envelope import HEADER_SIZE, seal
+from tycoon.bus.keys import decode_public_key
+from tycoon.errors import Rejected
+
+RETRYABLE = ("timeout", "unavailable")
+
+
+def new_id() -> str:
+    """A fresh random transfer or mint id (128 bits, hex)."""
+    return os.urandom(16).hex()
+
+
+class BankClient:
+    """Talks to the bank whose public key is ``bank_key``, as the bus's identity."""
+
+    def __init__(self, bus: Bus, bank_key: str, *, timeout: float = 5.0, retries: int = 2,
+                 retry_wait: float = 0.2) -> None:
+        self.bus = bus
+        self.bank_key = bank_key
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_wait = retry_wait
+        self._bank_raw = decode_public_key(bank_key)
+
+    @property
+    def account(self) -> str:
+        """This client's own account id (its public key)."""
+        return self.bus.identity.public_key
+
+    async def _call_once(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        subject = subjects.bank(op)
+        raw = seal(self.bus.identity, f"bank.{op}", body, subject=subject)
+        try:
+            resp = await self.bus.nc.request(subject, raw, timeout=self.timeout)
+        except nats.errors.NoRespondersError as exc:
+            raise Rejected("unavailable", f"no bank answers on {subject}") from exc
+        except nats.errors.TimeoutError as exc:
+            raise Rejected("timeout", f"no reply from the bank within {self.timeout}s") from exc
+        if resp.data[3:HEADER_SIZE] != self._bank_raw:
+            raise Rejected("wrong_reply", "the reply is not signed by the bank's key")
+        return dict(self.bus.check_reply(raw, resp.data).body)
+
+    async def _call(self, op: str, body: dict[str, Any], *, retry: bool) -> dict[str, Any]:
+        attempt = 0
+        while True:
+            try:
+                return await self._call_once(op, body)
+            except Rejected as error:
+                if not retry or error.code not in RETRYABLE or attempt >= self.retries:
+                    raise
+            attempt += 1
+            await asyncio.sleep(self.retry_wait * attempt)
+
+    async def open(self, name: str | None = None, *, exist_ok: bool = False) -> dict[str, Any]:
+        """Open this key's account; ``exist_ok`` accepts an already open one."""
+        body = {} if name is None else {"name": name}
+        try:
+            return await self._call("open", body, retry=False)
+        except Rejected as error:
+            if exist_ok and error.code == "account_exists":
+                return {"account": self.account, "name": name or "", "seq": None}
+            raise
+
+    async def mint(self, account: str, amount: int, mint_id: str | None = None, *,
+                   memo: str = "") -> dict[str, Any]:
+        """Credit ``account`` with ``amount`` micro-credits (operator key only)."""
+        body = {"account": account, "amount": amount, "mint_id": mint_id or new_id(),
+                "memo": memo}
+        return await self._call("mint", body, retry=True)
+
+    async def transfer(self, payee: str, amount: int, *, transfer_id: str | None = None,
+                       memo: str = "") -> Receipt:
+        """Pay ``amount`` to ``payee``; returns the verified receipt (same id -> same receipt)."""
+        tid = transfer_id or new_id()
+        body = {"payee": payee, "amount": amount, "transfer_id": tid, "memo": memo}
+        reply = await self._call("transfer", body, retry=True)
+        receipt = verify_receipt(reply.get("receipt"), self.bank_key)  # type: ignore[arg-type]
+        if (receipt.transfer_id, receipt.payer, receipt.payee, receipt.amount,
+                receipt.memo) != (tid, self.account, payee, amount, memo):
+            raise Rejected("bad_receipt", "the receipt does not match the transfer asked for")
+        return receipt
+
+    async def balance(self, account: str | None = None) -> int:
+        """The balance of ``account`` (default: this client's own) in micro-credits."""
+        body = {} if account is None else {"account": account}
+        reply = await self._call("balance", body, retry=True)
+        balance = reply.get("balance")
+        if not isinstance(balance, int) or isinstance(balance, bool):
+            raise Rejected("malformed", "balance reply without an integer balance")
+        return balance
+
+    async def history(self, offset: int = 0, limit: int = 100, *,
+                      account: str | None = None) -> list[dict[str, Any]]:
+        """One page of the account's history, oldest first."""
+        body: dict[str, Any] = {"offset": offset, "limit": limit}
+        if account is not None:
+            body["account"] = account
+        reply = await self._call("history", body, retry=True)
+        entries = reply.get("entries")
+        if not isinstance(entries, list):
+            raise Rejected("malformed", "history reply without entries")
+        return entries
+
+    async def close(self) -> dict[str, Any]:
+        """Close this key's account (only with a zero balance)."""
+        return await self._call("close", {}, retry=False)
+
+    async def info(self) -> dict[str, Any]:
+        """The bank's public key, operator key, ledger sequence and account count."""
+        return await self._call("info", {}, retry=True)

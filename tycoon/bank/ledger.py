@@ -1,0 +1,273 @@
+"""The ledger core (sans-IO): accounts, mints, transfers and receipts over a Store.
+
+Requests are applied to a :class:`Batch`; each operation either raises
+:class:`~tycoon.errors.Rejected` and changes nothing, or records its events in the
+batch. :meth:`Ledger.commit` writes the whole batch in one durable store
+transaction and only then makes it visible; :meth:`Ledger.abort` (or a failed
+commit) drops it, leaving the ledger exactly as before. The service adapter
+group-commits: many concurrent requests share one batch and one fsync, and each
+reply is sent only after its batch is durable.
+
+The accounts live in memory (loaded at start); the event log is read through the
+store for idempotency look-ups and history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tycoon.bank.receipt import MAX_MEMO, MAX_TRANSFER_ID, Receipt, make_receipt
+from tycoon.bank.store import AccountRow, EventRow, Store
+from tycoon.bus.keys import Identity, is_public_key
+from tycoon.errors import Rejected
+from tycoon.money import MAX_AMOUNT, check_amount
+
+MAX_NAME = 64
+MAX_HISTORY_PAGE = 1000
+
+
+def _check_id(value: str, what: str) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_TRANSFER_ID:
+        raise Rejected("malformed", f"{what} must be 1..{MAX_TRANSFER_ID} characters")
+    if not value.isprintable():
+        raise Rejected("malformed", f"{what} must be printable")
+    return value
+
+
+def _check_text(value: str, what: str, max_len: int) -> str:
+    if not isinstance(value, str) or len(value) > max_len or not value.isprintable():
+        raise Rejected("malformed", f"{what} must be printable text of at most {max_len}")
+    return value
+
+
+def _receipt_of(event: EventRow) -> Receipt:
+    assert event.receipt is not None and event.op_id is not None
+    assert event.payer is not None and event.payee is not None
+    return Receipt(event.op_id, event.payer, event.payee, event.amount, event.memo,
+                   event.seq, event.ts_ns, event.receipt)
+
+
+class Batch:
+    """Operations applied together and committed (or dropped) as one unit."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self.seq = ledger.seq
+        self.minted = ledger.minted
+        self.events: list[EventRow] = []
+        self.dirty: dict[str, AccountRow] = {}
+        self.ops: dict[tuple[str, str], EventRow] = {}
+        self.receipts: list[bytes] = []
+
+    def _account(self, account: str) -> AccountRow | None:
+        row = self.dirty.get(account)
+        return row if row is not None else self._ledger.accounts.get(account)
+
+    def _live(self, account: str, role: str) -> AccountRow:
+        row = self._account(account) if is_public_key(account) else None
+        if row is None or row.closed:
+            raise Rejected("unknown_account", f"{role} {account[:60]!r} has no open account")
+        return row
+
+    def _find(self, kind: str, op_id: str) -> EventRow | None:
+        found = self.ops.get((kind, op_id))
+        return found if found is not None else self._ledger.store.find_op(kind, op_id)
+
+    def _record(self, event: EventRow) -> None:
+        self.events.append(event)
+        if event.op_id is not None:
+            self.ops[(event.kind, event.op_id)] = event
+
+    def _next(self) -> tuple[int, int]:
+        self.seq += 1
+        return self.seq, self._ledger.clock()
+
+    def open(self, sender: str, name: str = "") -> dict[str, Any]:
+        """Open the account of key ``sender`` (re-opening a closed one starts it at zero)."""
+        _check_text(name, "name", MAX_NAME)
+        if not is_public_key(sender):
+            raise Rejected("malformed", "an account id is a user public key")
+        existing = self._account(sender)
+        if existing is not None and not existing.closed:
+            raise Rejected("account_exists", "this key already has an open account")
+        seq, ts = self._next()
+        self._record(EventRow(seq, "open", ts, sender, payee=sender, memo=name))
+        self.dirty[sender] = AccountRow(sender, name, 0, False, seq)
+        return {"account": sender, "name": name, "seq": seq}
+
+    def mint(self, sender: str, account: str, amount: int, mint_id: str,
+             memo: str = "") -> dict[str, Any]:
+        """Credit ``account`` with new money; only the operator may; idempotent by ``mint_id``."""
+        if sender != self._ledger.operator:
+            raise Rejected("forbidden", "only the operator key may mint")
+        check_amount(amount)
+        _check_id(mint_id, "mint id")
+        _check_text(memo, "memo", MAX_MEMO)
+        previous = self._find("mint", mint_id)
+        if previous is not None:
+            if (previous.payee, previous.amount, previous.memo) != (account, amount, memo):
+                raise Rejected("conflict", f"mint id {mint_id!r} was used with other fields")
+            return {"mint_id": mint_id, "account": account, "amount": amount,
+                    "seq": previous.seq}
+        row = self._live(account, "account")
+        if amount > MAX_AMOUNT - self.minted:
+            raise Rejected("bad_amount", "minting this would exceed the ledger's range")
+        seq, ts = self._next()
+        self._record(EventRow(seq, "mint", ts, sender, op_id=mint_id, payee=account,
+                              amount=amount, memo=memo))
+        self.dirty[account] = dataclasses.replace(row, balance=row.balance + amount)
+        self.minted += amount
+        return {"mint_id": mint_id, "account": account, "amount": amount, "seq": seq}
+
+    def transfer(self, payer: str, payee: str, amount: int, transfer_id: str,
+                 memo: str = "") -> Receipt:
+        """Move ``amount`` from ``payer`` to ``payee``; idempotent by ``transfer_id``."""
+        check_amount(amount)
+        _check_id(transfer_id, "transfer id")
+        _check_text(memo, "memo", MAX_MEMO)
+        if payer == payee:
+            raise Rejected("self_transfer", "payer and payee are the same account")
+        previous = self._find("transfer", transfer_id)
+        if previous is not None:
+            if (previous.payer, previous.payee, previous.amount, previous.memo) != (
+                payer, payee, amount, memo
+            ):
+                raise Rejected("conflict",
+                               f"transfer id {transfer_id!r} was used with other fields")
+            return _receipt_of(previous)
+        source = self._live(payer, "payer")
+        target = self._live(payee, "payee")
+        if source.balance < amount:
+            raise Rejected("overdraft", f"balance {source.balance} < amount {amount}")
+        seq, ts = self._next()
+        raw = make_receipt(self._ledger.bank, transfer_id=transfer_id, payer=payer,
+                           payee=payee, amount=amount, memo=memo, seq=seq, settled_ns=ts)
+        self._record(EventRow(seq, "transfer", ts, payer, op_id=transfer_id, payer=payer,
+                              payee=payee, amount=amount, memo=memo, receipt=raw))
+        self.dirty[payer] = dataclasses.replace(source, balance=source.balance - amount)
+        self.dirty[payee] = dataclasses.replace(target, balance=target.balance + amount)
+        self.receipts.append(raw)
+        return Receipt(transfer_id, payer, payee, amount, memo, seq, ts, raw)
+
+    def close(self, sender: str) -> dict[str, Any]:
+        """Close the sender's own account; only with a zero balance."""
+        row = self._live(sender, "account")
+        if row.balance != 0:
+            raise Rejected("not_empty", f"the account still holds {row.balance}")
+        seq, ts = self._next()
+        self._record(EventRow(seq, "close", ts, sender, payer=sender))
+        self.dirty[sender] = dataclasses.replace(row, closed=True)
+        return {"account": sender, "seq": seq}
+
+
+class Ledger:
+    """The bank's state machine over a :class:`~tycoon.bank.store.Store`."""
+
+    def __init__(
+        self,
+        store: Store,
+        bank: Identity,
+        *,
+        operator: str,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if not is_public_key(operator):
+            raise ValueError("the operator must be a user public key (U…)")
+        known = store.get_meta("bank_key")
+        if known is None:
+            store.set_meta("bank_key", bank.public_key)
+        elif known != bank.public_key:
+            raise ValueError(f"this ledger belongs to bank key {known}, not {bank.public_key}")
+        self.store = store
+        self.bank = bank
+        self.operator = operator
+        self.clock = clock
+        self.accounts: dict[str, AccountRow] = store.load_accounts()
+        self.seq = store.last_seq()
+        self.minted = store.total_minted()
+
+    def batch(self) -> Batch:
+        """Start a batch on the committed state."""
+        return Batch(self)
+
+    def commit(self, batch: Batch) -> None:
+        """Write ``batch`` durably, then make it visible; on failure nothing changes."""
+        self.persist(batch)
+        self.publish(batch)
+
+    def persist(self, batch: Batch) -> None:
+        """Write ``batch`` to the store in one durable transaction (may run in a thread:
+        it touches only the store, not the in-memory state)."""
+        if batch.seq != self.seq + len(batch.events):
+            raise RuntimeError("batch does not follow the committed ledger")
+        if batch.events:
+            self.store.write(batch.events, list(batch.dirty.values()))
+
+    def publish(self, batch: Batch) -> None:
+        """Make a persisted ``batch`` visible in memory."""
+        self.accounts.update(batch.dirty)
+        self.seq = batch.seq
+        self.minted = batch.minted
+
+    def apply(self, op: Callable[[Batch], Any]) -> Any:
+        """Run one operation in its own batch and commit it (for tools and tests)."""
+        batch = self.batch()
+        result = op(batch)
+        self.commit(batch)
+        return result
+
+    def may_read(self, sender: str, account: str) -> None:
+        """Only the owner, the bank and the operator may read an account."""
+        if sender != account and sender not in (self.operator, self.bank.public_key):
+            raise Rejected("forbidden", "only the account's own key may read it")
+
+    def balance(self, sender: str, account: str) -> AccountRow:
+        """The committed state of ``account`` as seen by ``sender``."""
+        self.may_read(sender, account)
+        row = self.accounts.get(account)
+        if row is None or row.closed:
+            raise Rejected("unknown_account", "no open account for this key")
+        return row
+
+    def history(self, sender: str, account: str, offset: int = 0,
+                limit: int = 100) -> list[dict[str, Any]]:
+        """Committed events touching ``account``, oldest first, as wire entries."""
+        self.may_read(sender, account)
+        if not isinstance(offset, int) or offset < 0:
+            raise Rejected("malformed", "offset must be a non-negative integer")
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_PAGE:
+            raise Rejected("malformed", f"limit must be 1..{MAX_HISTORY_PAGE}")
+        if account not in self.accounts:
+            raise Rejected("unknown_account", "no account for this key")
+        return [history_entry(e, account) for e in self.store.history(account, offset, limit)]
+
+    def total_balances(self) -> int:
+        """Σ of every committed balance (equals :attr:`minted`)."""
+        return sum(row.balance for row in self.accounts.values())
+
+
+def history_entry(event: EventRow, account: str) -> dict[str, Any]:
+    """One event as seen from ``account``: a signed ``amount`` delta and the counterparty."""
+    delta, other = 0, ""
+    if event.kind == "mint":
+        delta, other = event.amount, event.actor
+    elif event.kind == "transfer":
+        if event.payer == account:
+            delta, other = -event.amount, event.payee or ""
+        else:
+            delta, other = event.amount, event.payer or ""
+    entry: dict[str, Any] = {
+        "seq": event.seq,
+        "kind": event.kind,
+        "ts_ns": event.ts_ns,
+        "amount": delta,
+        "counterparty": other,
+        "id": event.op_id or "",
+        "memo": event.memo,
+    }
+    if event.receipt is not None:
+        entry["receipt"] = event.receipt
+    return entry

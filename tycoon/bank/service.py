@@ -1,0 +1,131 @@
+"""The bank's NATS adapter: endpoints on ``tycoon.bank.<op>`` over the ledger core.
+
+The envelope's verified sender IS the acting account: ``open`` opens the sender's
+own key, ``transfer`` pays from the sender, ``close`` closes the sender; ``mint``
+is for the operator key only; ``balance`` and ``history`` for the owner (the bank
+and the operator may audit). Every state change goes through the group committer,
+so a reply leaves only after its batch is durable; each committed batch of
+transfers is published on ``tycoon.bank.settled``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tycoon.bank.committer import GroupCommitter
+from tycoon.bank.ledger import MAX_HISTORY_PAGE, MAX_NAME, Batch, Ledger
+from tycoon.bank.receipt import MAX_MEMO, MAX_TRANSFER_ID
+from tycoon.bus import subjects
+from tycoon.bus.connection import Bus
+from tycoon.bus.envelope import Message
+from tycoon.bus.schema import get_int, get_str
+from tycoon.bus.service import Endpoint, Service
+from tycoon.errors import Rejected
+from tycoon.money import check_amount
+
+OPS = ("open", "mint", "transfer", "balance", "history", "close", "info")
+
+
+def _amount(body: dict[str, Any]) -> int:
+    return check_amount(body.get("amount"))
+
+
+class BankService:
+    """Serves the bank on a :class:`Bus` signed by the bank's key; an async context manager."""
+
+    def __init__(self, bus: Bus, ledger: Ledger, *, max_batch: int = 2048,
+                 concurrency: int = 4096, queue: str = "bank") -> None:
+        if bus.identity.public_key != ledger.bank.public_key:
+            raise ValueError("the bus must be signed by the bank's own key")
+        self.bus = bus
+        self.ledger = ledger
+        self.committer = GroupCommitter(ledger, max_batch=max_batch,
+                                        on_commit=self._publish_settled)
+        handlers = {
+            "open": self._open,
+            "mint": self._mint,
+            "transfer": self._transfer,
+            "balance": self._balance,
+            "history": self._history,
+            "close": self._close,
+            "info": self._info,
+        }
+        endpoints = [Endpoint(subjects.bank(op), f"bank.{op}", handlers[op]) for op in OPS]
+        self.service = Service(bus, "tycoon-bank", endpoints, queue=queue,
+                               concurrency=concurrency,
+                               description="Tycoon bank: accounts, transfers, receipts")
+
+    async def __aenter__(self) -> BankService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        await self.committer.start()
+        await self.service.start()
+
+    async def stop(self) -> None:
+        """Stop taking requests, answer the ones in flight, flush the last batch."""
+        await self.service.stop()
+        await self.committer.stop()
+
+    async def _publish_settled(self, batch: Batch) -> None:
+        if batch.receipts:
+            await self.bus.publish(subjects.BANK_SETTLED, "bank.settled",
+                                   {"receipts": batch.receipts})
+
+    # -- handlers ----------------------------------------------------------------
+
+    async def _open(self, msg: Message) -> dict[str, Any]:
+        name = get_str(msg.body, "name", optional=True, max_len=MAX_NAME) or ""
+        sender = msg.sender
+        return await self.committer.submit(lambda b: b.open(sender, name))
+
+    async def _mint(self, msg: Message) -> dict[str, Any]:
+        body, sender = msg.body, msg.sender
+        if sender != self.ledger.operator:
+            raise Rejected("forbidden", "only the operator key may mint")
+        account = get_str(body, "account", max_len=64) or ""
+        amount = _amount(body)
+        mint_id = get_str(body, "mint_id", max_len=MAX_TRANSFER_ID) or ""
+        memo = get_str(body, "memo", optional=True, max_len=MAX_MEMO) or ""
+        return await self.committer.submit(
+            lambda b: b.mint(sender, account, amount, mint_id, memo))
+
+    async def _transfer(self, msg: Message) -> dict[str, Any]:
+        body, payer = msg.body, msg.sender
+        payee = get_str(body, "payee", max_len=64) or ""
+        amount = _amount(body)
+        transfer_id = get_str(body, "transfer_id", max_len=MAX_TRANSFER_ID) or ""
+        memo = get_str(body, "memo", optional=True, max_len=MAX_MEMO) or ""
+        receipt = await self.committer.submit(
+            lambda b: b.transfer(payer, payee, amount, transfer_id, memo))
+        return {"receipt": receipt.raw}
+
+    async def _balance(self, msg: Message) -> dict[str, Any]:
+        account = get_str(msg.body, "account", optional=True, max_len=64) or msg.sender
+        row = self.ledger.balance(msg.sender, account)
+        return {"account": row.account, "name": row.name, "balance": row.balance}
+
+    async def _history(self, msg: Message) -> dict[str, Any]:
+        body, sender = msg.body, msg.sender
+        account = get_str(body, "account", optional=True, max_len=64) or sender
+        offset = get_int(body, "offset", optional=True) or 0
+        limit = get_int(body, "limit", optional=True) or 100
+        if not 1 <= limit <= MAX_HISTORY_PAGE or offset < 0:
+            raise Rejected("malformed", f"offset >= 0 and limit 1..{MAX_HISTORY_PAGE}")
+        self.ledger.may_read(sender, account)
+        entries = await self.committer.submit(
+            lambda _b: self.ledger.history(sender, account, offset, limit))
+        return {"account": account, "offset": offset, "entries": entries,
+                "more": len(entries) == limit}
+
+    async def _close(self, msg: Message) -> dict[str, Any]:
+        sender = msg.sender
+        return await self.committer.submit(lambda b: b.close(sender))
+
+    async def _info(self, msg: Message) -> dict[str, Any]:
+        return {"bank": self.ledger.bank.public_key, "operator": self.ledger.operator,
+                "seq": self.ledger.seq, "accounts": len(self.ledger.accounts)}
