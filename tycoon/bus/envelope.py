@@ -15,6 +15,7 @@ decoded; nothing is ever re-encoded to verify.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import time
@@ -23,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-from tycoon.bus.keys import Identity, public_key_from_raw, verify_raw
+from tycoon.bus.keys import Identity, public_key_from_raw_cached, verify_raw
 from tycoon.bus.kinds import KINDS
 from tycoon.errors import Rejected
 
@@ -34,6 +35,27 @@ SIGNATURE_SIZE = 64
 NONCE_SIZE = 16
 DIGEST_SIZE = 32
 MAX_SUBJECT = 256
+
+
+class _NonceSource:
+    """16-byte nonces: a random 8-byte prefix per process and a 64-bit counter.
+
+    Unique per sender without a system call per message; a forked child draws a new prefix.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(8)
+        self.counter = itertools.count()
+
+    def next(self) -> bytes:
+        return self.prefix + next(self.counter).to_bytes(8, "big")
+
+
+_nonces = _NonceSource()
 
 
 @dataclass(frozen=True)
@@ -91,7 +113,7 @@ def seal(
             subject,
             answers,
             time.time_ns() if ts_ns is None else ts_ns,
-            os.urandom(NONCE_SIZE) if nonce is None else nonce,
+            _nonces.next() if nonce is None else nonce,
             body,
         ],
         use_bin_type=True,
@@ -104,29 +126,26 @@ def _raise_ext(code: int, data: bytes) -> Any:
     raise Rejected("malformed", f"msgpack extension type {code} is not allowed")
 
 
-_PLAIN = (str, bytes, int, float, bool, type(None))
+_LEAF_TYPES = frozenset({str, bytes, int, float, bool, type(None)})
 
 
 def _check_depth(obj: Any, max_depth: int) -> None:
-    """Refuse nesting deeper than ``max_depth`` and any non-plain value (iterative walk)."""
-    stack: list[tuple[Any, int]] = [(obj, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        elif isinstance(item, _PLAIN):
-            continue
-        else:
-            raise Rejected("malformed", f"value of type {type(item).__name__} is not allowed")
+    """Refuse nesting deeper than ``max_depth`` and any non-plain value (level by level)."""
+    level: list[Any] = [obj]
+    depth = 1
+    while level:
         if depth > max_depth:
             raise Rejected("too_deep", f"nesting deeper than {max_depth}")
-        for child in children:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
-            elif not isinstance(child, _PLAIN):
-                raise Rejected("malformed", f"value of type {type(child).__name__} not allowed")
+        deeper: list[Any] = []
+        for item in level:
+            for child in item.values() if type(item) is dict else item:
+                kind = type(child)
+                if kind is dict or kind is list:
+                    deeper.append(child)
+                elif kind not in _LEAF_TYPES:
+                    raise Rejected("malformed", f"value of type {kind.__name__} is not allowed")
+        level = deeper
+        depth += 1
 
 
 def open_envelope(raw: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
@@ -191,7 +210,7 @@ def _message_from(payload: Any, sender_raw: bytes, raw: bytes, limits: Limits) -
         kind=kind,
         subject=subject,
         answers=answers,
-        sender=public_key_from_raw(sender_raw),
+        sender=public_key_from_raw_cached(sender_raw),
         ts_ns=ts_ns,
         nonce=nonce,
         body=body,

@@ -60,6 +60,19 @@ def public_key_from_raw(raw: bytes) -> str:
     return _encode_public(raw)
 
 
+_PUBLIC_CACHE: dict[bytes, str] = {}
+
+
+def public_key_from_raw_cached(raw: bytes) -> str:
+    """:func:`public_key_from_raw`, memoised (the hot path of every received message)."""
+    text = _PUBLIC_CACHE.get(raw)
+    if text is None:
+        if len(_PUBLIC_CACHE) > 65536:
+            _PUBLIC_CACHE.clear()
+        text = _PUBLIC_CACHE[raw] = public_key_from_raw(raw)
+    return text
+
+
 @dataclass(frozen=True)
 class Identity:
     """A principal: an Ed25519 key pair as a NATS user nkey (seed ``SU…``, public ``U…``)."""
