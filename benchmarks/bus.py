@@ -9,19 +9,15 @@ Over a real nats-server, in one process and one core for each measurement:
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nats
+from _common import emit_json, parser, table
 
-import nats  # noqa: E402
-from _common import emit_json, parser, table  # noqa: E402
-
-from tycoon.bus.connection import Bus  # noqa: E402
-from tycoon.bus.envelope import HEADER_SIZE, SIGNATURE_SIZE, seal  # noqa: E402
-from tycoon.bus.keys import Identity, verify_raw  # noqa: E402
-from tycoon.natsserver import NatsServer  # noqa: E402
+from tycoon.bus.connection import Bus
+from tycoon.bus.envelope import HEADER_SIZE, SIGNATURE_SIZE, seal
+from tycoon.bus.keys import Identity, verify_raw
+from tycoon.natsserver import NatsServer
 
 SUBJECT = "tycoon.price.bench"
 BODY = {
