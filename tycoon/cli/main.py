@@ -18,6 +18,7 @@ from tycoon.log import configure_logging
 COMMAND_MODULES: tuple[str, ...] = (
     "keys",
     "demo",
+    "run",
 )
 
 
