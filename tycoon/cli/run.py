@@ -100,7 +100,7 @@ def spawn_in(procs_files: Sequence[Path], command: Sequence[str], env: dict[str,
                 os.close(fd)
 
     try:
-        child = subprocess.Popen(list(command), env=env, preexec_fn=join)  # noqa: PLW1509
+        child = subprocess.Popen(list(command), env=env, preexec_fn=join)
     except FileNotFoundError:
         print(f"error: command not found: {command[0]}", file=sys.stderr)
         return 127
