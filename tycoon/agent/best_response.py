@@ -1,0 +1,385 @@
+"""Best Response: how to split a spending rate over proportional-share hosts.
+
+Maximise ``Σ_j w_j·x_j/(x_j+y_j)`` subject to ``Σ_j x_j = X``, ``x_j ≥ 0`` (Feldman, Lai,
+Zhang 2005), where ``X`` is the budget as a spending rate, ``y_j`` the others' bid rate on
+host ``j`` and ``w_j`` what the whole host is worth to us. Closed form: sort hosts by
+``w_j/y_j``, keep the largest prefix ``k`` with ``sqrt(w_k/y_k) > Σ_{i≤k} sqrt(w_i y_i) /
+(X + Σ_{i≤k} y_i)`` and bid ``x_j = sqrt(w_j y_j)(X + Σy)/Σ sqrt(w y) − y_j`` there.
+Everything is vectorised; :func:`best_response_batch` solves many users at once.
+
+Hosts nobody else bids on (``y_j = 0``) are won whole by any positive bid, so the optimum
+is a supremum that no bid vector attains. They get a slice ``zero_price_fraction · X`` of
+the budget, split in proportion to ``sqrt(w_j)`` (the limit of the closed form as those
+``y_j → 0`` together), and the rest is best-responded over the priced hosts; if every
+valued host is free, they share all of ``X`` that way. The utility lost is at most that
+fraction of the optimum. ``docs/agent-math.md`` has the derivation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from tycoon.errors import Rejected
+
+ZERO_PRICE_FRACTION = 1e-7
+"""Default share of the budget reserved for hosts with no other bidder."""
+
+
+@dataclass(frozen=True)
+class BestResponse:
+    """The solution: bids per host, the shares they buy, and the utility."""
+
+    bids: np.ndarray
+    """Bid rate ``x_j`` per host (same order as the input); sums to the budget rate."""
+    shares: np.ndarray
+    """Expected share ``x_j/(x_j+y_j)`` per host (0 where we do not bid)."""
+    utility: float
+    """``Σ_j w_j · share_j``."""
+    marginal: float
+    """Utility gained per extra unit of spending rate (the KKT multiplier λ)."""
+    bound: float
+    """An upper bound on the best achievable utility (equal to ``utility`` up to rounding
+    and the zero-price slice without ``max_hosts``; a Lagrangian bound with it)."""
+
+    @property
+    def hosts(self) -> np.ndarray:
+        """Indices of the hosts we bid on, highest bid first."""
+        chosen = np.flatnonzero(self.bids > 0)
+        return chosen[np.argsort(-self.bids[chosen], kind="stable")]
+
+
+def best_response(
+    budget_rate: float,
+    weights: np.ndarray,
+    others: np.ndarray,
+    *,
+    max_hosts: int | None = None,
+    zero_price_fraction: float = ZERO_PRICE_FRACTION,
+) -> BestResponse:
+    """Best split of ``budget_rate`` over hosts worth ``weights`` with others bidding ``others``.
+
+    ``max_hosts`` caps how many hosts get a bid (the choice of hosts is then a heuristic
+    guided by the Lagrangian dual, see ``docs/agent-math.md``; ``bound`` tells how far from
+    optimal it can be). Raises ``Rejected("bad_input")`` on invalid input.
+    """
+    budget = _check_budget(budget_rate)
+    w = _check_vector(weights, "weights")
+    y = _check_vector(others, "others")
+    if w.shape != y.shape:
+        raise Rejected("bad_input", f"weights {w.shape} and others {y.shape} differ in shape")
+    _check_fraction(zero_price_fraction)
+    if max_hosts is not None and (
+        isinstance(max_hosts, bool) or not isinstance(max_hosts, int) or max_hosts < 1
+    ):
+        raise Rejected("bad_input", f"max_hosts must be a positive integer, not {max_hosts!r}")
+    x, lam, bound = _solve_1d(budget, w, y, zero_price_fraction)
+    value = float(utility(x, w, y))
+    result = BestResponse(x, shares(x, y), value, lam, max(bound, value))
+    if max_hosts is not None and np.count_nonzero(x) > max_hosts:
+        result = _capped(budget, w, y, max_hosts, zero_price_fraction)
+    return result
+
+
+def best_response_batch(
+    budget_rates: np.ndarray,
+    weights: np.ndarray,
+    others: np.ndarray,
+    *,
+    zero_price_fraction: float = ZERO_PRICE_FRACTION,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best responses of ``M`` users at once: rows of ``weights``/``others`` (M×N).
+
+    Returns ``(bids, marginal)``: bids (M×N) and each user's multiplier λ (M,). No input
+    checks beyond shapes: this is the simulator's inner loop.
+    """
+    x = np.asarray(budget_rates, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    y = np.asarray(others, dtype=np.float64)
+    if w.ndim != 2 or w.shape != y.shape or x.shape != (w.shape[0],):
+        raise Rejected("bad_input", "batch shapes must be budgets (M,), weights and others (M,N)")
+    return _solve(x, w, y, zero_price_fraction)
+
+
+def shares(bids: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Share ``x/(x+y)`` of each host (0 where we bid nothing, 1 on a free host we bid on)."""
+    x = np.asarray(bids, dtype=np.float64)
+    total = x + np.asarray(others, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(x > 0, x / np.where(total > 0, total, 1.0), 0.0)
+
+
+def utility(bids: np.ndarray, weights: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """``Σ_j w_j · x_j/(x_j+y_j)`` along the last axis."""
+    return np.sum(np.asarray(weights, dtype=np.float64) * shares(bids, others), axis=-1)
+
+
+# --- the closed form ---------------------------------------------------------------------
+
+
+def _solve_1d(
+    budget: float, w: np.ndarray, y: np.ndarray, eps: float
+) -> tuple[np.ndarray, float, float]:
+    """One user: the same closed form as :func:`_solve`, shrinking the candidate arrays
+    each filter round instead of masking. Returns bids, λ and the dual bound."""
+    bids = np.zeros(w.size)
+    free = np.flatnonzero((w > 0) & (y == 0))
+    idx = np.flatnonzero((w > 0) & (y > 0))
+    to_free = (budget * eps if idx.size else budget) if free.size else 0.0
+    rest = budget - to_free
+    bound = float(w[free].sum()) if budget > 0 else 0.0
+    if free.size:
+        root_w = np.sqrt(w[free])
+        bids[free] = root_w * (to_free / root_w.sum())
+    if not idx.size or rest <= 0:
+        return bids, 0.0, bound
+    yp = y[idx]
+    sr = np.sqrt(w[idx] / yp)
+    top = float(sr.max())
+    for _ in range(FILTER_ROUNDS):
+        gap = top - sr
+        keep = (sr * rest > yp.sum() * gap - float((yp * gap).sum())) | (gap == 0)
+        if keep.all():
+            break
+        idx, yp, sr = idx[keep], yp[keep], sr[keep]
+    else:  # still shrinking: sort what is left
+        ones = np.ones((1, sr.size), dtype=bool)
+        mask = _sorted_prefix(np.array([[rest]]), sr[None, :], yp[None, :], np.array([[top]]), ones)
+        idx, yp, sr = idx[mask[0]], yp[mask[0]], sr[mask[0]]
+    gap = top - sr
+    a, b, d = float((yp * sr).sum()), float(yp.sum()), float((yp * gap).sum())
+    xs = np.maximum(yp / a * (sr * rest + d - b * gap), 0.0)
+    spent = float(xs.sum())
+    if spent <= 0:  # underflow: everything on the best host
+        xs[np.argmax(sr)] = spent = 1.0
+    bids[idx] = xs * (rest / spent)
+    lam = (a / (rest + b)) ** 2
+    # Dual bound λX + Σ_j (sqrt(w_j) − sqrt(λ y_j))₊²: only the chosen hosts have a gain.
+    bound += lam * budget + float(np.sum((np.sqrt(w[idx]) - np.sqrt(lam * yp)).clip(0) ** 2))
+    return bids, lam, bound
+
+
+FILTER_ROUNDS = 24
+"""Threshold-filter rounds before falling back to a sort (see :func:`_prefix`)."""
+
+
+def _solve(
+    budget: np.ndarray, w: np.ndarray, y: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise closed form. Returns bids (M×N) and the multipliers λ (M,)."""
+    m, n = w.shape
+    bids = np.zeros((m, n))
+    lam = np.zeros(m)
+    if n == 0:
+        return bids, lam
+    priced = (w > 0) & (y > 0)
+    free = (w > 0) & (y == 0)
+    n_free = free.sum(axis=1)
+    n_priced = priced.sum(axis=1)
+    to_free = np.where(n_free > 0, np.where(n_priced > 0, budget * eps, budget), 0.0)
+    rest = budget - to_free
+    if n_free.any():
+        root_w = np.sqrt(np.where(free, w, 0.0))
+        total = root_w.sum(axis=1)
+        bids += root_w * (to_free / np.where(total > 0, total, 1.0))[:, None]
+    if not n_priced.any():
+        return bids, lam  # free hosts are saturated: more money buys nothing more
+
+    ys = np.where(priced, y, 0.0)
+    sr = np.where(priced, np.sqrt(np.where(priced, w, 0.0) / np.where(priced, y, 1.0)), 0.0)
+    top = sr.max(axis=1, keepdims=True)  # sr_1: the best sqrt(w/y) of each row
+    x = rest[:, None]
+    inside = _prefix(x, sr, ys, top, priced)
+    yk = np.where(inside, ys, 0.0)
+    a = np.sum(yk * sr, axis=1, keepdims=True)  # Σ sqrt(w_i y_i)
+    b = np.sum(yk, axis=1, keepdims=True)  # Σ y_i
+    d = np.sum(yk * (top - sr), axis=1, keepdims=True)  # Σ y_i (sr_1 − sr_i) ≥ 0
+    # x_j = y_j/A · [sr_j X + Σ_i y_i (sr_j − sr_i)], the sum written as D − B(sr_1 − sr_j)
+    # so that no large terms cancel (exact for ties and for a single host).
+    safe_a = np.where(a > 0, a, 1.0)
+    xs = np.where(inside, np.maximum(yk / safe_a * (sr * x + d - b * (top - sr)), 0.0), 0.0)
+    spent = xs.sum(axis=1)
+    lost = (spent <= 0) & (rest > 0) & (n_priced > 0)
+    if lost.any():  # underflow: everything on the best host
+        best = np.argmax(np.where(priced, sr, -1.0), axis=1)
+        xs[lost, best[lost]] = 1.0
+        spent = np.where(lost, 1.0, spent)
+    xs *= (rest / np.where(spent > 0, spent, 1.0))[:, None]
+    bids += xs
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam = np.where(n_priced > 0, (a[:, 0] / (rest + b[:, 0])) ** 2, 0.0)
+    return bids, lam
+
+
+def _prefix(
+    x: np.ndarray, sr: np.ndarray, ys: np.ndarray, top: np.ndarray, priced: np.ndarray
+) -> np.ndarray:
+    """Mask of the hosts in the optimal prefix of each row.
+
+    With hosts sorted by sr = sqrt(w/y), f(k) = A_k/(X + B_k) is unimodal and the optimal
+    prefix is where it peaks; a host belongs to it iff sr_j > max f. So start from all
+    priced hosts and keep those with sr_j > f(current set): f only rises, the set only
+    shrinks and always contains the optimum, and its fixed point is the optimum. That takes
+    a few O(N) rounds and no sort; rows still moving after ``FILTER_ROUNDS`` are finished
+    by sorting their remaining candidates.
+    """
+    inside = priced.copy()
+    active = np.ones(inside.shape[0], dtype=bool)
+    for _ in range(FILTER_ROUNDS):
+        if not active.any():
+            return inside
+        sub = inside[active]
+        y_sub, sr_sub, top_sub = ys[active], sr[active], top[active]
+        yk = np.where(sub, y_sub, 0.0)
+        b = yk.sum(axis=1, keepdims=True)
+        d = np.sum(yk * (top_sub - sr_sub), axis=1, keepdims=True)
+        # sr_j > A/(X+B)  ⟺  sr_j X > Σ_i y_i (sr_i − sr_j) = B (sr_1 − sr_j) − D
+        keep = sub & (sr_sub * x[active] > b * (top_sub - sr_sub) - d)
+        keep |= sub & (sr_sub == top_sub)  # the best host always stays (X > 0)
+        changed = (keep != sub).any(axis=1)
+        inside[active] = keep
+        active[active] = changed
+    if active.any():
+        inside[active] = _sorted_prefix(
+            x[active], sr[active], ys[active], top[active], inside[active]
+        )
+    return inside
+
+
+def _sorted_prefix(
+    x: np.ndarray, sr: np.ndarray, ys: np.ndarray, top: np.ndarray, cand: np.ndarray
+) -> np.ndarray:
+    """The same mask by sorting: the largest prefix k with sr_k > A_k/(X + B_k)."""
+    m, n = sr.shape
+    order = np.argsort(-np.where(cand, sr, -1.0), axis=1, kind="stable")
+    srs = np.take_along_axis(np.where(cand, sr, 0.0), order, axis=1)
+    yss = np.take_along_axis(np.where(cand, ys, 0.0), order, axis=1)
+    valid = np.take_along_axis(cand, order, axis=1)
+    b = np.cumsum(yss, axis=1)
+    d = np.cumsum(yss * (top - srs), axis=1)
+    keep = valid & (srs * x > b * (top - srs) - d)
+    keep[:, 0] |= valid[:, 0]
+    k = np.where(keep.any(axis=1), n - np.argmax(keep[:, ::-1], axis=1), 0)
+    inside_sorted = np.arange(n)[None, :] < k[:, None]
+    inside = np.zeros((m, n), dtype=bool)
+    np.put_along_axis(inside, order, inside_sorted, axis=1)
+    return inside
+
+
+# --- at most max_hosts hosts ---------------------------------------------------------------
+
+
+def _gains(w: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    """Per host, max_x w·x/(x+y) − λx = (sqrt(w) − sqrt(λy))₊² (w on a free host)."""
+    return np.maximum(np.sqrt(np.maximum(w, 0.0)) - np.sqrt(lam * y), 0.0) ** 2
+
+
+def _dual_bound(budget: float, w: np.ndarray, y: np.ndarray, lam: float, cap: int | None) -> float:
+    """Weak-duality bound λX + Σ (top ``cap``) gains(λ) ≥ the best utility."""
+    g = _gains(w, y, lam)
+    if cap is not None and cap < g.size:
+        g = np.partition(g, g.size - cap)[g.size - cap :]
+    return float(lam * budget + g.sum())
+
+
+def _on_subset(
+    budget: float, w: np.ndarray, y: np.ndarray, chosen: np.ndarray, eps: float
+) -> tuple[np.ndarray, float, float]:
+    bids = np.zeros_like(w)
+    sub, lam = _solve(np.array([budget]), w[None, chosen], y[None, chosen], eps)
+    bids[chosen] = sub[0]
+    return bids, float(utility(bids, w, y)), float(lam[0])
+
+
+def _top(score: np.ndarray, cap: int) -> np.ndarray:
+    """Indices of the ``cap`` largest positive scores, ascending."""
+    chosen = np.argpartition(-score, cap - 1)[:cap] if cap < score.size else np.arange(score.size)
+    chosen = np.sort(chosen)
+    return chosen[score[chosen] > 0]
+
+
+def _capped(budget: float, w: np.ndarray, y: np.ndarray, cap: int, eps: float) -> BestResponse:
+    """Choose at most ``cap`` hosts (a heuristic; the choice is NP-hard-looking in general).
+
+    Candidate sets: the plain prefix (free hosts by worth, then priced ones by ``w/y``); the
+    top ``cap`` hosts by Lagrangian gain at the minimiser of the convex dual
+    D(λ) = λX + Σ_top-cap (sqrt(w) − sqrt(λy))₊², then at the multiplier of each new solution
+    until it repeats, then along a grid of λ. Each set is solved exactly by the closed form;
+    the best wins. min D(λ) is returned as the upper ``bound``.
+    """
+    valued = w > 0
+    free = valued & (y == 0)
+    priced = valued & (y > 0)
+    ratio = np.where(priced, w / np.where(priced, y, 1.0), 0.0)
+    order = np.lexsort((-ratio, -np.where(free, w, 0.0)))
+    prefix = np.sort(order[:cap])
+    best_bids, best_u, best_lam = _on_subset(budget, w, y, prefix[valued[prefix]], eps)
+
+    lo, hi = 0.0, float(ratio.max())
+    bound = _dual_bound(budget, w, y, 0.0, cap)
+    lam = 0.0
+    if hi > 0:  # golden-section search of the convex D(λ) on [0, max w/y]
+        inv_phi = (math.sqrt(5) - 1) / 2
+        c, d = hi - inv_phi * (hi - lo), lo + inv_phi * (hi - lo)
+        fc, fd = _dual_bound(budget, w, y, c, cap), _dual_bound(budget, w, y, d, cap)
+        for _ in range(100):
+            if fc <= fd:
+                hi, d, fd = d, c, fc
+                c = hi - inv_phi * (hi - lo)
+                fc = _dual_bound(budget, w, y, c, cap)
+            else:
+                lo, c, fc = c, d, fd
+                d = lo + inv_phi * (hi - lo)
+                fd = _dual_bound(budget, w, y, d, cap)
+            if hi - lo <= 1e-12 * hi:
+                break
+        lam = (lo + hi) / 2
+        bound = min(bound, fc, fd, _dual_bound(budget, w, y, lam, cap))
+    top_ratio = float(ratio.max())
+    grid = list(np.geomspace(top_ratio * 1e-6, top_ratio, 24)) if top_ratio > 0 else []
+    seen: set[bytes] = set()
+    todo = [lam]
+    while todo:
+        chosen = _top(_gains(w, y, todo.pop()), cap)
+        key = chosen.tobytes()
+        if chosen.size and key not in seen:
+            seen.add(key)
+            bids, value, lam_new = _on_subset(budget, w, y, chosen, eps)
+            if value > best_u:
+                best_bids, best_u, best_lam = bids, value, lam_new
+            todo.append(lam_new)
+        elif grid:
+            todo.append(grid.pop())
+    return BestResponse(best_bids, shares(best_bids, y), best_u, best_lam, max(bound, best_u))
+
+
+# --- input checks ----------------------------------------------------------------------------
+
+
+def _check_budget(value: object) -> float:
+    try:
+        budget = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise Rejected("bad_input", f"budget rate must be a number, not {value!r}") from None
+    if not math.isfinite(budget) or budget < 0:
+        raise Rejected("bad_input", f"budget rate must be finite and >= 0, not {budget}")
+    return budget
+
+
+def _check_vector(value: object, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise Rejected("bad_input", f"{name} must be an array of numbers") from None
+    if arr.ndim != 1:
+        raise Rejected("bad_input", f"{name} must be one-dimensional, not shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise Rejected("bad_input", f"{name} must be finite and >= 0")
+    return arr
+
+
+def _check_fraction(value: float) -> None:
+    if not (isinstance(value, int | float) and 0 < value < 1):
+        raise Rejected("bad_input", f"zero_price_fraction must be in (0, 1), not {value!r}")
