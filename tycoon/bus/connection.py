@@ -7,6 +7,7 @@ by code and logs it, and for requests checks that a reply answers this request.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import hashlib
@@ -161,8 +162,13 @@ async def open_bus(
     reconnect_wait: float = 0.5,
     limits: Limits = DEFAULT_LIMITS,
     guard: ReplayGuard | None = None,
+    deadline: float | None = None,
 ) -> Bus:
-    """Connect ``identity`` to NATS (reconnecting forever) and return its :class:`Bus`."""
+    """Connect ``identity`` to NATS (reconnecting forever) and return its :class:`Bus`.
+
+    A service waits for its server as long as it takes; a command passes ``deadline``
+    (seconds) and gets ``Rejected("unavailable")`` when no server answers in time.
+    """
     log = get_logger("nats", me=subject_id(identity.public_key), client=name)
 
     async def on_error(exc: Exception) -> None:
@@ -195,7 +201,13 @@ async def open_bus(
         options["user_credentials"] = creds
     elif use_nkey:
         options["nkeys_seed_str"] = identity.seed
-    nc = await nats.connect(**options)
+    nc = Client()
+    try:
+        await asyncio.wait_for(nc.connect(**options), deadline)
+    except TimeoutError as exc:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise Rejected("unavailable", f"no NATS server answered at {url} in {deadline}s") from exc
     client.append(nc)
     return Bus(nc, identity, limits=limits, guard=guard)
 

@@ -25,7 +25,9 @@ def identity(args: argparse.Namespace, name: str | None = None) -> Identity:
 
 async def bus_for(args: argparse.Namespace, name: str | None = None) -> Bus:
     """A connected bus for this command's identity and ``--nats`` URL."""
-    return await open_bus(args.nats, identity(args, name), name=f"tycoon-cli-{args.command}")
+    return await open_bus(
+        args.nats, identity(args, name), name=f"tycoon-cli-{args.command}", deadline=5.0
+    )
 
 
 def print_json(obj: Any) -> None:

@@ -1,0 +1,111 @@
+"""tap, top and status against a real nats-server (the market-wide checks live with `tycoon up`)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+
+from tycoon.bus import subjects
+from tycoon.bus.connection import connect
+from tycoon.bus.envelope import Message, open_envelope, seal
+from tycoon.bus.keys import Identity, host_id
+from tycoon.bus.service import Endpoint, Service
+from tycoon.cli.status import discover, healthy
+from tycoon.cli.tap import line_for
+from tycoon.cli.top import MarketView
+
+pytestmark = pytest.mark.nats
+
+HOST = Identity.generate()
+HID = host_id(HOST.public_key)
+PRICE = {"host": HID, "seq": 1, "name": "alpha", "heartbeat_s": 5.0,
+         "resources": {"cpu": {"capacity": 4000, "price": 2.5, "unit_price": 0.000625,
+                               "utilization": 0.5, "bidders": 2}}}
+
+
+def tycoon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tycoon.cli.main", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+async def test_tap_prints_verified_events_and_flags_forgeries(nats_url: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tycoon.cli.main", "--nats", nats_url, "tap", "--count", "3",
+        "--timeout", "30", stdout=asyncio.subprocess.PIPE)
+    await asyncio.sleep(1.5)  # let the tap subscribe
+    async with connect(nats_url, HOST) as bus:
+        subject = subjects.price(HID)
+        await bus.publish(subject, "price", PRICE)
+        forged = bytearray(seal(HOST, "price", PRICE, subject=subject))
+        forged[-1] ^= 1
+        await bus.nc.publish(subject, bytes(forged))
+        await bus.nc.publish(subject, seal(HOST, "price", PRICE, subject="tycoon.price.other"))
+        await bus.flush()
+    out, _ = await asyncio.wait_for(proc.communicate(), 40)
+    lines = out.decode().splitlines()
+    assert len(lines) == 3
+    assert " price " in lines[0] and "cpu=2.5" in lines[0] and HID in lines[0]
+    assert "REJECTED bad_signature" in lines[1]
+    assert "REJECTED wrong_subject" in lines[2]
+
+
+def test_tap_json_and_raw_lines() -> None:
+    from types import SimpleNamespace
+
+    from tycoon.bus.connection import Bus
+
+    bus = Bus(SimpleNamespace(), Identity.generate())  # verify() needs no connection
+    subject = subjects.price(HID)
+    line = line_for(subject, seal(HOST, "price", PRICE, subject=subject), bus,
+                    as_json=True, raw=True)
+    assert '"kind": "price"' in line and '"raw": "5459' in line
+
+
+def test_market_view_folds_events() -> None:
+    view = MarketView()
+    subject = subjects.price(HID)
+    view.feed(open_envelope(seal(HOST, "price", PRICE, subject=subject)))
+    alloc = {"host": HID, "seq": 1, "accounts": {"Uabc": {"cpu": 0.75, "memory": 0.5,
+                                                           "balance": 5_000_000}}}
+    view.feed(open_envelope(seal(HOST, "alloc", alloc, subject=subjects.alloc(HID))))
+    settled = {"payer": "UPAYER", "payee": "UPAYEE", "amount": 1_500_000, "memo": "fund"}
+    view.feed(open_envelope(seal(HOST, "bank.settled", settled, subject=subjects.BANK_SETTLED)))
+    view.feed(open_envelope(seal(HOST, "agent.rebid", {"summary": "moved 3 bids"},
+                                 subject=subjects.agent("a1", "rebid"))))
+    assert view.hosts[HID].name == "alpha" and view.hosts[HID].accounts["Uabc"]["cpu"] == 0.75
+    assert "1.5" in view.transfers[0] and "rebid moved 3 bids" in view.decisions[0]
+    from rich.console import Console
+
+    console = Console(width=160, record=True)
+    console.print(view.render())
+    text = console.export_text()
+    assert "alpha" in text and "75.0%" in text and "5" in text
+
+
+async def test_status_discovers_micro_services_and_checks(nats_url: str) -> None:
+    async def ok(msg: Message) -> dict:
+        return {}
+
+    assert tycoon("--nats", nats_url, "status", "--check").returncode == 1
+    async with connect(nats_url, Identity.generate()) as bus:
+        services = [Service(bus, name, [Endpoint(f"tycoon.demo.{name[7:]}", "demo.echo", ok)])
+                    for name in ("tycoon-bank", "tycoon-sls", "tycoon-auctioneer")]
+        for s in services:
+            await s.start()
+        rows = await discover(bus.nc, 0.5)
+        assert healthy(rows) and {r["name"] for r in rows} >= {"tycoon-bank", "tycoon-sls"}
+        check = await asyncio.to_thread(tycoon, "--nats", nats_url, "status", "--check")
+        assert check.returncode == 0, check.stdout + check.stderr
+        await services[0].stop()
+        check = await asyncio.to_thread(tycoon, "--nats", nats_url, "status", "--check")
+        assert check.returncode == 1 and "missing: tycoon-bank" in check.stdout
+        for s in services[1:]:
+            await s.stop()
+
+
+def test_status_without_server_fails_fast() -> None:
+    out = tycoon("--nats", "nats://127.0.0.1:1", "status", "--check", timeout=30)
+    assert out.returncode == 1

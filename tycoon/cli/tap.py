@@ -1,0 +1,125 @@
+"""``tycoon tap [SUBJECT]``: watch the bus, verifying every envelope.
+
+One line per message: time, subject, kind, short sender id and the key fields.
+A message that fails verification is printed flagged with its rejection code —
+never hidden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+from typing import Any
+
+from tycoon.bus import subjects
+from tycoon.bus.connection import Bus, open_bus
+from tycoon.bus.envelope import Message
+from tycoon.bus.keys import Identity, subject_id
+from tycoon.errors import Rejected
+from tycoon.money import format_amount
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    tap = sub.add_parser("tap", help="print every verified event on the bus")
+    tap.add_argument("subject", nargs="?", default=subjects.ALL)
+    tap.add_argument("--json", action="store_true", help="JSON lines")
+    tap.add_argument("--count", type=int, default=0, help="stop after N messages")
+    tap.add_argument("--raw", action="store_true", help="also print the envelope bytes (hex)")
+    tap.add_argument("--timeout", type=float, default=0, help="stop after this many seconds")
+    tap.set_defaults(func=cmd_tap)
+
+
+def summarize(msg: Message) -> str:
+    """The key fields of a message, in a few words."""
+    body: dict[str, Any] = msg.body
+    if msg.kind == "price":
+        res = body.get("resources", {})
+        parts = [f"{r}={_num(v.get('price'))}" for r, v in res.items() if isinstance(v, dict)]
+        return f"host={body.get('host')} seq={body.get('seq')} " + " ".join(parts)
+    if msg.kind == "alloc":
+        accounts = body.get("accounts", {})
+        shares = " ".join(
+            f"{str(a)[:8]}:cpu={_num(v.get('cpu'))}"
+            for a, v in list(accounts.items())[:4] if isinstance(v, dict)
+        )
+        return f"host={body.get('host')} accounts={len(accounts)} {shares}"
+    if msg.kind == "bank.settled":
+        amount = body.get("amount")
+        money = format_amount(amount) if isinstance(amount, int) else "?"
+        return f"{str(body.get('payer'))[:8]} → {str(body.get('payee'))[:8]} {money}"
+    scalars = [
+        f"{k}={_short(v)}" for k, v in body.items()
+        if isinstance(v, str | int | float | bool) and not isinstance(v, bytes)
+    ]
+    return " ".join(scalars[:8])
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _short(value: Any) -> str:
+    text = _num(value)
+    return text if len(text) <= 24 else text[:21] + "…"
+
+
+def line_for(subject: str, data: bytes, bus: Bus, *, as_json: bool, raw: bool) -> str:
+    """Verify one message and render it as a line (flagged if rejected)."""
+    now = dt.datetime.now(dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+    try:
+        msg = bus.verify(data, subject)
+    except Rejected as error:
+        bus.rejected[error.code] += 1
+        if as_json:
+            return json.dumps({"time": now, "subject": subject, "rejected": error.code,
+                               "reason": error.message, "bytes": len(data)})
+        return f"{now} {subject} REJECTED {error.code}: {error.message} ({len(data)} bytes)"
+    sender = subject_id(msg.sender)
+    if as_json:
+        record = {"time": now, "subject": subject, "kind": msg.kind, "sender": msg.sender,
+                  "ts_ns": msg.ts_ns, "body": _jsonable(msg.body)}
+        if raw:
+            record["raw"] = data.hex()
+        return json.dumps(record, sort_keys=True)
+    text = f"{now} {subject} {msg.kind} {sender[:8]} {summarize(msg)}"
+    return text + (f"\n  {data.hex()}" if raw else "")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+async def cmd_tap(args: argparse.Namespace) -> int:
+    bus = await open_bus(args.nats, Identity.generate(), name="tycoon-tap", deadline=10.0)
+    done = asyncio.Event()
+    seen = 0
+
+    async def on_message(raw: Any) -> None:
+        nonlocal seen
+        if done.is_set():
+            return
+        print(line_for(raw.subject, raw.data, bus, as_json=args.json, raw=args.raw), flush=True)
+        seen += 1
+        if args.count and seen >= args.count:
+            done.set()
+
+    await bus.nc.subscribe(args.subject, cb=on_message)
+    await bus.flush()
+    try:
+        if args.timeout:
+            await asyncio.wait_for(done.wait(), args.timeout)
+        else:
+            await done.wait()
+    except TimeoutError:
+        pass
+    finally:
+        await bus.close()
+    return 0
