@@ -18,6 +18,9 @@ from tycoon.log import configure_logging
 COMMAND_MODULES: tuple[str, ...] = (
     "keys",
     "demo",
+    "tap",
+    "top",
+    "status",
     "run",
 )
 
