@@ -1,0 +1,199 @@
+"""Proportional shares by water-filling, and admission (pure numpy, no I/O).
+
+For one resource, every bidder ``i`` has a rate ``r_i >= 0`` and bounds
+``0 <= lo_i <= hi_i``. :func:`water_fill` finds the level ``λ`` such that
+
+    share_i = clip(λ · r_i, lo_i, hi_i)  and  Σ share_i = capacity
+
+(or every bidder sits at its ``hi`` when even that does not use the capacity up).
+Shares are thus proportional to rate among the unconstrained bidders, every
+minimum is met, no maximum is exceeded and the excess of a clipped bidder flows
+to the others. A bidder with rate 0 gets exactly its ``lo`` (pass ``lo = 0`` for
+bidders that should get nothing).
+
+The total ``f(λ)`` is monotone and piecewise linear with breakpoints ``lo_i/r_i``
+and ``hi_i/r_i``. A few safeguarded Newton steps (O(n) each) find the level in the
+common case; a row that does not converge falls back to the exact solver, which
+sorts the breakpoints (O(n log n)), sums the slope changes to get ``f`` at every
+breakpoint and interpolates the crossing on its segment. 2-D inputs (one row per
+resource) are solved in one vectorised pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["admissible", "check_inputs", "headroom", "water_fill"]
+
+TOLERANCE = 1e-9
+"""Slack allowed when comparing sums of fractions against a capacity."""
+
+
+def check_inputs(rates: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+    """Raise ValueError unless rates, lo, hi have one shape, are finite, >= 0 and lo <= hi."""
+    if not (rates.shape == lo.shape == hi.shape) or rates.ndim not in (1, 2):
+        raise ValueError("rates, lo and hi must be 1-D or 2-D arrays of one shape")
+    for name, arr in (("rates", rates), ("lo", lo), ("hi", hi)):
+        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+            raise ValueError(f"{name} must be finite and >= 0")
+    if np.any(lo > hi):
+        raise ValueError("lo must not exceed hi")
+
+
+def water_fill(
+    rates: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    capacity: float | np.ndarray = 1.0,
+    *,
+    validate: bool = True,
+) -> np.ndarray:
+    """Shares ∝ rate, clipped to [lo, hi], excess redistributed, Σ ≤ capacity.
+
+    ``rates``, ``lo``, ``hi``: arrays of shape ``(n,)`` or ``(R, n)`` (one row per
+    resource); ``capacity``: a scalar or one value per row. If the minimums alone
+    exceed the capacity (admission should prevent it), they are scaled down to fit.
+    Returns float64 shares of the input's shape.
+    """
+    rates = np.asarray(rates, dtype=np.float64)
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.asarray(hi, dtype=np.float64)
+    if validate:
+        check_inputs(rates, lo, hi)
+    one_d = rates.ndim == 1
+    if one_d:
+        rates, lo, hi = rates[None, :], lo[None, :], hi[None, :]
+    rows, n = rates.shape
+    cap = np.broadcast_to(np.asarray(capacity, dtype=np.float64), (rows,)).copy()
+    if np.any(~np.isfinite(cap)) or np.any(cap < 0):
+        raise ValueError("capacity must be finite and >= 0")
+    if n == 0:
+        out = np.zeros((rows, 0))
+        return out[0] if one_d else out
+
+    active = rates > 0
+    eff_hi = np.where(active, hi, lo)  # a bidder without rate never rises above its lo
+    sum_lo = lo.sum(axis=1)
+    sum_hi = eff_hi.sum(axis=1)
+    full = sum_hi <= cap  # everyone gets its (effective) max
+    over = (sum_lo >= cap) & ~full  # the mins alone fill (or overfill) the capacity
+    solve = ~(full | over)
+    if solve.all():
+        out = _newton(rates, lo, eff_hi, active, cap)
+        return out[0] if one_d else out
+    out = np.empty_like(rates)
+    out[full] = eff_hi[full]
+    if np.any(over):
+        scale = np.where(sum_lo[over] > 0, cap[over] / np.maximum(sum_lo[over], 1e-300), 0.0)
+        out[over] = lo[over] * np.minimum(scale, 1.0)[:, None]
+    if np.any(solve):
+        out[solve] = _newton(rates[solve], lo[solve], eff_hi[solve], active[solve], cap[solve])
+    return out[0] if one_d else out
+
+
+NEWTON_STEPS = 24
+"""Safeguarded Newton steps before a row falls back to the exact sort-based solver."""
+
+
+def _newton(
+    rates: np.ndarray, lo: np.ndarray, hi: np.ndarray, active: np.ndarray, cap: np.ndarray
+) -> np.ndarray:
+    """Rows where Σlo < cap < Σhi: find the level by safeguarded Newton on f(λ) = Σ clip(λr).
+
+    f is monotone and piecewise linear, so a Newton step that lands on the right linear
+    piece is exact; steps leaving the bracket are replaced by bisection. Rows that have
+    not converged after :data:`NEWTON_STEPS` are solved exactly by :func:`_solve`.
+    """
+    rows = rates.shape[0]
+    low = np.zeros(rows)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        high = np.where(active, hi / rates, 0.0).max(axis=1)
+    level = np.minimum(cap / rates.sum(axis=1), high)
+    tol = 1e-13 * np.maximum(cap, 1.0)
+    shares = np.empty_like(rates)
+    done = np.zeros(rows, dtype=bool)
+    total = np.zeros(rows)
+    for _ in range(NEWTON_STEPS):
+        np.multiply(rates, level[:, None], out=shares)
+        rising = (shares > lo) & (shares < hi)
+        np.maximum(shares, lo, out=shares)
+        np.minimum(shares, hi, out=shares)
+        total = shares.sum(axis=1)
+        gap = cap - total
+        done = np.abs(gap) <= tol
+        if done.all():
+            break
+        slope = np.einsum("ij,ij->i", rates, rising)
+        low = np.where(gap > 0, np.maximum(low, level), low)
+        high = np.where(gap < 0, np.minimum(high, level), high)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = level + gap / slope
+        bad = ~np.isfinite(step) | (step <= low) | (step >= high)
+        level = np.where(done, level, np.where(bad, 0.5 * (low + high), step))
+    if not done.all():
+        todo = ~done
+        shares[todo] = _solve(rates[todo], lo[todo], hi[todo], active[todo], cap[todo])
+        total[todo] = shares[todo].sum(axis=1)
+    return _trim(shares, lo, cap, total)
+
+
+def _solve(
+    rates: np.ndarray, lo: np.ndarray, hi: np.ndarray, active: np.ndarray, cap: np.ndarray
+) -> np.ndarray:
+    """Rows where Σlo < cap < Σ effective hi: find λ on the sorted breakpoints."""
+    rows = rates.shape[0]
+    safe = np.where(active, rates, 1.0)
+    # Breakpoints: at lo/r a bidder starts rising (slope +r, constant −lo);
+    # at hi/r it stops (slope −r, constant +hi). Inactive bidders: zero-effect points at 0.
+    pts = np.concatenate([np.where(active, lo / safe, 0.0), np.where(active, hi / safe, 0.0)], 1)
+    d_slope = np.concatenate([np.where(active, rates, 0.0), np.where(active, -rates, 0.0)], 1)
+    d_const = np.concatenate([np.where(active, -lo, 0.0), np.where(active, hi, 0.0)], 1)
+    order = np.argsort(pts, axis=1, kind="stable")
+    pts = np.take_along_axis(pts, order, 1)
+    slope = np.cumsum(np.take_along_axis(d_slope, order, 1), axis=1)
+    const = lo.sum(axis=1, keepdims=True) + np.cumsum(np.take_along_axis(d_const, order, 1), 1)
+    total = const + slope * pts  # f at each breakpoint (f is continuous)
+    # First breakpoint where f reaches the capacity; it exists because f(last) = Σ eff hi > cap,
+    # and it is not the first because f(first) = Σ lo < cap.
+    k = np.argmax(total >= cap[:, None], axis=1)
+    k = np.maximum(k, 1)
+    idx = np.arange(rows)
+    p0, p1 = pts[idx, k - 1], pts[idx, k]
+    f0, f1 = total[idx, k - 1], total[idx, k]
+    s0 = slope[idx, k - 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        level = np.where(
+            f1 > f0, p0 + (cap - f0) * (p1 - p0) / (f1 - f0), p0 + (cap - f0) / s0
+        )
+    level = np.where(np.isfinite(level), level, p1)
+    return np.clip(level[:, None] * rates, lo, np.where(active, hi, lo))
+
+
+def _trim(shares: np.ndarray, lo: np.ndarray, cap: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """Remove any floating-point overshoot of Σ (``total``) over cap from shares above lo."""
+    excess = total - cap
+    rows = excess > 0
+    if np.any(rows):
+        room = shares[rows] - lo[rows]
+        total_room = room.sum(axis=1, keepdims=True)
+        cut = np.where(total_room > 0, excess[rows][:, None] * room / total_room, 0.0)
+        shares[rows] = np.maximum(shares[rows] - cut, lo[rows])
+    return shares
+
+
+def headroom(lo: np.ndarray, capacity: float | np.ndarray = 1.0) -> np.ndarray:
+    """What remains of the capacity once every minimum is reserved (per row; may be < 0)."""
+    lo = np.asarray(lo, dtype=np.float64)
+    return np.asarray(capacity, dtype=np.float64) - lo.sum(axis=-1)
+
+
+def admissible(
+    reserved: np.ndarray, new_lo: np.ndarray, capacity: float | np.ndarray = 1.0
+) -> np.ndarray:
+    """Per resource, can a new minimum be met on top of the reserved ones?
+
+    ``reserved``: the existing minimums, shape ``(n,)`` or ``(R, n)``; ``new_lo``: the
+    candidate's minimum, a scalar or one per row. True where Σ reserved + new ≤ capacity.
+    """
+    room = headroom(reserved, capacity)
+    return np.asarray(new_lo, dtype=np.float64) <= room + TOLERANCE
