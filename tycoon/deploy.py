@@ -1,0 +1,119 @@
+"""A deployment: which keys play which role, where state lives, how the market is laid out.
+
+``tycoon init`` writes it (``<home>/tycoon.toml`` plus the keys); ``tycoon up`` reads it.
+The file is TOML so an operator can read and edit it; only this module writes it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tycoon.bus.keys import KeyStore, subject_id
+
+CONFIG_NAME = "tycoon.toml"
+HOST_PRESETS = ("small", "medium", "large", "xlarge")
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    key: str
+    preset: str = "medium"
+    driver: str = "simulated"
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    key: str
+    budget: str = "100"
+    deadline: str = "2h"
+
+
+@dataclass
+class Deployment:
+    """Everything ``tycoon up`` needs to start a market from a state directory."""
+
+    home: Path
+    nats_url: str = ""
+    bank_key: str = "bank"
+    operator_key: str = "operator"
+    sls_key: str = "sls"
+    hosts: list[HostSpec] = field(default_factory=list)
+    agents: list[AgentSpec] = field(default_factory=list)
+
+    @property
+    def store(self) -> KeyStore:
+        return KeyStore(self.home)
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / CONFIG_NAME
+
+    def public_key(self, key: str) -> str:
+        return self.store.load(key).public_key
+
+    def ensure_keys(self) -> list[str]:
+        """Create every key this deployment names that does not exist yet; return those made."""
+        made = []
+        names = [self.bank_key, self.operator_key, self.sls_key]
+        names += [h.key for h in self.hosts] + [a.key for a in self.agents]
+        for name in names:
+            if not self.store.exists(name):
+                self.store.create(name)
+                made.append(name)
+        return made
+
+    def save(self) -> Path:
+        """Write ``tycoon.toml`` (public keys included, for the reader's convenience)."""
+        lines = ["# Written by `tycoon init` / `tycoon up`. Seeds live in keys/ (mode 0600).", ""]
+        lines += ["[market]", f"nats_url = {_q(self.nats_url)}", ""]
+        for role, key in (("bank", self.bank_key), ("operator", self.operator_key),
+                          ("sls", self.sls_key)):
+            lines += [f"[{role}]", f"key = {_q(key)}", f"public_key = {_q(self.public_key(key))}",
+                      ""]
+        for h in self.hosts:
+            pk = self.public_key(h.key)
+            lines += ["[[hosts]]", f"key = {_q(h.key)}", f"preset = {_q(h.preset)}",
+                      f"driver = {_q(h.driver)}", f"public_key = {_q(pk)}",
+                      f"id = {_q(subject_id(pk))}", ""]
+        for a in self.agents:
+            lines += ["[[agents]]", f"key = {_q(a.key)}", f"budget = {_q(a.budget)}",
+                      f"deadline = {_q(a.deadline)}", f"public_key = {_q(self.public_key(a.key))}",
+                      ""]
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text("\n".join(lines))
+        return self.config_path
+
+    @classmethod
+    def load(cls, home: Path) -> Deployment:
+        """Read ``<home>/tycoon.toml``."""
+        data: dict[str, Any] = tomllib.loads((home / CONFIG_NAME).read_text())
+        return cls(
+            home=home,
+            nats_url=str(data.get("market", {}).get("nats_url", "")),
+            bank_key=str(data.get("bank", {}).get("key", "bank")),
+            operator_key=str(data.get("operator", {}).get("key", "operator")),
+            sls_key=str(data.get("sls", {}).get("key", "sls")),
+            hosts=[HostSpec(str(h["key"]), str(h.get("preset", "medium")),
+                            str(h.get("driver", "simulated"))) for h in data.get("hosts", [])],
+            agents=[AgentSpec(str(a["key"]), str(a.get("budget", "100")),
+                              str(a.get("deadline", "2h"))) for a in data.get("agents", [])],
+        )
+
+    @classmethod
+    def default(cls, home: Path, hosts: int, agents: int, nats_url: str = "") -> Deployment:
+        """Hosts of varied sizes and agents with budgets 1:2:4:… and staggered deadlines."""
+        return cls(
+            home=home,
+            nats_url=nats_url,
+            hosts=[HostSpec(f"host-{i + 1}", HOST_PRESETS[i % len(HOST_PRESETS)])
+                   for i in range(hosts)],
+            agents=[AgentSpec(f"agent-{i + 1}", str(50 * 2**i), f"{10 + 5 * i}m")
+                    for i in range(agents)],
+        )
+
+
+def _q(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
