@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tap",
     "top",
     "status",
+    "init",
     "run",
 )
 
