@@ -112,8 +112,10 @@ class BankService:
     async def _history(self, msg: Message) -> dict[str, Any]:
         body, sender = msg.body, msg.sender
         account = get_str(body, "account", optional=True, max_len=64) or sender
-        offset = get_int(body, "offset", optional=True) or 0
-        limit = get_int(body, "limit", optional=True) or 100
+        offset = get_int(body, "offset", optional=True)
+        limit = get_int(body, "limit", optional=True)
+        offset = 0 if offset is None else offset
+        limit = 100 if limit is None else limit
         if not 1 <= limit <= MAX_HISTORY_PAGE or offset < 0:
             raise Rejected("malformed", f"offset >= 0 and limit 1..{MAX_HISTORY_PAGE}")
         self.ledger.may_read(sender, account)
