@@ -1,0 +1,313 @@
+"""``tycoon bank``: serve the bank, use it (open, mint, transfer, balance, history, close),
+print its key and audit its database. Amounts on the command line are decimal credits."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from tycoon.bank.audit import audit
+from tycoon.bank.client import BankClient
+from tycoon.bank.ledger import Ledger
+from tycoon.bank.receipt import Receipt
+from tycoon.bank.service import BankService
+from tycoon.bank.sqlite_store import SqliteStore, StoreLocked
+from tycoon.bus.connection import open_bus
+from tycoon.bus.keys import default_home, is_public_key
+from tycoon.bus.runner import run_until_signal
+from tycoon.cli.common import bus_for, fail, keystore, print_json
+from tycoon.deploy import CONFIG_NAME, Deployment
+from tycoon.errors import Rejected
+from tycoon.log import get_logger
+from tycoon.money import format_amount, parse_amount
+
+DB_NAME = "bank.db"
+PUB_NAME = "bank.pub"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``tycoon bank …``."""
+    bank = sub.add_parser("bank", help="the bank: accounts, transfers, receipts, audit")
+    cmds = bank.add_subparsers(dest="bank_command", metavar="OP", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object")
+    common.add_argument("--bank", default=None,
+                        help="the bank's public key or key name (env TYCOON_BANK; default: "
+                             "tycoon.toml, <home>/bank.pub, then the key named 'bank')")
+
+    serve = cmds.add_parser("serve", help="run the bank service")
+    _db_options(serve)
+    who = serve.add_mutually_exclusive_group()
+    who.add_argument("--operator", help="public key (U…) allowed to mint")
+    who.add_argument("--operator-key", help="name of the operator's key in the key store")
+    serve.add_argument("--bank-key", default=None, help="name of the bank's key (default 'bank')")
+    serve.add_argument("--max-batch", type=int, default=2048, help="operations per commit")
+    serve.set_defaults(func=cmd_serve)
+
+    key = cmds.add_parser("key", help="print the bank's public key")
+    key.add_argument("--bank-key", default=None, help="name of the bank's key (default 'bank')")
+    key.set_defaults(func=cmd_key)
+
+    opener = cmds.add_parser("open", parents=[common], help="open the account of --as KEY")
+    opener.add_argument("--name", default=None, help="display name")
+    opener.set_defaults(func=cmd_open)
+
+    mint = cmds.add_parser("mint", parents=[common], help="create money (operator key only)")
+    mint.add_argument("account", help="public key or key name")
+    mint.add_argument("amount", help="credits, e.g. 12.5")
+    mint.add_argument("--id", default=None, help="mint id (retry with the same id)")
+    mint.add_argument("--memo", default="")
+    mint.set_defaults(func=cmd_mint)
+
+    pay = cmds.add_parser("transfer", parents=[common], help="pay another account")
+    pay.add_argument("payee", help="public key or key name")
+    pay.add_argument("amount", help="credits, e.g. 12.5")
+    pay.add_argument("--id", default=None, help="transfer id (retry with the same id)")
+    pay.add_argument("--memo", default="")
+    pay.add_argument("--receipt", type=Path, default=None, help="write the raw receipt here")
+    pay.set_defaults(func=cmd_transfer)
+
+    bal = cmds.add_parser("balance", parents=[common], help="an account's balance")
+    bal.add_argument("account", nargs="?", default=None, help="default: your own")
+    bal.set_defaults(func=cmd_balance)
+
+    hist = cmds.add_parser("history", parents=[common], help="an account's history")
+    hist.add_argument("account", nargs="?", default=None, help="default: your own")
+    hist.add_argument("--offset", type=int, default=0)
+    hist.add_argument("--limit", type=int, default=100)
+    hist.set_defaults(func=cmd_history)
+
+    close = cmds.add_parser("close", parents=[common], help="close your (empty) account")
+    close.set_defaults(func=cmd_close)
+
+    aud = cmds.add_parser("audit", help="check conservation and that history replays")
+    _db_options(aud)
+    aud.add_argument("--json", action="store_true", help="print one JSON object")
+    aud.set_defaults(func=cmd_audit)
+
+
+def _db_options(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--db", type=Path, default=None, help="the bank's SQLite file")
+    where.add_argument("--state", type=Path, default=None, help="state dir: uses DIR/bank.db")
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return Path(args.home) if getattr(args, "home", None) else default_home()
+
+
+def _deployment(args: argparse.Namespace) -> Deployment | None:
+    home = _home(args)
+    return Deployment.load(home) if (home / CONFIG_NAME).exists() else None
+
+
+def db_path(args: argparse.Namespace) -> Path:
+    """``--db``, else ``--state``/bank.db, else ``<home>/bank.db``."""
+    if args.db is not None:
+        return Path(args.db)
+    return (Path(args.state) if args.state is not None else _home(args)) / DB_NAME
+
+
+def _bank_key_name(args: argparse.Namespace) -> str:
+    if args.bank_key:
+        return str(args.bank_key)
+    deployment = _deployment(args)
+    return deployment.bank_key if deployment else "bank"
+
+
+def resolve_account(args: argparse.Namespace, text: str) -> str:
+    """A public key as given, or the public key of the named key in the key store."""
+    if is_public_key(text):
+        return text
+    try:
+        return keystore(args).load(text).public_key
+    except (FileNotFoundError, ValueError) as exc:
+        raise Rejected("unknown_account", f"{text!r} is neither a public key nor a key name") \
+            from exc
+
+
+def resolve_bank_key(args: argparse.Namespace) -> str:
+    """Where a client learns the bank's public key (never from the wire)."""
+    given = getattr(args, "bank", None) or os.environ.get("TYCOON_BANK")
+    if given:
+        return resolve_account(args, given)
+    deployment = _deployment(args)
+    if deployment is not None:
+        try:
+            return deployment.public_key(deployment.bank_key)
+        except FileNotFoundError:
+            pass
+    pub = _home(args) / PUB_NAME
+    if pub.exists():
+        text = pub.read_text().strip()
+        if is_public_key(text):
+            return text
+    if keystore(args).exists("bank"):
+        return keystore(args).load("bank").public_key
+    raise Rejected("unknown_account", "the bank's public key is unknown: pass --bank KEY or "
+                                      "set TYCOON_BANK")
+
+
+def _operator(args: argparse.Namespace) -> str:
+    if args.operator:
+        if not is_public_key(args.operator):
+            raise Rejected("malformed", "--operator must be a public key (U…)")
+        return str(args.operator)
+    deployment = _deployment(args)
+    name = args.operator_key or (deployment.operator_key if deployment else "operator")
+    try:
+        return keystore(args).load(name).public_key
+    except FileNotFoundError as exc:
+        raise Rejected("unknown_account", f"no operator key named {name!r}: pass --operator "
+                                          "PUBKEY or --operator-key NAME") from exc
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the bank until SIGTERM/SIGINT (requests in flight are answered first)."""
+    operator = _operator(args)
+    bank = keystore(args).load_or_create(_bank_key_name(args))
+    path = db_path(args)
+    try:
+        store = SqliteStore(path)
+    except StoreLocked as error:
+        return fail(str(error))
+    try:
+        ledger = Ledger(store, bank, operator=operator)
+    except ValueError as error:
+        store.close()
+        return fail(str(error))
+    pub = _home(args) / PUB_NAME
+    pub.parent.mkdir(parents=True, exist_ok=True)
+    pub.write_text(bank.public_key + "\n")
+    log = get_logger("bank")
+    bus = await open_bus(args.nats, bank, name="tycoon-bank")
+    service = BankService(bus, ledger, max_batch=args.max_batch)
+    try:
+        await service.start()
+        log.info("bank ready", bank=bank.public_key, operator=operator, db=str(path),
+                 seq=ledger.seq, accounts=len(ledger.accounts))
+        print(f"bank {bank.public_key} ready: db {path}, seq {ledger.seq}", flush=True)
+        await run_until_signal(bus, service)
+    finally:
+        await service.stop()
+        await bus.close()
+        store.close()
+    return 0
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    """Print the bank's public key (creating the key if it does not exist yet)."""
+    print(keystore(args).load_or_create(_bank_key_name(args)).public_key)
+    return 0
+
+
+async def _with_client(args: argparse.Namespace, action: Any) -> int:
+    bank_key = resolve_bank_key(args)
+    bus = await bus_for(args)
+    try:
+        return int(await action(BankClient(bus, bank_key)))
+    finally:
+        await bus.close()
+
+
+def _out(args: argparse.Namespace, obj: dict[str, Any], text: str) -> int:
+    if args.json:
+        print_json(obj)
+    else:
+        print(text)
+    return 0
+
+
+async def cmd_open(args: argparse.Namespace) -> int:
+    async def act(c: BankClient) -> int:
+        reply = await c.open(args.name)
+        return _out(args, reply, f"opened account {reply['account']}")
+    return await _with_client(args, act)
+
+
+async def cmd_mint(args: argparse.Namespace) -> int:
+    account, amount = resolve_account(args, args.account), parse_amount(args.amount)
+
+    async def act(c: BankClient) -> int:
+        reply = await c.mint(account, amount, args.id, memo=args.memo)
+        return _out(args, reply, f"minted {format_amount(amount)} into {account} "
+                                 f"(mint id {reply['mint_id']}, seq {reply['seq']})")
+    return await _with_client(args, act)
+
+
+def receipt_json(receipt: Receipt) -> dict[str, Any]:
+    """A receipt's fields, with the raw signed bytes in hex."""
+    return {**receipt.to_body(), "receipt": receipt.raw.hex()}
+
+
+async def cmd_transfer(args: argparse.Namespace) -> int:
+    payee, amount = resolve_account(args, args.payee), parse_amount(args.amount)
+
+    async def act(c: BankClient) -> int:
+        receipt = await c.transfer(payee, amount, transfer_id=args.id, memo=args.memo)
+        if args.receipt is not None:
+            args.receipt.write_bytes(receipt.raw)
+        return _out(args, receipt_json(receipt),
+                    f"paid {format_amount(amount)} to {payee}\n"
+                    f"transfer id {receipt.transfer_id}, seq {receipt.seq} (receipt verified)")
+    return await _with_client(args, act)
+
+
+async def cmd_balance(args: argparse.Namespace) -> int:
+    account = resolve_account(args, args.account) if args.account else None
+
+    async def act(c: BankClient) -> int:
+        balance = await c.balance(account)
+        who = account or c.account
+        return _out(args, {"account": who, "balance": balance}, format_amount(balance))
+    return await _with_client(args, act)
+
+
+async def cmd_history(args: argparse.Namespace) -> int:
+    account = resolve_account(args, args.account) if args.account else None
+
+    async def act(c: BankClient) -> int:
+        entries = await c.history(args.offset, args.limit, account=account)
+        if args.json:
+            print_json({"account": account or c.account, "offset": args.offset,
+                        "entries": entries})
+            return 0
+        for e in entries:
+            amount = format_amount(e["amount"]) if e["amount"] else ""
+            print(f"{e['seq']:>8} {e['kind']:<8} {amount:>16} {e['counterparty'][:20]:<20} "
+                  f"{e['id'][:32]:<32} {e['memo']}")
+        return 0
+    return await _with_client(args, act)
+
+
+async def cmd_close(args: argparse.Namespace) -> int:
+    async def act(c: BankClient) -> int:
+        reply = await c.close()
+        return _out(args, reply, f"closed account {reply['account']}")
+    return await _with_client(args, act)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Replay the ledger read-only; exit 0 when every invariant holds, else 1."""
+    path = db_path(args)
+    try:
+        store = SqliteStore(path, readonly=True)
+    except FileNotFoundError as error:
+        return fail(str(error))
+    try:
+        report = audit(store)
+    finally:
+        store.close()
+    if args.json:
+        print_json({"db": str(path), **report.to_dict()})
+    else:
+        print(f"{path}: {report.events} events, {report.transfers} transfers, "
+              f"{report.accounts} accounts")
+        print(f"Σ balances {format_amount(report.total_balances)}, "
+              f"Σ minted {format_amount(report.total_minted)}")
+        for problem in report.problems:
+            print(f"PROBLEM: {problem}")
+        print("OK" if report.ok else "FAILED")
+    return 0 if report.ok else 1
