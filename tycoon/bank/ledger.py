@@ -23,7 +23,7 @@ from tycoon.bank.receipt import MAX_MEMO, MAX_TRANSFER_ID, Receipt, make_receipt
 from tycoon.bank.store import AccountRow, EventRow, Store
 from tycoon.bus.keys import Identity, is_public_key
 from tycoon.errors import Rejected
-from tycoon.money import MAX_AMOUNT, check_amount
+from tycoon.money import MAX_AMOUNT, check_amount, format_amount
 
 MAX_NAME = 64
 MAX_HISTORY_PAGE = 1000
@@ -141,7 +141,8 @@ class Batch:
         source = self._live(payer, "payer")
         target = self._live(payee, "payee")
         if source.balance < amount:
-            raise Rejected("overdraft", f"balance {source.balance} < amount {amount}")
+            raise Rejected("overdraft", f"balance {format_amount(source.balance)} < amount "
+                                        f"{format_amount(amount)}")
         seq, ts = self._next()
         raw = make_receipt(self._ledger.bank, transfer_id=transfer_id, payer=payer,
                            payee=payee, amount=amount, memo=memo, seq=seq, settled_ns=ts)
@@ -156,7 +157,7 @@ class Batch:
         """Close the sender's own account; only with a zero balance."""
         row = self._live(sender, "account")
         if row.balance != 0:
-            raise Rejected("not_empty", f"the account still holds {row.balance}")
+            raise Rejected("not_empty", f"the account still holds {format_amount(row.balance)}")
         seq, ts = self._next()
         self._record(EventRow(seq, "close", ts, sender, payer=sender))
         self.dirty[sender] = dataclasses.replace(row, closed=True)
