@@ -31,7 +31,7 @@ def brute(rates: np.ndarray, lo: np.ndarray, hi: np.ndarray, cap: float) -> np.n
 @st.composite
 def bidders(draw: st.DrawFn, max_n: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = draw(st.integers(1, max_n))
-    fin = st.floats(0, 1e6, allow_nan=False)
+    fin = st.floats(1e-9, 1e9, allow_nan=False)
     rates = np.array(draw(st.lists(st.one_of(st.just(0.0), fin), min_size=n, max_size=n)))
     lo_raw = np.array(draw(st.lists(st.floats(0, 1), min_size=n, max_size=n)))
     width = np.array(draw(st.lists(st.floats(0, 1), min_size=n, max_size=n)))
@@ -140,3 +140,10 @@ def test_admission() -> None:
     assert headroom(reserved).tolist() == pytest.approx([0.3, 1.0])
     assert admissible(reserved, np.array([0.3, 1.0])).tolist() == [True, True]
     assert admissible(reserved, np.array([0.31, 0.0])).tolist() == [False, True]
+
+
+def test_negligible_rates_count_as_zero() -> None:
+    shares = water_fill([1.0, 1e-250, 0.0], [0, 0, 0], [0.0, 1.0, 1.0])
+    assert shares.tolist() == [0.0, 0.0, 0.0]
+    shares = water_fill([1e-300, 3e-300], [0, 0], [1.0, 1.0])  # scale does not matter
+    assert np.allclose(shares, [0.25, 0.75])

@@ -8,8 +8,8 @@ For one resource, every bidder ``i`` has a rate ``r_i >= 0`` and bounds
 (or every bidder sits at its ``hi`` when even that does not use the capacity up).
 Shares are thus proportional to rate among the unconstrained bidders, every
 minimum is met, no maximum is exceeded and the excess of a clipped bidder flows
-to the others. A bidder with rate 0 gets exactly its ``lo`` (pass ``lo = 0`` for
-bidders that should get nothing).
+to the others. A bidder with rate 0 (or below 1e-200 of the largest) gets exactly
+its ``lo`` (pass ``lo = 0`` for bidders that should get nothing).
 
 The total ``f(λ)`` is monotone and piecewise linear with breakpoints ``lo_i/r_i``
 and ``hi_i/r_i``. A few safeguarded Newton steps (O(n) each) find the level in the
@@ -24,6 +24,9 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["admissible", "check_inputs", "headroom", "water_fill"]
+
+TINY = 1e-200
+"""Rates smaller than this fraction of the largest rate (of a row) count as zero."""
 
 TOLERANCE = 1e-9
 """Slack allowed when comparing sums of fractions against a capacity."""
@@ -71,6 +74,10 @@ def water_fill(
         out = np.zeros((rows, 0))
         return out[0] if one_d else out
 
+    # Shares do not change when a row's rates are scaled, so normalise by the largest rate
+    # (keeps λ in range); rates below TINY of the largest count as zero.
+    top = rates.max(axis=1, keepdims=True)
+    rates = np.where(rates >= TINY * top, rates / np.where(top > 0, top, 1.0), 0.0)
     active = rates > 0
     eff_hi = np.where(active, hi, lo)  # a bidder without rate never rises above its lo
     sum_lo = lo.sum(axis=1)
@@ -95,6 +102,7 @@ NEWTON_STEPS = 24
 """Safeguarded Newton steps before a row falls back to the exact sort-based solver."""
 
 
+@np.errstate(all="ignore")
 def _newton(
     rates: np.ndarray, lo: np.ndarray, hi: np.ndarray, active: np.ndarray, cap: np.ndarray
 ) -> np.ndarray:
@@ -106,8 +114,7 @@ def _newton(
     """
     rows = rates.shape[0]
     low = np.zeros(rows)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        high = np.where(active, hi / rates, 0.0).max(axis=1)
+    high = np.where(active, hi / rates, 0.0).max(axis=1)
     level = np.minimum(cap / rates.sum(axis=1), high)
     tol = 1e-13 * np.maximum(cap, 1.0)
     shares = np.empty_like(rates)
@@ -126,8 +133,7 @@ def _newton(
         slope = np.einsum("ij,ij->i", rates, rising)
         low = np.where(gap > 0, np.maximum(low, level), low)
         high = np.where(gap < 0, np.minimum(high, level), high)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            step = level + gap / slope
+        step = level + gap / slope
         bad = ~np.isfinite(step) | (step <= low) | (step >= high)
         level = np.where(done, level, np.where(bad, 0.5 * (low + high), step))
     if not done.all():
@@ -137,6 +143,7 @@ def _newton(
     return _trim(shares, lo, cap, total)
 
 
+@np.errstate(all="ignore")
 def _solve(
     rates: np.ndarray, lo: np.ndarray, hi: np.ndarray, active: np.ndarray, cap: np.ndarray
 ) -> np.ndarray:
@@ -161,10 +168,7 @@ def _solve(
     p0, p1 = pts[idx, k - 1], pts[idx, k]
     f0, f1 = total[idx, k - 1], total[idx, k]
     s0 = slope[idx, k - 1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        level = np.where(
-            f1 > f0, p0 + (cap - f0) * (p1 - p0) / (f1 - f0), p0 + (cap - f0) / s0
-        )
+    level = np.where(f1 > f0, p0 + (cap - f0) * (p1 - p0) / (f1 - f0), p0 + (cap - f0) / s0)
     level = np.where(np.isfinite(level), level, p1)
     return np.clip(level[:, None] * rates, lo, np.where(active, hi, lo))
 
