@@ -273,10 +273,29 @@ class CgroupsDriver:
         if "memory" in self.knobs:
             limit: int | None = None
             if self._memory_limits:
-                limit = max(self._memory_floor, int(share.memory * self._capacity.memory))
+                limit = self._memory_limit(name, share.memory)
             self._set(name, "memory", limit, self.backend.set_memory)
         if "io" in self.knobs:
             self._set(name, "io", share.disk, self.backend.set_io)
+
+    def _memory_limit(self, name: str, share: float) -> int:
+        """share × capacity (at least the floor), but never below what the sandbox holds now:
+        the kernel would block for seconds reclaiming and then refuse (no swap), so the limit
+        stops at the held amount (rounded up to a MiB) and the sandbox cannot grow; the next
+        apply tries the target again."""
+        target = max(self._memory_floor, int(share * self._capacity.memory))
+        previous = self._written.get((name, "memory"))
+        if isinstance(previous, int) and target >= previous:
+            return target
+        try:
+            held = self.backend.memory_bytes(name)
+        except Rejected:
+            return target
+        if held <= target:
+            return target
+        limit = -(-(held + MiB) // MiB) * MiB
+        log.warning("memory limit held above target", sandbox=name, target=target, limit=limit)
+        return limit
 
     def _set(self, name: str, knob: str, value: object, setter: Callable) -> None:
         if self._written.get((name, knob), ...) == value:
