@@ -1,0 +1,154 @@
+"""The price update body (kind ``price``, on ``tycoon.price.<host>``), parsed strictly.
+
+    {"host": str, "seq": int, "heartbeat_s": float, "name": str, "driver": str,
+     "resources": {"cpu"|"memory"|"disk"|"net": {"capacity": int, "price": float,
+                   "unit_price": float, "utilization": float, "bidders": int}}}
+
+:func:`parse_update` is the SLS hot path (plain tuples, one pass, no allocation per
+field); :class:`PriceUpdate` is the typed form for everyone else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tycoon.errors import Rejected
+from tycoon.vmm.driver import RESOURCES
+
+MAX_HEARTBEAT_S = 86_400.0
+MIN_HEARTBEAT_S = 0.01
+MAX_INT = 2**63
+_INF = float("inf")
+_RESOURCE_SET = frozenset(RESOURCES)
+
+OfferTuple = tuple[int, float, float, int]
+"""(capacity, price, utilization, bidders) of one resource."""
+ParsedUpdate = tuple[str, int, float, str, str, tuple[OfferTuple | None, ...]]
+"""(host, seq, heartbeat_s, name, driver, offers in RESOURCES order)."""
+
+
+def _bad(what: str, rule: str) -> Rejected:
+    return Rejected("malformed", f"price update: {what} {rule}")
+
+
+def _nonneg(value: Any, what: str) -> float:
+    cls = value.__class__
+    if cls is float:
+        if 0.0 <= value < _INF:
+            return value
+    elif cls is int and 0 <= value < MAX_INT:
+        return float(value)
+    raise _bad(what, "must be a finite number >= 0")
+
+
+def _text(value: Any, what: str, max_len: int) -> str:
+    if value.__class__ is not str or len(value) > max_len:
+        raise _bad(what, f"must be a string of at most {max_len} characters")
+    return value
+
+
+def parse_update(body: Any) -> ParsedUpdate:
+    """Check a price update body in one pass, or raise ``malformed`` naming the field.
+
+    Offers with capacity 0 are kept (the host sells none of that resource); extra fields
+    are ignored so that publishers can add some without breaking older readers.
+    """
+    if body.__class__ is not dict:
+        raise _bad("body", "must be a map")
+    host = _text(body.get("host"), "host", 64)
+    seq = body.get("seq")
+    if seq.__class__ is not int or not 0 <= seq < MAX_INT:
+        raise _bad("seq", "must be an integer in [0, 2**63)")
+    heartbeat = _nonneg(body.get("heartbeat_s"), "heartbeat_s")
+    if not MIN_HEARTBEAT_S <= heartbeat <= MAX_HEARTBEAT_S:
+        raise _bad("heartbeat_s", f"must be in [{MIN_HEARTBEAT_S}, {MAX_HEARTBEAT_S}]")
+    name = _text(body.get("name"), "name", 128)
+    driver = _text(body.get("driver"), "driver", 64)
+    resources = body.get("resources")
+    if resources.__class__ is not dict or not resources.keys() <= _RESOURCE_SET:
+        raise _bad("resources", f"must be a map keyed by {', '.join(RESOURCES)}")
+    offers: list[OfferTuple | None] = []
+    for res in RESOURCES:
+        raw = resources.get(res)
+        if raw is None:
+            offers.append(None)
+            continue
+        if raw.__class__ is not dict:
+            raise _bad(res, "must be a map")
+        capacity, bidders = raw.get("capacity"), raw.get("bidders")
+        if capacity.__class__ is not int or not 0 <= capacity < MAX_INT:
+            raise _bad(f"{res}.capacity", "must be an integer in [0, 2**63)")
+        if bidders.__class__ is not int or not 0 <= bidders < MAX_INT:
+            raise _bad(f"{res}.bidders", "must be an integer in [0, 2**63)")
+        price = _nonneg(raw.get("price"), f"{res}.price")
+        _nonneg(raw.get("unit_price"), f"{res}.unit_price")
+        util = _nonneg(raw.get("utilization"), f"{res}.utilization")
+        if util > 1.0:
+            raise _bad(f"{res}.utilization", "must be in [0, 1]")
+        offers.append((capacity, price, util, bidders))
+    return host, seq, heartbeat, name, driver, tuple(offers)
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What a host sells of one resource and what it costs now."""
+
+    capacity: int
+    price: float
+    utilization: float
+    bidders: int
+
+    @property
+    def unit_price(self) -> float:
+        """price / capacity (0 when nothing is sold)."""
+        return self.price / self.capacity if self.capacity else 0.0
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "capacity": self.capacity,
+            "price": self.price,
+            "unit_price": self.unit_price,
+            "utilization": self.utilization,
+            "bidders": self.bidders,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PriceUpdate:
+    """One host's price update."""
+
+    host: str
+    seq: int
+    heartbeat_s: float
+    name: str
+    driver: str
+    resources: dict[str, Offer]
+
+    def to_body(self) -> dict[str, Any]:
+        """The wire body (kind ``price``)."""
+        return {
+            "host": self.host,
+            "seq": self.seq,
+            "heartbeat_s": self.heartbeat_s,
+            "name": self.name,
+            "driver": self.driver,
+            "resources": {r: o.to_body() for r, o in self.resources.items()},
+        }
+
+    def parsed(self) -> ParsedUpdate:
+        """The tuple form of :func:`parse_update`."""
+        offers = tuple(
+            None
+            if (o := self.resources.get(r)) is None
+            else (o.capacity, o.price, o.utilization, o.bidders)
+            for r in RESOURCES
+        )
+        return self.host, self.seq, self.heartbeat_s, self.name, self.driver, offers
+
+    @classmethod
+    def from_body(cls, body: Any) -> PriceUpdate:
+        """Parse a price update body, or raise ``malformed`` naming the bad field."""
+        host, seq, heartbeat, name, driver, offers = parse_update(body)
+        resources = {r: Offer(*o) for r, o in zip(RESOURCES, offers, strict=True) if o}
+        return cls(host, seq, heartbeat, name, driver, resources)
