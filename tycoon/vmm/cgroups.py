@@ -114,7 +114,7 @@ class CgroupsDriver:
         for name in self.backend.names():  # adopt sandboxes left by a previous run
             self._accounts.setdefault(name, name)
             self._baseline(name)
-        log.info("cgroups driver ready", version=self.version, root=root, knobs=sorted(self.knobs))
+        log.debug("cgroups driver ready", version=self.version, root=root, knobs=sorted(self.knobs))
 
     # -- the Driver interface -------------------------------------------------------------
 
