@@ -180,7 +180,7 @@ class ProbabilityDistribution:
             return 1.0
         below = int(self._counts[:i].sum())
         frac = (x - self.lo - i * self.width) / self.width
-        return min(1.0, (below + self._counts[i] * frac) / total)
+        return min(1.0, float(below + self._counts[i] * frac) / total)
 
     def quantile(self, q: float | Any) -> Any:
         """The value below which a fraction ``q`` of the mass lies (scalar or array of q)."""

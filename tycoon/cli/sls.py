@@ -1,0 +1,176 @@
+"""``tycoon sls serve|host`` and ``tycoon hosts``: run the SLS, and ask it what hosts cost."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+from typing import Any
+
+from tycoon.bus.connection import open_bus
+from tycoon.bus.runner import run_until_signal
+from tycoon.cli.common import bus_for, fail, identity, print_json
+from tycoon.errors import Rejected
+from tycoon.sls.client import SLSClient
+from tycoon.sls.query import DEFAULT_LIMIT, MAX_LIMIT, SORTS
+from tycoon.sls.service import SLSConfig, SLSService
+from tycoon.vmm.driver import RESOURCES
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmMgGtT]i?)?[bB]?$")
+_POWERS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_capacity(text: str) -> int:
+    """``"2G"`` -> 2_000_000_000, ``"512Mi"`` -> 536_870_912, ``"800"`` -> 800 (base units)."""
+    match = _SIZE.match(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a capacity: {text!r} (e.g. 800, 2G, 512Mi)")
+    number, unit = float(match[1]), (match[2] or "")
+    scale = _POWERS[unit[:1].lower()]
+    if unit.endswith("i"):
+        scale = 1024 ** "kmgt".index(unit[0].lower()) * 1024
+    return int(number * scale)
+
+
+def _price(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"not a price: {text!r}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    sls = sub.add_parser("sls", help="the service location service")
+    ops = sls.add_subparsers(dest="op", required=True)
+    serve = ops.add_parser("serve", help="run one SLS replica (queue group 'sls')")
+    serve.add_argument("--missed", type=int, default=3, help="heartbeats missed before expiry")
+    serve.add_argument("--snapshot-s", type=float, default=10.0, help="snapshot period (s)")
+    serve.add_argument("--workers", type=int, default=2, help="signature-checking threads")
+    serve.add_argument("--queue", default="sls", help="queue group of the query endpoints")
+    serve.set_defaults(func=cmd_serve)
+    host = ops.add_parser("host", help="show one live host in full")
+    host.add_argument("host", help="host id")
+    host.add_argument("--json", action="store_true")
+    host.set_defaults(func=cmd_host)
+
+    hosts = sub.add_parser("hosts", help="list live hosts from the SLS")
+    hosts.add_argument("--resource", choices=RESOURCES, default="cpu")
+    hosts.add_argument(
+        "--max-price", type=_price, default=None,
+        help="maximum unit price (micro-credits/s per base unit: MHz, byte, bit/s)",
+    )
+    hosts.add_argument(
+        "--min-capacity", type=parse_capacity, default=0,
+        help="minimum capacity in base units (suffixes k M G T, Ki Mi Gi Ti)",
+    )
+    hosts.add_argument("--sort", choices=SORTS, default="capacity_per_price")
+    hosts.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"at most {MAX_LIMIT}")
+    hosts.add_argument("--offset", type=int, default=0)
+    hosts.add_argument("--json", action="store_true", help="print the reply as JSON")
+    hosts.set_defaults(func=cmd_hosts)
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    config = SLSConfig(
+        missed_heartbeats=args.missed,
+        snapshot_s=args.snapshot_s,
+        workers=args.workers,
+        queue=args.queue,
+    )
+    bus = await open_bus(args.nats, identity(args), name="tycoon-sls")
+    sls = SLSService(bus, config)
+    await sls.start()
+    print(f"sls serving on {args.nats} (queue {config.queue!r}); Ctrl-C stops", flush=True)
+    await run_until_signal(bus, sls)
+    return 0
+
+
+async def cmd_host(args: argparse.Namespace) -> int:
+    bus = await bus_for(args)
+    try:
+        body = await SLSClient(bus).host(args.host)
+    except Rejected as error:
+        return fail(error)
+    finally:
+        await bus.close()
+    if args.json:
+        print_json(body)
+        return 0
+    for key in ("host", "name", "driver", "public_key", "seq", "heartbeat_s", "availability"):
+        print(f"{key}: {body[key]}")
+    for name, offer in body["resources"].items():
+        windows = offer["statistics"]["windows"]
+        hour = windows.get("hour", {})
+        print(
+            f"{name}: capacity {format_capacity(name, offer['capacity'])}, "
+            f"price {offer['price']:.6g} µcr/s, unit {offer['unit_price']:.6g}, "
+            f"util {offer['utilization']:.0%}, bidders {offer['bidders']}, "
+            f"hour mean {hour.get('mean', 0):.6g} sd {math.sqrt(hour.get('var', 0)):.3g}"
+        )
+    return 0
+
+
+async def cmd_hosts(args: argparse.Namespace) -> int:
+    bus = await bus_for(args)
+    try:
+        body = await SLSClient(bus).page(
+            args.resource,
+            min_capacity=args.min_capacity,
+            max_unit_price=args.max_price,
+            sort=args.sort,
+            offset=args.offset,
+            limit=args.limit,
+        )
+    except Rejected as error:
+        return fail(error)
+    finally:
+        await bus.close()
+    if args.json:
+        print_json(body)
+    else:
+        print_table(args.resource, body)
+    return 0
+
+
+def format_capacity(resource: str, value: int) -> str:
+    """Capacity in human units: MHz, GiB, Mbit/s."""
+    if resource == "cpu":
+        return f"{value:,} MHz"
+    if resource == "net":
+        return f"{value / 1e6:,.1f} Mbit/s"
+    return f"{value / 2**30:,.1f} GiB"
+
+
+def print_table(resource: str, body: dict[str, Any]) -> None:
+    """A rich table of query rows."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{resource}: {len(body['rows'])} of {body['total']} live hosts")
+    for col, justify in (
+        ("host", "left"), ("name", "left"), ("capacity", "right"), ("price µcr/s", "right"),
+        ("unit price", "right"), ("util", "right"), ("bidders", "right"),
+        ("avail", "right"), ("hour mean", "right"), ("hour sd", "right"),
+    ):  # fmt: skip
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for row in body["rows"]:
+        hour = row.get("statistics", {}).get("windows", {}).get("hour", {})
+        table.add_row(
+            row["host"],
+            row["name"],
+            format_capacity(resource, row["capacity"]),
+            f"{row['price']:.6g}",
+            f"{row['unit_price']:.4g}",
+            f"{row['utilization']:.0%}",
+            str(row["bidders"]),
+            f"{row['availability']:.1%}",
+            f"{hour.get('mean', 0.0):.6g}",
+            f"{math.sqrt(hour.get('var', 0.0)):.3g}",
+        )
+    wide = sys.stdout.isatty() or "COLUMNS" in os.environ
+    Console(width=None if wide else 160).print(table)
