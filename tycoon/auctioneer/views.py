@@ -1,0 +1,103 @@
+"""Read-only views of a market: the bodies of price, alloc and status messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tycoon.auctioneer.market import ALLOC_MAX, Market
+from tycoon.money import format_amount
+from tycoon.vmm.driver import RESOURCES
+
+
+def price_body(market: Market, seq: int, heartbeat_s: float) -> dict[str, Any]:
+    """The body of a ``price`` message (see docs/auctioneer.md)."""
+    prices = market.rates.sum(axis=1)
+    bidders = (market.rates > 0).sum(axis=1)
+    resources = {
+        r: {
+            "capacity": int(market.caps[i]),
+            "price": float(prices[i]),
+            "unit_price": float(prices[i] / market.caps[i]) if market.caps[i] > 0 else 0.0,
+            "utilization": float(market.utilization[i]),
+            "bidders": int(bidders[i]),
+        }
+        for i, r in enumerate(RESOURCES)
+    }
+    return {"host": market.host_id, "seq": seq, "heartbeat_s": float(heartbeat_s),
+            "name": market.name, "driver": market.driver, "resources": resources}  # fmt: skip
+
+
+def account_view(market: Market, account: str) -> dict[str, Any]:
+    """Shares, rates, balance and expiry of one account (zeros without a live bid)."""
+    acc = market.account(account)
+    index = market.book.slot.get(account)
+    view: dict[str, Any] = {}
+    for i, r in enumerate(RESOURCES):
+        view[r] = float(market.shares[i, index]) if index is not None else 0.0
+    view["rate"] = {
+        r: float(market.rates[i, index]) if index is not None else 0.0
+        for i, r in enumerate(RESOURCES)
+    }
+    view["balance"] = acc.balance
+    view["expires_ns"] = acc.bid.expires_ns if acc.bid is not None else 0
+    return view
+
+
+def alloc_body(market: Market, seq: int) -> dict[str, Any]:
+    """The body of an ``alloc`` message: at most :data:`ALLOC_MAX` accounts, largest first."""
+    slots = market.book.slot
+    order = sorted(slots, key=lambda a: -float(market.shares[:, slots[a]].sum()))
+    listed = order[:ALLOC_MAX]
+    body: dict[str, Any] = {
+        "host": market.host_id,
+        "seq": seq,
+        "accounts": {a: account_view(market, a) for a in listed},
+        "ports": market.unique.holders_of("port"),
+        "ips": market.unique.holders_of("ip"),
+    }
+    if len(order) > len(listed):
+        body["truncated"] = len(order) - len(listed)
+    return body
+
+
+def status(market: Market, account: str | None = None) -> dict[str, Any]:
+    """The host's market summary, and one account's details if given."""
+    body: dict[str, Any] = {
+        "host": market.host_id,
+        "name": market.name,
+        "driver": market.driver,
+        "capacity": {r: int(market.caps[i]) for i, r in enumerate(RESOURCES)},
+        "accounts": len(market.accounts),
+        "bids": len(market.book),
+        "funded": market.funded,
+        "earnings": market.earnings,
+        "refunded": market.refunded,
+        "balances": sum(a.balance for a in market.accounts.values()),
+        "prices": {r: float(p) for r, p in zip(RESOURCES, market.rates.sum(axis=1), strict=True)},
+    }
+    if account is not None:
+        body["account"] = account_detail(market, account)
+    return body
+
+
+def account_detail(market: Market, account: str) -> dict[str, Any]:
+    """Everything about one host account, for its owner."""
+    acc = market.account(account)
+    bid = acc.bid
+    return {
+        "account": account,
+        "balance": acc.balance,
+        "funded": acc.funded,
+        "spent": acc.spent,
+        "refunded": acc.refunded,
+        "balance_text": format_amount(acc.balance),
+        "bid": None if bid is None else {
+            "resources": bid.text, "placed_ns": bid.placed_ns, "expires_ns": bid.expires_ns,
+        },
+        "allocation": account_view(market, account),
+        "ports": list(market.unique.ports_of().get(account, ())),
+        "pending_refunds": [
+            {"refund_id": r.refund_id, "amount": r.amount}
+            for r in market.pending.values() if r.account == account
+        ],
+    }  # fmt: skip
