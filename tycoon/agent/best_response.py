@@ -103,6 +103,18 @@ def best_response_batch(
     return _solve(x, w, y, zero_price_fraction)
 
 
+def best_response_bids(
+    budget_rate: float,
+    weights: np.ndarray,
+    others: np.ndarray,
+    *,
+    zero_price_fraction: float = ZERO_PRICE_FRACTION,
+) -> np.ndarray:
+    """Just the bids of :func:`best_response`, without input checks (float64 1-D arrays
+    of one shape, finite, >= 0): the inner loop of sequential simulations."""
+    return _solve_1d(float(budget_rate), weights, others, zero_price_fraction)[0]
+
+
 def shares(bids: np.ndarray, others: np.ndarray) -> np.ndarray:
     """Share ``x/(x+y)`` of each host (0 where we bid nothing, 1 on a free host we bid on)."""
     x = np.asarray(bids, dtype=np.float64)

@@ -17,6 +17,7 @@ from tycoon.log import configure_logging
 # Each module defines register(subparsers); subcommands set func=callable(args) -> int.
 COMMAND_MODULES: tuple[str, ...] = (
     "best_response",
+    "sim",
     "keys",
     "demo",
     "tap",
