@@ -2,7 +2,8 @@
 
 Signature checks (Ed25519, ~90 µs each) dominate the cost of an update, and libsodium
 releases the GIL while it verifies, so a batch of envelopes is opened by a small thread
-pool, in chunks, and the results are applied in arrival order on the caller's thread.
+pool, in chunks, and each chunk is applied in arrival order on the caller's thread as
+soon as it is open, while the pool works on the next ones.
 Each update passes exactly the checks :meth:`tycoon.bus.connection.Bus.verify` makes
 (signature, subject binding, freshness and replay, using the bus's own guard), then:
 
@@ -20,7 +21,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from tycoon.bus.envelope import DEFAULT_LIMITS, Limits, Message, open_envelope
 from tycoon.bus.replay import ReplayGuard
@@ -31,7 +32,7 @@ from tycoon.sls.registry import Registry
 Raw = tuple[str, bytes]
 """(subject received on, envelope bytes)."""
 Opened = Message | Rejected
-MIN_CHUNK = 32
+CHUNK = 128
 
 
 def open_chunk(chunk: list[Raw], limits: Limits = DEFAULT_LIMITS) -> list[Opened]:
@@ -75,31 +76,14 @@ class PriceIngest:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def _chunks(self, batch: list[Raw]) -> list[list[Raw]]:
-        n = min(self.workers, len(batch) // MIN_CHUNK) if self._pool is not None else 1
-        if n <= 1:
-            return [batch]
-        size = -(-len(batch) // n)
-        return [batch[i : i + size] for i in range(0, len(batch), size)]
-
-    def open_batch(self, batch: list[Raw]) -> list[Opened]:
-        """Open a batch, in parallel when it is large enough; results in batch order."""
-        chunks = self._chunks(batch)
-        if len(chunks) == 1 or self._pool is None:
-            return open_chunk(batch, self.limits)
-        results = self._pool.map(open_chunk, chunks, [self.limits] * len(chunks))
-        return [item for part in results for item in part]
-
-    async def open_batch_async(self, batch: list[Raw]) -> list[Opened]:
-        """:meth:`open_batch` without blocking the event loop on large batches."""
-        chunks = self._chunks(batch)
-        if len(chunks) == 1 or self._pool is None:
-            return open_chunk(batch, self.limits)
-        loop = asyncio.get_running_loop()
-        parts = await asyncio.gather(
-            *(loop.run_in_executor(self._pool, open_chunk, c, self.limits) for c in chunks)
-        )
-        return [item for part in parts for item in part]
+    def _submit(self, batch: list[Raw]) -> list[Future[list[Opened]] | list[Opened]]:
+        """Start opening a batch: chunks go to the pool; a small batch is opened here."""
+        if self._pool is None or len(batch) <= CHUNK:
+            return [open_chunk(batch, self.limits)]
+        return [
+            self._pool.submit(open_chunk, batch[i : i + CHUNK], self.limits)
+            for i in range(0, len(batch), CHUNK)
+        ]
 
     def apply(self, subject: str, item: Opened, now_ns: int) -> str:
         """Check one opened envelope and apply it; returns the outcome code."""
@@ -128,9 +112,29 @@ class PriceIngest:
         return outcome
 
     def ingest(self, batch: list[Raw], now_ns: int | None = None) -> collections.Counter[str]:
-        """Open and apply a batch (blocking); returns the outcomes of this batch."""
-        now = time.time_ns() if now_ns is None else now_ns
+        """Open and apply a batch (blocking); returns the outcomes of this batch.
+
+        Chunks are applied in order as soon as each is opened, while the pool opens the
+        next ones.
+        """
         outcomes: collections.Counter[str] = collections.Counter()
-        for (subject, _), item in zip(batch, self.open_batch(batch), strict=True):
-            outcomes[self.apply(subject, item, now)] += 1
+        start = 0
+        for part in self._submit(batch):
+            items = part.result() if isinstance(part, Future) else part
+            now = time.time_ns() if now_ns is None else now_ns
+            for (subject, _), item in zip(batch[start : start + len(items)], items, strict=True):
+                outcomes[self.apply(subject, item, now)] += 1
+            start += len(items)
+        return outcomes
+
+    async def ingest_async(self, batch: list[Raw]) -> collections.Counter[str]:
+        """:meth:`ingest` without blocking the event loop while the pool verifies."""
+        outcomes: collections.Counter[str] = collections.Counter()
+        start = 0
+        for part in self._submit(batch):
+            items = await asyncio.wrap_future(part) if isinstance(part, Future) else part
+            now = time.time_ns()
+            for (subject, _), item in zip(batch[start : start + len(items)], items, strict=True):
+                outcomes[self.apply(subject, item, now)] += 1
+            start += len(items)
         return outcomes

@@ -171,7 +171,8 @@ class Registry:
             rec.updates += 1
             rec.live = True
         self.counters["accepted"] += 1
-        o0, o1, o2, o3 = (o or _NO_OFFER for o in offers)
+        o0, o1, o2, o3 = offers
+        o0, o1, o2, o3 = o0 or _NO_OFFER, o1 or _NO_OFFER, o2 or _NO_OFFER, o3 or _NO_OFFER
         self._pend_i.append(
             (slot, t, now_ns + int(heartbeat * NS) * self.missed, o0[0], o1[0], o2[0], o3[0])
         )

@@ -132,10 +132,7 @@ class SLSService:
                 batch, self._inbox = self._inbox[:MAX_BATCH], self._inbox[MAX_BATCH:]
                 self._busy = True
                 try:
-                    opened = await self.ingest.open_batch_async(batch)
-                    now = time.time_ns()
-                    for (subject, _), item in zip(batch, opened, strict=True):
-                        self.ingest.apply(subject, item, now)
+                    await self.ingest.ingest_async(batch)
                 except Exception:
                     self.log.exception("price batch failed", size=len(batch))
                 finally:

@@ -48,6 +48,23 @@ def _text(value: Any, what: str, max_len: int) -> str:
     return value
 
 
+def _offer(res: str, raw: Any) -> OfferTuple:
+    """Check one offer field by field (ints accepted for floats), naming the bad field."""
+    if raw.__class__ is not dict:
+        raise _bad(res, "must be a map")
+    capacity, bidders = raw.get("capacity"), raw.get("bidders")
+    if capacity.__class__ is not int or not 0 <= capacity < MAX_INT:
+        raise _bad(f"{res}.capacity", "must be an integer in [0, 2**63)")
+    if bidders.__class__ is not int or not 0 <= bidders < MAX_INT:
+        raise _bad(f"{res}.bidders", "must be an integer in [0, 2**63)")
+    price = _nonneg(raw.get("price"), f"{res}.price")
+    _nonneg(raw.get("unit_price"), f"{res}.unit_price")
+    util = _nonneg(raw.get("utilization"), f"{res}.utilization")
+    if util > 1.0:
+        raise _bad(f"{res}.utilization", "must be in [0, 1]")
+    return capacity, price, util, bidders
+
+
 def parse_update(body: Any) -> ParsedUpdate:
     """Check a price update body in one pass, or raise ``malformed`` naming the field.
 
@@ -74,19 +91,19 @@ def parse_update(body: Any) -> ParsedUpdate:
         if raw is None:
             offers.append(None)
             continue
-        if raw.__class__ is not dict:
-            raise _bad(res, "must be a map")
-        capacity, bidders = raw.get("capacity"), raw.get("bidders")
-        if capacity.__class__ is not int or not 0 <= capacity < MAX_INT:
-            raise _bad(f"{res}.capacity", "must be an integer in [0, 2**63)")
-        if bidders.__class__ is not int or not 0 <= bidders < MAX_INT:
-            raise _bad(f"{res}.bidders", "must be an integer in [0, 2**63)")
-        price = _nonneg(raw.get("price"), f"{res}.price")
-        _nonneg(raw.get("unit_price"), f"{res}.unit_price")
-        util = _nonneg(raw.get("utilization"), f"{res}.utilization")
-        if util > 1.0:
-            raise _bad(f"{res}.utilization", "must be in [0, 1]")
-        offers.append((capacity, price, util, bidders))
+        try:  # fast path: every field present with its exact type and in range
+            capacity, price, util = raw["capacity"], raw["price"], raw["utilization"]
+            bidders, unit = raw["bidders"], raw["unit_price"]
+            fast = (
+                capacity.__class__ is int and bidders.__class__ is int
+                and price.__class__ is float and util.__class__ is float
+                and unit.__class__ is float
+                and 0 <= capacity < MAX_INT and 0 <= bidders < MAX_INT
+                and 0.0 <= price < _INF and 0.0 <= unit < _INF and 0.0 <= util <= 1.0
+            )  # fmt: skip
+        except (KeyError, TypeError):
+            fast = False
+        offers.append((capacity, price, util, bidders) if fast else _offer(res, raw))
     return host, seq, heartbeat, name, driver, tuple(offers)
 
 
