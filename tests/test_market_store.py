@@ -1,0 +1,101 @@
+"""The auctioneer's SQLite store: round trips, one transaction per change, bound to one host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_market import BANK, CAP, HOST, NS, T0, USERS, greedy, market, receipt
+
+from tycoon.auctioneer.bidparse import parse_bid
+from tycoon.auctioneer.events import RefundDue
+from tycoon.auctioneer.market import Market
+from tycoon.auctioneer.store import MarketStore
+from tycoon.bank.receipt import make_receipt
+from tycoon.bus.keys import Identity
+from tycoon.errors import Rejected
+from tycoon.money import MICRO
+from tycoon.vmm.driver import Usage
+
+
+def state(m: Market) -> tuple[object, ...]:
+    accounts = {
+        a.account: (a.balance, a.funded, a.spent, a.refunded, a.refunds,
+                    a.bid.text if a.bid else None, a.bid.expires_ns if a.bid else None)
+        for a in m.accounts.values()
+    }  # fmt: skip
+    return (accounts, set(m.redeemed), set(m.pending), m.earnings, m.funded, m.refunded)
+
+
+def run(m: Market, store: MarketStore) -> None:
+    """A little history: fund, bid, charge, refund (one paid, one pending)."""
+    for i in range(4):
+        m.fund(receipt(USERS[i], (i + 1) * 100 * MICRO, f"f{i}"), T0)
+        store.commit(m, m.take_changes())
+    m.place_bid(USERS[0], parse_bid("1h cpu:2,0.1 memory:1,256MB,1GB tcpv4port,22:1"), T0)
+    m.place_bid(USERS[1], parse_bid("30m cpu:1 net:1,10Mbps"), T0)
+    m.place_bid(USERS[3], parse_bid("10s disk:1"), T0)
+    store.commit(m, m.take_changes())
+    for s in range(1, 21):
+        m.tick(T0 + s * NS, greedy(m))
+        store.commit(m, m.take_changes())
+    for user, pay in ((USERS[2], True), (USERS[1], False)):
+        for event in m.refund(user, T0 + 21 * NS):
+            if isinstance(event, RefundDue) and pay:
+                r = event.refund
+                raw = make_receipt(BANK, transfer_id=r.refund_id, payer=HOST.public_key,
+                                   payee=r.account, amount=r.amount, memo="", seq=5,
+                                   settled_ns=T0)  # fmt: skip
+                m.refund_paid(r.refund_id, raw)
+        store.commit(m, m.take_changes())
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    store = MarketStore(tmp_path / "m.db")
+    m = market()
+    store.load(m, T0)
+    run(m, store)
+    store.close()
+    again = market()
+    store = MarketStore(tmp_path / "m.db")
+    store.load(again, T0 + 21 * NS)
+    assert state(again) == state(m)
+    assert again.conserved()
+    assert set(again.book.slot) == {USERS[0]}  # USERS[3]'s 10 s bid expired, USERS[1] refunded
+    audit = store.audit()
+    assert audit["funded"] == audit["redeemed"] == m.funded
+    assert audit["funded"] == audit["earnings"] + audit["balances"] + audit["refunded"]
+    assert audit["refunds"] == audit["refunded"]
+    assert len(store.refund_receipts(USERS[2])) == 1 and store.refund_receipts(USERS[1]) == []
+    # the reloaded market refuses the receipts it redeemed before
+    with pytest.raises(Rejected, match="already_redeemed"):
+        again.fund(receipt(USERS[0], 100 * MICRO, "f0"), T0 + 22 * NS)
+    # and it keeps charging from where it stands
+    again.tick(T0 + 23 * NS, greedy(again))
+    assert again.conserved()
+
+
+def test_uncommitted_changes_are_lost_whole(tmp_path: Path) -> None:
+    store = MarketStore(tmp_path / "m.db", durability="normal")
+    m = market()
+    store.load(m, T0)
+    run(m, store)
+    committed = state(m)
+    m.fund(receipt(USERS[4], 77, "late"), T0 + 30 * NS)  # "killed" before the commit
+    m.tick(T0 + 31 * NS, {a: Usage(cpu=1.0) for a in m.accounts})
+    store.close()
+    again = market()
+    MarketStore(tmp_path / "m.db").load(again, T0 + 40 * NS)
+    assert state(again)[1:] == committed[1:]
+    assert "late" not in again.redeemed and again.conserved()
+
+
+def test_store_belongs_to_one_host(tmp_path: Path) -> None:
+    store = MarketStore(tmp_path / "m.db")
+    store.load(market(), T0)
+    other = Market(host_key=Identity.generate().public_key, bank_key=BANK.public_key,
+                   capacity=CAP)  # fmt: skip
+    with pytest.raises(ValueError, match="another host"):
+        store.load(other, T0)
+    with pytest.raises(ValueError):
+        MarketStore(tmp_path / "x.db", durability="sometimes")

@@ -1,0 +1,264 @@
+"""The auctioneer's NATS adapter: one host's market on ``tycoon.host.<host>.<op>``.
+
+Thin: it verifies requests (the bus does), calls the market core with the wall clock,
+commits what changed to the store BEFORE replying, then acts on the core's events —
+creates sandboxes, applies shares to the driver, publishes ``tycoon.price.<host>``
+and ``tycoon.alloc.<host>``, pays refunds through the bank. A tick loop charges for
+measured usage; a heartbeat republishes the price. The market core and the store
+are synchronous, so each request's mutate-and-commit runs without interleaving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tycoon.auctioneer import views
+from tycoon.auctioneer.bidparse import bid_from_body
+from tycoon.auctioneer.events import (
+    AccountOpened,
+    BidEnded,
+    Event,
+    Funded,
+    PricesChanged,
+    Refund,
+    RefundDue,
+    SharesChanged,
+)
+from tycoon.auctioneer.market import Market
+from tycoon.auctioneer.store import MarketStore
+from tycoon.bank.client import BankClient
+from tycoon.bus import subjects
+from tycoon.bus.connection import Bus
+from tycoon.bus.envelope import Message
+from tycoon.bus.schema import get_bytes, get_str
+from tycoon.bus.service import Endpoint, Service
+from tycoon.errors import Rejected
+from tycoon.log import get_logger
+from tycoon.vmm.driver import Driver
+
+OPS = ("account", "fund", "bid", "refund", "status")
+MAX_RECEIPT = 4096
+
+
+class AuctioneerService:
+    """Serves one host's market; an async context manager."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        market: Market,
+        store: MarketStore,
+        driver: Driver,
+        bank: BankClient,
+        *,
+        tick_s: float = 1.0,
+        heartbeat_s: float = 5.0,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if bus.identity.public_key != market.host_key:
+            raise ValueError("the bus must be signed by the host's own key")
+        self.bus, self.market, self.store, self.driver, self.bank = bus, market, store, driver, bank
+        self.tick_s, self.heartbeat_s, self.clock = tick_s, heartbeat_s, clock
+        self.host = market.host_id
+        self.log = get_logger("auctioneer", host=self.host)
+        handlers = {
+            "account": self._account,
+            "fund": self._fund,
+            "bid": self._bid,
+            "refund": self._refund,
+            "status": self._status,
+        }
+        endpoints = [
+            Endpoint(subjects.host_op(self.host, op), f"host.{op}", handlers[op]) for op in OPS
+        ]
+        self.service = Service(
+            bus, "tycoon-auctioneer", endpoints, queue=f"auctioneer-{self.host}",
+            description=f"Tycoon auctioneer of host {market.name}",
+            metadata={"host": self.host, "driver": market.driver},
+        )  # fmt: skip
+        self._tasks: list[asyncio.Task[None]] = []
+        self._apply_pending = False
+        self._refund_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> AuctioneerService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Load the store, re-create sandboxes, start serving, ticking and heartbeats."""
+        events = self.store.load(self.market, self.clock())
+        self.store.commit(self.market, self.market.take_changes())
+        for account in self.market.accounts:
+            self.driver.create(account)
+        self._apply_pending = True
+        await self._act(events)
+        await self.service.start()
+        await self._publish_price()
+        self._tasks = [
+            asyncio.create_task(self._loop(self.tick_s, self.tick), name="auctioneer-tick"),
+            asyncio.create_task(self._loop(self.heartbeat_s, self._publish_price), name="hb"),
+        ]
+        if self.market.pending:
+            self._tasks.append(asyncio.create_task(self._pay_all(), name="auctioneer-refunds"))
+        self.log.info("auctioneer started", accounts=len(self.market.accounts))
+
+    async def stop(self) -> None:
+        """Stop taking requests (in-flight ones finish), then stop the loops."""
+        await self.service.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+    # ------------------------------------------------------------------ loops
+
+    async def _loop(self, period: float, step: Callable[[], Any]) -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await step()
+            except Exception:
+                self.log.exception("periodic step failed", step=getattr(step, "__name__", "?"))
+
+    async def tick(self) -> None:
+        """Read the driver's usage, charge for it, commit, act on what changed."""
+        usage = self.driver.usage()
+        events = self.market.tick(self.clock(), usage)
+        self._commit()
+        await self._act(events)
+
+    def _commit(self) -> None:
+        self.store.commit(self.market, self.market.take_changes())
+
+    async def _act(self, events: list[Event]) -> None:
+        """Create sandboxes, apply shares, publish — after the changes are on disk."""
+        publish_alloc = publish_price = False
+        for event in events:
+            if isinstance(event, AccountOpened):
+                self.driver.create(event.account)
+            elif isinstance(event, SharesChanged):
+                self._apply_pending = publish_alloc = True
+            elif isinstance(event, PricesChanged):
+                publish_price = True
+            elif isinstance(event, BidEnded):
+                self.log.info("bid ended", account=event.account, reason=event.reason)
+        if self._apply_pending:
+            try:
+                self.driver.apply(self.market.shares_map())
+                self._apply_pending = False
+            except Exception:
+                self.log.exception("driver apply failed; retried on the next tick")
+        if publish_alloc:
+            seq = self.market.next_seq(self.clock())
+            await self.bus.publish(
+                subjects.alloc(self.host), "alloc", views.alloc_body(self.market, seq)
+            )
+        if publish_price:
+            await self._publish_price()
+
+    async def _publish_price(self) -> None:
+        seq = self.market.next_seq(self.clock())
+        body = views.price_body(self.market, seq, self.heartbeat_s)
+        await self.bus.publish(subjects.price(self.host), "price", body)
+
+    # ------------------------------------------------------------------ handlers
+
+    async def _account(self, msg: Message) -> dict[str, Any]:
+        events = self.market.open_account(msg.sender, self.clock())
+        self._commit()
+        await self._act(events)
+        return views.account_detail(self.market, msg.sender)
+
+    async def _fund(self, msg: Message) -> dict[str, Any]:
+        raw = get_bytes(msg.body, "receipt", max_len=MAX_RECEIPT)
+        assert raw is not None
+        events = self.market.fund(raw, self.clock())
+        self._commit()  # redemption and credit in one transaction, before the reply
+        funded = next(e for e in events if isinstance(e, Funded))
+        await self._act(events)
+        return {
+            "account": funded.account,
+            "transfer_id": funded.transfer_id,
+            "amount": funded.amount,
+            "balance": funded.balance,
+        }
+
+    async def _bid(self, msg: Message) -> dict[str, Any]:
+        now = self.clock()
+        spec = bid_from_body(msg.body, now_ns=now)
+        events = self.market.place_bid(msg.sender, spec, now)
+        self._commit()
+        await self._act(events)  # shares are applied to the driver before the reply
+        account = self.market.accounts[msg.sender]
+        assert account.bid is not None
+        return {
+            "account": msg.sender,
+            "resources": account.bid.text,
+            "expires_ns": account.bid.expires_ns,
+            "allocation": views.account_view(self.market, msg.sender),
+        }
+
+    async def _refund(self, msg: Message) -> dict[str, Any]:
+        events = self.market.refund(msg.sender, self.clock())
+        self._commit()  # the pending refund is on disk before any bank transfer
+        await self._act(events)
+        paid = [await self._pay(e.refund) for e in events if isinstance(e, RefundDue)]
+        return {
+            "account": msg.sender,
+            "refunds": [
+                {"refund_id": r.refund_id, "amount": r.amount, "receipt": r.receipt} for r in paid
+            ],
+            "balance": self.market.accounts[msg.sender].balance,
+        }
+
+    async def _pay(self, refund: Refund) -> Refund:
+        """Pay one refund by a bank transfer whose id is the refund id (a retry pays once)."""
+        async with self._refund_lock:
+            if refund.refund_id not in self.market.pending:
+                return refund  # paid meanwhile
+            try:
+                receipt = await self.bank.transfer(
+                    refund.account, refund.amount, transfer_id=refund.refund_id,
+                    memo=f"refund from host {self.host}",
+                )  # fmt: skip
+            except Rejected as error:
+                self.log.warning("refund not paid yet", refund=refund.refund_id, code=error.code)
+                raise Rejected(
+                    "unavailable", f"refund {refund.refund_id} is pending ({error.code}); retry"
+                ) from error
+            paid = self.market.refund_paid(refund.refund_id, receipt.raw) or refund
+            self._commit()
+            self.log.info("refund paid", refund=refund.refund_id, amount=refund.amount)
+            return paid
+
+    async def _pay_all(self) -> None:
+        """Retry every pending refund (after a restart), until paid."""
+        delay = 1.0
+        while self.market.pending:
+            for refund in list(self.market.pending.values()):
+                with contextlib.suppress(Rejected):
+                    await self._pay(refund)
+            if self.market.pending:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+
+    async def _status(self, msg: Message) -> dict[str, Any]:
+        account = get_str(msg.body, "account", optional=True)
+        if account is not None and account != msg.sender:
+            raise Rejected("forbidden", "only the owner may see a host account's details")
+        if account is None and msg.sender in self.market.accounts:
+            account = msg.sender
+        body = views.status(self.market, account)
+        body["seq"] = self.market.seq
+        body["heartbeat_s"] = self.heartbeat_s
+        body["tick_s"] = self.tick_s
+        return body

@@ -1,0 +1,196 @@
+"""The auctioneer's SQLite store: accounts, balances, bids, earnings, redeemed receipts, refunds.
+
+Every change the market records (:meth:`Market.take_changes`) is written in ONE
+transaction before the adapter replies, so a redemption and the credit it causes
+land together or not at all: a SIGKILL at any point loses no balance and allows no
+second redemption. WAL journal; ``synchronous=FULL`` by default (durable across a
+power loss too), ``normal`` survives a process kill only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from tycoon.auctioneer.bidparse import BidSpec, parse_resources
+from tycoon.auctioneer.events import Account, Bid, Changes, Event, Refund
+from tycoon.auctioneer.market import Market
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS accounts (
+    account TEXT PRIMARY KEY,
+    balance INTEGER NOT NULL CHECK (balance >= 0),
+    funded INTEGER NOT NULL,
+    spent INTEGER NOT NULL,
+    refunded INTEGER NOT NULL,
+    refunds INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL,
+    bid_text TEXT,
+    bid_duration_ns INTEGER,
+    bid_placed_ns INTEGER,
+    bid_expires_ns INTEGER
+);
+CREATE TABLE IF NOT EXISTS redeemed (
+    transfer_id TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    redeemed_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refunds (
+    refund_id TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL,
+    receipt BLOB
+);
+"""
+SCHEMA_VERSION = "1"
+
+
+class MarketStore:
+    """One host's market on disk; one writer (the auctioneer process)."""
+
+    def __init__(self, path: str | Path, *, durability: str = "full") -> None:
+        if durability not in ("full", "normal"):
+            raise ValueError("durability is 'full' or 'normal'")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={durability.upper()}")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _meta(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+
+    def bind(self, host_key: str, bank_key: str) -> None:
+        """Tie the store to one host and bank key; refuse a store of another host or bank."""
+        meta = self._meta()
+        for key, value in (("host_key", host_key), ("bank_key", bank_key)):
+            if key in meta and meta[key] != value:
+                raise ValueError(f"store {self.path} belongs to another {key[:-4]} ({meta[key]})")
+        with self._tx():
+            for key, value in (
+                ("host_key", host_key), ("bank_key", bank_key), ("schema", SCHEMA_VERSION)
+            ):  # fmt: skip
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    def load(self, market: Market, now_ns: int) -> list[Event]:
+        """Restore ``market`` from disk; returns the events of its first recompute."""
+        self.bind(market.host_key, market.bank_key)
+        meta = self._meta()
+        accounts = []
+        rows = self.db.execute(
+            "SELECT account, balance, funded, spent, refunded, refunds, created_ns, bid_text,"
+            " bid_duration_ns, bid_placed_ns, bid_expires_ns FROM accounts"
+        ).fetchall()
+        for row in rows:
+            account = Account(*row[:7])
+            if row[7] is not None:
+                prefs, unique = parse_resources(row[7])
+                spec = BidSpec(int(row[8]), prefs, unique)
+                account.bid = Bid(spec, int(row[9]), int(row[10]), (), (), ())
+            accounts.append(account)
+        redeemed = [r[0] for r in self.db.execute("SELECT transfer_id FROM redeemed")]
+        pending = [
+            Refund(*row)
+            for row in self.db.execute(
+                "SELECT refund_id, account, amount, created_ns FROM refunds WHERE receipt IS NULL"
+            )
+        ]
+        return market.load(
+            accounts=accounts,
+            redeemed=redeemed,
+            pending=pending,
+            earnings=int(meta.get("earnings", 0)),
+            funded=int(meta.get("funded", 0)),
+            refunded=int(meta.get("refunded", 0)),
+            seq=int(meta.get("seq", 0)),
+            now_ns=now_ns,
+        )
+
+    def commit(self, market: Market, changes: Changes) -> None:
+        """Write one batch of changes and the market's totals in a single transaction."""
+        if not changes:
+            return
+        rows = []
+        for name in changes.accounts:
+            a = market.accounts[name]
+            bid = a.bid
+            rows.append((
+                a.account, a.balance, a.funded, a.spent, a.refunded, a.refunds, a.created_ns,
+                bid.text if bid else None, bid.spec.duration_ns if bid else None,
+                bid.placed_ns if bid else None, bid.expires_ns if bid else None,
+            ))  # fmt: skip
+        with self._tx():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+            self.db.executemany("INSERT INTO redeemed VALUES (?, ?, ?, ?)", changes.redeemed)
+            self.db.executemany(
+                "INSERT OR REPLACE INTO refunds VALUES (?, ?, ?, ?, ?)",
+                [
+                    (r.refund_id, r.account, r.amount, r.created_ns, r.receipt or None)
+                    for r in changes.refunds.values()
+                ],
+            )
+            self.db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [
+                    ("earnings", str(market.earnings)),
+                    ("funded", str(market.funded)),
+                    ("refunded", str(market.refunded)),
+                    ("seq", str(market.seq)),
+                ],
+            )
+
+    def save_seq(self, seq: int) -> None:
+        """Remember the last published sequence number."""
+        with self._tx():
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
+
+    def audit(self) -> dict[str, int]:
+        """Totals on disk: funded, earnings, refunded, Σ balances (funded = the other three)."""
+        meta = self._meta()
+        (balances,) = self.db.execute("SELECT COALESCE(SUM(balance), 0) FROM accounts").fetchone()
+        (redeemed,) = self.db.execute("SELECT COALESCE(SUM(amount), 0) FROM redeemed").fetchone()
+        (refunds,) = self.db.execute("SELECT COALESCE(SUM(amount), 0) FROM refunds").fetchone()
+        return {
+            "funded": int(meta.get("funded", 0)),
+            "earnings": int(meta.get("earnings", 0)),
+            "refunded": int(meta.get("refunded", 0)),
+            "balances": int(balances),
+            "redeemed": int(redeemed),
+            "refunds": int(refunds),
+        }
+
+    def refund_receipts(self, account: str) -> list[tuple[str, int, bytes]]:
+        """The paid refunds of one account: (refund id, amount, bank receipt)."""
+        return [
+            (r[0], int(r[1]), bytes(r[2]))
+            for r in self.db.execute(
+                "SELECT refund_id, amount, receipt FROM refunds"
+                " WHERE account = ? AND receipt IS NOT NULL ORDER BY created_ns",
+                (account,),
+            )
+        ]
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on an exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
