@@ -214,6 +214,11 @@ def test_odd_account_ids_get_safe_names(driver: CgroupsDriver) -> None:
     assert "/" not in name and not name.startswith(".")
     for path in driver.backend.dirs(name):
         assert path.parent in driver.backend.root_dirs()
+    # a second driver adopts it under its directory name, then learns the real id
+    other = CgroupsDriver(root=driver.root, parent="self", version="v1", state_dir=None)
+    assert other.accounts() == [name]
+    other.create(odd)
+    assert other.accounts() == [odd]
     driver.destroy(odd)
     assert not driver.exists(odd)
 

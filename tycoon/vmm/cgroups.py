@@ -125,6 +125,8 @@ class CgroupsDriver:
     def create(self, account: str) -> None:
         """Create the account's cgroup(s) with no share yet (idempotent)."""
         name = sandbox_name(check_account(account))
+        if self._accounts.get(name) == name and name != account:
+            del self._accounts[name]  # adopted under its directory name: now we know the id
         if account in self._accounts and self.backend.exists(name):
             return
         self.backend.create(name)
@@ -136,7 +138,7 @@ class CgroupsDriver:
     def destroy(self, account: str) -> None:
         """Kill the sandbox's processes (unless ``kill_on_destroy=False``) and remove it."""
         name = self._accounts.get(account) or sandbox_name(check_account(account))
-        if self.backend.exists(name) or any(p.exists() for p in self.backend.dirs(name)):
+        if any(p.exists() for p in self.backend.dirs(name)):
             if self._kill_on_destroy:
                 self.backend.kill(name)
             elif self.backend.procs(name):
