@@ -56,12 +56,15 @@ def moments_from_sums(sums: FloatArray, ref: FloatArray) -> FloatArray:
     c4 = r4 - 4.0 * m1 * r3 + 6.0 * m1 * m1 * r2 - 3.0 * m1**4
     spread = c2 > 1e-12 * np.maximum(r2, np.finfo(np.float64).tiny)
     safe_c2 = np.where(spread, c2, 1.0)
+    with np.errstate(all="ignore"):  # ratios ordered so that tiny spreads do not underflow
+        skew = np.where(spread, c3 / safe_c2 / np.sqrt(safe_c2), 0.0)
+        kurt = np.where(spread, c4 / safe_c2 / safe_c2 - 3.0, 0.0)
     out = np.zeros(sums.shape, dtype=np.float64)
     out[..., 0] = n
     out[..., 1] = np.where(n > 0, ref + m1, 0.0)
     out[..., 2] = np.where(spread, c2, 0.0)
-    out[..., 3] = np.where(spread, c3 / safe_c2**1.5, 0.0)
-    out[..., 4] = np.where(spread, c4 / (safe_c2 * safe_c2) - 3.0, 0.0)
+    out[..., 3] = np.where(np.isfinite(skew), skew, 0.0)
+    out[..., 4] = np.where(np.isfinite(kurt), kurt, 0.0)
     return out
 
 
