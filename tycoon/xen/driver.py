@@ -154,7 +154,10 @@ class XenDriver:
                 self._call("VM.start", vm, False, True)
         except Rejected:
             self._vms.pop(account, None)
-            self._remove(vm)
+            try:
+                self._remove(vm)
+            except Rejected as cleanup:  # keep the first error; say what was left behind
+                log.warning("half-made vm left behind", label=label, reason=cleanup.message)
             raise
         log.info("vm created", account=account[:24], label=label)
 
