@@ -205,7 +205,7 @@ class SimulatedDriver:
         rates: dict[str, dict[str, float]] = {a: {} for a in self._shares}
         for r in RESOURCES:
             share = {a: s.of(r) for a, s in self._shares.items()}
-            want = {a: self.demand_of(a)[r] for a in self._shares}
+            want = {a: self._demand.get(a, self._default_demand)[r] for a in self._shares}
             used = {a: min(share[a], want[a]) for a in self._shares}
             if self._work_conserving and r in WORK_CONSERVING:
                 used = _spread_idle(used, share, want)
