@@ -23,6 +23,7 @@ class AuctioneerClient:
         self.bus = bus
         self.host = subjects.token(host)
         self.timeout = timeout
+        self._host_key: str | None = None
 
     async def _call(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
         reply = await self.bus.request(
@@ -32,7 +33,15 @@ class AuctioneerClient:
             raise Rejected("wrong_reply", "the reply is not signed by this host's key")
         if not isinstance(reply.body, dict):
             raise Rejected("malformed", "reply body is not a map")
+        self._host_key = reply.sender
         return dict(reply.body)
+
+    async def host_key(self) -> str:
+        """The host's public key (its bank account), learnt from a signed reply of the host."""
+        if self._host_key is None:
+            await self.status()
+        assert self._host_key is not None
+        return self._host_key
 
     async def account(self) -> dict[str, Any]:
         """Open (idempotently) this key's host account; returns its details."""

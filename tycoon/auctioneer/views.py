@@ -66,14 +66,14 @@ def status(market: Market, account: str | None = None) -> dict[str, Any]:
         "host": market.host_id,
         "name": market.name,
         "driver": market.driver,
-        "capacity": {r: int(market.caps[i]) for i, r in enumerate(RESOURCES)},
+        "resources": price_body(market, market.seq, 0.0)["resources"],
         "accounts": len(market.accounts),
         "bids": len(market.book),
         "funded": market.funded,
         "earnings": market.earnings,
         "refunded": market.refunded,
         "balances": sum(a.balance for a in market.accounts.values()),
-        "prices": {r: float(p) for r, p in zip(RESOURCES, market.rates.sum(axis=1), strict=True)},
+        "pending_refunds": len(market.pending),
     }
     if account is not None:
         body["account"] = account_detail(market, account)

@@ -1,0 +1,205 @@
+"""``tycoon auctioneer serve|key`` (run one host's market) and ``tycoon host ...`` (use one).
+
+``tycoon host`` follows the original client: ``tycoon host bid HOST 1y cpu:1,0.1,1.0``.
+HOST is a host id (16 characters) or the name of a host key in the key store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from tycoon.auctioneer.client import AuctioneerClient
+from tycoon.auctioneer.launch import start_auctioneer
+from tycoon.bus import subjects
+from tycoon.bus.keys import subject_id
+from tycoon.bus.runner import run_until_signal
+from tycoon.cli.common import bus_for, identity, keystore, print_json
+from tycoon.errors import Rejected
+from tycoon.money import format_amount, parse_amount
+from tycoon.vmm.driver import RESOURCES, Driver
+
+DRIVERS = ("simulated", "cgroups", "xen")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``tycoon auctioneer …`` and ``tycoon host …``."""
+    auc = sub.add_parser("auctioneer", help="run one host's market")
+    cmds = auc.add_subparsers(dest="auctioneer_command", metavar="OP", required=True)
+    serve = cmds.add_parser("serve", help="serve this host's market on the bus")
+    serve.add_argument("--driver", choices=DRIVERS, default="simulated")
+    serve.add_argument("--host-key", default=None, help="name of the host's key (default --as)")
+    serve.add_argument("--bank", default=None, help="the bank's public key or key name")
+    serve.add_argument("--store", default=None, help="SQLite file (default <home>/auctioneer-"
+                       "<host>.db)")
+    serve.add_argument("--name", default="", help="display name of the host")
+    serve.add_argument("--tick", type=float, default=1.0, help="charging period, seconds")
+    serve.add_argument("--heartbeat", type=float, default=5.0, help="price heartbeat, seconds")
+    serve.add_argument("--durability", choices=("full", "normal"), default="full")
+    sim = serve.add_argument_group("simulated driver")
+    sim.add_argument("--preset", default="medium", help="tiny|small|medium|large")
+    for field in ("cpu", "memory", "disk", "net", "cores"):
+        sim.add_argument(f"--{field}", type=int, default=None, help=f"override the {field}")
+    sim.add_argument("--seed", type=int, default=None)
+    cg = serve.add_argument_group("cgroups driver")
+    cg.add_argument("--cgroup-root", default=None, help="the driver's cgroup root")
+    xen = serve.add_argument_group("xen driver")
+    xen.add_argument("--xen-url", default=os.environ.get("TYCOON_XEN_URL", ""))
+    xen.add_argument("--xen-user", default="root")
+    xen.add_argument("--xen-password", default=os.environ.get("TYCOON_XEN_PASSWORD", ""))
+    serve.set_defaults(func=cmd_serve)
+    key = cmds.add_parser("key", help="print the host's public key and host id")
+    key.add_argument("--host-key", default=None, help="name of the host's key (default --as)")
+    key.set_defaults(func=cmd_key)
+
+    host = sub.add_parser("host", help="use one host's market (account, fund, bid, refund)")
+    ops = host.add_subparsers(dest="host_command", metavar="OP", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("host", help="host id, or the name of a host key in the key store")
+    common.add_argument("--json", action="store_true", help="print one JSON object")
+    common.add_argument("--timeout", type=float, default=5.0)
+    ops.add_parser("status", parents=[common], help="the host's market and your account") \
+        .set_defaults(func=cmd_status)
+    ops.add_parser("account", parents=[common], help="open your host account") \
+        .set_defaults(func=cmd_account)
+    fund = ops.add_parser("fund", parents=[common], help="pay the host and fund your account")
+    fund.add_argument("amount", nargs="?", help="credits to pay through the bank, e.g. 12.5")
+    fund.add_argument("--receipt", type=Path, default=None, help="fund with this raw receipt")
+    fund.add_argument("--bank", default=None, help="the bank's public key or key name")
+    fund.set_defaults(func=cmd_fund)
+    bid = ops.add_parser("bid", parents=[common], help="bid: DURATION PREF...")
+    bid.add_argument("duration", help="e.g. 30s, 2h, 1o1y (0 keeps the current expiry)")
+    bid.add_argument("prefs", nargs="+", help="resource:weight,min,max ...")
+    bid.set_defaults(func=cmd_bid)
+    ops.add_parser("refund", parents=[common], help="return your unspent balance") \
+        .set_defaults(func=cmd_refund)
+
+
+def _driver(args: argparse.Namespace) -> Driver:
+    if args.driver == "simulated":
+        from tycoon.vmm.simulated import SimulatedDriver
+
+        sizes = {f: getattr(args, f) for f in ("cpu", "memory", "disk", "net", "cores")}
+        return SimulatedDriver(preset=args.preset, seed=args.seed, **sizes)
+    if args.driver == "cgroups":
+        from tycoon.vmm.cgroups import CgroupsDriver
+
+        options: dict[str, Any] = {f: getattr(args, f) for f in ("cpu", "memory", "disk", "cores")}
+        if args.net is not None:
+            options["net"] = args.net
+        if args.cgroup_root:
+            options["root"] = args.cgroup_root
+        return CgroupsDriver(**options)
+    from tycoon.xen.driver import XenDriver
+
+    if not args.xen_url:
+        raise Rejected("malformed", "--xen-url (or TYCOON_XEN_URL) is required for --driver xen")
+    return XenDriver(url=args.xen_url, username=args.xen_user, password=args.xen_password)
+
+
+def _bank_key(args: argparse.Namespace) -> str:
+    from tycoon.cli.bank import resolve_bank_key
+
+    return resolve_bank_key(args)
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the auctioneer until SIGTERM/SIGINT."""
+    ident = identity(args, args.host_key)
+    bank_key = _bank_key(args)
+    host = subject_id(ident.public_key)
+    store = Path(args.store) if args.store else keystore(args).home / f"auctioneer-{host}.db"
+    driver = _driver(args)
+    running = await start_auctioneer(
+        args.nats, ident, bank_key=bank_key, driver=driver, store_path=store,
+        name=args.name, tick_s=args.tick, heartbeat_s=args.heartbeat,
+        durability=args.durability,
+    )  # fmt: skip
+    print(f"auctioneer of host {host} ({driver.name}) serving on {args.nats}", flush=True)
+    await run_until_signal(running)
+    return 0
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    ident = identity(args, args.host_key)
+    print_json({"public_key": ident.public_key, "host": subject_id(ident.public_key)})
+    return 0
+
+
+def _host(args: argparse.Namespace) -> str:
+    """A host id: the id of the key of that name in the key store, or the text itself."""
+    text = str(args.host)
+    try:
+        return subject_id(keystore(args).load(text).public_key)
+    except (FileNotFoundError, ValueError, OSError):
+        pass
+    try:
+        return subjects.token(text)
+    except ValueError as exc:
+        raise Rejected("unknown_host", f"{text!r} is neither a host id nor a key name") from exc
+
+
+async def _with_client(args: argparse.Namespace, op: Any) -> int:
+    bus = await bus_for(args)
+    try:
+        client = AuctioneerClient(bus, _host(args), timeout=args.timeout)
+        result = await op(client, bus)
+    finally:
+        await bus.close()
+    if args.json:
+        print_json(result)
+    else:
+        _print(result)
+    return 0
+
+
+def _print(result: dict[str, Any]) -> None:
+    if "resources" in result and isinstance(result["resources"], dict):
+        print(f"host {result.get('host')} {result.get('name', '')} ({result.get('driver', '')})")
+        print(f"  {'resource':<8} {'capacity':>16} {'price/s':>14} {'bidders':>8}")
+        for r in RESOURCES:
+            info = result["resources"].get(r, {})
+            print(f"  {r:<8} {info.get('capacity', 0):>16} {info.get('price', 0.0):>14.2f} "
+                  f"{info.get('bidders', 0):>8}")
+    for key, value in result.items():
+        if key == "resources" and isinstance(value, dict):
+            continue
+        if key in ("balance", "amount", "funded", "earnings", "refunded", "balances"):
+            value = format_amount(int(value))
+        print(f"{key}: {value}")
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    return await _with_client(args, lambda client, _bus: client.status())
+
+
+async def cmd_account(args: argparse.Namespace) -> int:
+    return await _with_client(args, lambda client, _bus: client.account())
+
+
+async def cmd_fund(args: argparse.Namespace) -> int:
+    async def op(client: AuctioneerClient, bus: Any) -> dict[str, Any]:
+        if args.receipt is not None:
+            return await client.fund(args.receipt.read_bytes())
+        if not args.amount:
+            raise Rejected("bad_amount", "give an AMOUNT to pay or --receipt FILE")
+        from tycoon.bank.client import BankClient
+
+        host_key = await client.host_key()
+        bank = BankClient(bus, _bank_key(args))
+        receipt = await bank.transfer(host_key, parse_amount(args.amount),
+                                      memo=f"fund host {client.host}")  # fmt: skip
+        return await client.fund(receipt)
+
+    return await _with_client(args, op)
+
+
+async def cmd_bid(args: argparse.Namespace) -> int:
+    text = " ".join(args.prefs)
+    return await _with_client(args, lambda client, _bus: client.bid(text, args.duration))
+
+
+async def cmd_refund(args: argparse.Namespace) -> int:
+    return await _with_client(args, lambda client, _bus: client.refund())
