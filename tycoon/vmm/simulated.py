@@ -172,7 +172,9 @@ class SimulatedDriver:
             if mean is None:
                 result[account] = Usage()
                 continue
-            result[account] = Usage(**{r: self._noisy(mean[r]) for r in RESOURCES})
+            if self._noise:
+                mean = {r: self._noisy(mean[r]) for r in RESOURCES}
+            result[account] = Usage(mean["cpu"], mean["memory"], mean["disk"], mean["net"])
         self._since = now
         self._integral = {}
         self._segments = 0
@@ -202,15 +204,18 @@ class SimulatedDriver:
 
     def _rates(self) -> dict[str, dict[str, float]]:
         """The instantaneous usage fraction of every resource, per account with shares."""
-        rates: dict[str, dict[str, float]] = {a: {} for a in self._shares}
-        for r in RESOURCES:
-            share = {a: s.of(r) for a, s in self._shares.items()}
-            want = {a: self._demand.get(a, self._default_demand)[r] for a in self._shares}
-            used = {a: min(share[a], want[a]) for a in self._shares}
-            if self._work_conserving and r in WORK_CONSERVING:
-                used = _spread_idle(used, share, want)
-            for a in self._shares:
-                rates[a][r] = used[a]
+        default = self._default_demand
+        rates = {
+            a: {r: min(getattr(s, r), self._demand.get(a, default)[r]) for r in RESOURCES}
+            for a, s in self._shares.items()
+        }
+        if self._work_conserving:
+            for r in WORK_CONSERVING:
+                share = {a: getattr(s, r) for a, s in self._shares.items()}
+                want = {a: self._demand.get(a, default)[r] for a in self._shares}
+                used = _spread_idle({a: rates[a][r] for a in rates}, share, want)
+                for a, value in used.items():
+                    rates[a][r] = value
         return rates
 
     def _advance(self) -> None:

@@ -31,20 +31,29 @@ def check_shares(shares: Mapping[str, Shares]) -> None:
     """Refuse shares that are not fractions in [0, 1] or sum above 1 for a resource."""
     if not isinstance(shares, Mapping):
         raise Rejected("bad_share", "shares must map account ids to Shares")
-    totals = dict.fromkeys(RESOURCES, 0.0)
+    totals = [0.0, 0.0, 0.0, 0.0]
     for account, share in shares.items():
-        check_account(account)
+        if type(account) is not str or not 0 < len(account) <= MAX_ACCOUNT_LEN \
+                or not account.isprintable():
+            check_account(account)  # raises with the precise reason
         if not isinstance(share, Shares):
             raise Rejected("bad_share", f"shares of {account[:24]} is not a Shares")
-        for r in RESOURCES:
-            value = share.of(r)
-            if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-                raise Rejected("bad_share", f"{r} share of {account[:24]} is {value!r}")
-            totals[r] += value
+        values = (share.cpu, share.memory, share.disk, share.net)
+        try:  # comparisons are False for NaN, so this also refuses non-finite values
+            ok = all(0.0 <= v <= 1.0 for v in values) and all(type(v) is not bool for v in values)
+        except TypeError:
+            ok = False
+        if not ok:
+            for r, v in zip(RESOURCES, values, strict=True):
+                if isinstance(v, bool) or not isinstance(v, int | float) \
+                        or not math.isfinite(v) or not 0.0 <= v <= 1.0:
+                    raise Rejected("bad_share", f"{r} share of {account[:24]} is {v!r}")
+        for i, v in enumerate(values):
+            totals[i] += v
         for port in share.ports:
             if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
                 raise Rejected("bad_share", f"port {port!r} of {account[:24]} is out of range")
-    for r, total in totals.items():
+    for r, total in zip(RESOURCES, totals, strict=True):
         if total > 1.0 + TOLERANCE:
             raise Rejected("bad_share", f"{r} shares sum to {total:.6f} > 1")
 
