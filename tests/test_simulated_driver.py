@@ -140,6 +140,9 @@ def test_absent_accounts_get_nothing_and_destroy_forgets() -> None:
         {"a": Shares(memory=math.nan)},
         {"a": Shares(cpu=0.6), "b": Shares(cpu=0.6)},
         {"a": Shares(ports=(0,))},
+        {"a": Shares(cpu=True)},
+        {"a": Shares(cpu="0.5")},  # type: ignore[arg-type]
+        {"a": Shares(net=math.inf)},
         {"": Shares(cpu=0.1)},
         {"a": {"cpu": 0.1}},
     ],
