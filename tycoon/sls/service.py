@@ -141,13 +141,6 @@ class SLSService:
     def _rejected(self, error: Rejected, subject: str) -> None:
         self.bus.count_rejection(error, subject, component="sls")
 
-    async def settle(self) -> None:
-        """Wait until every price update received so far has been applied (for tests)."""
-        await self.bus.flush()
-        while self._inbox or self._busy or self._wake.is_set():
-            await asyncio.sleep(0.001)
-        await asyncio.sleep(0)
-
     # ---------------------------------------------------------------- periodic
     async def _every(self, period: float, job: Any) -> None:
         while True:

@@ -222,15 +222,26 @@ class ProbabilityDistribution:
             raise Rejected("malformed", "histogram needs lists 'edges' and 'counts'")
         if not 2 <= len(counts) <= MAX_BINS or len(edges) != len(counts) + 1:
             raise Rejected("malformed", "histogram needs bins+1 edges for 2..4096 bins")
-        e = np.array([_finite(v, "edge") for v in edges])
-        dist = cls(len(counts))
-        dist._counts[:] = [_count(c, "count") for c in counts]
-        width = float(e[-1] - e[0]) / dist.bins
-        dist._table.lo[0], dist._table.width[0] = float(e[0]), width
-        if width < 0 or not np.allclose(np.diff(e), width, rtol=1e-6, atol=0.0):
-            raise Rejected("malformed", "histogram edges must be increasing and equally spaced")
-        if width == 0 and dist.total:
-            raise Rejected("malformed", "a histogram with counts needs a positive width")
+        bins = len(counts)
+        if not all(e.__class__ is float or e.__class__ is int for e in edges):
+            raise Rejected("malformed", "histogram edges must be numbers")
+        if not all(c.__class__ is int for c in counts):
+            raise Rejected("malformed", "histogram counts must be integers")
+        e = np.array(edges, dtype=np.float64)
+        try:
+            c = np.array(counts, dtype=np.int64)
+        except OverflowError as exc:
+            raise Rejected("malformed", "histogram count out of range") from exc
+        lo, width = float(e[0]), float(e[-1] - e[0]) / bins
+        if not np.isfinite(e).all() or (c < 0).any():
+            raise Rejected("malformed", "histogram edges must be finite, counts >= 0")
+        if np.abs(e - (lo + width * np.arange(bins + 1))).max() > 1e-6 * abs(width) * bins:
+            raise Rejected("malformed", "histogram edges must be equally spaced")
+        if width < 0 or (width == 0 and c.any()):
+            raise Rejected("malformed", "histogram edges must increase (when it has counts)")
+        dist = cls(bins)
+        dist._counts[:] = c
+        dist._table.lo[0], dist._table.width[0] = lo, width
         return dist
 
 
