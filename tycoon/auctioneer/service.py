@@ -105,6 +105,7 @@ class AuctioneerService:
             asyncio.create_task(self._loop(self.tick_s, self.tick), name="auctioneer-tick"),
             asyncio.create_task(self._loop(self.heartbeat_s, self._publish_price), name="hb"),
         ]
+        self._tasks.append(asyncio.create_task(self._open_bank_account(), name="bank-open"))
         if self.market.pending:
             self._tasks.append(asyncio.create_task(self._pay_all(), name="auctioneer-refunds"))
         self.log.info("auctioneer started", accounts=len(self.market.accounts))
@@ -239,6 +240,18 @@ class AuctioneerService:
             self._commit()
             self.log.info("refund paid", refund=refund.refund_id, amount=refund.amount)
             return paid
+
+    async def _open_bank_account(self) -> None:
+        """Make sure the host's own bank account exists (users pay into it); retry until so."""
+        delay = 0.5
+        while True:
+            try:
+                await self.bank.open(f"host {self.market.name}", exist_ok=True)
+                return
+            except Rejected as error:
+                self.log.warning("cannot open the host's bank account yet", code=error.code)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def _pay_all(self) -> None:
         """Retry every pending refund (after a restart), until paid."""
