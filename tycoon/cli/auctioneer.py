@@ -18,7 +18,7 @@ from tycoon.bus.keys import subject_id
 from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import bus_for, identity, keystore, print_json
 from tycoon.errors import Rejected
-from tycoon.money import format_amount, parse_amount
+from tycoon.money import MICRO, format_amount, parse_amount
 from tycoon.vmm.driver import RESOURCES, Driver
 
 DRIVERS = ("simulated", "cgroups", "xen")
@@ -155,20 +155,33 @@ async def _with_client(args: argparse.Namespace, op: Any) -> int:
     return 0
 
 
-def _print(result: dict[str, Any]) -> None:
-    if "resources" in result and isinstance(result["resources"], dict):
-        print(f"host {result.get('host')} {result.get('name', '')} ({result.get('driver', '')})")
-        print(f"  {'resource':<8} {'capacity':>16} {'price/s':>14} {'bidders':>8}")
+MONEY = ("balance", "amount", "funded", "earnings", "refunded", "balances", "spent")
+
+
+def _print(result: dict[str, Any], indent: str = "") -> None:
+    """A readable rendering of a reply (money in credits, prices in credits/s)."""
+    if isinstance(result.get("resources"), dict):
+        print(f"{indent}host {result.get('host')} {result.get('name', '')} "
+              f"({result.get('driver', '')})")  # fmt: skip
+        print(f"{indent}  {'resource':<8} {'capacity':>16} {'credits/s':>12} {'util':>6} "
+              f"{'bidders':>8}")  # fmt: skip
         for r in RESOURCES:
             info = result["resources"].get(r, {})
-            print(f"  {r:<8} {info.get('capacity', 0):>16} {info.get('price', 0.0):>14.2f} "
-                  f"{info.get('bidders', 0):>8}")
+            print(f"{indent}  {r:<8} {info.get('capacity', 0):>16} "
+                  f"{info.get('price', 0.0) / MICRO:>12.6f} {info.get('utilization', 0.0):>6.2f} "
+                  f"{info.get('bidders', 0):>8}")  # fmt: skip
     for key, value in result.items():
         if key == "resources" and isinstance(value, dict):
             continue
-        if key in ("balance", "amount", "funded", "earnings", "refunded", "balances"):
-            value = format_amount(int(value))
-        print(f"{key}: {value}")
+        if isinstance(value, dict):
+            print(f"{indent}{key}:")
+            _print(value, indent + "  ")
+            continue
+        if key in MONEY and isinstance(value, int):
+            value = format_amount(value)
+        elif isinstance(value, bytes):
+            value = f"<{len(value)} bytes>"
+        print(f"{indent}{key}: {value}")
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
