@@ -64,7 +64,7 @@ async def test_host_commands(
         assert code == 0 and status["account"]["bid"]["resources"].startswith("cpu:1,0.1,1")
         assert status["resources"]["cpu"]["bidders"] == 1
         code, text = await tycoon("status", "h1")
-        assert code == 0 and "cpu" in str(text) and "price/s" in str(text)
+        assert code == 0 and "cpu" in str(text) and "credits/s" in str(text)
         code, text = await tycoon("bid", "h1", "1h", "gpu:1")
         assert code == 1 and "bad_bid" in str(text) and "gpu:1" in str(text)
         code, refund = await tycoon("refund", "h1", "--json")
