@@ -63,6 +63,11 @@ def agent_all(agent_id: str) -> str:
     return f"{PREFIX}.agent.{token(agent_id)}.>"
 
 
+def broker(broker_id: str, op: str) -> str:
+    """A request to one broker (enroll, status)."""
+    return f"{PREFIX}.broker.{token(broker_id)}.{token(op)}"
+
+
 def host_of(subject: str) -> str | None:
     """The host token of a price, alloc or host subject, else None."""
     parts = subject.split(".")

@@ -1,0 +1,301 @@
+"""The continuous agent: plan from the SLS, follow prices, rebid with hysteresis, stop on time.
+
+One agent buys one resource for one job: a budget to spend before a deadline. It asks the
+SLS for candidate hosts, solves Best Response, funds and bids through the allocator, then
+listens to the price streams of its candidates. A price move beyond the threshold on a
+host in play triggers a re-solve; the new plan replaces the old only past the hysteresis
+(see :mod:`tycoon.agent.planner`). At the deadline it refunds everything left.
+
+Everything it decides is published on ``tycoon.agent.<id>.<event>`` (plan, rebid,
+warning, done). Its contract and money moves are journalled, so a restarted agent keeps
+its deadline and repeats no payment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tycoon.agent.allocator import Allocator, HostClient
+from tycoon.agent.journal import Journal
+from tycoon.agent.planner import (
+    Plan,
+    PlannerConfig,
+    Quote,
+    damped,
+    make_plan,
+    should_replan,
+)
+from tycoon.bank.client import BankClient
+from tycoon.bus import subjects
+from tycoon.bus.connection import Bus
+from tycoon.bus.envelope import Message
+from tycoon.bus.keys import subject_id
+from tycoon.errors import Rejected
+from tycoon.log import get_logger
+from tycoon.sls.client import SLSClient
+
+NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """One job: what to buy, with how much, by when."""
+
+    budget: int
+    """Micro-credits this job may spend in all."""
+    deadline_s: float
+    """Seconds from the job's first start (kept across restarts)."""
+    resource: str = "cpu"
+    max_hosts: int | None = None
+    candidates: int = 100
+    """How many hosts to ask the SLS for (cheapest capacity first)."""
+    threshold: float = 0.05
+    replan_every_s: float = 30.0
+    refund_margin_s: float = 2.0
+    """Stop bidding this long before the deadline and refund what is left."""
+    jitter_s: float = 0.2
+    """Up to this random pause before reacting to a price move."""
+
+
+@dataclass
+class Summary:
+    """What an agent did, for its caller and the ``done`` event."""
+
+    agent: str
+    plans: int = 0
+    rebids: int = 0
+    refunded: int = 0
+    paid_out: int = 0
+    warnings: list[str] = field(default_factory=list)
+    rebid_latencies_ms: list[float] = field(default_factory=list)
+
+
+class Agent:
+    """A continuous bidding agent on one bus; ``run()`` returns at the deadline."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        bank_key: str,
+        config: AgentConfig,
+        journal_path: Path | str,
+        *,
+        host_client: Callable[[Bus, str], HostClient] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bus = bus
+        self.config = config
+        self.id = subject_id(bus.identity.public_key)
+        self.journal = Journal(journal_path)
+        self.bank = BankClient(bus, bank_key)
+        self.sls = SLSClient(bus)
+        self.clock = clock
+        self.log = get_logger("agent", agent=self.id)
+        make_client = host_client or _auctioneer_client
+        self._clients: dict[str, HostClient] = {}
+        self.allocator = Allocator(
+            self.id, self.bank, lambda h: self._client(h, make_client), self.journal,
+            resource=config.resource,
+        )
+        self.planner = PlannerConfig(max_hosts=config.max_hosts, threshold=config.threshold)
+        self.plan: Plan | None = None
+        self.quotes: dict[str, Quote] = {}
+        self.payees: dict[str, str] = {}
+        self.summary = Summary(self.id)
+        self._wake = asyncio.Event()
+        self._wake_reason = ""
+        self._changed_at: float | None = None
+        self._subscriptions: dict[str, Any] = {}
+        started = float(self.journal.setdefault("started", repr(clock())))
+        self.deadline = float(self.journal.setdefault("deadline",
+                                                      repr(started + config.deadline_s)))
+        self.journal.setdefault("budget", config.budget)
+
+    def _client(self, host: str, make: Callable[[Bus, str], HostClient]) -> HostClient:
+        if host not in self._clients:
+            self._clients[host] = make(self.bus, host)
+        return self._clients[host]
+
+    @property
+    def seconds_left(self) -> float:
+        return self.deadline - self.clock()
+
+    async def publish(self, event: str, body: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            await self.bus.publish(subjects.agent(self.id, event), f"agent.{event}", body)
+
+    async def warn(self, message: str, **detail: Any) -> None:
+        self.summary.warnings.append(message)
+        self.log.warning("warning", message=message, **detail)
+        await self.publish("warning", {"message": message, **detail})
+
+    async def run(self) -> Summary:
+        """Plan, follow the market and rebid until the deadline; then refund."""
+        await self.bank.open(exist_ok=True)
+        recovered = await self.allocator.recover()
+        if recovered:
+            self.log.info("recovered pending moves", count=recovered)
+        await self.bus.subscribe(subjects.SLS_SNAPSHOT, self._on_snapshot)
+        try:
+            await self._discover()
+            await self._replan("start", force=True)
+            while self.seconds_left > self.config.refund_margin_s:
+                timeout = min(self.config.replan_every_s,
+                              self.seconds_left - self.config.refund_margin_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(timeout, 0.01))
+                self._wake.clear()
+                if self.seconds_left <= self.config.refund_margin_s:
+                    break
+                reason = self._wake_reason or "periodic"
+                # Agents hear the same price update (and start their clocks) together; a
+                # short random pause keeps them from best-responding to the same stale
+                # prices at the same moment.
+                await asyncio.sleep(random.uniform(0, self.config.jitter_s))
+                self._wake_reason = ""
+                if reason == "periodic":
+                    await self._discover()
+                await self._replan(reason)
+        finally:
+            await self._finish()
+        return self.summary
+
+    async def _discover(self) -> None:
+        """Ask the SLS for candidates and follow their price streams."""
+        try:
+            rows = await self.sls.query(self.config.resource, sort="capacity_per_price",
+                                        limit=self.config.candidates, statistics=False)
+        except Rejected as error:
+            await self.warn(f"SLS unavailable: {error.code}")
+            return
+        for row in rows:
+            host, key = row.get("host"), row.get("public_key")
+            if not isinstance(host, str) or not isinstance(key, str):
+                continue
+            self.payees[host] = key
+            if host not in self.quotes:
+                self.quotes[host] = Quote(host, float(row.get("capacity", 0)),
+                                          float(row.get("price", 0.0)))
+            if host not in self._subscriptions:
+                self._subscriptions[host] = await self.bus.subscribe(
+                    subjects.price(host), self._on_price)
+
+    async def _on_price(self, msg: Message) -> None:
+        body = msg.body
+        host = body.get("host")
+        if host not in self.quotes or subject_id(msg.sender) != host:
+            return
+        offer = (body.get("resources") or {}).get(self.config.resource)
+        if not isinstance(offer, dict):
+            return
+        old = self.quotes[host]
+        own = self.plan.rates.get(host, 0.0) if self.plan else 0.0
+        new = Quote(host, float(offer.get("capacity", old.capacity)),
+                    float(offer.get("price", old.price)), own_rate=own)
+        self.quotes[host] = new
+        if (self.plan and host in self.plan.hosts) or old.others == 0:
+            base = max(old.others, 1e-9)
+            if abs(new.others - old.others) / base > self.config.threshold:
+                if self._changed_at is None:
+                    self._changed_at = time.perf_counter()
+                self._wake_reason = f"price moved on {host}"
+                self._wake.set()
+
+    async def _on_snapshot(self, msg: Message) -> None:
+        if msg.sender and not self.quotes:
+            self._wake_reason = "snapshot"
+            self._wake.set()
+
+    async def _replan(self, reason: str, *, force: bool = False) -> None:
+        quotes = [
+            Quote(q.host, q.capacity, q.price,
+                  own_rate=self.plan.rates.get(q.host, 0.0) if self.plan else 0.0)
+            for q in self.quotes.values()
+        ]
+        # Bids last whole seconds: plan over exactly the duration the bids will have.
+        seconds = float(math.floor(self.seconds_left - self.config.refund_margin_s))
+        if seconds < 1:
+            return
+        hosts = sorted(set(self.quotes) | self.journal.hosts_funded())
+        try:
+            held = await self.allocator.balances(hosts)
+            bank_balance = await self.bank.balance()
+        except Rejected as error:
+            await self.warn(f"cannot read balances: {error.code}")
+            return
+        budget_left = self.config.budget - self.journal.net_paid_out()
+        money = min(budget_left, bank_balance) + sum(held.values())
+        if bank_balance < budget_left:
+            await self.warn("funds will not last to the deadline",
+                            bank_balance=bank_balance, budget_left=budget_left)
+        target = make_plan(quotes, money, seconds, self.planner)
+        go, why = should_replan(self.plan, target, quotes, self.planner)
+        if not (go or force):
+            self._changed_at = None
+            return
+        candidate = damped(self.plan, target, quotes, self.planner.damping,
+                           self.planner.min_balance)
+        if self.plan:
+            dropped = self.plan.hosts - candidate.hosts
+            if dropped:
+                await self.warn(f"priced out of {len(dropped)} host(s)", hosts=sorted(dropped))
+        epoch = self.journal.next_epoch()
+        self.summary.plans += 1
+        await self.publish("plan", {
+            "epoch": epoch, "summary": candidate.summary(), "reason": why,
+            "utility": candidate.utility, "spend_rate": candidate.spend_rate,
+            "hosts": {h: {"balance": candidate.balances[h], "rate": candidate.rates[h],
+                          "share": candidate.shares.get(h, 0.0)} for h in candidate.hosts},
+        })
+        outcome = await self.allocator.execute(candidate, epoch, held, self.payees, seconds,
+                                               budget=self.config.budget)
+        self.plan = candidate
+        self.summary.rebids += 1
+        latency = None
+        if self._changed_at is not None:
+            latency = (time.perf_counter() - self._changed_at) * 1000
+            self.summary.rebid_latencies_ms.append(latency)
+            self._changed_at = None
+        await self.publish("rebid", {
+            "epoch": epoch, "reason": f"{reason}: {why}",
+            "summary": f"{len(outcome.bids)} bids, funded {len(outcome.funded)},"
+                       f" refunded {len(outcome.refunded)}",
+            "funded": outcome.funded, "refunded": outcome.refunded, "errors": outcome.errors,
+            "latency_ms": latency,
+        })
+
+    async def _finish(self) -> None:
+        """Refund every host account and report."""
+        hosts = sorted(self.journal.hosts_funded())
+        epoch = self.journal.next_epoch()
+        empty = Plan({}, {}, {}, 0.0, 0.0, 0.0)
+        try:
+            held = await self.allocator.balances(hosts)
+            outcome = await self.allocator.execute(empty, epoch, held, self.payees, 1.0)
+            self.summary.refunded = sum(outcome.refunded.values())
+        except Rejected as error:
+            await self.warn(f"final refund incomplete: {error.code}")
+        self.summary.paid_out = self.journal.net_paid_out()
+        await self.publish("done", {
+            "summary": f"spent {self.summary.paid_out} µc, refunded {self.summary.refunded} µc",
+            "spent": self.summary.paid_out, "refunded": self.summary.refunded,
+            "plans": self.summary.plans,
+        })
+        for sub in self._subscriptions.values():
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self.journal.close()
+
+
+def _auctioneer_client(bus: Bus, host: str) -> HostClient:
+    from tycoon.auctioneer.client import AuctioneerClient
+
+    return AuctioneerClient(bus, host)  # type: ignore[return-value]

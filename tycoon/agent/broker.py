@@ -1,0 +1,178 @@
+"""The broker: an agent that runs the bidding loop for users who pay it a fee.
+
+A user enrolls by presenting one bank receipt that pays the broker ``budget + fee``
+(``tycoon.broker.<id>.enroll``). The broker verifies it offline, redeems it once, opens
+a fresh account for the job (its own key pair, kept in the broker's state directory),
+moves the budget there and runs an :class:`~tycoon.agent.agent.Agent` as that account, so
+every job has its own host accounts and its own journal. At the deadline what the job
+did not spend goes back to the user; the fee stays with the broker. Every money move has
+a transfer id derived from the enrolling receipt, so a restarted broker repeats none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from tycoon.agent.agent import Agent, AgentConfig
+from tycoon.auctioneer.bidparse import parse_duration
+from tycoon.bank.client import BankClient
+from tycoon.bank.receipt import Receipt, verify_receipt
+from tycoon.bus import subjects
+from tycoon.bus.connection import Bus
+from tycoon.bus.envelope import Message
+from tycoon.bus.keys import Identity, KeyStore, subject_id
+from tycoon.bus.schema import get_bytes, get_int, get_str
+from tycoon.bus.service import Endpoint, Service
+from tycoon.errors import Rejected
+from tycoon.log import get_logger
+from tycoon.money import check_amount
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    transfer_id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    key_name TEXT NOT NULL,
+    budget INTEGER NOT NULL,
+    fee INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    refunded INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+class Broker:
+    """Runs one agent per enrolled job; serves enroll and status."""
+
+    def __init__(self, bus: Bus, bank_key: str, state: Path, *, fee_percent: int = 5,
+                 min_fee: int = 0) -> None:
+        self.bus = bus
+        self.bank_key = bank_key
+        self.bank = BankClient(bus, bank_key)
+        self.state = Path(state)
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.keys = KeyStore(self.state)
+        self.fee_percent = fee_percent
+        self.min_fee = min_fee
+        self.id = subject_id(bus.identity.public_key)
+        self.db = sqlite3.connect(self.state / "broker.db", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.log = get_logger("broker", broker=self.id)
+        self.service = Service(bus, "tycoon-broker", [
+            Endpoint(subjects.broker(self.id, "enroll"), "broker.enroll", self.enroll),
+            Endpoint(subjects.broker(self.id, "status"), "broker.status", self.status),
+        ], metadata={"broker": self.id})
+
+    def fee_for(self, amount: int) -> int:
+        """The broker's fee out of a payment of ``amount``: a percentage, at least min_fee."""
+        return max(self.min_fee, amount * self.fee_percent // 100)
+
+    async def start(self) -> None:
+        await self.bank.open(exist_ok=True)
+        await self.service.start()
+        for (transfer_id,) in self.db.execute(
+                "SELECT transfer_id FROM jobs WHERE status != 'done'").fetchall():
+            self._launch(transfer_id)
+
+    async def stop(self) -> None:
+        await self.service.stop()
+        for task in self.tasks.values():
+            task.cancel()
+        for task in self.tasks.values():
+            with contextlib.suppress(BaseException):
+                await task
+        self.db.close()
+
+    async def enroll(self, msg: Message) -> dict[str, Any]:
+        receipt = verify_receipt(get_bytes(msg.body, "receipt", max_len=4096) or b"",
+                                 self.bank_key)
+        if receipt.payee != self.bus.identity.public_key:
+            raise Rejected("wrong_host", "the receipt does not pay this broker")
+        if receipt.payer != msg.sender:
+            raise Rejected("forbidden", "only the payer of the receipt may enroll with it")
+        deadline = get_str(msg.body, "deadline", max_len=32) or ""
+        resource = get_str(msg.body, "resource", optional=True, max_len=16) or "cpu"
+        max_hosts = get_int(msg.body, "max_hosts", optional=True)
+        seconds = parse_duration(deadline) / 1e9
+        if seconds <= 0:
+            raise Rejected("bad_bid", "the deadline must be in the future")
+        fee = self.fee_for(receipt.amount)
+        budget = receipt.amount - fee
+        check_amount(budget)
+        config = {"deadline_s": seconds, "resource": resource, "max_hosts": max_hosts}
+        key_name = f"job-{receipt.transfer_id[:40]}"
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO jobs (transfer_id, user, key_name, budget, fee, config, "
+            "status) VALUES (?, ?, ?, ?, ?, ?, 'new')",
+            (receipt.transfer_id, receipt.payer, key_name, budget, fee, json.dumps(config)))
+        if cur.rowcount == 0:
+            raise Rejected("already_redeemed", "this receipt already enrolled a job")
+        job = self.keys.load_or_create(key_name)
+        self._launch(receipt.transfer_id)
+        return {"job": job.public_key, "budget": budget, "fee": fee, "deadline_s": seconds}
+
+    async def status(self, msg: Message) -> dict[str, Any]:
+        rows = self.db.execute(
+            "SELECT transfer_id, key_name, budget, fee, status, refunded FROM jobs "
+            "WHERE user = ?", (msg.sender,)).fetchall()
+        return {"jobs": [
+            {"transfer_id": t, "job": self.keys.load(k).public_key, "budget": b, "fee": f,
+             "status": s, "refunded": r} for t, k, b, f, s, r in rows]}
+
+    def _launch(self, transfer_id: str) -> None:
+        if transfer_id not in self.tasks or self.tasks[transfer_id].done():
+            self.tasks[transfer_id] = asyncio.create_task(self._run_job(transfer_id))
+
+    async def _run_job(self, transfer_id: str) -> None:
+        user, key_name, budget, config_text = self.db.execute(
+            "SELECT user, key_name, budget, config FROM jobs WHERE transfer_id = ?",
+            (transfer_id,)).fetchone()
+        config = json.loads(config_text)
+        job = self.keys.load_or_create(key_name)
+        job_bus = Bus(self.bus.nc, job)  # same connection, the job's own signature
+        job_bank = BankClient(job_bus, self.bank_key)
+        try:
+            await job_bank.open(exist_ok=True)
+            await self.bank.transfer(job.public_key, budget, transfer_id=f"{transfer_id}.budget",
+                                     memo="broker job budget")
+            self.db.execute("UPDATE jobs SET status = 'running' WHERE transfer_id = ?",
+                            (transfer_id,))
+            agent = Agent(job_bus, self.bank_key, AgentConfig(
+                budget=budget, deadline_s=float(config["deadline_s"]),
+                resource=str(config["resource"]), max_hosts=config.get("max_hosts")),
+                self.state / f"{key_name}.db")
+            await agent.run()
+            left = await job_bank.balance()
+            if left > 0:
+                await job_bank.transfer(user, left, transfer_id=f"{transfer_id}.return",
+                                        memo="unspent budget")
+            self.db.execute("UPDATE jobs SET status = 'done', refunded = ? WHERE "
+                            "transfer_id = ?", (left, transfer_id))
+        except Rejected as error:
+            self.log.warning("job failed; it resumes on restart", job=key_name,
+                             code=error.code, reason=error.message)
+
+
+async def enroll(bus: Bus, bank_key: str, broker_key: str, amount: int, deadline: str, *,
+                 resource: str = "cpu", transfer_id: str | None = None) -> dict[str, Any]:
+    """Pay a broker ``amount`` (budget plus its fee) and enroll the job (the user's side)."""
+    bank = BankClient(bus, bank_key)
+    receipt: Receipt = await bank.transfer(broker_key, amount, transfer_id=transfer_id,
+                                           memo="broker enrollment")
+    reply = await bus.request(subjects.broker(subject_id(broker_key), "enroll"),
+                              "broker.enroll", {"receipt": receipt.raw, "deadline": deadline,
+                                                "resource": resource})
+    return dict(reply.body)
+
+
+def job_identity(state: Path, key_name: str) -> Identity:
+    """The identity of one broker job (for tools and tests)."""
+    return KeyStore(state).load(key_name)

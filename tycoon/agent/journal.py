@@ -1,0 +1,117 @@
+"""The agent's durable journal (SQLite): its contract and every money move it makes.
+
+A move is written as ``pending`` before it is attempted, under a transfer id derived
+from (agent, plan epoch, host, step). After a crash the agent replays pending moves
+with the same ids: the bank returns the same receipt for a repeated transfer id and
+an auctioneer refuses a second redemption, so nothing is paid twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS moves (
+    id TEXT PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    payee TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('fund', 'refund')),
+    amount INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed')),
+    receipt BLOB,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS moves_status ON moves (status);
+"""
+
+
+@dataclass(frozen=True)
+class Move:
+    id: str
+    epoch: int
+    host: str
+    payee: str
+    kind: str
+    amount: int
+    status: str
+    receipt: bytes | None
+
+
+class Journal:
+    """One agent's contract (budget, deadline) and money moves, durable across restarts."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def get(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set(self, key: str, value: str | int) -> None:
+        self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, str(value)))
+
+    def setdefault(self, key: str, value: str | int) -> str:
+        """The stored value of ``key``, storing ``value`` first if there is none."""
+        self.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
+        stored = self.get(key)
+        assert stored is not None
+        return stored
+
+    def next_epoch(self) -> int:
+        """Advance and return the plan epoch (durably, before any move of that plan)."""
+        epoch = int(self.get("epoch") or 0) + 1
+        self.set("epoch", epoch)
+        return epoch
+
+    def begin(self, move_id: str, epoch: int, host: str, payee: str, kind: str,
+              amount: int) -> Move:
+        """Record a move as pending (idempotent: an existing id is returned unchanged)."""
+        self.db.execute(
+            "INSERT OR IGNORE INTO moves (id, epoch, host, payee, kind, amount, status) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'pending')", (move_id, epoch, host, payee, kind, amount))
+        move = self.move(move_id)
+        assert move is not None
+        return move
+
+    def finish(self, move_id: str, *, amount: int | None = None, receipt: bytes | None = None,
+               status: str = "done", detail: str = "") -> None:
+        """Mark a move done (or failed), with the amount that really moved and its receipt."""
+        self.db.execute(
+            "UPDATE moves SET status = ?, amount = COALESCE(?, amount), "
+            "receipt = COALESCE(?, receipt), detail = ? WHERE id = ?",
+            (status, amount, receipt, detail, move_id))
+
+    def move(self, move_id: str) -> Move | None:
+        row = self.db.execute("SELECT id, epoch, host, payee, kind, amount, status, receipt "
+                              "FROM moves WHERE id = ?", (move_id,)).fetchone()
+        return None if row is None else Move(*row)
+
+    def pending(self) -> list[Move]:
+        rows = self.db.execute("SELECT id, epoch, host, payee, kind, amount, status, receipt "
+                               "FROM moves WHERE status = 'pending' ORDER BY rowid").fetchall()
+        return [Move(*r) for r in rows]
+
+    def net_paid_out(self) -> int:
+        """Micro-credits sent to hosts minus refunds received back, over the whole job."""
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(CASE kind WHEN 'fund' THEN amount ELSE -amount END), 0) "
+            "FROM moves WHERE status = 'done'").fetchone()
+        return int(row[0])
+
+    def hosts_funded(self) -> set[str]:
+        rows = self.db.execute("SELECT DISTINCT host FROM moves WHERE kind = 'fund' "
+                               "AND status = 'done'").fetchall()
+        return {str(r[0]) for r in rows}
