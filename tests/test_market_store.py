@@ -99,3 +99,17 @@ def test_store_belongs_to_one_host(tmp_path: Path) -> None:
         store.load(other, T0)
     with pytest.raises(ValueError):
         MarketStore(tmp_path / "x.db", durability="sometimes")
+
+
+def test_a_failed_commit_is_retried_with_the_next(tmp_path: Path) -> None:
+    store = MarketStore(tmp_path / "m.db")
+    m = market()
+    store.load(m, T0)
+    m.fund(receipt(USERS[0], 50, "x"), T0)
+    changes = m.take_changes()
+    m.untake_changes(changes)  # as the service does when the commit raised
+    m.fund(receipt(USERS[1], 60, "y"), T0)
+    store.commit(m, m.take_changes())
+    again = market()
+    store.load(again, T0)
+    assert again.redeemed == {"x", "y"} and again.funded == 110 and again.conserved()

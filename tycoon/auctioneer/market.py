@@ -351,6 +351,12 @@ class Market:
         changes, self._changes = self._changes, Changes()
         return changes
 
+    def untake_changes(self, changes: Changes) -> None:
+        """Put back changes whose commit failed, so that the next commit writes them."""
+        self._changes.accounts |= changes.accounts
+        self._changes.redeemed[:0] = changes.redeemed
+        self._changes.refunds = {**changes.refunds, **self._changes.refunds}
+
     def load(
         self, *, accounts: Iterable[Account], redeemed: Iterable[str], pending: Iterable[Refund],
         earnings: int, funded: int, refunded: int, seq: int, now_ns: int,

@@ -94,7 +94,7 @@ class AuctioneerService:
     async def start(self) -> None:
         """Load the store, re-create sandboxes, start serving, ticking and heartbeats."""
         events = self.store.load(self.market, self.clock())
-        self.store.commit(self.market, self.market.take_changes())
+        self._commit()
         for account in self.market.accounts:
             self.driver.create(account)
         self._apply_pending = True
@@ -138,7 +138,14 @@ class AuctioneerService:
         await self._act(events)
 
     def _commit(self) -> None:
-        self.store.commit(self.market, self.market.take_changes())
+        """Write what changed; on failure keep it for the next commit and fail the request."""
+        changes = self.market.take_changes()
+        try:
+            self.store.commit(self.market, changes)
+        except Exception:
+            self.market.untake_changes(changes)
+            self.log.exception("store commit failed; changes kept for the next commit")
+            raise
 
     async def _act(self, events: list[Event]) -> None:
         """Create sandboxes, apply shares, publish — after the changes are on disk."""
