@@ -368,3 +368,28 @@ def test_money_is_conserved_and_shares_are_valid(ops: list[tuple[Any, ...]]) -> 
         for account in m.accounts.values():
             assert isinstance(account.balance, int) and account.balance >= 0
         check_allocation(m)
+
+
+def test_deterministic_given_the_clock() -> None:
+    def history() -> Any:
+        m = market()
+        for i in range(3):
+            m.fund(receipt(USERS[i], (i + 1) * 1000 * MICRO, f"d{i}"), T0)
+            m.place_bid(USERS[i], parse_bid(f"{i + 1}h cpu:{i + 1},0.1 memory:1,0,0.5"), T0)
+        for s in range(1, 30):
+            m.tick(T0 + s * NS, {a: Usage(cpu=0.3, memory=0.2) for a in USERS[:3]})
+        return snapshot(m), m.shares.tolist(), views.price_body(m, 1, 5.0)
+
+    assert history() == history()
+
+
+def test_a_bid_after_expiry_starts_afresh() -> None:
+    m = market()
+    m.fund(receipt(USERS[0], 100 * MICRO, "a"), T0)
+    m.place_bid(USERS[0], parse_bid("10s cpu:1"), T0)
+    with pytest.raises(Rejected, match="bad_bid"):
+        m.place_bid(USERS[0], parse_bid("0 cpu:1"), T0 + 20 * NS)  # nothing live to keep
+    m.place_bid(USERS[0], parse_bid("10s cpu:1"), T0 + 20 * NS)
+    assert m.book.charged[m.book.slot[USERS[0]]] == T0 + 20 * NS
+    m.tick(T0 + 21 * NS, greedy(m))
+    assert m.accounts[USERS[0]].balance == pytest.approx(90 * MICRO, abs=2)  # 1 s of 10 s

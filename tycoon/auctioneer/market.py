@@ -174,8 +174,10 @@ class Market:
         if account.balance <= 0:
             raise Rejected("no_funds", "fund the host account before bidding")
         old = account.bid if owner in self.book.slot else None
+        if old is not None and old.expires_ns <= now_ns:
+            old = None  # expired, not yet swept: the new bid starts afresh
         if spec.duration_ns == 0:
-            if old is None or old.expires_ns <= now_ns:
+            if old is None:
                 raise Rejected("bad_bid", "duration 0 keeps the current expiry: no live bid")
             expires = old.expires_ns
         else:
