@@ -68,7 +68,7 @@ class SLSService:
         )
         self.service = Service(
             bus,
-            "sls",
+            "tycoon-sls",
             [
                 Endpoint(subjects.sls("query"), "sls.query", self._on_query),
                 Endpoint(subjects.sls("host"), "sls.host", self._on_host),
