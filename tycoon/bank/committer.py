@@ -74,7 +74,14 @@ class GroupCommitter:
             while self._queue:
                 count = min(len(self._queue), self.max_batch)
                 items = [self._queue.popleft() for _ in range(count)]
-                await self._commit(items)
+                try:
+                    await self._commit(items)
+                except Exception as exc:  # never let the committer die: fail the batch
+                    self.log.exception("committer failed")
+                    error = Rejected("internal", f"{type(exc).__name__} in the committer")
+                    for _, future in items:
+                        if not future.done():
+                            future.set_exception(error)
             if self._closing and not self._queue:
                 return
 

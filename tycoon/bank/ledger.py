@@ -43,6 +43,10 @@ def _check_text(value: str, what: str, max_len: int) -> str:
     return value
 
 
+def _with_balance(row: AccountRow, balance: int) -> AccountRow:
+    return AccountRow(row.account, row.name, balance, row.closed, row.opened_seq)
+
+
 def _receipt_of(event: EventRow) -> Receipt:
     assert event.receipt is not None and event.op_id is not None
     assert event.payer is not None and event.payee is not None
@@ -67,7 +71,8 @@ class Batch:
         return row if row is not None else self._ledger.accounts.get(account)
 
     def _live(self, account: str, role: str) -> AccountRow:
-        row = self._account(account) if is_public_key(account) else None
+        # only valid public keys ever get an account, so the lookup validates the key
+        row = self._account(account) if isinstance(account, str) else None
         if row is None or row.closed:
             raise Rejected("unknown_account", f"{role} {account[:60]!r} has no open account")
         return row
@@ -118,7 +123,7 @@ class Batch:
         seq, ts = self._next()
         self._record(EventRow(seq, "mint", ts, sender, op_id=mint_id, payee=account,
                               amount=amount, memo=memo))
-        self.dirty[account] = dataclasses.replace(row, balance=row.balance + amount)
+        self.dirty[account] = _with_balance(row, row.balance + amount)
         self.minted += amount
         return {"mint_id": mint_id, "account": account, "amount": amount, "seq": seq}
 
@@ -148,8 +153,8 @@ class Batch:
                            payee=payee, amount=amount, memo=memo, seq=seq, settled_ns=ts)
         self._record(EventRow(seq, "transfer", ts, payer, op_id=transfer_id, payer=payer,
                               payee=payee, amount=amount, memo=memo, receipt=raw))
-        self.dirty[payer] = dataclasses.replace(source, balance=source.balance - amount)
-        self.dirty[payee] = dataclasses.replace(target, balance=target.balance + amount)
+        self.dirty[payer] = _with_balance(source, source.balance - amount)
+        self.dirty[payee] = _with_balance(target, target.balance + amount)
         self.receipts.append(raw)
         return Receipt(transfer_id, payer, payee, amount, memo, seq, ts, raw)
 

@@ -15,6 +15,7 @@ deterministic, so the same inputs always give the same bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ RECEIPT_KIND = "bank.receipt"
 MAX_TRANSFER_ID = 128
 MAX_MEMO = 256
 MAX_RECEIPT_SIZE = 4096
+
+_is_key = functools.lru_cache(maxsize=1 << 14)(is_public_key)
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def verify_receipt(raw: bytes, bank_key: str) -> Receipt:
     settled_ns = _field(body, "settled_ns", int)
     if not transfer_id or len(transfer_id) > MAX_TRANSFER_ID:
         raise Rejected("bad_receipt", "bad transfer id")
-    if not (is_public_key(payer) and is_public_key(payee)) or payer == payee:
+    if not (_is_key(payer) and _is_key(payee)) or payer == payee:
         raise Rejected("bad_receipt", "payer and payee must be two account keys")
     if not 1 <= amount <= MAX_AMOUNT:
         raise Rejected("bad_receipt", "amount out of range")
