@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from tycoon.bus import subjects
 from tycoon.bus.envelope import seal
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.bus.replay import ReplayGuard
+from tycoon.log import configure_logging
 from tycoon.sls.ingest import PriceIngest, Raw
 from tycoon.sls.query import Query
 from tycoon.sls.registry import Registry
@@ -64,23 +66,30 @@ def seal_round(hosts: list[tuple[Identity, str]], seq: int, rng: np.random.Gener
     return out
 
 
-def time_ingest(rounds: list[list[Raw]], workers: int) -> tuple[Registry, float, float]:
-    """Ingest every round; returns (registry, first-round rate, later-rounds rate)."""
+def time_ingest(
+    rounds: list[list[Raw]], workers: int
+) -> tuple[Registry, float, float, float]:
+    """Ingest every round; returns (registry, first-round rate, later-rounds rate,
+    later-rounds updates per CPU second of this process)."""
     reg = Registry()
     ingest = PriceIngest(reg, guard=ReplayGuard(), workers=workers)
     rates = []
+    cpu = wall = 0.0
     try:
-        for batch in rounds:
-            t0 = time.perf_counter()
+        for n, batch in enumerate(rounds):
+            t0, c0 = time.perf_counter(), time.process_time()
             for start in range(0, len(batch), 4096):  # the service's batch size
                 outcome = ingest.ingest(batch[start : start + 4096])
                 assert outcome["accepted"] == len(batch[start : start + 4096]), outcome
             reg.flush()
             rates.append(len(batch) / (time.perf_counter() - t0))
+            if n > 0 or len(rounds) == 1:
+                cpu += time.process_time() - c0
+                wall += len(batch)
     finally:
         ingest.close()
     later = rates[1:] or rates
-    return reg, rates[0], len(later) / sum(1 / r for r in later)
+    return reg, rates[0], len(later) / sum(1 / r for r in later), wall / cpu
 
 
 def time_queries(reg: Registry, n: int = 300) -> tuple[float, float]:
@@ -145,15 +154,16 @@ def main() -> int:
     parser.add_argument("--nats", action="store_true", help="also measure over nats-server")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    configure_logging("warning")
 
     rng = np.random.default_rng(1)
     t0 = time.perf_counter()
     hosts = make_hosts(args.hosts)
     rounds = [seal_round(hosts, seq, rng) for seq in range(1, args.rounds + 1)]
     seal_s = time.perf_counter() - t0
-    _, cold_1, warm_1 = time_ingest(rounds, workers=1)
+    _, cold_1, warm_1, per_cpu = time_ingest(rounds, workers=1)
     rounds = [seal_round(hosts, seq, rng) for seq in range(1, args.rounds + 1)]  # fresh nonces
-    reg, cold_n, warm_n = time_ingest(rounds, workers=args.workers)
+    reg, cold_n, warm_n, _ = time_ingest(rounds, workers=args.workers)
     p50, p99 = time_queries(reg)
     result: dict[str, Any] = {
         "hosts": args.hosts,
@@ -162,8 +172,11 @@ def main() -> int:
         "ingest_per_s_1thread": round(warm_1, 1),
         f"ingest_per_s_{args.workers}threads": round(warm_n, 1),
         "ingest_first_sight_per_s": round(max(cold_1, cold_n), 1),
+        "ingest_per_cpu_s": round(per_cpu, 1),  # 1 thread: updates per CPU-second
         "query_p50_ms": round(p50, 3),
         "query_p99_ms": round(p99, 3),
+        "cpus": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews rates
     }
     if args.nats:
         extra = asyncio.run(over_nats(hosts, args.rounds))

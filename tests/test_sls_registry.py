@@ -140,7 +140,7 @@ def test_query_filters_sort_and_page() -> None:
     keys = [(r["unit_price"], -r["capacity"], r["host"]) for r in rows]
     assert keys == sorted(keys)  # capacity per price, best first; ties by capacity, host id
     assert "statistics" not in rows[0]
-    cheap = reg.query(Query(max_unit_price=1.0 / 1000, min_capacity=2000, limit=1000), now)
+    cheap = reg.query(Query(max_unit_price=1.0 / 1000, min_capacity=2000, limit=500), now)
     assert cheap["total"] == len(cheap["rows"])
     assert all(r["unit_price"] <= 0.001 and r["capacity"] >= 2000 for r in cheap["rows"])
     expected = [r for r in rows if r["unit_price"] <= 0.001 and r["capacity"] >= 2000]
@@ -257,6 +257,7 @@ def test_query_body_validation() -> None:
     q = Query.from_body({"resource": "net", "max_unit_price": 1, "sort": "price", "limit": 5})
     assert (q.resource, q.max_unit_price, q.sort, q.limit) == ("net", 1.0, "price", 5)
     assert Query.from_body(q.to_body()) == q
+    assert Query.from_body({"limit": 1000, "statistics": False}).limit == 1000
     for bad in (
         {"resource": "gpu"},
         {"sort": "random"},
@@ -265,6 +266,7 @@ def test_query_body_validation() -> None:
         {"min_capacity": "big"},
         {"max_unit_price": float("nan")},
         {"statistics": 1},
+        {"limit": 501},
     ):
         with pytest.raises(Rejected):
             Query.from_body(bad)

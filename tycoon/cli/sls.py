@@ -14,7 +14,7 @@ from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import bus_for, fail, identity, print_json
 from tycoon.errors import Rejected
 from tycoon.sls.client import SLSClient
-from tycoon.sls.query import DEFAULT_LIMIT, MAX_LIMIT, SORTS
+from tycoon.sls.query import DEFAULT_LIMIT, MAX_LIMIT_WITH_STATISTICS, SORTS
 from tycoon.sls.service import SLSConfig, SLSService
 from tycoon.vmm.driver import RESOURCES
 
@@ -69,7 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="minimum capacity in base units (suffixes k M G T, Ki Mi Gi Ti)",
     )
     hosts.add_argument("--sort", choices=SORTS, default="capacity_per_price")
-    hosts.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"at most {MAX_LIMIT}")
+    hosts.add_argument(
+        "--limit", type=int, default=DEFAULT_LIMIT, help=f"at most {MAX_LIMIT_WITH_STATISTICS}"
+    )
     hosts.add_argument("--offset", type=int, default=0)
     hosts.add_argument("--json", action="store_true", help="print the reply as JSON")
     hosts.set_defaults(func=cmd_hosts)

@@ -14,6 +14,7 @@ SORTS: tuple[str, ...] = ("capacity_per_price", "price", "unit_price", "capacity
 lowest total price, lowest unit price, most capacity, most available."""
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_LIMIT_WITH_STATISTICS = 500  # keeps a reply well under the 1 MiB message limit
 MAX_OFFSET = 1_000_000
 
 
@@ -82,6 +83,12 @@ class Query:
             "limit": _int_in(body, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT),
             "statistics": statistics,
         }
+        if statistics and fields["limit"] > MAX_LIMIT_WITH_STATISTICS:
+            raise Rejected(
+                "malformed",
+                f"at most {MAX_LIMIT_WITH_STATISTICS} rows with statistics "
+                f"({MAX_LIMIT} with statistics=false)",
+            )
         if _check_only:
             return None  # type: ignore[return-value]
         return cls(**fields)
