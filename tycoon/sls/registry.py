@@ -101,7 +101,7 @@ class Registry:
 
     def _slot(self) -> int:
         if not self._free:
-            self._grow(self.cols.size * 2)
+            self._grow(self.cols.size + max(64, self.cols.size // 2))
         return self._free.pop()
 
     def flush(self) -> None:
