@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tycoon demo
+	$(BIN)/tycoon up --duration 60 --hosts 4 --agents 3 --state .tycoon-demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tycoon.bank.receipt import make_receipt
 from tycoon.bus import subjects
 from tycoon.bus.connection import connect
 from tycoon.bus.envelope import Message, open_envelope, seal
@@ -71,8 +72,12 @@ def test_market_view_folds_events() -> None:
     alloc = {"host": HID, "seq": 1, "accounts": {"Uabc": {"cpu": 0.75, "memory": 0.5,
                                                            "balance": 5_000_000}}}
     view.feed(open_envelope(seal(HOST, "alloc", alloc, subject=subjects.alloc(HID))))
-    settled = {"payer": "UPAYER", "payee": "UPAYEE", "amount": 1_500_000, "memo": "fund"}
-    view.feed(open_envelope(seal(HOST, "bank.settled", settled, subject=subjects.BANK_SETTLED)))
+    bank, payer = Identity.generate(), Identity.generate()
+    receipt = make_receipt(bank, transfer_id="t1", payer=payer.public_key,
+                           payee=HOST.public_key, amount=1_500_000, memo="fund", seq=1,
+                           settled_ns=1)
+    view.feed(open_envelope(seal(bank, "bank.settled", {"receipts": [receipt]},
+                                 subject=subjects.BANK_SETTLED)))
     view.feed(open_envelope(seal(HOST, "agent.rebid", {"summary": "moved 3 bids"},
                                  subject=subjects.agent("a1", "rebid"))))
     assert view.hosts[HID].name == "alpha" and view.hosts[HID].accounts["Uabc"]["cpu"] == 0.75

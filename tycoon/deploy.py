@@ -14,7 +14,7 @@ from typing import Any
 from tycoon.bus.keys import KeyStore, subject_id
 
 CONFIG_NAME = "tycoon.toml"
-HOST_PRESETS = ("small", "medium", "large", "xlarge")
+HOST_PRESETS = ("small", "medium", "large", "tiny")
 
 
 @dataclass(frozen=True)

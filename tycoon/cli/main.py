@@ -24,6 +24,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "top",
     "status",
     "init",
+    "agent",
+    "up",
     "run",
     "bank",
     "sls",

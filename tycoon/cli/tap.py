@@ -17,6 +17,7 @@ from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.envelope import Message
 from tycoon.bus.keys import Identity, subject_id
+from tycoon.cli.top import settled_receipts
 from tycoon.errors import Rejected
 from tycoon.money import format_amount
 
@@ -46,9 +47,10 @@ def summarize(msg: Message) -> str:
         )
         return f"host={body.get('host')} accounts={len(accounts)} {shares}"
     if msg.kind == "bank.settled":
-        amount = body.get("amount")
-        money = format_amount(amount) if isinstance(amount, int) else "?"
-        return f"{str(body.get('payer'))[:8]} → {str(body.get('payee'))[:8]} {money}"
+        return " ".join(
+            f"{subject_id(r.payer)[:8]}→{subject_id(r.payee)[:8]}:{format_amount(r.amount)}"
+            for r in settled_receipts(msg)
+        )
     scalars = [
         f"{k}={_short(v)}" for k, v in body.items()
         if isinstance(v, str | int | float | bool) and not isinstance(v, bytes)

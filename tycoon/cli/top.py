@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,10 +19,12 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
+from tycoon.bank.receipt import Receipt, verify_receipt
 from tycoon.bus import subjects
 from tycoon.bus.connection import open_bus
 from tycoon.bus.envelope import Message
 from tycoon.bus.keys import Identity, subject_id
+from tycoon.errors import Rejected
 from tycoon.money import format_amount
 
 RESOURCES = ("cpu", "memory", "disk", "net")
@@ -63,13 +66,11 @@ class MarketView:
             if isinstance(accounts, dict):
                 self.hosts.setdefault(host, HostRow(host)).accounts = accounts
         elif msg.kind == "bank.settled":
-            amount = body.get("amount")
-            money = format_amount(amount) if isinstance(amount, int) else "?"
-            memo = str(body.get("memo", ""))[:24]
-            self.transfers.appendleft(
-                f"{stamp} {str(body.get('payer'))[:10]} → {str(body.get('payee'))[:10]}"
-                f" {money} {memo}"
-            )
+            for receipt in settled_receipts(msg):
+                self.transfers.appendleft(
+                    f"{stamp} {subject_id(receipt.payer)[:8]} → {subject_id(receipt.payee)[:8]}"
+                    f" {format_amount(receipt.amount)} {receipt.memo[:20]}"
+                )
         elif msg.kind.startswith("agent."):
             event = msg.kind.split(".", 1)[1]
             detail = body.get("summary") or body.get("message") or ""
@@ -105,6 +106,15 @@ class MarketView:
             recent.add_row(decisions[i] if i < len(decisions) else "",
                            transfers[i] if i < len(transfers) else "")
         return Group(hosts, accounts, recent)
+
+
+def settled_receipts(msg: Message) -> list[Receipt]:
+    """The receipts of a ``bank.settled`` event that verify under its sender's (the bank's) key."""
+    receipts = []
+    for raw in msg.body.get("receipts", []) if isinstance(msg.body, dict) else []:
+        with contextlib.suppress(Rejected):
+            receipts.append(verify_receipt(raw, msg.sender))
+    return receipts
 
 
 def _f(value: Any) -> str:

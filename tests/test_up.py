@@ -1,0 +1,101 @@
+"""The main job end to end: `tycoon up`, a tap beside it, `tycoon-pub`, `tycoon status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.nats, pytest.mark.slow]
+
+
+def tycoon(*args: str, home: Path | None = None, timeout: float = 60,
+           script: str = "tycoon.cli.main") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TYCOON_LOG": "error"}
+    if home is not None:
+        env["TYCOON_HOME"] = str(home)
+    return subprocess.run([sys.executable, "-m", script, *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def pub(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    return tycoon(*args, home=home, script="tycoon.cli.pub")
+
+
+def test_up_runs_a_market_that_a_tap_can_watch(nats_url: str, tmp_path: Path) -> None:
+    state = tmp_path / "market"
+    tap_out = (tmp_path / "tap.jsonl").open("w")
+    tap = subprocess.Popen([sys.executable, "-m", "tycoon.cli.main", "--nats", nats_url, "tap",
+                            "--json", "--timeout", "150"], stdout=tap_out, text=True)
+    try:
+        up = subprocess.run(
+            [sys.executable, "-m", "tycoon.cli.main", "up", "--nats", nats_url,
+             "--duration", "20", "--hosts", "4", "--agents", "3", "--state", str(state)],
+            capture_output=True, text=True, timeout=180)
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        assert "bank audit passes" in up.stdout
+    finally:
+        tap.terminate()
+        tap.wait(10)
+        tap_out.close()
+    audit = tycoon("bank", "audit", "--state", str(state))
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    kinds = {json.loads(line).get("kind") for line in
+             (tmp_path / "tap.jsonl").read_text().splitlines() if line.strip()}
+    assert {"price", "alloc", "agent.rebid", "agent.plan", "bank.settled"} <= kinds, kinds
+
+
+def test_pub_and_status_against_a_running_market(nats_url: str, tmp_path: Path) -> None:
+    state = tmp_path / "market"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "tycoon.cli.main", "up", "--nats", nats_url, "--duration", "90",
+         "--hosts", "2", "--agents", "0", "--state", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if tycoon("--nats", nats_url, "status", "--check").returncode == 0 and \
+                    (state / "pids" / "host-2.pid").exists():
+                break
+            time.sleep(0.5)
+        assert tycoon("--nats", nats_url, "status", "--check").returncode == 0
+        home = ["--nats", nats_url, "--as", "alice"]
+        assert tycoon(*home, "bank", "open", home=state).returncode == 0
+        alice = tycoon(*home, "keys", "show", "alice", "--json", home=state)
+        key = json.loads(alice.stdout)["public_key"]
+        minted = tycoon("--nats", nats_url, "--as", "operator", "bank", "mint", key, "100",
+                        home=state)
+        assert minted.returncode == 0, minted.stderr
+        # no funds at the host yet: refused with its code
+        broke = pub(*home, "bid", "host-1", "1h", "cpu:1,0.1,1.0", home=state)
+        assert broke.returncode != 0 and "error:" in broke.stderr, broke.stderr
+        # a malformed bid: the parser's error names the bad token
+        bad = pub(*home, "bid", "host-1", "1h", "cpu:1,zero,1.0", home=state)
+        assert bad.returncode != 0 and "bad_bid" in bad.stderr and "zero" in bad.stderr
+        funded = pub(*home, "fund", "host-1", "25", home=state)
+        assert funded.returncode == 0, funded.stderr
+        bid = pub(*home, "bid", "host-1", "1h", "cpu:1,0.1,1.0", "--json", home=state)
+        assert bid.returncode == 0, bid.stderr
+        assert json.loads(bid.stdout)["allocation"]["cpu"] > 0
+        status = pub(*home, "status", "host-1", "--json", home=state)
+        assert status.returncode == 0 and key in status.stdout
+        # stop the bank: the health check fails
+        bank_pid = int((state / "pids" / "bank.pid").read_text())
+        os.kill(bank_pid, signal.SIGTERM)
+        for _ in range(40):
+            if tycoon("--nats", nats_url, "status", "--check").returncode == 1:
+                break
+            time.sleep(0.25)
+        assert tycoon("--nats", nats_url, "status", "--check").returncode == 1
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            up.kill()

@@ -1,0 +1,131 @@
+"""``tycoon agent run`` and ``tycoon broker serve|enroll|status``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from tycoon.agent.agent import Agent, AgentConfig
+from tycoon.agent.broker import Broker, enroll
+from tycoon.auctioneer.bidparse import parse_duration
+from tycoon.bus import subjects
+from tycoon.bus.keys import default_home, is_public_key, subject_id
+from tycoon.bus.runner import run_until_signal
+from tycoon.cli.bank import resolve_account, resolve_bank_key
+from tycoon.cli.common import bus_for, print_json
+from tycoon.money import format_amount, parse_amount
+from tycoon.vmm.driver import RESOURCES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    agent = sub.add_parser("agent", help="bid automatically for a job")
+    ops = agent.add_subparsers(dest="agent_command", metavar="OP", required=True)
+    run = ops.add_parser("run", help="spend a budget before a deadline, rebidding continuously")
+    run.add_argument("--budget", required=True, help="credits to spend, e.g. 100")
+    run.add_argument("--deadline", required=True, help="duration, e.g. 30m, 2h, 1d")
+    run.add_argument("--hosts", type=int, default=None, help="at most this many hosts")
+    run.add_argument("--resource", choices=RESOURCES, default="cpu")
+    run.add_argument("--candidates", type=int, default=100, help="hosts to consider")
+    run.add_argument("--threshold", type=float, default=0.05, help="hysteresis (fraction)")
+    run.add_argument("--replan", type=float, default=30.0, help="periodic replan, seconds")
+    run.add_argument("--state", default=None,
+                     help="journal directory (default <home>/agents); resumes the same job")
+    run.add_argument("--bank", default=None, help="the bank's public key or key name")
+    run.add_argument("--json", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    broker = sub.add_parser("broker", help="run or use a broker that bids for paying users")
+    bops = broker.add_subparsers(dest="broker_command", metavar="OP", required=True)
+    serve = bops.add_parser("serve", help="run a broker (as --as KEY)")
+    serve.add_argument("--fee-percent", type=int, default=5)
+    serve.add_argument("--state", default=None, help="directory (default <home>/broker)")
+    serve.add_argument("--bank", default=None, help="the bank's public key or key name")
+    serve.set_defaults(func=cmd_serve)
+    join = bops.add_parser("enroll", help="pay a broker budget + fee and start a job")
+    join.add_argument("broker", help="the broker's public key or key name")
+    join.add_argument("amount", help="credits paid: the budget plus the broker's fee")
+    join.add_argument("deadline", help="duration, e.g. 2h")
+    join.add_argument("--resource", choices=RESOURCES, default="cpu")
+    join.add_argument("--bank", default=None, help="the bank's public key or key name")
+    join.set_defaults(func=cmd_enroll)
+    status = bops.add_parser("status", help="your jobs at a broker")
+    status.add_argument("broker", help="the broker's public key or key name")
+    status.set_defaults(func=cmd_status)
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return Path(args.home) if args.home else default_home()
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    config = AgentConfig(
+        budget=parse_amount(args.budget), deadline_s=parse_duration(args.deadline) / 1e9,
+        resource=args.resource, max_hosts=args.hosts, candidates=args.candidates,
+        threshold=args.threshold, replan_every_s=args.replan,
+    )
+    bus = await bus_for(args)
+    state = Path(args.state) if args.state else _home(args) / "agents"
+    agent = Agent(bus, resolve_bank_key(args), config,
+                  state / f"{subject_id(bus.identity.public_key)}.db")
+    print(f"agent {agent.id}: {format_amount(config.budget)} credits of {config.resource} "
+          f"before {args.deadline}; events on {subjects.agent_all(agent.id)}", flush=True)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run())
+    waiter = asyncio.create_task(run_until_signal(stop_event=stop))
+    done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if task not in done:  # interrupted: the journal keeps the job; a rerun resumes it
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await bus.close()
+        print("interrupted; run the same command again to resume this job")
+        return 130
+    stop.set()
+    await waiter
+    summary = task.result()
+    await bus.close()
+    result = {"agent": summary.agent, "plans": summary.plans, "rebids": summary.rebids,
+              "spent": summary.paid_out, "refunded": summary.refunded,
+              "warnings": summary.warnings[-5:]}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"done: spent {format_amount(summary.paid_out)} credits in {summary.plans} plans,"
+              f" refunded {format_amount(summary.refunded)}")
+    return 0
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    bus = await bus_for(args)
+    state = Path(args.state) if args.state else _home(args) / "broker"
+    broker = Broker(bus, resolve_bank_key(args), state, fee_percent=args.fee_percent)
+    await broker.start()
+    print(f"broker {broker.id} serving on {subjects.broker(broker.id, 'enroll')}", flush=True)
+    await run_until_signal(broker, bus)
+    return 0
+
+
+def _broker_key(args: argparse.Namespace) -> str:
+    return args.broker if is_public_key(args.broker) else resolve_account(args, args.broker)
+
+
+async def cmd_enroll(args: argparse.Namespace) -> int:
+    bus = await bus_for(args)
+    try:
+        reply = await enroll(bus, resolve_bank_key(args), _broker_key(args),
+                             parse_amount(args.amount), args.deadline, resource=args.resource)
+    finally:
+        await bus.close()
+    print_json(reply)
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    bus = await bus_for(args)
+    try:
+        reply = await bus.request(subjects.broker(subject_id(_broker_key(args)), "status"),
+                                  "broker.status", {})
+    finally:
+        await bus.close()
+    print_json(reply.body)
+    return 0

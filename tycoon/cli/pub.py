@@ -1,0 +1,34 @@
+"""``tycoon-pub``: manual bids and funding from the shell, in the original Tycoon syntax.
+
+    tycoon-pub bid HOST 1h cpu:1,0.1,1.0 memory:1,512MB,512MB
+    tycoon-pub fund HOST 25
+    tycoon-pub refund HOST
+    tycoon-pub status HOST
+
+It is ``tycoon host OP …`` under the name users of the original know: it prints the
+auctioneer's signed reply, or its error code and message and exits non-zero on refusal.
+Global options (``--nats``, ``--home``, ``--as``) may come first.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from tycoon.cli.main import main as tycoon_main
+
+OPS = ("bid", "fund", "refund", "account", "status")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tycoon-pub`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    at = next((i for i, a in enumerate(args) if a in OPS), None)
+    if at is None or args[0] in ("-h", "--help"):
+        print(__doc__.strip() if __doc__ else "", file=sys.stderr)
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    return tycoon_main([*args[:at], "host", *args[at:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

