@@ -136,7 +136,9 @@ class Columns:
         names = self.moments.names
         return [
             {"windows": moments_body(m, names), "histogram": {"edges": e, "counts": c}}
-            for m, e, c in zip(mom, edges.tolist(), hist.counts[rows].tolist(), strict=True)
+            for m, e, c in zip(
+                mom.tolist(), edges.tolist(), hist.counts[rows].tolist(), strict=True
+            )
         ]
 
     def summary(self, now_ns: int) -> dict[str, Any]:

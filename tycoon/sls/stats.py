@@ -78,12 +78,13 @@ class Moments:
         )
 
 
-def moments_body(values: np.ndarray, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """A ``windows`` body from a (windows, 5) array of count, mean, var, skew, kurt."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, (n, mean, var, skew, kurt) in zip(names, values.tolist(), strict=True):
-        out[name] = {"count": int(n), "mean": mean, "var": var, "skew": skew, "kurt": kurt}
-    return out
+def moments_body(values: Any, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """A ``windows`` body from (windows, 5) values: count, mean, var, skew, kurt."""
+    rows = values.tolist() if isinstance(values, np.ndarray) else values
+    return {
+        name: {"count": int(n), "mean": mean, "var": var, "skew": skew, "kurt": kurt}
+        for name, (n, mean, var, skew, kurt) in zip(names, rows, strict=True)
+    }
 
 
 class WindowStatistics:
