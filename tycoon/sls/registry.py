@@ -118,7 +118,11 @@ class Registry:
         if host is None:
             if len(self._key_host) > 1_000_000:
                 self._key_host.clear()
-            host = self._key_host[public_key] = subject_id(public_key)
+            try:
+                host = subject_id(public_key)
+            except ValueError as exc:
+                raise Rejected("forbidden", "the sender is not a public key") from exc
+            self._key_host[public_key] = host
         return host
 
     def ingest_body(self, body: Any, *, sender: str, ts_ns: int, now_ns: int) -> bool:
