@@ -64,9 +64,10 @@ class LocalMarket:
     async def fund_user(self, amount: int, identity: Identity | None = None) -> Bus:
         """A new user whose bank account holds ``amount`` micro-credits."""
         bus = await self.bus(identity)
-        await BankClient(bus, self.bank_key).open()
-        operator = BankClient(await self.bus(self.operator), self.bank_key)
-        await operator.mint(bus.identity.public_key, amount)
+        await BankClient(bus, self.bank_key).open(exist_ok=True)
+        if amount > 0:
+            operator = BankClient(await self.bus(self.operator), self.bank_key)
+            await operator.mint(bus.identity.public_key, amount)
         return bus
 
     async def start_bank(self) -> None:

@@ -88,7 +88,8 @@ def make_plan(
     rate = money_left / seconds_left
     worth = np.array([q.worth for q in quotes], dtype=float)
     others = np.array([q.others for q in quotes], dtype=float)
-    free = others <= 0
+    # Hosts (nearly) nobody bids on are priced as if someone bid a small reserve there.
+    free = others < config.reserve_fraction * rate / len(quotes)
     if free.any():
         others[free] = config.reserve_fraction * rate / int(free.sum())
     usable = worth > 0
