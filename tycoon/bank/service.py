@@ -116,8 +116,8 @@ class BankService:
         limit = get_int(body, "limit", optional=True)
         offset = 0 if offset is None else offset
         limit = 100 if limit is None else limit
-        if not 1 <= limit <= MAX_HISTORY_PAGE or offset < 0:
-            raise Rejected("malformed", f"offset >= 0 and limit 1..{MAX_HISTORY_PAGE}")
+        if not 1 <= limit <= MAX_HISTORY_PAGE or not 0 <= offset < 2**63:  # SQLite int64
+            raise Rejected("malformed", f"offset 0..2**63-1 and limit 1..{MAX_HISTORY_PAGE}")
         self.ledger.may_read(sender, account)
         entries = await self.committer.submit(
             lambda _b: self.ledger.history(sender, account, offset, limit))

@@ -1,0 +1,332 @@
+"""The nats-server configuration of a deployment: one nkey per principal, least privilege.
+
+Every principal connects with its own user nkey (the same key that signs its envelopes)
+and gets only the subjects its role needs. Nobody else can connect at all: there is no
+anonymous or default user. See docs/security.md for the layout and the reasons.
+
+``render_config(deployment, port=...)`` is what ``tycoon init`` writes and ``tycoon up``
+starts the server with; :func:`render_principals` does the same from a plain list of
+:class:`Principal` (tests, hand-made clusters); :func:`permissions` is the pure rule set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tycoon.bus import subjects
+from tycoon.bus.keys import is_public_key, subject_id
+from tycoon.deploy import Deployment
+
+ROLES = ("bank", "sls", "host", "agent", "broker", "user", "operator")
+"""Every role a principal can play."""
+
+CAPABILITIES = ("requests", "monitor", "jetstream")
+"""Extra grants on top of a role: ``requests`` (send requests to the bank, SLS, hosts and
+brokers: an operator that mints), ``monitor`` (``$SRV.>`` discovery requests, for
+``tycoon status``), ``jetstream`` (the ``$JS.API.>`` management and ack subjects)."""
+
+CONFIG_NAME = "nats.conf"
+OPERATOR_CAPABILITIES = frozenset({"requests", "monitor"})
+"""What ``render_config`` grants the deployment's operator key: it mints at the bank and
+runs ``tycoon status``. A watch-only operator (``tap``/``top``) gets no capability."""
+
+SRV_ALL = "$SRV.>"
+JS_SUBJECTS = ("$JS.API.>", "$JS.ACK.>")
+NOTHING = ">"
+
+# Requests a client may send: every service's request subjects. The two event subjects
+# that share those prefixes are denied explicitly (deny wins over allow in NATS).
+CLIENT_REQUESTS = (
+    f"{subjects.PREFIX}.bank.*",
+    f"{subjects.PREFIX}.sls.*",
+    f"{subjects.PREFIX}.host.*.*",
+    f"{subjects.PREFIX}.broker.*.*",
+)
+SERVICE_EVENTS = (subjects.BANK_SETTLED, subjects.SLS_SNAPSHOT)
+# What anybody may read: the public market feeds.
+PUBLIC_FEEDS = (subjects.PRICES_ALL, subjects.ALLOCS_ALL, subjects.SLS_SNAPSHOT)
+# What no client role may ever publish (defence in depth over the allow lists).
+NEVER_FROM_CLIENTS = (
+    f"{subjects.PREFIX}.price.>",
+    f"{subjects.PREFIX}.alloc.>",
+    *SERVICE_EVENTS,
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """One key allowed to connect, the role it plays and any extra capabilities."""
+
+    public_key: str
+    role: str
+    name: str = ""
+    capabilities: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if not is_public_key(self.public_key):
+            raise ValueError(f"not a user public nkey: {self.public_key!r}")
+        if self.role not in ROLES:
+            raise ValueError(f"unknown role {self.role!r}; one of {', '.join(ROLES)}")
+        unknown = set(self.capabilities) - set(CAPABILITIES)
+        if unknown:
+            raise ValueError(f"unknown capabilities {sorted(unknown)}")
+        object.__setattr__(self, "capabilities", frozenset(self.capabilities))
+
+    @property
+    def id(self) -> str:
+        """The principal's subject id (its host id, agent id, broker id, inbox token)."""
+        return subject_id(self.public_key)
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """A principal's NATS permissions (allow, deny; deny wins) and responder flag."""
+
+    publish_allow: tuple[str, ...]
+    publish_deny: tuple[str, ...]
+    subscribe_allow: tuple[str, ...]
+    subscribe_deny: tuple[str, ...]
+    allow_responses: bool
+
+    def may_publish(self, subject: str) -> bool:
+        """Whether the server lets this principal publish on ``subject`` (not replies)."""
+        return _permitted(subject, self.publish_allow, self.publish_deny)
+
+    def may_subscribe(self, subject: str) -> bool:
+        """Whether the server lets this principal subscribe to exactly ``subject``."""
+        return _permitted(subject, self.subscribe_allow, self.subscribe_deny)
+
+
+@dataclass(frozen=True)
+class TLS:
+    """Server TLS: certificate and key; with ``ca_file`` and ``verify`` clients need certs."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str | None = None
+    verify: bool = False
+
+
+def inbox(principal_id: str) -> str:
+    """The reply-inbox subjects of one principal (the Bus's ``inbox_prefix``)."""
+    return f"_INBOX.{principal_id}.>"
+
+
+def permissions(p: Principal) -> Permissions:
+    """The least-privilege permissions of one principal (pure; the whole policy)."""
+    pid = p.id
+    pub: list[str] = []
+    pub_deny: list[str] = []
+    sub: list[str] = [inbox(pid)]
+    sub_deny: list[str] = []
+    responds = True
+    if p.role == "bank":
+        pub += [subjects.BANK_SETTLED]
+        sub += [f"{subjects.PREFIX}.bank.*", SRV_ALL]
+        sub_deny += [subjects.BANK_SETTLED]
+    elif p.role == "sls":
+        pub += [subjects.SLS_SNAPSHOT]
+        sub += [subjects.PRICES_ALL, f"{subjects.PREFIX}.sls.*", SRV_ALL]
+        sub_deny += [subjects.SLS_SNAPSHOT]
+    elif p.role == "host":
+        # A host answers its own requests, publishes its own prices and allocations, and
+        # talks to the bank (its own account, refunds) — nothing else.
+        pub += [subjects.price(pid), subjects.alloc(pid), f"{subjects.PREFIX}.bank.*"]
+        pub_deny += [subjects.BANK_SETTLED]
+        sub += [subjects.host_all(pid), SRV_ALL]
+    elif p.role in ("agent", "broker", "user"):
+        pub += CLIENT_REQUESTS
+        pub_deny += NEVER_FROM_CLIENTS
+        sub += PUBLIC_FEEDS
+        responds = p.role == "broker"
+        if p.role == "agent":
+            pub += [subjects.agent_all(pid)]
+        if p.role == "broker":
+            # A broker's jobs run on its connection, each signed by a job key made at
+            # enrolment, so their event ids cannot be listed in advance.
+            pub += [subjects.AGENTS_ALL]
+            sub += [f"{subjects.PREFIX}.broker.{pid}.>", SRV_ALL]
+    else:  # operator: watches everything
+        sub += [subjects.ALL]
+        responds = False
+    if "requests" in p.capabilities and p.role not in ("agent", "broker", "user"):
+        pub += CLIENT_REQUESTS
+        pub_deny += [s for s in SERVICE_EVENTS if s not in pub]
+    if "monitor" in p.capabilities:
+        pub += [SRV_ALL]
+    if "jetstream" in p.capabilities:
+        pub += JS_SUBJECTS
+    if not pub and not responds:
+        pub_deny = [NOTHING]
+    return Permissions(
+        publish_allow=_unique(pub),
+        publish_deny=_unique(pub_deny),
+        subscribe_allow=_unique(sub),
+        subscribe_deny=_unique(sub_deny),
+        allow_responses=responds,
+    )
+
+
+def deployment_principals(
+    deployment: Deployment,
+    *,
+    operator_capabilities: Iterable[str] = OPERATOR_CAPABILITIES,
+    jetstream_roles: Iterable[str] = (),
+) -> list[Principal]:
+    """Every key a deployment names, with its role (bank, sls, operator, hosts, agents)."""
+    js = set(jetstream_roles)
+
+    def make(key: str, role: str, extra: Iterable[str] = ()) -> Principal:
+        caps = set(extra) | ({"jetstream"} if role in js else set())
+        return Principal(deployment.public_key(key), role, key, frozenset(caps))
+
+    out = [
+        make(deployment.bank_key, "bank"),
+        make(deployment.sls_key, "sls"),
+        make(deployment.operator_key, "operator", operator_capabilities),
+    ]
+    out += [make(h.key, "host") for h in deployment.hosts]
+    out += [make(a.key, "agent") for a in deployment.agents]
+    return out
+
+
+def render_config(
+    deployment: Deployment,
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    jetstream_dir: str | None = None,
+    http_port: int | None = None,
+    extra_users: Iterable[Principal] = (),
+    tls: TLS | None = None,
+    operator_capabilities: Iterable[str] = OPERATOR_CAPABILITIES,
+    jetstream_roles: Iterable[str] = (),
+    max_payload: str = "1MB",
+) -> str:
+    """The nats-server config of ``deployment``: its keys, plus ``extra_users``.
+
+    ``jetstream_roles`` (e.g. ``("bank", "sls")``) grants those roles the JetStream API;
+    the server runs JetStream only when ``jetstream_dir`` is given.
+    """
+    principals = deployment_principals(
+        deployment, operator_capabilities=operator_capabilities, jetstream_roles=jetstream_roles
+    )
+    return render_principals(
+        [*principals, *extra_users], port=port, host=host, jetstream_dir=jetstream_dir,
+        http_port=http_port, tls=tls, max_payload=max_payload,
+        title=f"deployment {deployment.home}",
+    )  # fmt: skip
+
+
+def render_principals(
+    principals: Iterable[Principal],
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    jetstream_dir: str | None = None,
+    http_port: int | None = None,
+    tls: TLS | None = None,
+    max_payload: str = "1MB",
+    title: str = "",
+) -> str:
+    """A complete nats-server config allowing exactly ``principals`` (one entry per key)."""
+    users: dict[str, Principal] = {}
+    for p in principals:
+        if p.public_key in users and users[p.public_key] != p:
+            raise ValueError(f"key {p.public_key} is listed with two roles")
+        users[p.public_key] = p
+    if not users:
+        raise ValueError("a config needs at least one principal")
+    lines = [
+        "# nats-server config for Tycoon, written by tycoon.natsconf"
+        + (f" ({title})" if title else "") + ".",
+        "# Every principal connects with its own nkey; see docs/security.md.",
+        "",
+        f"listen: {_q(f'{host}:{port}')}",
+        f"max_payload: {max_payload}",
+        "max_pending: 64MB",
+        'ping_interval: "20s"',
+        'write_deadline: "5s"',
+    ]  # fmt: skip
+    if http_port is not None:
+        lines += ["", "# Monitoring (/varz, /connz): unauthenticated, keep it on loopback.",
+                  f"http: {_q(f'{host}:{http_port}')}"]
+    if jetstream_dir is not None:
+        lines += ["", "jetstream {", f"  store_dir: {_q(jetstream_dir)}",
+                  "  max_memory_store: 256MB", "  max_file_store: 4GB", "}"]
+    if tls is not None:
+        lines += ["", *render_tls(tls)]
+    lines += ["", "authorization {", "  timeout: 2", "  users = ["]
+    for p in users.values():
+        lines += _render_user(p)
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)
+
+
+def render_tls(tls: TLS) -> list[str]:
+    """The ``tls { }`` block (server certificate; client certificates if ``verify``)."""
+    out = ["tls {", f"  cert_file: {_q(tls.cert_file)}", f"  key_file: {_q(tls.key_file)}"]
+    if tls.ca_file:
+        out.append(f"  ca_file: {_q(tls.ca_file)}")
+    if tls.verify:
+        out.append("  verify: true")
+    return [*out, "  timeout: 2", "}"]
+
+
+def write_config(path: Path, text: str) -> Path:
+    """Write a config atomically (no secrets inside: public keys only)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _render_user(p: Principal) -> list[str]:
+    perms = permissions(p)
+    caps = f" +{','.join(sorted(p.capabilities))}" if p.capabilities else ""
+    out = [f"    # {p.role}{caps}: {p.name or p.id} (id {p.id})", "    {",
+           f"      nkey: {p.public_key}", "      permissions: {"]
+    out += _render_rule("publish", perms.publish_allow, perms.publish_deny)
+    out += _render_rule("subscribe", perms.subscribe_allow, perms.subscribe_deny)
+    if perms.allow_responses:
+        out.append("        allow_responses: true")
+    return [*out, "      }", "    }"]
+
+
+def _render_rule(name: str, allow: tuple[str, ...], deny: tuple[str, ...]) -> list[str]:
+    out = [f"        {name}: {{"]
+    if allow:
+        out.append(f"          allow: [{', '.join(_q(s) for s in allow)}]")
+    if deny:
+        out.append(f"          deny: [{', '.join(_q(s) for s in deny)}]")
+    return [*out, "        }"]
+
+
+def _q(text: str) -> str:
+    return json.dumps(text)
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching: ``*`` one token, ``>`` one or more trailing tokens."""
+    pat, sub = pattern.split("."), subject.split(".")
+    for i, token in enumerate(pat):
+        if token == ">":
+            return len(sub) > i
+        if i >= len(sub) or (token != "*" and token != sub[i]):
+            return False
+    return len(pat) == len(sub)
+
+
+def _permitted(subject: str, allow: tuple[str, ...], deny: tuple[str, ...]) -> bool:
+    if any(subject_matches(d, subject) for d in deny):
+        return False
+    return any(subject_matches(a, subject) for a in allow)
