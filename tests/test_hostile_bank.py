@@ -270,7 +270,7 @@ async def test_ten_thousand_random_and_mutated_requests(world: BankWorld) -> Non
     before = w.state()
     replies = await flood(bus.nc, bus.inbox_prefix, items, w.key)
     counts = tally(replies)
-    print("TALLY", dict(counts))
+    print("replies by code:", dict(counts))
     assert_no_success_except(items, replies, {subjects.bank(op)
                                               for op in ("balance", "history", "info")})
     for expected in ("bad_signature", "malformed", "stale", "replayed", "wrong_subject",

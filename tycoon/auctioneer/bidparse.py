@@ -170,6 +170,8 @@ def parse_duration(text: str, now_ns: int | None = None) -> int:
     for number, unit in _DURATION_PART.findall(token):
         scale = {"o": month_s, "y": year_s}.get(unit) or UNITS_S[unit]
         seconds += float(number) * scale
+    if not math.isfinite(seconds):  # e.g. a 400-digit number: float() gives inf
+        raise _bad(token, "duration must be positive and at most a century")
     ns = round(seconds * NS)
     if not 0 < ns <= MAX_DURATION_NS:
         raise _bad(token, "duration must be positive and at most a century")
