@@ -31,6 +31,7 @@ from tycoon.bus.service import Endpoint, Service
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
 from tycoon.money import check_amount
+from tycoon.vmm.driver import RESOURCES
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -101,6 +102,10 @@ class Broker:
         deadline = get_str(msg.body, "deadline", max_len=32) or ""
         resource = get_str(msg.body, "resource", optional=True, max_len=16) or "cpu"
         max_hosts = get_int(msg.body, "max_hosts", optional=True)
+        if resource not in RESOURCES:
+            raise Rejected("bad_bid", f"resource must be one of {', '.join(RESOURCES)}")
+        if max_hosts is not None and max_hosts < 1:
+            raise Rejected("bad_bid", "max_hosts must be a positive integer")
         seconds = parse_duration(deadline) / 1e9
         if seconds <= 0:
             raise Rejected("bad_bid", "the deadline must be in the future")
