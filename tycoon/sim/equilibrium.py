@@ -9,10 +9,11 @@ is halved whenever the largest move has not reached a new low for ``patience`` r
 (down to ``min_damping``).
 
 The run has converged when the largest move ``max_i ‖BR_i − x_i‖₁ / budget_i`` is below
-``tol``: then every user is within ``tol`` of its best response, an approximate Nash
-equilibrium. ``nash_gap`` (the largest relative utility a user could still gain by
-deviating) is reported too. A run that hits ``max_rounds`` is reported as not converged,
-and its figures must not be quoted as equilibrium results.
+``tol`` (every user is within ``tol`` of its best response), or when, checked every
+``check_every`` rounds, the Nash gap (the largest relative utility a user could still
+gain by deviating) is below ``gap_tol``: an ε-Nash equilibrium even if some bids on hosts a
+user barely values still flicker. A run that hits ``max_rounds`` is reported as not
+converged, and its figures must not be quoted as equilibrium results.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class Equilibrium:
     bids: np.ndarray
     shares: np.ndarray
     converged: bool
+    criterion: str
+    """Why it stopped: "bids" (no bid moves more than ``tol``), "utility" (nobody can gain
+    more than ``gap_tol`` of its utility by deviating: an ε-Nash equilibrium) or ""."""
     rounds: int
     residual: float
     """The largest relative bid move of the last round."""
@@ -64,14 +68,18 @@ def solve_equilibrium(
     damping: float = 1.0,
     min_damping: float = 1e-3,
     patience: int = 20,
+    gap_tol: float = 1e-10,
+    check_every: int = 10,
     record: bool = False,
     start: np.ndarray | None = None,
 ) -> Equilibrium:
     """Iterate damped best responses from ``start`` (default :func:`initial_bids`)."""
     if method not in METHODS:
         raise Rejected("bad_input", f"method must be one of {METHODS}, not {method!r}")
-    if not (0 < min_damping <= damping <= 1) or not tol > 0 or max_rounds < 1:
-        raise Rejected("bad_input", "need 0 < min_damping <= damping <= 1, tol > 0, rounds >= 1")
+    if not (0 < min_damping <= damping <= 1) or not (tol > 0 and gap_tol > 0) or max_rounds < 1:
+        raise Rejected(
+            "bad_input", "need 0 < min_damping <= damping <= 1, tolerances > 0, rounds >= 1"
+        )
     budgets = market.budgets
     scale = np.where(budgets > 0, budgets, 1.0)
     x = initial_bids(market) if start is None else np.array(start, dtype=np.float64)
@@ -80,9 +88,9 @@ def solve_equilibrium(
     alpha = damping
     best = np.inf
     stall = 0
-    converged = False
+    criterion = ""
     rounds = 0
-    for rounds in range(1, max_rounds + 1):  # noqa: B007 (rounds is reported)
+    for rounds in range(1, max_rounds + 1):
         if method == "simultaneous":
             move = _simultaneous_round(market, x, alpha, scale)
         else:
@@ -91,23 +99,25 @@ def solve_equilibrium(
         if record:
             prices.append(x.sum(axis=0))
         if move < tol:
-            converged = True
+            criterion = "bids"
+            break
+        if rounds % check_every == 0 and _nash_gap(market, x) < gap_tol:
+            criterion = "utility"  # an ε-Nash equilibrium, though some tiny bids still move
             break
         if move < best * (1 - 1e-3):
             best, stall = move, 0
-        else:  # no progress for `patience` rounds: cycling, so damp more
+        else:  # no new low for `patience` rounds: cycling, so damp more
             stall += 1
             if stall >= patience and alpha > min_damping:
                 alpha, stall = max(alpha / 2, min_damping), 0
-    response, _ = best_response_batch(budgets, market.values, x.sum(axis=0) - x)
-    gap = _nash_gap(market, x, response)
     return Equilibrium(
         bids=x,
         shares=allocate(x),
-        converged=converged,
+        converged=bool(criterion),
+        criterion=criterion,
         rounds=rounds,
         residual=history[-1] if history else 0.0,
-        nash_gap=gap,
+        nash_gap=_nash_gap(market, x),
         damping=alpha,
         history=history,
         prices=prices,
@@ -139,10 +149,12 @@ def _sequential_round(market: Market, x: np.ndarray, alpha: float, scale: np.nda
     return move
 
 
-def _nash_gap(market: Market, x: np.ndarray, response: np.ndarray) -> float:
-    others = x.sum(axis=0)[None, :] - x
-    now = utility(x, market.values, np.maximum(others, 0.0))
-    best = utility(response, market.values, np.maximum(others, 0.0))
+def _nash_gap(market: Market, x: np.ndarray) -> float:
+    """max_i (u_i(BR_i) − u_i(x_i)) / u_i(BR_i): what the most tempted user would gain."""
+    others = np.maximum(x.sum(axis=0)[None, :] - x, 0.0)
+    response, _ = best_response_batch(market.budgets, market.values, others)
+    now = utility(x, market.values, others)
+    best = utility(response, market.values, others)
     with np.errstate(divide="ignore", invalid="ignore"):
         gap = np.where(best > 0, (best - now) / np.where(best > 0, best, 1.0), 0.0)
     return float(max(gap.max(), 0.0)) if gap.size else 0.0
