@@ -71,6 +71,7 @@ def test_damping_moves_part_of_the_way() -> None:
     assert half.rates["b"] == pytest.approx(new.rates["b"] / 2, rel=1e-6)
     assert sum(half.balances.values()) <= round(new.spend_rate * new.seconds_left)
     assert half.utility == pytest.approx(utility_of(half.rates, quotes))
+    assert half.rates["a"] == pytest.approx(new.rates["a"], rel=1e-6)  # decreases: at once
     assert damped(None, new, quotes, 0.5, 1) is new
 
 

@@ -61,7 +61,7 @@ class AgentConfig:
     replan_every_s: float = 30.0
     refund_margin_s: float = 2.0
     """Stop bidding this long before the deadline and refund what is left."""
-    jitter_s: float = 0.2
+    jitter_s: float = 0.05
     """Up to this random pause before reacting to a price move."""
 
 
@@ -114,6 +114,9 @@ class Agent:
         self._wake_reason = ""
         self._changed_at: float | None = None
         self._subscriptions: dict[str, Any] = {}
+        self._held: dict[str, int] = {}
+        self._held_at: float | None = None
+        self._bank_balance = 0
         started = float(self.journal.setdefault("started", repr(clock())))
         self.deadline = float(self.journal.setdefault("deadline",
                                                       repr(started + config.deadline_s)))
@@ -224,10 +227,8 @@ class Agent:
         seconds = float(math.floor(self.seconds_left - self.config.refund_margin_s))
         if seconds < 1:
             return
-        hosts = sorted(set(self.quotes) | self.journal.hosts_funded())
         try:
-            held = await self.allocator.balances(hosts)
-            bank_balance = await self.bank.balance()
+            held, bank_balance = await self._holdings(exact=reason in ("start", "periodic"))
         except Rejected as error:
             await self.warn(f"cannot read balances: {error.code}")
             return
@@ -257,6 +258,11 @@ class Agent:
         })
         outcome = await self.allocator.execute(candidate, epoch, held, self.payees, seconds,
                                                budget=self.config.budget)
+        self._held = {h: (0 if h in outcome.refunded else held.get(h, 0))
+                      + outcome.funded.get(h, 0) for h in set(held) | set(outcome.funded)}
+        self._bank_balance = (bank_balance - sum(outcome.funded.values())
+                              + sum(outcome.refunded.values()))
+        self._held_at = self.clock()
         self.plan = candidate
         self.summary.rebids += 1
         latency = None
@@ -271,6 +277,22 @@ class Agent:
             "funded": outcome.funded, "refunded": outcome.refunded, "errors": outcome.errors,
             "latency_ms": latency,
         })
+
+    async def _holdings(self, *, exact: bool) -> tuple[dict[str, int], int]:
+        """Our balance at each funded host and at the bank.
+
+        Exact (one request per host) at the start and on periodic replans; in between,
+        estimated from the last reading and the planned spending, so that answering a
+        price move costs no round of queries. Estimates only steer the plan: the cap on
+        spending comes from the journal, which is exact.
+        """
+        if exact or self._held_at is None:
+            held = await self.allocator.balances(sorted(self.journal.hosts_funded()))
+            return held, await self.bank.balance()
+        elapsed = self.clock() - self._held_at
+        rates = self.plan.rates if self.plan else {}
+        held = {h: max(0, b - int(rates.get(h, 0.0) * elapsed)) for h, b in self._held.items()}
+        return held, self._bank_balance
 
     async def _finish(self) -> None:
         """Refund every host account and report."""

@@ -64,6 +64,10 @@ class Allocator:
         self.resource = resource
         self.slack = slack
         self.refund_slack = refund_slack
+        # Hosts where our bid stands: a bid lasts until the job's horizon and spends
+        # whatever the account holds, so a top-up needs no new bid; only a first funding
+        # or a refund (which ends the bid) does.
+        self.bidding: set[str] = set()
         self.log = get_logger("allocator", agent=agent_id)
 
     def move_id(self, epoch: int, host: str, step: str) -> str:
@@ -137,7 +141,8 @@ class Allocator:
         await asyncio.gather(*(self._guard(m.host, outcome, self._fund_host(m, outcome))
                                for m in moves))
         spec = f"{self.resource}:1,0,1"
-        bids = [host for host in plan.balances if host not in outcome.errors]
+        bids = [host for host in plan.balances if host not in outcome.errors
+                and (host not in self.bidding or host in outcome.refunded)]
         await asyncio.gather(*(self._guard(h, outcome, self._bid(h, spec, duration, outcome))
                                for h in bids))
         return outcome
@@ -151,6 +156,7 @@ class Allocator:
                              reason=error.message)
 
     async def _refund_host(self, epoch: int, host: str, payee: str, outcome: Outcome) -> None:
+        self.bidding.discard(host)
         move = self.journal.begin(self.move_id(epoch, host, "r"), epoch, host, payee,
                                   "refund", 0)
         outcome.refunded[host] = await self._refund(move)
@@ -160,6 +166,7 @@ class Allocator:
 
     async def _bid(self, host: str, spec: str, duration: str, outcome: Outcome) -> None:
         await self.hosts(host).bid(spec, duration)
+        self.bidding.add(host)
         outcome.bids[host] = f"{duration} {spec}"
 
     async def _fund(self, move: Move) -> int:

@@ -119,7 +119,7 @@ def make_plan(
 
 def damped(current: Plan | None, target: Plan, quotes: list[Quote], alpha: float,
            min_balance: int) -> Plan:
-    """Move only ``alpha`` of the way from ``current`` to ``target``.
+    """Move only ``alpha`` of the way up from ``current`` to ``target``.
 
     Agents that best-respond at the same moment to the same prices overshoot together
     and oscillate; moving part of the way is the classic damping that lets simultaneous
@@ -133,7 +133,11 @@ def damped(current: Plan | None, target: Plan, quotes: list[Quote], alpha: float
     budget = round(target.spend_rate * seconds)
     for host in sorted(set(current.rates) | set(target.rates),
                        key=lambda h: -target.rates.get(h, 0.0)):
-        rate = (1 - alpha) * current.rates.get(host, 0.0) + alpha * target.rates.get(host, 0.0)
+        now, goal = current.rates.get(host, 0.0), target.rates.get(host, 0.0)
+        # Only increases are damped: agents overshoot by all piling onto the same host,
+        # while leaving a host at once is safe (and moving money back in halves would
+        # cost a refund each time).
+        rate = goal if goal <= now else (1 - alpha) * now + alpha * goal
         balance = min(budget, math.floor(rate * seconds))
         if balance < min_balance:
             continue
