@@ -109,6 +109,8 @@ class Run:
     prices: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
     """Price (Σ bid rates) of the first hosts at each step (market only)."""
     tracked: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
+    spent: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    """What each job paid (market only; never more than its budget = its value)."""
     """Cluster share of ``TRACKED_JOBS`` jobs arriving after 40% of the arrival period, at
     each step (nan when absent)."""
 
@@ -156,7 +158,6 @@ def simulate(workload: Workload, policy: str, jobs: Jobs | None = None) -> Run:
             w = jobs.weights[present]
             if policy == "market":
                 shares = _market_step(present, w, budget, bids, jobs.deadline[present] - t)
-                budget[present] -= bids[present].sum(axis=1) * dt
             else:
                 shares = proportional_share(w)
             rate = np.sum(w * shares, axis=1)
@@ -164,6 +165,9 @@ def simulate(workload: Workload, policy: str, jobs: Jobs | None = None) -> Run:
             finishing = work >= left[present]
             with np.errstate(divide="ignore", invalid="ignore"):
                 need = np.where(rate > 0, left[present] / rate, np.inf)
+            if policy == "market":  # pay for the part of the step the job is still there
+                used_time = np.minimum(np.minimum(need, jobs.deadline[present] - t), dt)
+                budget[present] -= bids[present].sum(axis=1) * used_time
             done_at[present[finishing]] = t + need[finishing]
             gone[present[finishing]] = True
             left[present] -= work
@@ -198,6 +202,7 @@ def simulate(workload: Workload, policy: str, jobs: Jobs | None = None) -> Run:
         times=np.array(times),
         prices=np.array(prices),
         tracked=np.array(tracked),
+        spent=jobs.value - budget,
     )
 
 
