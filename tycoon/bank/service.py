@@ -10,7 +10,7 @@ transfers is published on ``tycoon.bank.settled``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tycoon.bank.committer import GroupCommitter
 from tycoon.bank.ledger import MAX_HISTORY_PAGE, MAX_NAME, Batch, Ledger
@@ -23,6 +23,9 @@ from tycoon.bus.service import Endpoint, Service
 from tycoon.errors import Rejected
 from tycoon.money import check_amount
 
+if TYPE_CHECKING:
+    from tycoon.streams.settlements import SettlementLog
+
 OPS = ("open", "mint", "transfer", "balance", "history", "close", "info")
 
 
@@ -34,11 +37,13 @@ class BankService:
     """Serves the bank on a :class:`Bus` signed by the bank's key; an async context manager."""
 
     def __init__(self, bus: Bus, ledger: Ledger, *, max_batch: int = 2048,
-                 concurrency: int = 4096, queue: str = "bank") -> None:
+                 concurrency: int = 4096, queue: str = "bank",
+                 settlement_log: SettlementLog | None = None) -> None:
         if bus.identity.public_key != ledger.bank.public_key:
             raise ValueError("the bus must be signed by the bank's own key")
         self.bus = bus
         self.ledger = ledger
+        self.settlement_log = settlement_log  # JetStream copy of receipts, best effort
         self.committer = GroupCommitter(ledger, max_batch=max_batch,
                                         on_commit=self._publish_settled)
         handlers = {
@@ -64,14 +69,20 @@ class BankService:
 
     async def start(self) -> None:
         await self.committer.start()
+        if self.settlement_log is not None:
+            await self.settlement_log.start()
         await self.service.start()
 
     async def stop(self) -> None:
         """Stop taking requests, answer the ones in flight, flush the last batch."""
         await self.service.stop()
         await self.committer.stop()
+        if self.settlement_log is not None:
+            await self.settlement_log.stop()
 
     async def _publish_settled(self, batch: Batch) -> None:
+        if self.settlement_log is not None:
+            self.settlement_log.offer(batch)  # non-blocking; publishes in the background
         if batch.receipts:
             await self.bus.publish(subjects.BANK_SETTLED, "bank.settled",
                                    {"receipts": batch.receipts})

@@ -18,10 +18,12 @@ from tycoon.bus.connection import open_bus
 from tycoon.bus.keys import default_home, is_public_key
 from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import bus_for, fail, keystore, print_json
+from tycoon.cli.verifylog import add_verify_log
 from tycoon.deploy import CONFIG_NAME, Deployment
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
 from tycoon.money import format_amount, parse_amount
+from tycoon.streams.settlements import SettlementLog, sqlite_source
 
 DB_NAME = "bank.db"
 PUB_NAME = "bank.pub"
@@ -44,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     who.add_argument("--operator-key", help="name of the operator's key in the key store")
     serve.add_argument("--bank-key", default=None, help="name of the bank's key (default 'bank')")
     serve.add_argument("--max-batch", type=int, default=2048, help="operations per commit")
+    serve.add_argument("--no-settlement-log", action="store_true",
+                       help="do not copy receipts to the JetStream SETTLEMENTS stream")
     serve.set_defaults(func=cmd_serve)
 
     key = cmds.add_parser("key", help="print the bank's public key")
@@ -86,6 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _db_options(aud)
     aud.add_argument("--json", action="store_true", help="print one JSON object")
     aud.set_defaults(func=cmd_audit)
+    add_verify_log(cmds, _db_options)
 
 
 def _db_options(parser: argparse.ArgumentParser) -> None:
@@ -183,7 +188,9 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     pub.write_text(bank.public_key + "\n")
     log = get_logger("bank")
     bus = await open_bus(args.nats, bank, name="tycoon-bank")
-    service = BankService(bus, ledger, max_batch=args.max_batch)
+    settlements = None if args.no_settlement_log else \
+        SettlementLog(bus.nc, bank.public_key, sqlite_source(path))
+    service = BankService(bus, ledger, max_batch=args.max_batch, settlement_log=settlements)
     try:
         await service.start()
         log.info("bank ready", bank=bank.public_key, operator=operator, db=str(path),

@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bank",
     "sls",
     "auctioneer",
+    "history",
 )
 
 

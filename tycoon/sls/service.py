@@ -28,6 +28,7 @@ from tycoon.sls.ingest import PriceIngest, Raw
 from tycoon.sls.query import Query, host_request
 from tycoon.sls.registry import Registry
 from tycoon.sls.tables import DEFAULT_BINS, DEFAULT_BUCKETS
+from tycoon.streams.prices import warm_start
 
 MAX_BATCH = 4096
 
@@ -44,6 +45,8 @@ class SLSConfig:
     buckets: int = DEFAULT_BUCKETS
     bins: int = DEFAULT_BINS
     forget_after_s: float = 86_400.0
+    warm_start_s: float = 3600.0
+    """Replay this much of the JetStream PRICES log before going live (0: cold start)."""
 
 
 class SLSService:
@@ -81,6 +84,7 @@ class SLSService:
         self._wake = asyncio.Event()
         self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.warm: dict[str, int] = {}  # outcomes of the warm start from the PRICES log
 
     async def __aenter__(self) -> SLSService:
         await self.start()
@@ -92,6 +96,8 @@ class SLSService:
     async def start(self) -> None:
         """Subscribe to every price subject, then serve queries and publish snapshots."""
         self._sub = await self.bus.nc.subscribe(subjects.PRICES_ALL, cb=self._on_raw_price)
+        if self.config.warm_start_s > 0:  # live updates queue in _inbox meanwhile
+            self.warm = await warm_start(self, since_s=self.config.warm_start_s)
         self._tasks = [
             asyncio.create_task(self._drain(), name="sls-ingest"),
             asyncio.create_task(self._every(self.config.sweep_s, self._sweep), name="sls-sweep"),
