@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
 import time
 from collections.abc import Callable
@@ -115,6 +114,7 @@ class Agent:
         self._changed_at: float | None = None
         self._subscriptions: dict[str, Any] = {}
         self._held: dict[str, int] = {}
+        self._reported_rate: dict[str, float] = {}
         self._held_at: float | None = None
         self._bank_balance = 0
         started = float(self.journal.setdefault("started", repr(clock())))
@@ -158,12 +158,11 @@ class Agent:
                 self._wake.clear()
                 if self.seconds_left <= self.config.refund_margin_s:
                     break
-                reason = self._wake_reason or "periodic"
+                reason, self._wake_reason = self._wake_reason or "periodic", ""
                 # Agents hear the same price update (and start their clocks) together; a
                 # short random pause keeps them from best-responding to the same stale
                 # prices at the same moment.
                 await asyncio.sleep(random.uniform(0, self.config.jitter_s))
-                self._wake_reason = ""
                 if reason == "periodic":
                     await self._discover()
                 await self._replan(reason)
@@ -190,6 +189,8 @@ class Agent:
             if host not in self._subscriptions:
                 self._subscriptions[host] = await self.bus.subscribe(
                     subjects.price(host), self._on_price)
+                self._subscriptions[f"alloc.{host}"] = await self.bus.subscribe(
+                    subjects.alloc(host), self._on_alloc)
 
     async def _on_price(self, msg: Message) -> None:
         body = msg.body
@@ -200,9 +201,8 @@ class Agent:
         if not isinstance(offer, dict):
             return
         old = self.quotes[host]
-        own = self.plan.rates.get(host, 0.0) if self.plan else 0.0
         new = Quote(host, float(offer.get("capacity", old.capacity)),
-                    float(offer.get("price", old.price)), own_rate=own)
+                    float(offer.get("price", old.price)), own_rate=self._own_rate(host))
         self.quotes[host] = new
         if (self.plan and host in self.plan.hosts) or old.others == 0:
             base = max(old.others, 1e-9)
@@ -212,19 +212,34 @@ class Agent:
                 self._wake_reason = f"price moved on {host}"
                 self._wake.set()
 
+    async def _on_alloc(self, msg: Message) -> None:
+        """The host's own word on our bid: its rate and our balance there."""
+        host = msg.body.get("host")
+        if not isinstance(host, str) or subject_id(msg.sender) != host:
+            return
+        accounts = msg.body.get("accounts")
+        mine = accounts.get(self.bus.identity.public_key) if isinstance(accounts, dict) else None
+        if isinstance(mine, dict):
+            rate = (mine.get("rate") or {}).get(self.config.resource)
+            if isinstance(rate, int | float):
+                self._reported_rate[host] = float(rate)
+        elif isinstance(accounts, dict) and not msg.body.get("truncated"):
+            self._reported_rate[host] = 0.0
+        if host in self.quotes:
+            q = self.quotes[host]
+            self.quotes[host] = Quote(host, q.capacity, q.price, own_rate=self._own_rate(host))
+
     async def _on_snapshot(self, msg: Message) -> None:
         if msg.sender and not self.quotes:
             self._wake_reason = "snapshot"
             self._wake.set()
 
     async def _replan(self, reason: str, *, force: bool = False) -> None:
-        quotes = [
-            Quote(q.host, q.capacity, q.price,
-                  own_rate=self.plan.rates.get(q.host, 0.0) if self.plan else 0.0)
-            for q in self.quotes.values()
-        ]
-        # Bids last whole seconds: plan over exactly the duration the bids will have.
-        seconds = float(math.floor(self.seconds_left - self.config.refund_margin_s))
+        quotes = [Quote(q.host, q.capacity, q.price, own_rate=self._own_rate(q.host))
+                  for q in self.quotes.values()]
+        # Plan over the exact horizon (so the spending rate does not jump as whole seconds
+        # tick by); bids last the horizon rounded up to whole seconds.
+        seconds = self.seconds_left - self.config.refund_margin_s
         if seconds < 1:
             return
         try:
@@ -277,6 +292,18 @@ class Agent:
             "funded": outcome.funded, "refunded": outcome.refunded, "errors": outcome.errors,
             "latency_ms": latency,
         })
+
+    def _own_rate(self, host: str) -> float:
+        """Our bid rate at ``host``: as its last allocation reported it, or else estimated
+        as what our account there holds, spread evenly until the bid expires."""
+        if host in self._reported_rate:
+            return self._reported_rate[host]
+        if host not in self._held or self._held_at is None:
+            return 0.0
+        left = self.deadline - self.config.refund_margin_s - self.clock()
+        rate = self.plan.rates.get(host, 0.0) if self.plan else 0.0
+        held = max(0.0, self._held[host] - rate * (self.clock() - self._held_at))
+        return held / left if left > 1 else rate
 
     async def _holdings(self, *, exact: bool) -> tuple[dict[str, int], int]:
         """Our balance at each funded host and at the bank.
