@@ -27,16 +27,38 @@ ROLES = ("bank", "sls", "host", "agent", "broker", "user", "operator")
 CAPABILITIES = ("requests", "monitor", "jetstream")
 """Extra grants on top of a role: ``requests`` (send requests to the bank, SLS, hosts and
 brokers: an operator that mints), ``monitor`` (``$SRV.>`` discovery requests, for
-``tycoon status``), ``jetstream`` (the ``$JS.API.>`` management and ack subjects)."""
+``tycoon status``), ``jetstream`` (the whole JetStream API: create, change and delete any
+stream, e.g. ``tycoon streams``)."""
 
 CONFIG_NAME = "nats.conf"
-OPERATOR_CAPABILITIES = frozenset({"requests", "monitor"})
-"""What ``render_config`` grants the deployment's operator key: it mints at the bank and
-runs ``tycoon status``. A watch-only operator (``tap``/``top``) gets no capability."""
+PRINCIPALS_NAME = "principals.conf"
+OPERATOR_CAPABILITIES = frozenset({"requests", "monitor", "jetstream"})
+"""What ``render_config`` grants the deployment's operator key: it mints at the bank, runs
+``tycoon status`` and manages the streams. A watch-only operator (``tap``/``top``) gets
+no capability and publishes nothing."""
 
 SRV_ALL = "$SRV.>"
-JS_SUBJECTS = ("$JS.API.>", "$JS.ACK.>")
+JS_ADMIN = ("$JS.API.>", "$JS.ACK.>")
 NOTHING = ">"
+# The JetStream streams (names as in tycoon/streams/config.py). Each service owns its
+# stream (creates and updates it); anyone who may read a stream gets only consumers on it.
+PRICES_STREAM = "PRICES"
+SETTLEMENTS_STREAM = "SETTLEMENTS"
+SETTLEMENTS_ALL = f"{subjects.PREFIX}.settlement.>"
+
+
+def js_reader(stream: str) -> tuple[str, ...]:
+    """JetStream API subjects to read one stream with ephemeral consumers (no admin)."""
+    api = "$JS.API"
+    return (f"{api}.INFO", f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.MSG.GET.{stream}",
+            f"{api}.CONSUMER.CREATE.{stream}", f"{api}.CONSUMER.CREATE.{stream}.>",
+            f"{api}.CONSUMER.INFO.{stream}.*", f"{api}.CONSUMER.DELETE.{stream}.*",
+            f"{api}.CONSUMER.MSG.NEXT.{stream}.*", f"$JS.ACK.{stream}.>")
+
+
+def js_owner(stream: str) -> tuple[str, ...]:
+    """JetStream API subjects to create, update and read one stream."""
+    return (*js_reader(stream), f"$JS.API.STREAM.*.{stream}", f"$JS.API.STREAM.MSG.*.{stream}")
 
 # Requests a client may send: every service's request subjects. The two event subjects
 # that share those prefixes are denied explicitly (deny wins over allow in NATS).
@@ -53,6 +75,7 @@ PUBLIC_FEEDS = (subjects.PRICES_ALL, subjects.ALLOCS_ALL, subjects.SLS_SNAPSHOT)
 NEVER_FROM_CLIENTS = (
     f"{subjects.PREFIX}.price.>",
     f"{subjects.PREFIX}.alloc.>",
+    SETTLEMENTS_ALL,
     *SERVICE_EVENTS,
 )
 
@@ -125,11 +148,11 @@ def permissions(p: Principal) -> Permissions:
     sub_deny: list[str] = []
     responds = True
     if p.role == "bank":
-        pub += [subjects.BANK_SETTLED]
+        pub += [subjects.BANK_SETTLED, SETTLEMENTS_ALL, *js_owner(SETTLEMENTS_STREAM)]
         sub += [f"{subjects.PREFIX}.bank.*", SRV_ALL]
         sub_deny += [subjects.BANK_SETTLED]
     elif p.role == "sls":
-        pub += [subjects.SLS_SNAPSHOT]
+        pub += [subjects.SLS_SNAPSHOT, *js_owner(PRICES_STREAM)]
         sub += [subjects.PRICES_ALL, f"{subjects.PREFIX}.sls.*", SRV_ALL]
         sub_deny += [subjects.SLS_SNAPSHOT]
     elif p.role == "host":
@@ -139,7 +162,7 @@ def permissions(p: Principal) -> Permissions:
         pub_deny += [subjects.BANK_SETTLED]
         sub += [subjects.host_all(pid), SRV_ALL]
     elif p.role in ("agent", "broker", "user"):
-        pub += CLIENT_REQUESTS
+        pub += [*CLIENT_REQUESTS, *js_reader(PRICES_STREAM)]  # price history is public
         pub_deny += NEVER_FROM_CLIENTS
         sub += PUBLIC_FEEDS
         responds = p.role == "broker"
@@ -150,7 +173,7 @@ def permissions(p: Principal) -> Permissions:
             # enrolment, so their event ids cannot be listed in advance.
             pub += [subjects.AGENTS_ALL]
             sub += [f"{subjects.PREFIX}.broker.{pid}.>", SRV_ALL]
-    else:  # operator: watches everything
+    else:  # operator: watches everything; publishes nothing without a capability
         sub += [subjects.ALL]
         responds = False
     if "requests" in p.capabilities and p.role not in ("agent", "broker", "user"):
@@ -159,7 +182,7 @@ def permissions(p: Principal) -> Permissions:
     if "monitor" in p.capabilities:
         pub += [SRV_ALL]
     if "jetstream" in p.capabilities:
-        pub += JS_SUBJECTS
+        pub += JS_ADMIN
     if not pub and not responds:
         pub_deny = [NOTHING]
     return Permissions(
@@ -209,8 +232,10 @@ def render_config(
 ) -> str:
     """The nats-server config of ``deployment``: its keys, plus ``extra_users``.
 
-    ``jetstream_roles`` (e.g. ``("bank", "sls")``) grants those roles the JetStream API;
-    the server runs JetStream only when ``jetstream_dir`` is given.
+    The server runs JetStream only when ``jetstream_dir`` is given (or ``-js`` is on its
+    command line). The bank and the SLS always own their streams (SETTLEMENTS, PRICES),
+    clients may read PRICES; ``jetstream_roles`` (e.g. ``("bank",)``) grants whole roles
+    the full JetStream API, as ``operator_capabilities`` does the operator by default.
     """
     principals = deployment_principals(
         deployment, operator_capabilities=operator_capabilities, jetstream_roles=jetstream_roles
@@ -277,6 +302,32 @@ def render_tls(tls: TLS) -> list[str]:
     return [*out, "  timeout: 2", "}"]
 
 
+def load_principals(path: Path) -> list[Principal]:
+    """Extra principals from a text file (absent: none), one per line, ``#`` comments::
+
+        user      UABC...  alice
+        broker    UDEF...  broker-1
+        operator  UGHI...  night-shift +monitor
+    """
+    if not path.exists():
+        return []
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        caps = {c for w in words[2:] if w.startswith("+") for c in w[1:].split(",") if c}
+        names = [w for w in words[2:] if not w.startswith("+")]
+        try:
+            if len(words) < 2 or len(names) > 1:
+                raise ValueError("expected: ROLE PUBLIC_KEY [NAME] [+CAPABILITY,...]")
+            out.append(Principal(words[1], words[0], names[0] if names else "",
+                                 frozenset(caps)))
+        except ValueError as exc:
+            raise ValueError(f"{path}:{number}: {exc}") from exc
+    return out
+
+
 def write_config(path: Path, text: str) -> Path:
     """Write a config atomically (no secrets inside: public keys only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,10 +351,13 @@ def _render_user(p: Principal) -> list[str]:
 
 def _render_rule(name: str, allow: tuple[str, ...], deny: tuple[str, ...]) -> list[str]:
     out = [f"        {name}: {{"]
-    if allow:
-        out.append(f"          allow: [{', '.join(_q(s) for s in allow)}]")
-    if deny:
-        out.append(f"          deny: [{', '.join(_q(s) for s in deny)}]")
+    for label, items in (("allow", allow), ("deny", deny)):
+        line = f"          {label}: [{', '.join(_q(s) for s in items)}]"
+        if len(line) <= 100:
+            out += [line] if items else []
+        else:
+            out += [f"          {label}: [", *(f"            {_q(s)}," for s in items)]
+            out.append("          ]")
     return [*out, "        }"]
 
 

@@ -1,12 +1,26 @@
-"""``tycoon init``: create the key store and the config of a deployment."""
+"""``tycoon init``: create the key store, the config of a deployment and its nats-server config."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tycoon.bus.keys import default_home
 from tycoon.deploy import Deployment
+from tycoon.natsconf import (
+    CONFIG_NAME,
+    PRINCIPALS_NAME,
+    TLS,
+    Principal,
+    deployment_principals,
+    load_principals,
+    render_config,
+    write_config,
+)
+
+CLI_KEY = "default"
+"""The key the ``tycoon`` command signs with unless ``--as`` says otherwise."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +28,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--hosts", type=int, default=0, help="also make this many host keys")
     init.add_argument("--agents", type=int, default=0, help="also make this many agent keys")
     init.add_argument("--force", action="store_true", help="rewrite an existing config")
+    init.add_argument("--tls-cert", default=None, help="server certificate (PEM): turn on TLS")
+    init.add_argument("--tls-key", default=None, help="the certificate's private key (PEM)")
+    init.add_argument("--tls-ca", default=None,
+                      help="CA of client certificates: clients must then present one")
+    init.add_argument("--http-port", type=int, default=None,
+                      help="also serve nats-server monitoring on this port (loopback)")
     init.set_defaults(func=cmd_init)
+
+
+def nats_config(deployment: Deployment, args: argparse.Namespace) -> Path:
+    """Write ``<home>/nats.conf``: every key of the deployment, the CLI's own key (as an
+    agent) and the extra principals listed in ``<home>/principals.conf``."""
+    url = urlsplit(deployment.nats_url or args.nats)
+    store = deployment.store
+    cli = store.load_or_create(CLI_KEY)
+    extra = load_principals(deployment.home / PRINCIPALS_NAME)
+    known = {p.public_key for p in [*extra, *deployment_principals(deployment)]}
+    if cli.public_key not in known:
+        extra.append(Principal(cli.public_key, "agent", CLI_KEY))
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise SystemExit("error: --tls-cert and --tls-key go together")
+        tls = TLS(args.tls_cert, args.tls_key, ca_file=args.tls_ca, verify=bool(args.tls_ca))
+    text = render_config(
+        deployment, port=url.port or 4222, host=url.hostname or "127.0.0.1",
+        jetstream_dir=str(deployment.home / "jetstream"), http_port=args.http_port,
+        extra_users=extra, tls=tls,
+    )  # fmt: skip
+    return write_config(deployment.home / CONFIG_NAME, text)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -27,7 +70,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         deployment = Deployment.default(home, args.hosts, args.agents, args.nats)
     made = deployment.ensure_keys()
     path = deployment.save()
+    conf = nats_config(deployment, args)
     print(f"config: {path}")
+    print(f"nats:   {conf} (one nkey per principal; start: nats-server -c {conf})")
     print(f"keys:   {deployment.store.keys_dir} (mode 0600)")
     for name in made:
         print(f"  made {name:<12} {deployment.public_key(name)}")
