@@ -36,6 +36,7 @@ from hostile_kit import (
     tally,
     wait_for,
 )
+from structlog.testing import capture_logs
 
 from tycoon.bank.audit import audit
 from tycoon.bank.client import BankClient
@@ -157,8 +158,10 @@ async def test_forged_wrong_key_replayed_and_stale_requests(world: BankWorld) ->
     raw = seal(w.mallory, "bank.transfer", transfer_body(w.bob.public_key, MICRO, "y"),
                subject=transfer)
     await expect(nc, transfer, raw, w.key, "overdraft")
-    # the same bytes again, by anyone, on the same or another subject
-    await expect(nc, transfer, legit, w.key, "replayed")
+    # the same bytes again, by anyone, on the same or another subject (and a log line)
+    with capture_logs() as logs:
+        await expect(nc, transfer, legit, w.key, "replayed")
+    assert any(e.get("code") == "replayed" and e.get("log_level") == "warning" for e in logs)
     await expect(alice_nc, transfer, legit, w.key, "replayed")
     for op in ("mint", "close", "open"):
         await expect(nc, subjects.bank(op), legit, w.key, "wrong_subject")

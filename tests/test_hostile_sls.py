@@ -35,6 +35,7 @@ from hostile_kit import (
     tally,
     wait_for,
 )
+from structlog.testing import capture_logs
 
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
@@ -147,9 +148,12 @@ async def test_forged_replayed_stale_and_malformed_prices_are_dropped(world: SLS
                      "wrong_subject")
     await w.rejected(seal(w.rogue, "price", price_body(h0, 99), subject=w.rogue_subject),
                      "forbidden")
-    # forged: the honest host's key in the header, the rogue's signature
-    await w.rejected(forged(honest, w.rogue, "price", price_body(rogue_id, 5),
-                            w.rogue_subject), "bad_signature")
+    # forged: the honest host's key in the header, the rogue's signature (and a log line)
+    with capture_logs() as logs:
+        await w.rejected(forged(honest, w.rogue, "price", price_body(rogue_id, 5),
+                                w.rogue_subject), "bad_signature")
+    assert any(e.get("code") == "bad_signature" and e.get("subject") == w.rogue_subject
+               for e in logs), logs
     # signed by a key that is not the rogue's (one that cannot even connect)
     stranger = Identity.generate()
     await w.rejected(seal(stranger, "price", price_body(subject_id(stranger.public_key), 5),
