@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import signal
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -519,3 +520,67 @@ def test_tycoon_init_writes_a_valid_server_config(tmp_path: Path) -> None:
     # a second run re-renders from tycoon.toml and keeps every key
     assert main(["--home", str(home), "init"]) == 0
     assert conf.read_text().count("nkey: ") == text.count("nkey: ")
+
+
+@pytest.mark.nats
+async def test_removing_a_key_and_reloading_shuts_it_out(tmp_path: Path) -> None:
+    """Key rotation: re-render without the old key, SIGHUP the server; the old key is out."""
+    old, new, bank = Identity.generate(), Identity.generate(), Identity.generate()
+    port = free_port()
+    path = tmp_path / "nats.conf"
+
+    def render(*users: Identity) -> None:
+        principals = [Principal(bank.public_key, "bank", "bank")]
+        principals += [Principal(u.public_key, "user", f"u{i}") for i, u in enumerate(users)]
+        write_config(path, render_principals(principals, port=port))
+
+    render(old)
+    async with NatsServer(port=port, config=path) as server:
+        closed = asyncio.Event()
+
+        async def on_closed() -> None:
+            closed.set()
+
+        stale = await nats.connect(server.url, nkeys_seed_str=old.seed, allow_reconnect=True,
+                                   max_reconnect_attempts=2, reconnect_time_wait=0.1,
+                                   closed_cb=on_closed)
+        render(new)  # the old key replaced by the new one
+        assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)
+        await asyncio.wait_for(closed.wait(), 10)
+        with pytest.raises(nats.errors.Error):
+            await nats.connect(server.url, nkeys_seed_str=old.seed, allow_reconnect=False,
+                               max_reconnect_attempts=0, connect_timeout=2)
+        fresh = await open_bus(server.url, new)
+        await fresh.close()
+        assert stale.is_closed
+
+
+@pytest.mark.nats
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a cert")
+async def test_tls_option_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, pem = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(pem), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=30)
+    user = Identity.generate()
+    port = free_port()
+    path = write_config(tmp_path / "nats.conf", render_principals(
+        [Principal(user.public_key, "user")], port=port, tls=TLS(str(cert), str(pem))))
+    async with NatsServer(port=port, config=path) as server:
+        # a client that does not trust the certificate cannot connect
+        with pytest.raises(Exception) as info:  # noqa: B017
+            await nats.connect(server.url, nkeys_seed_str=user.seed, allow_reconnect=False,
+                               max_reconnect_attempts=0, connect_timeout=2)
+        assert "CERTIFICATE_VERIFY_FAILED" in repr(info.value), repr(info.value)
+        # one that trusts it (SSL_CERT_FILE, read by Python's default SSL context) can
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        bus = await open_bus(f"tls://127.0.0.1:{port}", user, deadline=5.0)
+        try:
+            assert bus.nc.is_connected
+            await bus.nc.publish(subjects.bank("info"), b"x")
+            await bus.flush()
+        finally:
+            await bus.close()
