@@ -584,3 +584,16 @@ async def test_tls_option_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyP
             await bus.flush()
         finally:
             await bus.close()
+
+
+def test_tycoon_init_tls_options(tmp_path: Path) -> None:
+    from tycoon.cli.main import main
+
+    home = tmp_path / "home"
+    assert main(["--home", str(home), "init", "--tls-cert", "/etc/c.pem", "--tls-key",
+                 "/etc/k.pem", "--tls-ca", "/etc/ca.pem", "--http-port", "8222"]) == 0
+    text = (home / "nats.conf").read_text()
+    assert 'cert_file: "/etc/c.pem"' in text and "verify: true" in text
+    assert 'http: "127.0.0.1:8222"' in text
+    with pytest.raises(SystemExit):
+        main(["--home", str(home), "init", "--tls-cert", "/etc/c.pem"])

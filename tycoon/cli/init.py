@@ -37,27 +37,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.set_defaults(func=cmd_init)
 
 
-def nats_config(deployment: Deployment, args: argparse.Namespace) -> Path:
-    """Write ``<home>/nats.conf``: every key of the deployment, the CLI's own key (as an
-    agent) and the extra principals listed in ``<home>/principals.conf``."""
-    url = urlsplit(deployment.nats_url or args.nats)
-    store = deployment.store
-    cli = store.load_or_create(CLI_KEY)
+def write_nats_config(deployment: Deployment, url: str = "", *, tls: TLS | None = None,
+                      http_port: int | None = None) -> Path:
+    """Write ``<home>/nats.conf`` for a server listening at ``url`` (default: the
+    deployment's): every key of the deployment, the CLI's own key (as an agent) and the
+    extra principals listed in ``<home>/principals.conf``; JetStream under ``<home>``."""
+    where = urlsplit(url or deployment.nats_url or "nats://127.0.0.1:4222")
+    cli = deployment.store.load_or_create(CLI_KEY)
     extra = load_principals(deployment.home / PRINCIPALS_NAME)
-    known = {p.public_key for p in [*extra, *deployment_principals(deployment)]}
-    if cli.public_key not in known:
+    if cli.public_key not in {p.public_key for p in [*extra, *deployment_principals(deployment)]}:
         extra.append(Principal(cli.public_key, "agent", CLI_KEY))
-    tls = None
-    if args.tls_cert or args.tls_key:
-        if not (args.tls_cert and args.tls_key):
-            raise SystemExit("error: --tls-cert and --tls-key go together")
-        tls = TLS(args.tls_cert, args.tls_key, ca_file=args.tls_ca, verify=bool(args.tls_ca))
     text = render_config(
-        deployment, port=url.port or 4222, host=url.hostname or "127.0.0.1",
-        jetstream_dir=str(deployment.home / "jetstream"), http_port=args.http_port,
+        deployment, port=where.port or 4222, host=where.hostname or "127.0.0.1",
+        jetstream_dir=str(deployment.home / "jetstream"), http_port=http_port,
         extra_users=extra, tls=tls,
     )  # fmt: skip
     return write_config(deployment.home / CONFIG_NAME, text)
+
+
+def tls_from(args: argparse.Namespace) -> TLS | None:
+    """The ``--tls-*`` options as a :class:`TLS` (None without a certificate)."""
+    if not (args.tls_cert or args.tls_key):
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise SystemExit("error: --tls-cert and --tls-key go together")
+    return TLS(args.tls_cert, args.tls_key, ca_file=args.tls_ca, verify=bool(args.tls_ca))
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -70,7 +74,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         deployment = Deployment.default(home, args.hosts, args.agents, args.nats)
     made = deployment.ensure_keys()
     path = deployment.save()
-    conf = nats_config(deployment, args)
+    conf = write_nats_config(deployment, deployment.nats_url or args.nats, tls=tls_from(args),
+                             http_port=args.http_port)
     print(f"config: {path}")
     print(f"nats:   {conf} (one nkey per principal; start: nats-server -c {conf})")
     print(f"keys:   {deployment.store.keys_dir} (mode 0600)")
