@@ -571,7 +571,7 @@ async def test_tls_option_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyP
         [Principal(user.public_key, "user")], port=port, tls=TLS(str(cert), str(pem))))
     async with NatsServer(port=port, config=path) as server:
         # a client that does not trust the certificate cannot connect
-        with pytest.raises(Exception) as info:  # noqa: B017
+        with pytest.raises(Exception) as info:
             await nats.connect(server.url, nkeys_seed_str=user.seed, allow_reconnect=False,
                                max_reconnect_attempts=0, connect_timeout=2)
         assert "CERTIFICATE_VERIFY_FAILED" in repr(info.value), repr(info.value)
