@@ -31,7 +31,7 @@ from tycoon.bank.ledger import Ledger
 from tycoon.bank.service import BankService
 from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus import subjects
-from tycoon.bus.connection import Bus, open_bus
+from tycoon.bus.connection import Bus, inbox_prefix, open_bus
 from tycoon.bus.envelope import seal
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.cli.status import discover
@@ -116,6 +116,8 @@ def test_each_role_holds_only_what_it_needs() -> None:
 
 
 def test_every_principal_reads_only_its_own_inbox() -> None:
+    ident = Identity.generate()
+    assert natsconf.inbox(subject_id(ident.public_key)) == f"{inbox_prefix(ident)}.>"
     principals = [Principal(key(), role) for role in
                   ("bank", "sls", "host", "agent", "broker", "user", "operator")]
     for p in principals:

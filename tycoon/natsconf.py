@@ -45,21 +45,6 @@ NOTHING = ">"
 PRICES_STREAM = "PRICES"
 SETTLEMENTS_STREAM = "SETTLEMENTS"
 SETTLEMENTS_ALL = f"{subjects.PREFIX}.settlement.>"
-
-
-def js_reader(stream: str) -> tuple[str, ...]:
-    """JetStream API subjects to read one stream with ephemeral consumers (no admin)."""
-    api = "$JS.API"
-    return (f"{api}.INFO", f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.MSG.GET.{stream}",
-            f"{api}.CONSUMER.CREATE.{stream}", f"{api}.CONSUMER.CREATE.{stream}.>",
-            f"{api}.CONSUMER.INFO.{stream}.*", f"{api}.CONSUMER.DELETE.{stream}.*",
-            f"{api}.CONSUMER.MSG.NEXT.{stream}.*", f"$JS.ACK.{stream}.>")
-
-
-def js_owner(stream: str) -> tuple[str, ...]:
-    """JetStream API subjects to create, update and read one stream."""
-    return (*js_reader(stream), f"$JS.API.STREAM.*.{stream}", f"$JS.API.STREAM.MSG.*.{stream}")
-
 # Requests a client may send: every service's request subjects. The two event subjects
 # that share those prefixes are denied explicitly (deny wins over allow in NATS).
 CLIENT_REQUESTS = (
@@ -78,6 +63,20 @@ NEVER_FROM_CLIENTS = (
     SETTLEMENTS_ALL,
     *SERVICE_EVENTS,
 )
+
+
+def js_reader(stream: str) -> tuple[str, ...]:
+    """JetStream API subjects to read one stream with ephemeral consumers (no admin)."""
+    api = "$JS.API"
+    return (f"{api}.INFO", f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.MSG.GET.{stream}",
+            f"{api}.CONSUMER.CREATE.{stream}", f"{api}.CONSUMER.CREATE.{stream}.>",
+            f"{api}.CONSUMER.INFO.{stream}.*", f"{api}.CONSUMER.DELETE.{stream}.*",
+            f"{api}.CONSUMER.MSG.NEXT.{stream}.*", f"$JS.ACK.{stream}.>")
+
+
+def js_owner(stream: str) -> tuple[str, ...]:
+    """JetStream API subjects to create, update and read one stream."""
+    return (*js_reader(stream), f"$JS.API.STREAM.*.{stream}", f"$JS.API.STREAM.MSG.*.{stream}")
 
 
 @dataclass(frozen=True)
