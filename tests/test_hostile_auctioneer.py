@@ -209,6 +209,11 @@ async def test_receipts_forged_replayed_twice_and_at_the_wrong_host(world: HostW
                  seal(w.alice, "host.fund", {"receipt": w.receipts["unredeemed"]},
                       subject=w.subject("fund", 1)), w.cast.hosts[1].public_key, "wrong_host")
     assert w.state() == after
+    # a receipt stolen before it was redeemed funds its payer, never the thief
+    spare = await (await w.bank_client(w.alice)).transfer(w.key, 2 * MICRO)
+    reply = await call(nc, fund, fund_with(w.mallory, spare.raw), w.key)
+    assert code(reply) == "ok" and reply.body["account"] == w.alice.public_key
+    assert w.mallory.public_key not in w.host.market.accounts
 
 
 async def test_bad_bids_stale_and_forged_requests(world: HostWorld) -> None:
