@@ -227,6 +227,7 @@ def test_replicas_with_different_batching_agree() -> None:
         ("resources", {"cpu": offer(-1, 1.0)}),
         ("resources", {"cpu": {**offer(10, 1.0), "price": float("inf")}}),
         ("resources", {"cpu": {**offer(10, 1.0), "price": -1.0}}),
+        ("resources", {"cpu": {**offer(10, 1.0), "price": 1e300}}),  # beyond any money
         ("resources", {"cpu": {**offer(10, 1.0), "utilization": 1.5}}),
         ("resources", {"cpu": {**offer(10, 1.0), "bidders": True}}),
         ("resources", []),

@@ -20,8 +20,6 @@ in the neighbouring bin), so replicas that batch differently agree.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import numpy.typing as npt
 
@@ -116,9 +114,10 @@ class MomentTable:
         """Add samples ``x`` taken at ``t_ns`` to ``rows`` (same as adding them in order)."""
         if rows.size == 0:
             return
-        first_rows, first_at = np.unique(rows, return_index=True)
-        unset = np.isnan(self.ref[first_rows])
-        self.ref[first_rows[unset]] = x[first_at[unset]]
+        if np.isnan(self.ref[rows]).any():  # a row's first sample becomes its shift
+            first_rows, first_at = np.unique(rows, return_index=True)
+            unset = np.isnan(self.ref[first_rows])
+            self.ref[first_rows[unset]] = x[first_at[unset]]
         d = x - self.ref[rows]
         d2 = d * d
         powers = np.stack([np.ones_like(d), d, d2, d2 * d, d2 * d2], axis=1)
@@ -155,31 +154,34 @@ class MomentTable:
         return out
 
 
-def grow_layout(lo: float, width: float, bins: int, x: float) -> tuple[float, float]:
-    """The (lo, width) after widening a histogram until ``x`` falls inside.
+def grow_layout(
+    lo: FloatArray, width: FloatArray, bins: int, x: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """The (lo, width) of histograms after widening each until its ``x`` falls inside.
 
     ``width == 0`` means empty: the range starts at ``x`` with a width of 2**-10 of x's
     binary order of magnitude (2**-30 for x == 0). Growing to the right keeps ``lo``;
-    growing to the left keeps the high edge; the width doubles until ``x`` fits, so every
-    new edge is an old edge and old bins merge whole into new ones.
+    growing to the left keeps the high edge; the width doubles until ``x`` fits (the
+    smallest such power), so every new edge is an old edge and old bins merge whole.
     """
-    if width <= 0.0:
-        exponent = math.frexp(x)[1] if x != 0.0 else -20
-        return x, math.ldexp(1.0, exponent - 10)
+    lo, width = lo.copy(), width.copy()
+    empty = width <= 0.0
+    if empty.any():
+        exponent = np.where(x[empty] != 0.0, np.frexp(x[empty])[1], -20)
+        lo[empty], width[empty] = x[empty], np.ldexp(1.0, exponent - 10)
     hi = lo + bins * width
-    if lo <= x < hi:
-        return lo, width
-    k = 1
-    if x >= hi:
-        while lo + bins * math.ldexp(width, k) <= x:
-            k += 1
-        new_lo = lo
-    else:
-        while hi - bins * math.ldexp(width, k) > x:
-            k += 1
-        new_lo = hi - bins * math.ldexp(width, k)
-    new_width = math.ldexp(width, k)
-    if not math.isfinite(new_lo) or not math.isfinite(new_width * bins):
+    right, left = ~empty & (x >= hi), ~empty & (x < lo)
+    k = np.where(right | left, 1, 0)
+    while True:  # the smallest k >= 1 that covers x, vectorised over rows
+        span = bins * np.ldexp(width, k)
+        short = (right & (lo + span <= x)) | (left & (hi - span > x))
+        if not short.any():
+            break
+        k[short] += 1
+    with np.errstate(over="ignore"):
+        new_width = np.ldexp(width, k)
+        new_lo = np.where(left, hi - bins * new_width, lo)
+    if not (np.isfinite(new_lo).all() and np.isfinite(new_width * bins).all()):
         raise Rejected("malformed", "value out of the representable histogram range")
     return new_lo, new_width
 
@@ -242,18 +244,25 @@ class HistogramTable:
         self.counts.reshape(-1)[cells] += n
 
     def _grow(self, rows: IntArray, x: FloatArray) -> None:
-        """Widen the ranges of ``rows`` as the values ``x`` (outside them) arrive, in order."""
-        layouts: dict[int, tuple[float, float]] = {}
-        lo_all, width_all = self.lo, self.width
-        for row, value in zip(rows.tolist(), x.tolist(), strict=True):
-            lo, width = layouts.get(row) or (float(lo_all[row]), float(width_all[row]))
-            layouts[row] = grow_layout(lo, width, self.bins, value)
-        changed = np.fromiter(layouts, dtype=np.int64, count=len(layouts))
-        new = np.array(list(layouts.values()), dtype=np.float64).reshape(-1, 2)
+        """Widen the ranges of ``rows`` as the values ``x`` (outside them) arrive, in order.
+
+        The n-th outside value of every row is handled in the n-th vectorised round.
+        """
+        order = np.argsort(rows, kind="stable")
+        r, v = rows[order], x[order]
+        first = np.r_[True, r[1:] != r[:-1]]
+        group = np.cumsum(first) - 1
+        nth = np.arange(r.size) - np.flatnonzero(first)[group]
+        changed = r[first]
+        lo, width = self.lo[changed], self.width[changed]
+        for n in range(int(nth.max()) + 1):
+            sel = nth == n
+            g = group[sel]
+            lo[g], width[g] = grow_layout(lo[g], width[g], self.bins, v[sel])
         self.counts[changed] = rebin(
-            self.counts[changed], lo_all[changed], width_all[changed], new[:, 0], new[:, 1]
+            self.counts[changed], self.lo[changed], self.width[changed], lo, width
         )
-        lo_all[changed], width_all[changed] = new[:, 0], new[:, 1]
+        self.lo[changed], self.width[changed] = lo, width
 
     def edges(self, row: int) -> list[float]:
         """The ``bins + 1`` bin edges of one row."""

@@ -19,7 +19,9 @@ from tycoon.vmm.driver import RESOURCES
 MAX_HEARTBEAT_S = 86_400.0
 MIN_HEARTBEAT_S = 0.01
 MAX_INT = 2**63
-_INF = float("inf")
+MAX_PRICE = float(2**63)
+"""Prices are rates in micro-credits/s: above all the money there can be (int64) is nonsense,
+and bounding them keeps every statistic finite."""
 _RESOURCE_SET = frozenset(RESOURCES)
 
 OfferTuple = tuple[int, float, float, int]
@@ -35,11 +37,11 @@ def _bad(what: str, rule: str) -> Rejected:
 def _nonneg(value: Any, what: str) -> float:
     cls = value.__class__
     if cls is float:
-        if 0.0 <= value < _INF:
+        if 0.0 <= value < MAX_PRICE:
             return value
     elif cls is int and 0 <= value < MAX_INT:
         return float(value)
-    raise _bad(what, "must be a finite number >= 0")
+    raise _bad(what, "must be a number in [0, 2**63)")
 
 
 def _text(value: Any, what: str, max_len: int) -> str:
@@ -99,7 +101,7 @@ def parse_update(body: Any) -> ParsedUpdate:
                 and price.__class__ is float and util.__class__ is float
                 and unit.__class__ is float
                 and 0 <= capacity < MAX_INT and 0 <= bidders < MAX_INT
-                and 0.0 <= price < _INF and 0.0 <= unit < _INF and 0.0 <= util <= 1.0
+                and 0.0 <= price < MAX_PRICE and 0.0 <= unit < MAX_PRICE and 0.0 <= util <= 1.0
             )  # fmt: skip
         except (KeyError, TypeError):
             fast = False
