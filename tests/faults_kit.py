@@ -1,0 +1,206 @@
+"""Shared pieces of the fault tests: market invariants, a transfer flood, a NATS cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client
+
+from tycoon.bank.audit import audit
+from tycoon.bank.client import BankClient
+from tycoon.bank.receipt import Receipt
+from tycoon.bank.sqlite_store import SqliteStore
+from tycoon.bus.connection import Bus, inbox_prefix
+from tycoon.bus.keys import Identity
+from tycoon.errors import Rejected
+from tycoon.natsserver import NatsServer, free_port
+
+
+def check_bank(db: Path) -> dict[str, int]:
+    """The bank's audit passes (conservation, replay, every stored receipt verifies);
+    transfer ids are unique. Returns {transfer id: amount} of every transfer."""
+    with SqliteStore(db, readonly=True) as store:
+        report = audit(store)
+        assert report.ok, report.problems
+        assert report.total_balances == report.total_minted
+        ids = [e.op_id for e in store.events() if e.kind == "transfer"]
+        assert len(ids) == len(set(ids)), "a transfer id was settled twice"
+        return {e.op_id or "": e.amount for e in store.events() if e.kind == "transfer"}
+
+
+def check_host_store(path: Path, host_key: str, bank_db: Path) -> int:
+    """Every receipt a host redeemed is a ledger transfer to that host, of that amount,
+    redeemed once; the host's books balance. Returns how much it redeemed."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        redeemed = db.execute("SELECT transfer_id, amount FROM redeemed").fetchall()
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        balances = db.execute("SELECT coalesce(sum(balance), 0) FROM accounts").fetchone()[0]
+    finally:
+        db.close()
+    with SqliteStore(bank_db, readonly=True) as store:
+        for tid, amount in redeemed:
+            event = store.find_op("transfer", tid)
+            assert event is not None, f"{tid} redeemed at the host but unknown to the bank"
+            assert (event.payee, event.amount) == (host_key, amount), tid
+    funded = int(meta.get("funded", 0))
+    assert funded == sum(a for _, a in redeemed)
+    assert funded == int(meta.get("earnings", 0)) + balances + int(meta.get("refunded", 0))
+    return funded
+
+
+def check_journal(journal: Path, agent_key: str, bank_db: Path, budget: int) -> None:
+    """The agent repeated no money move: each of its bank payments is one journalled move
+    (same id, same amount), and it paid out no more than its budget."""
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        moves = {r[0]: (r[1], r[2], r[3]) for r in db.execute(
+            "SELECT id, kind, amount, status FROM moves")}
+    finally:
+        db.close()
+    with SqliteStore(bank_db, readonly=True) as store:
+        paid = [e for e in store.events() if e.kind == "transfer" and e.payer == agent_key]
+        refunds = sum(e.amount for e in store.events()
+                      if e.kind == "transfer" and e.payee == agent_key and e.payer != agent_key
+                      and e.memo.startswith("refund"))
+    for event in paid:
+        assert event.op_id in moves, f"bank payment {event.op_id} is in no journal move"
+        kind, amount, _ = moves[event.op_id]
+        assert kind == "fund" and amount == event.amount, event.op_id
+    assert sum(e.amount for e in paid) - refunds <= budget
+
+
+@dataclass
+class Flood:
+    """Users paying each other with fresh transfer ids, riding out outages."""
+
+    users: list[BankClient]
+    attempted: dict[str, tuple[BankClient, str, int]] = field(default_factory=dict)
+    told: dict[str, Receipt] = field(default_factory=dict)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self, per_user: int = 2, pause: float = 0.02) -> None:
+        counter = iter(range(10**9))
+        rng = random.Random(3)
+
+        async def run(me: BankClient) -> None:
+            while not self.stop.is_set():
+                payee = rng.choice([u for u in self.users if u is not me]).account
+                tid, amount = f"flood-{next(counter)}", rng.randint(1, 1000)
+                self.attempted[tid] = (me, payee, amount)
+                try:
+                    self.told[tid] = await me.transfer(payee, amount, transfer_id=tid)
+                except Rejected as error:
+                    assert error.code in ("timeout", "unavailable", "internal"), error
+                await asyncio.sleep(pause)
+
+        self.tasks = [asyncio.create_task(run(u)) for u in self.users for _ in range(per_user)]
+
+    async def finish(self) -> None:
+        """Stop, then settle every attempted id again: the same receipt for those told."""
+        self.stop.set()
+        await asyncio.gather(*self.tasks)
+        for tid, (me, payee, amount) in self.attempted.items():
+            again = await me.transfer(payee, amount, transfer_id=tid)
+            if tid in self.told:
+                assert again.raw == self.told[tid].raw, tid
+
+    def settled_since(self, mark: int) -> int:
+        return len(self.told) - mark
+
+
+async def eventually(check, timeout: float = 20.0, every: float = 0.1) -> None:  # type: ignore[no-untyped-def]
+    """Wait until ``await check()`` is true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        with contextlib.suppress(Exception):
+            if await check():
+                return
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(every)
+
+
+# -- a three-node cluster on loopback --------------------------------------------------
+
+
+def cluster_configs(directory: Path, nodes: int = 3, *, jetstream: bool = False,
+                    name: str = "tycoon") -> list[tuple[int, Path]]:
+    """Write one nats-server config per node (routes to every other node); returns
+    (client port, config path) per node."""
+    ports = [(free_port(), free_port()) for _ in range(nodes)]
+    out = []
+    for i, (client, route) in enumerate(ports):
+        routes = ", ".join(f'"nats-route://127.0.0.1:{r}"' for j, (_, r) in enumerate(ports)
+                           if j != i)
+        lines = [f"server_name: n{i}", f"port: {client}", "cluster {", f"  name: {name}",
+                 f'  listen: "127.0.0.1:{route}"', f"  routes: [{routes}]", "}"]
+        if jetstream:
+            lines += ["jetstream {", f'  store_dir: "{directory / f"js-{i}"}"', "}"]
+        path = directory / f"n{i}.conf"
+        path.write_text("\n".join(lines) + "\n")
+        out.append((client, path))
+    return out
+
+
+async def start_cluster(directory: Path, nodes: int = 3, **kw: object) -> list[NatsServer]:
+    """Start a cluster and wait until a message crosses every route."""
+    servers = [NatsServer(port=port, config=path) for port, path in
+               cluster_configs(directory, nodes, **kw)]  # type: ignore[arg-type]
+    await asyncio.gather(*(s.start() for s in servers))
+    await wait_routed([s.url for s in servers])
+    return servers
+
+
+async def wait_routed(urls: Iterable[str], timeout: float = 20.0) -> None:
+    """Until a publish on every node reaches a subscriber on every other node."""
+    urls = list(urls)
+    clients = [await nats.connect(u) for u in urls]
+    try:
+        for i, sub_client in enumerate(clients):
+            got: asyncio.Queue[bytes] = asyncio.Queue()
+
+            async def on_msg(msg, q=got) -> None:  # type: ignore[no-untyped-def]
+                await q.put(msg.data)
+
+            await sub_client.subscribe(f"probe.{i}", cb=on_msg)
+            await sub_client.flush()
+            for j, pub_client in enumerate(clients):
+                async def crossed(j=j, pub=pub_client, i=i, got=got) -> bool:  # type: ignore[no-untyped-def]
+                    await pub.publish(f"probe.{i}", str(j).encode())
+                    await pub.flush()
+                    with contextlib.suppress(TimeoutError):
+                        while True:
+                            if (await asyncio.wait_for(got.get(), 0.2)) == str(j).encode():
+                                return True
+                    return False
+
+                await eventually(crossed, timeout)
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def cluster_bus(urls: list[str], identity: Identity, home: int) -> Bus:
+    """A Bus that connects to node ``home`` first and knows every node (for failover).
+
+    Like :func:`tycoon.bus.connection.open_bus`, but with the server list kept in order
+    (no shuffle) so a test decides which node each service starts on.
+    """
+    nc = Client()
+    await nc.connect(
+        servers=[urls[home], *(u for i, u in enumerate(urls) if i != home)],
+        dont_randomize=True, allow_reconnect=True, max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2, connect_timeout=2.0, ping_interval=2,
+        max_outstanding_pings=2, nkeys_seed_str=identity.seed,
+        inbox_prefix=inbox_prefix(identity), name=f"fault-{home}",
+    )  # fmt: skip
+    return Bus(nc, identity)
