@@ -245,3 +245,31 @@ def test_max_hosts_prefers_the_valuable_host_over_the_cheap_one() -> None:
     result = best_response(10.0, np.array([1.0, 1000.0]), np.array([0.001, 10.0]), max_hosts=1)
     assert result.bids.tolist() == [0.0, 10.0]
     assert list(result.hosts) == [1]
+
+
+def test_extreme_scales_are_handled_and_the_answer_is_scale_free() -> None:
+    rng = np.random.default_rng(77)
+    for _ in range(300):
+        n = int(rng.integers(1, 8))
+        w = 10 ** rng.uniform(-300, 300, n)
+        y = np.where(rng.random(n) < 0.1, 0.0, 10 ** rng.uniform(-300, 300, n))
+        budget = float(10 ** rng.uniform(-300, 300))
+        with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow is fine
+            result = best_response(budget, w, y)
+        assert np.all(np.isfinite(result.bids)) and np.all(result.bids >= 0)
+        assert math.isclose(result.bids.sum(), budget, rel_tol=1e-9)
+        assert math.isfinite(result.utility) and result.utility <= w.sum() * (1 + 1e-12)
+    w, y = rng.lognormal(0, 1, 12), rng.lognormal(0, 1, 12)
+    base = best_response(2.0, w, y)
+    for money, worth in [(1e-200, 1.0), (1e200, 1e-200), (1.0, 1e250)]:
+        scaled = best_response(2.0 * money, w * worth, y * money)
+        assert np.allclose(scaled.bids, base.bids * money, rtol=1e-9)
+        assert scaled.utility == pytest.approx(base.utility * worth, rel=1e-9)
+        assert scaled.marginal == pytest.approx(base.marginal * worth / money, rel=1e-9)
+    w = 10 ** rng.uniform(-300, 300, (60, 6))
+    y = np.where(rng.random((60, 6)) < 0.1, 0.0, 10 ** rng.uniform(-300, 300, (60, 6)))
+    budgets = 10 ** rng.uniform(-300, 300, 60)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        bids, _ = best_response_batch(budgets, w, y)
+    for i in range(60):
+        assert np.allclose(bids[i], best_response(budgets[i], w[i], y[i]).bids, rtol=1e-9, atol=0)

@@ -79,7 +79,9 @@ def best_response(
     value = float(utility(x, w, y))
     result = BestResponse(x, shares(x, y), value, lam, max(bound, value))
     if max_hosts is not None and np.count_nonzero(x) > max_hosts:
-        result = _capped(budget, w, y, max_hosts, zero_price_fraction)
+        from tycoon.agent.best_response_cap import capped  # here: it imports this module
+
+        result = capped(budget, w, y, max_hosts, zero_price_fraction)
     return result
 
 
@@ -135,7 +137,47 @@ def _solve_1d(
     budget: float, w: np.ndarray, y: np.ndarray, eps: float
 ) -> tuple[np.ndarray, float, float]:
     """One user: the same closed form as :func:`_solve`, shrinking the candidate arrays
-    each filter round instead of masking. Returns bids, λ and the dual bound."""
+    each filter round instead of masking. Returns bids, λ and the dual bound.
+
+    The problem is scale-free, so it is solved with w / max w and money / max(X, max y)
+    (no overflow in w/y for any finite input) and the answer scaled back."""
+    ws = float(w.max()) if w.size else 0.0
+    ms = max(budget, float(y.max()) if y.size else 0.0)
+    if ws <= 0 or ms <= 0:  # nothing worth buying, or no money at all
+        return np.zeros(w.size), 0.0, 0.0
+    if 0 < budget < TINY * ms:  # (sub)normal underflow at unit scale: take the limit
+        x, lam = _underflow(budget, w, y, eps)
+        return x, lam, float(utility(x, w, y))
+    bids, lam, bound = _solve_unit(budget / ms, w / ws, y / ms, eps)
+    return bids * ms, lam * ws / ms, bound * ws
+
+
+TINY = 1e-250
+"""Budgets below this fraction of the largest price are solved as the limit X → 0."""
+
+
+def _underflow(budget: float, w: np.ndarray, y: np.ndarray, eps: float) -> tuple[np.ndarray, float]:
+    """A budget so small next to the prices that the unit-scale solve would underflow: the
+    limit X → 0 (exact to ~1e-250), the free hosts' slice as usual and the rest on the host
+    with the largest w/y (compared as logarithms). Returns the bids and λ = w/y there."""
+    bids = np.zeros(w.size)
+    free = np.flatnonzero((w > 0) & (y == 0))
+    priced = np.flatnonzero((w > 0) & (y > 0))
+    rest = budget * (1 - eps) if free.size and priced.size else (0.0 if free.size else budget)
+    if free.size:
+        root_w = np.sqrt(w[free])
+        bids[free] = root_w / root_w.sum() * (budget - rest)
+    if not priced.size:
+        return bids, 0.0
+    log_ratio = np.log(w[priced]) - np.log(y[priced])
+    bids[priced[np.argmax(log_ratio)]] += rest
+    with np.errstate(over="ignore"):
+        return bids, float(np.exp(log_ratio.max()))
+
+
+def _solve_unit(
+    budget: float, w: np.ndarray, y: np.ndarray, eps: float
+) -> tuple[np.ndarray, float, float]:
     bids = np.zeros(w.size)
     free = np.flatnonzero((w > 0) & (y == 0))
     idx = np.flatnonzero((w > 0) & (y > 0))
@@ -144,25 +186,23 @@ def _solve_1d(
     bound = float(w[free].sum()) if budget > 0 else 0.0
     if free.size:
         root_w = np.sqrt(w[free])
-        bids[free] = root_w * (to_free / root_w.sum())
+        bids[free] = root_w / root_w.sum() * to_free
     if not idx.size or rest <= 0:
         return bids, 0.0, bound
     yp = y[idx]
-    sr = np.sqrt(w[idx] / yp)
+    sr = np.sqrt(w[idx]) / np.sqrt(yp)  # sqrt(w/y) without overflow
     top = float(sr.max())
     for _ in range(FILTER_ROUNDS):
-        gap = top - sr
-        keep = (sr * rest > yp.sum() * gap - float((yp * gap).sum())) | (gap == 0)
+        keep = (sr > float((yp * sr).sum()) / (rest + float(yp.sum()))) | (sr == top)
         if keep.all():
             break
         idx, yp, sr = idx[keep], yp[keep], sr[keep]
     else:  # still shrinking: sort what is left
         ones = np.ones((1, sr.size), dtype=bool)
-        mask = _sorted_prefix(np.array([[rest]]), sr[None, :], yp[None, :], np.array([[top]]), ones)
+        mask = _sorted_prefix(np.array([[rest]]), sr[None, :], yp[None, :], ones)
         idx, yp, sr = idx[mask[0]], yp[mask[0]], sr[mask[0]]
-    gap = top - sr
-    a, b, d = float((yp * sr).sum()), float(yp.sum()), float((yp * gap).sum())
-    xs = np.maximum(yp / a * (sr * rest + d - b * gap), 0.0)
+    a, b, d = float((yp * sr).sum()), float(yp.sum()), float((yp * (top - sr)).sum())
+    xs = np.maximum(yp / a * _excess(sr, rest, a, b, d, top), 0.0)
     spent = float(xs.sum())
     if spent <= 0:  # underflow: everything on the best host
         xs[np.argmax(sr)] = spent = 1.0
@@ -177,6 +217,21 @@ FILTER_ROUNDS = 24
 """Threshold-filter rounds before falling back to a sort (see :func:`_prefix`)."""
 
 
+Num = np.ndarray | float
+
+
+def _excess(sr: np.ndarray, x: Num, a: Num, b: Num, d: Num, top: Num) -> np.ndarray:
+    """sr_j (X + B) − A, accurately, so that x_j = y_j / A · excess_j. Two equal forms, each
+    exact where the other cancels: the plain one, and sr_j X + D − B (sr_1 − sr_j) with
+    D = Σ y_i (sr_1 − sr_i) ≥ 0 (no cancellation when X ≪ y; exact for ties and a single
+    host). Per element the one with the smaller rounding error wins. (Membership needs no
+    such care: sr_j > A/(X + B) compares two accurately computed numbers.)"""
+    gap = top - sr
+    plain = sr * (x + b) - a
+    shifted = sr * x + d - b * gap
+    return np.where(sr * (x + b) + a < sr * x + d + b * gap, plain, shifted)
+
+
 def _solve(
     budget: np.ndarray, w: np.ndarray, y: np.ndarray, eps: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -186,6 +241,24 @@ def _solve(
     lam = np.zeros(m)
     if n == 0:
         return bids, lam
+    ws = w.max(axis=1)  # scale-free: solve with w / max w and money / max(X, max y)
+    ws = np.where(ws > 0, ws, 1.0)
+    ms = np.maximum(budget, y.max(axis=1))
+    ms = np.where(ms > 0, ms, 1.0)
+    bids, lam = _solve_rows(budget / ms, w / ws[:, None], y / ms[:, None], eps)
+    with np.errstate(over="ignore"):  # λ itself may be beyond float range: inf
+        bids, lam = bids * ms[:, None], lam * ws / ms
+    for i in np.flatnonzero((budget > 0) & (budget < TINY * ms) & (w > 0).any(axis=1)):
+        bids[i], lam[i] = _underflow(float(budget[i]), w[i], y[i], eps)
+    return bids, lam
+
+
+def _solve_rows(
+    budget: np.ndarray, w: np.ndarray, y: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    m, n = w.shape
+    bids = np.zeros((m, n))
+    lam = np.zeros(m)
     priced = (w > 0) & (y > 0)
     free = (w > 0) & (y == 0)
     n_free = free.sum(axis=1)
@@ -195,12 +268,14 @@ def _solve(
     if n_free.any():
         root_w = np.sqrt(np.where(free, w, 0.0))
         total = root_w.sum(axis=1)
-        bids += root_w * (to_free / np.where(total > 0, total, 1.0))[:, None]
+        bids += root_w / np.where(total > 0, total, 1.0)[:, None] * to_free[:, None]
     if not n_priced.any():
         return bids, lam  # free hosts are saturated: more money buys nothing more
 
     ys = np.where(priced, y, 0.0)
-    sr = np.where(priced, np.sqrt(np.where(priced, w, 0.0) / np.where(priced, y, 1.0)), 0.0)
+    sr = np.where(
+        priced, np.sqrt(np.where(priced, w, 0.0)) / np.sqrt(np.where(priced, y, 1.0)), 0.0
+    )
     top = sr.max(axis=1, keepdims=True)  # sr_1: the best sqrt(w/y) of each row
     x = rest[:, None]
     inside = _prefix(x, sr, ys, top, priced)
@@ -208,10 +283,8 @@ def _solve(
     a = np.sum(yk * sr, axis=1, keepdims=True)  # Σ sqrt(w_i y_i)
     b = np.sum(yk, axis=1, keepdims=True)  # Σ y_i
     d = np.sum(yk * (top - sr), axis=1, keepdims=True)  # Σ y_i (sr_1 − sr_i) ≥ 0
-    # x_j = y_j/A · [sr_j X + Σ_i y_i (sr_j − sr_i)], the sum written as D − B(sr_1 − sr_j)
-    # so that no large terms cancel (exact for ties and for a single host).
     safe_a = np.where(a > 0, a, 1.0)
-    xs = np.where(inside, np.maximum(yk / safe_a * (sr * x + d - b * (top - sr)), 0.0), 0.0)
+    xs = np.where(inside, np.maximum(yk / safe_a * _excess(sr, x, a, b, d, top), 0.0), 0.0)
     spent = xs.sum(axis=1)
     lost = (spent <= 0) & (rest > 0) & (n_priced > 0)
     if lost.any():  # underflow: everything on the best host
@@ -245,126 +318,31 @@ def _prefix(
         sub = inside[active]
         y_sub, sr_sub, top_sub = ys[active], sr[active], top[active]
         yk = np.where(sub, y_sub, 0.0)
-        b = yk.sum(axis=1, keepdims=True)
-        d = np.sum(yk * (top_sub - sr_sub), axis=1, keepdims=True)
-        # sr_j > A/(X+B)  ⟺  sr_j X > Σ_i y_i (sr_i − sr_j) = B (sr_1 − sr_j) − D
-        keep = sub & (sr_sub * x[active] > b * (top_sub - sr_sub) - d)
+        a = np.sum(yk * sr_sub, axis=1, keepdims=True)
+        keep = sub & (sr_sub > a / (x[active] + yk.sum(axis=1, keepdims=True)))
         keep |= sub & (sr_sub == top_sub)  # the best host always stays (X > 0)
         changed = (keep != sub).any(axis=1)
         inside[active] = keep
         active[active] = changed
     if active.any():
-        inside[active] = _sorted_prefix(
-            x[active], sr[active], ys[active], top[active], inside[active]
-        )
+        inside[active] = _sorted_prefix(x[active], sr[active], ys[active], inside[active])
     return inside
 
 
-def _sorted_prefix(
-    x: np.ndarray, sr: np.ndarray, ys: np.ndarray, top: np.ndarray, cand: np.ndarray
-) -> np.ndarray:
+def _sorted_prefix(x: np.ndarray, sr: np.ndarray, ys: np.ndarray, cand: np.ndarray) -> np.ndarray:
     """The same mask by sorting: the largest prefix k with sr_k > A_k/(X + B_k)."""
     m, n = sr.shape
     order = np.argsort(-np.where(cand, sr, -1.0), axis=1, kind="stable")
     srs = np.take_along_axis(np.where(cand, sr, 0.0), order, axis=1)
     yss = np.take_along_axis(np.where(cand, ys, 0.0), order, axis=1)
     valid = np.take_along_axis(cand, order, axis=1)
-    b = np.cumsum(yss, axis=1)
-    d = np.cumsum(yss * (top - srs), axis=1)
-    keep = valid & (srs * x > b * (top - srs) - d)
+    keep = valid & (srs > np.cumsum(yss * srs, axis=1) / (x + np.cumsum(yss, axis=1)))
     keep[:, 0] |= valid[:, 0]
     k = np.where(keep.any(axis=1), n - np.argmax(keep[:, ::-1], axis=1), 0)
     inside_sorted = np.arange(n)[None, :] < k[:, None]
     inside = np.zeros((m, n), dtype=bool)
     np.put_along_axis(inside, order, inside_sorted, axis=1)
     return inside
-
-
-# --- at most max_hosts hosts ---------------------------------------------------------------
-
-
-def _gains(w: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
-    """Per host, max_x w·x/(x+y) − λx = (sqrt(w) − sqrt(λy))₊² (w on a free host)."""
-    return np.maximum(np.sqrt(np.maximum(w, 0.0)) - np.sqrt(lam * y), 0.0) ** 2
-
-
-def _dual_bound(budget: float, w: np.ndarray, y: np.ndarray, lam: float, cap: int | None) -> float:
-    """Weak-duality bound λX + Σ (top ``cap``) gains(λ) ≥ the best utility."""
-    g = _gains(w, y, lam)
-    if cap is not None and cap < g.size:
-        g = np.partition(g, g.size - cap)[g.size - cap :]
-    return float(lam * budget + g.sum())
-
-
-def _on_subset(
-    budget: float, w: np.ndarray, y: np.ndarray, chosen: np.ndarray, eps: float
-) -> tuple[np.ndarray, float, float]:
-    bids = np.zeros_like(w)
-    sub, lam = _solve(np.array([budget]), w[None, chosen], y[None, chosen], eps)
-    bids[chosen] = sub[0]
-    return bids, float(utility(bids, w, y)), float(lam[0])
-
-
-def _top(score: np.ndarray, cap: int) -> np.ndarray:
-    """Indices of the ``cap`` largest positive scores, ascending."""
-    chosen = np.argpartition(-score, cap - 1)[:cap] if cap < score.size else np.arange(score.size)
-    chosen = np.sort(chosen)
-    return chosen[score[chosen] > 0]
-
-
-def _capped(budget: float, w: np.ndarray, y: np.ndarray, cap: int, eps: float) -> BestResponse:
-    """Choose at most ``cap`` hosts (a heuristic; the choice is NP-hard-looking in general).
-
-    Candidate sets: the plain prefix (free hosts by worth, then priced ones by ``w/y``); the
-    top ``cap`` hosts by Lagrangian gain at the minimiser of the convex dual
-    D(λ) = λX + Σ_top-cap (sqrt(w) − sqrt(λy))₊², then at the multiplier of each new solution
-    until it repeats, then along a grid of λ. Each set is solved exactly by the closed form;
-    the best wins. min D(λ) is returned as the upper ``bound``.
-    """
-    valued = w > 0
-    free = valued & (y == 0)
-    priced = valued & (y > 0)
-    ratio = np.where(priced, w / np.where(priced, y, 1.0), 0.0)
-    order = np.lexsort((-ratio, -np.where(free, w, 0.0)))
-    prefix = np.sort(order[:cap])
-    best_bids, best_u, best_lam = _on_subset(budget, w, y, prefix[valued[prefix]], eps)
-
-    lo, hi = 0.0, float(ratio.max())
-    bound = _dual_bound(budget, w, y, 0.0, cap)
-    lam = 0.0
-    if hi > 0:  # golden-section search of the convex D(λ) on [0, max w/y]
-        inv_phi = (math.sqrt(5) - 1) / 2
-        c, d = hi - inv_phi * (hi - lo), lo + inv_phi * (hi - lo)
-        fc, fd = _dual_bound(budget, w, y, c, cap), _dual_bound(budget, w, y, d, cap)
-        for _ in range(100):
-            if fc <= fd:
-                hi, d, fd = d, c, fc
-                c = hi - inv_phi * (hi - lo)
-                fc = _dual_bound(budget, w, y, c, cap)
-            else:
-                lo, c, fc = c, d, fd
-                d = lo + inv_phi * (hi - lo)
-                fd = _dual_bound(budget, w, y, d, cap)
-            if hi - lo <= 1e-12 * hi:
-                break
-        lam = (lo + hi) / 2
-        bound = min(bound, fc, fd, _dual_bound(budget, w, y, lam, cap))
-    top_ratio = float(ratio.max())
-    grid = list(np.geomspace(top_ratio * 1e-6, top_ratio, 24)) if top_ratio > 0 else []
-    seen: set[bytes] = set()
-    todo = [lam]
-    while todo:
-        chosen = _top(_gains(w, y, todo.pop()), cap)
-        key = chosen.tobytes()
-        if chosen.size and key not in seen:
-            seen.add(key)
-            bids, value, lam_new = _on_subset(budget, w, y, chosen, eps)
-            if value > best_u:
-                best_bids, best_u, best_lam = bids, value, lam_new
-            todo.append(lam_new)
-        elif grid:
-            todo.append(grid.pop())
-    return BestResponse(best_bids, shares(best_bids, y), best_u, best_lam, max(bound, best_u))
 
 
 # --- input checks ----------------------------------------------------------------------------

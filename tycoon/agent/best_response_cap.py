@@ -1,0 +1,98 @@
+"""Best Response on at most ``max_hosts`` hosts (see ``docs/agent-math.md``).
+
+Which ``m`` hosts to bid on is a combinatorial choice; the plain prefix by ``w/y`` can be far
+off. We minimise the convex Lagrangian dual and solve candidate sets exactly by the closed
+form of :mod:`tycoon.agent.best_response`, keeping the best and reporting the dual bound.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tycoon.agent.best_response import BestResponse, _solve, shares, utility
+
+
+def _gains(w: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    """Per host, max_x w·x/(x+y) − λx = (sqrt(w) − sqrt(λy))₊² (w on a free host)."""
+    return np.maximum(np.sqrt(np.maximum(w, 0.0)) - np.sqrt(lam * y), 0.0) ** 2
+
+
+def _dual_bound(budget: float, w: np.ndarray, y: np.ndarray, lam: float, cap: int | None) -> float:
+    """Weak-duality bound λX + Σ (top ``cap``) gains(λ) ≥ the best utility."""
+    g = _gains(w, y, lam)
+    if cap is not None and cap < g.size:
+        g = np.partition(g, g.size - cap)[g.size - cap :]
+    return float(lam * budget + g.sum())
+
+
+def _on_subset(
+    budget: float, w: np.ndarray, y: np.ndarray, chosen: np.ndarray, eps: float
+) -> tuple[np.ndarray, float, float]:
+    bids = np.zeros_like(w)
+    sub, lam = _solve(np.array([budget]), w[None, chosen], y[None, chosen], eps)
+    bids[chosen] = sub[0]
+    return bids, float(utility(bids, w, y)), float(lam[0])
+
+
+def _top(score: np.ndarray, cap: int) -> np.ndarray:
+    """Indices of the ``cap`` largest positive scores, ascending."""
+    chosen = np.argpartition(-score, cap - 1)[:cap] if cap < score.size else np.arange(score.size)
+    chosen = np.sort(chosen)
+    return chosen[score[chosen] > 0]
+
+
+def capped(budget: float, w: np.ndarray, y: np.ndarray, cap: int, eps: float) -> BestResponse:
+    """Choose at most ``cap`` hosts (a heuristic; the choice is NP-hard-looking in general).
+
+    Candidate sets: the plain prefix (free hosts by worth, then priced ones by ``w/y``); the
+    top ``cap`` hosts by Lagrangian gain at the minimiser of the convex dual
+    D(λ) = λX + Σ_top-cap (sqrt(w) − sqrt(λy))₊², then at the multiplier of each new solution
+    until it repeats, then along a grid of λ. Each set is solved exactly by the closed form;
+    the best wins. min D(λ) is returned as the upper ``bound``.
+    """
+    valued = w > 0
+    free = valued & (y == 0)
+    priced = valued & (y > 0)
+    ratio = np.where(priced, w / np.where(priced, y, 1.0), 0.0)
+    order = np.lexsort((-ratio, -np.where(free, w, 0.0)))
+    prefix = np.sort(order[:cap])
+    best_bids, best_u, best_lam = _on_subset(budget, w, y, prefix[valued[prefix]], eps)
+
+    lo, hi = 0.0, float(ratio.max())
+    bound = _dual_bound(budget, w, y, 0.0, cap)
+    lam = 0.0
+    if hi > 0:  # golden-section search of the convex D(λ) on [0, max w/y]
+        inv_phi = (math.sqrt(5) - 1) / 2
+        c, d = hi - inv_phi * (hi - lo), lo + inv_phi * (hi - lo)
+        fc, fd = _dual_bound(budget, w, y, c, cap), _dual_bound(budget, w, y, d, cap)
+        for _ in range(100):
+            if fc <= fd:
+                hi, d, fd = d, c, fc
+                c = hi - inv_phi * (hi - lo)
+                fc = _dual_bound(budget, w, y, c, cap)
+            else:
+                lo, c, fc = c, d, fd
+                d = lo + inv_phi * (hi - lo)
+                fd = _dual_bound(budget, w, y, d, cap)
+            if hi - lo <= 1e-12 * hi:
+                break
+        lam = (lo + hi) / 2
+        bound = min(bound, fc, fd, _dual_bound(budget, w, y, lam, cap))
+    top_ratio = float(ratio.max())
+    grid = list(np.geomspace(top_ratio * 1e-6, top_ratio, 24)) if top_ratio > 0 else []
+    seen: set[bytes] = set()
+    todo = [lam]
+    while todo:
+        chosen = _top(_gains(w, y, todo.pop()), cap)
+        key = chosen.tobytes()
+        if chosen.size and key not in seen:
+            seen.add(key)
+            bids, value, lam_new = _on_subset(budget, w, y, chosen, eps)
+            if value > best_u:
+                best_bids, best_u, best_lam = bids, value, lam_new
+            todo.append(lam_new)
+        elif grid:
+            todo.append(grid.pop())
+    return BestResponse(best_bids, shares(best_bids, y), best_u, best_lam, max(bound, best_u))
