@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,7 +36,34 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="CA of client certificates: clients must then present one")
     init.add_argument("--http-port", type=int, default=None,
                       help="also serve nats-server monitoring on this port (loopback)")
+    init.add_argument("--user", action="append", default=[], metavar="NAME",
+                      help="admit a principal: make key NAME (if new), list it in "
+                           "principals.conf, and reload a running server (repeatable)")
+    init.add_argument("--role", default="user",
+                      choices=("user", "agent", "broker", "operator"),
+                      help="role of the --user principals (default user)")
     init.set_defaults(func=cmd_init)
+
+
+def admit(deployment: Deployment, name: str, role: str) -> bool:
+    """Make key ``name`` and list it in principals.conf as ``role``; False if listed."""
+    key = deployment.store.load_or_create(name).public_key
+    path = deployment.home / PRINCIPALS_NAME
+    if key in {p.public_key for p in load_principals(path)}:
+        return False
+    with path.open("a") as f:
+        f.write(f"{role:<9} {key}  {name}\n")
+    return True
+
+
+def reload_server(home: Path) -> bool:
+    """SIGHUP the nats-server that ``tycoon up`` runs for ``home``, if there is one."""
+    pid_file = home / "pids" / "nats.pid"
+    try:
+        os.kill(int(pid_file.read_text()), signal.SIGHUP)
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def write_nats_config(deployment: Deployment, url: str = "", *, tls: TLS | None = None,
@@ -73,6 +102,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     else:
         deployment = Deployment.default(home, args.hosts, args.agents, args.nats)
     made = deployment.ensure_keys()
+    admitted = [name for name in args.user if admit(deployment, name, args.role)]
     path = deployment.save()
     conf = write_nats_config(deployment, deployment.nats_url or args.nats, tls=tls_from(args),
                              http_port=args.http_port)
@@ -83,4 +113,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"  made {name:<12} {deployment.public_key(name)}")
     if not made:
         print("  every key already existed")
+    for name in admitted:
+        print(f"  admitted {name} as {args.role}: {deployment.public_key(name)}")
+    if admitted and reload_server(home):
+        print("  reloaded the running nats-server (SIGHUP)")
     return 0

@@ -11,8 +11,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from tycoon.bus.connection import open_bus
-from tycoon.bus.keys import Identity
-from tycoon.cli.common import print_json
+from tycoon.cli.common import identity, print_json
 from tycoon.errors import Rejected
 
 REQUIRED = ("tycoon-bank", "tycoon-sls", "tycoon-auctioneer")
@@ -74,7 +73,7 @@ def healthy(rows: list[dict[str, Any]]) -> bool:
 
 async def cmd_status(args: argparse.Namespace) -> int:
     try:
-        bus = await open_bus(args.nats, Identity.generate(), name="tycoon-status",
+        bus = await open_bus(args.nats, identity(args), name="tycoon-status",
                              connect_timeout=1.0, deadline=3.0)
     except Rejected as error:
         print(f"error: {error.message}")

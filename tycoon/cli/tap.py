@@ -16,7 +16,8 @@ from typing import Any
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.envelope import Message
-from tycoon.bus.keys import Identity, subject_id
+from tycoon.bus.keys import subject_id
+from tycoon.cli.common import identity
 from tycoon.cli.top import settled_receipts
 from tycoon.errors import Rejected
 from tycoon.money import format_amount
@@ -100,7 +101,7 @@ def _jsonable(value: Any) -> Any:
 
 
 async def cmd_tap(args: argparse.Namespace) -> int:
-    bus = await open_bus(args.nats, Identity.generate(), name="tycoon-tap", deadline=10.0)
+    bus = await open_bus(args.nats, identity(args), name="tycoon-tap", deadline=10.0)
     done = asyncio.Event()
     seen = 0
 

@@ -23,7 +23,8 @@ from tycoon.bank.receipt import Receipt, verify_receipt
 from tycoon.bus import subjects
 from tycoon.bus.connection import open_bus
 from tycoon.bus.envelope import Message
-from tycoon.bus.keys import Identity, subject_id
+from tycoon.bus.keys import subject_id
+from tycoon.cli.common import identity
 from tycoon.errors import Rejected
 from tycoon.money import format_amount
 
@@ -134,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 async def cmd_top(args: argparse.Namespace) -> int:
     view = MarketView()
-    bus = await open_bus(args.nats, Identity.generate(), name="tycoon-top", deadline=10.0)
+    bus = await open_bus(args.nats, identity(args), name="tycoon-top", deadline=10.0)
 
     async def on_message(msg: Message) -> None:
         view.feed(msg)

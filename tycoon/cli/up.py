@@ -31,11 +31,12 @@ from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.envelope import Message
 from tycoon.bus.keys import host_id
+from tycoon.cli.init import write_nats_config
 from tycoon.cli.status import discover, healthy
 from tycoon.cli.top import MarketView
 from tycoon.deploy import Deployment
 from tycoon.money import format_amount, parse_amount
-from tycoon.natsserver import NatsServer
+from tycoon.natsserver import NatsServer, free_port
 from tycoon.sls.client import SLSClient
 from tycoon.supervisor import Child, stop_all
 
@@ -175,14 +176,21 @@ async def cmd_up(args: argparse.Namespace) -> int:
     if args.up_nats:
         url = args.up_nats
         step(f"using NATS at {url}")
+        deployment = deployment_for(args, state, url)
     else:
-        server = NatsServer(jetstream=True, store_dir=state / "jetstream",
-                            log_file=state / "logs" / "nats.log")
+        port = free_port()
+        url = f"nats://127.0.0.1:{port}"
+        deployment = deployment_for(args, state, url)
+        # Every principal connects with its own nkey and only its role's permissions.
+        conf = write_nats_config(deployment, url)
         (state / "logs").mkdir(parents=True, exist_ok=True)
+        server = NatsServer(port=port, config=conf, log_file=state / "logs" / "nats.log")
         await server.start()
-        url = server.url
-        step(f"nats-server on {url} [green]ready[/]")
-    deployment = deployment_for(args, state, url)
+        pid_file = state / "pids" / "nats.pid"
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        assert server.process is not None
+        pid_file.write_text(f"{server.process.pid}\n")
+        step(f"nats-server on {url} [green]ready[/] (per-role permissions: {conf})")
     market = Market(deployment, url, args.heartbeat)
     view = MarketView()
     started = time.monotonic()
@@ -217,6 +225,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
             await bus.close()
         if server is not None:
             await server.stop()
+            with contextlib.suppress(FileNotFoundError):
+                (state / "pids" / "nats.pid").unlink()
     return summarise(state, view, market, codes)
 
 
