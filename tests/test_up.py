@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -28,26 +29,38 @@ def pub(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     return tycoon(*args, home=home, script="tycoon.cli.pub")
 
 
-def test_up_runs_a_market_that_a_tap_can_watch(nats_url: str, tmp_path: Path) -> None:
+def test_up_runs_a_market_that_a_tap_can_watch(tmp_path: Path) -> None:
+    """`tycoon up` with its own (permissioned) server; the operator taps beside it."""
     state = tmp_path / "market"
-    tap_out = (tmp_path / "tap.jsonl").open("w")
-    tap = subprocess.Popen([sys.executable, "-m", "tycoon.cli.main", "--nats", nats_url, "tap",
-                            "--json", "--timeout", "150"], stdout=tap_out, text=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "tycoon.cli.main", "up", "--duration", "25", "--hosts", "4",
+         "--agents", "3", "--state", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tap: subprocess.Popen[str] | None = None
+    tap_path = tmp_path / "tap.jsonl"
     try:
-        up = subprocess.run(
-            [sys.executable, "-m", "tycoon.cli.main", "up", "--nats", nats_url,
-             "--duration", "20", "--hosts", "4", "--agents", "3", "--state", str(state)],
-            capture_output=True, text=True, timeout=180)
-        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        assert "bank audit passes" in up.stdout
+        for _ in range(300):  # the server is up once its pid file is written
+            if (state / "pids" / "nats.pid").exists():
+                break
+            time.sleep(0.1)
+        url = tomllib.loads((state / "tycoon.toml").read_text())["market"]["nats_url"]
+        with tap_path.open("w") as out:
+            tap = subprocess.Popen(
+                [sys.executable, "-m", "tycoon.cli.main", "--nats", url, "--home", str(state),
+                 "--as", "operator", "tap", "--json", "--timeout", "150"], stdout=out, text=True)
+            output, _ = up.communicate(timeout=180)
+        assert up.returncode == 0, output[-4000:]
+        assert "bank audit passes" in output
     finally:
-        tap.terminate()
-        tap.wait(10)
-        tap_out.close()
+        if up.poll() is None:
+            up.kill()
+        if tap is not None:
+            tap.terminate()
+            tap.wait(10)
     audit = tycoon("bank", "audit", "--state", str(state))
     assert audit.returncode == 0, audit.stdout + audit.stderr
-    kinds = {json.loads(line).get("kind") for line in
-             (tmp_path / "tap.jsonl").read_text().splitlines() if line.strip()}
+    kinds = {json.loads(line).get("kind") for line in tap_path.read_text().splitlines()
+             if line.strip()}
     assert {"price", "alloc", "agent.rebid", "agent.plan", "bank.settled"} <= kinds, kinds
 
 
