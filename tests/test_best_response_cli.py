@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tycoon.auctioneer.bidparse import parse_duration as bid_duration
 from tycoon.cli.best_response import parse_duration, parse_hosts, plan, split_budget
 from tycoon.cli.main import main
 from tycoon.errors import Rejected
@@ -86,7 +87,7 @@ def test_helpers() -> None:
     assert parse_duration("90") == 90
     assert parse_duration("1h30m") == 5400
     assert parse_duration("1d") == 86400
-    assert parse_duration("1o1y") == (30 + 365) * 86400
+    assert parse_duration("1o1y") == bid_duration("1o1y") / 1e9  # calendar months and years
     with pytest.raises(Rejected):
         parse_duration("1h 30x")
     assert [h.host for h in parse_hosts("a:1:2,b:3:4\n c:5:6 # d:7:8")] == ["a", "b", "c"]

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from tycoon.agent.best_response import BestResponse, best_response
+from tycoon.auctioneer.bidparse import parse_duration as bid_duration
 from tycoon.errors import Rejected
 from tycoon.money import MICRO, format_amount, parse_amount
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "o": 30 * 86400, "y": 365 * 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdwoy])")
+NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -42,17 +42,17 @@ class HostEntry:
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in ``90``, ``30s``, ``2h``, ``1d``, ``1h30m``, ``1o1y`` (o = 30 days, y = 365)."""
-    cleaned = text.strip().lower()
+    """Seconds in ``90``, ``30s``, ``2h``, ``1d``, ``1h30m``, ``1o1y``: the bid syntax's
+    durations (one parser, :func:`tycoon.auctioneer.bidparse.parse_duration`), or bare
+    seconds."""
+    cleaned = text.strip()
     try:
         seconds = float(cleaned)
     except ValueError:
-        parts = _DURATION.findall(cleaned)
-        if not parts or "".join(n + u for n, u in parts) != cleaned:
-            raise Rejected(
-                "bad_input", f"not a duration: {text!r} (e.g. 30s, 2h, 1d, 1h30m)"
-            ) from None
-        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+        try:
+            seconds = bid_duration(cleaned.lower()) / NS
+        except Rejected as error:
+            raise Rejected("bad_input", error.message) from None
     if not 0 < seconds < float("inf"):
         raise Rejected("bad_input", f"the duration must be positive: {text!r}")
     return seconds
