@@ -117,3 +117,34 @@ async def test_price_jump_moves_the_agent_within_seconds(nats_url: str, tmp_path
         await run
     finally:
         await market.close()
+
+
+async def test_probability_plans_against_price_quantiles(nats_url: str, tmp_path: Path) -> None:
+    market = await start_market(nats_url, tmp_path, hosts=2, presets=("medium",),
+                                tick_s=0.2, heartbeat_s=0.3)
+    try:
+        await wait_for_hosts(market, 2)
+        first = await market.fund_user(100 * MICRO)
+        busy = Agent(first, market.bank_key, AgentConfig(budget=20 * MICRO, deadline_s=10.0,
+                                                         refund_margin_s=1.0),
+                     tmp_path / "busy.db")
+        running = asyncio.create_task(busy.run())
+        await asyncio.sleep(3.0)  # price history builds up in the SLS
+        plans: list[Message] = []
+
+        async def on_plan(msg: Message) -> None:
+            plans.append(msg)
+
+        second = await market.fund_user(100 * MICRO)
+        careful = Agent(second, market.bank_key,
+                        AgentConfig(budget=10 * MICRO, deadline_s=4.0, refund_margin_s=1.0,
+                                    probability=0.9, model="normal"), tmp_path / "careful.db")
+        watcher = await market.bus()
+        await watcher.subscribe(subjects.agent(careful.id, "plan"), on_plan)
+        await careful.run()
+        assert careful._predictions, "no price statistics reached the agent"
+        assert plans and plans[0].body["probability"] == 0.9
+        assert isinstance(plans[0].body["cushion"], int) and plans[0].body["cushion"] >= 0
+        await running
+    finally:
+        await market.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from tycoon.agent.planner import (
     make_plan,
     should_replan,
 )
+from tycoon.agent.prediction import Prediction, predict
 from tycoon.bank.client import BankClient
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
@@ -62,6 +64,11 @@ class AgentConfig:
     """Stop bidding this long before the deadline and refund what is left."""
     jitter_s: float = 0.05
     """Up to this random pause before reacting to a price move."""
+    probability: float | None = None
+    """Plan so the shares hold with this probability: each host is priced at this quantile
+    of its price distribution (from the SLS's statistics) instead of its current price."""
+    model: str = "normal"
+    """Prediction model for ``probability``: normal, maxent, chebyshev or histogram."""
 
 
 @dataclass
@@ -115,6 +122,7 @@ class Agent:
         self._subscriptions: dict[str, Any] = {}
         self._held: dict[str, int] = {}
         self._reported_rate: dict[str, float] = {}
+        self._predictions: dict[str, Prediction] = {}
         self._held_at: float | None = None
         self._bank_balance = 0
         started = float(self.journal.setdefault("started", repr(clock())))
@@ -174,7 +182,8 @@ class Agent:
         """Ask the SLS for candidates and follow their price streams."""
         try:
             rows = await self.sls.query(self.config.resource, sort="capacity_per_price",
-                                        limit=self.config.candidates, statistics=False)
+                                        limit=self.config.candidates,
+                                        statistics=self.config.probability is not None)
         except Rejected as error:
             await self.warn(f"SLS unavailable: {error.code}")
             return
@@ -183,6 +192,9 @@ class Agent:
             if not isinstance(host, str) or not isinstance(key, str):
                 continue
             self.payees[host] = key
+            if self.config.probability is not None and row.get("statistics"):
+                with contextlib.suppress(Rejected):
+                    self._predictions[host] = predict(row["statistics"], self.config.model)
             if host not in self.quotes:
                 self.quotes[host] = Quote(host, float(row.get("capacity", 0)),
                                           float(row.get("price", 0.0)))
@@ -235,7 +247,8 @@ class Agent:
             self._wake.set()
 
     async def _replan(self, reason: str, *, force: bool = False) -> None:
-        quotes = [Quote(q.host, q.capacity, q.price, own_rate=self._own_rate(q.host))
+        quotes = [self._pessimistic(Quote(q.host, q.capacity, q.price,
+                                          own_rate=self._own_rate(q.host)))
                   for q in self.quotes.values()]
         # Plan over the exact horizon (so the spending rate does not jump as whole seconds
         # tick by); bids last the horizon rounded up to whole seconds.
@@ -268,6 +281,7 @@ class Agent:
         await self.publish("plan", {
             "epoch": epoch, "summary": candidate.summary(), "reason": why,
             "utility": candidate.utility, "spend_rate": candidate.spend_rate,
+            "probability": self.config.probability, "cushion": self.cushion(candidate),
             "hosts": {h: {"balance": candidate.balances[h], "rate": candidate.rates[h],
                           "share": candidate.shares.get(h, 0.0)} for h in candidate.hosts},
         })
@@ -292,6 +306,30 @@ class Agent:
             "funded": outcome.funded, "refunded": outcome.refunded, "errors": outcome.errors,
             "latency_ms": latency,
         })
+
+    def _pessimistic(self, quote: Quote) -> Quote:
+        """With ``probability`` set: price the others' bids at that quantile of the host's
+        price distribution (never below what they bid now)."""
+        prediction = self._predictions.get(quote.host)
+        if self.config.probability is None or prediction is None:
+            return quote
+        quantile = prediction.dist.quantile(self.config.probability) - quote.own_rate
+        if not math.isfinite(quantile) or quantile <= quote.others:
+            return quote
+        return Quote(quote.host, quote.capacity, quote.own_rate + quantile, quote.own_rate,
+                     quote.preference)
+
+    def cushion(self, plan: Plan) -> int:
+        """Extra micro-credits that would keep every planned share with ``probability``."""
+        if self.config.probability is None:
+            return 0
+        extra = 0.0
+        for host, rate in plan.rates.items():
+            prediction = self._predictions.get(host)
+            if prediction is not None:
+                extra += prediction.cushion(plan.shares.get(host, 0.0), rate,
+                                            self.config.probability)
+        return round(extra * plan.seconds_left) if math.isfinite(extra) else -1
 
     def _own_rate(self, host: str) -> float:
         """Our bid rate at ``host``: as its last allocation reported it, or else estimated

@@ -28,6 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--resource", choices=RESOURCES, default="cpu")
     run.add_argument("--candidates", type=int, default=100, help="hosts to consider")
     run.add_argument("--threshold", type=float, default=0.05, help="hysteresis (fraction)")
+    run.add_argument("--probability", type=float, default=None,
+                     help="plan so shares hold with this probability (price quantiles)")
+    run.add_argument("--model", default="normal",
+                     choices=("normal", "maxent", "chebyshev", "histogram"),
+                     help="price model for --probability")
     run.add_argument("--replan", type=float, default=30.0, help="periodic replan, seconds")
     run.add_argument("--state", default=None,
                      help="journal directory (default <home>/agents); resumes the same job")
@@ -63,6 +68,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
         budget=parse_amount(args.budget), deadline_s=parse_duration(args.deadline) / 1e9,
         resource=args.resource, max_hosts=args.hosts, candidates=args.candidates,
         threshold=args.threshold, replan_every_s=args.replan,
+        probability=args.probability, model=args.model,
     )
     bus = await bus_for(args)
     state = Path(args.state) if args.state else _home(args) / "agents"
