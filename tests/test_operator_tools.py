@@ -114,3 +114,21 @@ async def test_status_discovers_micro_services_and_checks(nats_url: str) -> None
 def test_status_without_server_fails_fast() -> None:
     out = tycoon("--nats", "nats://127.0.0.1:1", "status", "--check", timeout=30)
     assert out.returncode == 1
+
+
+def test_tap_shows_logged_receipts_as_receipts() -> None:
+    from types import SimpleNamespace
+
+    from tycoon.bus.connection import Bus
+
+    bank, payer = Identity.generate(), Identity.generate()
+    raw = make_receipt(bank, transfer_id="t9", payer=payer.public_key, payee=HOST.public_key,
+                       amount=2_500_000, memo="", seq=9, settled_ns=1)
+    bus = Bus(SimpleNamespace(), Identity.generate())
+    subject = subjects.settlement(host_id(payer.public_key), HID)
+    line = line_for(subject, raw, bus, as_json=False, raw=False)
+    assert "bank.receipt" in line and "2.5" in line and "REJECTED" not in line
+    forged = bytearray(raw)
+    forged[-1] ^= 1
+    assert "REJECTED bad_signature" in line_for(subject, bytes(forged), bus, as_json=False,
+                                                 raw=False)

@@ -12,6 +12,9 @@ BANK_SETTLED = "tycoon.bank.settled"
 BANK_RECEIPT = "tycoon.bank.receipt"
 SLS_SNAPSHOT = "tycoon.sls.snapshot"
 AGENTS_ALL = "tycoon.agent.>"
+SETTLEMENT_PREFIX = "tycoon.settlement"
+SETTLEMENTS_ALL = "tycoon.settlement.>"
+"""The SETTLEMENTS stream: one bank receipt per message (durable tokens, not live events)."""
 
 _TOKEN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -66,6 +69,20 @@ def agent_all(agent_id: str) -> str:
 def broker(broker_id: str, op: str) -> str:
     """A request to one broker (enroll, status)."""
     return f"{PREFIX}.broker.{token(broker_id)}.{token(op)}"
+
+
+def settlement(payer_id: str, payee_id: str) -> str:
+    """Where the bank logs one receipt: ``tycoon.settlement.<payer id>.<payee id>``."""
+    return f"{SETTLEMENT_PREFIX}.{token(payer_id)}.{token(payee_id)}"
+
+
+def is_settlement(subject: str) -> bool:
+    """True for a subject of the SETTLEMENTS stream."""
+    return subject.startswith(SETTLEMENT_PREFIX + ".")
+
+
+LIVE_FEEDS = (PRICES_ALL, ALLOCS_ALL, BANK_SETTLED, SLS_SNAPSHOT, AGENTS_ALL)
+"""The live event feeds (everything an operator's view follows; no requests, no stream)."""
 
 
 def host_of(subject: str) -> str | None:

@@ -13,9 +13,10 @@ import datetime as dt
 import json
 from typing import Any
 
+from tycoon.bank.receipt import verify_receipt
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
-from tycoon.bus.envelope import Message
+from tycoon.bus.envelope import Message, open_envelope
 from tycoon.bus.keys import subject_id
 from tycoon.cli.common import identity
 from tycoon.cli.top import settled_receipts
@@ -72,6 +73,15 @@ def line_for(subject: str, data: bytes, bus: Bus, *, as_json: bool, raw: bool) -
     """Verify one message and render it as a line (flagged if rejected)."""
     now = dt.datetime.now(dt.UTC).strftime("%H:%M:%S.%f")[:-3]
     try:
+        if subjects.is_settlement(subject):
+            # A logged receipt: a durable token bound to the receipt subject, old by design.
+            receipt = verify_receipt(data, open_envelope(data).sender)
+            if as_json:
+                return json.dumps({"time": now, "subject": subject, "kind": "bank.receipt",
+                                   "receipt": _jsonable(receipt.to_body())}, sort_keys=True)
+            return (f"{now} {subject} bank.receipt {subject_id(receipt.payer)[:8]}→"
+                    f"{subject_id(receipt.payee)[:8]}:{format_amount(receipt.amount)}"
+                    f" seq={receipt.seq}")
         msg = bus.verify(data, subject)
     except Rejected as error:
         bus.rejected[error.code] += 1

@@ -140,7 +140,8 @@ async def cmd_top(args: argparse.Namespace) -> int:
     async def on_message(msg: Message) -> None:
         view.feed(msg)
 
-    await bus.subscribe(subjects.ALL, on_message)
+    for feed in subjects.LIVE_FEEDS:
+        await bus.subscribe(feed, on_message)
     started = time.monotonic()
     try:
         with Live(view.render(), refresh_per_second=max(2, int(1 / args.refresh))) as live:

@@ -205,7 +205,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
         async def on_event(msg: Message) -> None:
             view.feed(msg)
 
-        await bus.subscribe(subjects.ALL, on_event)
+        for feed in subjects.LIVE_FEEDS:
+            await bus.subscribe(feed, on_event)
         left = args.duration - (time.monotonic() - started) if args.duration else None
         await market.start_agents(left)
         remaining = args.duration - (time.monotonic() - started) if args.duration else None
