@@ -6,11 +6,9 @@ import asyncio
 import contextlib
 import random
 import sqlite3
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nats
 from nats.aio.client import Client
 
 from tycoon.bank.audit import audit
@@ -20,7 +18,6 @@ from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus.connection import Bus, inbox_prefix
 from tycoon.bus.keys import Identity
 from tycoon.errors import Rejected
-from tycoon.natsserver import NatsServer, free_port
 
 
 def check_bank(db: Path) -> dict[str, int]:
@@ -129,64 +126,7 @@ async def eventually(check, timeout: float = 20.0, every: float = 0.1) -> None: 
         await asyncio.sleep(every)
 
 
-# -- a three-node cluster on loopback --------------------------------------------------
-
-
-def cluster_configs(directory: Path, nodes: int = 3, *, jetstream: bool = False,
-                    name: str = "tycoon") -> list[tuple[int, Path]]:
-    """Write one nats-server config per node (routes to every other node); returns
-    (client port, config path) per node."""
-    ports = [(free_port(), free_port()) for _ in range(nodes)]
-    out = []
-    for i, (client, route) in enumerate(ports):
-        routes = ", ".join(f'"nats-route://127.0.0.1:{r}"' for j, (_, r) in enumerate(ports)
-                           if j != i)
-        lines = [f"server_name: n{i}", f"port: {client}", "cluster {", f"  name: {name}",
-                 f'  listen: "127.0.0.1:{route}"', f"  routes: [{routes}]", "}"]
-        if jetstream:
-            lines += ["jetstream {", f'  store_dir: "{directory / f"js-{i}"}"', "}"]
-        path = directory / f"n{i}.conf"
-        path.write_text("\n".join(lines) + "\n")
-        out.append((client, path))
-    return out
-
-
-async def start_cluster(directory: Path, nodes: int = 3, **kw: object) -> list[NatsServer]:
-    """Start a cluster and wait until a message crosses every route."""
-    servers = [NatsServer(port=port, config=path) for port, path in
-               cluster_configs(directory, nodes, **kw)]  # type: ignore[arg-type]
-    await asyncio.gather(*(s.start() for s in servers))
-    await wait_routed([s.url for s in servers])
-    return servers
-
-
-async def wait_routed(urls: Iterable[str], timeout: float = 20.0) -> None:
-    """Until a publish on every node reaches a subscriber on every other node."""
-    urls = list(urls)
-    clients = [await nats.connect(u) for u in urls]
-    try:
-        for i, sub_client in enumerate(clients):
-            got: asyncio.Queue[bytes] = asyncio.Queue()
-
-            async def on_msg(msg, q=got) -> None:  # type: ignore[no-untyped-def]
-                await q.put(msg.data)
-
-            await sub_client.subscribe(f"probe.{i}", cb=on_msg)
-            await sub_client.flush()
-            for j, pub_client in enumerate(clients):
-                async def crossed(j=j, pub=pub_client, i=i, got=got) -> bool:  # type: ignore[no-untyped-def]
-                    await pub.publish(f"probe.{i}", str(j).encode())
-                    await pub.flush()
-                    with contextlib.suppress(TimeoutError):
-                        while True:
-                            if (await asyncio.wait_for(got.get(), 0.2)) == str(j).encode():
-                                return True
-                    return False
-
-                await eventually(crossed, timeout)
-    finally:
-        for c in clients:
-            await c.close()
+# -- a cluster on loopback -------------------------------------------------------------
 
 
 async def cluster_bus(urls: list[str], identity: Identity, home: int) -> Bus:

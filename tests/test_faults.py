@@ -20,7 +20,6 @@ from faults_kit import (
     check_journal,
     cluster_bus,
     eventually,
-    start_cluster,
 )
 
 from tycoon.agent.agent import Agent, AgentConfig
@@ -33,12 +32,13 @@ from tycoon.bank.ledger import Ledger
 from tycoon.bank.service import BankService
 from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus import subjects
-from tycoon.bus.connection import Bus
+from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.envelope import Message
 from tycoon.bus.keys import Identity, host_id
 from tycoon.localmarket import LocalMarket
 from tycoon.log import configure_logging
 from tycoon.money import MICRO
+from tycoon.natscluster import start_cluster
 from tycoon.natsserver import NatsServer
 from tycoon.sls.service import SLSConfig, SLSService
 from tycoon.streams.settlements import SettlementLog, sqlite_source
@@ -146,8 +146,6 @@ async def _true(value: bool) -> bool:
 
 
 async def _verify(url: str, db: Path, bank_key: str):  # type: ignore[no-untyped-def]
-    from tycoon.bus.connection import open_bus
-
     bus = await open_bus(url, Identity.generate())
     try:
         with SqliteStore(db, readonly=True) as store:
@@ -176,8 +174,8 @@ async def test_cluster_node_killed_market_carries_on(tmp_path: Path) -> None:
         return bus
 
     try:
-        # node 0: the bank and host 0; node 1: the SLS, host 1 and the watcher;
-        # node 2: host 2 and the agents
+        # node 0: the bank and host 0; node 1: the SLS and host 1; node 2: host 2 and the
+        # agents
         bank = BankService(await bus_on(0, bank_id), ledger)
         await bank.start()
         sls = SLSService(await bus_on(1), FAST_SLS)
@@ -203,7 +201,9 @@ async def test_cluster_node_killed_market_carries_on(tmp_path: Path) -> None:
             if msg.kind in seen:
                 seen[msg.kind].append(time.time_ns())
 
-        watcher = await bus_on(1)
+        # the watcher is given the cluster as one comma-separated URL (as --nats takes it)
+        watcher = await open_bus(",".join(urls), Identity.generate())
+        buses.append(watcher)
         await watcher.subscribe(subjects.ALL, watch)
         await eventually(lambda: _true(len(sls.registry.live_hosts(time.time_ns())) == 3))
         op = BankClient(await bus_on(2, operator), bank_id.public_key)

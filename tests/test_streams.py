@@ -200,8 +200,8 @@ async def test_every_receipt_is_logged_once_and_verify_log_agrees(
 
 
 @pytest.mark.nats
-async def test_receipts_settled_without_the_log_are_backfilled_at_start(
-    js_server: NatsServer, tmp_path: Path
+async def test_receipts_settled_without_the_log_are_backfilled_or_repaired(
+    js_server: NatsServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bank = Bank(js_server.url, tmp_path / "bank.db", Identity.generate(), Identity.generate())
     await bank.start(with_log=False)  # as if the bank died between its fsync and the log
@@ -219,6 +219,21 @@ async def test_receipts_settled_without_the_log_are_backfilled_at_start(
         assert report.ok and report.matched == 30
     finally:
         await bank.stop()
+    # an operator closes a gap by hand: verify-log --repair re-publishes from the ledger
+    await bank.start(with_log=False)
+    try:
+        alice, bob = await bank.users(2)
+        for i in range(10):
+            await alice.transfer(bob.account, 1 + i)
+    finally:
+        await bank.stop()
+    argv = ["--nats", js_server.url, "--home", str(tmp_path), "bank", "verify-log",
+            "--db", str(bank.db), "--grace", "0", "--json"]
+    assert await asyncio.to_thread(main, argv) == 1
+    assert json.loads(capsys.readouterr().out)["counts"]["missing"] == 10
+    assert await asyncio.to_thread(main, [*argv, "--repair"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["matched"] == 40 and "republished 10" in err
 
 
 @pytest.mark.nats

@@ -166,9 +166,13 @@ async def open_bus(
 ) -> Bus:
     """Connect ``identity`` to NATS (reconnecting forever) and return its :class:`Bus`.
 
+    ``url`` is one server, a list, or a comma-separated list (every node of a cluster).
+
     A service waits for its server as long as it takes; a command passes ``deadline``
     (seconds) and gets ``Rejected("unavailable")`` when no server answers in time.
     """
+    if isinstance(url, str) and "," in url:  # "nats://a:4222,nats://b:4222": a cluster
+        url = [u.strip() for u in url.split(",") if u.strip()]
     log = get_logger("nats", me=subject_id(identity.public_key), client=name)
 
     async def on_error(exc: Exception) -> None:

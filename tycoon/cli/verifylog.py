@@ -9,12 +9,13 @@ or does not verify.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.cli.common import bus_for, fail, print_json
-from tycoon.streams.verify import verify_log
+from tycoon.streams.verify import republish, verify_log
 
 
 def add_verify_log(cmds: argparse._SubParsersAction,
@@ -24,6 +25,8 @@ def add_verify_log(cmds: argparse._SubParsersAction,
     db_options(check)
     check.add_argument("--grace", type=float, default=5.0,
                        help="transfers settled this recently may still be on their way (s)")
+    check.add_argument("--repair", action="store_true",
+                       help="publish the ledger's receipts of missing transfers, check again")
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(func=cmd_verify_log)
 
@@ -43,8 +46,13 @@ async def cmd_verify_log(args: argparse.Namespace) -> int:
             return fail(f"{path} holds no ledger yet")
         bus = await bus_for(args)
         try:
-            report = await verify_log(bus.nc.jetstream(timeout=10.0), store, bank_key,
-                                      grace_s=args.grace)
+            js = bus.nc.jetstream(timeout=10.0)
+            report = await verify_log(js, store, bank_key, grace_s=args.grace)
+            if args.repair and report.missing_ids:
+                repaired = await republish(js, store, report.missing_ids)
+                print(f"republished {repaired} missing receipts from the ledger",
+                      file=sys.stderr if args.json else sys.stdout)
+                report = await verify_log(js, store, bank_key, grace_s=args.grace)
         finally:
             await bus.close()
     finally:

@@ -40,6 +40,8 @@ class LogReport:
     invalid: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {
         "missing": 0, "extra": 0, "duplicates": 0, "invalid": 0})
+    missing_ids: list[str] = field(default_factory=list, repr=False)
+    """Every missing transfer id (``missing`` lists the first ones only)."""
 
     @property
     def ok(self) -> bool:
@@ -115,6 +117,7 @@ def compare(
                 report.in_flight += 1
             else:
                 report.note("missing", tid)
+                report.missing_ids.append(tid)
         elif found[1] != event.receipt:
             report.note("invalid", f"transfer {tid!r}: the stored receipt differs from the "
                                    "ledger's")
@@ -123,6 +126,24 @@ def compare(
     for tid in seen:
         report.note("extra", tid)
     return report
+
+
+async def republish(js: Any, store: Store, transfer_ids: Iterable[str]) -> int:
+    """Publish the ledger's receipts of ``transfer_ids`` to SETTLEMENTS (``--repair``);
+    returns how many were newly stored (a receipt already there is not stored again
+    within the duplicate window)."""
+    stored = 0
+    for tid in transfer_ids:
+        event = store.find_op("transfer", tid)
+        if event is None or event.receipt is None or not event.payer or not event.payee:
+            continue
+        try:
+            ack = await js.publish(settlement_subject(event.payer, event.payee), event.receipt,
+                                   stream=SETTLEMENTS, headers={MSG_ID: tid})
+        except JS_ERRORS as exc:
+            raise js_unavailable(exc) from exc
+        stored += 0 if ack.duplicate else 1
+    return stored
 
 
 async def verify_log(js: Any, store: Store, bank_key: str, *, grace_s: float = 5.0,
