@@ -73,7 +73,7 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Message:
     """A verified, decoded envelope."""
 
@@ -126,25 +126,24 @@ def _raise_ext(code: int, data: bytes) -> Any:
     raise Rejected("malformed", f"msgpack extension type {code} is not allowed")
 
 
-_LEAF_TYPES = frozenset({str, bytes, int, float, bool, type(None)})
-
-
 def _check_depth(obj: Any, max_depth: int) -> None:
-    """Refuse nesting deeper than ``max_depth`` and any non-plain value (level by level)."""
+    """Refuse nesting deeper than ``max_depth`` (level by level, containers only).
+
+    Leaves need no check: the decoder yields only nil, bool, int, float, str, bin, array
+    and map, because every extension type (timestamps included) is refused by
+    ``max_ext_len=0``.
+    """
     level: list[Any] = [obj]
     depth = 1
     while level:
         if depth > max_depth:
             raise Rejected("too_deep", f"nesting deeper than {max_depth}")
-        deeper: list[Any] = []
-        for item in level:
-            for child in item.values() if type(item) is dict else item:
-                kind = type(child)
-                if kind is dict or kind is list:
-                    deeper.append(child)
-                elif kind not in _LEAF_TYPES:
-                    raise Rejected("malformed", f"value of type {kind.__name__} is not allowed")
-        level = deeper
+        level = [
+            child
+            for item in level
+            for child in (item.values() if type(item) is dict else item)
+            if type(child) is dict or type(child) is list
+        ]
         depth += 1
 
 
