@@ -17,6 +17,7 @@ import random
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -259,6 +260,8 @@ def rss_mb(pid: int | str = "self") -> float:
 def run_worker(cfg: WorkerConfig, conn: Connection) -> None:
     """Process entry point (``TYCOON_SCALE_PROFILE=DIR`` writes a cProfile per worker)."""
     configure_logging("critical")
+    # agents cancelled at the end leave never-started coroutines: not worth a warning
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
     profile_dir = os.environ.get("TYCOON_SCALE_PROFILE")
     if not profile_dir:
         asyncio.run(_main(cfg, conn))

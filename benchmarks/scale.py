@@ -60,10 +60,10 @@ NS = 1_000_000_000
 
 def arguments() -> argparse.Namespace:
     p = parser(__doc__ or "")
-    p.add_argument("--hosts", type=int, default=1000)
-    p.add_argument("--agents", type=int, default=200)
-    p.add_argument("--seconds", type=float, default=60.0, help="measurement window")
-    p.add_argument("--workers", type=int, default=4, help="processes hosting hosts and agents")
+    p.add_argument("--hosts", type=int, default=None, help="default 1000 (quick: 100)")
+    p.add_argument("--agents", type=int, default=None, help="default 200 (quick: 20)")
+    p.add_argument("--seconds", type=float, default=None, help="window (60 s; quick: 15)")
+    p.add_argument("--workers", type=int, default=None, help="host/agent processes (4; 2)")
     p.add_argument("--topology", choices=("single", "cluster", "both"), default="both")
     p.add_argument("--quick", action="store_true", help="100 hosts, 20 agents, 15 s, 2 workers")
     p.add_argument("--heartbeat", type=float, default=1.0, help="auctioneer heartbeat, s")
@@ -76,8 +76,10 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--move-every", type=float, default=0.5, help="mover period per worker, s")
     p.add_argument("--no-jetstream", action="store_true")
     args = p.parse_args()
-    if args.quick:
-        args.hosts, args.agents, args.seconds, args.workers = 100, 20, 15.0, 2
+    defaults = (100, 20, 15.0, 2) if args.quick else (1000, 200, 60.0, 4)
+    for name, value in zip(("hosts", "agents", "seconds", "workers"), defaults, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.ramp = args.ramp if args.ramp is not None else (5.0 if args.quick else 15.0)
     args.warmup = args.warmup if args.warmup is not None else (5.0 if args.quick else 10.0)
     return args
