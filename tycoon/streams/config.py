@@ -23,15 +23,14 @@ from tycoon.errors import Rejected
 
 PRICES = "PRICES"
 SETTLEMENTS = "SETTLEMENTS"
-SETTLEMENT_PREFIX = f"{subjects.PREFIX}.settlement"
-SETTLEMENTS_ALL = f"{SETTLEMENT_PREFIX}.>"
+SETTLEMENTS_ALL = subjects.SETTLEMENTS_ALL
 MSG_ID = "Nats-Msg-Id"
 GiB = 1 << 30
 
 
 def settlement_subject(payer: str, payee: str) -> str:
     """``tycoon.settlement.<payer id>.<payee id>``: one account's settlements filter cheaply."""
-    return f"{SETTLEMENT_PREFIX}.{subject_id(payer)}.{subject_id(payee)}"
+    return subjects.settlement(subject_id(payer), subject_id(payee))
 
 
 @dataclass(frozen=True)
