@@ -23,7 +23,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+	for b in bus bank auctioneer sls best_response agent sim; do \
+		$(BIN)/python benchmarks/$$b.py || exit 1; done
+	$(BIN)/python benchmarks/scale.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .tycoon-demo

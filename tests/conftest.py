@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+import structlog
 
 from tycoon.bus.keys import Identity
+from tycoon.log import configure_logging
 from tycoon.natsserver import NatsServer, nats_server_binary
 
 
@@ -14,6 +16,19 @@ from tycoon.natsserver import NatsServer, nats_server_binary
 def _nats_server_installed() -> None:
     # CI must fail, not skip, when the binary is missing.
     nats_server_binary()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _logging_baseline() -> None:
+    configure_logging("info", json=True)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A test may quieten logging for itself; the next test starts from the baseline."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture

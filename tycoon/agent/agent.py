@@ -247,6 +247,11 @@ class Agent:
             self._wake.set()
 
     async def _replan(self, reason: str, *, force: bool = False) -> None:
+        if reason == "periodic" and self.journal.pending():
+            # A funding whose host was down (or a refund that failed) is finished on the
+            # periodic round, with the ids it had (not on a price move: a dead host must
+            # not slow the answer to the market).
+            await self.allocator.recover()
         quotes = [self._pessimistic(Quote(q.host, q.capacity, q.price,
                                           own_rate=self._own_rate(q.host)))
                   for q in self.quotes.values()]
@@ -361,6 +366,8 @@ class Agent:
 
     async def _finish(self) -> None:
         """Refund every host account and report."""
+        if self.journal.pending():
+            await self.allocator.recover()
         hosts = sorted(self.journal.hosts_funded())
         epoch = self.journal.next_epoch()
         empty = Plan({}, {}, {}, 0.0, 0.0, 0.0)

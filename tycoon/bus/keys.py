@@ -8,6 +8,7 @@ the host's public key so that only the key holder can speak for that host.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import re
@@ -29,6 +30,7 @@ def _encode_public(raw: bytes) -> str:
     return base64.b32encode(bytes(data)).decode().rstrip("=")
 
 
+@functools.lru_cache(maxsize=65536)
 def decode_public_key(public_key: str) -> bytes:
     """The raw 32-byte Ed25519 key inside a ``U…`` nkey; ``ValueError`` if it is not one."""
     if not isinstance(public_key, str) or len(public_key) != 56 or public_key[0] != "U":
@@ -141,6 +143,7 @@ def verify_signature(public_key: str, data: bytes, signature: bytes) -> bool:
     return verify_raw(raw, data, signature)
 
 
+@functools.lru_cache(maxsize=65536)
 def subject_id(public_key: str) -> str:
     """A short, lowercase, subject-safe id derived from a public key (16 base32 chars)."""
     digest = hashlib.sha256(decode_public_key(public_key)).digest()

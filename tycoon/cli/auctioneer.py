@@ -13,10 +13,9 @@ from typing import Any
 
 from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.auctioneer.launch import start_auctioneer
-from tycoon.bus import subjects
 from tycoon.bus.keys import subject_id
 from tycoon.bus.runner import run_until_signal
-from tycoon.cli.common import bus_for, identity, keystore, print_json
+from tycoon.cli.common import bus_for, host_id_of, identity, keystore, print_json
 from tycoon.errors import Rejected
 from tycoon.money import MICRO, format_amount, parse_amount
 from tycoon.vmm.driver import RESOURCES, Driver
@@ -128,23 +127,10 @@ def cmd_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _host(args: argparse.Namespace) -> str:
-    """A host id: the id of the key of that name in the key store, or the text itself."""
-    text = str(args.host)
-    try:
-        return subject_id(keystore(args).load(text).public_key)
-    except (FileNotFoundError, ValueError, OSError):
-        pass
-    try:
-        return subjects.token(text)
-    except ValueError as exc:
-        raise Rejected("unknown_host", f"{text!r} is neither a host id nor a key name") from exc
-
-
 async def _with_client(args: argparse.Namespace, op: Any) -> int:
     bus = await bus_for(args)
     try:
-        client = AuctioneerClient(bus, _host(args), timeout=args.timeout)
+        client = AuctioneerClient(bus, host_id_of(args, str(args.host)), timeout=args.timeout)
         result = await op(client, bus)
     finally:
         await bus.close()

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
-from tycoon.bus.keys import Identity, KeyStore
+from tycoon.bus.keys import Identity, KeyStore, subject_id
 from tycoon.errors import Rejected
 
 
@@ -28,6 +29,18 @@ async def bus_for(args: argparse.Namespace, name: str | None = None) -> Bus:
     return await open_bus(
         args.nats, identity(args, name), name=f"tycoon-cli-{args.command}", deadline=5.0
     )
+
+
+def host_id_of(args: argparse.Namespace, text: str) -> str:
+    """A host id given as is, or the id of the host key of that name in the key store."""
+    try:
+        return subject_id(keystore(args).load(text).public_key)
+    except (FileNotFoundError, ValueError, OSError):
+        pass
+    try:
+        return subjects.token(text)
+    except ValueError as exc:
+        raise Rejected("unknown_host", f"{text!r} is neither a host id nor a key name") from exc
 
 
 def print_json(obj: Any) -> None:

@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tycoon.auctioneer.bidparse import parse_duration
-from tycoon.bus import subjects
-from tycoon.bus.keys import subject_id
-from tycoon.cli.common import bus_for, fail, keystore, print_json
+from tycoon.cli.common import bus_for, fail, host_id_of, print_json
 from tycoon.errors import Rejected
 from tycoon.money import MICRO
 from tycoon.streams.config import JS_ERRORS, SPECS, describe, ensure_stream, js_unavailable
@@ -49,18 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     info = ops.add_parser("info", help="messages, bytes, limits and replicas of each stream")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
-
-
-def host_id_of(args: argparse.Namespace, text: str) -> str:
-    """A host id given as is, or the id of the named key in the key store."""
-    try:
-        return subject_id(keystore(args).load(text).public_key)
-    except (FileNotFoundError, ValueError, OSError):
-        pass
-    try:
-        return subjects.token(text)
-    except ValueError as exc:
-        raise Rejected("unknown_host", f"{text!r} is neither a host id nor a key name") from exc
 
 
 def _when(ts_ns: int) -> str:
