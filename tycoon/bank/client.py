@@ -66,7 +66,12 @@ class BankClient:
             try:
                 return await self._call_once(op, body)
             except Rejected as error:
-                if not retry or error.code not in RETRYABLE or attempt >= self.retries:
+                # "unavailable" means no bank received the request (no responders), so any
+                # operation may be sent again; after a timeout only idempotent ones may.
+                undelivered = error.code == "unavailable"
+                if attempt >= self.retries or not (
+                    undelivered or (retry and error.code in RETRYABLE)
+                ):
                     raise
             attempt += 1
             await asyncio.sleep(self.retry_wait * attempt)
