@@ -180,6 +180,28 @@ def test_batch_is_all_or_nothing_when_the_write_fails(tmp_path: Path) -> None:
     reopened.store.close()
 
 
+def test_prefetched_ids_keep_idempotency_and_conflicts(ledger: Ledger) -> None:
+    first = ledger.apply(lambda b: b.transfer(KEYS[0], KEYS[1], 5, "t1", ""))
+    ids = ["t1", "t2", "t3"] + [f"x{i}" for i in range(600)]  # more than one IN chunk
+    found = ledger.store.find_ops("transfer", ids)
+    assert set(found) == {"t1"} and found["t1"].receipt == first.raw
+    batch = ledger.batch()
+    batch.prefetch("transfer", ids)
+    again = batch.transfer(KEYS[0], KEYS[1], 5, "t1", "")
+    assert again.raw == first.raw  # the committed receipt, found by the batch's look-up
+    with pytest.raises(Rejected) as refused:
+        batch.transfer(KEYS[0], KEYS[1], 6, "t1", "")
+    assert refused.value.code == "conflict"
+    fresh = batch.transfer(KEYS[0], KEYS[1], 7, "t2", "")
+    assert batch.transfer(KEYS[0], KEYS[1], 7, "t2", "").raw == fresh.raw  # same batch
+    with pytest.raises(Rejected) as refused:
+        batch.transfer(KEYS[0], KEYS[1], 8, "t2", "")
+    assert refused.value.code == "conflict"
+    ledger.commit(batch)
+    assert ledger.accounts[KEYS[1]].balance == 12
+    assert audit(ledger.store).ok
+
+
 def test_one_writer_and_bank_key_is_pinned(tmp_path: Path) -> None:
     led = make_ledger(tmp_path / "bank.db")
     with pytest.raises(StoreLocked):

@@ -7,6 +7,9 @@ batch in a worker thread (``BEGIN … COMMIT`` + fsync, which releases the GIL s
 the loop keeps verifying new requests meanwhile), makes it visible, and only then
 resolves each operation's future — so no reply leaves before its batch is on
 disk. If the write fails, every operation of the batch fails and nothing changes.
+
+Operations that carry an idempotency key (``kind``, ``op_id``) are looked up in
+one store query per batch instead of one query each.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from tycoon.log import get_logger
 
 T = TypeVar("T")
 Op = Callable[[Batch], Any]
+Key = tuple[str, str] | None  # (event kind, op id) looked up ahead for a batch
+Item = tuple[Op, "asyncio.Future[Any]", Key]
 OnCommit = Callable[[Batch], Awaitable[None]]
 
 
@@ -38,7 +43,7 @@ class GroupCommitter:
         self.log = get_logger("bank.commit")
         self.batches = 0
         self.committed_ops = 0
-        self._queue: collections.deque[tuple[Op, asyncio.Future[Any]]] = collections.deque()
+        self._queue: collections.deque[Item] = collections.deque()
         self._wakeup = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
         self._task: asyncio.Task[None] | None = None
@@ -56,14 +61,18 @@ class GroupCommitter:
         if self._task is not None:
             await self._task
             self._task = None
+            self.log.info("committer stopped", batches=self.batches, ops=self.committed_ops)
         self._executor.shutdown(wait=True)
 
-    async def submit(self, op: Callable[[Batch], T]) -> T:
-        """Apply ``op`` in the next batch; return its result once the batch is durable."""
+    async def submit(self, op: Callable[[Batch], T], key: Key = None) -> T:
+        """Apply ``op`` in the next batch; return its result once the batch is durable.
+
+        ``key`` = (kind, op id) lets the batch look the id up together with the others.
+        """
         if self._closing:
             raise Rejected("unavailable", "the bank is shutting down")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, future))
+        self._queue.append((op, future, key))
         self._wakeup.set()
         return await future
 
@@ -79,17 +88,23 @@ class GroupCommitter:
                 except Exception as exc:  # never let the committer die: fail the batch
                     self.log.exception("committer failed")
                     error = Rejected("internal", f"{type(exc).__name__} in the committer")
-                    for _, future in items:
+                    for _, future, _ in items:
                         if not future.done():
                             future.set_exception(error)
             if self._closing and not self._queue:
                 return
 
-    async def _commit(self, items: list[tuple[Op, asyncio.Future[Any]]]) -> None:
+    async def _commit(self, items: list[Item]) -> None:
         ledger = self.ledger
         batch = ledger.batch()
+        keys: dict[str, list[str]] = {}
+        for _, _, key in items:
+            if key is not None:
+                keys.setdefault(key[0], []).append(key[1])
+        for kind, op_ids in keys.items():
+            batch.prefetch(kind, op_ids)
         outcomes: list[tuple[bool, Any]] = []
-        for op, _ in items:
+        for op, _, _ in items:
             try:
                 outcomes.append((True, op(batch)))
             except Rejected as error:
@@ -108,7 +123,7 @@ class GroupCommitter:
                                           "changed, retry with the same id")
             outcomes = [(False, failed if ok else result) for ok, result in outcomes]
             batch = None
-        for (_, future), (ok, result) in zip(items, outcomes, strict=True):
+        for (_, future, _), (ok, result) in zip(items, outcomes, strict=True):
             if future.done():
                 continue
             if ok:

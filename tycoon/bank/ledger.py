@@ -65,6 +65,19 @@ class Batch:
         self.dirty: dict[str, AccountRow] = {}
         self.ops: dict[tuple[str, str], EventRow] = {}
         self.receipts: list[bytes] = []
+        # committed events looked up ahead for the whole batch: key -> event or None
+        self._known: dict[tuple[str, str], EventRow | None] = {}
+
+    def prefetch(self, kind: str, op_ids: list[str]) -> None:
+        """Look up the committed ``kind`` events of all ``op_ids`` in one store query, so
+        that :meth:`transfer` / :meth:`mint` need no query of their own."""
+        ids = [i for i in dict.fromkeys(op_ids) if isinstance(i, str)]
+        if not ids:
+            return
+        found = self._ledger.store.find_ops(kind, ids)
+        known = self._known
+        for op_id in ids:
+            known[(kind, op_id)] = found.get(op_id)
 
     def _account(self, account: str) -> AccountRow | None:
         row = self.dirty.get(account)
@@ -78,8 +91,13 @@ class Batch:
         return row
 
     def _find(self, kind: str, op_id: str) -> EventRow | None:
-        found = self.ops.get((kind, op_id))
-        return found if found is not None else self._ledger.store.find_op(kind, op_id)
+        key = (kind, op_id)
+        found = self.ops.get(key)
+        if found is not None:
+            return found
+        if key in self._known:
+            return self._known[key]
+        return self._ledger.store.find_op(kind, op_id)
 
     def _record(self, event: EventRow) -> None:
         self.events.append(event)

@@ -96,11 +96,19 @@ def make_receipt(
     )
 
 
-def _field(body: dict[str, Any], name: str, kind: type) -> Any:
-    value = body.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise Rejected("bad_receipt", f"receipt field {name!r} is missing or not {kind.__name__}")
-    return value
+_FIELDS = (("transfer_id", str), ("payer", str), ("payee", str), ("amount", int),
+           ("memo", str), ("seq", int), ("settled_ns", int))
+
+
+def _fields(body: dict[str, Any]) -> list[Any]:
+    """The body's fields in ``_FIELDS`` order, each of exactly its type (no bool for int:
+    the decoder yields only exact builtin types)."""
+    values = [body.get(name) for name, _ in _FIELDS]
+    for value, (name, kind) in zip(values, _FIELDS, strict=True):
+        if type(value) is not kind:
+            raise Rejected("bad_receipt",
+                           f"receipt field {name!r} is missing or not {kind.__name__}")
+    return values
 
 
 def verify_receipt(raw: bytes, bank_key: str) -> Receipt:
@@ -118,14 +126,7 @@ def verify_receipt(raw: bytes, bank_key: str) -> Receipt:
         raise Rejected("bad_receipt", "not signed by this bank")
     if msg.kind != RECEIPT_KIND or msg.subject != BANK_RECEIPT:
         raise Rejected("bad_receipt", f"a {msg.kind!r} envelope is not a receipt")
-    body = msg.body
-    transfer_id = _field(body, "transfer_id", str)
-    payer = _field(body, "payer", str)
-    payee = _field(body, "payee", str)
-    amount = _field(body, "amount", int)
-    memo = _field(body, "memo", str)
-    seq = _field(body, "seq", int)
-    settled_ns = _field(body, "settled_ns", int)
+    transfer_id, payer, payee, amount, memo, seq, settled_ns = _fields(msg.body)
     if not transfer_id or len(transfer_id) > MAX_TRANSFER_ID:
         raise Rejected("bad_receipt", "bad transfer id")
     if not (_is_key(payer) and _is_key(payee)) or payer == payee:

@@ -103,7 +103,7 @@ class BankService:
         mint_id = get_str(body, "mint_id", max_len=MAX_TRANSFER_ID) or ""
         memo = get_str(body, "memo", optional=True, max_len=MAX_MEMO) or ""
         return await self.committer.submit(
-            lambda b: b.mint(sender, account, amount, mint_id, memo))
+            lambda b: b.mint(sender, account, amount, mint_id, memo), ("mint", mint_id))
 
     async def _transfer(self, msg: Message) -> dict[str, Any]:
         body, payer = msg.body, msg.sender
@@ -112,7 +112,8 @@ class BankService:
         transfer_id = get_str(body, "transfer_id", max_len=MAX_TRANSFER_ID) or ""
         memo = get_str(body, "memo", optional=True, max_len=MAX_MEMO) or ""
         receipt = await self.committer.submit(
-            lambda b: b.transfer(payer, payee, amount, transfer_id, memo))
+            lambda b: b.transfer(payer, payee, amount, transfer_id, memo),
+            ("transfer", transfer_id))
         return {"receipt": receipt.raw}
 
     async def _balance(self, msg: Message) -> dict[str, Any]:

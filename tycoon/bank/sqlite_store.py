@@ -56,6 +56,8 @@ _UPSERT_ACCOUNT = (
     "closed = excluded.closed, opened_seq = excluded.opened_seq"
 )
 _FIND_OP = f"SELECT {_COLUMNS} FROM events WHERE kind = ? AND op_id = ?"
+_FIND_OPS = f"SELECT {_COLUMNS} FROM events WHERE kind = ? AND op_id IN"
+_IN_CHUNK = 512  # ids per look-up (SQLite allows 32766 parameters)
 _HISTORY = (
     f"SELECT {_COLUMNS} FROM events WHERE seq IN "
     "(SELECT seq FROM events WHERE payer = ? UNION SELECT seq FROM events WHERE payee = ?) "
@@ -129,6 +131,18 @@ class SqliteStore:
     def find_op(self, kind: str, op_id: str) -> EventRow | None:
         row = self._db.execute(_FIND_OP, (kind, op_id)).fetchone()
         return None if row is None else _event(row)
+
+    def find_ops(self, kind: str, op_ids: list[str]) -> dict[str, EventRow]:
+        found: dict[str, EventRow] = {}
+        for start in range(0, len(op_ids), _IN_CHUNK):
+            chunk = op_ids[start:start + _IN_CHUNK]
+            # pad to a power of two so that few distinct statements reach the cache
+            size = 1 << (len(chunk) - 1).bit_length()
+            chunk = chunk + [chunk[0]] * (size - len(chunk))
+            sql = f"{_FIND_OPS} ({', '.join('?' * size)})"
+            for row in self._db.execute(sql, (kind, *chunk)):
+                found[row[4]] = _event(row)
+        return found
 
     def history(self, account: str, offset: int, limit: int) -> list[EventRow]:
         rows = self._db.execute(_HISTORY, (account, account, limit, offset)).fetchall()

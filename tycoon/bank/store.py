@@ -75,6 +75,10 @@ class Store(Protocol):
         """The ``mint`` or ``transfer`` event with this id, if any."""
         ...
 
+    def find_ops(self, kind: str, op_ids: list[str]) -> dict[str, EventRow]:
+        """The ``kind`` events among ``op_ids`` that exist, by id (one look-up per batch)."""
+        ...
+
     def history(self, account: str, offset: int, limit: int) -> list[EventRow]:
         """Events touching ``account``, oldest first, paged."""
         ...
