@@ -1,10 +1,12 @@
 """Agent benchmark: acquire 100 hosts from nothing, and react to price changes.
 
-A real market (bank, SLS, 100 simulated auctioneers) runs in a second process on a real
-nats-server; the agent runs in this one, as it would on a user's machine.
+A real market runs on a real nats-server as it would be deployed: the bank and the SLS in
+one process (the central services), the 100 simulated auctioneers in another (hosts are
+other machines in a real cluster); the agent runs in this one, as on a user's machine.
 (1) Time from the agent's start to bids placed on every host of its plan (SLS query,
 plan, 100 bank transfers, 100 fundings, 100 bids); (2) latency from a price change
-reaching the agent to its new bids being placed, over repeated competitor jumps.
+reaching the agent to its new bids being placed, over repeated competitor jumps (a
+competitor outbids it on 10 hosts at once; the agent runs with its default settings).
 """
 
 from __future__ import annotations
@@ -25,50 +27,78 @@ from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.bank.client import BankClient
 from tycoon.bus.connection import open_bus
 from tycoon.bus.keys import Identity
-from tycoon.localmarket import start_market
+from tycoon.localmarket import PRESETS, LocalMarket
 from tycoon.log import configure_logging
 from tycoon.money import MICRO
 from tycoon.natsserver import NatsServer
 
 HOSTS = 100
 JUMPS = 30
+WIDTH = 10
 
 
-async def serve_market(url: str, state: Path) -> None:
-    """The second process: the market, until killed; its keys go to <state>/market.json."""
+async def serve_central(url: str, state: Path) -> None:
+    """The bank and the SLS, until killed; their keys go to <state>/central.json."""
     configure_logging("error")
-    market = await start_market(url, state, hosts=HOSTS, tick_s=1.0, heartbeat_s=5.0)
-    while len(market.sls.registry.live_hosts(time.time_ns())) < HOSTS:
+    market = LocalMarket(url, state, Identity.generate(), Identity.generate())
+    await market.start_bank()
+    await market.start_sls()
+    (state / "central.json").write_text(json.dumps(
+        {"bank": market.bank_identity.seed, "operator": market.operator.seed}))
+    while market.sls is None or len(market.sls.registry.live_hosts(time.time_ns())) < HOSTS:
         await asyncio.sleep(0.1)
-    info = {"bank": market.bank_key, "operator": market.operator.seed,
-            "hosts": [[h.id, h.identity.public_key] for h in market.hosts]}
-    (state / "market.json").write_text(json.dumps(info))
+    (state / "market.json").write_text(json.dumps({"bank": market.bank_key,
+                                                   "operator": market.operator.seed}))
     await asyncio.Event().wait()
+
+
+async def serve_hosts(url: str, state: Path) -> None:
+    """The auctioneers, until killed; their keys go to <state>/hosts.json."""
+    configure_logging("error")
+    central = json.loads((state / "central.json").read_text())
+    market = LocalMarket(url, state, Identity.from_seed(central["bank"]),
+                         Identity.from_seed(central["operator"]))
+    for i in range(HOSTS):
+        await market.add_host(PRESETS[i % len(PRESETS)], tick_s=1.0, heartbeat_s=5.0)
+    (state / "hosts.json").write_text(json.dumps(
+        [[h.id, h.identity.public_key] for h in market.hosts]))
+    await asyncio.Event().wait()
+
+
+async def wait_for(path: Path, children: list[subprocess.Popen[bytes]]) -> None:
+    while not path.exists():
+        if any(child.poll() is not None for child in children):
+            raise RuntimeError("a market process died")
+        await asyncio.sleep(0.1)
 
 
 async def main() -> None:
     p = parser(__doc__ or "")
-    p.add_argument("--serve-market", nargs=2, metavar=("URL", "DIR"), help=argparse.SUPPRESS)
+    p.add_argument("--serve", nargs=3, metavar=("ROLE", "URL", "DIR"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.serve_market:
-        await serve_market(args.serve_market[0], Path(args.serve_market[1]))
+    if args.serve:
+        role, url, state = args.serve
+        await (serve_central if role == "central" else serve_hosts)(url, Path(state))
         return
     configure_logging("error")
     async with NatsServer() as server:
         with tempfile.TemporaryDirectory() as tmp:
-            child = subprocess.Popen([sys.executable, __file__, "--serve-market", server.url,
-                                      tmp])
+            tmp_path = Path(tmp)
+            children: list[subprocess.Popen[bytes]] = []
             try:
-                info_path = Path(tmp) / "market.json"
-                while not info_path.exists():
-                    if child.poll() is not None:
-                        raise RuntimeError("the market process died")
-                    await asyncio.sleep(0.2)
-                result = await run(server.url, json.loads(info_path.read_text()), Path(tmp))
+                for role, ready in (("central", "central.json"), ("hosts", "hosts.json")):
+                    children.append(subprocess.Popen(
+                        [sys.executable, __file__, "--serve", role, server.url, tmp]))
+                    await wait_for(tmp_path / ready, children)
+                await wait_for(tmp_path / "market.json", children)
+                info = json.loads((tmp_path / "market.json").read_text())
+                info["hosts"] = json.loads((tmp_path / "hosts.json").read_text())
+                result = await run(server.url, info, tmp_path)
             finally:
-                child.kill()
-                child.wait()
-    table("agent: 100 simulated hosts (market in a second process), real nats-server",
+                for child in children:
+                    child.kill()
+                    child.wait()
+    table("agent: 100 simulated hosts (bank + SLS, hosts: two more processes), real nats-server",
           [("acquire 100 hosts (s)", result["acquire_100_hosts_s"]),
            ("hosts in the plan", result["hosts_acquired"]),
            ("rebid p50 (ms)", result["rebid_p50_ms"]),
@@ -84,12 +114,12 @@ async def run(url: str, info: dict, tmp: Path) -> dict:
     operator = await open_bus(url, Identity.from_seed(info["operator"]))
     treasury = BankClient(operator, bank_key)
     await treasury.mint(user.identity.public_key, 10_000 * MICRO)
-    # a per-host floor (max_hosts unset) and a budget that makes every host worth a bid
-    # threshold=0: every noticeable price move is answered, so every jump is a sample
-    # (with the default 5% hysteresis a jump on one host of 100 rarely moves money).
+    # The agent's default settings (5% hysteresis). A jump is a competitor outbidding the
+    # agent on WIDTH hosts at once: enough of a market move that the hysteresis lets it
+    # through, as a single host of 100 would not.
     agent = Agent(user, bank_key,
                   AgentConfig(budget=5_000 * MICRO, deadline_s=600, candidates=HOSTS,
-                              replan_every_s=600, threshold=0.0), tmp / "agent.db")
+                              replan_every_s=600), tmp / "agent.db")
     started = time.perf_counter()
     task = asyncio.create_task(agent.run())
     while agent.summary.rebids == 0:
@@ -100,13 +130,16 @@ async def run(url: str, info: dict, tmp: Path) -> dict:
     bank = BankClient(rival, bank_key)
     await bank.open()
     await treasury.mint(rival.identity.public_key, 1_000_000 * MICRO)
-    for n in range(JUMPS):
-        host_id, host_key = info["hosts"][n % HOSTS]
-        before = len(agent.summary.rebid_latencies_ms)
-        receipt = await bank.transfer(host_key, 20_000 * MICRO)
+    async def outbid(host_id: str, host_key: str) -> None:
+        receipt = await bank.transfer(host_key, 2_000 * MICRO)
         client = AuctioneerClient(rival, host_id)
         await client.fund(receipt)
         await client.bid("cpu:1,0,1", "600s")
+
+    for n in range(JUMPS):
+        before = len(agent.summary.rebid_latencies_ms)
+        hosts = [info["hosts"][(n * WIDTH + k) % HOSTS] for k in range(WIDTH)]
+        await asyncio.gather(*(outbid(h, key) for h, key in hosts))
         for _ in range(200):
             if len(agent.summary.rebid_latencies_ms) > before:
                 break
@@ -123,6 +156,7 @@ async def run(url: str, info: dict, tmp: Path) -> dict:
         "rebid_p99_ms": round(percentile(latencies, 99), 1),
         "rebids_measured": len(latencies),
         "jumps": JUMPS,
+        "hosts_per_jump": WIDTH,
     }
 
 

@@ -113,3 +113,33 @@ def test_a_failed_commit_is_retried_with_the_next(tmp_path: Path) -> None:
     again = market()
     store.load(again, T0)
     assert again.redeemed == {"x", "y"} and again.funded == 110 and again.conserved()
+
+
+def test_tick_commits_skip_the_fsync_but_not_the_write(tmp_path: Path) -> None:
+    """Charges committed with sync=False are on disk for the next process (a kill loses
+    nothing); the connection is back to FULL for the next commit; a change that redeems
+    a receipt is synced whatever the caller asked."""
+    store = MarketStore(tmp_path / "m.db")
+    m = market()
+    store.load(m, T0)
+    modes: list[int] = []
+    store.db.set_trace_callback(
+        lambda sql: modes.append(sql) if sql.startswith("PRAGMA synchronous") else None)
+    m.fund(receipt(USERS[0], 100 * MICRO, "f0"), T0)
+    store.commit(m, m.take_changes(), sync=False)
+    assert modes == []  # a redemption: synced (the connection stays FULL)
+    m.place_bid(USERS[0], parse_bid("1h cpu:1"), T0)
+    store.commit(m, m.take_changes())
+    for s in range(1, 6):
+        m.tick(T0 + s * NS, greedy(m))
+        store.commit(m, m.take_changes(), sync=False)
+        assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    assert modes.count("PRAGMA synchronous=NORMAL") == 5
+    before = state(m)
+    assert m.accounts[USERS[0]].spent > 0
+    store.close()
+    again = market()
+    store = MarketStore(tmp_path / "m.db")
+    store.load(again, T0 + 5 * NS)
+    assert state(again) == before
+    store.close()

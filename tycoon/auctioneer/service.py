@@ -134,14 +134,15 @@ class AuctioneerService:
         """Read the driver's usage, charge for it, commit, act on what changed."""
         usage = self.driver.usage()
         events = self.market.tick(self.clock(), usage)
-        self._commit()
+        # Charges alone need no fsync of their own: the next synced commit covers them.
+        self._commit(sync=False)
         await self._act(events)
 
-    def _commit(self) -> None:
+    def _commit(self, *, sync: bool = True) -> None:
         """Write what changed; on failure keep it for the next commit and fail the request."""
         changes = self.market.take_changes()
         try:
-            self.store.commit(self.market, changes)
+            self.store.commit(self.market, changes, sync=sync)
         except Exception:
             self.market.untake_changes(changes)
             self.log.exception("store commit failed; changes kept for the next commit")

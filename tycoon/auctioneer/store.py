@@ -3,8 +3,15 @@
 Every change the market records (:meth:`Market.take_changes`) is written in ONE
 transaction before the adapter replies, so a redemption and the credit it causes
 land together or not at all: a SIGKILL at any point loses no balance and allows no
-second redemption. WAL journal; ``synchronous=FULL`` by default (durable across a
-power loss too), ``normal`` survives a process kill only.
+second redemption. WAL journal; ``durability="full"`` (the default) is durable across
+a power loss too, ``"normal"`` survives a process kill only.
+
+A commit with ``sync=False`` (the charging tick's) skips the fsync: it is consistent and
+survives a process kill, and the next synced commit's fsync covers it, because the WAL
+is written in order. A power loss can therefore undo only the charges of the last few
+ticks — balances and earnings roll back together, so funded = earnings + balances +
+refunded still holds — and never anything a reply or a receipt has reported. Changes
+that redeem a receipt or create or pay a refund are always synced.
 """
 
 from __future__ import annotations
@@ -58,7 +65,8 @@ class MarketStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={durability.upper()}")
+        self.durability = durability.upper()
+        self.db.execute(f"PRAGMA synchronous={self.durability}")
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -116,10 +124,24 @@ class MarketStore:
             now_ns=now_ns,
         )
 
-    def commit(self, market: Market, changes: Changes) -> None:
-        """Write one batch of changes and the market's totals in a single transaction."""
+    def commit(self, market: Market, changes: Changes, *, sync: bool = True) -> None:
+        """Write one batch of changes and the market's totals in a single transaction.
+
+        ``sync=False`` skips the fsync for changes that only move balances to earnings
+        (see the module docstring); redemptions and refunds are synced regardless.
+        """
         if not changes:
             return
+        if sync or changes.redeemed or changes.refunds or self.durability == "NORMAL":
+            self._write(market, changes)
+            return
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._write(market, changes)
+        finally:
+            self.db.execute(f"PRAGMA synchronous={self.durability}")
+
+    def _write(self, market: Market, changes: Changes) -> None:
         rows = []
         for name in changes.accounts:
             a = market.accounts[name]
