@@ -122,6 +122,10 @@ def seal(
     return signed + identity.sign(signed)
 
 
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+_is_str = str.__instancecheck__
+
+
 def _raise_ext(code: int, data: bytes) -> Any:
     raise Rejected("malformed", f"msgpack extension type {code} is not allowed")
 
@@ -149,9 +153,10 @@ def _check_depth(obj: Any, max_depth: int) -> None:
 
 def open_envelope(raw: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Verify and decode one envelope, or raise :class:`Rejected` with the reason."""
-    if not isinstance(raw, bytes | bytearray | memoryview):
-        raise Rejected("malformed", "an envelope is bytes")
-    raw = bytes(raw)
+    if raw.__class__ is not bytes:  # the usual case: bytes from the wire, used as they are
+        if not isinstance(raw, _BYTES_LIKE):
+            raise Rejected("malformed", "an envelope is bytes")
+        raw = bytes(raw)
     if len(raw) > limits.max_size:
         raise Rejected("too_large", f"{len(raw)} bytes > limit {limits.max_size}")
     if len(raw) < HEADER_SIZE + 1 + SIGNATURE_SIZE:
@@ -202,7 +207,7 @@ def _message_from(payload: Any, sender_raw: bytes, raw: bytes, limits: Limits) -
         raise Rejected("malformed", "timestamp must be a non-negative int64 of nanoseconds")
     if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
         raise Rejected("malformed", f"nonce must be {NONCE_SIZE} bytes")
-    if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
+    if not isinstance(body, dict) or not all(map(_is_str, body)):
         raise Rejected("malformed", "body must be a map with string keys")
     _check_depth(body, limits.max_depth - 1)
     return Message(

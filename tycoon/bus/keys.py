@@ -18,6 +18,7 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 import nkeys
+from nacl.bindings import crypto_sign_open
 
 SIGNATURE_SIZE = 64
 PUBLIC_KEY_SIZE = 32
@@ -115,18 +116,19 @@ class Identity:
         return self._signing.sign(data).signature
 
 
-_VERIFY_CACHE: dict[bytes, nacl.signing.VerifyKey] = {}
-
-
 def verify_raw(raw_public_key: bytes, data: bytes, signature: bytes) -> bool:
-    """Check an Ed25519 signature made by a raw 32-byte public key."""
-    key = _VERIFY_CACHE.get(raw_public_key)
-    if key is None:
-        if len(_VERIFY_CACHE) > 65536:
-            _VERIFY_CACHE.clear()
-        key = _VERIFY_CACHE[raw_public_key] = nacl.signing.VerifyKey(raw_public_key)
+    """Check an Ed25519 signature made by a raw 32-byte public key.
+
+    The same libsodium call as ``VerifyKey(key).verify(data, signature)`` (with its
+    length checks), without building a key object and a wrapper per call: this is
+    the hot path of every received message.
+    """
+    if not isinstance(raw_public_key, bytes) or not isinstance(signature, bytes):
+        raise nacl.exceptions.TypeError("key and signature must be bytes")
+    if len(raw_public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
+        raise nacl.exceptions.ValueError("key must be 32 bytes and signature 64 bytes")
     try:
-        key.verify(data, signature)
+        crypto_sign_open(signature + data, raw_public_key)
     except nacl.exceptions.BadSignatureError:
         return False
     return True

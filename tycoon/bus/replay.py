@@ -35,17 +35,22 @@ class ReplayGuard:
 
     def check(self, msg: Message, now_ns: int | None = None) -> None:
         """Accept ``msg`` once, or raise ``stale`` / ``replayed``."""
+        self.admit(msg.sender, msg.nonce, msg.ts_ns, now_ns)
+
+    def admit(self, sender: str, nonce: bytes, ts_ns: int, now_ns: int | None = None) -> None:
+        """:meth:`check` of a message's (sender, nonce, timestamp), for callers that
+        keep only those fields of a verified message."""
         now = time.time_ns() if now_ns is None else now_ns
         self._evict(now)
-        if msg.ts_ns < now - self.window_ns or msg.ts_ns <= self._floor_ns:
+        if ts_ns < now - self.window_ns or ts_ns <= self._floor_ns:
             raise Rejected("stale", "timestamp is older than the freshness window")
-        if msg.ts_ns > now + self.window_ns:
+        if ts_ns > now + self.window_ns:
             raise Rejected("stale", "timestamp is in the future beyond the freshness window")
-        key = (msg.sender, msg.nonce)
+        key = (sender, nonce)
         if key in self._seen:
             raise Rejected("replayed", "this (sender, nonce) was already accepted")
         self._seen.add(key)
-        heapq.heappush(self._by_time, (msg.ts_ns, msg.sender, msg.nonce))
+        heapq.heappush(self._by_time, (ts_ns, sender, nonce))
         if len(self._seen) > self.max_entries:
             ts, sender, nonce = heapq.heappop(self._by_time)
             self._seen.discard((sender, nonce))
