@@ -18,13 +18,16 @@ import hashlib
 import itertools
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError
 
-from tycoon.bus.keys import Identity, public_key_from_raw_cached, verify_raw
+from tycoon.bus.keys import Identity, public_key_from_raw_cached
 from tycoon.bus.kinds import KINDS
 from tycoon.errors import Rejected
 
@@ -35,6 +38,8 @@ SIGNATURE_SIZE = 64
 NONCE_SIZE = 16
 DIGEST_SIZE = 32
 MAX_SUBJECT = 256
+_PREFIX = MAGIC + bytes([VERSION])
+_local = threading.local()  # one reusable msgpack Packer per thread (a Packer is not shared)
 
 
 class _NonceSource:
@@ -107,18 +112,22 @@ def seal(
         raise ValueError(f"unknown kind {kind!r}")
     if answers and len(answers) != DIGEST_SIZE:
         raise ValueError("answers must be a 32-byte digest")
-    payload = msgpack.packb(
-        [
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    try:
+        payload = packer.pack([
             kind,
             subject,
             answers,
             time.time_ns() if ts_ns is None else ts_ns,
             _nonces.next() if nonce is None else nonce,
             body,
-        ],
-        use_bin_type=True,
-    )
-    signed = MAGIC + bytes([VERSION]) + identity.raw_public_key + payload
+        ])
+    except BaseException:
+        packer.reset()  # a failed pack may leave bytes in the packer's buffer
+        raise
+    signed = b"".join((_PREFIX, identity.raw_public_key, payload))
     return signed + identity.sign(signed)
 
 
@@ -131,24 +140,18 @@ def _raise_ext(code: int, data: bytes) -> Any:
 
 
 def _check_depth(obj: Any, max_depth: int) -> None:
-    """Refuse nesting deeper than ``max_depth`` (level by level, containers only).
+    """Refuse nesting deeper than ``max_depth`` (containers only).
 
     Leaves need no check: the decoder yields only nil, bool, int, float, str, bin, array
     and map, because every extension type (timestamps included) is refused by
-    ``max_ext_len=0``.
+    ``max_ext_len=0``. Recursion is bounded by ``max_depth`` itself.
     """
-    level: list[Any] = [obj]
-    depth = 1
-    while level:
-        if depth > max_depth:
-            raise Rejected("too_deep", f"nesting deeper than {max_depth}")
-        level = [
-            child
-            for item in level
-            for child in (item.values() if type(item) is dict else item)
-            if type(child) is dict or type(child) is list
-        ]
-        depth += 1
+    if max_depth < 1:
+        raise Rejected("too_deep", "nesting deeper than the limit")
+    for child in obj.values() if type(obj) is dict else obj:
+        kind = type(child)
+        if kind is dict or kind is list:
+            _check_depth(child, max_depth - 1)
 
 
 def open_envelope(raw: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
@@ -165,13 +168,14 @@ def open_envelope(raw: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
         raise Rejected("malformed", "bad magic")
     if raw[2] != VERSION:
         raise Rejected("bad_version", f"version {raw[2]} (this side speaks {VERSION})")
-    signed, signature = raw[:-SIGNATURE_SIZE], raw[-SIGNATURE_SIZE:]
     sender_raw = raw[3:HEADER_SIZE]
-    if not verify_raw(sender_raw, signed, signature):
-        raise Rejected("bad_signature", "signature does not verify for the sender's key")
+    try:  # libsodium takes signature ‖ message; the lengths are fixed by the slicing
+        crypto_sign_open(raw[-SIGNATURE_SIZE:] + raw[:-SIGNATURE_SIZE], sender_raw)
+    except BadSignatureError:
+        raise Rejected("bad_signature", "signature does not verify for the sender's key") from None
     try:
         payload = msgpack.unpackb(
-            signed[HEADER_SIZE:],
+            memoryview(raw)[HEADER_SIZE:-SIGNATURE_SIZE],
             raw=False,
             use_list=True,
             strict_map_key=True,
@@ -210,16 +214,9 @@ def _message_from(payload: Any, sender_raw: bytes, raw: bytes, limits: Limits) -
     if not isinstance(body, dict) or not all(map(_is_str, body)):
         raise Rejected("malformed", "body must be a map with string keys")
     _check_depth(body, limits.max_depth - 1)
-    return Message(
-        kind=kind,
-        subject=subject,
-        answers=answers,
-        sender=public_key_from_raw_cached(sender_raw),
-        ts_ns=ts_ns,
-        nonce=nonce,
-        body=body,
-        raw=raw,
-    )
+    # positional: this runs for every message received (fields in declaration order)
+    return Message(kind, subject, answers, public_key_from_raw_cached(sender_raw), ts_ns,
+                   nonce, body, raw)
 
 
 def is_finite_number(value: object) -> bool:

@@ -83,6 +83,7 @@ class Identity:
     seed: str
     public_key: str = field(init=False)
     _signing: nacl.signing.SigningKey = field(init=False, repr=False, compare=False)
+    _raw_public: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         try:
@@ -93,7 +94,8 @@ class Identity:
             raise ValueError("not a user nkey seed (SU…)")
         signing = nacl.signing.SigningKey(bytes(raw[:32]))
         object.__setattr__(self, "_signing", signing)
-        object.__setattr__(self, "public_key", _encode_public(bytes(signing.verify_key)))
+        object.__setattr__(self, "_raw_public", bytes(signing.verify_key))
+        object.__setattr__(self, "public_key", _encode_public(self._raw_public))
 
     @classmethod
     def generate(cls) -> Identity:
@@ -109,7 +111,7 @@ class Identity:
 
     @property
     def raw_public_key(self) -> bytes:
-        return bytes(self._signing.verify_key)
+        return self._raw_public
 
     def sign(self, data: bytes) -> bytes:
         """The 64-byte Ed25519 signature of ``data``."""
