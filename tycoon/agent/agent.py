@@ -18,7 +18,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,7 @@ class Agent:
         if recovered:
             self.log.info("recovered pending moves", count=recovered)
         await self.bus.subscribe(subjects.SLS_SNAPSHOT, self._on_snapshot)
+        await self._follow_allocations(sorted(self.journal.hosts_funded()))
         try:
             await self._discover()
             await self._replan("start", force=True)
@@ -201,6 +202,13 @@ class Agent:
             if host not in self._subscriptions:
                 self._subscriptions[host] = await self.bus.subscribe(
                     subjects.price(host), self._on_price)
+
+    async def _follow_allocations(self, hosts: Iterable[str]) -> None:
+        """Follow ``tycoon.alloc.<host>`` where we hold money or a bid: the host's own word
+        on our rate there. (Elsewhere our rate is 0, and each followed stream costs a
+        signature check per update, so candidates are followed by their prices alone.)"""
+        for host in hosts:
+            if f"alloc.{host}" not in self._subscriptions:
                 self._subscriptions[f"alloc.{host}"] = await self.bus.subscribe(
                     subjects.alloc(host), self._on_alloc)
 
@@ -292,6 +300,7 @@ class Agent:
         })
         outcome = await self.allocator.execute(candidate, epoch, held, self.payees, seconds,
                                                budget=self.config.budget)
+        await self._follow_allocations(sorted(set(candidate.hosts) | set(outcome.funded)))
         self._held = {h: (0 if h in outcome.refunded else held.get(h, 0))
                       + outcome.funded.get(h, 0) for h in set(held) | set(outcome.funded)}
         self._bank_balance = (bank_balance - sum(outcome.funded.values())

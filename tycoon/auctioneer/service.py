@@ -4,7 +4,8 @@ Thin: it verifies requests (the bus does), calls the market core with the wall c
 commits what changed to the store BEFORE replying, then acts on the core's events —
 creates sandboxes, applies shares to the driver, publishes ``tycoon.price.<host>``
 and ``tycoon.alloc.<host>``, pays refunds through the bank. A tick loop charges for
-measured usage; a heartbeat republishes the price. The market core and the store
+measured usage; a heartbeat republishes the price when nothing else has for a whole
+``heartbeat_s`` (so a busy host sends no extra updates). The market core and the store
 are synchronous, so each request's mutate-and-commit runs without interleaving.
 """
 
@@ -83,6 +84,7 @@ class AuctioneerService:
         self._tasks: list[asyncio.Task[None]] = []
         self._apply_pending = False
         self._refund_lock = asyncio.Lock()
+        self._price_sent = 0.0  # time.monotonic() of the last price update
 
     async def __aenter__(self) -> AuctioneerService:
         await self.start()
@@ -103,7 +105,7 @@ class AuctioneerService:
         await self._publish_price()
         self._tasks = [
             asyncio.create_task(self._loop(self.tick_s, self.tick), name="auctioneer-tick"),
-            asyncio.create_task(self._loop(self.heartbeat_s, self._publish_price), name="hb"),
+            asyncio.create_task(self._heartbeat(), name="hb"),
         ]
         self._tasks.append(asyncio.create_task(self._open_bank_account(), name="bank-open"))
         if self.market.pending:
@@ -174,9 +176,23 @@ class AuctioneerService:
         if publish_price:
             await self._publish_price()
 
+    async def _heartbeat(self) -> None:
+        """Publish the price whenever ``heartbeat_s`` passed without a price update."""
+        while True:
+            wait = self._price_sent + self.heartbeat_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            try:
+                await self._publish_price()
+            except Exception:
+                self.log.exception("heartbeat failed")
+                await asyncio.sleep(self.heartbeat_s)
+
     async def _publish_price(self) -> None:
         seq = self.market.next_seq(self.clock())
         body = views.price_body(self.market, seq, self.heartbeat_s)
+        self._price_sent = time.monotonic()
         await self.bus.publish(subjects.price(self.host), "price", body)
 
     # ------------------------------------------------------------------ handlers
