@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tycoon.bus import batch as batch_verify
 from tycoon.bus import subjects
 from tycoon.bus.envelope import seal
 from tycoon.bus.keys import Identity, subject_id
@@ -46,8 +47,15 @@ def rejected() -> list[str]:
     return []
 
 
-@pytest.fixture
-def ingest(rejected: list[str]) -> Iterator[PriceIngest]:
+@pytest.fixture(params=["c-batch", "per-message"])
+def ingest(request: pytest.FixtureRequest, rejected: list[str],
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[PriceIngest]:
+    """Both verification paths: the C batch checker (pool verifies, caller decodes) and
+    PyNaCl per message (pool opens whole chunks), as when the helper was not built."""
+    if request.param == "per-message":
+        monkeypatch.setattr(batch_verify, "_impl", None)
+    elif not batch_verify.available():
+        pytest.skip("the C helper was not built on this machine (no compiler at install)")
     pi = PriceIngest(Registry(), guard=ReplayGuard(), workers=2,
                      on_reject=lambda error, subject: rejected.append(error.code))
     yield pi
@@ -84,6 +92,23 @@ def test_every_refusal_is_counted(ingest: PriceIngest, rejected: list[str]) -> N
     )
     rows = ingest.registry.query(Query(), time.time_ns())["rows"]
     assert [(r["seq"], r["price"]) for r in rows] == [(17, 2.0)]
+
+
+def test_refusals_in_parallel_chunks(ingest: PriceIngest) -> None:
+    """Past one chunk the pool works: forged and tampered envelopes among good ones are
+    refused with their codes, wherever they sit in the batch."""
+    host, thief = Identity.generate(), Identity.generate()
+    batch = [sealed(host, update(host, seq)) for seq in range(1, 3 * CHUNK)]
+    for i in range(5, len(batch), 17):
+        subject, raw = batch[i]
+        batch[i] = (subject, raw[:40] + bytes([raw[40] ^ 0x10]) + raw[41:])
+    batch[70] = sealed(thief, update(host, 70), subject=batch[70][0])
+    outcomes = ingest.ingest(batch)
+    tampered = len(range(5, len(batch), 17))
+    assert outcomes["bad_signature"] == tampered - (70 in range(5, len(batch), 17))
+    assert outcomes["forbidden"] == 1
+    assert outcomes["accepted"] == len(batch) - sum(
+        n for code, n in outcomes.items() if code != "accepted")
 
 
 def test_parallel_chunks_are_applied_in_order(ingest: PriceIngest) -> None:

@@ -1,8 +1,9 @@
 """The verified ingest path of price updates: raw envelope bytes in, registry updated.
 
-Signature checks (Ed25519, 65–90 µs each) dominate the cost of an update, and libsodium
-releases the GIL while it verifies, so a batch of envelopes is opened by a small thread
-pool, in chunks: each envelope is verified, decoded and, if it is a price, its body is
+Signature checks (Ed25519, 65–90 µs each) dominate the cost of an update, so a batch of
+envelopes is opened by a small thread pool, in chunks: the chunk's signatures are checked
+in one C call that releases the GIL once (:func:`tycoon.bus.envelope.open_envelopes`),
+then each envelope is decoded and, if it is a price, its body is
 parsed (a pure function, so its outcome is only held, not acted on). Each chunk is then
 checked and applied in arrival order on the caller's thread as soon as it is open,
 while the pool works on the next ones.
@@ -24,8 +25,12 @@ import collections
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import Any
 
-from tycoon.bus.envelope import DEFAULT_LIMITS, Limits, open_envelope
+from tycoon.bus.batch import available as batch_available
+from tycoon.bus.batch import verify_batch
+from tycoon.bus.envelope import DEFAULT_LIMITS, Limits, open_envelopes
 from tycoon.bus.replay import ReplayGuard
 from tycoon.bus.subjects import host_of
 from tycoon.errors import Rejected
@@ -42,19 +47,26 @@ not kept: fewer live objects per batch means less work for the garbage collector
 CHUNK = 64
 
 
-def open_chunk(chunk: list[Raw], limits: Limits = DEFAULT_LIMITS) -> list[Opened]:
+def _verify_chunk(chunk: list[Raw]) -> bytes:
+    verdicts = verify_batch([data for _subject, data in chunk])
+    assert verdicts is not None  # only submitted when the C verifier is there
+    return verdicts
+
+
+def open_chunk(chunk: list[Raw], limits: Limits = DEFAULT_LIMITS,
+               verdicts: bytes | None = None) -> list[Opened]:
     """Open (verify, decode, parse the price body of) every envelope of a chunk.
 
     Refusals are returned, not raised; nothing here depends on state, so chunks can be
-    opened in any thread and in any order.
+    opened in any thread and in any order. ``verdicts``: the chunk's signatures, checked
+    already by :func:`verify_batch` (in a pool thread).
     """
     out: list[Opened] = []
     append = out.append
-    for _subject, data in chunk:
-        try:
-            msg = open_envelope(data, limits=limits)
-        except Rejected as error:
-            append(error)
+    datas = [data for _subject, data in chunk]
+    for msg in open_envelopes(datas, limits=limits, verdicts=verdicts):
+        if isinstance(msg, Rejected):
+            append(msg)
             continue
         kind = msg.kind
         parsed: ParsedUpdate | Rejected | None = None
@@ -97,14 +109,25 @@ class PriceIngest:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def _submit(self, batch: list[Raw]) -> list[Future[list[Opened]] | list[Opened]]:
-        """Start opening a batch: chunks go to the pool; a small batch is opened here."""
+    def _submit(self, batch: list[Raw]) -> list[Future[Any] | list[Opened]]:
+        """Start opening a batch: chunks go to the pool; a small batch is opened here.
+
+        With the C batch verifier the pool only checks signatures (the GIL released for
+        a whole chunk) and the caller's thread decodes: the threads then contend for the
+        GIL once per chunk rather than once per envelope. Without it the pool opens
+        whole chunks (PyNaCl releases the GIL per signature).
+        """
         if self._pool is None or len(batch) <= CHUNK:
             return [open_chunk(batch, self.limits)]
-        return [
-            self._pool.submit(open_chunk, batch[i : i + CHUNK], self.limits)
-            for i in range(0, len(batch), CHUNK)
-        ]
+        work = _verify_chunk if batch_available() else partial(open_chunk, limits=self.limits)
+        return [self._pool.submit(work, batch[i : i + CHUNK])
+                for i in range(0, len(batch), CHUNK)]
+
+    def _opened(self, batch: list[Raw], start: int, done: Any) -> list[Opened]:
+        """The opened envelopes of one chunk from what the pool returned for it."""
+        if isinstance(done, bytes):  # verdicts only: decode here
+            return open_chunk(batch[start : start + len(done)], self.limits, done)
+        return done  # type: ignore[no-any-return]
 
     def apply(self, subject: str, item: Opened, now_ns: int) -> str:
         """Check one opened envelope and apply it; returns the outcome code.
@@ -157,7 +180,8 @@ class PriceIngest:
         outcomes: collections.Counter[str] = collections.Counter()
         start = 0
         for part in self._submit(batch):
-            items = part.result() if isinstance(part, Future) else part
+            items = self._opened(batch, start, part.result()) if isinstance(part, Future) \
+                else part
             now = time.time_ns() if now_ns is None else now_ns
             self._apply_all(batch, start, items, now, outcomes)
             start += len(items)
@@ -168,7 +192,8 @@ class PriceIngest:
         outcomes: collections.Counter[str] = collections.Counter()
         start = 0
         for part in self._submit(batch):
-            items = await asyncio.wrap_future(part) if isinstance(part, Future) else part
+            items = (self._opened(batch, start, await asyncio.wrap_future(part))
+                     if isinstance(part, Future) else part)
             self._apply_all(batch, start, items, time.time_ns(), outcomes)
             start += len(items)
         return outcomes
