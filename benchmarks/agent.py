@@ -1,8 +1,9 @@
 """Agent benchmark: acquire 100 hosts from nothing, and react to price changes.
 
 A real market runs on a real nats-server as it would be deployed: the bank and the SLS in
-one process (the central services), the 100 simulated auctioneers in another (hosts are
-other machines in a real cluster); the agent runs in this one, as on a user's machine.
+one process (the central services), the 100 simulated auctioneers in two more (hosts are
+other machines in a real cluster; one process per core is as close as this machine
+gets); the agent runs in this one, as on a user's machine.
 (1) Time from the agent's start to bids placed on every host of its plan (SLS query,
 plan, 100 bank transfers, 100 fundings, 100 bids); (2) latency from a price change
 reaching the agent to its new bids being placed, over repeated competitor jumps (a
@@ -33,6 +34,9 @@ from tycoon.money import MICRO
 from tycoon.natsserver import NatsServer
 
 HOSTS = 100
+HOST_PROCESSES = 2
+"""The hosts are simulated in this many processes (each host is a machine of its own in a
+real cluster; one per core is as close as this machine gets)."""
 JUMPS = 30
 WIDTH = 10
 
@@ -52,15 +56,16 @@ async def serve_central(url: str, state: Path) -> None:
     await asyncio.Event().wait()
 
 
-async def serve_hosts(url: str, state: Path) -> None:
-    """The auctioneers, until killed; their keys go to <state>/hosts.json."""
+async def serve_hosts(url: str, state: Path, part: int) -> None:
+    """Part ``part`` of the auctioneers, until killed; their keys go to
+    <state>/hosts-<part>.json."""
     configure_logging("error")
     central = json.loads((state / "central.json").read_text())
     market = LocalMarket(url, state, Identity.from_seed(central["bank"]),
                          Identity.from_seed(central["operator"]))
-    for i in range(HOSTS):
+    for i in range(part, HOSTS, HOST_PROCESSES):
         await market.add_host(PRESETS[i % len(PRESETS)], tick_s=1.0, heartbeat_s=5.0)
-    (state / "hosts.json").write_text(json.dumps(
+    (state / f"hosts-{part}.json").write_text(json.dumps(
         [[h.id, h.identity.public_key] for h in market.hosts]))
     await asyncio.Event().wait()
 
@@ -78,7 +83,10 @@ async def main() -> None:
     args = p.parse_args()
     if args.serve:
         role, url, state = args.serve
-        await (serve_central if role == "central" else serve_hosts)(url, Path(state))
+        if role == "central":
+            await serve_central(url, Path(state))
+        else:
+            await serve_hosts(url, Path(state), int(role.removeprefix("hosts-")))
         return
     configure_logging("error")
     async with NatsServer() as server:
@@ -86,19 +94,21 @@ async def main() -> None:
             tmp_path = Path(tmp)
             children: list[subprocess.Popen[bytes]] = []
             try:
-                for role, ready in (("central", "central.json"), ("hosts", "hosts.json")):
+                roles = ["central", *(f"hosts-{i}" for i in range(HOST_PROCESSES))]
+                for role in roles:
                     children.append(subprocess.Popen(
                         [sys.executable, __file__, "--serve", role, server.url, tmp]))
-                    await wait_for(tmp_path / ready, children)
+                    await wait_for(tmp_path / f"{role}.json", children)
                 await wait_for(tmp_path / "market.json", children)
                 info = json.loads((tmp_path / "market.json").read_text())
-                info["hosts"] = json.loads((tmp_path / "hosts.json").read_text())
+                info["hosts"] = [h for i in range(HOST_PROCESSES) for h in
+                                 json.loads((tmp_path / f"hosts-{i}.json").read_text())]
                 result = await run(server.url, info, tmp_path)
             finally:
                 for child in children:
                     child.kill()
                     child.wait()
-    table("agent: 100 simulated hosts (bank + SLS, hosts: two more processes), real nats-server",
+    table("agent: 100 simulated hosts (bank + SLS; hosts in two processes), real nats-server",
           [("acquire 100 hosts (s)", result["acquire_100_hosts_s"]),
            ("hosts in the plan", result["hosts_acquired"]),
            ("rebid p50 (ms)", result["rebid_p50_ms"]),
