@@ -15,6 +15,7 @@ from typing import Any
 
 _impl: Any = None
 try:  # pragma: no branch - depends on the install
+    import nacl.bindings  # noqa: F401  (importing it runs sodium_init, once per process)
     from nacl._sodium import ffi, lib  # type: ignore[import-not-found]
 
     from tycoon.bus import _batchverify  # type: ignore[attr-defined]
