@@ -166,8 +166,11 @@ async def test_kill_agent_auctioneer_and_bank_processes(tmp_path: Path) -> None:
         await agent.start("agent ")
         await eventually(lambda: _true(fund_moves_done(journal) > 0), 30)
         await agent.kill()
-        await agent.start("agent ")
+        await asyncio.sleep(0.3)  # what the killed agent had in flight is delivered by now
+        # taken before the restart: the new agent's first plan can come out before start()
+        # (which polls its log) returns, and later plans only on a market move
         restarted = time.monotonic()
+        await agent.start("agent ")
         await eventually(lambda: _true(any(t > restarted for t in plans)), 30)
 
         # 2. an auctioneer killed while the agent bids on it comes back from its store
