@@ -116,18 +116,14 @@ def seal(
     packer = getattr(_local, "packer", None)
     if packer is None:
         packer = _local.packer = msgpack.Packer(use_bin_type=True)
-    try:
-        payload = packer.pack([
-            kind,
-            subject,
-            answers,
-            time.time_ns() if ts_ns is None else ts_ns,
-            _nonces.next() if nonce is None else nonce,
-            body,
-        ])
-    except BaseException:
-        packer.reset()  # a failed pack may leave bytes in the packer's buffer
-        raise
+    payload = packer.pack([  # a Packer that fails empties its buffer itself
+        kind,
+        subject,
+        answers,
+        time.time_ns() if ts_ns is None else ts_ns,
+        _nonces.next() if nonce is None else nonce,
+        body,
+    ])
     signed = b"".join((_PREFIX, identity.raw_public_key, payload))
     return signed + identity.sign(signed)
 
@@ -192,34 +188,24 @@ def open_envelopes(raws: list[bytes], *, limits: Limits = DEFAULT_LIMITS,
     :func:`open_envelope` gives. ``verdicts`` is ``verify_batch(raws)`` of these very
     ``raws`` when it was computed elsewhere (another thread), else it is computed here.
     """
-    if verdicts is not None:
-        if len(verdicts) != len(raws):
-            raise ValueError("one verdict per envelope")
-        return [_open_with_verdict(raw, ok, limits) for raw, ok in zip(raws, verdicts,
-                                                                       strict=True)]
-    out: list[Message | Rejected] = []
-    laid: list[bytes] = []
-    slots: list[int] = []
-    for raw in raws:
-        try:
-            laid.append(_checked_layout(raw, limits))
-            slots.append(len(out))
-            out.append(Rejected("bad_signature", "unchecked"))  # replaced below
-        except Rejected as error:
-            out.append(error)
-    verdicts = verify_batch(laid) if len(laid) > 1 else None
-    for k, (slot, raw) in enumerate(zip(slots, laid, strict=True)):
-        try:
-            if verdicts is None:
-                out[slot] = open_envelope(raw, limits=limits)
-            elif verdicts[k]:
-                out[slot] = _decode_verified(raw, limits)
-            else:
-                out[slot] = Rejected("bad_signature",
-                                     "signature does not verify for the sender's key")
-        except Rejected as error:
-            out[slot] = error
-    return out
+    if verdicts is None:
+        # the C checker reads exact bytes; other bytes-likes are opened as bytes too
+        raws = [raw if raw.__class__ is bytes or not isinstance(raw, _BYTES_LIKE)
+                else bytes(raw) for raw in raws]
+        verdicts = verify_batch(raws) if len(raws) > 1 else None
+        if verdicts is None:  # one envelope, or no C checker: PyNaCl, one at a time
+            return [_open_or_refusal(raw, limits) for raw in raws]
+    elif len(verdicts) != len(raws):
+        raise ValueError("one verdict per envelope")
+    return [_open_with_verdict(raw, ok, limits)
+            for raw, ok in zip(raws, verdicts, strict=True)]
+
+
+def _open_or_refusal(raw: bytes, limits: Limits) -> Message | Rejected:
+    try:
+        return open_envelope(raw, limits=limits)
+    except Rejected as error:
+        return error
 
 
 def _open_with_verdict(raw: bytes, ok: int, limits: Limits) -> Message | Rejected:
