@@ -3,11 +3,12 @@
 A real market runs on a real nats-server as it would be deployed: the bank and the SLS in
 one process (the central services), the 100 simulated auctioneers in two more (hosts are
 other machines in a real cluster; one process per core is as close as this machine
-gets); the agent runs in this one, as on a user's machine.
+gets); the agent runs in this one, as on a user's machine, and a rival user in another.
 (1) Time from the agent's start to bids placed on every host of its plan (SLS query,
 plan, 100 bank transfers, 100 fundings, 100 bids); (2) latency from a price change
 reaching the agent to its new bids being placed, over repeated competitor jumps (a
-competitor outbids it on 10 hosts at once; the agent runs with its default settings).
+competitor outbids it on 10 hosts at once; the agent runs with its default settings),
+and to the money moves behind those bids being done (refunds, transfers, top-ups).
 """
 
 from __future__ import annotations
@@ -70,6 +71,32 @@ async def serve_hosts(url: str, state: Path, part: int) -> None:
     await asyncio.Event().wait()
 
 
+async def serve_rival(url: str, state: Path) -> None:
+    """A rival user: outbids on the hosts named on each stdin line, answers ``ok``."""
+    configure_logging("error")
+    info = json.loads((state / "market.json").read_text())
+    hosts = [h for i in range(HOST_PROCESSES)
+             for h in json.loads((state / f"hosts-{i}.json").read_text())]
+    rival = await open_bus(url, Identity.generate())
+    bank = BankClient(rival, info["bank"])
+    await bank.open()
+    async with await open_bus(url, Identity.from_seed(info["operator"])) as operator:
+        await BankClient(operator, info["bank"]).mint(rival.identity.public_key,
+                                                      1_000_000 * MICRO)
+
+    async def outbid(host_id: str, host_key: str) -> None:
+        receipt = await bank.transfer(host_key, 2_000 * MICRO)
+        client = AuctioneerClient(rival, host_id)
+        await client.fund(receipt)
+        await client.bid("cpu:1,0,1", "600s")
+
+    loop = asyncio.get_running_loop()
+    print("ready", flush=True)
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        await asyncio.gather(*(outbid(*hosts[int(i)]) for i in line.split()))
+        print("ok", flush=True)
+
+
 async def wait_for(path: Path, children: list[subprocess.Popen[bytes]]) -> None:
     while not path.exists():
         if any(child.poll() is not None for child in children):
@@ -85,6 +112,8 @@ async def main() -> None:
         role, url, state = args.serve
         if role == "central":
             await serve_central(url, Path(state))
+        elif role == "rival":
+            await serve_rival(url, Path(state))
         else:
             await serve_hosts(url, Path(state), int(role.removeprefix("hosts-")))
         return
@@ -113,6 +142,8 @@ async def main() -> None:
            ("hosts in the plan", result["hosts_acquired"]),
            ("rebid p50 (ms)", result["rebid_p50_ms"]),
            ("rebid p99 (ms)", result["rebid_p99_ms"]),
+           ("money settled p50 (ms)", result["settle_p50_ms"]),
+           ("money settled p99 (ms)", result["settle_p99_ms"]),
            ("price jumps answered", result["rebids_measured"])], ("measure", "value"))
     emit_json(result, args.json)
 
@@ -136,28 +167,31 @@ async def run(url: str, info: dict, tmp: Path) -> dict:
         await asyncio.sleep(0.005)
     acquire = time.perf_counter() - started
     acquired = len(agent.plan.hosts) if agent.plan else 0
-    rival = await open_bus(url, Identity.generate())
-    bank = BankClient(rival, bank_key)
-    await bank.open()
-    await treasury.mint(rival.identity.public_key, 1_000_000 * MICRO)
-    async def outbid(host_id: str, host_key: str) -> None:
-        receipt = await bank.transfer(host_key, 2_000 * MICRO)
-        client = AuctioneerClient(rival, host_id)
-        await client.fund(receipt)
-        await client.bid("cpu:1,0,1", "600s")
-
+    rival = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--serve", "rival", url, str(tmp),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert rival.stdin is not None and rival.stdout is not None
+    if (await rival.stdout.readline()).strip() != b"ready":
+        raise RuntimeError("the rival did not start")
     for n in range(JUMPS):
         before = len(agent.summary.rebid_latencies_ms)
-        hosts = [info["hosts"][(n * WIDTH + k) % HOSTS] for k in range(WIDTH)]
-        await asyncio.gather(*(outbid(h, key) for h, key in hosts))
+        hosts = " ".join(str((n * WIDTH + k) % HOSTS) for k in range(WIDTH))
+        rival.stdin.write(f"{hosts}\n".encode())
+        await rival.stdin.drain()
+        if (await rival.stdout.readline()).strip() != b"ok":
+            raise RuntimeError("the rival failed")
         for _ in range(200):
             if len(agent.summary.rebid_latencies_ms) > before:
                 break
             await asyncio.sleep(0.01)
+    rival.stdin.close()
+    await rival.wait()
+    await asyncio.sleep(2.5)  # the last plan's money moves: settle_delay_s, then the moves
     latencies = agent.summary.rebid_latencies_ms
+    settled = agent.summary.settle_latencies_ms
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    for bus in (user, operator, rival):
+    for bus in (user, operator):
         await bus.close()
     return {
         "acquire_100_hosts_s": round(acquire, 3),
@@ -165,6 +199,9 @@ async def run(url: str, info: dict, tmp: Path) -> dict:
         "rebid_p50_ms": round(percentile(latencies, 50), 1),
         "rebid_p99_ms": round(percentile(latencies, 99), 1),
         "rebids_measured": len(latencies),
+        "settle_p50_ms": round(percentile(settled, 50), 1) if settled else None,
+        "settle_p99_ms": round(percentile(settled, 99), 1) if settled else None,
+        "settles_measured": len(settled),
         "jumps": JUMPS,
         "hosts_per_jump": WIDTH,
     }

@@ -4,10 +4,12 @@ One agent buys one resource for one job: a budget to spend before a deadline. It
 SLS for candidate hosts, solves Best Response, funds and bids through the allocator, then
 listens to the price streams of its candidates. A price move beyond the threshold on a
 host in play triggers a re-solve; the new plan replaces the old only past the hysteresis
-(see :mod:`tycoon.agent.planner`). At the deadline it refunds everything left.
+(see :mod:`tycoon.agent.planner`). A new plan is bid at once where the money already is
+(see :mod:`tycoon.agent.allocator`); the money follows in the background. At the deadline
+it refunds everything left.
 
 Everything it decides is published on ``tycoon.agent.<id>.<event>`` (plan, rebid,
-warning, done). Its contract and money moves are journalled, so a restarted agent keeps
+settled, warning, done). Its contract and money moves are journalled, so a restarted agent keeps
 its deadline and repeats no payment.
 """
 
@@ -62,8 +64,11 @@ class AgentConfig:
     replan_every_s: float = 30.0
     refund_margin_s: float = 2.0
     """Stop bidding this long before the deadline and refund what is left."""
-    jitter_s: float = 0.05
+    jitter_s: float = 0.02
     """Up to this random pause before reacting to a price move."""
+    settle_delay_s: float = 1.0
+    """A plan's rates are bid at once; its money moves (refunds, top-ups) wait until no
+    newer plan came for this long, so a burst of price moves moves money once."""
     probability: float | None = None
     """Plan so the shares hold with this probability: each host is priced at this quantile
     of its price distribution (from the SLS's statistics) instead of its current price."""
@@ -82,6 +87,9 @@ class Summary:
     paid_out: int = 0
     warnings: list[str] = field(default_factory=list)
     rebid_latencies_ms: list[float] = field(default_factory=list)
+    """From a price move to the new rates bid."""
+    settle_latencies_ms: list[float] = field(default_factory=list)
+    """From a price move to the money moves of its plan being done."""
 
 
 class Agent:
@@ -109,7 +117,7 @@ class Agent:
         self._clients: dict[str, HostClient] = {}
         self.allocator = Allocator(
             self.id, self.bank, lambda h: self._client(h, make_client), self.journal,
-            resource=config.resource,
+            resource=config.resource, clock=clock,
         )
         self.planner = PlannerConfig(max_hosts=config.max_hosts, threshold=config.threshold)
         self.plan: Plan | None = None
@@ -120,11 +128,14 @@ class Agent:
         self._wake_reason = ""
         self._changed_at: float | None = None
         self._subscriptions: dict[str, Any] = {}
-        self._held: dict[str, int] = {}
-        self._reported_rate: dict[str, float] = {}
+        self._reported_rate: dict[str, tuple[float, float]] = {}
+        """Our rate at each host as its allocation stream last reported it, and when."""
+        self._baseline: dict[str, float] = {}
+        """The others' bid rate at each host when the market was last evaluated."""
         self._predictions: dict[str, Prediction] = {}
-        self._held_at: float | None = None
-        self._bank_balance = 0
+        self._settling: set[asyncio.Task[None]] = set()
+        self._settling_epoch: int | None = None
+        self._settle_now = asyncio.Event()
         started = float(self.journal.setdefault("started", repr(clock())))
         self.deadline = float(self.journal.setdefault("deadline",
                                                       repr(started + config.deadline_s)))
@@ -221,16 +232,34 @@ class Agent:
         if not isinstance(offer, dict):
             return
         old = self.quotes[host]
-        new = Quote(host, float(offer.get("capacity", old.capacity)),
-                    float(offer.get("price", old.price)), own_rate=self._own_rate(host))
-        self.quotes[host] = new
-        if (self.plan and host in self.plan.hosts) or old.others == 0:
-            base = max(old.others, 1e-9)
-            if abs(new.others - old.others) / base > self.config.threshold:
-                if self._changed_at is None:
-                    self._changed_at = time.perf_counter()
-                self._wake_reason = f"price moved on {host}"
-                self._wake.set()
+        self.quotes[host] = Quote(host, float(offer.get("capacity", old.capacity)),
+                                  float(offer.get("price", old.price)))
+        if self.allocator.lock(host).locked():
+            # Our own move there is in flight: this price holds our new bid, our books
+            # not yet (the reply comes after the price); the next price is judged.
+            return
+        if self._moved(host):
+            if self._changed_at is None:
+                self._changed_at = time.perf_counter()
+            self._wake_reason = f"price moved on {host}"
+            self._wake.set()
+
+    def _moved(self, host: str) -> bool:
+        """Whether the others' bids at ``host`` moved past the threshold since the last
+        evaluation: any way on a host in play, down (cheaper) on any other."""
+        others = self._quote(host).others
+        base = self._baseline.get(host)
+        if base is None:
+            return False
+        change = (others - base) / max(base, 1e-9)
+        in_play = self.plan is not None and host in self.plan.hosts
+        return abs(change) > self.config.threshold if in_play \
+            else change < -self.config.threshold
+
+    def _quote(self, host: str) -> Quote:
+        """The last quote of ``host`` with our own rate there as we know it now."""
+        q = self.quotes[host]
+        return Quote(host, q.capacity, q.price, own_rate=self._own_rate(host))
 
     async def _on_alloc(self, msg: Message) -> None:
         """The host's own word on our bid: its rate and our balance there."""
@@ -242,12 +271,9 @@ class Agent:
         if isinstance(mine, dict):
             rate = (mine.get("rate") or {}).get(self.config.resource)
             if isinstance(rate, int | float):
-                self._reported_rate[host] = float(rate)
+                self._reported_rate[host] = (float(rate), self.clock())
         elif isinstance(accounts, dict) and not msg.body.get("truncated"):
-            self._reported_rate[host] = 0.0
-        if host in self.quotes:
-            q = self.quotes[host]
-            self.quotes[host] = Quote(host, q.capacity, q.price, own_rate=self._own_rate(host))
+            self._reported_rate[host] = (0.0, self.clock())
 
     async def _on_snapshot(self, msg: Message) -> None:
         if msg.sender and not self.quotes:
@@ -255,33 +281,39 @@ class Agent:
             self._wake.set()
 
     async def _replan(self, reason: str, *, force: bool = False) -> None:
-        if reason == "periodic" and self.journal.pending():
-            # A funding whose host was down (or a refund that failed) is finished on the
-            # periodic round, with the ids it had (not on a price move: a dead host must
-            # not slow the answer to the market).
-            await self.allocator.recover()
-        quotes = [self._pessimistic(Quote(q.host, q.capacity, q.price,
-                                          own_rate=self._own_rate(q.host)))
-                  for q in self.quotes.values()]
+        # The price move this answers; one arriving from now on is answered by the next.
+        changed_at, self._changed_at = self._changed_at, None
+        exact = reason in ("start", "periodic")
+        if exact:
+            # Exact readings and recovery need the money at rest: the last plan's money
+            # moves are made now (a price move does not wait for them: see _settle).
+            await self._settled()
+            if self.journal.pending():
+                # A funding whose host was down (or a refund that failed) is finished on
+                # the periodic round, with the ids it had.
+                await self.allocator.recover()
+        fresh = [self._quote(host) for host in self.quotes]
+        self._baseline = {q.host: q.others for q in fresh}
+        quotes = [self._pessimistic(q) for q in fresh]
         # Plan over the exact horizon (so the spending rate does not jump as whole seconds
-        # tick by); bids last the horizon rounded up to whole seconds.
+        # tick by); bids are rounded up to whole seconds.
         seconds = self.seconds_left - self.config.refund_margin_s
         if seconds < 1:
             return
+        end = self.deadline - self.config.refund_margin_s
         try:
-            held, bank_balance = await self._holdings(exact=reason in ("start", "periodic"))
+            held, bank_balance = await self._holdings(exact=exact)
         except Rejected as error:
             await self.warn(f"cannot read balances: {error.code}")
             return
-        budget_left = self.config.budget - self.journal.net_paid_out()
+        budget_left = self.config.budget - self.journal.committed_out()
         money = min(budget_left, bank_balance) + sum(held.values())
-        if bank_balance < budget_left:
+        if exact and bank_balance < budget_left:
             await self.warn("funds will not last to the deadline",
                             bank_balance=bank_balance, budget_left=budget_left)
         target = make_plan(quotes, money, seconds, self.planner)
         go, why = should_replan(self.plan, target, quotes, self.planner)
         if not (go or force):
-            self._changed_at = None
             return
         candidate = damped(self.plan, target, quotes, self.planner.damping,
                            self.planner.min_balance)
@@ -290,6 +322,7 @@ class Agent:
             if dropped:
                 await self.warn(f"priced out of {len(dropped)} host(s)", hosts=sorted(dropped))
         epoch = self.journal.next_epoch()
+        self._settling_epoch = epoch  # a settlement still running for an older plan stops
         self.summary.plans += 1
         await self.publish("plan", {
             "epoch": epoch, "summary": candidate.summary(), "reason": why,
@@ -298,28 +331,60 @@ class Agent:
             "hosts": {h: {"balance": candidate.balances[h], "rate": candidate.rates[h],
                           "share": candidate.shares.get(h, 0.0)} for h in candidate.hosts},
         })
-        outcome = await self.allocator.execute(candidate, epoch, held, self.payees, seconds,
-                                               budget=self.config.budget)
+        outcome = await self.allocator.retarget(candidate, epoch, self.payees, end,
+                                                budget=self.config.budget)
         await self._follow_allocations(sorted(set(candidate.hosts) | set(outcome.funded)))
-        self._held = {h: (0 if h in outcome.refunded else held.get(h, 0))
-                      + outcome.funded.get(h, 0) for h in set(held) | set(outcome.funded)}
-        self._bank_balance = (bank_balance - sum(outcome.funded.values())
-                              + sum(outcome.refunded.values()))
-        self._held_at = self.clock()
         self.plan = candidate
         self.summary.rebids += 1
         latency = None
-        if self._changed_at is not None:
-            latency = (time.perf_counter() - self._changed_at) * 1000
+        if changed_at is not None:
+            latency = (time.perf_counter() - changed_at) * 1000
             self.summary.rebid_latencies_ms.append(latency)
-            self._changed_at = None
         await self.publish("rebid", {
             "epoch": epoch, "reason": f"{reason}: {why}",
-            "summary": f"{len(outcome.bids)} bids, funded {len(outcome.funded)},"
-                       f" refunded {len(outcome.refunded)}",
+            "summary": f"{len(outcome.bids)} bids, funded {len(outcome.funded)}",
             "funded": outcome.funded, "refunded": outcome.refunded, "errors": outcome.errors,
             "latency_ms": latency,
         })
+        task = asyncio.create_task(self._settle(candidate, epoch, end, changed_at))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, plan: Plan, epoch: int, end: float,
+                      changed_at: float | None) -> None:
+        """Move the money of plan ``epoch`` behind its bids, once ``settle_delay_s`` passed
+        without a newer plan (or at once when :meth:`_settled` asks)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settle_now.wait(), self.config.settle_delay_s)
+        if self._settling_epoch != epoch:
+            return
+        try:
+            outcome = await self.allocator.settle(
+                plan, epoch, self.payees, end, budget=self.config.budget,
+                current=lambda: self._settling_epoch == epoch)
+        except Exception:
+            self.log.exception("settling failed", epoch=epoch)
+            return
+        await self._follow_allocations(sorted(outcome.funded))
+        if changed_at is not None and self._settling_epoch == epoch:
+            self.summary.settle_latencies_ms.append((time.perf_counter() - changed_at) * 1000)
+        if outcome.funded or outcome.refunded or outcome.errors:
+            await self.publish("settled", {
+                "epoch": epoch, "funded": outcome.funded, "refunded": outcome.refunded,
+                "errors": outcome.errors,
+                "superseded": self._settling_epoch != epoch,
+            })
+
+    async def _settled(self, *, supersede: bool = False) -> None:
+        """Settle the last plan's money now and wait until it is done (or, with
+        ``supersede``, drop what has not started and wait for what has)."""
+        if not self._settling:
+            return
+        if supersede:
+            self._settling_epoch = None
+        self._settle_now.set()
+        await asyncio.gather(*self._settling, return_exceptions=True)
+        self._settle_now.clear()
 
     def _pessimistic(self, quote: Quote) -> Quote:
         """With ``probability`` set: price the others' bids at that quantile of the host's
@@ -346,43 +411,41 @@ class Agent:
         return round(extra * plan.seconds_left) if math.isfinite(extra) else -1
 
     def _own_rate(self, host: str) -> float:
-        """Our bid rate at ``host``: as its last allocation reported it, or else estimated
-        as what our account there holds, spread evenly until the bid expires."""
-        if host in self._reported_rate:
-            return self._reported_rate[host]
-        if host not in self._held or self._held_at is None:
-            return 0.0
-        left = self.deadline - self.config.refund_margin_s - self.clock()
-        rate = self.plan.rates.get(host, 0.0) if self.plan else 0.0
-        held = max(0.0, self._held[host] - rate * (self.clock() - self._held_at))
-        return held / left if left > 1 else rate
+        """Our bid rate at ``host``: as its allocation stream or our own books (the last
+        reply of the host: our balance there, spent evenly until the bid expires) say,
+        whichever heard from the host last."""
+        reported = self._reported_rate.get(host)
+        holding = self.allocator.holdings.get(host)
+        if reported is not None and (holding is None or reported[1] >= holding.at):
+            return reported[0]
+        return self.allocator.rate(host)
 
     async def _holdings(self, *, exact: bool) -> tuple[dict[str, int], int]:
         """Our balance at each funded host and at the bank.
 
         Exact (one request per host) at the start and on periodic replans; in between,
-        estimated from the last reading and the planned spending, so that answering a
-        price move costs no round of queries. Estimates only steer the plan: the cap on
-        spending comes from the journal, which is exact.
+        from the allocator's books (each host's last report, spent evenly until its bid
+        expires), so that answering a price move costs no round of queries. Estimates
+        only steer the plan: the cap on spending comes from the journal, which is exact.
         """
-        if exact or self._held_at is None:
-            held = await self.allocator.balances(sorted(self.journal.hosts_funded()))
-            return held, await self.bank.balance()
-        elapsed = self.clock() - self._held_at
-        rates = self.plan.rates if self.plan else {}
-        held = {h: max(0, b - int(rates.get(h, 0.0) * elapsed)) for h, b in self._held.items()}
-        return held, self._bank_balance
+        if exact or self.allocator.bank_balance is None:
+            hosts = sorted(self.journal.hosts_funded() | set(self.allocator.holdings))
+            held = await self.allocator.balances(hosts)
+            self.allocator.bank_balance = await self.bank.balance()
+            return held, self.allocator.bank_balance
+        return self.allocator.held(), self.allocator.bank_balance
 
     async def _finish(self) -> None:
         """Refund every host account and report."""
+        await self._settled(supersede=True)
         if self.journal.pending():
             await self.allocator.recover()
-        hosts = sorted(self.journal.hosts_funded())
+        hosts = sorted(self.journal.hosts_funded() | set(self.allocator.holdings))
         epoch = self.journal.next_epoch()
         empty = Plan({}, {}, {}, 0.0, 0.0, 0.0)
         try:
-            held = await self.allocator.balances(hosts)
-            outcome = await self.allocator.execute(empty, epoch, held, self.payees, 1.0)
+            await self.allocator.balances(hosts)
+            outcome = await self.allocator.execute(empty, epoch, self.payees, self.clock())
             self.summary.refunded = sum(outcome.refunded.values())
         except Rejected as error:
             await self.warn(f"final refund incomplete: {error.code}")

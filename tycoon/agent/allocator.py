@@ -1,16 +1,30 @@
-"""The allocator: turns a plan into money moves and bids, idempotently.
+"""The allocator: turns a plan into bids and money moves, rates first, idempotently.
 
-For each host of the plan it tops the host account up to the planned balance (a bank
-transfer to the host's key, then funding with the receipt) and bids so that the balance
-is spent evenly until the deadline. A host whose planned balance fell well below what
-it holds is refunded and funded afresh; a host dropped from the plan is refunded.
-Every move goes through the :class:`~tycoon.agent.journal.Journal` first.
+A bid spends its host account's balance evenly until it expires, so the rate it bids is
+``balance / time left``. The allocator uses that to answer the market in one round trip:
+
+1. :meth:`Allocator.retarget` sets the planned rates at once by re-bidding where money
+   already is, with the duration that makes the balance last at the new rate (a shorter
+   bid raises the rate, a longer one lowers it): every rate that moves by more than
+   ``fast_slack``, and hosts dropped from the plan are parked (a rate of almost nothing).
+   Only a host where we hold nothing needs money first (bank transfer, then funding with
+   the receipt, then a bid).
+2. :meth:`Allocator.settle` then moves the money so that every balance lasts exactly to
+   the end of the job: refunds from hosts dropped from the plan, refunds of surpluses
+   where the bank cannot cover the top-ups otherwise, then top-ups (each followed by a
+   bid restoring the full duration), and last the smaller rate changes (beyond
+   ``slack``). It runs off the critical path and stops between steps when a newer plan
+   supersedes it.
+
+Every money move goes through the :class:`~tycoon.agent.journal.Journal` first, under an
+id derived from (agent, epoch, host, step); each host's moves run under its own lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,6 +36,13 @@ from tycoon.errors import Rejected
 from tycoon.log import get_logger
 
 RETRYABLE = ("timeout", "unavailable", "internal")
+NS = 1_000_000_000
+MIN_DURATION_S = 2
+"""A raised rate never spends a balance in less than this: until the top-up arrives, a
+host with little money gets what the money buys rather than a burst."""
+PARK_S = 365 * 86_400
+"""A host dropped from the plan is re-bid to spend its balance over this long (a rate
+of almost nothing) until its money is refunded."""
 
 
 class HostClient(Protocol):
@@ -31,6 +52,28 @@ class HostClient(Protocol):
     async def fund(self, receipt: bytes) -> dict[str, Any]: ...
     async def bid(self, spec: str, duration: str) -> dict[str, Any]: ...
     async def refund(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Holding:
+    """Our account at one host as last reported: ``balance`` at time ``at``, spent evenly
+    until ``expires`` (0: no live bid, nothing is being spent)."""
+
+    balance: int
+    expires: float
+    at: float
+
+    def left(self, now: float) -> int:
+        """The balance expected at ``now``."""
+        if self.expires <= self.at:
+            return self.balance
+        if now >= self.expires:
+            return 0
+        return self.balance - math.floor(self.balance * (now - self.at) / (self.expires - self.at))
+
+    def rate(self, now: float) -> float:
+        """What the live bid spends per second (0 without one)."""
+        return self.left(now) / (self.expires - now) if self.expires > now else 0.0
 
 
 @dataclass
@@ -55,7 +98,9 @@ class Allocator:
         *,
         resource: str = "cpu",
         slack: float = 0.1,
+        fast_slack: float = 0.25,
         refund_slack: float = 0.5,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.agent_id = agent_id
         self.bank = bank
@@ -63,15 +108,41 @@ class Allocator:
         self.journal = journal
         self.resource = resource
         self.slack = slack
+        self.fast_slack = fast_slack
         self.refund_slack = refund_slack
-        # Hosts where our bid stands: a bid lasts until the job's horizon and spends
-        # whatever the account holds, so a top-up needs no new bid; only a first funding
-        # or a refund (which ends the bid) does.
-        self.bidding: set[str] = set()
+        self.clock = clock
+        self.holdings: dict[str, Holding] = {}
+        self.bank_balance: int | None = None
+        """Our bank balance as last read, less the fundings begun since (None: unknown)."""
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._funding: set[str] = set()
+        """Hosts with a funding under way (its bid follows; nobody funds them twice)."""
         self.log = get_logger("allocator", agent=agent_id)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.resource}:1,0,1"
 
     def move_id(self, epoch: int, host: str, step: str) -> str:
         return f"{self.agent_id}.{epoch}.{host}.{step}"
+
+    def lock(self, host: str) -> asyncio.Lock:
+        return self._locks.setdefault(host, asyncio.Lock())
+
+    def held(self, now: float | None = None) -> dict[str, int]:
+        """What each of our host accounts is expected to hold at ``now``."""
+        now = self.clock() if now is None else now
+        return {h: holding.left(now) for h, holding in self.holdings.items()}
+
+    def rate(self, host: str, now: float | None = None) -> float:
+        """Our bid rate at ``host`` by our own books."""
+        holding = self.holdings.get(host)
+        return 0.0 if holding is None else holding.rate(self.clock() if now is None else now)
+
+    def observe(self, host: str, balance: int, expires_ns: int) -> None:
+        """Record what a host reported of our account there."""
+        self.holdings[host] = Holding(balance, expires_ns / NS if expires_ns else 0.0,
+                                      self.clock())
 
     async def recover(self) -> int:
         """Finish every move a crash left pending, with the ids it had; return how many."""
@@ -87,65 +158,158 @@ class Allocator:
         return len(pending)
 
     async def balances(self, hosts: list[str]) -> dict[str, int]:
-        """Unspent balance of our account at each host (0 where we have none)."""
+        """Ask each host for our balance there (0 where we have none); keeps the books."""
 
         async def one(host: str) -> tuple[str, int]:
-            try:
-                info = await self.hosts(host).account()
-            except Rejected as error:
-                if error.code in ("unknown_account", "unavailable", "timeout"):
-                    return host, 0
-                raise
-            balance = info.get("balance", 0)
-            return host, balance if isinstance(balance, int) else 0
+            async with self.lock(host):
+                try:
+                    info = await self.hosts(host).account()
+                except Rejected as error:
+                    if error.code in ("unknown_account", "unavailable", "timeout"):
+                        return host, 0
+                    raise
+                balance = info.get("balance", 0)
+                balance = balance if isinstance(balance, int) else 0
+                bid = info.get("bid")
+                expires = bid.get("expires_ns") if isinstance(bid, dict) else 0
+                self.observe(host, balance, expires if isinstance(expires, int) else 0)
+                return host, balance
 
         return dict(await asyncio.gather(*(one(h) for h in hosts)))
 
-    async def execute(self, plan: Plan, epoch: int, held: Mapping[str, int],
-                      payees: Mapping[str, str], duration_s: float, *,
-                      budget: int | None = None) -> Outcome:
-        """Apply ``plan`` (epoch ``epoch``) given the balances ``held`` at each host.
+    def allowance(self, budget: int | None) -> int | None:
+        """What may still be paid out: the budget less every funding begun, net of
+        refunds; and no more than the bank balance, where known."""
+        left = None if budget is None else budget - self.journal.committed_out()
+        if self.bank_balance is not None:
+            left = self.bank_balance if left is None else min(left, self.bank_balance)
+        return left
 
-        Refunds go first; then top-ups, each cut so that the money paid out over the whole
-        job (fundings minus refunds, from the journal) never exceeds ``budget``; then bids.
-        """
-        outcome = Outcome()
-        duration = f"{max(1, math.ceil(duration_s))}s"
-        hosts = sorted(set(held) | set(plan.balances))
-        held = dict(held)
-        refunds = []
-        for host in hosts:
-            target, have = plan.balances.get(host, 0), held.get(host, 0)
-            # Pulling money back costs a refund and a new funding (and an instant with no
-            # bid at all), so a host keeps a surplus up to refund_slack: it just spends a
-            # little faster, and the next plan counts the money where it is.
-            if have > 0 and (target <= 0 or have > target * (1 + self.refund_slack)):
-                refunds.append(self._guard(host, outcome, self._refund_host(
-                    epoch, host, payees.get(host, ""), outcome)))
-                held[host] = 0
-        await asyncio.gather(*refunds)
-        allowance = None if budget is None else budget - self.journal.net_paid_out()
-        moves = []
-        for host in sorted(plan.balances, key=lambda h: -plan.balances[h]):
-            target, have = plan.balances[host], held.get(host, 0)
-            top_up = target - have
-            if top_up <= 0 or (have > 0 and top_up <= target * self.slack):
-                continue
-            if allowance is not None:
-                top_up = min(top_up, allowance)
-                if top_up <= 0:
-                    continue
-                allowance -= top_up
-            moves.append(self.journal.begin(self.move_id(epoch, host, "f"), epoch, host,
-                                            payees.get(host, ""), "fund", top_up))
-        await asyncio.gather(*(self._guard(m.host, outcome, self._fund_host(m, outcome))
-                               for m in moves))
-        spec = f"{self.resource}:1,0,1"
-        bids = [host for host in plan.balances if host not in outcome.errors
-                and (host not in self.bidding or host in outcome.refunded)]
-        await asyncio.gather(*(self._guard(h, outcome, self._bid(h, spec, duration, outcome))
-                               for h in bids))
+    async def execute(self, plan: Plan, epoch: int, payees: Mapping[str, str], end: float, *,
+                      budget: int | None = None) -> Outcome:
+        """Apply ``plan`` fully: :meth:`retarget`, then :meth:`settle`."""
+        outcome = await self.retarget(plan, epoch, payees, end, budget=budget)
+        await self.settle(plan, epoch, payees, end, budget=budget, outcome=outcome)
         return outcome
+
+    async def retarget(self, plan: Plan, epoch: int, payees: Mapping[str, str], end: float, *,
+                       budget: int | None = None) -> Outcome:
+        """Bid every planned rate now (spending should end at clock time ``end``); park
+        the hosts dropped from the plan."""
+        outcome = Outcome()
+        now = self.clock()
+        parked = [h for h, holding in self.holdings.items()
+                  if h not in plan.rates and holding.rate(now) > 0
+                  and holding.expires - now < PARK_S / 2]
+        await asyncio.gather(
+            *(self._guard(host, outcome, self._retarget_host(
+                host, rate, epoch, payees.get(host, ""), end, budget, outcome,
+                self.fast_slack))
+              for host, rate in sorted(plan.rates.items(), key=lambda kv: -kv[1])),
+            *(self._guard(host, outcome, self._park(host, outcome)) for host in parked))
+        return outcome
+
+    async def _park(self, host: str, outcome: Outcome) -> None:
+        async with self.lock(host):
+            await self._bid(host, PARK_S, outcome)
+
+    async def _retarget_host(self, host: str, rate: float, epoch: int, payee: str, end: float,
+                             budget: int | None, outcome: Outcome, slack: float) -> None:
+        async with self.lock(host):
+            now = self.clock()
+            holding = self.holdings.get(host)
+            left = 0 if holding is None else holding.left(now)
+            if left > 0:
+                if abs(holding.rate(now) - rate) > slack * rate:  # type: ignore[union-attr]
+                    await self._bid(host, left / rate, outcome)
+                return
+        if host in self._funding:
+            return
+        amount = math.floor(rate * (end - now))
+        allowance = self.allowance(budget)
+        if allowance is not None:
+            amount = min(amount, allowance)
+        if amount > 0:
+            move = self._begin_fund(self.move_id(epoch, host, "f"), epoch, host, payee, amount)
+            outcome.funded[host] = await self._fund(move, then_bid=(end, outcome))
+
+    async def settle(self, plan: Plan, epoch: int, payees: Mapping[str, str], end: float, *,
+                     budget: int | None = None, outcome: Outcome | None = None,
+                     current: Callable[[], bool] = lambda: True) -> Outcome:
+        """Move money so each planned balance lasts until ``end``: refunds, then top-ups.
+
+        Stops between steps once ``current()`` is false (a newer plan took over)."""
+        outcome = outcome or Outcome()
+        now = self.clock()
+        dropped = [h for h, left in self.held(now).items() if left > 0 and h not in plan.rates]
+        await self._refund_all(dropped, epoch, payees, outcome)
+        if not current():
+            return outcome
+        now = self.clock()
+        target = {h: math.floor(r * (end - now)) for h, r in plan.rates.items()}
+        held = self.held(now)
+        needs = {h: t - held.get(h, 0) for h, t in target.items()
+                 if t - held.get(h, 0) > self.slack * t}
+        allowance = self.allowance(budget)
+        shortfall = sum(needs.values()) - (allowance if allowance is not None else math.inf)
+        if shortfall > 0:
+            # Surpluses (money a host keeps beyond its planned balance) pay for the top-ups
+            # the bank cannot: largest first, each refunded whole and funded afresh.
+            surplus = sorted(((held.get(h, 0) - t, h) for h, t in target.items()
+                              if held.get(h, 0) > t * (1 + self.refund_slack)), reverse=True)
+            freed, chosen = 0, []
+            for extra, host in surplus:
+                if freed >= shortfall:
+                    break
+                freed += extra
+                chosen.append(host)
+            await self._refund_all(chosen, epoch, payees, outcome)
+            for host in chosen:
+                if host in outcome.refunded:
+                    needs[host] = target[host]
+            if not current():
+                return outcome
+        await asyncio.gather(*(
+            self._guard(host, outcome, self._top_up(host, plan.rates[host], epoch,
+                                                    payees.get(host, ""), end, budget, outcome,
+                                                    current))
+            for host in sorted(needs, key=lambda h: -needs[h])))
+        if not current():
+            return outcome
+        rebid = Outcome()
+        await asyncio.gather(*(
+            self._guard(host, outcome, self._retarget_host(
+                host, rate, epoch, payees.get(host, ""), end, budget, rebid, self.slack))
+            for host, rate in plan.rates.items() if host not in needs))
+        outcome.bids.update(rebid.bids)
+        outcome.funded.update(rebid.funded)
+        return outcome
+
+    async def _top_up(self, host: str, rate: float, epoch: int, payee: str, end: float,
+                      budget: int | None, outcome: Outcome, current: Callable[[], bool]) -> None:
+        if not current() or host in self._funding:
+            return
+        now = self.clock()
+        target = math.floor(rate * (end - now))
+        holding = self.holdings.get(host)
+        left = 0 if holding is None else holding.left(now)
+        need = target - left
+        allowance = self.allowance(budget)
+        if allowance is not None:
+            need = min(need, allowance)
+        if need <= 0 or (left > 0 and need <= self.slack * target):
+            return
+        move = self._begin_fund(self.move_id(epoch, host, "t"), epoch, host, payee, need)
+        outcome.funded[host] = await self._fund(move, then_bid=(end, outcome))
+
+    async def _refund_all(self, hosts: list[str], epoch: int, payees: Mapping[str, str],
+                          outcome: Outcome) -> None:
+        async def one(host: str) -> None:
+            move = self.journal.begin(self.move_id(epoch, host, "r"), epoch, host,
+                                      payees.get(host, ""), "refund", 0)
+            outcome.refunded[host] = await self._refund(move)
+
+        await asyncio.gather(*(self._guard(h, outcome, one(h)) for h in hosts))
 
     async def _guard(self, host: str, outcome: Outcome, work: Awaitable[Any]) -> None:
         try:
@@ -155,43 +319,76 @@ class Allocator:
             self.log.warning("host move failed", host=host, code=error.code,
                              reason=error.message)
 
-    async def _refund_host(self, epoch: int, host: str, payee: str, outcome: Outcome) -> None:
-        self.bidding.discard(host)
-        move = self.journal.begin(self.move_id(epoch, host, "r"), epoch, host, payee,
-                                  "refund", 0)
-        outcome.refunded[host] = await self._refund(move)
+    async def _bid(self, host: str, seconds: float, outcome: Outcome) -> None:
+        duration = f"{max(MIN_DURATION_S, math.ceil(seconds))}s"
+        reply = await self.hosts(host).bid(self.spec, duration)
+        view = reply.get("allocation")
+        expires = reply.get("expires_ns")
+        if isinstance(view, dict) and isinstance(view.get("balance"), int) \
+                and isinstance(expires, int):
+            self.observe(host, view["balance"], expires)
+        outcome.bids[host] = f"{duration} {self.spec}"
 
-    async def _fund_host(self, move: Move, outcome: Outcome) -> None:
-        outcome.funded[move.host] = await self._fund(move)
+    def _begin_fund(self, move_id: str, epoch: int, host: str, payee: str, amount: int) -> Move:
+        move = self.journal.begin(move_id, epoch, host, payee, "fund", amount)
+        if self.bank_balance is not None and move.status == "pending":
+            self.bank_balance -= move.amount
+        return move
 
-    async def _bid(self, host: str, spec: str, duration: str, outcome: Outcome) -> None:
-        await self.hosts(host).bid(spec, duration)
-        self.bidding.add(host)
-        outcome.bids[host] = f"{duration} {spec}"
+    async def _fund(self, move: Move, *,
+                    then_bid: tuple[float, Outcome] | None = None) -> int:
+        """Pay ``move`` to the host's bank account, redeem the receipt into our host
+        account and, with ``then_bid``, bid so the new balance lasts until its ``end``.
 
-    async def _fund(self, move: Move) -> int:
+        The bank transfer runs outside the host's lock (it does not touch our account
+        there), so a retarget waits at most for the host's own round trips."""
         if not move.payee:
             raise Rejected("unknown_host", f"no public key known for host {move.host}")
+        self._funding.add(move.host)
+        try:
+            return await self._pay_and_redeem(move, then_bid)
+        finally:
+            self._funding.discard(move.host)
+
+    async def _pay_and_redeem(self, move: Move, then_bid: tuple[float, Outcome] | None) -> int:
         try:
             receipt = await self.bank.transfer(move.payee, move.amount, transfer_id=move.id,
                                                memo=f"fund {move.host}")
         except Rejected as error:
             if error.code not in RETRYABLE:
                 self.journal.finish(move.id, status="failed", detail=error.code)
+                if self.bank_balance is not None:
+                    self.bank_balance += move.amount
             raise
-        try:
-            await self.hosts(move.host).fund(receipt.raw)
-        except Rejected as error:
-            if error.code != "already_redeemed":
-                # The money sits in the host's bank account, not yet in our host account;
-                # the move stays pending and is presented again on the next round.
-                raise
-        self.journal.finish(move.id, receipt=receipt.raw)
+        async with self.lock(move.host):
+            try:
+                reply = await self.hosts(move.host).fund(receipt.raw)
+            except Rejected as error:
+                if error.code != "already_redeemed":
+                    # The money sits in the host's bank account, not yet in our host
+                    # account; the move stays pending and is presented again later.
+                    raise
+                reply = {}
+            self.journal.finish(move.id, receipt=receipt.raw)
+            holding = self.holdings.get(move.host)
+            now = self.clock()
+            balance = reply.get("balance")
+            if not isinstance(balance, int):
+                balance = (0 if holding is None else holding.left(now)) + move.amount
+            self.holdings[move.host] = Holding(
+                balance, 0.0 if holding is None else holding.expires, now)
+            if then_bid is not None:
+                end, outcome = then_bid
+                await self._bid(move.host, end - self.clock(), outcome)
         return move.amount
 
     async def _refund(self, move: Move) -> int:
-        reply = await self.hosts(move.host).refund()
-        amount = sum(r.get("amount", 0) for r in reply.get("refunds", []) if isinstance(r, dict)
-                     and isinstance(r.get("amount"), int))
-        self.journal.finish(move.id, amount=amount)
+        async with self.lock(move.host):
+            reply = await self.hosts(move.host).refund()
+            amount = sum(r.get("amount", 0) for r in reply.get("refunds", [])
+                         if isinstance(r, dict) and isinstance(r.get("amount"), int))
+            self.journal.finish(move.id, amount=amount)
+            self.holdings[move.host] = Holding(0, 0.0, self.clock())
+        if self.bank_balance is not None:
+            self.bank_balance += amount
         return amount

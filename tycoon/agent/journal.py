@@ -88,11 +88,19 @@ class Journal:
 
     def finish(self, move_id: str, *, amount: int | None = None, receipt: bytes | None = None,
                status: str = "done", detail: str = "") -> None:
-        """Mark a move done (or failed), with the amount that really moved and its receipt."""
-        self.db.execute(
-            "UPDATE moves SET status = ?, amount = COALESCE(?, amount), "
-            "receipt = COALESCE(?, receipt), detail = ? WHERE id = ?",
-            (status, amount, receipt, detail, move_id))
+        """Mark a move done (or failed), with the amount that really moved and its receipt.
+
+        Not fsynced: were it lost to a power cut, the move would be pending again and
+        replayed with its id, which repeats nothing (the next ``begin`` syncs it anyway).
+        """
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self.db.execute(
+                "UPDATE moves SET status = ?, amount = COALESCE(?, amount), "
+                "receipt = COALESCE(?, receipt), detail = ? WHERE id = ?",
+                (status, amount, receipt, detail, move_id))
+        finally:
+            self.db.execute("PRAGMA synchronous=FULL")
 
     def move(self, move_id: str) -> Move | None:
         row = self.db.execute("SELECT id, epoch, host, payee, kind, amount, status, receipt "
@@ -110,6 +118,14 @@ class Journal:
             "SELECT COALESCE(SUM(CASE kind WHEN 'fund' THEN amount ELSE -amount END), 0) "
             "FROM moves WHERE status = 'done'").fetchone()
         return int(row[0])
+
+    def committed_out(self) -> int:
+        """:meth:`net_paid_out` plus the fundings begun and not yet finished: what the
+        budget must cover, counting money in flight."""
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM moves WHERE kind = 'fund' "
+            "AND status = 'pending'").fetchone()
+        return self.net_paid_out() + int(row[0])
 
     def hosts_funded(self) -> set[str]:
         rows = self.db.execute("SELECT DISTINCT host FROM moves WHERE kind = 'fund' "

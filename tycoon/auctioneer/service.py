@@ -221,7 +221,7 @@ class AuctioneerService:
         now = self.clock()
         spec = bid_from_body(msg.body, now_ns=now)
         events = self.market.place_bid(msg.sender, spec, now)
-        self._commit()
+        self._commit(sync=False)  # a bid moves no money: see the store's docstring
         await self._act(events)  # shares are applied to the driver before the reply
         account = self.market.accounts[msg.sender]
         assert account.bid is not None

@@ -6,12 +6,14 @@ land together or not at all: a SIGKILL at any point loses no balance and allows 
 second redemption. WAL journal; ``durability="full"`` (the default) is durable across
 a power loss too, ``"normal"`` survives a process kill only.
 
-A commit with ``sync=False`` (the charging tick's) skips the fsync: it is consistent and
-survives a process kill, and the next synced commit's fsync covers it, because the WAL
-is written in order. A power loss can therefore undo only the charges of the last few
-ticks — balances and earnings roll back together, so funded = earnings + balances +
-refunded still holds — and never anything a reply or a receipt has reported. Changes
-that redeem a receipt or create or pay a refund are always synced.
+A commit with ``sync=False`` (the charging tick's, and a bid's) skips the fsync: it is
+consistent and survives a process kill, and the next synced commit's fsync covers it,
+because the WAL is written in order. A power loss can therefore undo only the charges of
+the last few ticks — balances and earnings roll back together, so funded = earnings +
+balances + refunded still holds — and the bids placed since the last synced commit: a
+bid is a standing order, not money, and its owner sees it gone (its allocation reports
+no rate, its account no bid) and bids again. Changes that redeem a receipt or create or
+pay a refund are always synced, so nothing a receipt or a refund reported is undone.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ KINDS: set[str] = {
     # agents and brokers
     "agent.plan",
     "agent.rebid",
+    "agent.settled",
     "agent.warning",
     "agent.done",
     "broker.enroll",
