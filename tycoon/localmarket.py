@@ -81,14 +81,17 @@ class LocalMarket:
         await self.sls.start()
 
     async def add_host(self, preset: str = "medium", *, identity: Identity | None = None,
-                       tick_s: float = 0.2, heartbeat_s: float = 1.0) -> LocalHost:
+                       tick_s: float = 0.2, heartbeat_s: float = 1.0,
+                       connection: Bus | None = None) -> LocalHost:
+        """Start one simulated auctioneer; with ``connection`` it signs with its own key
+        but shares that bus's NATS connection (as a dense simulation does)."""
         ident = identity or Identity.generate()
         driver = SimulatedDriver(preset=preset, seed=len(self.hosts))
         market = Market(host_key=ident.public_key, bank_key=self.bank_key,
                         capacity=driver.capacity(), name=f"{preset}-{len(self.hosts) + 1}",
                         driver="simulated")
         store = MarketStore(self.state / f"host-{host_id(ident.public_key)}.db")
-        bus = await self.bus(ident)
+        bus = Bus(connection.nc, ident) if connection is not None else await self.bus(ident)
         bank = BankClient(bus, self.bank_key)
         await bank.open(exist_ok=True)
         service = AuctioneerService(bus, market, store, driver, bank, tick_s=tick_s,

@@ -88,8 +88,8 @@ class Summary:
     warnings: list[str] = field(default_factory=list)
     rebid_latencies_ms: list[float] = field(default_factory=list)
     """From a price move to the new rates bid."""
-    settle_latencies_ms: list[float] = field(default_factory=list)
-    """From a price move to the money moves of its plan being done."""
+    settle_ms: list[float] = field(default_factory=list)
+    """How long each plan's money moves took, once started (after ``settle_delay_s``)."""
 
 
 class Agent:
@@ -346,18 +346,18 @@ class Agent:
             "funded": outcome.funded, "refunded": outcome.refunded, "errors": outcome.errors,
             "latency_ms": latency,
         })
-        task = asyncio.create_task(self._settle(candidate, epoch, end, changed_at))
+        task = asyncio.create_task(self._settle(candidate, epoch, end))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, plan: Plan, epoch: int, end: float,
-                      changed_at: float | None) -> None:
+    async def _settle(self, plan: Plan, epoch: int, end: float) -> None:
         """Move the money of plan ``epoch`` behind its bids, once ``settle_delay_s`` passed
         without a newer plan (or at once when :meth:`_settled` asks)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._settle_now.wait(), self.config.settle_delay_s)
         if self._settling_epoch != epoch:
             return
+        started = time.perf_counter()
         try:
             outcome = await self.allocator.settle(
                 plan, epoch, self.payees, end, budget=self.config.budget,
@@ -366,8 +366,8 @@ class Agent:
             self.log.exception("settling failed", epoch=epoch)
             return
         await self._follow_allocations(sorted(outcome.funded))
-        if changed_at is not None and self._settling_epoch == epoch:
-            self.summary.settle_latencies_ms.append((time.perf_counter() - changed_at) * 1000)
+        if self._settling_epoch == epoch and (outcome.funded or outcome.refunded):
+            self.summary.settle_ms.append((time.perf_counter() - started) * 1000)
         if outcome.funded or outcome.refunded or outcome.errors:
             await self.publish("settled", {
                 "epoch": epoch, "funded": outcome.funded, "refunded": outcome.refunded,

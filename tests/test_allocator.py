@@ -1,0 +1,230 @@
+"""The allocator, rates first: against in-memory hosts and bank (pure, no server).
+
+The fakes keep the rules that matter here: a bid spends its balance evenly until it
+expires (so its rate is balance / time left), a receipt is redeemed once, a refund
+returns the whole balance to the bank and ends the bid, a transfer id settles once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tycoon.agent.allocator import MIN_DURATION_S, PARK_S, Allocator
+from tycoon.agent.journal import Journal
+from tycoon.agent.planner import Plan
+from tycoon.errors import Rejected
+
+NS = 1_000_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeReceipt:
+    def __init__(self, transfer_id: str, amount: int) -> None:
+        self.raw = f"{transfer_id}|{amount}".encode()
+
+
+class FakeBank:
+    def __init__(self, balance: int) -> None:
+        self.balance = balance
+        self.settled: dict[str, FakeReceipt] = {}
+
+    async def transfer(self, payee: str, amount: int, *, transfer_id: str,
+                       memo: str = "") -> FakeReceipt:
+        if transfer_id in self.settled:
+            return self.settled[transfer_id]
+        if amount > self.balance:
+            raise Rejected("overdraft", "not enough")
+        self.balance -= amount
+        self.settled[transfer_id] = FakeReceipt(transfer_id, amount)
+        return self.settled[transfer_id]
+
+
+class FakeHost:
+    def __init__(self, clock: Clock, bank: FakeBank) -> None:
+        self.clock, self.bank = clock, bank
+        self.balance, self.expires, self.at = 0, 0.0, clock()
+        self.redeemed: set[str] = set()
+        self.durations: list[int] = []
+        self.calls = 0
+
+    def _spend(self) -> None:
+        now = self.clock()
+        if self.expires > self.at:
+            end = min(now, self.expires)
+            self.balance -= int(self.balance * (end - self.at) / (self.expires - self.at))
+        self.at = now
+
+    def rate(self) -> float:
+        self._spend()
+        return self.balance / (self.expires - self.clock()) if self.expires > self.clock() else 0.0
+
+    async def account(self) -> dict[str, Any]:
+        self._spend()
+        return {"balance": self.balance,
+                "bid": {"expires_ns": int(self.expires * NS)} if self.expires else None}
+
+    async def fund(self, receipt: bytes) -> dict[str, Any]:
+        self.calls += 1
+        transfer_id, amount = receipt.decode().split("|")
+        if transfer_id in self.redeemed:
+            raise Rejected("already_redeemed", transfer_id)
+        self._spend()
+        self.redeemed.add(transfer_id)
+        self.balance += int(amount)
+        return {"balance": self.balance}
+
+    async def bid(self, spec: str, duration: str) -> dict[str, Any]:
+        self.calls += 1
+        self._spend()
+        seconds = int(duration.removesuffix("s"))
+        self.durations.append(seconds)
+        self.expires = self.clock() + seconds
+        return {"expires_ns": int(self.expires * NS), "allocation": {"balance": self.balance}}
+
+    async def refund(self) -> dict[str, Any]:
+        self.calls += 1
+        self._spend()
+        amount, self.balance, self.expires = self.balance, 0, 0.0
+        self.bank.balance += amount
+        return {"refunds": [{"amount": amount}] if amount else []}
+
+
+class Market:
+    def __init__(self, tmp_path: Path, bank_balance: int, hosts: int = 3) -> None:
+        self.clock = Clock()
+        self.bank = FakeBank(bank_balance)
+        self.hosts = {f"h{i}": FakeHost(self.clock, self.bank) for i in range(hosts)}
+        self.payees = {h: f"key-{h}" for h in self.hosts}
+        self.journal = Journal(tmp_path / "journal.db")
+        self.allocator = Allocator("agent", self.bank, self.hosts.__getitem__,  # type: ignore[arg-type]
+                                   self.journal, clock=self.clock)
+        self.allocator.bank_balance = bank_balance
+
+    def money(self) -> int:
+        """Everything: the bank, the host accounts, and what hosts spent (earned)."""
+        return self.bank.balance + sum(h.balance for h in self.hosts.values())
+
+
+def plan(rates: dict[str, float], seconds: float) -> Plan:
+    return Plan(rates, {h: int(r * seconds) for h, r in rates.items()}, {}, 0.0,
+                sum(rates.values()), seconds)
+
+
+async def start(m: Market, rates: dict[str, float], horizon: float = 1_000.0) -> float:
+    end = m.clock() + horizon
+    await m.allocator.execute(plan(rates, horizon), 1, m.payees, end, budget=10**9)
+    return end
+
+
+async def test_first_plan_funds_and_bids_every_host_to_the_end(tmp_path: Path) -> None:
+    m = Market(tmp_path, 10**6)
+    end = await start(m, {"h0": 100.0, "h1": 50.0})
+    assert m.hosts["h0"].balance == 100_000 and m.hosts["h1"].balance == 50_000
+    assert m.hosts["h0"].durations == [1_000] and m.hosts["h1"].durations == [1_000]
+    assert m.hosts["h0"].rate() == pytest.approx(100.0)
+    assert end == m.clock() + 1_000
+    assert m.money() == 10**6
+
+
+async def test_retarget_changes_rates_with_bids_alone(tmp_path: Path) -> None:
+    m = Market(tmp_path, 10**6)
+    end = await start(m, {"h0": 100.0, "h1": 100.0})
+    m.clock.now += 100
+    transfers = len(m.bank.settled)
+    outcome = await m.allocator.retarget(plan({"h0": 200.0, "h1": 50.0}, 900), 2, m.payees,
+                                         end)
+    assert len(m.bank.settled) == transfers  # no money moved
+    assert set(outcome.bids) == {"h0", "h1"} and not outcome.funded
+    assert m.hosts["h0"].rate() == pytest.approx(200.0, rel=0.01)
+    assert m.hosts["h1"].rate() == pytest.approx(50.0, rel=0.01)
+
+
+async def test_small_moves_wait_for_settle_and_dropped_hosts_are_parked(tmp_path: Path) -> None:
+    m = Market(tmp_path, 10**6)
+    end = await start(m, {"h0": 100.0, "h1": 100.0, "h2": 100.0})
+    calls = {h: host.calls for h, host in m.hosts.items()}
+    # h0 +20 % (under fast_slack): not now; h1 dropped: parked; h2 doubled: now.
+    outcome = await m.allocator.retarget(plan({"h0": 120.0, "h2": 200.0}, 1_000), 2, m.payees,
+                                         end)
+    assert set(outcome.bids) == {"h1", "h2"}
+    assert m.hosts["h0"].calls == calls["h0"]
+    assert m.hosts["h1"].durations[-1] == PARK_S and m.hosts["h1"].rate() < 0.01
+    settled = await m.allocator.settle(plan({"h0": 120.0, "h2": 200.0}, 1_000), 2, m.payees,
+                                       end, budget=10**9)
+    assert settled.refunded == {"h1": 100_000} and m.hosts["h1"].balance == 0
+    for host, rate in (("h0", 120.0), ("h2", 200.0)):
+        assert m.hosts[host].rate() == pytest.approx(rate, rel=0.02)
+        assert m.hosts[host].expires == pytest.approx(end, abs=1)
+    assert m.money() == 10**6
+
+
+async def test_surpluses_are_refunded_only_when_the_bank_cannot_pay(tmp_path: Path) -> None:
+    m = Market(tmp_path, 200_000)
+    end = await start(m, {"h0": 100.0, "h1": 100.0})
+    assert m.bank.balance == 0
+    target = plan({"h0": 40.0, "h1": 160.0}, 1_000)
+    await m.allocator.retarget(target, 2, m.payees, end)
+    outcome = await m.allocator.settle(target, 2, m.payees, end, budget=200_000)
+    assert outcome.refunded == {"h0": 100_000}  # freed to pay h1's top-up
+    assert m.hosts["h0"].balance == 40_000 and m.hosts["h1"].balance == 160_000
+    assert m.money() == 200_000
+    # With money in the bank, a surplus stays where it is (lowered rate, no refund).
+    m2 = Market(tmp_path / "2", 10**6)
+    end = await start(m2, {"h0": 100.0, "h1": 100.0})
+    await m2.allocator.retarget(target, 2, m2.payees, end)
+    outcome = await m2.allocator.settle(target, 2, m2.payees, end, budget=10**6)
+    assert not outcome.refunded and m2.hosts["h0"].balance == 100_000
+    assert m2.hosts["h0"].rate() == pytest.approx(40.0, rel=0.02)
+
+
+async def test_budget_caps_fundings_even_when_plans_overlap(tmp_path: Path) -> None:
+    m = Market(tmp_path, 10**7)
+    end = m.clock() + 1_000
+    # Two plans at once (an old settle still running while a new plan funds): the budget
+    # counts fundings begun, not only finished ones.
+    await asyncio.gather(
+        m.allocator.retarget(plan({"h0": 300.0, "h1": 300.0}, 1_000), 1, m.payees, end,
+                             budget=500_000),
+        m.allocator.retarget(plan({"h2": 300.0}, 1_000), 2, m.payees, end, budget=500_000))
+    assert m.journal.net_paid_out() <= 500_000
+    assert 10**7 - m.bank.balance == m.journal.net_paid_out()
+
+
+async def test_superseded_settle_stops_between_steps(tmp_path: Path) -> None:
+    m = Market(tmp_path, 10**6)
+    end = await start(m, {"h0": 100.0, "h1": 100.0})
+    target = plan({"h0": 300.0}, 1_000)
+    await m.allocator.retarget(target, 2, m.payees, end)
+    outcome = await m.allocator.settle(target, 2, m.payees, end, budget=10**6,
+                                       current=lambda: False)
+    assert outcome.refunded == {"h1": 100_000}  # the step under way finishes...
+    assert not outcome.funded  # ...and no later one starts
+    assert m.money() == 10**6
+
+
+async def test_a_raised_rate_never_spends_faster_than_the_floor(tmp_path: Path) -> None:
+    m = Market(tmp_path, 10**6)
+    end = await start(m, {"h0": 1.0})
+    await m.allocator.retarget(plan({"h0": 10_000.0}, 1_000), 2, m.payees, end)
+    assert m.hosts["h0"].durations[-1] == MIN_DURATION_S
+
+
+async def test_crash_between_transfer_and_funding_repeats_nothing(tmp_path: Path) -> None:
+    m = Market(tmp_path, 10**6)
+    move = m.journal.begin("agent.1.h0.f", 1, "h0", m.payees["h0"], "fund", 5_000)
+    await m.bank.transfer(m.payees["h0"], 5_000, transfer_id=move.id)  # then the crash
+    assert await m.allocator.recover() == 1
+    assert await m.allocator.recover() == 0
+    assert m.hosts["h0"].balance == 5_000 and len(m.bank.settled) == 1
+    assert m.journal.net_paid_out() == 5_000
