@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit_json, parser, percentile, table
 from _scale_worker import WorkerConfig, connect, rss_mb, run_worker
 
+from tycoon.agent.agent import AgentConfig
 from tycoon.bank.ledger import Ledger
 from tycoon.bank.service import BankService
 from tycoon.bank.sqlite_store import SqliteStore
@@ -68,7 +69,8 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="100 hosts, 20 agents, 15 s, 2 workers")
     p.add_argument("--heartbeat", type=float, default=1.0, help="auctioneer heartbeat, s")
     p.add_argument("--tick", type=float, default=2.0, help="auctioneer charging tick, s")
-    p.add_argument("--jitter", type=float, default=0.05, help="agents' random pause, s")
+    p.add_argument("--jitter", type=float, default=AgentConfig.jitter_s,
+                   help="agents' random pause, s (default: the agent's own)")
     p.add_argument("--candidates", type=int, default=20, help="hosts each agent follows")
     p.add_argument("--max-hosts", type=int, default=5, help="hosts each agent bids on")
     p.add_argument("--ramp", type=float, default=None, help="agents start over this many s")

@@ -14,6 +14,7 @@ from tycoon.bus.envelope import (
     MAGIC,
     VERSION,
     Limits,
+    RecentlyVerified,
     open_envelope,
     seal,
 )
@@ -194,3 +195,19 @@ def test_nonces_are_fresh() -> None:
     nonces = {open_envelope(seal(ALICE, "demo.echo", {}, subject=SUBJECT)).nonce
               for _ in range(200)}
     assert len(nonces) == 200
+
+
+def test_recently_verified_checks_each_envelope_once_and_refuses_the_rest() -> None:
+    cache = RecentlyVerified(capacity=2)
+    raws = [seal(ALICE, "demo.echo", {"n": n}, subject="tycoon.demo") for n in range(3)]
+    first = cache.open(raws[0])
+    assert cache.open(raws[0]) == first == open_envelope(raws[0])
+    forged = raws[0][:-1] + bytes([raws[0][-1] ^ 1])
+    with pytest.raises(Rejected) as error:
+        cache.open(forged)
+    assert error.value.code == "bad_signature"
+    with pytest.raises(Rejected):
+        cache.open(raws[0][:-70])  # too short: refused before any lookup
+    cache.open(raws[1])
+    cache.open(raws[2])
+    assert raws[0] not in cache._seen and len(cache._seen) == 2  # bounded, oldest out

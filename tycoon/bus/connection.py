@@ -20,7 +20,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from tycoon.bus.envelope import DEFAULT_LIMITS, Limits, Message, open_envelope, seal
+from tycoon.bus.envelope import (
+    DEFAULT_LIMITS,
+    Limits,
+    Message,
+    RecentlyVerified,
+    open_envelope,
+    seal,
+)
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.bus.replay import ReplayGuard
 from tycoon.errors import CODES, Rejected
@@ -28,6 +35,9 @@ from tycoon.log import get_logger
 
 Handler = Callable[[Message], Awaitable[None]]
 DEFAULT_URL = "nats://127.0.0.1:4222"
+RECENTLY_VERIFIED = RecentlyVerified()
+"""Shared by every Bus of this process: principals sharing a connection (and subscribed
+to the same subjects) check each delivered envelope's signature once."""
 
 
 class Bus:
@@ -61,7 +71,7 @@ class Bus:
 
     def verify(self, data: bytes, subject: str) -> Message:
         """Open an envelope received on ``subject`` and check binding, freshness, replay."""
-        msg = open_envelope(data, limits=self.limits)
+        msg = RECENTLY_VERIFIED.open(data, limits=self.limits)
         if msg.subject != subject:
             raise Rejected("wrong_subject", f"signed for {msg.subject!r}, received on {subject!r}")
         self.guard.check(msg)

@@ -179,6 +179,32 @@ def open_envelope(raw: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
     return _decode_verified(raw, limits)
 
 
+class RecentlyVerified:
+    """Envelopes whose signature checked out lately, by their exact bytes (FIFO-bounded).
+
+    A process where many principals share a connection (a broker running many agents, a
+    dense simulation) receives each published envelope once per subscriber; with this,
+    its signature is checked once. Only the signature check is shared: the same bytes
+    always give the same verdict. Subject binding, freshness and replays stay per
+    receiver.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._seen: dict[bytes, None] = {}
+
+    def open(self, raw: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
+        """:func:`open_envelope`, skipping the signature check for bytes seen valid."""
+        raw = _checked_layout(raw, limits)
+        if raw in self._seen:
+            return _decode_verified(raw, limits)
+        msg = open_envelope(raw, limits=limits)
+        self._seen[raw] = None
+        if len(self._seen) > self.capacity:
+            del self._seen[next(iter(self._seen))]
+        return msg
+
+
 def open_envelopes(raws: list[bytes], *, limits: Limits = DEFAULT_LIMITS,
                    verdicts: bytes | None = None) -> list[Message | Rejected]:
     """:func:`open_envelope` of each, returning refusals instead of raising.
