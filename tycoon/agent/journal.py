@@ -71,9 +71,19 @@ class Journal:
         return stored
 
     def next_epoch(self) -> int:
-        """Advance and return the plan epoch (durably, before any move of that plan)."""
-        epoch = int(self.get("epoch") or 0) + 1
-        self.set("epoch", epoch)
+        """Advance and return the plan epoch.
+
+        Epochs name money moves, so one must never be reused after a crash; the counter
+        is written without an fsync (most plans move no money) and a restarted agent
+        starts past every epoch its fsynced moves carry as well.
+        """
+        row = self.db.execute("SELECT COALESCE(MAX(epoch), 0) FROM moves").fetchone()
+        epoch = max(int(self.get("epoch") or 0), int(row[0])) + 1
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self.set("epoch", epoch)
+        finally:
+            self.db.execute("PRAGMA synchronous=FULL")
         return epoch
 
     def begin(self, move_id: str, epoch: int, host: str, payee: str, kind: str,

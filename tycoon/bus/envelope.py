@@ -184,22 +184,26 @@ class RecentlyVerified:
 
     A process where many principals share a connection (a broker running many agents, a
     dense simulation) receives each published envelope once per subscriber; with this,
-    its signature is checked once. Only the signature check is shared: the same bytes
-    always give the same verdict. Subject binding, freshness and replays stay per
-    receiver.
+    it is checked and decoded once and every receiver gets the same (frozen) message —
+    received bodies are read, never changed. The same bytes always give the same
+    verdict, so only that work is shared: subject binding, freshness and replays stay
+    per receiver.
     """
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
-        self._seen: dict[bytes, None] = {}
+        self._seen: dict[bytes, tuple[Limits, Message]] = {}
 
     def open(self, raw: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
-        """:func:`open_envelope`, skipping the signature check for bytes seen valid."""
+        """:func:`open_envelope`, once per distinct envelope and decoding limits."""
         raw = _checked_layout(raw, limits)
-        if raw in self._seen:
-            return _decode_verified(raw, limits)
+        seen = self._seen.get(raw)
+        if seen is not None:
+            if seen[0] is limits:
+                return seen[1]
+            return _decode_verified(raw, limits)  # the signature is known good
         msg = open_envelope(raw, limits=limits)
-        self._seen[raw] = None
+        self._seen[raw] = (limits, msg)
         if len(self._seen) > self.capacity:
             del self._seen[next(iter(self._seen))]
         return msg
