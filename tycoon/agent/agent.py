@@ -66,6 +66,10 @@ class AgentConfig:
     """Stop bidding this long before the deadline and refund what is left."""
     jitter_s: float = 0.02
     """Up to this random pause before reacting to a price move."""
+    switch_dwell_s: float = 2.0
+    """After a plan takes on new hosts, the next ones may be taken on only this much later
+    (until then a replan re-rates and may leave the hosts it has): agents that all see
+    the same cheap host would otherwise herd from host to host many times a second."""
     settle_delay_s: float = 1.0
     """A plan's rates are bid at once; its money moves (refunds, top-ups) wait until no
     newer plan came for this long, so a burst of price moves moves money once."""
@@ -136,6 +140,7 @@ class Agent:
         self._settling: set[asyncio.Task[None]] = set()
         self._settling_epoch: int | None = None
         self._settle_now = asyncio.Event()
+        self._switched_at = -math.inf
         started = float(self.journal.setdefault("started", repr(clock())))
         self.deadline = float(self.journal.setdefault("deadline",
                                                       repr(started + config.deadline_s)))
@@ -312,6 +317,10 @@ class Agent:
             await self.warn("funds will not last to the deadline",
                             bank_balance=bank_balance, budget_left=budget_left)
         target = make_plan(quotes, money, seconds, self.planner)
+        if self.plan is not None and target.hosts - self.plan.hosts \
+                and time.monotonic() - self._switched_at < self.config.switch_dwell_s:
+            held_quotes = [q for q in quotes if q.host in self.plan.hosts]
+            target = make_plan(held_quotes, money, seconds, self.planner)
         go, why = should_replan(self.plan, target, quotes, self.planner)
         if not (go or force):
             return
@@ -321,6 +330,8 @@ class Agent:
             dropped = self.plan.hosts - candidate.hosts
             if dropped:
                 await self.warn(f"priced out of {len(dropped)} host(s)", hosts=sorted(dropped))
+        if self.plan is None or candidate.hosts - self.plan.hosts:
+            self._switched_at = time.monotonic()
         epoch = self.journal.next_epoch()
         self._settling_epoch = epoch  # a settlement still running for an older plan stops
         self.summary.plans += 1
