@@ -46,6 +46,8 @@ from tycoon.log import get_logger
 from tycoon.sls.client import SLSClient
 
 NS = 1_000_000_000
+WATCHED = 5
+"""Candidates followed by their price streams besides the hosts in play (at least)."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,8 @@ class Agent:
         return self.summary
 
     async def _discover(self) -> None:
-        """Ask the SLS for candidates and follow their price streams."""
+        """Ask the SLS for candidates (and the prices of those whose stream we do not
+        follow)."""
         try:
             rows = await self.sls.query(self.config.resource, sort="capacity_per_price",
                                         limit=self.config.candidates,
@@ -212,12 +215,27 @@ class Agent:
             if self.config.probability is not None and row.get("statistics"):
                 with contextlib.suppress(Rejected):
                     self._predictions[host] = predict(row["statistics"], self.config.model)
-            if host not in self.quotes:
+            if host not in self.quotes or host not in self._subscriptions:
                 self.quotes[host] = Quote(host, float(row.get("capacity", 0)),
                                           float(row.get("price", 0.0)))
-            if host not in self._subscriptions:
-                self._subscriptions[host] = await self.bus.subscribe(
-                    subjects.price(host), self._on_price)
+        await self._follow_prices()
+
+    async def _follow_prices(self) -> None:
+        """Follow the price streams of the hosts in play and of as many more candidates
+        (at least ``WATCHED``), the best capacity for the price first; the other
+        candidates' prices come from the SLS at each periodic replan. Each followed
+        stream costs a signature check per update: at scale, following every candidate
+        was most of an agent's work."""
+        in_play = set(self.plan.hosts) if self.plan else set()
+        others = sorted((h for h in self.quotes if h not in in_play),
+                        key=lambda h: -self.quotes[h].capacity / max(self.quotes[h].price, 1e-9))
+        wanted = in_play | set(others[:max(WATCHED, len(in_play))])
+        for host in [h for h in self.quotes if h in self._subscriptions and h not in wanted]:
+            with contextlib.suppress(Exception):
+                await self._subscriptions.pop(host).unsubscribe()
+        for host in sorted(wanted - set(self._subscriptions)):
+            self._subscriptions[host] = await self.bus.subscribe(subjects.price(host),
+                                                                 self._on_price)
 
     async def _follow_allocations(self, hosts: Iterable[str]) -> None:
         """Follow ``tycoon.alloc.<host>`` where we hold money or a bid: the host's own word
@@ -357,6 +375,7 @@ class Agent:
             "funded": outcome.funded, "refunded": outcome.refunded, "errors": outcome.errors,
             "latency_ms": latency,
         })
+        await self._follow_prices()
         task = asyncio.create_task(self._settle(candidate, epoch, end))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
