@@ -148,3 +148,28 @@ async def test_probability_plans_against_price_quantiles(nats_url: str, tmp_path
         await running
     finally:
         await market.close()
+
+
+async def test_agent_follows_prices_of_hosts_in_play_and_a_few_more(nats_url: str,
+                                                                    tmp_path: Path) -> None:
+    market = await start_market(nats_url, tmp_path, hosts=12, tick_s=0.5, heartbeat_s=0.5)
+    try:
+        await wait_for_hosts(market, 12)
+        user = await market.fund_user(100 * MICRO)
+        agent = Agent(user, market.bank_key,
+                      AgentConfig(budget=20 * MICRO, deadline_s=6.0, max_hosts=2,
+                                  replan_every_s=60, refund_margin_s=1.0),
+                      tmp_path / "agent.db")
+        run = asyncio.create_task(agent.run())
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            if agent.plan is not None:
+                break
+        assert agent.plan is not None and 1 <= len(agent.plan.hosts) <= 2
+        followed = {k for k in agent._subscriptions if not k.startswith("alloc.")}
+        assert agent.plan.hosts <= followed
+        assert len(followed) == len(agent.plan.hosts) + 5  # the 5 best others besides
+        assert len(agent.quotes) == 12  # the rest are known from the SLS
+        await run
+    finally:
+        await market.close()
