@@ -2,15 +2,15 @@
 
 One agent buys one resource for one job: a budget to spend before a deadline. It asks the
 SLS for candidate hosts, solves Best Response, funds and bids through the allocator, then
-listens to the price streams of its candidates. A price move beyond the threshold on a
-host in play triggers a re-solve; the new plan replaces the old only past the hysteresis
-(see :mod:`tycoon.agent.planner`). A new plan is bid at once where the money already is
-(see :mod:`tycoon.agent.allocator`); the money follows in the background. At the deadline
-it refunds everything left.
+listens to the price streams of the hosts in play and of the best other candidates. A
+price move beyond the threshold on a host in play triggers a re-solve; the new plan
+replaces the old only past the hysteresis (see :mod:`tycoon.agent.planner`). A new plan
+is bid at once where the money already is (see :mod:`tycoon.agent.allocator`); the money
+follows in the background. At the deadline it refunds everything left.
 
 Everything it decides is published on ``tycoon.agent.<id>.<event>`` (plan, rebid,
-settled, warning, done). Its contract and money moves are journalled, so a restarted agent keeps
-its deadline and repeats no payment.
+settled, warning, done). Its contract and money moves are journalled, so a restarted
+agent keeps its deadline and repeats no payment.
 """
 
 from __future__ import annotations
@@ -459,23 +459,26 @@ class Agent:
         only steer the plan: the cap on spending comes from the journal, which is exact.
         """
         if exact or self.allocator.bank_balance is None:
-            hosts = sorted(self.journal.hosts_funded() | set(self.allocator.holdings))
-            held = await self.allocator.balances(hosts)
+            held = await self.allocator.balances(self._funded_hosts())
             self.allocator.bank_balance = await self.bank.balance()
             return held, self.allocator.bank_balance
         return self.allocator.held(), self.allocator.bank_balance
+
+    def _funded_hosts(self) -> list[str]:
+        """Every host where we may hold money: by the journal, or by our books."""
+        return sorted(self.journal.hosts_funded() | set(self.allocator.holdings))
 
     async def _finish(self) -> None:
         """Refund every host account and report."""
         await self._settled(supersede=True)
         if self.journal.pending():
             await self.allocator.recover()
-        hosts = sorted(self.journal.hosts_funded() | set(self.allocator.holdings))
         epoch = self.journal.next_epoch()
         empty = Plan({}, {}, {}, 0.0, 0.0, 0.0)
         try:
-            await self.allocator.balances(hosts)
-            outcome = await self.allocator.execute(empty, epoch, self.payees, self.clock())
+            await self.allocator.balances(self._funded_hosts())
+            # every host is off the plan: settling it refunds them all (no bids needed)
+            outcome = await self.allocator.settle(empty, epoch, self.payees, self.clock())
             self.summary.refunded = sum(outcome.refunded.values())
         except Rejected as error:
             await self.warn(f"final refund incomplete: {error.code}")

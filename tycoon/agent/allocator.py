@@ -129,6 +129,10 @@ class Allocator:
     def lock(self, host: str) -> asyncio.Lock:
         return self._locks.setdefault(host, asyncio.Lock())
 
+    def _left(self, host: str, now: float) -> int:
+        holding = self.holdings.get(host)
+        return 0 if holding is None else holding.left(now)
+
     def held(self, now: float | None = None) -> dict[str, int]:
         """What each of our host accounts is expected to hold at ``now``."""
         now = self.clock() if now is None else now
@@ -217,21 +221,12 @@ class Allocator:
                              budget: int | None, outcome: Outcome, slack: float) -> None:
         async with self.lock(host):
             now = self.clock()
-            holding = self.holdings.get(host)
-            left = 0 if holding is None else holding.left(now)
+            left = self._left(host, now)
             if left > 0:
-                if abs(holding.rate(now) - rate) > slack * rate:  # type: ignore[union-attr]
+                if abs(self.rate(host, now) - rate) > slack * rate:
                     await self._bid(host, left / rate, outcome)
                 return
-        if host in self._funding:
-            return
-        amount = math.floor(rate * (end - now))
-        allowance = self.allowance(budget)
-        if allowance is not None:
-            amount = min(amount, allowance)
-        if amount > 0:
-            move = self._begin_fund(self.move_id(epoch, host, "f"), epoch, host, payee, amount)
-            outcome.funded[host] = await self._fund(move, then_bid=(end, outcome))
+        await self._fund_to(host, rate, epoch, payee, end, budget, outcome, "f")
 
     async def settle(self, plan: Plan, epoch: int, payees: Mapping[str, str], end: float, *,
                      budget: int | None = None, outcome: Outcome | None = None,
@@ -270,37 +265,36 @@ class Allocator:
             if not current():
                 return outcome
         await asyncio.gather(*(
-            self._guard(host, outcome, self._top_up(host, plan.rates[host], epoch,
-                                                    payees.get(host, ""), end, budget, outcome,
-                                                    current))
+            self._guard(host, outcome, self._fund_to(
+                host, plan.rates[host], epoch, payees.get(host, ""), end, budget, outcome, "t",
+                current))
             for host in sorted(needs, key=lambda h: -needs[h])))
         if not current():
             return outcome
-        rebid = Outcome()
         await asyncio.gather(*(
             self._guard(host, outcome, self._retarget_host(
-                host, rate, epoch, payees.get(host, ""), end, budget, rebid, self.slack))
+                host, rate, epoch, payees.get(host, ""), end, budget, outcome, self.slack))
             for host, rate in plan.rates.items() if host not in needs))
-        outcome.bids.update(rebid.bids)
-        outcome.funded.update(rebid.funded)
         return outcome
 
-    async def _top_up(self, host: str, rate: float, epoch: int, payee: str, end: float,
-                      budget: int | None, outcome: Outcome, current: Callable[[], bool]) -> None:
+    async def _fund_to(self, host: str, rate: float, epoch: int, payee: str, end: float,
+                       budget: int | None, outcome: Outcome, step: str,
+                       current: Callable[[], bool] = lambda: True) -> None:
+        """Top ``host`` up so that, bid at ``rate``, its balance lasts until ``end``
+        (within the budget; a top-up smaller than ``slack`` of the target is skipped)."""
         if not current() or host in self._funding:
             return
         now = self.clock()
         target = math.floor(rate * (end - now))
-        holding = self.holdings.get(host)
-        left = 0 if holding is None else holding.left(now)
+        left = self._left(host, now)
         need = target - left
         allowance = self.allowance(budget)
         if allowance is not None:
             need = min(need, allowance)
         if need <= 0 or (left > 0 and need <= self.slack * target):
             return
-        move = self._begin_fund(self.move_id(epoch, host, "t"), epoch, host, payee, need)
-        outcome.funded[host] = await self._fund(move, then_bid=(end, outcome))
+        move = self._begin_fund(self.move_id(epoch, host, step), epoch, host, payee, need)
+        outcome.funded[host] = await self._fund(move, bid_until=end, outcome=outcome)
 
     async def _refund_all(self, hosts: list[str], epoch: int, payees: Mapping[str, str],
                           outcome: Outcome) -> None:
@@ -335,10 +329,10 @@ class Allocator:
             self.bank_balance -= move.amount
         return move
 
-    async def _fund(self, move: Move, *,
-                    then_bid: tuple[float, Outcome] | None = None) -> int:
+    async def _fund(self, move: Move, *, bid_until: float | None = None,
+                    outcome: Outcome | None = None) -> int:
         """Pay ``move`` to the host's bank account, redeem the receipt into our host
-        account and, with ``then_bid``, bid so the new balance lasts until its ``end``.
+        account and, with ``bid_until``, bid so the new balance lasts until then.
 
         The bank transfer runs outside the host's lock (it does not touch our account
         there), so a retarget waits at most for the host's own round trips."""
@@ -346,11 +340,12 @@ class Allocator:
             raise Rejected("unknown_host", f"no public key known for host {move.host}")
         self._funding.add(move.host)
         try:
-            return await self._pay_and_redeem(move, then_bid)
+            return await self._pay_and_redeem(move, bid_until, outcome or Outcome())
         finally:
             self._funding.discard(move.host)
 
-    async def _pay_and_redeem(self, move: Move, then_bid: tuple[float, Outcome] | None) -> int:
+    async def _pay_and_redeem(self, move: Move, bid_until: float | None,
+                              outcome: Outcome) -> int:
         try:
             receipt = await self.bank.transfer(move.payee, move.amount, transfer_id=move.id,
                                                memo=f"fund {move.host}")
@@ -374,12 +369,11 @@ class Allocator:
             now = self.clock()
             balance = reply.get("balance")
             if not isinstance(balance, int):
-                balance = (0 if holding is None else holding.left(now)) + move.amount
+                balance = self._left(move.host, now) + move.amount
             self.holdings[move.host] = Holding(
                 balance, 0.0 if holding is None else holding.expires, now)
-            if then_bid is not None:
-                end, outcome = then_bid
-                await self._bid(move.host, end - self.clock(), outcome)
+            if bid_until is not None:
+                await self._bid(move.host, bid_until - self.clock(), outcome)
         return move.amount
 
     async def _refund(self, move: Move) -> int:

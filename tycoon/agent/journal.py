@@ -8,7 +8,9 @@ an auctioneer refuses a second redemption, so nothing is paid twice.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,12 +81,18 @@ class Journal:
         """
         row = self.db.execute("SELECT COALESCE(MAX(epoch), 0) FROM moves").fetchone()
         epoch = max(int(self.get("epoch") or 0), int(row[0])) + 1
+        with self._unsynced():
+            self.set("epoch", epoch)
+        return epoch
+
+    @contextlib.contextmanager
+    def _unsynced(self) -> Iterator[None]:
+        """Writes in this block are not fsynced (the next synced write covers them)."""
         self.db.execute("PRAGMA synchronous=NORMAL")
         try:
-            self.set("epoch", epoch)
+            yield
         finally:
             self.db.execute("PRAGMA synchronous=FULL")
-        return epoch
 
     def begin(self, move_id: str, epoch: int, host: str, payee: str, kind: str,
               amount: int) -> Move:
@@ -103,14 +111,11 @@ class Journal:
         Not fsynced: were it lost to a power cut, the move would be pending again and
         replayed with its id, which repeats nothing (the next ``begin`` syncs it anyway).
         """
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        try:
+        with self._unsynced():
             self.db.execute(
                 "UPDATE moves SET status = ?, amount = COALESCE(?, amount), "
                 "receipt = COALESCE(?, receipt), detail = ? WHERE id = ?",
                 (status, amount, receipt, detail, move_id))
-        finally:
-            self.db.execute("PRAGMA synchronous=FULL")
 
     def move(self, move_id: str) -> Move | None:
         row = self.db.execute("SELECT id, epoch, host, payee, kind, amount, status, receipt "
@@ -133,9 +138,10 @@ class Journal:
         """:meth:`net_paid_out` plus the fundings begun and not yet finished: what the
         budget must cover, counting money in flight."""
         row = self.db.execute(
-            "SELECT COALESCE(SUM(amount), 0) FROM moves WHERE kind = 'fund' "
-            "AND status = 'pending'").fetchone()
-        return self.net_paid_out() + int(row[0])
+            "SELECT COALESCE(SUM(CASE kind WHEN 'fund' THEN amount ELSE -amount END), 0) "
+            "FROM moves WHERE status = 'done' OR (status = 'pending' AND kind = 'fund')"
+        ).fetchone()
+        return int(row[0])
 
     def hosts_funded(self) -> set[str]:
         rows = self.db.execute("SELECT DISTINCT host FROM moves WHERE kind = 'fund' "

@@ -170,10 +170,13 @@ def _checked_layout(raw: Any, limits: Limits) -> bytes:
 
 def open_envelope(raw: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Verify and decode one envelope, or raise :class:`Rejected` with the reason."""
-    raw = _checked_layout(raw, limits)
-    sender_raw = raw[3:HEADER_SIZE]
+    return _verify_and_decode(_checked_layout(raw, limits), limits)
+
+
+def _verify_and_decode(raw: bytes, limits: Limits) -> Message:
+    """Check the signature of an envelope whose layout was checked, then decode it."""
     try:  # libsodium takes signature ‖ message; the lengths are fixed by the slicing
-        crypto_sign_open(raw[-SIGNATURE_SIZE:] + raw[:-SIGNATURE_SIZE], sender_raw)
+        crypto_sign_open(raw[-SIGNATURE_SIZE:] + raw[:-SIGNATURE_SIZE], raw[3:HEADER_SIZE])
     except BadSignatureError:
         raise Rejected("bad_signature", "signature does not verify for the sender's key") from None
     return _decode_verified(raw, limits)
@@ -202,7 +205,7 @@ class RecentlyVerified:
             if seen[0] is limits:
                 return seen[1]
             return _decode_verified(raw, limits)  # the signature is known good
-        msg = open_envelope(raw, limits=limits)
+        msg = _verify_and_decode(raw, limits)
         self._seen[raw] = (limits, msg)
         if len(self._seen) > self.capacity:
             del self._seen[next(iter(self._seen))]
