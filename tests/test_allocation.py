@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tycoon.auctioneer import allocation
@@ -75,6 +75,9 @@ def test_matches_reference(case: tuple[np.ndarray, ...]) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(bidders())
+# rates 11 orders of magnitude apart, beside a bidder whose share is pinned (or nearly)
+@example((np.array([0.0, 1e-9, 123.0]), np.array([0.0, 0.0, 0.5]), np.array([0.0, 1.0, 0.5])))
+@example((np.array([0.0, 1e-9, 123.0]), np.array([0.0, 0.0, 0.49]), np.array([0.0, 1.0, 0.5])))
 def test_exact_fallback_matches(case: tuple[np.ndarray, ...]) -> None:
     rates, lo, hi = case
     steps = allocation.NEWTON_STEPS

@@ -166,11 +166,17 @@ def _solve(
     k = np.maximum(k, 1)
     idx = np.arange(rows)
     p0, p1 = pts[idx, k - 1], pts[idx, k]
-    f0, f1 = total[idx, k - 1], total[idx, k]
-    s0 = slope[idx, k - 1]
-    level = np.where(f1 > f0, p0 + (cap - f0) * (p1 - p0) / (f1 - f0), p0 + (cap - f0) / s0)
-    level = np.where(np.isfinite(level), level, p1)
-    return np.clip(level[:, None] * rates, lo, np.where(active, hi, lo))
+    # On the segment, f is exactly f(p0) + slope·(λ − p0). Both are summed afresh rather
+    # than read off the running sums: a running sum that adds and then removes a large
+    # rate loses the small ones beside it (rates may span 1e-200 to 1 after scaling).
+    eff_hi = np.where(active, hi, lo)
+    f0 = np.clip(p0[:, None] * rates, lo, eff_hi).sum(axis=1)
+    rising = active & (np.where(active, lo / safe, np.inf) <= p0[:, None]) & (
+        np.where(active, hi / safe, -np.inf) >= p1[:, None])
+    s0 = np.where(rising, rates, 0.0).sum(axis=1)
+    level = np.where(s0 > 0, p0 + (cap - f0) / s0, p1)
+    level = np.clip(np.where(np.isfinite(level), level, p1), p0, p1)
+    return np.clip(level[:, None] * rates, lo, eff_hi)
 
 
 def _trim(shares: np.ndarray, lo: np.ndarray, cap: np.ndarray, total: np.ndarray) -> np.ndarray:
