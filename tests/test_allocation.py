@@ -1,6 +1,12 @@
-"""Water-filling and admission: properties against a brute-force reference."""
+"""Water-filling and admission: properties against a brute-force reference.
+
+Small rows are solved in plain Python and large ones with numpy: every property runs
+against both (``PATHS``), and the two are checked against each other."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -11,6 +17,18 @@ from tycoon.auctioneer import allocation
 from tycoon.auctioneer.allocation import admissible, headroom, water_fill
 
 EPS = 1e-9
+PATHS = ("python", "numpy")
+
+
+@contextlib.contextmanager
+def solver(path: str) -> Iterator[None]:
+    """Route every row through one implementation (numpy: no row counts as small)."""
+    small = allocation.SMALL
+    allocation.SMALL = small if path == "python" else 0
+    try:
+        yield
+    finally:
+        allocation.SMALL = small
 
 
 def brute(rates: np.ndarray, lo: np.ndarray, hi: np.ndarray, cap: float) -> np.ndarray:
@@ -42,9 +60,11 @@ def bidders(draw: st.DrawFn, max_n: int = 12) -> tuple[np.ndarray, np.ndarray, n
 
 @settings(max_examples=300, deadline=None)
 @given(bidders())
-def test_shares_bounded_and_capacity_respected(case: tuple[np.ndarray, ...]) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_shares_bounded_and_capacity_respected(path: str, case: tuple[np.ndarray, ...]) -> None:
     rates, lo, hi = case
-    shares = water_fill(rates, lo, hi)
+    with solver(path):
+        shares = water_fill(rates, lo, hi)
     assert shares.sum() <= 1.0 + EPS
     assert np.all(shares >= lo - EPS)
     assert np.all(shares <= hi + EPS)
@@ -53,9 +73,11 @@ def test_shares_bounded_and_capacity_respected(case: tuple[np.ndarray, ...]) -> 
 
 @settings(max_examples=300, deadline=None)
 @given(bidders())
-def test_proportional_among_unconstrained(case: tuple[np.ndarray, ...]) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_proportional_among_unconstrained(path: str, case: tuple[np.ndarray, ...]) -> None:
     rates, lo, hi = case
-    shares = water_fill(rates, lo, hi)
+    with solver(path):
+        shares = water_fill(rates, lo, hi)
     free = (shares > lo + 1e-7) & (shares < hi - 1e-7) & (rates > 0)
     if free.sum() >= 2:
         ratio = shares[free] / rates[free]
@@ -68,9 +90,24 @@ def test_proportional_among_unconstrained(case: tuple[np.ndarray, ...]) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(bidders())
-def test_matches_reference(case: tuple[np.ndarray, ...]) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_matches_reference(path: str, case: tuple[np.ndarray, ...]) -> None:
     rates, lo, hi = case
-    assert np.allclose(water_fill(rates, lo, hi), brute(rates, lo, hi, 1.0), atol=1e-9)
+    with solver(path):
+        shares = water_fill(rates, lo, hi)
+    assert np.allclose(shares, brute(rates, lo, hi, 1.0), atol=1e-9)
+
+
+@settings(max_examples=300, deadline=None)
+@given(bidders(), st.floats(0, 2))
+@example((np.array([0.0, 1e-9, 123.0]), np.array([0.0, 0.0, 0.5]), np.array([0.0, 1.0, 0.5])),
+         1.0)
+def test_python_and_numpy_agree(case: tuple[np.ndarray, ...], cap: float) -> None:
+    rates, lo, hi = (np.stack([a, a[::-1]]) for a in case)  # two rows, solved together
+    with solver("numpy"):
+        expected = water_fill(rates, lo, hi, cap)
+    with solver("python"):
+        assert np.allclose(water_fill(rates, lo, hi, cap), expected, atol=1e-9)
 
 
 @settings(max_examples=100, deadline=None)
@@ -81,12 +118,14 @@ def test_matches_reference(case: tuple[np.ndarray, ...]) -> None:
 def test_exact_fallback_matches(case: tuple[np.ndarray, ...]) -> None:
     rates, lo, hi = case
     steps = allocation.NEWTON_STEPS
-    allocation.NEWTON_STEPS = 0  # force the sort-based exact solver
+    allocation.NEWTON_STEPS = 0  # force numpy's sort-based exact solver
     try:
-        exact = water_fill(rates, lo, hi)
+        with solver("numpy"):
+            exact = water_fill(rates, lo, hi)
     finally:
         allocation.NEWTON_STEPS = steps
-    assert np.allclose(exact, water_fill(rates, lo, hi), atol=1e-9)
+    with solver("numpy"):
+        assert np.allclose(exact, water_fill(rates, lo, hi), atol=1e-9)
 
 
 def test_two_dimensional_rows_are_independent() -> None:
@@ -99,7 +138,13 @@ def test_two_dimensional_rows_are_independent() -> None:
         assert np.allclose(both[row], water_fill(rates[row], lo[row], hi[row], cap))
 
 
-def test_simple_cases() -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_simple_cases(path: str) -> None:
+    with solver(path):
+        _simple_cases()
+
+
+def _simple_cases() -> None:
     assert np.allclose(water_fill([3.0, 1.0], [0, 0], [1, 1]), [0.75, 0.25])
     # clipped at max: the excess goes to the other
     assert np.allclose(water_fill([3.0, 1.0], [0, 0], [0.5, 1]), [0.5, 0.5])
@@ -134,8 +179,11 @@ def test_large_and_skewed() -> None:
     ],
 )
 def test_bad_inputs_raise(rates: list[float], lo: list[float], hi: list[float]) -> None:
+    for path in PATHS:
+        with solver(path), pytest.raises(ValueError):
+            water_fill(np.array(rates), np.array(lo), np.array(hi))
     with pytest.raises(ValueError):
-        water_fill(np.array(rates), np.array(lo), np.array(hi))
+        water_fill(np.ones(2), np.zeros(2), np.ones(2), capacity=-1.0)
 
 
 def test_admission() -> None:
@@ -145,7 +193,13 @@ def test_admission() -> None:
     assert admissible(reserved, np.array([0.31, 0.0])).tolist() == [False, True]
 
 
-def test_negligible_rates_count_as_zero() -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_negligible_rates_count_as_zero(path: str) -> None:
+    with solver(path):
+        _negligible_rates()
+
+
+def _negligible_rates() -> None:
     shares = water_fill([1.0, 1e-250, 0.0], [0, 0, 0], [0.0, 1.0, 1.0])
     assert shares.tolist() == [0.0, 0.0, 0.0]
     shares = water_fill([1e-300, 3e-300], [0, 0], [1.0, 1.0])  # scale does not matter

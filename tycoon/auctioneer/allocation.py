@@ -21,6 +21,8 @@ resource) are solved in one vectorised pass.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["admissible", "check_inputs", "headroom", "water_fill"]
@@ -67,6 +69,14 @@ def water_fill(
     if one_d:
         rates, lo, hi = rates[None, :], lo[None, :], hi[None, :]
     rows, n = rates.shape
+    if 0 < n <= SMALL:
+        caps = [float(capacity)] * rows if np.ndim(capacity) == 0 \
+            else np.broadcast_to(np.asarray(capacity, dtype=np.float64), (rows,)).tolist()
+        if not all(math.isfinite(c) and c >= 0 for c in caps):
+            raise ValueError("capacity must be finite and >= 0")
+        out = np.array([_fill_row(*row) for row in zip(rates.tolist(), lo.tolist(),
+                                                        hi.tolist(), caps, strict=True)])
+        return out[0] if one_d else out
     cap = np.broadcast_to(np.asarray(capacity, dtype=np.float64), (rows,)).copy()
     if np.any(~np.isfinite(cap)) or np.any(cap < 0):
         raise ValueError("capacity must be finite and >= 0")
@@ -96,6 +106,73 @@ def water_fill(
     if np.any(solve):
         out[solve] = _newton(rates[solve], lo[solve], eff_hi[solve], active[solve], cap[solve])
     return out[0] if one_d else out
+
+
+SMALL = 64
+"""Rows of at most this many bidders are solved in plain Python: at a few dozen numbers,
+numpy's fixed cost per call (some 40 calls) is most of the time (see :func:`_fill_row`)."""
+
+
+def _fill_row(rates: list[float], lo: list[float], hi: list[float], cap: float) -> list[float]:
+    """One row, exactly, in plain Python: the level of :func:`_solve`, found by binary
+    search over the sorted breakpoints (f evaluated afresh at each), then interpolated on
+    the crossing segment with f and its slope summed afresh there."""
+    top = max(rates)
+    if top <= 0:  # nobody bids: everyone sits at its lo
+        sum_lo = sum(lo)
+        return list(lo) if sum_lo <= cap else [low * cap / sum_lo for low in lo]
+    floor = TINY * top
+    active = [i for i, x in enumerate(rates) if x >= floor and x > 0]
+    r = {i: rates[i] / top for i in active}
+    out = list(lo)  # bidders without rate sit at their lo
+    sum_lo = sum(lo)
+    if sum_lo - sum(lo[i] for i in active) + sum(hi[i] for i in active) <= cap:
+        for i in active:
+            out[i] = hi[i]
+        return out
+    if sum_lo >= cap:
+        return [low * cap / sum_lo for low in lo]
+    fixed = sum_lo - sum(lo[i] for i in active)
+    # The common case: nobody is clipped, shares are the rates scaled to the capacity.
+    level = (cap - fixed) / sum(r.values())
+    if all(lo[i] <= level * x <= hi[i] for i, x in r.items()):
+        for i, x in r.items():
+            out[i] = level * x
+        return _trim_row(out, lo, cap)
+    starts = {i: lo[i] / x for i, x in r.items()}
+    stops = {i: hi[i] / x for i, x in r.items()}
+
+    def f(level: float) -> float:
+        return fixed + sum(min(max(level * x, lo[i]), hi[i]) for i, x in r.items())
+
+    points = sorted({*starts.values(), *stops.values()})
+    # f(points[0]) = Σ lo < cap and f(points[-1]) = Σ effective hi > cap: bisect.
+    a, b = 0, len(points) - 1
+    while b - a > 1:
+        mid = (a + b) // 2
+        if f(points[mid]) >= cap:
+            b = mid
+        else:
+            a = mid
+    p0, p1 = points[a], points[b]
+    slope = sum(x for i, x in r.items() if starts[i] <= p0 and stops[i] >= p1)
+    level = p0 + (cap - f(p0)) / slope if slope > 0 else p1
+    level = min(max(level, p0), p1) if math.isfinite(level) else p1
+    for i, x in r.items():
+        out[i] = min(max(level * x, lo[i]), hi[i])
+    return _trim_row(out, lo, cap)
+
+
+def _trim_row(out: list[float], lo: list[float], cap: float) -> list[float]:
+    """:func:`_trim` for one row in plain Python."""
+    excess = sum(out) - cap
+    if excess <= 0:
+        return out
+    room = [o - low for o, low in zip(out, lo, strict=True)]
+    total_room = sum(room)
+    if total_room <= 0:
+        return out
+    return [max(o - excess * m / total_room, low) for o, m, low in zip(out, room, lo, strict=True)]
 
 
 NEWTON_STEPS = 24

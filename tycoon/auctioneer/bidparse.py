@@ -129,7 +129,9 @@ class BidSpec:
 
 def _num(value: float) -> str:
     """Shortest round-tripping decimal text without an exponent (the grammar has none)."""
-    text = format(Decimal(repr(float(value))), "f")
+    text = repr(float(value))
+    if "e" in text:
+        text = format(Decimal(text), "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
