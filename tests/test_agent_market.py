@@ -170,6 +170,14 @@ async def test_agent_follows_prices_of_hosts_in_play_and_a_few_more(nats_url: st
         assert agent.plan.hosts <= followed
         assert len(followed) == len(agent.plan.hosts) + 5  # the 5 best others besides
         assert len(agent.quotes) == 12  # the rest are known from the SLS
+        # the price of each planned host is the one its reply to our bid gave (its price
+        # updates of our own doing are dropped unread while the bid is in flight)
+        by_id = {h.id: h for h in market.hosts}
+        for host in agent.plan.hosts:
+            ours = by_id[host].service.market
+            assert agent.quotes[host].price == pytest.approx(float(ours.rates[0].sum()),
+                                                             rel=0.05)
+            assert agent.quotes[host].price > 0
         await run
     finally:
         await market.close()

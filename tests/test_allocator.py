@@ -137,6 +137,26 @@ async def test_first_plan_funds_and_bids_every_host_to_the_end(tmp_path: Path) -
     assert m.money() == 10**6
 
 
+async def test_bids_in_flight_are_marked_and_their_replies_reported(tmp_path: Path) -> None:
+    m = Market(tmp_path, 10**6)
+    seen: list[set[str]] = []
+    replies: list[tuple[str, dict[str, Any]]] = []
+    for host in m.hosts.values():
+        bid = host.bid
+
+        async def marked(spec: str, duration: str, bid: Any = bid) -> dict[str, Any]:
+            seen.append(set(m.allocator.bidding))
+            return await bid(spec, duration)
+
+        host.bid = marked  # type: ignore[method-assign]
+    m.allocator.on_bid = lambda host, reply: replies.append((host, reply))
+    await start(m, {"h0": 100.0, "h1": 50.0})
+    assert seen and all(s <= {"h0", "h1"} and s for s in seen)
+    assert sorted(h for h, _ in replies) == ["h0", "h1"]
+    assert all("expires_ns" in reply for _, reply in replies)
+    assert not m.allocator.bidding  # nothing in flight once done
+
+
 async def test_retarget_changes_rates_with_bids_alone(tmp_path: Path) -> None:
     m = Market(tmp_path, 10**6)
     end = await start(m, {"h0": 100.0, "h1": 100.0})

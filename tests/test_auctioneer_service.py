@@ -157,6 +157,30 @@ async def test_fund_bid_publish_refund(market: Market) -> None:
     assert market.auctioneer.market.conserved()
 
 
+async def test_bid_reply_has_prices_and_allocations_are_coalesced(market: Market) -> None:
+    bank, client = await market.user(1000)
+    await client.fund(await pay(bank, market.host_id.public_key, 100))
+    allocs: list[Message] = []
+    watcher = await open_bus(market.url, Identity.generate())
+    market.buses.append(watcher)
+
+    async def on_alloc(msg: Message) -> None:
+        allocs.append(msg)
+
+    await watcher.subscribe(subjects.alloc(market.host), on_alloc)
+    await watcher.flush()
+    replies = [await client.bid(f"{600 + i}s cpu:1,0,1") for i in range(5)]
+    last = replies[-1]
+    own = last["allocation"]["rate"]["cpu"]
+    assert last["prices"]["cpu"] == pytest.approx(own)  # the only bidder: its own rate
+    assert set(last["prices"]) == {"cpu", "memory", "disk", "net"}
+    await asyncio.sleep(3 * market.auctioneer.service.alloc_every_s)
+    # five bids within one window: one allocation (or two, if a window closed between)
+    assert 1 <= len(allocs) <= 2
+    view = allocs[-1].body["accounts"][bank.account]
+    assert view["expires_ns"] == last["expires_ns"]  # the last bid's, not an older one
+
+
 async def test_refused_funding_changes_nothing(market: Market) -> None:
     bank, client = await market.user(1000)
     raw = await pay(bank, market.host_id.public_key, 10)

@@ -125,6 +125,29 @@ async def test_subscribers_drop_and_count_bad_events(nats_url: str) -> None:
         assert watcher.rejected["malformed"] == 1 and watcher.rejected["wrong_subject"] == 1
 
 
+async def test_skipped_subjects_are_dropped_before_any_check(nats_url: str) -> None:
+    host = Identity.generate()
+    async with connect(nats_url, Identity.generate()) as watcher, connect(nats_url, host) as pub:
+        seen: list[Message] = []
+
+        async def on_event(msg: Message) -> None:
+            seen.append(msg)
+
+        await watcher.subscribe("tycoon.price.*", on_event, skip=lambda s: s.endswith(".h2"))
+        await watcher.flush()
+        await pub.publish("tycoon.price.h2", "price", {"p": 2})
+        await pub.nc.publish("tycoon.price.h2", b"garbage")  # not even looked at
+        await pub.publish("tycoon.price.h1", "price", {"p": 1})
+        await pub.flush()
+        for _ in range(50):
+            if seen:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        assert [m.body for m in seen] == [{"p": 1}]
+        assert not watcher.rejected
+
+
 async def test_no_responder_is_unavailable(nats_url: str) -> None:
     async with connect(nats_url, Identity.generate()) as bus:
         with pytest.raises(Rejected, match="unavailable"):

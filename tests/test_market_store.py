@@ -70,9 +70,16 @@ def test_round_trip(tmp_path: Path) -> None:
     # the reloaded market refuses the receipts it redeemed before
     with pytest.raises(Rejected, match="already_redeemed"):
         again.fund(receipt(USERS[0], 100 * MICRO, "f0"), T0 + 22 * NS)
-    # and it keeps charging from where it stands
+    # and it keeps charging from where it stands, writing the rows it loaded in place
     again.tick(T0 + 23 * NS, greedy(again))
     assert again.conserved()
+    store.commit(again, again.take_changes())
+    store.close()
+    third = market()
+    store = MarketStore(tmp_path / "m.db")
+    store.load(third, T0 + 23 * NS)
+    assert state(third) == state(again)
+    store.close()
 
 
 def test_uncommitted_changes_are_lost_whole(tmp_path: Path) -> None:

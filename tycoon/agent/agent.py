@@ -123,7 +123,7 @@ class Agent:
         self._clients: dict[str, HostClient] = {}
         self.allocator = Allocator(
             self.id, self.bank, lambda h: self._client(h, make_client), self.journal,
-            resource=config.resource, clock=clock,
+            resource=config.resource, clock=clock, on_bid=self._on_bid_reply,
         )
         self.planner = PlannerConfig(max_hosts=config.max_hosts, threshold=config.threshold)
         self.plan: Plan | None = None
@@ -234,8 +234,8 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self._subscriptions.pop(host).unsubscribe()
         for host in sorted(wanted - set(self._subscriptions)):
-            self._subscriptions[host] = await self.bus.subscribe(subjects.price(host),
-                                                                 self._on_price)
+            self._subscriptions[host] = await self.bus.subscribe(
+                subjects.price(host), self._on_price, skip=self._own_bid_in_flight)
 
     async def _follow_allocations(self, hosts: Iterable[str]) -> None:
         """Follow ``tycoon.alloc.<host>`` where we hold money or a bid: the host's own word
@@ -244,7 +244,23 @@ class Agent:
         for host in hosts:
             if f"alloc.{host}" not in self._subscriptions:
                 self._subscriptions[f"alloc.{host}"] = await self.bus.subscribe(
-                    subjects.alloc(host), self._on_alloc)
+                    subjects.alloc(host), self._on_alloc, skip=self._own_bid_in_flight)
+
+    def _own_bid_in_flight(self, subject: str) -> bool:
+        """Whether an update on ``subject`` (a host's price or allocation stream) comes
+        while our bid there is in flight: it is dropped unchecked, since the bid's reply
+        is a newer word on the same (the host publishes its updates before replying, on
+        one connection, so they arrive first). An agent answering a move with 90 bids
+        would otherwise check 180 signatures of its own doing."""
+        return subject.rsplit(".", 1)[-1] in self.allocator.bidding
+
+    def _on_bid_reply(self, host: str, reply: dict[str, Any]) -> None:
+        """Take the host's price from its reply to our bid (see _own_bid_in_flight)."""
+        prices = reply.get("prices")
+        price = prices.get(self.config.resource) if isinstance(prices, dict) else None
+        old = self.quotes.get(host)
+        if old is not None and isinstance(price, int | float) and math.isfinite(price):
+            self.quotes[host] = Quote(host, old.capacity, max(float(price), 0.0))
 
     async def _on_price(self, msg: Message) -> None:
         body = msg.body

@@ -101,6 +101,7 @@ class Allocator:
         fast_slack: float = 0.25,
         refund_slack: float = 0.5,
         clock: Callable[[], float] = time.time,
+        on_bid: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.bank = bank
@@ -117,6 +118,10 @@ class Allocator:
         self._locks: dict[str, asyncio.Lock] = {}
         self._funding: set[str] = set()
         """Hosts with a funding under way (its bid follows; nobody funds them twice)."""
+        self.bidding: set[str] = set()
+        """Hosts with a bid of ours in flight: their next word is its reply."""
+        self.on_bid = on_bid
+        """Called with each host's reply to a bid (it carries the host's prices)."""
         self.log = get_logger("allocator", agent=agent_id)
 
     @property
@@ -315,7 +320,13 @@ class Allocator:
 
     async def _bid(self, host: str, seconds: float, outcome: Outcome) -> None:
         duration = f"{max(MIN_DURATION_S, math.ceil(seconds))}s"
-        reply = await self.hosts(host).bid(self.spec, duration)
+        self.bidding.add(host)
+        try:
+            reply = await self.hosts(host).bid(self.spec, duration)
+        finally:
+            self.bidding.discard(host)
+        if self.on_bid is not None:
+            self.on_bid(host, reply)
         view = reply.get("allocation")
         expires = reply.get("expires_ns")
         if isinstance(view, dict) and isinstance(view.get("balance"), int) \

@@ -58,12 +58,14 @@ class AuctioneerService:
         *,
         tick_s: float = 1.0,
         heartbeat_s: float = 5.0,
+        alloc_every_s: float = 0.25,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         if bus.identity.public_key != market.host_key:
             raise ValueError("the bus must be signed by the host's own key")
         self.bus, self.market, self.store, self.driver, self.bank = bus, market, store, driver, bank
         self.tick_s, self.heartbeat_s, self.clock = tick_s, heartbeat_s, clock
+        self.alloc_every_s = alloc_every_s
         self.host = market.host_id
         self.log = get_logger("auctioneer", host=self.host)
         handlers = {
@@ -85,6 +87,7 @@ class AuctioneerService:
         self._apply_pending = False
         self._refund_lock = asyncio.Lock()
         self._price_sent = 0.0  # time.monotonic() of the last price update
+        self._alloc_due: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AuctioneerService:
         await self.start()
@@ -115,9 +118,10 @@ class AuctioneerService:
     async def stop(self) -> None:
         """Stop taking requests (in-flight ones finish), then stop the loops."""
         await self.service.stop()
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._alloc_due] if self._alloc_due else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
@@ -168,13 +172,26 @@ class AuctioneerService:
                 self._apply_pending = False
             except Exception:
                 self.log.exception("driver apply failed; retried on the next tick")
-        if publish_alloc:
-            seq = self.market.next_seq(self.clock())
-            await self.bus.publish(
-                subjects.alloc(self.host), "alloc", views.alloc_body(self.market, seq)
-            )
         if publish_price:
             await self._publish_price()
+        if publish_alloc and self._alloc_due is None:
+            self._alloc_due = asyncio.create_task(self._publish_alloc(), name="alloc")
+
+    async def _publish_alloc(self) -> None:
+        """Publish the allocation ``alloc_every_s`` after the first change since the last
+        one: every change in between goes out in that one message. The bidder has its own
+        allocation in the reply; the stream is for everyone else (and a burst of bids would
+        otherwise sign and send one allocation per bid before any reply goes out)."""
+        try:
+            await asyncio.sleep(self.alloc_every_s)
+        finally:
+            self._alloc_due = None
+        try:
+            seq = self.market.next_seq(self.clock())
+            await self.bus.publish(subjects.alloc(self.host), "alloc",
+                                   views.alloc_body(self.market, seq))
+        except Exception:
+            self.log.exception("allocation update failed")
 
     async def _heartbeat(self) -> None:
         """Publish the price whenever ``heartbeat_s`` passed without a price update."""
@@ -230,6 +247,7 @@ class AuctioneerService:
             "resources": account.bid.text,
             "expires_ns": account.bid.expires_ns,
             "allocation": views.account_view(self.market, msg.sender),
+            "prices": views.prices(self.market),
         }
 
     async def _refund(self, msg: Message) -> dict[str, Any]:

@@ -70,6 +70,10 @@ class MarketStore:
         self.durability = durability.upper()
         self.db.execute(f"PRAGMA synchronous={self.durability}")
         self.db.executescript(SCHEMA)
+        self._totals: dict[str, str] = {}
+        """The market's totals as last written (only changed ones are written again)."""
+        self._stored: set[str] = set()
+        """Accounts with a row (updated in place; a REPLACE rewrites row and index)."""
 
     def close(self) -> None:
         self.db.close()
@@ -101,6 +105,7 @@ class MarketStore:
             "SELECT account, balance, funded, spent, refunded, refunds, created_ns, bid_text,"
             " bid_duration_ns, bid_placed_ns, bid_expires_ns FROM accounts"
         ).fetchall()
+        self._stored = {row[0] for row in rows}
         for row in rows:
             account = Account(*row[:7])
             if row[7] is not None:
@@ -144,36 +149,43 @@ class MarketStore:
             self.db.execute(f"PRAGMA synchronous={self.durability}")
 
     def _write(self, market: Market, changes: Changes) -> None:
-        rows = []
+        new, old = [], []
         for name in changes.accounts:
             a = market.accounts[name]
             bid = a.bid
-            rows.append((
-                a.account, a.balance, a.funded, a.spent, a.refunded, a.refunds, a.created_ns,
+            (old if name in self._stored else new).append((
+                a.balance, a.funded, a.spent, a.refunded, a.refunds, a.created_ns,
                 bid.text if bid else None, bid.spec.duration_ns if bid else None,
-                bid.placed_ns if bid else None, bid.expires_ns if bid else None,
+                bid.placed_ns if bid else None, bid.expires_ns if bid else None, a.account,
             ))  # fmt: skip
         with self._tx():
-            self.db.executemany(
-                "INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-            )
-            self.db.executemany("INSERT INTO redeemed VALUES (?, ?, ?, ?)", changes.redeemed)
-            self.db.executemany(
-                "INSERT OR REPLACE INTO refunds VALUES (?, ?, ?, ?, ?)",
-                [
-                    (r.refund_id, r.account, r.amount, r.created_ns, r.receipt or None)
-                    for r in changes.refunds.values()
-                ],
-            )
-            self.db.executemany(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                [
-                    ("earnings", str(market.earnings)),
-                    ("funded", str(market.funded)),
-                    ("refunded", str(market.refunded)),
-                    ("seq", str(market.seq)),
-                ],
-            )
+            if old:
+                self.db.executemany(
+                    "UPDATE accounts SET balance = ?, funded = ?, spent = ?, refunded = ?,"
+                    " refunds = ?, created_ns = ?, bid_text = ?, bid_duration_ns = ?,"
+                    " bid_placed_ns = ?, bid_expires_ns = ? WHERE account = ?", old)
+            if new:
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO accounts (balance, funded, spent, refunded, refunds,"
+                    " created_ns, bid_text, bid_duration_ns, bid_placed_ns, bid_expires_ns,"
+                    " account) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new)
+            if changes.redeemed:
+                self.db.executemany("INSERT INTO redeemed VALUES (?, ?, ?, ?)", changes.redeemed)
+            if changes.refunds:
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO refunds VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (r.refund_id, r.account, r.amount, r.created_ns, r.receipt or None)
+                        for r in changes.refunds.values()
+                    ],
+                )
+            totals = {"earnings": str(market.earnings), "funded": str(market.funded),
+                      "refunded": str(market.refunded), "seq": str(market.seq)}
+            changed = [(k, v) for k, v in totals.items() if self._totals.get(k) != v]
+            if changed:
+                self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", changed)
+        self._totals = totals
+        self._stored.update(row[-1] for row in new)
 
     def save_seq(self, seq: int) -> None:
         """Remember the last published sequence number."""

@@ -27,6 +27,12 @@ def price_body(market: Market, seq: int, heartbeat_s: float) -> dict[str, Any]:
             "name": market.name, "driver": market.driver, "resources": resources}  # fmt: skip
 
 
+def prices(market: Market) -> dict[str, float]:
+    """Each resource's price now (Σ of every bid rate, micro-credits/s), as in ``price``."""
+    totals = market.rates.sum(axis=1).tolist()
+    return dict(zip(RESOURCES, totals, strict=True))
+
+
 def account_view(market: Market, account: str) -> dict[str, Any]:
     """Shares, rates, balance and expiry of one account (zeros without a live bid)."""
     acc = market.account(account)
