@@ -170,6 +170,9 @@ async def run(url: str, info: dict, tmp: Path) -> dict:
     started = time.perf_counter()
     task = asyncio.create_task(agent.run())
     while agent.summary.rebids == 0:
+        if task.done():  # the agent failed: say why rather than wait forever
+            task.result()
+            raise RuntimeError("the agent stopped before its first plan")
         await asyncio.sleep(0.005)
     acquire = time.perf_counter() - started
     acquired = len(agent.plan.hosts) if agent.plan else 0
@@ -189,6 +192,9 @@ async def run(url: str, info: dict, tmp: Path) -> dict:
         for _ in range(200):
             if len(agent.summary.rebid_latencies_ms) > before:
                 break
+            if task.done():
+                task.result()
+                raise RuntimeError("the agent stopped")
             await asyncio.sleep(0.01)
     rival.stdin.close()
     await rival.wait()

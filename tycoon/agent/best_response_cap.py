@@ -11,17 +11,19 @@ import math
 
 import numpy as np
 
-from tycoon.agent.best_response import BestResponse, _solve, shares, utility
+from tycoon.agent.best_response import BestResponse, _solve_1d, shares, utility
 
 
-def _gains(w: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
-    """Per host, max_x w·x/(x+y) − λx = (sqrt(w) − sqrt(λy))₊² (w on a free host)."""
-    return np.maximum(np.sqrt(np.maximum(w, 0.0)) - np.sqrt(lam * y), 0.0) ** 2
+def _gains(root_w: np.ndarray, root_y: np.ndarray, lam: float) -> np.ndarray:
+    """Per host, max_x w·x/(x+y) − λx = (sqrt(w) − sqrt(λy))₊² (w on a free host), from
+    ``root_w`` = sqrt(max(w, 0)) and ``root_y`` = sqrt(y), computed once per solve."""
+    return np.maximum(root_w - math.sqrt(lam) * root_y, 0.0) ** 2
 
 
-def _dual_bound(budget: float, w: np.ndarray, y: np.ndarray, lam: float, cap: int | None) -> float:
+def _dual_bound(budget: float, root_w: np.ndarray, root_y: np.ndarray, lam: float,
+                cap: int | None) -> float:
     """Weak-duality bound λX + Σ (top ``cap``) gains(λ) ≥ the best utility."""
-    g = _gains(w, y, lam)
+    g = _gains(root_w, root_y, lam)
     if cap is not None and cap < g.size:
         g = np.partition(g, g.size - cap)[g.size - cap :]
     return float(lam * budget + g.sum())
@@ -31,9 +33,9 @@ def _on_subset(
     budget: float, w: np.ndarray, y: np.ndarray, chosen: np.ndarray, eps: float
 ) -> tuple[np.ndarray, float, float]:
     bids = np.zeros_like(w)
-    sub, lam = _solve(np.array([budget]), w[None, chosen], y[None, chosen], eps)
-    bids[chosen] = sub[0]
-    return bids, float(utility(bids, w, y)), float(lam[0])
+    sub, lam, _ = _solve_1d(budget, w[chosen], y[chosen], eps)
+    bids[chosen] = sub
+    return bids, float(utility(bids, w, y)), float(lam)
 
 
 def _top(score: np.ndarray, cap: int) -> np.ndarray:
@@ -60,32 +62,33 @@ def capped(budget: float, w: np.ndarray, y: np.ndarray, cap: int, eps: float) ->
     prefix = np.sort(order[:cap])
     best_bids, best_u, best_lam = _on_subset(budget, w, y, prefix[valued[prefix]], eps)
 
+    rw, ry = np.sqrt(np.maximum(w, 0.0)), np.sqrt(y)
     lo, hi = 0.0, float(ratio.max())
-    bound = _dual_bound(budget, w, y, 0.0, cap)
+    bound = _dual_bound(budget, rw, ry, 0.0, cap)
     lam = 0.0
     if hi > 0:  # golden-section search of the convex D(λ) on [0, max w/y]
         inv_phi = (math.sqrt(5) - 1) / 2
         c, d = hi - inv_phi * (hi - lo), lo + inv_phi * (hi - lo)
-        fc, fd = _dual_bound(budget, w, y, c, cap), _dual_bound(budget, w, y, d, cap)
+        fc, fd = _dual_bound(budget, rw, ry, c, cap), _dual_bound(budget, rw, ry, d, cap)
         for _ in range(100):
             if fc <= fd:
                 hi, d, fd = d, c, fc
                 c = hi - inv_phi * (hi - lo)
-                fc = _dual_bound(budget, w, y, c, cap)
+                fc = _dual_bound(budget, rw, ry, c, cap)
             else:
                 lo, c, fc = c, d, fd
                 d = lo + inv_phi * (hi - lo)
-                fd = _dual_bound(budget, w, y, d, cap)
+                fd = _dual_bound(budget, rw, ry, d, cap)
             if hi - lo <= 1e-12 * hi:
                 break
         lam = (lo + hi) / 2
-        bound = min(bound, fc, fd, _dual_bound(budget, w, y, lam, cap))
+        bound = min(bound, fc, fd, _dual_bound(budget, rw, ry, lam, cap))
     top_ratio = float(ratio.max())
     grid = list(np.geomspace(top_ratio * 1e-6, top_ratio, 24)) if top_ratio > 0 else []
     seen: set[bytes] = set()
     todo = [lam]
     while todo:
-        chosen = _top(_gains(w, y, todo.pop()), cap)
+        chosen = _top(_gains(rw, ry, todo.pop()), cap)
         key = chosen.tobytes()
         if chosen.size and key not in seen:
             seen.add(key)
