@@ -14,6 +14,7 @@ from tycoon.agent.planner import (
     damped,
     make_plan,
     should_replan,
+    switch_or_stay,
     utility_of,
 )
 
@@ -61,6 +62,23 @@ def test_hysteresis_ignores_noise_and_follows_real_moves() -> None:
     go, why = should_replan(current, make_plan(jumped, 10**9, 1000.0, CFG), jumped, CFG)
     assert go, why
     assert should_replan(current, current, quotes[1:], CFG)[0]  # a host in play vanished
+
+
+def test_new_hosts_must_buy_more_than_the_hosts_held() -> None:
+    held_quotes = [Quote("a", 1000, 1e6), Quote("b", 1000, 1e6)]
+    held = make_plan(held_quotes, 10**9, 1000.0, PlannerConfig(min_balance=1, max_hosts=2))
+
+    def target(new_price: float):
+        quotes = [*held_quotes, Quote("c", 1000, new_price)]
+        return make_plan(quotes, 10**9, 1000.0, PlannerConfig(min_balance=1, max_hosts=2))
+
+    slightly = target(0.95e6)  # a little cheaper: the switch is not worth its money moves
+    assert "c" in slightly.hosts and slightly.utility < held.utility * 1.1
+    assert switch_or_stay(slightly, held, 0.1) is held
+    much = target(0.2e6)  # far cheaper: worth it, unless a dwell runs
+    assert much.utility > held.utility * 1.1
+    assert switch_or_stay(much, held, 0.1) is much
+    assert switch_or_stay(much, held, 0.1, dwelling=True) is held
 
 
 def test_damping_moves_part_of_the_way() -> None:

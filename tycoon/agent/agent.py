@@ -34,6 +34,7 @@ from tycoon.agent.planner import (
     damped,
     make_plan,
     should_replan,
+    switch_or_stay,
 )
 from tycoon.agent.prediction import Prediction, predict
 from tycoon.bank.client import BankClient
@@ -72,6 +73,11 @@ class AgentConfig:
     """After a plan takes on new hosts, the next ones may be taken on only this much later
     (until then a replan re-rates and may leave the hosts it has): agents that all see
     the same cheap host would otherwise herd from host to host many times a second."""
+    switch_gain: float = 0.1
+    """A plan that takes on new hosts must buy this much more than the best plan on the
+    hosts already held: a new host costs a transfer, a funding and later a refund, and
+    each switch moves another agent's prices (the scale run's agents otherwise dropped
+    and took on hosts some 60 times a second between them)."""
     settle_delay_s: float = 1.0
     """A plan's rates are bid at once; its money moves (refunds, top-ups) wait until no
     newer plan came for this long, so a burst of price moves moves money once."""
@@ -351,10 +357,11 @@ class Agent:
             await self.warn("funds will not last to the deadline",
                             bank_balance=bank_balance, budget_left=budget_left)
         target = make_plan(quotes, money, seconds, self.planner)
-        if self.plan is not None and target.hosts - self.plan.hosts \
-                and time.monotonic() - self._switched_at < self.config.switch_dwell_s:
+        if self.plan is not None and target.hosts - self.plan.hosts:
             held_quotes = [q for q in quotes if q.host in self.plan.hosts]
-            target = make_plan(held_quotes, money, seconds, self.planner)
+            held = make_plan(held_quotes, money, seconds, self.planner)
+            dwelling = time.monotonic() - self._switched_at < self.config.switch_dwell_s
+            target = switch_or_stay(target, held, self.config.switch_gain, dwelling=dwelling)
         go, why = should_replan(self.plan, target, quotes, self.planner)
         if not (go or force):
             return

@@ -117,6 +117,14 @@ def make_plan(
     return Plan(rates, balances, expected, value, sum(rates.values()), seconds_left)
 
 
+def switch_or_stay(target: Plan, held: Plan, gain: float, *, dwelling: bool = False) -> Plan:
+    """``target`` (which takes on new hosts) if it buys more than ``gain`` over ``held``
+    (the best plan on the hosts already held) and no dwell is running, else ``held``."""
+    if dwelling or target.utility <= held.utility * (1 + gain):
+        return held
+    return target
+
+
 def damped(current: Plan | None, target: Plan, quotes: list[Quote], alpha: float,
            min_balance: int) -> Plan:
     """Move only ``alpha`` of the way up from ``current`` to ``target``.
