@@ -6,11 +6,12 @@ import asyncio
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 from tycoon.bus import subjects
-from tycoon.bus.connection import connect
+from tycoon.bus.connection import Bus, connect
 from tycoon.bus.envelope import Message, seal
 from tycoon.bus.keys import Identity
 from tycoon.bus.service import Endpoint, Service
@@ -101,16 +102,22 @@ async def test_reply_for_another_request_is_refused(nats_url: str) -> None:
             bus.check_reply(second, reply)
 
 
+async def watch_prices(watcher: Bus, **options: Any) -> list[Message]:
+    """Subscribe ``watcher`` to every price subject; the list fills as messages come."""
+    seen: list[Message] = []
+
+    async def on_event(msg: Message) -> None:
+        seen.append(msg)
+
+    await watcher.subscribe("tycoon.price.*", on_event, **options)
+    await watcher.flush()
+    return seen
+
+
 async def test_subscribers_drop_and_count_bad_events(nats_url: str) -> None:
     host = Identity.generate()
     async with connect(nats_url, Identity.generate()) as watcher, connect(nats_url, host) as pub:
-        seen: list[Message] = []
-
-        async def on_event(msg: Message) -> None:
-            seen.append(msg)
-
-        await watcher.subscribe("tycoon.price.*", on_event)
-        await watcher.flush()
+        seen = await watch_prices(watcher)
         await pub.publish("tycoon.price.h1", "price", {"p": 1})
         await pub.nc.publish("tycoon.price.h1", b"garbage")
         await pub.nc.publish(
@@ -128,13 +135,7 @@ async def test_subscribers_drop_and_count_bad_events(nats_url: str) -> None:
 async def test_skipped_subjects_are_dropped_before_any_check(nats_url: str) -> None:
     host = Identity.generate()
     async with connect(nats_url, Identity.generate()) as watcher, connect(nats_url, host) as pub:
-        seen: list[Message] = []
-
-        async def on_event(msg: Message) -> None:
-            seen.append(msg)
-
-        await watcher.subscribe("tycoon.price.*", on_event, skip=lambda s: s.endswith(".h2"))
-        await watcher.flush()
+        seen = await watch_prices(watcher, skip=lambda s: s.endswith(".h2"))
         await pub.publish("tycoon.price.h2", "price", {"p": 2})
         await pub.nc.publish("tycoon.price.h2", b"garbage")  # not even looked at
         await pub.publish("tycoon.price.h1", "price", {"p": 1})

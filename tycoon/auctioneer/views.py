@@ -11,13 +11,13 @@ from tycoon.vmm.driver import RESOURCES
 
 def price_body(market: Market, seq: int, heartbeat_s: float) -> dict[str, Any]:
     """The body of a ``price`` message (see docs/auctioneer.md)."""
-    prices = market.rates.sum(axis=1)
+    totals = prices(market)
     bidders = (market.rates > 0).sum(axis=1)
     resources = {
         r: {
             "capacity": int(market.caps[i]),
-            "price": float(prices[i]),
-            "unit_price": float(prices[i] / market.caps[i]) if market.caps[i] > 0 else 0.0,
+            "price": totals[r],
+            "unit_price": totals[r] / float(market.caps[i]) if market.caps[i] > 0 else 0.0,
             "utilization": float(market.utilization[i]),
             "bidders": int(bidders[i]),
         }
