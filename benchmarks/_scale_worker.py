@@ -235,6 +235,7 @@ class Worker:
             "agents": len(self.agents),
             "agents_planned": sum(1 for a in self.agents if a.plan is not None),
             "rebids": sum(a.summary.rebids for a in self.agents),
+            "plan_hosts": [h for a in self.agents if a.plan for h in a.plan.hosts],
             "warnings": collections.Counter(
                 w.split(":")[0] for a in self.agents
                 for w in a.summary.warnings[self.mark_warnings.get(id(a), 0):]),

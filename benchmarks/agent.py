@@ -6,9 +6,10 @@ other machines in a real cluster; one process per core is as close as this machi
 gets); the agent runs in this one, as on a user's machine, and a rival user in another.
 (1) Time from the agent's start to bids placed on every host of its plan (SLS query,
 plan, 100 bank transfers, 100 fundings, 100 bids); (2) latency from a price change
-reaching the agent to its new bids being placed, over repeated competitor jumps (a
-competitor outbids it on 10 hosts at once; the agent runs with its default settings),
-and how long the money moves behind those bids take once prices are quiet (refunds,
+reaching the agent to its new plan's bids being placed, over repeated competitor jumps (a
+competitor outbids it on 10 hosts at once; the agent runs with its default settings);
+the whole answer, with the parks of the hosts it leaves (sent after the plan's bids); and
+how long the money moves behind those bids take once prices are quiet (refunds,
 transfers, top-ups; they start ``settle_delay_s`` after the last plan).
 """
 
@@ -148,6 +149,8 @@ async def main() -> None:
            ("hosts in the plan", result["hosts_acquired"]),
            ("rebid p50 (ms)", result["rebid_p50_ms"]),
            ("rebid p99 (ms)", result["rebid_p99_ms"]),
+           ("answer with parks p50 (ms)", result["answer_p50_ms"]),
+           ("answer with parks p99 (ms)", result["answer_p99_ms"]),
            ("money moves of a plan p50 (ms)", result["settle_p50_ms"]),
            ("money moves of a plan p99 (ms)", result["settle_p99_ms"]),
            ("price jumps answered", result["rebids_measured"])], ("measure", "value"))
@@ -200,6 +203,7 @@ async def run(url: str, info: dict, tmp: Path) -> dict:
     await rival.wait()
     await asyncio.sleep(2.5)  # the last plan's money moves: settle_delay_s, then the moves
     latencies = agent.summary.rebid_latencies_ms
+    answers = agent.summary.answer_latencies_ms
     settled = agent.summary.settle_ms
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -211,6 +215,8 @@ async def run(url: str, info: dict, tmp: Path) -> dict:
         "rebid_p50_ms": round(percentile(latencies, 50), 1),
         "rebid_p99_ms": round(percentile(latencies, 99), 1),
         "rebids_measured": len(latencies),
+        "answer_p50_ms": round(percentile(answers, 50), 1),
+        "answer_p99_ms": round(percentile(answers, 99), 1),
         "settle_p50_ms": round(percentile(settled, 50), 1) if settled else None,
         "settle_p99_ms": round(percentile(settled, 99), 1) if settled else None,
         "settles_measured": len(settled),

@@ -226,6 +226,7 @@ def cpu_s(pid: int) -> float:
 def measures(reports: list[dict[str, Any]], stale: list[float], ages: list[float],
              events: int, window: float, ledger_events: int) -> dict[str, Any]:
     latencies = [x for r in reports for x in r["latencies_ms"]]
+    in_plans = collections.Counter(h for r in reports for h in r["plan_hosts"])
     finite = [s for s in stale if s != float("inf")]
     errors: dict[str, int] = {}
     calls: dict[str, list[float]] = {}
@@ -247,6 +248,10 @@ def measures(reports: list[dict[str, Any]], stale: list[float], ages: list[float
         "rebid_p50_ms": percentile(latencies, 50) if latencies else None,
         "rebid_p99_ms": percentile(latencies, 99) if latencies else None,
         "agents_planned": sum(r["agents_planned"] for r in reports),
+        # How the agents spread over the hosts at the end: herding shows as few hosts
+        # with many agents each.
+        "hosts_in_plans": len(in_plans),
+        "agents_per_host_max": max(in_plans.values(), default=0),
         "agent_warnings": dict(sum((collections.Counter(r["warnings"]) for r in reports),
                                    collections.Counter()).most_common(4)),
         "worker_loop_lag_p99_ms": max(percentile(r["loop_lag_ms"], 99) if r["loop_lag_ms"]
@@ -272,7 +277,8 @@ def show(results: list[dict[str, Any]]) -> None:
            "RSS worker MB", "RSS central MB", "RSS nats MB"])
     for r in results:
         print(f"\n{r['topology']}: hosts up in {r['hosts_start_s']:.1f} s, SLS saw "
-              f"{r['sls_live_at_start']} live; agents planned {r['agents_planned']}, "
+              f"{r['sls_live_at_start']} live; agents planned {r['agents_planned']} "
+              f"over {r['hosts_in_plans']} hosts (at most {r['agents_per_host_max']} on one), "
               f"warnings {r['agent_warnings']}, mover bids {r['mover_bids']}, "
               f"worker loop lag p99 {r['worker_loop_lag_p99_ms']:.0f} ms, "
               f"errors {r['errors'] or 'none'}; price age p50 {r['price_age_p50_s']:.2f} s; "

@@ -111,6 +111,8 @@ async def test_price_jump_moves_the_agent_within_seconds(nats_url: str, tmp_path
             if len(agent.summary.rebid_latencies_ms) > reactions:
                 break
         assert len(agent.summary.rebid_latencies_ms) > reactions, "no reaction to the jump"
+        assert all(answer >= placed for placed, answer in zip(
+            agent.summary.rebid_latencies_ms, agent.summary.answer_latencies_ms, strict=True))
         # Best Response: the others' host stays nearly free, so the money moves to the
         # contested host to win back share there.
         assert agent.plan.balances.get(target.id, 0) > before * 1.1

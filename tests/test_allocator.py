@@ -189,6 +189,27 @@ async def test_small_moves_wait_for_settle_and_dropped_hosts_are_parked(tmp_path
     assert m.money() == 10**6
 
 
+async def test_the_plans_bids_are_placed_before_dropped_hosts_are_parked(tmp_path: Path) -> None:
+    m = Market(tmp_path, 10**6, hosts=4)
+    end = await start(m, {"h0": 100.0, "h1": 100.0, "h2": 100.0, "h3": 100.0})
+    events: list[str] = []
+    for name, host in m.hosts.items():
+        bid = host.bid
+
+        async def logged(spec: str, duration: str, bid: Any = bid, name: str = name) -> Any:
+            await asyncio.sleep(0)  # the bids of one phase are in flight together
+            events.append(name)
+            return await bid(spec, duration)
+
+        host.bid = logged  # type: ignore[method-assign]
+    outcome = await m.allocator.retarget(plan({"h0": 300.0, "h1": 300.0}, 1_000), 2,
+                                         m.payees, end, placed=lambda: events.append("placed"))
+    assert events[:2] == ["h0", "h1"] or events[:2] == ["h1", "h0"]
+    assert events[2] == "placed" and sorted(events[3:]) == ["h2", "h3"]
+    assert set(outcome.bids) == {"h0", "h1", "h2", "h3"}
+    assert m.hosts["h2"].durations[-1] == PARK_S
+
+
 async def test_surpluses_are_refunded_only_when_the_bank_cannot_pay(tmp_path: Path) -> None:
     m = Market(tmp_path, 200_000)
     end = await start(m, {"h0": 100.0, "h1": 100.0})

@@ -99,7 +99,9 @@ class Summary:
     paid_out: int = 0
     warnings: list[str] = field(default_factory=list)
     rebid_latencies_ms: list[float] = field(default_factory=list)
-    """From a price move to the new rates bid."""
+    """From a price move to the new plan's rates bid."""
+    answer_latencies_ms: list[float] = field(default_factory=list)
+    """From a price move to the whole answer: the plan's bids and the parks after them."""
     settle_ms: list[float] = field(default_factory=list)
     """How long each plan's money moves took, once started (after ``settle_delay_s``)."""
 
@@ -383,20 +385,29 @@ class Agent:
             "hosts": {h: {"balance": candidate.balances[h], "rate": candidate.rates[h],
                           "share": candidate.shares.get(h, 0.0)} for h in candidate.hosts},
         })
+        placed_at = None
+
+        def placed() -> None:
+            nonlocal placed_at
+            placed_at = time.perf_counter()
+
         outcome = await self.allocator.retarget(candidate, epoch, self.payees, end,
-                                                budget=self.config.budget)
+                                                budget=self.config.budget, placed=placed)
+        answered_at = time.perf_counter()
         await self._follow_allocations(sorted(set(candidate.hosts) | set(outcome.funded)))
         self.plan = candidate
         self.summary.rebids += 1
         latency = None
-        if changed_at is not None:
-            latency = (time.perf_counter() - changed_at) * 1000
+        if changed_at is not None and placed_at is not None:
+            latency = (placed_at - changed_at) * 1000
             self.summary.rebid_latencies_ms.append(latency)
+            self.summary.answer_latencies_ms.append((answered_at - changed_at) * 1000)
         await self.publish("rebid", {
             "epoch": epoch, "reason": f"{reason}: {why}",
             "summary": f"{len(outcome.bids)} bids, funded {len(outcome.funded)}",
             "funded": outcome.funded, "refunded": outcome.refunded, "errors": outcome.errors,
             "latency_ms": latency,
+            "answer_ms": self.summary.answer_latencies_ms[-1] if latency is not None else None,
         })
         await self._follow_prices()
         task = asyncio.create_task(self._settle(candidate, epoch, end))

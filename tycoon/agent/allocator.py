@@ -6,7 +6,7 @@ A bid spends its host account's balance evenly until it expires, so the rate it 
 1. :meth:`Allocator.retarget` sets the planned rates at once by re-bidding where money
    already is, with the duration that makes the balance last at the new rate (a shorter
    bid raises the rate, a longer one lowers it): every rate that moves by more than
-   ``fast_slack``, and hosts dropped from the plan are parked (a rate of almost nothing).
+   ``fast_slack``; then hosts dropped from the plan are parked (a rate of almost nothing).
    Only a host where we hold nothing needs money first (bank transfer, then funding with
    the receipt, then a bid).
 2. :meth:`Allocator.settle` then moves the money so that every balance lasts exactly to
@@ -202,20 +202,28 @@ class Allocator:
         return outcome
 
     async def retarget(self, plan: Plan, epoch: int, payees: Mapping[str, str], end: float, *,
-                       budget: int | None = None) -> Outcome:
-        """Bid every planned rate now (spending should end at clock time ``end``); park
-        the hosts dropped from the plan."""
+                       budget: int | None = None,
+                       placed: Callable[[], None] | None = None) -> Outcome:
+        """Bid every planned rate now (spending should end at clock time ``end``), then
+        park the hosts dropped from the plan; ``placed()`` is called in between.
+
+        The plan's bids go first because they are what the job gets; a park only stops a
+        small spend where others now hold the host (its money is refunded on settling),
+        and in a big answer (dozens of hosts left at once) parks sent alongside would
+        queue the plan's bids behind them at the hosts."""
         outcome = Outcome()
+        await asyncio.gather(*(
+            self._guard(host, outcome, self._retarget_host(
+                host, rate, epoch, payees.get(host, ""), end, budget, outcome,
+                self.fast_slack))
+            for host, rate in sorted(plan.rates.items(), key=lambda kv: -kv[1])))
+        if placed is not None:
+            placed()
         now = self.clock()
         parked = [h for h, holding in self.holdings.items()
                   if h not in plan.rates and holding.rate(now) > 0
                   and holding.expires - now < PARK_S / 2]
-        await asyncio.gather(
-            *(self._guard(host, outcome, self._retarget_host(
-                host, rate, epoch, payees.get(host, ""), end, budget, outcome,
-                self.fast_slack))
-              for host, rate in sorted(plan.rates.items(), key=lambda kv: -kv[1])),
-            *(self._guard(host, outcome, self._park(host, outcome)) for host in parked))
+        await asyncio.gather(*(self._guard(h, outcome, self._park(h, outcome)) for h in parked))
         return outcome
 
     async def _park(self, host: str, outcome: Outcome) -> None:
