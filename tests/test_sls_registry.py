@@ -166,6 +166,28 @@ def test_top_k_with_ties_matches_full_sort() -> None:
         assert [r["host"] for r in top] == [r["host"] for r in full[:k]]
 
 
+def test_random_ties_keep_the_order_and_spread_equal_hosts() -> None:
+    reg, _ = make_market(200, seed=4)  # prices from a few values: many ties
+    now = at(1)
+    full = reg.query(Query(limit=1000, statistics=False), now)["rows"]
+
+    def key(r: dict[str, Any]) -> tuple[float, int]:
+        return r["unit_price"], -r["capacity"]
+
+    firsts = set()
+    for _ in range(20):
+        top = reg.query(Query(limit=37, statistics=False, ties="random"), now)["rows"]
+        # The same sort keys as the host-ordered page; which of the equal hosts fill
+        # them varies from query to query.
+        assert [key(r) for r in top] == [key(r) for r in full[:37]]
+        tied = {r["host"] for r in full if key(r) == key(top[-1])}
+        assert {r["host"] for r in top if key(r) == key(top[-1])} <= tied
+        firsts.add(tuple(r["host"] for r in top))
+    assert len(firsts) > 1
+    with pytest.raises(Rejected, match="ties"):
+        Query.from_body({"ties": "alphabetical"})
+
+
 def test_rows_carry_statistics_and_host_view() -> None:
     reg = Registry()
     host = Identity.generate()

@@ -209,8 +209,10 @@ class Agent:
         """Ask the SLS for candidates (and the prices of those whose stream we do not
         follow)."""
         try:
+            # Equally good hosts come in random order: agents asking together (all of
+            # them, at a market's start) would otherwise all take the same first ones.
             rows = await self.sls.query(self.config.resource, sort="capacity_per_price",
-                                        limit=self.config.candidates,
+                                        limit=self.config.candidates, ties="random",
                                         statistics=self.config.probability is not None)
         except Rejected as error:
             await self.warn(f"SLS unavailable: {error.code}")

@@ -14,7 +14,7 @@ from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import bus_for, fail, identity, print_json
 from tycoon.errors import Rejected
 from tycoon.sls.client import SLSClient
-from tycoon.sls.query import DEFAULT_LIMIT, MAX_LIMIT_WITH_STATISTICS, SORTS
+from tycoon.sls.query import DEFAULT_LIMIT, MAX_LIMIT_WITH_STATISTICS, SORTS, TIES
 from tycoon.sls.service import SLSConfig, SLSService
 from tycoon.vmm.driver import RESOURCES
 
@@ -69,6 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="minimum capacity in base units (suffixes k M G T, Ki Mi Gi Ti)",
     )
     hosts.add_argument("--sort", choices=SORTS, default="capacity_per_price")
+    hosts.add_argument("--ties", choices=TIES, default="host",
+                       help="order of equal rows: by host id, or at random")
     hosts.add_argument(
         "--limit", type=int, default=DEFAULT_LIMIT, help=f"at most {MAX_LIMIT_WITH_STATISTICS}"
     )
@@ -125,6 +127,7 @@ async def cmd_hosts(args: argparse.Namespace) -> int:
             min_capacity=args.min_capacity,
             max_unit_price=args.max_price,
             sort=args.sort,
+            ties=args.ties,
             offset=args.offset,
             limit=args.limit,
         )

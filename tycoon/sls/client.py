@@ -88,6 +88,7 @@ class SLSClient:
         offset: int = 0,
         limit: int = DEFAULT_LIMIT,
         statistics: bool = True,
+        ties: str = "host",
     ) -> dict[str, Any]:
         """The whole reply body: ``{"total": int, "offset": int, "rows": [row]}``."""
         query = Query(
@@ -99,6 +100,7 @@ class SLSClient:
             offset=offset,
             limit=limit,
             statistics=statistics,
+            ties=ties,
         )
         reply = await self.bus.request(
             subjects.sls("query"), "sls.query", query.to_body(), timeout=self.timeout

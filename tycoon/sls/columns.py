@@ -107,8 +107,10 @@ class Columns:
             mask &= self.vals[:, PRICE, j] <= max_price
         return np.flatnonzero(mask)
 
-    def order(self, idx: np.ndarray, j: int, sort: str, k: int) -> np.ndarray:
-        """The first ``k`` of ``idx`` in ``sort`` order; ties go by capacity, then host id."""
+    def order(self, idx: np.ndarray, j: int, sort: str, k: int,
+              rng: np.random.Generator | None = None) -> np.ndarray:
+        """The first ``k`` of ``idx`` in ``sort`` order; ties go by capacity, then host id
+        (or, given ``rng``, at random)."""
         if k <= 0 or idx.size == 0:
             return idx[:0]
         unit = self.vals[idx, UNIT, j]
@@ -124,7 +126,8 @@ class Columns:
             kth = np.partition(primary, k - 1)[k - 1]
             keep = primary <= kth
             idx, primary, secondary = idx[keep], primary[keep], secondary[keep]
-        order = np.lexsort((self.hid[idx], secondary, primary))
+        last = self.hid[idx] if rng is None else rng.random(idx.size)
+        order = np.lexsort((last, secondary, primary))
         return idx[order[:k]]
 
     def statistics(self, slots: np.ndarray, j: int) -> list[dict[str, Any]]:

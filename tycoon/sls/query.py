@@ -10,6 +10,10 @@ from tycoon.errors import Rejected
 from tycoon.vmm.driver import RESOURCES
 
 SORTS: tuple[str, ...] = ("capacity_per_price", "price", "unit_price", "capacity", "availability")
+TIES: tuple[str, ...] = ("host", "random")
+"""How equal rows are ordered: by host id (stable pages), or at random per query (agents
+choosing hosts: those that ask together spread over equally good hosts instead of all
+taking the same first ones)."""
 """Sort orders: most capacity per credit first (= lowest unit price, ties: most capacity),
 lowest total price, lowest unit price, most capacity, most available."""
 DEFAULT_LIMIT = 100
@@ -50,6 +54,7 @@ class Query:
     offset: int = 0
     limit: int = DEFAULT_LIMIT
     statistics: bool = True
+    ties: str = "host"
 
     def __post_init__(self) -> None:
         # Validate by round-tripping through the wire parser.
@@ -70,6 +75,9 @@ class Query:
         sort = body.get("sort", "capacity_per_price")
         if sort not in SORTS:
             raise Rejected("malformed", f"sort must be one of {', '.join(SORTS)}")
+        ties = body.get("ties", "host")
+        if ties not in TIES:
+            raise Rejected("malformed", f"ties must be one of {', '.join(TIES)}")
         statistics = body.get("statistics", True)
         if not isinstance(statistics, bool):
             raise Rejected("malformed", "statistics must be a boolean")
@@ -82,6 +90,7 @@ class Query:
             "offset": _int_in(body, "offset", 0, 0, MAX_OFFSET),
             "limit": _int_in(body, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT),
             "statistics": statistics,
+            "ties": ties,
         }
         if statistics and fields["limit"] > MAX_LIMIT_WITH_STATISTICS:
             raise Rejected(

@@ -87,6 +87,8 @@ class Registry:
         self._key_host: dict[str, str] = {}
         self._pend_i: list[tuple[int, ...]] = []
         self._pend_f: list[tuple[float, ...]] = []
+        self._rng = np.random.default_rng()
+        """Breaks ties of ``ties="random"`` queries."""
         self._grow(slots)
 
     def __len__(self) -> int:
@@ -239,7 +241,8 @@ class Registry:
             max_unit_price=q.max_unit_price,
             max_price=q.max_price,
         )
-        page = self.cols.order(idx, j, q.sort, q.offset + q.limit)[q.offset :]
+        rng = self._rng if q.ties == "random" else None
+        page = self.cols.order(idx, j, q.sort, q.offset + q.limit, rng)[q.offset :]
         rows = [self._row(slot, j) for slot in page.tolist()]
         if q.statistics and rows:
             for row, stats in zip(rows, self.cols.statistics(page, j), strict=True):
