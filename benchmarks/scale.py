@@ -260,6 +260,7 @@ def measures(reports: list[dict[str, Any]], stale: list[float], ages: list[float
         "errors": errors,
         "calls_p50_ms": {k: round(percentile(v, 50), 1) for k, v in calls.items() if v},
         "calls_p99_ms": {k: round(percentile(v, 99), 1) for k, v in calls.items() if v},
+        "calls_per_s": {k: round(len(v) / window, 1) for k, v in calls.items() if v},
     }
 
 
@@ -284,8 +285,8 @@ def show(results: list[dict[str, Any]]) -> None:
               f"errors {r['errors'] or 'none'}; price age p50 {r['price_age_p50_s']:.2f} s; "
               f"SLS {r['sls_counters']}; settlement log {r['settlement_log']}")
         print(f"  CPU (cores busy): {_cores(r['cpu_share'])}")
-        print("  round trips in the workers, p50/p99 ms: " + ", ".join(
-            f"{k.split('.')[-1]} {v}/{r['calls_p99_ms'][k]}"
+        print("  round trips in the workers, p50/p99 ms (calls/s): " + ", ".join(
+            f"{k.split('.')[-1]} {v}/{r['calls_p99_ms'][k]} ({r['calls_per_s'][k]})"
             for k, v in sorted(r["calls_p50_ms"].items())))
 
 

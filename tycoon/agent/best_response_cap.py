@@ -45,6 +45,18 @@ def _top(score: np.ndarray, cap: int) -> np.ndarray:
     return chosen[score[chosen] > 0]
 
 
+def _tops(root_w: np.ndarray, root_y: np.ndarray, lams: np.ndarray, cap: int) -> list[np.ndarray]:
+    """:func:`_top` of the gains at each of ``lams``, in one pass over a (λ × host) matrix."""
+    gains = np.maximum(root_w[None, :] - np.sqrt(lams)[:, None] * root_y[None, :], 0.0) ** 2
+    n = root_w.size
+    if cap < n:
+        rows = np.sort(np.argpartition(-gains, cap - 1, axis=1)[:, :cap], axis=1)
+    else:
+        rows = np.broadcast_to(np.arange(n), (lams.size, n))
+    picked = np.take_along_axis(gains, rows, axis=1) > 0
+    return [row[keep] for row, keep in zip(rows, picked, strict=True)]
+
+
 def capped(budget: float, w: np.ndarray, y: np.ndarray, cap: int, eps: float) -> BestResponse:
     """Choose at most ``cap`` hosts (a heuristic; the choice is NP-hard-looking in general).
 
@@ -79,23 +91,26 @@ def capped(budget: float, w: np.ndarray, y: np.ndarray, cap: int, eps: float) ->
                 lo, c, fc = c, d, fd
                 d = lo + inv_phi * (hi - lo)
                 fd = _dual_bound(budget, rw, ry, d, cap)
+            # λ only seeds the candidate sets (each is then solved exactly) and D at any λ
+            # is a valid bound, so 1e-7 is plenty: ~35 steps, not ~60 to 1e-12.
             if hi - lo <= 1e-12 * hi:
                 break
         lam = (lo + hi) / 2
         bound = min(bound, fc, fd, _dual_bound(budget, rw, ry, lam, cap))
     top_ratio = float(ratio.max())
-    grid = list(np.geomspace(top_ratio * 1e-6, top_ratio, 24)) if top_ratio > 0 else []
+    # Candidate sets: the top ``cap`` by gain at the dual's minimiser and along a grid of λ
+    # (one matrix), each followed by the multiplier of its own solution until a set repeats.
+    # Every set reached is solved once; the order does not change which sets are reached.
+    lams = np.geomspace(top_ratio * 1e-6, top_ratio, 24) if top_ratio > 0 else np.empty(0)
+    todo = _tops(rw, ry, np.append(lams, lam), cap)
     seen: set[bytes] = set()
-    todo = [lam]
     while todo:
-        chosen = _top(_gains(rw, ry, todo.pop()), cap)
+        chosen = todo.pop()
         key = chosen.tobytes()
         if chosen.size and key not in seen:
             seen.add(key)
             bids, value, lam_new = _on_subset(budget, w, y, chosen, eps)
             if value > best_u:
                 best_bids, best_u, best_lam = bids, value, lam_new
-            todo.append(lam_new)
-        elif grid:
-            todo.append(grid.pop())
+            todo.append(_top(_gains(rw, ry, lam_new), cap))
     return BestResponse(best_bids, shares(best_bids, y), best_u, best_lam, max(bound, best_u))
