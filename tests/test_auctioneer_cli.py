@@ -36,8 +36,9 @@ async def test_host_commands(
     alice = keys.create("alice")
     auctioneer = await start_auctioneer(
         nats_url, host, bank_key=bank_id.public_key, driver=SimulatedDriver(preset="small"),
-        store_path=tmp_path / "h1.db", name="h1", tick_s=0.2,
+        store_path=tmp_path / "h1.db", name="h1", tick_s=0.2, alloc_every_s=0.1,
     )  # fmt: skip
+    assert auctioneer.service.alloc_every_s == 0.1
     op_bus = await open_bus(nats_url, operator)
     alice_bus = await open_bus(nats_url, alice)
     try:
@@ -78,3 +79,11 @@ async def test_host_commands(
         await bank.stop()
         await bank_bus.close()
         ledger.store.close()
+
+
+def test_serve_refuses_a_bad_allocation_period(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("0", "-1", "nan", "soon"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["auctioneer", "serve", "--alloc-every", bad])
+        assert exit_.value.code == 2
+        assert "--alloc-every" in capsys.readouterr().err

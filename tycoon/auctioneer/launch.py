@@ -49,6 +49,7 @@ async def start_auctioneer(
     name: str = "",
     tick_s: float = 1.0,
     heartbeat_s: float = 5.0,
+    alloc_every_s: float = 0.25,
     durability: str = "full",
     clock: Callable[[], int] = time.time_ns,
 ) -> RunningAuctioneer:
@@ -65,7 +66,8 @@ async def start_auctioneer(
         raise
     bank = BankClient(bus, bank_key)
     service = AuctioneerService(
-        bus, market, store, driver, bank, tick_s=tick_s, heartbeat_s=heartbeat_s, clock=clock
+        bus, market, store, driver, bank, tick_s=tick_s, heartbeat_s=heartbeat_s,
+        alloc_every_s=alloc_every_s, clock=clock,
     )
     try:
         await service.start()

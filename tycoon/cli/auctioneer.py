@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--name", default="", help="display name of the host")
     serve.add_argument("--tick", type=float, default=1.0, help="charging period, seconds")
     serve.add_argument("--heartbeat", type=float, default=5.0, help="price heartbeat, seconds")
+    serve.add_argument("--alloc-every", type=_positive_seconds, default=0.25,
+                       help="coalesce the allocation stream: at most one update per this "
+                            "many seconds")
     serve.add_argument("--durability", choices=("full", "normal"), default="full")
     sim = serve.add_argument_group("simulated driver")
     sim.add_argument("--preset", default="medium", help="tiny|small|medium|large")
@@ -104,6 +107,13 @@ def _bank_key(args: argparse.Namespace) -> str:
     return resolve_bank_key(args)
 
 
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 3600:
+        raise argparse.ArgumentTypeError("seconds must be in (0, 3600)")
+    return value
+
+
 async def cmd_serve(args: argparse.Namespace) -> int:
     """Run the auctioneer until SIGTERM/SIGINT."""
     ident = identity(args, args.host_key)
@@ -114,7 +124,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     running = await start_auctioneer(
         args.nats, ident, bank_key=bank_key, driver=driver, store_path=store,
         name=args.name, tick_s=args.tick, heartbeat_s=args.heartbeat,
-        durability=args.durability,
+        alloc_every_s=args.alloc_every, durability=args.durability,
     )  # fmt: skip
     print(f"auctioneer of host {host} ({driver.name}) serving on {args.nats}", flush=True)
     await run_until_signal(running)
