@@ -91,8 +91,6 @@ def capped(budget: float, w: np.ndarray, y: np.ndarray, cap: int, eps: float) ->
                 lo, c, fc = c, d, fd
                 d = lo + inv_phi * (hi - lo)
                 fd = _dual_bound(budget, rw, ry, d, cap)
-            # λ only seeds the candidate sets (each is then solved exactly) and D at any λ
-            # is a valid bound, so 1e-7 is plenty: ~35 steps, not ~60 to 1e-12.
             if hi - lo <= 1e-12 * hi:
                 break
         lam = (lo + hi) / 2
