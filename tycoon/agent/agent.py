@@ -40,7 +40,7 @@ from tycoon.agent.prediction import Prediction, predict
 from tycoon.bank.client import BankClient
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
-from tycoon.bus.envelope import Message
+from tycoon.bus.envelope import Message, is_finite_number
 from tycoon.bus.keys import subject_id
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
@@ -217,17 +217,21 @@ class Agent:
         except Rejected as error:
             await self.warn(f"SLS unavailable: {error.code}")
             return
+        refused = 0
         for row in rows:
-            host, key = row.get("host"), row.get("public_key")
-            if not isinstance(host, str) or not isinstance(key, str):
+            candidate = sls_candidate(row)
+            if candidate is None:
+                refused += 1
                 continue
+            host, key, capacity, price = candidate
             self.payees[host] = key
             if self.config.probability is not None and row.get("statistics"):
                 with contextlib.suppress(Rejected):
                     self._predictions[host] = predict(row["statistics"], self.config.model)
             if host not in self.quotes or host not in self._subscriptions:
-                self.quotes[host] = Quote(host, float(row.get("capacity", 0)),
-                                          float(row.get("price", 0.0)))
+                self.quotes[host] = Quote(host, capacity, price)
+        if refused:
+            await self.warn(f"ignored {refused} malformed SLS row(s)")
         await self._follow_prices()
 
     async def _follow_prices(self) -> None:
@@ -528,6 +532,27 @@ class Agent:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self.journal.close()
+
+
+def sls_candidate(row: Any) -> tuple[str, str, float, float] | None:
+    """``(host, public key, capacity, price)`` of one SLS row; None unless well formed and
+    the key is the host's own. A host's id is derived from its key, so a forged or corrupt
+    row cannot make us pay another account for a host (the key is the payee of our bank
+    transfers)."""
+    if not isinstance(row, dict):
+        return None
+    host, key = row.get("host"), row.get("public_key")
+    capacity, price = row.get("capacity", 0), row.get("price", 0.0)
+    if not isinstance(host, str) or not isinstance(key, str):
+        return None
+    try:
+        if subject_id(key) != host:
+            return None
+    except ValueError:
+        return None
+    if not all(is_finite_number(v) and v >= 0 for v in (capacity, price)):
+        return None
+    return host, key, float(capacity), float(price)
 
 
 def _auctioneer_client(bus: Bus, host: str) -> HostClient:

@@ -7,6 +7,7 @@ from typing import Any
 
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
+from tycoon.bus.keys import subject_id
 from tycoon.errors import Rejected
 from tycoon.sls.query import DEFAULT_LIMIT, Query
 from tycoon.sls.stats import PriceStatistics
@@ -51,9 +52,16 @@ class HostRow:
             raise Rejected("malformed", "an SLS row is a map")
         number = (int, float)
         stats = body.get("statistics")
+        host, key = _field(body, "host", str), _field(body, "public_key", str)
+        try:
+            matches = subject_id(key) == host
+        except ValueError:
+            matches = False
+        if not matches:
+            raise Rejected("malformed", "an SLS row's host id is not that of its public key")
         return cls(
-            host=_field(body, "host", str),
-            public_key=_field(body, "public_key", str),
+            host=host,
+            public_key=key,
             name=_field(body, "name", str),
             driver=_field(body, "driver", str),
             resource=_field(body, "resource", str),
