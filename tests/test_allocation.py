@@ -102,6 +102,7 @@ def test_matches_reference(path: str, case: tuple[np.ndarray, ...]) -> None:
 @given(bidders(), st.floats(0, 2))
 @example((np.array([0.0, 1e-9, 123.0]), np.array([0.0, 0.0, 0.5]), np.array([0.0, 1.0, 0.5])),
          1.0)
+@example((np.array([1.0]), np.array([0.0]), np.array([1.0])), 0.0)  # no capacity at all
 def test_python_and_numpy_agree(case: tuple[np.ndarray, ...], cap: float) -> None:
     rates, lo, hi = (np.stack([a, a[::-1]]) for a in case)  # two rows, solved together
     with solver("numpy"):

@@ -132,8 +132,9 @@ def _fill_row(rates: list[float], lo: list[float], hi: list[float], cap: float) 
         for i in active:
             out[i] = hi[i]
         return out
-    if sum_lo >= cap:
-        return [low * cap / sum_lo for low in lo]
+    if sum_lo >= cap:  # the minimums alone fill the capacity (or it is 0): scaled to fit
+        scale = cap / sum_lo if sum_lo > 0 else 0.0
+        return [low * scale for low in lo]
     fixed = sum_lo - sum(lo[i] for i in active)
     # The common case: nobody is clipped, shares are the rates scaled to the capacity.
     level = (cap - fixed) / sum(r.values())
