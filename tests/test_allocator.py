@@ -8,6 +8,7 @@ returns the whole balance to the bank and ends the bid, a transfer id settles on
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -192,20 +193,23 @@ async def test_small_moves_wait_for_settle_and_dropped_hosts_are_parked(tmp_path
 async def test_the_plans_bids_are_placed_before_dropped_hosts_are_parked(tmp_path: Path) -> None:
     m = Market(tmp_path, 10**6, hosts=4)
     end = await start(m, {"h0": 100.0, "h1": 100.0, "h2": 100.0, "h3": 100.0})
-    events: list[str] = []
+    events: list[tuple[float, str]] = []
     for name, host in m.hosts.items():
         bid = host.bid
 
         async def logged(spec: str, duration: str, bid: Any = bid, name: str = name) -> Any:
             await asyncio.sleep(0)  # the bids of one phase are in flight together
-            events.append(name)
+            events.append((time.perf_counter(), name))
             return await bid(spec, duration)
 
         host.bid = logged  # type: ignore[method-assign]
     outcome = await m.allocator.retarget(plan({"h0": 300.0, "h1": 300.0}, 1_000), 2,
-                                         m.payees, end, placed=lambda: events.append("placed"))
-    assert events[:2] == ["h0", "h1"] or events[:2] == ["h1", "h0"]
-    assert events[2] == "placed" and sorted(events[3:]) == ["h2", "h3"]
+                                         m.payees, end)
+    assert outcome.placed_at is not None
+    events = sorted([*events, (outcome.placed_at, "placed")])
+    names = [name for _, name in events]
+    assert names[:2] == ["h0", "h1"] or names[:2] == ["h1", "h0"]
+    assert names[2] == "placed" and sorted(names[3:]) == ["h2", "h3"]
     assert set(outcome.bids) == {"h0", "h1", "h2", "h3"}
     assert m.hosts["h2"].durations[-1] == PARK_S
 

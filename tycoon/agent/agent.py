@@ -41,7 +41,7 @@ from tycoon.bank.client import BankClient
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message, is_finite_number
-from tycoon.bus.keys import subject_id
+from tycoon.bus.keys import is_key_of, subject_id
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
 from tycoon.sls.client import SLSClient
@@ -391,21 +391,15 @@ class Agent:
             "hosts": {h: {"balance": candidate.balances[h], "rate": candidate.rates[h],
                           "share": candidate.shares.get(h, 0.0)} for h in candidate.hosts},
         })
-        placed_at = None
-
-        def placed() -> None:
-            nonlocal placed_at
-            placed_at = time.perf_counter()
-
         outcome = await self.allocator.retarget(candidate, epoch, self.payees, end,
-                                                budget=self.config.budget, placed=placed)
+                                                budget=self.config.budget)
         answered_at = time.perf_counter()
         await self._follow_allocations(sorted(set(candidate.hosts) | set(outcome.funded)))
         self.plan = candidate
         self.summary.rebids += 1
         latency = None
-        if changed_at is not None and placed_at is not None:
-            latency = (placed_at - changed_at) * 1000
+        if changed_at is not None and outcome.placed_at is not None:
+            latency = (outcome.placed_at - changed_at) * 1000
             self.summary.rebid_latencies_ms.append(latency)
             self.summary.answer_latencies_ms.append((answered_at - changed_at) * 1000)
         await self.publish("rebid", {
@@ -543,12 +537,7 @@ def sls_candidate(row: Any) -> tuple[str, str, float, float] | None:
         return None
     host, key = row.get("host"), row.get("public_key")
     capacity, price = row.get("capacity", 0), row.get("price", 0.0)
-    if not isinstance(host, str) or not isinstance(key, str):
-        return None
-    try:
-        if subject_id(key) != host:
-            return None
-    except ValueError:
+    if not isinstance(host, str) or not isinstance(key, str) or not is_key_of(host, key):
         return None
     if not all(is_finite_number(v) and v >= 0 for v in (capacity, price)):
         return None

@@ -84,6 +84,8 @@ class Outcome:
     refunded: dict[str, int] = field(default_factory=dict)
     bids: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    placed_at: float | None = None
+    """``time.perf_counter()`` when a retarget's plan bids were all placed (before parks)."""
 
 
 class Allocator:
@@ -202,10 +204,9 @@ class Allocator:
         return outcome
 
     async def retarget(self, plan: Plan, epoch: int, payees: Mapping[str, str], end: float, *,
-                       budget: int | None = None,
-                       placed: Callable[[], None] | None = None) -> Outcome:
+                       budget: int | None = None) -> Outcome:
         """Bid every planned rate now (spending should end at clock time ``end``), then
-        park the hosts dropped from the plan; ``placed()`` is called in between.
+        park the hosts dropped from the plan (``placed_at`` marks the moment between).
 
         The plan's bids go first because they are what the job gets; a park only stops a
         small spend where others now hold the host (its money is refunded on settling),
@@ -217,8 +218,7 @@ class Allocator:
                 host, rate, epoch, payees.get(host, ""), end, budget, outcome,
                 self.fast_slack))
             for host, rate in sorted(plan.rates.items(), key=lambda kv: -kv[1])))
-        if placed is not None:
-            placed()
+        outcome.placed_at = time.perf_counter()
         now = self.clock()
         parked = [h for h, holding in self.holdings.items()
                   if h not in plan.rates and holding.rate(now) > 0

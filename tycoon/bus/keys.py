@@ -158,6 +158,15 @@ host_id = subject_id
 """A host id is derived from the host's public key: only its key holder can speak for it."""
 
 
+def is_key_of(id_: str, public_key: str) -> bool:
+    """Whether ``public_key`` is a valid key whose derived id is ``id_`` (a host id is its
+    key's, so a directory row pairing them cannot name someone else's account)."""
+    try:
+        return subject_id(public_key) == id_
+    except ValueError:
+        return False
+
+
 def default_home() -> Path:
     """``$TYCOON_HOME`` or ``~/.config/tycoon``."""
     env = os.environ.get("TYCOON_HOME")

@@ -7,7 +7,7 @@ from typing import Any
 
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
-from tycoon.bus.keys import subject_id
+from tycoon.bus.keys import is_key_of
 from tycoon.errors import Rejected
 from tycoon.sls.query import DEFAULT_LIMIT, Query
 from tycoon.sls.stats import PriceStatistics
@@ -53,11 +53,7 @@ class HostRow:
         number = (int, float)
         stats = body.get("statistics")
         host, key = _field(body, "host", str), _field(body, "public_key", str)
-        try:
-            matches = subject_id(key) == host
-        except ValueError:
-            matches = False
-        if not matches:
+        if not is_key_of(host, key):
             raise Rejected("malformed", "an SLS row's host id is not that of its public key")
         return cls(
             host=host,

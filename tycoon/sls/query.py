@@ -10,12 +10,12 @@ from tycoon.errors import Rejected
 from tycoon.vmm.driver import RESOURCES
 
 SORTS: tuple[str, ...] = ("capacity_per_price", "price", "unit_price", "capacity", "availability")
+"""Sort orders: most capacity per credit first (= lowest unit price, ties: most capacity),
+lowest total price, lowest unit price, most capacity, most available."""
 TIES: tuple[str, ...] = ("host", "random")
 """How equal rows are ordered: by host id (stable pages), or at random per query (agents
 choosing hosts: those that ask together spread over equally good hosts instead of all
 taking the same first ones)."""
-"""Sort orders: most capacity per credit first (= lowest unit price, ties: most capacity),
-lowest total price, lowest unit price, most capacity, most available."""
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_LIMIT_WITH_STATISTICS = 500  # keeps a reply well under the 1 MiB message limit
