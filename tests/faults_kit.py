@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import signal
 import sqlite3
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,3 +148,66 @@ async def cluster_bus(urls: list[str], identity: Identity, home: int) -> Bus:
         inbox_prefix=inbox_prefix(identity), name=f"fault-{home}",
     )  # fmt: skip
     return Bus(nc, identity)
+
+
+# -- real processes, killed and restarted ----------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Proc:
+    """One ``tycoon`` command as a child process, logging to a file; killed with SIGKILL
+    and restarted with the same command (and so the same state)."""
+
+    def __init__(self, name: str, url: str, home: Path, *args: str) -> None:
+        self.name, self.home = name, home
+        self.argv = [sys.executable, "-m", "tycoon.cli.main", "--nats", url,
+                     "--home", str(home), *args]
+        self.log = home / "logs" / f"{name}.log"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.offset = 0
+        """Where this run's output starts in the log."""
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def start(self, ready: str | None, timeout: float = 60.0) -> None:
+        """Start and wait for ``ready`` in what this run writes to the log (None: no wait)."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.offset = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
+                cwd=ROOT, start_new_session=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT), "TYCOON_LOG": "info"},
+            )
+        if ready is None:
+            return
+        deadline = time.monotonic() + timeout
+        while ready not in self.text(self.offset):
+            assert self.proc.returncode is None, f"{self.name} exited:\n{self.text(self.offset)}"
+            assert time.monotonic() < deadline, f"{self.name} not ready:\n{self.text(self.offset)}"
+            await asyncio.sleep(0.05)
+
+    def text(self, offset: int = 0) -> str:
+        with open(self.log, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
+    async def kill(self) -> None:
+        """SIGKILL this process (it must be running) and reap it."""
+        assert self.proc is not None and self.proc.returncode is None, self.name
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    async def stop(self, timeout: float = 20.0) -> int | None:
+        if self.proc is None or self.proc.returncode is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            return None

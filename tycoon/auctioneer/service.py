@@ -43,6 +43,10 @@ from tycoon.vmm.driver import Driver
 
 OPS = ("account", "fund", "bid", "refund", "status")
 MAX_RECEIPT = 4096
+REFUND_RETRY_S = (0.25, 2.0)
+"""Pending refunds are retried from the first to the second wait, doubling: the retry is
+also the probe that sees the bank again, so the cap bounds how long a refund waits once
+the bank is back."""
 
 
 class AuctioneerService:
@@ -86,6 +90,8 @@ class AuctioneerService:
         self._tasks: list[asyncio.Task[None]] = []
         self._apply_pending = False
         self._refund_lock = asyncio.Lock()
+        self._refunds_due = asyncio.Event()
+        """Set when a refund became pending: the payer loop (see _pay_all) wakes at once."""
         self._price_sent = 0.0  # time.monotonic() of the last price update
         self._alloc_due: asyncio.Task[None] | None = None
 
@@ -111,8 +117,7 @@ class AuctioneerService:
             asyncio.create_task(self._heartbeat(), name="hb"),
         ]
         self._tasks.append(asyncio.create_task(self._open_bank_account(), name="bank-open"))
-        if self.market.pending:
-            self._tasks.append(asyncio.create_task(self._pay_all(), name="auctioneer-refunds"))
+        self._tasks.append(asyncio.create_task(self._pay_all(), name="auctioneer-refunds"))
         self.log.info("auctioneer started", accounts=len(self.market.accounts))
 
     async def stop(self) -> None:
@@ -254,7 +259,11 @@ class AuctioneerService:
         events = self.market.refund(msg.sender, self.clock())
         self._commit()  # the pending refund is on disk before any bank transfer
         await self._act(events)
-        paid = [await self._pay(e.refund) for e in events if isinstance(e, RefundDue)]
+        try:
+            paid = [await self._pay(e.refund) for e in events if isinstance(e, RefundDue)]
+        finally:
+            if self.market.pending:
+                self._refunds_due.set()  # the payer loop retries until the bank pays it
         return {
             "account": msg.sender,
             "refunds": [
@@ -296,15 +305,32 @@ class AuctioneerService:
             delay = min(delay * 2, 30.0)
 
     async def _pay_all(self) -> None:
-        """Retry every pending refund (after a restart), until paid."""
-        delay = 1.0
-        while self.market.pending:
+        """Pay every pending refund until paid, for as long as the service runs.
+
+        Wakes when a refund becomes pending; while the bank does not pay, retries with
+        backoff (``REFUND_RETRY_S``), so a refund is paid at most one cap's wait after the
+        bank is back. A refund is never dropped: it leaves ``pending`` only when paid."""
+        first, cap = REFUND_RETRY_S
+        delay = first
+        while True:
+            if not self.market.pending:
+                delay = first
+                await self._refunds_due.wait()
+                self._refunds_due.clear()
+                continue
             for refund in list(self.market.pending.values()):
-                with contextlib.suppress(Rejected):
+                try:
                     await self._pay(refund)
+                except Rejected:
+                    break  # the bank is not paying now: wait, then try them all again
+                except Exception:
+                    self.log.exception("refund payment failed", refund=refund.refund_id)
+                    break
             if self.market.pending:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._refunds_due.wait(), delay)
+                self._refunds_due.clear()
+                delay = min(delay * 2, cap)
 
     async def _status(self, msg: Message) -> dict[str, Any]:
         account = get_str(msg.body, "account", optional=True)
