@@ -17,7 +17,7 @@ from nats.aio.client import Client
 
 from tycoon.bank.audit import audit
 from tycoon.bank.client import BankClient
-from tycoon.bank.receipt import Receipt
+from tycoon.bank.receipt import Receipt, split_key
 from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus.connection import Bus, inbox_prefix
 from tycoon.bus.keys import Identity
@@ -47,8 +47,9 @@ def check_host_store(path: Path, host_key: str, bank_db: Path) -> int:
     finally:
         db.close()
     with SqliteStore(bank_db, readonly=True) as store:
-        for tid, amount in redeemed:
-            event = store.find_op("transfer", tid)
+        for key, amount in redeemed:
+            payer, tid = split_key(key)
+            event = store.find_op("transfer", tid, payer)
             assert event is not None, f"{tid} redeemed at the host but unknown to the bank"
             assert (event.payee, event.amount) == (host_key, amount), tid
     funded = int(meta.get("funded", 0))

@@ -184,7 +184,7 @@ def test_prefetched_ids_keep_idempotency_and_conflicts(ledger: Ledger) -> None:
     first = ledger.apply(lambda b: b.transfer(KEYS[0], KEYS[1], 5, "t1", ""))
     ids = ["t1", "t2", "t3"] + [f"x{i}" for i in range(600)]  # more than one IN chunk
     found = ledger.store.find_ops("transfer", ids)
-    assert set(found) == {"t1"} and found["t1"].receipt == first.raw
+    assert set(found) == {("t1", KEYS[0])} and found[("t1", KEYS[0])].receipt == first.raw
     batch = ledger.batch()
     batch.prefetch("transfer", ids)
     again = batch.transfer(KEYS[0], KEYS[1], 5, "t1", "")
@@ -232,8 +232,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.balances: dict[str, int] = {}  # open accounts only
         self.minted = 0
         self.mints: dict[str, tuple[str, int]] = {}
-        self.transfers: dict[str, tuple[str, str, int, str]] = {}
-        self.receipts: dict[str, Receipt] = {}
+        # (payer, transfer id) -> ...: a transfer id is unique per payer
+        self.transfers: dict[tuple[str, str], tuple[str, str, int, str]] = {}
+        self.receipts: dict[tuple[str, str], Receipt] = {}
         for i in range(3):  # start with three open accounts, one of them funded
             self.open(i)
         self.mint(0, 500, "m0")
@@ -286,8 +287,9 @@ class LedgerMachine(RuleBasedStateMachine):
             return "bad_amount"
         if payer == payee:
             return "self_transfer"
-        if tid in self.transfers:
-            return None if self.transfers[tid] == (payer, payee, amount, memo) else "conflict"
+        if (payer, tid) in self.transfers:
+            same = self.transfers[(payer, tid)] == (payer, payee, amount, memo)
+            return None if same else "conflict"
         if payer not in self.balances or payee not in self.balances:
             return "unknown_account"
         if self.balances[payer] < amount:
@@ -295,13 +297,13 @@ class LedgerMachine(RuleBasedStateMachine):
         return None
 
     def record(self, receipt: Receipt, payer: str, payee: str, amount: int, memo: str) -> None:
-        tid = receipt.transfer_id
-        if tid in self.receipts:
-            assert receipt.raw == self.receipts[tid].raw
+        key = (payer, receipt.transfer_id)
+        if key in self.receipts:
+            assert receipt.raw == self.receipts[key].raw
             return
         assert verify_receipt(receipt.raw, BANK.public_key) == receipt
-        self.transfers[tid] = (payer, payee, amount, memo)
-        self.receipts[tid] = receipt
+        self.transfers[key] = (payer, payee, amount, memo)
+        self.receipts[key] = receipt
         self.balances[payer] -= amount
         self.balances[payee] += amount
 
@@ -321,13 +323,14 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.transfers)
     @rule(data=st.data(), conflicting=st.booleans())
     def retry(self, data: st.DataObject, conflicting: bool) -> None:
-        tid = data.draw(st.sampled_from(sorted(self.transfers)))
-        payer, payee, amount, memo = self.transfers[tid]
+        key = data.draw(st.sampled_from(sorted(self.transfers)))
+        payer, payee, amount, memo = self.transfers[key]
+        tid = key[1]
         amount += int(conflicting)
         receipt = self.expect("conflict" if conflicting else None,
                               lambda b: b.transfer(payer, payee, amount, tid, memo))
         if receipt is not None:
-            assert receipt == self.receipts[tid]
+            assert receipt == self.receipts[key]
 
     @rule(ops=st.lists(st.tuples(who, who, st.integers(1, 150), ids), min_size=2, max_size=6))
     def group(self, ops: list[tuple[int, int, int, str]]) -> None:
@@ -373,8 +376,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def receipts_are_in_history(self) -> None:
         if not hasattr(self, "ledger"):
             return
-        for tid, receipt in self.receipts.items():
-            event = self.ledger.store.find_op("transfer", tid)
+        for (payer, tid), receipt in self.receipts.items():
+            event = self.ledger.store.find_op("transfer", tid, payer)
             assert event is not None and event.receipt == receipt.raw
             assert event.seq == receipt.seq
 
@@ -408,3 +411,101 @@ def test_audit_after_random_run(tmp_path: Path) -> None:
     assert report.ok, report.problems
     assert report.total_minted == report.total_balances == 10_000
     led.store.close()
+
+
+# -- ids no one else can claim (issue 18) ------------------------------------------------
+
+
+def test_another_payer_cannot_squat_a_transfer_id(ledger: Ledger) -> None:
+    """The attack: pay 1 µcredit under the id the victim will use next. A transfer id is
+    unique per payer, so the squatter's transfer is its own and the victim's goes through."""
+    ledger.apply(lambda b: b.mint(OPERATOR.public_key, KEYS[2], 10, "m-squat"))
+    squat = ledger.apply(lambda b: b.transfer(KEYS[2], KEYS[1], 1, "refund-abc", ""))
+    mine = ledger.apply(lambda b: b.transfer(KEYS[0], KEYS[1], 500, "refund-abc", "refund"))
+    assert (squat.payer, mine.payer) == (KEYS[2], KEYS[0]) and mine.amount == 500
+    assert mine.seq != squat.seq
+    again = ledger.apply(lambda b: b.transfer(KEYS[0], KEYS[1], 500, "refund-abc", "refund"))
+    assert again.raw == mine.raw  # the victim's retry still returns its own receipt
+    assert ledger.store.find_op("transfer", "refund-abc", KEYS[0]).receipt == mine.raw
+    assert ledger.store.find_op("transfer", "refund-abc", KEYS[2]).receipt == squat.raw
+    # in one batch, with the ids looked up ahead as the service does
+    batch = ledger.batch()
+    batch.prefetch("transfer", ["refund-abc", "next"])
+    assert batch.transfer(KEYS[0], KEYS[1], 500, "refund-abc", "refund").raw == mine.raw
+    assert batch.transfer(KEYS[2], KEYS[1], 1, "refund-abc", "").raw == squat.raw
+    assert batch.transfer(KEYS[2], KEYS[1], 1, "next", "").payer == KEYS[2]
+    assert batch.transfer(KEYS[0], KEYS[1], 1, "next", "").payer == KEYS[0]
+    ledger.commit(batch)
+    assert audit(ledger.store).ok
+
+
+@pytest.mark.parametrize("tid", ["t1 ", " t1", "t\u00a01", "caf\u00e9", "cafe\u0301", "\u0661",
+                                 "a/b", "", "x" * 129, "t\n1"])
+def test_transfer_and_mint_ids_outside_the_charset_are_malformed(ledger: Ledger,
+                                                                 tid: str) -> None:
+    before = (dict(ledger.accounts), ledger.seq)
+    for op in (lambda b: b.transfer(KEYS[0], KEYS[1], 5, tid, ""),
+               lambda b: b.mint(OPERATOR.public_key, KEYS[0], 5, tid)):
+        with pytest.raises(Rejected) as refused:
+            ledger.apply(op)
+        assert refused.value.code == "malformed"
+    assert (dict(ledger.accounts), ledger.seq) == before
+
+
+_V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE accounts (id TEXT PRIMARY KEY, name TEXT NOT NULL DEFAULT '',
+    balance INTEGER NOT NULL CHECK (balance >= 0),
+    closed INTEGER NOT NULL DEFAULT 0 CHECK (closed IN (0, 1)),
+    opened_seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE events (seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('open', 'mint', 'transfer', 'close')),
+    ts_ns INTEGER NOT NULL, actor TEXT NOT NULL, op_id TEXT, payer TEXT, payee TEXT,
+    amount INTEGER NOT NULL DEFAULT 0 CHECK (amount >= 0), memo TEXT NOT NULL DEFAULT '',
+    receipt BLOB);
+CREATE UNIQUE INDEX events_op ON events (kind, op_id) WHERE op_id IS NOT NULL;
+CREATE INDEX events_payer ON events (payer) WHERE payer IS NOT NULL;
+CREATE INDEX events_payee ON events (payee) WHERE payee IS NOT NULL;
+"""
+
+
+def test_a_version_1_database_opens_and_is_migrated(tmp_path: Path) -> None:
+    """A bank.db of the previous version (ids unique per ledger) opens, keeps its data,
+    and from then on scopes ids per payer."""
+    import sqlite3
+
+    path = tmp_path / "bank.db"
+    led = make_ledger(path)
+    for key in KEYS[:3]:
+        led.apply(lambda b, k=key: b.open(k))
+    led.apply(lambda b: b.mint(OPERATOR.public_key, KEYS[0], 100, "m0"))
+    led.apply(lambda b: b.mint(OPERATOR.public_key, KEYS[2], 100, "m1"))
+    first = led.apply(lambda b: b.transfer(KEYS[0], KEYS[1], 30, "t1", ""))
+    led.store.close()
+    # rewrite the file as version 1 wrote it: its schema, the same rows
+    old = tmp_path / "old.db"
+    db = sqlite3.connect(old)
+    db.executescript(_V1_SCHEMA)
+    db.execute(f"ATTACH '{path}' AS new")
+    for table in ("meta", "accounts", "events"):
+        db.execute(f"INSERT INTO main.{table} SELECT * FROM new.{table}")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    migrated = make_ledger(old)
+    assert migrated.store.get_meta("schema") == "2"
+    assert migrated.accounts[KEYS[1]].balance == 30 and audit(migrated.store).ok
+    again = migrated.apply(lambda b: b.transfer(KEYS[0], KEYS[1], 30, "t1", ""))
+    assert again.raw == first.raw
+    other = migrated.apply(lambda b: b.transfer(KEYS[2], KEYS[1], 5, "t1", ""))
+    assert other.payer == KEYS[2] and migrated.accounts[KEYS[1]].balance == 35
+    with pytest.raises(Rejected) as refused:
+        migrated.apply(lambda b: b.mint(OPERATOR.public_key, KEYS[1], 1, "m0"))
+    assert refused.value.code == "conflict"  # mint ids stay unique per ledger
+    migrated.store.close()
+    reopened = make_ledger(old)
+    assert reopened.seq == migrated.seq and audit(reopened.store).ok
+    indexes = {r[0] for r in reopened.store._db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "events_op" not in indexes and "events_op_payer" in indexes
+    reopened.store.close()

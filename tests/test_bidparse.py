@@ -212,3 +212,73 @@ def test_fuzz_never_crashes(text: str) -> None:
         for pref in bid.preferences:
             assert math.isfinite(pref.weight) and pref.weight > 0
             assert pref.min.value >= 0 and math.isfinite(pref.max.value)
+
+
+# -- look-alike input (issue 18): ASCII digits and spaces only, no unsellable addresses ----
+
+ARABIC_ONE, ARABIC_ZERO, ARABIC_FIVE = "\u0661", "\u0660", "\u0665"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"{ARABIC_ONE}h cpu:1",  # Arabic-Indic digit in the duration
+        f"1h cpu:{ARABIC_ONE},{ARABIC_ZERO}.{ARABIC_FIVE}",  # and in weight, min
+        "1h\u00a0cpu:1",  # no-break space as separator
+        "1h cpu:1\u2003memory:1",  # em space
+        "1h\tcpu:1",  # tab
+        "1h cpu:1\n",  # newline
+        "1h tcpv4port,\u00b2:1",  # superscript two: str.isdigit() says yes, int() raises
+        "1h tcpv4port,8080:1,\u0668\u0660",  # Arabic-Indic guest port
+        "\uff11h cpu:1",  # fullwidth digit
+        "1h cpu:\U0001d7d9",  # mathematical bold digit one
+    ],
+)
+def test_only_ascii_digits_and_spaces(text: str) -> None:
+    with pytest.raises(Rejected) as refused:
+        parse_bid(text)
+    assert refused.value.code == "bad_bid"
+
+
+def test_unicode_digits_refused_in_every_entry_point() -> None:
+    with pytest.raises(Rejected):
+        parse_duration(f"{ARABIC_ONE}h")
+    with pytest.raises(Rejected):
+        parse_resources(f"cpu:{ARABIC_ONE}")
+    for body in ({"duration": f"{ARABIC_ONE}h", "resources": "cpu:1"},
+                 {"duration": "1h", "resources": f"cpu:1,{ARABIC_ZERO}.{ARABIC_FIVE}"},
+                 {"duration": "1h", "resources": {"cpu": {"weight": 1, "min": f"{ARABIC_ONE}GHz"}}},
+                 {"duration": "1h", "ips": {"10.0.0.\u0665": 1}},
+                 {"duration": "1h", "ports": {"\u0668\u0660": 1}}):
+        with pytest.raises(Rejected) as refused:
+            bid_from_body(body)
+        assert refused.value.code == "bad_bid", body
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["0.0.0.0", "0.1.2.3", "255.255.255.255", "224.0.0.1", "239.255.255.250", "240.0.0.1",
+     "127.0.0.1", "127.1.2.3", "169.254.169.254", "010.0.0.1", "10.0.0.01"],
+)
+def test_unsellable_or_ambiguous_ip_addresses_are_refused(address: str) -> None:
+    with pytest.raises(Rejected) as refused:
+        parse_bid(f"1h ipv4address,{address}:1")
+    assert refused.value.code == "bad_bid"
+    with pytest.raises(Rejected):
+        bid_from_body({"duration": "1h", "ips": {address: 1}})
+
+
+@pytest.mark.parametrize("address", ["10.0.0.5", "192.168.1.20", "172.16.0.1", "203.0.113.9"])
+def test_ordinary_addresses_are_sold(address: str) -> None:
+    (bid,) = parse_bid(f"1h ipv4address,{address}:1").unique
+    assert bid.key == address
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40))
+def test_whatever_parses_is_printable_ascii(text: str) -> None:
+    try:
+        parse_bid(text)
+    except Rejected:
+        return
+    assert all(" " <= c <= "~" for c in text)

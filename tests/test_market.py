@@ -80,7 +80,7 @@ def test_funding_credits_the_payer_once() -> None:
     assert PricesChanged() in events
     assert m.accounts[USERS[0]].balance == 5 * MICRO and m.conserved()
     changes = m.take_changes()
-    assert changes.redeemed == [("t1", USERS[0], 5 * MICRO, T0)]
+    assert changes.redeemed == [(f"{USERS[0]}:t1", USERS[0], 5 * MICRO, T0)]
     assert USERS[0] in changes.accounts
 
 

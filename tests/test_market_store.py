@@ -119,7 +119,8 @@ def test_a_failed_commit_is_retried_with_the_next(tmp_path: Path) -> None:
     store.commit(m, m.take_changes())
     again = market()
     store.load(again, T0)
-    assert again.redeemed == {"x", "y"} and again.funded == 110 and again.conserved()
+    assert again.redeemed == {f"{USERS[0]}:x", f"{USERS[1]}:y"}
+    assert again.funded == 110 and again.conserved()
 
 
 def test_tick_commits_skip_the_fsync_but_not_the_write(tmp_path: Path) -> None:

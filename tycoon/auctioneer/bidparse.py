@@ -56,10 +56,23 @@ PREFIXES: dict[str, float] = {
 }  # fmt: skip
 UNIQUE_KINDS = {"tcpv4port": "port", "ipv4address": "ip"}
 
-_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # ASCII digits only (\d matches ١ too)
 _DURATION_PART = re.compile(rf"({_NUMBER})([smhdwoy])")
 _AMOUNT = re.compile(rf"^({_NUMBER})([A-Za-z/]*)$")
 _WEIGHT = re.compile(rf"^{_NUMBER}$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
+_BID_CHARS = frozenset(chr(c) for c in range(0x20, 0x7F))
+"""A bid is printable ASCII: digits are ASCII digits (``int``, ``float`` and ``isdigit``
+take Arabic-Indic and other digits too) and the only space is the ASCII space."""
+
+
+def _ascii(text: str, what: str) -> str:
+    """``text`` if it is printable ASCII, else ``bad_bid``."""
+    if not isinstance(text, str) or not _BID_CHARS.issuperset(text):
+        bad = next((c for c in text if c not in _BID_CHARS), "") if isinstance(text, str) else ""
+        raise Rejected("bad_bid", f"{what} has the character {bad!r}: a bid is printable ASCII "
+                                  "(ASCII digits, tokens separated by ASCII spaces)")
+    return text
 
 
 def _bad(token: str, why: str) -> Rejected:
@@ -162,7 +175,7 @@ def _month_s(now_ns: int | None) -> tuple[float, float]:
 
 def parse_duration(text: str, now_ns: int | None = None) -> int:
     """A duration such as ``30s``, ``1h30m`` or ``1o1y`` in nanoseconds (``0`` = keep)."""
-    token = text.strip()
+    token = _ascii(text, "the duration").strip(" ")
     if token == "0":
         return 0
     if not token or _DURATION_PART.sub("", token) != "":
@@ -237,18 +250,39 @@ def _unique(token: str) -> UniqueBid:
         raise _bad(token, f"expected {form}" + ("" if kind == "port" else ",<address>:<weight>"))
     weight = parse_weight(fields[0], token)
     if kind == "ip":
-        try:
-            address = ipaddress.IPv4Address(key)
-        except ValueError as error:
-            raise _bad(token, f"{key!r} is not an IPv4 address") from error
-        return UniqueBid("ip", str(address), weight)
+        return UniqueBid("ip", _address(key, token), weight)
     port = _port(key, token)
     target = _port(fields[1], token) if len(fields) > 1 else 0
     return UniqueBid("port", str(port), weight, target)
 
 
+_NOT_SOLD = (
+    (ipaddress.IPv4Network("0.0.0.0/8"), "an unspecified ('this network') address"),
+    (ipaddress.IPv4Network("127.0.0.0/8"), "a loopback address"),
+    (ipaddress.IPv4Network("169.254.0.0/16"), "a link-local address"),
+    (ipaddress.IPv4Network("224.0.0.0/4"), "a multicast address"),
+    (ipaddress.IPv4Network("240.0.0.0/4"), "a reserved or broadcast address"),
+)
+"""Addresses no host sells: they name no one machine on the cluster's network (and
+169.254.169.254 is a cloud's metadata service). See docs/auctioneer.md."""
+
+
+def _address(text: str, token: str) -> str:
+    """A sellable IPv4 address in its one dotted-decimal form."""
+    try:
+        address = ipaddress.IPv4Address(text)
+    except ValueError as error:
+        raise _bad(token, f"{text!r} is not an IPv4 address") from error
+    for network, why in _NOT_SOLD:
+        if address in network:
+            raise _bad(token, f"{address} is {why}: not sold")
+    if str(address) != text:  # e.g. a leading zero; one written form per address
+        raise _bad(token, f"write {text!r} as {address}")
+    return str(address)
+
+
 def _port(text: str, token: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not _PORT.match(text) or not 1 <= int(text) <= 65535:
         raise _bad(token, f"{text!r} is not a TCP port 1..65535")
     return int(text)
 
@@ -257,9 +291,12 @@ def parse_resources(text: str) -> tuple[tuple[Preference, ...], tuple[UniqueBid,
     """The preferences of a bid (whitespace-separated tokens), checked for duplicates."""
     if len(text) > MAX_TEXT:
         raise Rejected("bad_bid", f"bid text longer than {MAX_TEXT} characters")
+    _ascii(text, "the bid")
     prefs: dict[str, Preference] = {}
     unique: dict[tuple[str, str], UniqueBid] = {}
-    for token in text.split():
+    for token in text.split(" "):
+        if not token:
+            continue
         head = token.split(",", 1)[0].lower()
         if head in UNIQUE_KINDS and "," in token:
             bid = _unique(token)
@@ -280,7 +317,9 @@ def parse_resources(text: str) -> tuple[tuple[Preference, ...], tuple[UniqueBid,
 
 def parse_bid(text: str, *, now_ns: int | None = None) -> BidSpec:
     """A whole bid line: ``<duration> <pref> <pref> ...``."""
-    duration, _, rest = text.strip().partition(" ")
+    if len(text) > MAX_TEXT:
+        raise Rejected("bad_bid", f"bid text longer than {MAX_TEXT} characters")
+    duration, _, rest = _ascii(text, "the bid").strip(" ").partition(" ")
     if not duration:
         raise Rejected("bad_bid", "empty bid")
     prefs, unique = parse_resources(rest)

@@ -51,7 +51,10 @@ ALLOC_MAX = 1000
 
 
 def refund_id(host_key: str, account: str, counter: int) -> str:
-    """The bank transfer id of an account's ``counter``-th refund (deterministic)."""
+    """The bank transfer id of an account's ``counter``-th refund (deterministic, so a
+    retry after a restart cannot pay twice). Anyone can compute it, and need not be kept
+    from it: the host pays it, and a transfer id is unique per payer, so nobody else can
+    claim it at the bank (docs/security.md, "Refund-id squatting")."""
     digest = hashlib.sha256(f"{host_key}\x00{account}\x00{counter}".encode()).hexdigest()
     return "refund-" + digest[:40]
 
@@ -105,7 +108,9 @@ class Market:
         receipt = verify_receipt(raw, self.bank_key)
         if receipt.payee != self.host_key:
             raise Rejected("wrong_host", f"the receipt pays {receipt.payee[:12]}…, not this host")
-        if receipt.transfer_id in self.redeemed:
+        # a transfer id is unique per payer: a receipt is known by (payer, id); a bare id is
+        # a redemption stored before ids were scoped (then unique at the bank)
+        if receipt.key in self.redeemed or receipt.transfer_id in self.redeemed:
             raise Rejected("already_redeemed", f"transfer {receipt.transfer_id} was redeemed")
         existing = self.accounts.get(receipt.payer)
         if existing is not None and existing.balance + receipt.amount > MAX_AMOUNT:
@@ -115,9 +120,9 @@ class Market:
         account.balance += receipt.amount
         account.funded += receipt.amount
         self.funded += receipt.amount
-        self.redeemed.add(receipt.transfer_id)
+        self.redeemed.add(receipt.key)
         self._changes.redeemed.append(
-            (receipt.transfer_id, account.account, receipt.amount, now_ns)
+            (receipt.key, account.account, receipt.amount, now_ns)
         )
         self._changes.accounts.add(account.account)
         self.book.set_balance(account.account, account.balance)

@@ -22,6 +22,7 @@ from typing import Any
 from tycoon.bank.receipt import MAX_MEMO, MAX_TRANSFER_ID, Receipt, make_receipt
 from tycoon.bank.store import AccountRow, EventRow, Store
 from tycoon.bus.keys import Identity, is_public_key
+from tycoon.bus.schema import check_id
 from tycoon.errors import Rejected
 from tycoon.money import MAX_AMOUNT, check_amount, format_amount
 
@@ -30,11 +31,7 @@ MAX_HISTORY_PAGE = 1000
 
 
 def _check_id(value: str, what: str) -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_TRANSFER_ID:
-        raise Rejected("malformed", f"{what} must be 1..{MAX_TRANSFER_ID} characters")
-    if not value.isprintable():
-        raise Rejected("malformed", f"{what} must be printable")
-    return value
+    return check_id(value, what, max_len=MAX_TRANSFER_ID)
 
 
 def _check_text(value: str, what: str, max_len: int) -> str:
@@ -63,21 +60,22 @@ class Batch:
         self.minted = ledger.minted
         self.events: list[EventRow] = []
         self.dirty: dict[str, AccountRow] = {}
-        self.ops: dict[tuple[str, str], EventRow] = {}
+        # (kind, payer or "", op id) -> event: an id is unique per payer (mints: per ledger)
+        self.ops: dict[tuple[str, str, str], EventRow] = {}
         self.receipts: list[bytes] = []
-        # committed events looked up ahead for the whole batch: key -> event or None
-        self._known: dict[tuple[str, str], EventRow | None] = {}
+        # committed events looked up ahead for the whole batch, and which ids were asked
+        self._known: dict[tuple[str, str, str], EventRow] = {}
+        self._asked: set[tuple[str, str]] = set()
 
     def prefetch(self, kind: str, op_ids: list[str]) -> None:
-        """Look up the committed ``kind`` events of all ``op_ids`` in one store query, so
-        that :meth:`transfer` / :meth:`mint` need no query of their own."""
+        """Look up the committed ``kind`` events of all ``op_ids`` (of every payer) in one
+        store query, so that :meth:`transfer` / :meth:`mint` need no query of their own."""
         ids = [i for i in dict.fromkeys(op_ids) if isinstance(i, str)]
         if not ids:
             return
-        found = self._ledger.store.find_ops(kind, ids)
-        known = self._known
-        for op_id in ids:
-            known[(kind, op_id)] = found.get(op_id)
+        for (op_id, payer), event in self._ledger.store.find_ops(kind, ids).items():
+            self._known[(kind, payer, op_id)] = event
+        self._asked.update((kind, op_id) for op_id in ids)
 
     def _account(self, account: str) -> AccountRow | None:
         row = self.dirty.get(account)
@@ -90,19 +88,19 @@ class Batch:
             raise Rejected("unknown_account", f"{role} {account[:60]!r} has no open account")
         return row
 
-    def _find(self, kind: str, op_id: str) -> EventRow | None:
-        key = (kind, op_id)
+    def _find(self, kind: str, op_id: str, payer: str = "") -> EventRow | None:
+        key = (kind, payer, op_id)
         found = self.ops.get(key)
         if found is not None:
             return found
-        if key in self._known:
-            return self._known[key]
-        return self._ledger.store.find_op(kind, op_id)
+        if (kind, op_id) in self._asked:
+            return self._known.get(key)
+        return self._ledger.store.find_op(kind, op_id, payer)
 
     def _record(self, event: EventRow) -> None:
         self.events.append(event)
         if event.op_id is not None:
-            self.ops[(event.kind, event.op_id)] = event
+            self.ops[(event.kind, event.payer or "", event.op_id)] = event
 
     def _next(self) -> tuple[int, int]:
         self.seq += 1
@@ -147,17 +145,16 @@ class Batch:
 
     def transfer(self, payer: str, payee: str, amount: int, transfer_id: str,
                  memo: str = "") -> Receipt:
-        """Move ``amount`` from ``payer`` to ``payee``; idempotent by ``transfer_id``."""
+        """Move ``amount`` from ``payer`` to ``payee``; idempotent by (``payer``,
+        ``transfer_id``): another payer's use of the same id is another transfer."""
         check_amount(amount)
         _check_id(transfer_id, "transfer id")
         _check_text(memo, "memo", MAX_MEMO)
         if payer == payee:
             raise Rejected("self_transfer", "payer and payee are the same account")
-        previous = self._find("transfer", transfer_id)
+        previous = self._find("transfer", transfer_id, payer)
         if previous is not None:
-            if (previous.payer, previous.payee, previous.amount, previous.memo) != (
-                payer, payee, amount, memo
-            ):
+            if (previous.payee, previous.amount, previous.memo) != (payee, amount, memo):
                 raise Rejected("conflict",
                                f"transfer id {transfer_id!r} was used with other fields")
             return _receipt_of(previous)

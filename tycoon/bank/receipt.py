@@ -47,6 +47,12 @@ class Receipt:
     settled_ns: int
     raw: bytes
 
+    @property
+    def key(self) -> str:
+        """``<payer>:<transfer id>``: what identifies a transfer at the bank (an id is unique
+        per payer only), e.g. to redeem a receipt once."""
+        return f"{self.payer}:{self.transfer_id}"
+
     def to_body(self) -> dict[str, Any]:
         """The receipt's body fields (without ``raw``)."""
         return {
@@ -58,6 +64,14 @@ class Receipt:
             "seq": self.seq,
             "settled_ns": self.settled_ns,
         }
+
+
+def split_key(key: str) -> tuple[str | None, str]:
+    """(payer, transfer id) of a :attr:`Receipt.key`; (None, key) for a bare transfer id (as
+    stored before transfer ids were scoped to their payer)."""
+    if key[56:57] == ":" and _is_key(key[:56]):
+        return key[:56], key[57:]
+    return None, key
 
 
 def _nonce(bank_key: str, transfer_id: str, seq: int) -> bytes:

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from tycoon.bank.store import AccountRow, EventRow
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+"""2: a transfer id is unique per payer (index ``events_op_payer``); a version 1 file
+(ids unique per ledger) is migrated in place when opened for writing."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -43,7 +45,8 @@ CREATE TABLE IF NOT EXISTS events (
     memo    TEXT NOT NULL DEFAULT '',
     receipt BLOB
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_op ON events (kind, op_id) WHERE op_id IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS events_op_payer ON events (kind, op_id, ifnull(payer, ''))
+    WHERE op_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_payer ON events (payer) WHERE payer IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_payee ON events (payee) WHERE payee IS NOT NULL;
 """
@@ -56,6 +59,7 @@ _UPSERT_ACCOUNT = (
     "closed = excluded.closed, opened_seq = excluded.opened_seq"
 )
 _FIND_OP = f"SELECT {_COLUMNS} FROM events WHERE kind = ? AND op_id = ?"
+_FIND_OP_OF = f"{_FIND_OP} AND ifnull(payer, '') = ?"
 _FIND_OPS = f"SELECT {_COLUMNS} FROM events WHERE kind = ? AND op_id IN"
 _IN_CHUNK = 512  # ids per look-up (SQLite allows 32766 parameters)
 _HISTORY = (
@@ -106,10 +110,20 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=OFF")
         self._db.executescript(_SCHEMA)
-        if self.get_meta("schema") is None:
+        schema = self.get_meta("schema")
+        if schema == "1":
+            self._migrate_v1()
+        elif schema is None:
             self.set_meta("schema", SCHEMA_VERSION)
-        elif self.get_meta("schema") != SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path}: unsupported schema {self.get_meta('schema')}")
+        elif schema != SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path}: unsupported schema {schema}")
+
+    def _migrate_v1(self) -> None:
+        """Version 1 -> 2: drop the index that made a transfer id unique per ledger (the
+        per-payer index, created above, holds for any v1 file: it is a weaker rule)."""
+        with self._transaction():
+            self._db.execute("DROP INDEX IF EXISTS events_op")
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
 
     # -- reads -----------------------------------------------------------------
 
@@ -128,12 +142,15 @@ class SqliteStore:
         sql = "SELECT coalesce(sum(amount), 0) FROM events WHERE kind = 'mint'"
         return int(self._db.execute(sql).fetchone()[0])
 
-    def find_op(self, kind: str, op_id: str) -> EventRow | None:
-        row = self._db.execute(_FIND_OP, (kind, op_id)).fetchone()
+    def find_op(self, kind: str, op_id: str, payer: str | None = None) -> EventRow | None:
+        if payer is None:
+            row = self._db.execute(f"{_FIND_OP} ORDER BY seq", (kind, op_id)).fetchone()
+        else:
+            row = self._db.execute(_FIND_OP_OF, (kind, op_id, payer)).fetchone()
         return None if row is None else _event(row)
 
-    def find_ops(self, kind: str, op_ids: list[str]) -> dict[str, EventRow]:
-        found: dict[str, EventRow] = {}
+    def find_ops(self, kind: str, op_ids: list[str]) -> dict[tuple[str, str], EventRow]:
+        found: dict[tuple[str, str], EventRow] = {}
         for start in range(0, len(op_ids), _IN_CHUNK):
             chunk = op_ids[start:start + _IN_CHUNK]
             # pad to a power of two so that few distinct statements reach the cache
@@ -141,7 +158,7 @@ class SqliteStore:
             chunk = chunk + [chunk[0]] * (size - len(chunk))
             sql = f"{_FIND_OPS} ({', '.join('?' * size)})"
             for row in self._db.execute(sql, (kind, *chunk)):
-                found[row[4]] = _event(row)
+                found[(row[4], row[5] or "")] = _event(row)
         return found
 
     def history(self, account: str, offset: int, limit: int) -> list[EventRow]:

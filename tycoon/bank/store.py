@@ -31,7 +31,8 @@ class EventRow:
 
     - ``open``: ``payee`` = the account, ``memo`` = its display name
     - ``mint``: ``payee`` = the credited account, ``op_id`` = the mint id
-    - ``transfer``: ``payer`` -> ``payee``, ``op_id`` = the transfer id, ``receipt`` = raw bytes
+    - ``transfer``: ``payer`` -> ``payee``, ``op_id`` = the transfer id (unique per payer),
+      ``receipt`` = raw bytes
     - ``close``: ``payer`` = the account
     ``actor`` is the key that signed the request.
     """
@@ -71,12 +72,15 @@ class Store(Protocol):
         """Σ of every mint's amount."""
         ...
 
-    def find_op(self, kind: str, op_id: str) -> EventRow | None:
-        """The ``mint`` or ``transfer`` event with this id, if any."""
+    def find_op(self, kind: str, op_id: str, payer: str | None = None) -> EventRow | None:
+        """The ``mint`` or ``transfer`` event with this id of ``payer`` (``""`` for a mint),
+        if any; with ``payer`` None, the oldest event of that kind and id of any payer.
+        A transfer id is unique per payer, a mint id per ledger."""
         ...
 
-    def find_ops(self, kind: str, op_ids: list[str]) -> dict[str, EventRow]:
-        """The ``kind`` events among ``op_ids`` that exist, by id (one look-up per batch)."""
+    def find_ops(self, kind: str, op_ids: list[str]) -> dict[tuple[str, str], EventRow]:
+        """Every ``kind`` event whose id is among ``op_ids``, of any payer, by (id, payer or
+        ``""``) (one look-up per batch)."""
         ...
 
     def history(self, account: str, offset: int, limit: int) -> list[EventRow]:

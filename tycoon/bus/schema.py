@@ -97,3 +97,54 @@ def get_bool(body: Any, name: str, *, optional: bool = False) -> bool | None:
     if not isinstance(value, bool):
         raise Rejected("malformed", f"field {name!r} must be a boolean")
     return value
+
+
+# -- ids and names on the wire ------------------------------------------------------------
+
+ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:@+=")
+"""The id charset (docs/protocol.md, "Ids and names"): ASCII letters, digits and ``- _ . : @ +
+=``. No space, no slash, nothing outside ASCII, so an id has exactly one written form."""
+MAX_ID = 128
+MAX_NAME = 64
+
+
+def check_id(value: Any, what: str = "id", *, max_len: int = MAX_ID) -> str:
+    """``value`` if it is an id: 1..``max_len`` characters of :data:`ID_CHARS`; else
+    ``malformed``. Compares are exact (case-sensitive): ``a`` and ``A`` are two ids."""
+    if not isinstance(value, str) or not 1 <= len(value) <= max_len:
+        raise Rejected("malformed", f"{what} must be 1..{max_len} characters")
+    if not ID_CHARS.issuperset(value):
+        bad = next(c for c in value if c not in ID_CHARS)
+        raise Rejected("malformed", f"{what} has the character {bad!r}: ids are ASCII letters, "
+                                    "digits and - _ . : @ + =")
+    return value
+
+
+def check_name(value: Any, what: str = "name", *, max_len: int = MAX_NAME,
+               empty: bool = True) -> str:
+    """``value`` if it is a display name: printable ASCII (space included) of at most
+    ``max_len``, no leading, trailing or doubled space; else ``malformed``."""
+    if not isinstance(value, str) or len(value) > max_len or (not value and not empty):
+        raise Rejected("malformed", f"{what} must be text of {0 if empty else 1}..{max_len}")
+    if not (value.isascii() and value.isprintable()):
+        raise Rejected("malformed", f"{what} must be printable ASCII")
+    if value != value.strip(" ") or "  " in value:
+        raise Rejected("malformed", f"{what} has a leading, trailing or doubled space")
+    return value
+
+
+def get_id(body: Any, name: str, *, optional: bool = False, max_len: int = MAX_ID) -> str | None:
+    """An id field (see :func:`check_id`)."""
+    value = _get(body, name, optional)
+    if value is _MISSING:
+        return None
+    return check_id(value, f"field {name!r}", max_len=max_len)
+
+
+def get_name(body: Any, name: str, *, optional: bool = False,
+             max_len: int = MAX_NAME) -> str | None:
+    """A display-name field (see :func:`check_name`)."""
+    value = _get(body, name, optional)
+    if value is _MISSING:
+        return None
+    return check_name(value, f"field {name!r}", max_len=max_len)
