@@ -22,6 +22,7 @@ CODES: dict[str, str] = {
     "timeout": "no reply in time",
     "unavailable": "no service answered",
     "internal": "the service failed while handling the request",
+    "rate_limited": "the sender exceeded its request rate or pending limit; retry later",
     # authorization
     "forbidden": "the sender may not do this",
     # money and accounts

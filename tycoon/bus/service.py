@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,9 @@ from nats.micro.service import EndpointStats
 
 from tycoon import __version__
 from tycoon.bus.connection import Bus
-from tycoon.bus.envelope import Message
+from tycoon.bus.envelope import HEADER_SIZE, MAGIC, Message
+from tycoon.bus.keys import decode_public_key, public_key_from_raw_cached, subject_id
+from tycoon.bus.ratelimit import KeyedLimiter, RateLimit, retry_text
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
 
@@ -41,17 +44,26 @@ class Endpoint:
 
 @dataclass
 class ServiceStats:
-    """Counters of one service: requests answered, error replies by code, rejections by code."""
+    """Counters of one service: requests answered, error replies by code, rejections by code.
+
+    ``rate_limited`` counts every request refused by the rate limiter (also in
+    ``rejections``); ``unanswered`` those among them dropped without a reply (a key past
+    its limit gets at most its own rate of signed refusals).
+    """
 
     requests: int = 0
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     rejections: collections.Counter[str] = field(default_factory=collections.Counter)
+    rate_limited: int = 0
+    unanswered: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
             "errors": dict(self.errors),
             "rejections": dict(self.rejections),
+            "rate_limited": self.rate_limited,
+            "unanswered": self.unanswered,
         }
 
 
@@ -68,6 +80,8 @@ class Service:
         concurrency: int = 256,
         description: str = "",
         metadata: dict[str, str] | None = None,
+        rate_limit: RateLimit | None = RateLimit(),  # noqa: B008 (frozen, shared)
+        exempt: Iterable[str] = (),
     ) -> None:
         self.bus = bus
         self.name = name
@@ -80,6 +94,19 @@ class Service:
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._micro: Any = None
+        self._exempt = {decode_public_key(k) for k in (bus.identity.public_key, *exempt)}
+        self._pending: dict[bytes, int] = {}
+        self.set_rate_limit(rate_limit)
+
+    def set_rate_limit(self, limit: RateLimit | None) -> None:
+        """Limit each signer key to ``limit`` (None: no limit); resets every bucket."""
+        self.rate_limit = limit
+        self._limiter = None if limit is None else KeyedLimiter(
+            limit.rate, limit.burst, max_keys=limit.max_keys)
+        # a key past its limit gets at most this many signed refusals (the rest are dropped)
+        self._refusals = None if limit is None else KeyedLimiter(
+            limit.rate, limit.burst, max_keys=limit.max_keys)
+        self._logged = KeyedLimiter(0.1, 1, max_keys=1024)  # one log line per key per 10 s
 
     async def __aenter__(self) -> Service:
         await self.start()
@@ -127,8 +154,12 @@ class Service:
 
     def _dispatcher(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[None]]:
         async def dispatch(request: Request) -> None:
+            key = self._signer(request.data)
+            if key is not None and self._over_limit(key):
+                await self._refuse_early(key, request)
+                return
             await self._slots.acquire()
-            task = asyncio.create_task(self._handle(endpoint, request))
+            task = asyncio.create_task(self._run(endpoint, request, key))
             self._tasks.add(task)
             task.add_done_callback(self._done)
 
@@ -137,6 +168,73 @@ class Service:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._slots.release()
+
+    # -- rate limits: checked on the claimed key BEFORE a slot, a task or a signature check;
+    # a token is taken only after the signature verified (see docs/security.md#rate-limits)
+
+    def _signer(self, raw: bytes) -> bytes | None:
+        """The raw key an envelope claims to be signed by, if it is rate limited."""
+        if self._limiter is None or len(raw) <= HEADER_SIZE or raw[:2] != MAGIC:
+            return None  # unlimited, or malformed: refused cheaply by verify
+        key = raw[3:HEADER_SIZE]
+        return None if key in self._exempt else key
+
+    def _over_limit(self, key: bytes) -> bool:
+        """Whether this request would be refused anyway: no token left once the key's
+        pending requests take theirs, or too many of them pending. Else count it pending."""
+        assert self._limiter is not None and self.rate_limit is not None
+        pending = self._pending.get(key, 0)
+        cap = min(self.rate_limit.max_pending,
+                  self._limiter.available(key, time.monotonic_ns()))
+        if pending >= cap:
+            return True
+        self._pending[key] = pending + 1
+        return False
+
+    async def _run(self, endpoint: Endpoint, request: Request, key: bytes | None) -> None:
+        try:
+            await self._handle(endpoint, request)
+        finally:
+            if key is not None:
+                left = self._pending[key] - 1
+                if left:
+                    self._pending[key] = left
+                else:
+                    del self._pending[key]
+
+    def _take_token(self, msg: Message) -> None:
+        """Take the verified sender's token, or raise ``rate_limited``."""
+        key = msg.raw[3:HEADER_SIZE]
+        if self._limiter is None or key in self._exempt:
+            return
+        wait = self._limiter.take(key, time.monotonic_ns())
+        if wait:
+            self.stats.rate_limited += 1
+            raise Rejected("rate_limited", self._limit_text(wait))
+
+    def _limit_text(self, wait_ns: int) -> str:
+        assert self.rate_limit is not None
+        return f"{self.name} allows {self.rate_limit.describe()}; {retry_text(wait_ns)}"
+
+    async def _refuse_early(self, key: bytes, request: Request) -> None:
+        """Refuse before verifying: a signed ``rate_limited`` reply within the key's
+        refusal budget and only to the claimed signer's own inbox, else drop (counted)."""
+        assert self._limiter is not None and self._refusals is not None
+        self.stats.rate_limited += 1
+        self.stats.rejections["rate_limited"] += 1
+        now = time.monotonic_ns()
+        reply_to = request._msg.reply
+        if self._logged.take(key, now) == 0:
+            self.log.warning("rate limited", sender=public_key_from_raw_cached(key),
+                             subject=request.subject, pending=self._pending.get(key, 0))
+        if reply_to and self._refusals.take(key, now) == 0:
+            sender = public_key_from_raw_cached(key)
+            if reply_to.startswith(f"_INBOX.{subject_id(sender)}."):
+                wait = max(self._limiter.retry_after(key, now), self._limiter.interval)
+                error = Rejected("rate_limited", self._limit_text(wait))
+                await self._reply(request.data, reply_to, "error", error.to_body())
+                return
+        self.stats.unanswered += 1
 
     async def _handle(self, endpoint: Endpoint, request: Request) -> None:
         raw = request.data
@@ -150,6 +248,7 @@ class Service:
             msg = self.bus.verify(raw, request.subject)
             if msg.kind != endpoint.kind:
                 raise Rejected("unknown_kind", f"{endpoint.subject} takes {endpoint.kind!r}")
+            self._take_token(msg)
         except Rejected as error:
             self.stats.rejections[error.code] += 1
             self.bus.count_rejection(error, request.subject)
