@@ -4,9 +4,11 @@
     tycoon sim dynamic --hosts 20 --load 0.8 --duration 1000 [--plot DIR]
     tycoon sim sweep equilibrium --hosts 20 --users 2,4,8,16 [--plot DIR]
     tycoon sim sweep dynamic --hosts 20 --loads 0.3,0.6,0.9,1.2 [--plot DIR]
+    tycoon sim strategic [--horizon S] [--tick S] [--seed N] [--rivals N] [--plot PATH]
 
 Each prints a table of the market next to plain proportional share (``--json``: one JSON
-object). An equilibrium run that does not converge prints no market figures and exits 2.
+object). An equilibrium run that does not converge prints no market figures and exits 2;
+a strategic run where a strategy gains more than 1 % on the honest bidder exits 2.
 """
 
 from __future__ import annotations
@@ -58,6 +60,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     s_dyn.add_argument("--seeds", type=int, default=3, help="workloads per point")
     _common(s_dyn)
     s_dyn.set_defaults(func=cmd_sweep_dynamic)
+
+    strat = modes.add_parser(
+        "strategic", help="accounting games against an honest bidder (the pure market core)"
+    )
+    strat.add_argument("--horizon", type=float, default=600.0, help="seconds simulated")
+    strat.add_argument("--tick", type=float, default=1.0, help="charging period (s)")
+    strat.add_argument("--seed", type=int, default=0, help="draws the rivals' budgets")
+    strat.add_argument("--rivals", type=int, default=2, help="constant rival bidders")
+    strat.add_argument(
+        "--plot", metavar="PATH", default=None, help="write PATH.png (or DIR/strategic.png)"
+    )
+    strat.add_argument("--json", action="store_true", help="print one JSON object")
+    strat.set_defaults(func=cmd_strategic)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -212,3 +227,57 @@ def _sweep_out(args: argparse.Namespace, result: dict[str, Any]) -> int:
         plots = plot_sweep(result, Path(args.plot))
     _emit(args, result, plots)
     return 0
+
+
+def cmd_strategic(args: argparse.Namespace) -> int:
+    """Every strategy against an honest bidder with the same spend; exit 2 if one is ahead."""
+    from tycoon.sim.strategic import LIMIT, bench, make_setup
+    from tycoon.sim.strategies import Honest, all_strategies
+
+    setup = make_setup(args.horizon, args.tick, args.seed, args.rivals)
+    rows, data = bench(setup, all_strategies(), Honest)
+    ahead = [r["name"] for r in rows if r["ahead"]]
+    result: dict[str, Any] = {
+        "mode": "strategic", "horizon_s": setup.horizon_ns / 1e9, "tick_s": setup.tick_s,
+        "seed": args.seed, "budget": setup.budget, "rivals": list(setup.rivals),
+        "limit": LIMIT, "strategies": rows, "ahead": ahead,
+    }  # fmt: skip
+    if args.plot:
+        from tycoon.sim.plots import plot_strategic
+
+        result["plot"] = str(plot_strategic(rows, data, Path(args.plot)))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _strategic_table(result)
+    return 2 if ahead else 0
+
+
+def _strategic_table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"{result['horizon_s']:g} s, tick {result['tick_s']:g} s, "
+        f"{len(result['rivals'])} constant rivals",
+        caption="gain: resource-seconds per credit / an honest bidder's spending the same",
+    )
+    table.add_column("strategy", no_wrap=True)
+    for column in ("res-s", "credits", "honest res-s", "gain", "refused"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for r in result["strategies"]:
+        gain = "inf" if r["gain"] is None else f"{r['gain']:.4g}".replace("e+0", "e")
+        style = "bold red" if r["ahead"] else None
+        table.add_row(
+            r["name"], f"{r['resource_seconds']:.1f}", f"{r['spent'] / 1e6:.3f}",
+            f"{r['honest_resource_seconds']:.1f}", gain, str(r["rejected"]), style=style,
+        )  # fmt: skip
+    console = Console()
+    console.print(table)
+    if result["ahead"]:
+        console.print(f"AHEAD of honest bidding (> {result['limit']:g}): "
+                      + ", ".join(result["ahead"]))  # fmt: skip
+    else:
+        console.print(f"no strategy gains more than {result['limit'] - 1:.0%} on honest bidding")
+    if "plot" in result:
+        console.print(f"wrote {result['plot']}")

@@ -110,3 +110,54 @@ def plot_sweep(result: dict[str, Any], directory: Path) -> list[Path]:
         ax.set_title(label)
     axes[0].legend(fontsize=7)
     return [_save(fig, directory, "load.png")]
+
+
+def plot_strategic(rows: list[dict[str, Any]], data: dict[str, Any], path: Path) -> Path:
+    """Gain per credit of each strategy (bars, log scale) and resource-seconds against spend.
+
+    ``path`` is a PNG file, or a directory to write ``strategic.png`` into.
+    """
+    from tycoon.sim.strategic import LIMIT, honest_curve
+
+    plt = _pyplot()
+    if path.suffix.lower() != ".png":
+        path = path / "strategic.png"
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.8))
+    names = [r["name"] for r in rows]
+    gains = [r["gain"] if r["gain"] is not None else np.inf for r in rows]
+    shown = [min(max(g, 1e-3), 1e12) for g in gains]
+    colours = ["tab:red" if r["ahead"] else "tab:green" for r in rows]
+    bars.bar(range(len(rows)), shown, color=colours)
+    bars.set_yscale("log")
+    bars.axhline(1.0, color="black", lw=0.8, label="honest bidder (1.0)")
+    bars.axhline(LIMIT, color="tab:red", ls="--", lw=0.8, label=f"limit ({LIMIT:g})")
+    from matplotlib.patches import Patch
+
+    handles = bars.get_legend_handles_labels()[0] + [
+        Patch(color="tab:red", label=f"ahead (gain > {LIMIT:g})"),
+        Patch(color="tab:green", label="not ahead"),
+    ]
+    bars.set_xticks(range(len(rows)), names, rotation=35, ha="right", fontsize=8)
+    bars.set_ylabel("resource-seconds per credit / honest's")
+    bars.set_title("Gain over an honest bidder spending the same")
+    bars.legend(handles=handles, fontsize=7)
+    spends = [s for s, _ in data["honest"]] + [r["spent"] / 1e6 for r in rows]
+    grid = np.linspace(0.0, max(max(spends, default=1.0), 1e-6) * 1.05, 200)
+    curves.plot(grid, honest_curve(data, grid), color="black", lw=2,
+                label="honest constant rate (theory)")  # fmt: skip
+    if data["honest"]:
+        hs, hr = zip(*data["honest"], strict=True)
+        curves.plot(hs, hr, "ko", ms=4, label="honest bidder (simulated)")
+    for name, trace in data["traces"].items():
+        if trace:
+            _, spent, received = zip(*trace, strict=True)
+            curves.plot(spent, received, lw=1.0, label=name)
+    curves.set_xlabel("credits spent")
+    curves.set_ylabel("resource-seconds received (cpu + memory)")
+    curves.set_title("Over the run (above the black curve = ahead)")
+    curves.legend(fontsize=6, ncol=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
