@@ -244,6 +244,8 @@ class Outcome:
     received: float
     spent: int
     rejected: tuple[str, ...]
+    conserved: bool = True
+    """``Market.conserved()`` held after every tick and at the end."""
     trace: tuple[tuple[float, float, float], ...] = field(default=(), repr=False)
     """(time s, µcredits spent, resource-seconds) after every tick."""
 
@@ -257,10 +259,12 @@ def run(strategy: Strategy, setup: Setup, keys: Keys | None = None) -> Outcome:
     events += [(t, 1, label) for t, label in strategy.moments(setup) if 0 < t < setup.horizon_ns]
     events.sort(key=lambda e: (e[0], e[1]))
     trace = []
+    conserved = True
     for t, _, label in events:
         sim.advance(T0_NS + t)
         if label == "tick":
             sim.tick()
+            conserved = conserved and sim.market.conserved()
             trace.append((t / NS, sim.spent() / MICRO, sim.received))
         else:
             strategy.act(sim, label)
@@ -268,7 +272,10 @@ def run(strategy: Strategy, setup: Setup, keys: Keys | None = None) -> Outcome:
     for account in list(sim.players):
         if sim.market.accounts.get(account) and sim.market.accounts[account].balance > 0:
             sim.refund(account)
-    return Outcome(strategy.name, sim.received, sim.spent(), tuple(sim.rejected), tuple(trace))
+    conserved = conserved and sim.market.conserved()
+    return Outcome(
+        strategy.name, sim.received, sim.spent(), tuple(sim.rejected), conserved, tuple(trace)
+    )
 
 
 def gain(outcome: Outcome, honest: Outcome) -> float:
@@ -307,6 +314,7 @@ def bench(
             "gain": ratio if math.isfinite(ratio) else None,
             "rejected": len(out.rejected),
             "ahead": not ratio <= LIMIT,
+            "conserved": out.conserved and base.conserved,
         })  # fmt: skip
         traces[strategy.name] = out.trace
     honest_points = sorted((o.spent / MICRO, o.received) for o in baselines.values())

@@ -1,0 +1,90 @@
+"""The strategic-bidder bench (issue 17): no accounting game beats an honest bidder.
+
+The market core is driven directly (no NATS) with a simulated clock; every strategy is
+compared with an honest constant-rate bidder who spends the same in the same market.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tycoon.cli.main import main
+from tycoon.money import MICRO
+from tycoon.sim.strategic import LIMIT, Keys, Outcome, Setup, bench, gain, make_setup, run
+from tycoon.sim.strategies import Honest, Split, all_strategies
+
+HORIZON = 600.0
+NAMES = [s.name for s in all_strategies()]
+
+
+@pytest.fixture(scope="module")
+def table() -> dict[str, dict[str, Any]]:
+    rows, _ = bench(make_setup(HORIZON, 1.0, seed=0), all_strategies(), Honest)
+    return {r["name"]: r for r in rows}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_strategy_gains_more_than_one_percent(
+    table: dict[str, dict[str, Any]], name: str
+) -> None:
+    row = table[name]
+    assert row["conserved"]
+    assert row["gain"] is not None and row["gain"] <= LIMIT, (
+        f"{name} ({row['about']}) got {row['resource_seconds']:.1f} resource-seconds for "
+        f"{row['spent'] / MICRO:.3f} credits; an honest bidder spending the same got "
+        f"{row['honest_resource_seconds']:.1f}: gain {row['gain']}"
+    )
+
+
+def test_honest_bidder_gets_its_proportional_share() -> None:
+    """The bench measures what theory says: x/(x + Y) of each resource for the horizon."""
+    setup = Setup(horizon_s=120.0, tick_s=1.0, budget=1000 * MICRO, rivals=(2000 * MICRO,))
+    out = run(Honest(), setup)
+    assert out.conserved and not out.rejected
+    assert abs(out.spent - setup.budget) <= 2  # the whole budget, up to carried remainders
+    assert out.received == pytest.approx(2 * 120.0 / 3, rel=1e-6)  # cpu + memory, 1/3 each
+    assert gain(out, out) == 1.0
+
+
+def test_splitting_changes_nothing() -> None:
+    """Proportional share is additive in rates: 8 accounts with B/8 get what one with B gets."""
+    setup = make_setup(120.0, 1.0, seed=3)
+    keys = Keys()
+    one, eight = run(Honest(), setup, keys), run(Split(8), setup, keys)
+    assert eight.spent == pytest.approx(one.spent, abs=8)
+    assert gain(eight, one) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_gain_is_per_credit_against_the_same_spend() -> None:
+    honest = Outcome("honest", received=100.0, spent=1000, rejected=())
+    assert gain(Outcome("x", 200.0, 1000, ()), honest) == 2.0
+    assert gain(Outcome("x", 100.0, 500, ()), honest) == 2.0
+    assert gain(Outcome("x", 0.0, 0, ()), honest) == 0.0
+    # nothing spent counts as 1 µcredit: free resources are a very large gain, not a division
+    assert gain(Outcome("x", 1.0, 0, ()), honest) == pytest.approx(10.0)
+
+
+def test_cli_json_and_plot(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = main(["sim", "strategic", "--horizon", "60", "--json", "--plot", str(tmp_path)])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["mode"] == "strategic" and result["horizon_s"] == 60.0
+    assert [r["name"] for r in result["strategies"]] == NAMES
+    assert code == (2 if result["ahead"] else 0)
+    assert result["ahead"] == [r["name"] for r in result["strategies"] if r["ahead"]]
+    assert Path(result["plot"]).stat().st_size > 0
+
+
+def test_cli_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["sim", "strategic", "--horizon", "20", "--tick", "0.5", "--rivals", "1"])
+    out = capsys.readouterr().out
+    assert "refund-cycle" in out and "honest" in out
+    assert code in (0, 2)
+
+
+def test_cli_refuses_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", "strategic", "--horizon", "1", "--tick", "2"]) == 1
+    assert "bad_input" in capsys.readouterr().err
