@@ -39,16 +39,33 @@ class FakeBank:
     def __init__(self, balance: int) -> None:
         self.balance = balance
         self.settled: dict[str, FakeReceipt] = {}
+        self.entries: list[dict[str, Any]] = []
+        self.down = False
 
     async def transfer(self, payee: str, amount: int, *, transfer_id: str,
                        memo: str = "") -> FakeReceipt:
+        if self.down:
+            raise Rejected("unavailable", "the bank is down")
         if transfer_id in self.settled:
             return self.settled[transfer_id]
         if amount > self.balance:
             raise Rejected("overdraft", "not enough")
         self.balance -= amount
         self.settled[transfer_id] = FakeReceipt(transfer_id, amount)
+        self.entries.append({"kind": "transfer", "amount": -amount, "counterparty": payee,
+                             "id": transfer_id, "receipt": self.settled[transfer_id].raw})
         return self.settled[transfer_id]
+
+    def pay_us(self, payer: str, amount: int, transfer_id: str) -> None:
+        """A payment to the agent (a host refunding on its own)."""
+        self.balance += amount
+        self.entries.append({"kind": "transfer", "amount": amount, "counterparty": payer,
+                             "id": transfer_id, "receipt": b"r"})
+
+    async def history(self, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        if self.down:
+            raise Rejected("unavailable", "the bank is down")
+        return self.entries[offset:offset + limit]
 
 
 class FakeHost:
@@ -58,6 +75,8 @@ class FakeHost:
         self.redeemed: set[str] = set()
         self.durations: list[int] = []
         self.calls = 0
+        self.key = ""
+        self.refunds = 0
 
     def _spend(self) -> None:
         now = self.clock()
@@ -97,8 +116,16 @@ class FakeHost:
         self.calls += 1
         self._spend()
         amount, self.balance, self.expires = self.balance, 0, 0.0
-        self.bank.balance += amount
-        return {"refunds": [{"amount": amount}] if amount else []}
+        if not amount:
+            raise Rejected("no_funds", "the host account holds nothing to refund")
+        self.refunds += 1
+        self.bank.pay_us(self.key, amount, f"refund-{self.key}-{self.refunds}")
+        return {"refunds": [{"refund_id": f"refund-{self.key}-{self.refunds}",
+                             "amount": amount}]}
+
+    async def status(self) -> dict[str, Any]:
+        self._spend()
+        return {"account": {"balance": self.balance, "pending_refunds": []}}
 
 
 class Market:
@@ -107,6 +134,8 @@ class Market:
         self.bank = FakeBank(bank_balance)
         self.hosts = {f"h{i}": FakeHost(self.clock, self.bank) for i in range(hosts)}
         self.payees = {h: f"key-{h}" for h in self.hosts}
+        for h, host in self.hosts.items():
+            host.key = self.payees[h]
         self.journal = Journal(tmp_path / "journal.db")
         self.allocator = Allocator("agent", self.bank, self.hosts.__getitem__,  # type: ignore[arg-type]
                                    self.journal, clock=self.clock)

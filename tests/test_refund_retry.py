@@ -91,3 +91,71 @@ async def test_pending_refund_is_paid_when_the_bank_returns(nats_url: str,
 async def _opened(bank: BankClient) -> bool:
     await bank.open(exist_ok=True)
     return True
+
+
+async def test_a_payment_to_a_host_that_is_down_is_redeemed_by_settle(
+        nats_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tycoon host fund` pays, the host dies before it redeems: the receipt is kept, and
+    `tycoon host settle` (from the bank's history) redeems it once the host is back."""
+    import json
+
+    from tycoon.auctioneer.client import pay_and_fund, wallet_dir
+    from tycoon.bank.ledger import Ledger
+    from tycoon.bank.service import BankService
+    from tycoon.bank.sqlite_store import SqliteStore
+    from tycoon.cli.main import main
+
+    bank_id, operator = Identity.generate(), Identity.generate()
+    ledger = Ledger(SqliteStore(tmp_path / "bank.db"), bank_id, operator=operator.public_key)
+    bank_bus = await open_bus(nats_url, bank_id)
+    bank_service = BankService(bank_bus, ledger)
+    await bank_service.start()
+    home = tmp_path / "home"
+    keys = KeyStore(home)
+    host, alice = keys.create("h1"), keys.create("alice")
+
+    async def serve_host():  # type: ignore[no-untyped-def]
+        return await start_auctioneer(
+            nats_url, host, bank_key=bank_id.public_key, driver=SimulatedDriver(preset="small"),
+            store_path=tmp_path / "h1.db", name="h1", tick_s=0.2)
+
+    auctioneer = await serve_host()
+    alice_bus, op_bus = await open_bus(nats_url, alice), await open_bus(nats_url, operator)
+    try:
+        await BankClient(auctioneer.bus, bank_id.public_key).open(exist_ok=True)
+        bank = BankClient(alice_bus, bank_id.public_key)
+        await bank.open()
+        await BankClient(op_bus, bank_id.public_key).mint(alice.public_key, 100 * MICRO)
+        client = AuctioneerClient(alice_bus, subject_id(host.public_key), timeout=1.0)
+        await client.host_key()
+        await auctioneer.stop()  # the host dies between the payment and the funding
+        wallet = wallet_dir(home, alice.public_key)
+        with pytest.raises(Rejected, match="host settle"):
+            await pay_and_fund(client, bank, 7 * MICRO, wallet=wallet)
+        assert len(list(wallet.glob("*.receipt"))) == 1 and await bank.balance() == 93 * MICRO
+
+        base = ["--nats", nats_url, "--home", str(home), "--as", "alice", "host", "settle",
+                "--bank", bank_id.public_key, "--json", "--timeout", "1"]
+
+        async def settle(*extra: str) -> tuple[int, dict]:
+            capsys.readouterr()
+            code = await asyncio.to_thread(main, [*base, *extra])
+            return code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+        code, out = await settle()
+        assert code == 3 and out["waiting"] == 1  # still down: it waits, listed
+        auctioneer = await serve_host()
+        code, out = await settle("--refund")
+        assert code == 0, out
+        assert [r["result"] for r in out["receipts"]] == ["redeemed"]
+        assert out["refunds"] == {subject_id(host.public_key): 7 * MICRO}
+        assert not list(wallet.glob("*.receipt"))
+        code, out = await settle()
+        assert code == 0 and [r["result"] for r in out["receipts"]] == ["done"]
+        assert await bank.balance() == 100 * MICRO
+    finally:
+        await auctioneer.stop()
+        for bus in (alice_bus, op_bus):
+            await bus.close()
+        await bank_service.stop()
+        await bank_bus.close()

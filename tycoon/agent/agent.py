@@ -6,7 +6,9 @@ listens to the price streams of the hosts in play and of the best other candidat
 price move beyond the threshold on a host in play triggers a re-solve; the new plan
 replaces the old only past the hysteresis (see :mod:`tycoon.agent.planner`). A new plan
 is bid at once where the money already is (see :mod:`tycoon.agent.allocator`); the money
-follows in the background. At the deadline it refunds everything left.
+follows in the background. At the deadline it brings every credit home (see
+:mod:`tycoon.agent.finish`): it keeps settling for up to ``grace_s`` and reports what is
+still outstanding, and where.
 
 Everything it decides is published on ``tycoon.agent.<id>.<event>`` (plan, rebid,
 settled, warning, done). Its contract and money moves are journalled, so a restarted
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tycoon.agent.allocator import Allocator, HostClient
+from tycoon.agent.finish import bring_home
 from tycoon.agent.journal import Journal
 from tycoon.agent.planner import (
     Plan,
@@ -86,6 +89,9 @@ class AgentConfig:
     of its price distribution (from the SLS's statistics) instead of its current price."""
     model: str = "normal"
     """Prediction model for ``probability``: normal, maxent, chebyshev or histogram."""
+    grace_s: float = 180.0
+    """After the deadline, keep settling (refunds, receipts) for up to this long while
+    money is still away: a bank or host that is down at the deadline is waited for."""
 
 
 @dataclass
@@ -96,7 +102,14 @@ class Summary:
     plans: int = 0
     rebids: int = 0
     refunded: int = 0
+    """Refunded by hosts over the whole job."""
     paid_out: int = 0
+    """Net paid to hosts: funded less refunded."""
+    funded: int = 0
+    spent: int = 0
+    """Charged by hosts (exact when nothing is outstanding; otherwise a lower bound)."""
+    outstanding: list[dict[str, Any]] = field(default_factory=list)
+    """Money not home when the agent stopped: host, what, amount (empty: all home)."""
     warnings: list[str] = field(default_factory=list)
     rebid_latencies_ms: list[float] = field(default_factory=list)
     """From a price move to the new plan's rates bid."""
@@ -176,7 +189,9 @@ class Agent:
 
     async def run(self) -> Summary:
         """Plan, follow the market and rebid until the deadline; then refund."""
-        await self.bank.open(exist_ok=True)
+        await self._open_bank_account()
+        if self.seconds_left <= self.config.refund_margin_s:
+            self.allocator.settle_only = True  # a rerun after the deadline only settles
         recovered = await self.allocator.recover()
         if recovered:
             self.log.info("recovered pending moves", count=recovered)
@@ -204,6 +219,22 @@ class Agent:
         finally:
             await self._finish()
         return self.summary
+
+    async def _open_bank_account(self) -> None:
+        """Open our bank account (idempotent), waiting for the bank while it is down, up
+        to the end of the grace period."""
+        delay = 0.5
+        while True:
+            try:
+                await self.bank.open(exist_ok=True)
+                return
+            except Rejected as error:
+                if error.code not in ("unavailable", "timeout") \
+                        or self.seconds_left < -self.config.grace_s:
+                    raise
+                self.log.warning("bank unavailable; waiting", code=error.code)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _discover(self) -> None:
         """Ask the SLS for candidates (and the prices of those whose stream we do not
@@ -494,32 +525,47 @@ class Agent:
         """
         if exact or self.allocator.bank_balance is None:
             held = await self.allocator.balances(self._funded_hosts())
+            books = self.allocator.held()
+            # a silent host is not empty: its last report (spent on) stands in for it
+            held.update({h: books.get(h, 0) for h in self.allocator.unreachable})
             self.allocator.bank_balance = await self.bank.balance()
             return held, self.allocator.bank_balance
         return self.allocator.held(), self.allocator.bank_balance
 
     def _funded_hosts(self) -> list[str]:
         """Every host where we may hold money: by the journal, or by our books."""
-        return sorted(self.journal.hosts_funded() | set(self.allocator.holdings))
+        return sorted(self.journal.hosts_funded(pending=True) | set(self.allocator.holdings))
 
     async def _finish(self) -> None:
-        """Refund every host account and report."""
+        """Bring every credit home (up to ``grace_s`` past the deadline) and report."""
         await self._settled(supersede=True)
-        if self.journal.pending():
-            await self.allocator.recover()
-        epoch = self.journal.next_epoch()
-        empty = Plan({}, {}, {}, 0.0, 0.0, 0.0)
         try:
-            await self.allocator.balances(self._funded_hosts())
-            # every host is off the plan: settling it refunds them all (no bids needed)
-            outcome = await self.allocator.settle(empty, epoch, self.payees, self.clock())
-            self.summary.refunded = sum(outcome.refunded.values())
-        except Rejected as error:
-            await self.warn(f"final refund incomplete: {error.code}")
+            accounting = await bring_home(
+                self.allocator, self.journal, self._funded_hosts,
+                new_epoch=self.journal.next_epoch, clock=self.clock, payees=self.payees,
+                until=max(self.deadline, self.clock()) + self.config.grace_s)
+        except Rejected as error:  # a host's answer we cannot read: report, never hang
+            await self.warn(f"final settling failed: {error.code}")
+            accounting = None
+        totals = self.journal.totals()
+        self.summary.funded = sum(f for f, _ in totals.values())
+        self.summary.refunded = sum(r for _, r in totals.values())
         self.summary.paid_out = self.journal.net_paid_out()
+        if accounting is None:
+            self.summary.spent = self.summary.paid_out
+            self.summary.outstanding = [{"host": "?", "what": "unknown", "amount":
+                                         self.summary.paid_out, "detail": "not settled"}]
+        else:
+            self.summary.spent = accounting.spent
+            self.summary.outstanding = [o.to_dict() for o in accounting.outstanding]
+        if self.summary.outstanding:
+            await self.warn("money still away at the end of the grace period",
+                            outstanding=self.summary.outstanding)
         await self.publish("done", {
-            "summary": f"spent {self.summary.paid_out} µc, refunded {self.summary.refunded} µc",
-            "spent": self.summary.paid_out, "refunded": self.summary.refunded,
+            "summary": f"spent {self.summary.spent} µc, refunded {self.summary.refunded} µc, "
+                       f"outstanding {len(self.summary.outstanding)}",
+            "spent": self.summary.spent, "refunded": self.summary.refunded,
+            "funded": self.summary.funded, "outstanding": self.summary.outstanding,
             "plans": self.summary.plans,
         })
         for sub in self._subscriptions.values():

@@ -17,7 +17,10 @@ A bid spends its host account's balance evenly until it expires, so the rate it 
    supersedes it.
 
 Every money move goes through the :class:`~tycoon.agent.journal.Journal` first, under an
-id derived from (agent, epoch, host, step); each host's moves run under its own lock.
+id derived from (agent, epoch, host, step); each host's moves run under its own lock. A
+funding's receipt is journalled before the host sees it. With ``settle_only`` (past the
+deadline) nothing new is paid: a pending funding is completed only if the bank's history
+shows it paid, and refunds the hosts paid on their own are taken from that history.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tycoon.agent.bankview import BankHistory
 from tycoon.agent.journal import Journal, Move
 from tycoon.agent.planner import Plan
 from tycoon.bank.client import BankClient
@@ -36,6 +40,9 @@ from tycoon.errors import Rejected
 from tycoon.log import get_logger
 
 RETRYABLE = ("timeout", "unavailable", "internal")
+NOTHING_THERE = ("no_funds", "unknown_account")
+"""A host's answer to a refund when it holds nothing of ours (any refund already paid)."""
+UNREACHABLE = ("unavailable", "timeout")
 NS = 1_000_000_000
 MIN_DURATION_S = 2
 """A raised rate never spends a balance in less than this: until the top-up arrives, a
@@ -52,6 +59,7 @@ class HostClient(Protocol):
     async def fund(self, receipt: bytes) -> dict[str, Any]: ...
     async def bid(self, spec: str, duration: str) -> dict[str, Any]: ...
     async def refund(self) -> dict[str, Any]: ...
+    async def status(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,11 @@ class Allocator:
         """Hosts with a bid of ours in flight: their next word is its reply."""
         self.on_bid = on_bid
         """Called with each host's reply to a bid (it carries the host's prices)."""
+        self.settle_only = False
+        """Past the deadline: pay nothing new; only complete and refund."""
+        self.history = BankHistory(bank)
+        self.unreachable: set[str] = set()
+        """Hosts the last :meth:`balances` could not reach: what we hold there is unknown."""
         self.log = get_logger("allocator", agent=agent_id)
 
     @property
@@ -169,14 +182,19 @@ class Allocator:
         return len(pending)
 
     async def balances(self, hosts: list[str]) -> dict[str, int]:
-        """Ask each host for our balance there (0 where we have none); keeps the books."""
+        """Ask each host for our balance there (0 where we have none); keeps the books.
 
-        async def one(host: str) -> tuple[str, int]:
+        A host that does not answer is left out (and listed in :attr:`unreachable`): what
+        we hold there is unknown, not zero; the books keep its last report."""
+
+        async def one(host: str) -> tuple[str, int | None]:
             async with self.lock(host):
                 try:
                     info = await self.hosts(host).account()
                 except Rejected as error:
-                    if error.code in ("unknown_account", "unavailable", "timeout"):
+                    if error.code in UNREACHABLE:
+                        return host, None
+                    if error.code == "unknown_account":
                         return host, 0
                     raise
                 balance = info.get("balance", 0)
@@ -186,7 +204,9 @@ class Allocator:
                 self.observe(host, balance, expires if isinstance(expires, int) else 0)
                 return host, balance
 
-        return dict(await asyncio.gather(*(one(h) for h in hosts)))
+        answers = await asyncio.gather(*(one(h) for h in hosts))
+        self.unreachable = {h for h, b in answers if b is None}
+        return {h: b for h, b in answers if b is not None}
 
     def allowance(self, budget: int | None) -> int | None:
         """What may still be paid out: the budget less every funding begun, net of
@@ -295,8 +315,10 @@ class Allocator:
                        current: Callable[[], bool] = lambda: True) -> None:
         """Top ``host`` up so that, bid at ``rate``, its balance lasts until ``end``
         (within the budget; a top-up smaller than ``slack`` of the target is skipped)."""
-        if not current() or host in self._funding:
+        if not current() or host in self._funding or self.settle_only:
             return
+        if any(m.host == host and m.kind == "fund" for m in self.journal.pending()):
+            return  # its last funding is not redeemed yet (host down): no second one
         now = self.clock()
         target = math.floor(rate * (end - now))
         left = self._left(host, now)
@@ -317,6 +339,13 @@ class Allocator:
             outcome.refunded[host] = await self._refund(move)
 
         await asyncio.gather(*(self._guard(h, outcome, one(h)) for h in hosts))
+
+    async def refund_hosts(self, hosts: list[str], epoch: int,
+                           payees: Mapping[str, str]) -> Outcome:
+        """Refund our whole balance at each of ``hosts`` (failures in ``errors``)."""
+        outcome = Outcome()
+        await self._refund_all(hosts, epoch, payees, outcome)
+        return outcome
 
     async def _guard(self, host: str, outcome: Outcome, work: Awaitable[Any]) -> None:
         try:
@@ -363,9 +392,18 @@ class Allocator:
         finally:
             self._funding.discard(move.host)
 
-    async def _pay_and_redeem(self, move: Move, bid_until: float | None,
-                              outcome: Outcome) -> int:
+    async def _receipt(self, move: Move) -> bytes | None:
+        """The funding's bank receipt: journalled, or paid now (before the deadline), or
+        (settling only) found in the bank's history; None if it was never paid."""
+        if move.receipt:
+            return bytes(move.receipt)
+        if self.settle_only and await self.history.payment(move.id) is None:
+            self.journal.finish(move.id, status="failed", detail="never paid; settling only")
+            if self.bank_balance is not None:
+                self.bank_balance += move.amount
+            return None
         try:
+            # the same id returns the same receipt: this pays at most once
             receipt = await self.bank.transfer(move.payee, move.amount, transfer_id=move.id,
                                                memo=f"fund {move.host}")
         except Rejected as error:
@@ -374,16 +412,24 @@ class Allocator:
                 if self.bank_balance is not None:
                     self.bank_balance += move.amount
             raise
+        self.journal.paid(move.id, receipt.raw)  # before the host sees it: never lost
+        return bytes(receipt.raw)
+
+    async def _pay_and_redeem(self, move: Move, bid_until: float | None,
+                              outcome: Outcome) -> int:
+        raw = await self._receipt(move)
+        if raw is None:
+            return 0
         async with self.lock(move.host):
             try:
-                reply = await self.hosts(move.host).fund(receipt.raw)
+                reply = await self.hosts(move.host).fund(raw)
             except Rejected as error:
                 if error.code != "already_redeemed":
                     # The money sits in the host's bank account, not yet in our host
                     # account; the move stays pending and is presented again later.
                     raise
                 reply = {}
-            self.journal.finish(move.id, receipt=receipt.raw)
+            self.journal.finish(move.id, receipt=raw)
             holding = self.holdings.get(move.host)
             now = self.clock()
             balance = reply.get("balance")
@@ -396,10 +442,22 @@ class Allocator:
         return move.amount
 
     async def _refund(self, move: Move) -> int:
+        """Refund our whole balance at the host; record every refund received by its id.
+
+        A host holding nothing of ours (``no_funds``) may have paid a pending refund on its
+        own: the bank's history of payments from the host tells, and those are recorded."""
         async with self.lock(move.host):
-            reply = await self.hosts(move.host).refund()
-            amount = sum(r.get("amount", 0) for r in reply.get("refunds", [])
-                         if isinstance(r, dict) and isinstance(r.get("amount"), int))
+            try:
+                reply = await self.hosts(move.host).refund()
+                refunds = [(str(r.get("refund_id") or f"{move.id}.{i}"), r["amount"],
+                            r.get("receipt") if isinstance(r.get("receipt"), bytes) else None)
+                           for i, r in enumerate(reply.get("refunds", []))
+                           if isinstance(r, dict) and isinstance(r.get("amount"), int)]
+            except Rejected as error:
+                if error.code not in NOTHING_THERE or not move.payee:
+                    raise
+                refunds = await self.history.refunds_from(move.payee)
+            amount = self.journal.record_refunds(move.host, move.id, refunds)
             self.journal.finish(move.id, amount=amount)
             self.holdings[move.host] = Holding(0, 0.0, self.clock())
         if self.bank_balance is not None:

@@ -3,7 +3,11 @@
 A move is written as ``pending`` before it is attempted, under a transfer id derived
 from (agent, plan epoch, host, step). After a crash the agent replays pending moves
 with the same ids: the bank returns the same receipt for a repeated transfer id and
-an auctioneer refuses a second redemption, so nothing is paid twice.
+an auctioneer refuses a second redemption, so nothing is paid twice. A funding's bank
+receipt is recorded the moment it is paid, before it is presented to the host, so a
+receipt the host could not take is presented again (never lost, never paid again).
+Every refund received is recorded by its bank transfer id, wherever it was learnt (the
+host's reply, or the bank's history when the host paid it on its own), so each counts once.
 """
 
 from __future__ import annotations
@@ -28,6 +32,13 @@ CREATE TABLE IF NOT EXISTS moves (
     detail TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS moves_status ON moves (status);
+CREATE TABLE IF NOT EXISTS refunds (
+    refund_id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    move_id TEXT NOT NULL,
+    receipt BLOB
+);
 """
 
 
@@ -117,6 +128,42 @@ class Journal:
                 "receipt = COALESCE(?, receipt), detail = ? WHERE id = ?",
                 (status, amount, receipt, detail, move_id))
 
+    def paid(self, move_id: str, receipt: bytes) -> None:
+        """Record the bank receipt of a pending funding before it is presented (fsynced)."""
+        self.db.execute("UPDATE moves SET receipt = ? WHERE id = ? AND status = 'pending'",
+                        (receipt, move_id))
+
+    def record_refunds(self, host: str, move_id: str,
+                       refunds: list[tuple[str, int, bytes | None]]) -> int:
+        """Record refunds ``(refund id, amount, receipt)`` from ``host``; return the sum of
+        those not recorded before (a refund learnt twice counts once)."""
+        new = 0
+        for refund_id, amount, receipt in refunds:
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO refunds (refund_id, host, amount, move_id, receipt) "
+                "VALUES (?, ?, ?, ?, ?)", (refund_id, host, amount, move_id, receipt))
+            new += amount if cur.rowcount else 0
+        return new
+
+    def refund_ids(self) -> set[str]:
+        return {str(r[0]) for r in self.db.execute("SELECT refund_id FROM refunds")}
+
+    def totals(self) -> dict[str, tuple[int, int]]:
+        """``{host: (funded, refunded)}`` over the whole job (finished moves only)."""
+        out: dict[str, tuple[int, int]] = {}
+        for host, kind, amount in self.db.execute(
+                "SELECT host, kind, COALESCE(SUM(amount), 0) FROM moves WHERE status = 'done' "
+                "GROUP BY host, kind"):
+            funded, refunded = out.get(str(host), (0, 0))
+            out[str(host)] = (funded + int(amount), refunded) if kind == "fund" \
+                else (funded, refunded + int(amount))
+        return out
+
+    def payees(self) -> dict[str, str]:
+        """The bank account (public key) of every host we moved money with."""
+        return {str(h): str(k) for h, k in self.db.execute(
+            "SELECT DISTINCT host, payee FROM moves WHERE payee != ''")}
+
     def move(self, move_id: str) -> Move | None:
         row = self.db.execute("SELECT id, epoch, host, payee, kind, amount, status, receipt "
                               "FROM moves WHERE id = ?", (move_id,)).fetchone()
@@ -143,7 +190,9 @@ class Journal:
         ).fetchone()
         return int(row[0])
 
-    def hosts_funded(self) -> set[str]:
+    def hosts_funded(self, *, pending: bool = False) -> set[str]:
+        """Hosts we funded (with ``pending``: or began to fund)."""
         rows = self.db.execute("SELECT DISTINCT host FROM moves WHERE kind = 'fund' "
-                               "AND status = 'done'").fetchall()
+                               "AND (status = 'done' OR (? AND status = 'pending'))",
+                               (pending,)).fetchall()
         return {str(r[0]) for r in rows}

@@ -1,15 +1,20 @@
 """``AuctioneerClient``: talk to one host's auctioneer, signed by the bus's identity.
 
 Every reply must come from the host itself: a host id is derived from the host's
-public key, so the client checks ``subject_id(reply.sender) == host``.
+public key, so the client checks ``subject_id(reply.sender) == host``. Paying a host and
+funding an account there (:func:`pay_and_fund`) keeps the receipt until the host took
+it; :func:`settle_receipts` presents every receipt a host has not redeemed yet.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tycoon.auctioneer.bidparse import BidSpec
-from tycoon.bank.receipt import Receipt
+from tycoon.bank.client import BankClient, new_id
+from tycoon.bank.receipt import Receipt, verify_receipt
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.keys import subject_id
@@ -80,3 +85,97 @@ class AuctioneerClient:
     async def status(self, account: str | None = None) -> dict[str, Any]:
         """The host's market summary, with this key's account details if it has one."""
         return await self._call("status", {} if account is None else {"account": account})
+
+
+# -- paying a host, and redeeming what was paid -----------------------------------------
+
+FUND_MEMO = "fund host "
+"""Memo of a payment made to fund a host account (the agent's read ``fund <host>``)."""
+
+
+def wallet_dir(home: Path, account: str) -> Path:
+    """Where the receipts of ``account``'s payments to hosts wait until redeemed."""
+    return home / "receipts" / subject_id(account)
+
+
+async def pay_and_fund(client: AuctioneerClient, bank: BankClient, amount: int, *,
+                       wallet: Path) -> dict[str, Any]:
+    """Pay the host ``amount`` and redeem the receipt into our host account there.
+
+    The receipt is written to ``wallet`` before it is presented and removed once the host
+    took it: a host that is down at that moment keeps nothing of ours hidden (``tycoon
+    host settle`` presents it again; the bank's history has it too)."""
+    host_key = await client.host_key()
+    tid = new_id()
+    receipt = await bank.transfer(host_key, amount, transfer_id=tid,
+                                  memo=f"{FUND_MEMO}{client.host}")
+    wallet.mkdir(parents=True, exist_ok=True, mode=0o700)
+    kept = wallet / f"{tid}.receipt"
+    kept.write_bytes(receipt.raw)
+    try:
+        reply = await client.fund(receipt)
+    except Rejected as error:
+        if error.code == "already_redeemed":
+            kept.unlink(missing_ok=True)
+            raise
+        raise Rejected(error.code, f"{error.message}; paid {amount} µc to host {client.host}"
+                       f", not yet redeemed: receipt kept at {kept}; `tycoon host settle` "
+                       "redeems it when the host answers") from error
+    kept.unlink(missing_ok=True)
+    return reply
+
+
+@dataclass(frozen=True)
+class Unredeemed:
+    """One payment to a host and what presenting its receipt did."""
+
+    host: str
+    transfer_id: str
+    amount: int
+    result: str
+    """``redeemed`` (now), ``done`` (the host had it already), or why it still waits."""
+
+
+async def settle_receipts(bus: Bus, bank: BankClient, *, wallet: Path | None = None,
+                          every_payment: bool = False,
+                          timeout: float = 5.0) -> list[Unredeemed]:
+    """Present every receipt of our payments to hosts that no host has redeemed yet.
+
+    The payments come from the bank's history (those whose memo says they fund a host,
+    or all with ``every_payment``) and the receipts kept in ``wallet``; the host tells
+    which it has (``already_redeemed`` means done)."""
+    found: dict[str, bytes] = {}
+    if wallet is not None and wallet.is_dir():
+        for path in sorted(wallet.glob("*.receipt")):
+            found[path.stem] = path.read_bytes()
+    offset = 0
+    while True:
+        page = await bank.history(offset, 1000)
+        offset += len(page)
+        for entry in page:
+            amount, memo, raw = entry.get("amount"), entry.get("memo", ""), entry.get("receipt")
+            if entry.get("kind") != "transfer" or not isinstance(amount, int) or amount >= 0 \
+                    or not isinstance(raw, bytes):
+                continue
+            if every_payment or str(memo).startswith("fund"):
+                found.setdefault(str(entry.get("id")), raw)
+        if len(page) < 1000:
+            break
+    results = []
+    for tid, raw in found.items():
+        try:
+            receipt = verify_receipt(raw, bank.bank_key)
+        except Rejected:
+            continue
+        if receipt.payer != bank.account:
+            continue
+        host = subject_id(receipt.payee)
+        try:
+            await AuctioneerClient(bus, host, timeout=timeout).fund(raw)
+            result = "redeemed"
+        except Rejected as error:
+            result = "done" if error.code == "already_redeemed" else error.code
+        if result in ("redeemed", "done") and wallet is not None:
+            (wallet / f"{tid}.receipt").unlink(missing_ok=True)
+        results.append(Unredeemed(host, tid, receipt.amount, result))
+    return results

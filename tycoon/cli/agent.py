@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      choices=("normal", "maxent", "chebyshev", "histogram"),
                      help="price model for --probability")
     run.add_argument("--replan", type=float, default=30.0, help="periodic replan, seconds")
+    run.add_argument("--grace", default="3m",
+                     help="after the deadline, keep bringing money home this long (e.g. 3m)")
     run.add_argument("--state", default=None,
                      help="journal directory (default <home>/agents); resumes the same job")
     run.add_argument("--bank", default=None, help="the bank's public key or key name")
@@ -69,6 +71,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
         resource=args.resource, max_hosts=args.hosts, candidates=args.candidates,
         threshold=args.threshold, replan_every_s=args.replan,
         probability=args.probability, model=args.model,
+        grace_s=parse_duration(args.grace) / 1e9,
     )
     bus = await bus_for(args)
     state = Path(args.state) if args.state else _home(args) / "agents"
@@ -91,14 +94,19 @@ async def cmd_run(args: argparse.Namespace) -> int:
     summary = task.result()
     await bus.close()
     result = {"agent": summary.agent, "plans": summary.plans, "rebids": summary.rebids,
-              "spent": summary.paid_out, "refunded": summary.refunded,
-              "warnings": summary.warnings[-5:]}
+              "funded": summary.funded, "spent": summary.spent, "refunded": summary.refunded,
+              "outstanding": summary.outstanding, "warnings": summary.warnings[-5:]}
     if args.json:
         print_json(result)
     else:
-        print(f"done: spent {format_amount(summary.paid_out)} credits in {summary.plans} plans,"
+        print(f"done: spent {format_amount(summary.spent)} credits in {summary.plans} plans,"
               f" refunded {format_amount(summary.refunded)}")
-    return 0
+        for item in summary.outstanding:
+            print(f"  outstanding: {format_amount(item['amount'])} credits, {item['what']} at "
+                  f"host {item['host']} {item['detail']}".rstrip())
+    # money still away at the end of the grace period: a rerun (it only settles) or an
+    # operator must see to it
+    return 3 if summary.outstanding else 0
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:

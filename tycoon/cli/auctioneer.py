@@ -77,6 +77,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     bid.set_defaults(func=cmd_bid)
     ops.add_parser("refund", parents=[common], help="return your unspent balance") \
         .set_defaults(func=cmd_refund)
+    settle = ops.add_parser("settle", help="redeem your receipts that no host redeemed yet")
+    settle.add_argument("--all", action="store_true",
+                        help="present every payment of yours, not only those funding a host")
+    settle.add_argument("--refund", action="store_true",
+                        help="then refund your balance at each host involved")
+    settle.add_argument("--bank", default=None, help="the bank's public key or key name")
+    settle.add_argument("--json", action="store_true", help="print one JSON object")
+    settle.add_argument("--timeout", type=float, default=5.0)
+    settle.set_defaults(func=cmd_settle)
 
 
 def _driver(args: argparse.Namespace) -> Driver:
@@ -194,15 +203,50 @@ async def cmd_fund(args: argparse.Namespace) -> int:
             return await client.fund(args.receipt.read_bytes())
         if not args.amount:
             raise Rejected("bad_amount", "give an AMOUNT to pay or --receipt FILE")
+        from tycoon.auctioneer.client import pay_and_fund, wallet_dir
         from tycoon.bank.client import BankClient
 
-        host_key = await client.host_key()
         bank = BankClient(bus, _bank_key(args))
-        receipt = await bank.transfer(host_key, parse_amount(args.amount),
-                                      memo=f"fund host {client.host}")  # fmt: skip
-        return await client.fund(receipt)
+        return await pay_and_fund(client, bank, parse_amount(args.amount),
+                                  wallet=wallet_dir(keystore(args).home, bank.account))
 
     return await _with_client(args, op)
+
+
+async def cmd_settle(args: argparse.Namespace) -> int:
+    """Present every unredeemed receipt of ours (exit 3 while some host cannot take one)."""
+    from tycoon.auctioneer.client import settle_receipts, wallet_dir
+    from tycoon.bank.client import BankClient
+
+    bus = await bus_for(args)
+    try:
+        bank = BankClient(bus, _bank_key(args))
+        results = await settle_receipts(bus, bank, every_payment=args.all,
+                                        wallet=wallet_dir(keystore(args).home, bank.account),
+                                        timeout=args.timeout)
+        refunds: dict[str, Any] = {}
+        if args.refund:
+            for host in sorted({r.host for r in results if r.result in ("redeemed", "done")}):
+                try:
+                    reply = await AuctioneerClient(bus, host, timeout=args.timeout).refund()
+                    refunds[host] = sum(r["amount"] for r in reply.get("refunds", []))
+                except Rejected as error:
+                    refunds[host] = error.code
+    finally:
+        await bus.close()
+    waiting = [r for r in results if r.result not in ("redeemed", "done")]
+    if args.json:
+        print_json({"receipts": [vars(r) for r in results], "refunds": refunds,
+                    "waiting": len(waiting)})
+    else:
+        for r in results:
+            if r.result != "done":
+                print(f"{r.transfer_id} host {r.host} {format_amount(r.amount)}: {r.result}")
+        print(f"{len(results) - len(waiting)} receipts redeemed or done, {len(waiting)} waiting")
+        for host, value in refunds.items():
+            shown = format_amount(value) if isinstance(value, int) else value
+            print(f"refund from host {host}: {shown}")
+    return 3 if waiting else 0
 
 
 async def cmd_bid(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@
     tycoon-pub fund HOST 25
     tycoon-pub refund HOST
     tycoon-pub status HOST
+    tycoon-pub settle          (redeem receipts no host redeemed yet, e.g. a host was down)
 
 It is ``tycoon host OP …`` under the name users of the original know: it prints the
 auctioneer's signed reply, or its error code and message and exits non-zero on refusal.
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 
 from tycoon.cli.main import main as tycoon_main
 
-OPS = ("bid", "fund", "refund", "account", "status")
+OPS = ("bid", "fund", "refund", "account", "status", "settle")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,120 @@
+"""The agent's money comes home: recorded receipts, refunds paid by hosts on their own,
+silent hosts as unknown, settling only after the deadline (pure: in-memory hosts and bank,
+see test_allocator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from test_allocator import Market, start
+
+from tycoon.agent.finish import bring_home
+from tycoon.errors import Rejected
+
+
+def down(host: Any) -> None:
+    async def silent(*_: Any, **__: Any) -> dict[str, Any]:
+        raise Rejected("unavailable", "no service answers")
+
+    for op in ("account", "fund", "bid", "refund", "status"):
+        setattr(host, op, silent)
+
+
+def up(host: Any) -> None:
+    for op in ("account", "fund", "bid", "refund", "status"):
+        host.__dict__.pop(op, None)
+
+
+async def test_a_receipt_is_journalled_before_the_host_sees_it(tmp_path: Path) -> None:
+    m = Market(tmp_path, 10**6)
+    down(m.hosts["h0"])
+    await start(m, {"h0": 100.0})
+    (move,) = m.journal.pending()
+    assert move.receipt is not None  # paid, journalled, not redeemed
+    m.bank.down = True  # the receipt alone completes it: no bank needed
+    up(m.hosts["h0"])
+    assert await m.allocator.recover() == 1
+    assert not m.journal.pending() and m.hosts["h0"].balance == 100_000
+    assert len(m.bank.settled) == 1
+
+
+async def test_a_refund_the_host_paid_on_its_own_is_recorded(tmp_path: Path) -> None:
+    m = Market(tmp_path, 10**6)
+    await start(m, {"h0": 100.0})
+    host = m.hosts["h0"]
+    move = m.journal.begin("agent.9.h0.r", 9, "h0", m.payees["h0"], "refund", 0)
+    # the refund request reached the host, the bank was down, the host paid it later
+    host.balance, host.expires = 0, 0.0
+    m.bank.pay_us(host.key, 100_000, "refund-by-host")
+    assert await m.allocator.recover() == 1
+    done = m.journal.move(move.id)
+    assert done is not None and done.status == "done" and done.amount == 100_000
+    assert m.journal.net_paid_out() == 0
+    # learnt again (another no_funds), it counts once
+    again = m.journal.begin("agent.10.h0.r", 10, "h0", m.payees["h0"], "refund", 0)
+    await m.allocator.recover()
+    assert m.journal.move(again.id).amount == 0  # type: ignore[union-attr]
+    assert m.journal.net_paid_out() == 0
+
+
+async def test_an_unreachable_host_is_unknown_not_empty(tmp_path: Path) -> None:
+    m = Market(tmp_path, 10**6)
+    await start(m, {"h0": 100.0, "h1": 100.0})
+    down(m.hosts["h1"])
+    held = await m.allocator.balances(["h0", "h1"])
+    assert held == {"h0": 100_000} and m.allocator.unreachable == {"h1"}
+
+
+async def test_settling_only_pays_nothing_new(tmp_path: Path) -> None:
+    m = Market(tmp_path, 10**6)
+    never = m.journal.begin("agent.1.h0.f", 1, "h0", m.payees["h0"], "fund", 5_000)
+    paid = m.journal.begin("agent.1.h1.f", 1, "h1", m.payees["h1"], "fund", 7_000)
+    await m.bank.transfer(m.payees["h1"], 7_000, transfer_id=paid.id)  # then the crash
+    m.allocator.settle_only = True
+    await m.allocator.recover()
+    assert m.journal.move(never.id).status == "failed"  # type: ignore[union-attr]
+    assert set(m.bank.settled) == {paid.id}  # the unpaid top-up is not replayed
+    assert m.hosts["h1"].balance == 7_000 and not m.journal.pending()
+
+
+async def test_bring_home_waits_for_a_silent_host_within_grace(tmp_path: Path) -> None:
+    m = Market(tmp_path, 10**6)
+    await start(m, {"h0": 100.0, "h1": 100.0})
+    m.clock.now += 100
+    silent = m.hosts["h1"]
+    down(silent)
+    rounds = 0
+    real_status = type(silent).status
+
+    async def comes_back() -> dict[str, Any]:
+        nonlocal rounds
+        rounds += 1
+        if rounds < 3:
+            raise Rejected("timeout", "no reply")
+        up(silent)
+        return await real_status(silent)
+
+    silent.status = comes_back  # type: ignore[method-assign]
+    hosts = lambda: ["h0", "h1"]  # noqa: E731
+    accounting = await bring_home(m.allocator, m.journal, hosts, new_epoch=m.journal.next_epoch,
+                                  until=m.clock() + 60, clock=m.clock, pause=(0.01, 0.01))
+    assert accounting.outstanding == []
+    assert m.hosts["h0"].balance == m.hosts["h1"].balance == 0
+    assert accounting.refunded + accounting.spent == accounting.funded == 200_000
+    assert m.bank.balance == 10**6 - accounting.spent
+
+
+async def test_bring_home_reports_what_is_away_at_the_end_of_grace(tmp_path: Path) -> None:
+    m = Market(tmp_path, 10**6)
+    await start(m, {"h0": 100.0, "h1": 100.0})
+    down(m.hosts["h1"])
+    m.clock.now += 10
+    accounting = await bring_home(m.allocator, m.journal, lambda: ["h0", "h1"],
+                                  new_epoch=m.journal.next_epoch, until=m.clock(),
+                                  clock=m.clock, pause=(0.01, 0.01))
+    (away,) = accounting.outstanding
+    assert (away.host, away.what, away.amount) == ("h1", "unknown", 100_000)
+    assert m.hosts["h0"].balance == 0  # the reachable host was settled
+    # spent is a lower bound while a host is unknown: h0's charge only
+    assert accounting.spent == 100_000 - accounting.refunded
