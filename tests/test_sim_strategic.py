@@ -14,8 +14,21 @@ import pytest
 
 from tycoon.cli.main import main
 from tycoon.money import MICRO
-from tycoon.sim.strategic import LIMIT, Keys, Outcome, Setup, bench, gain, make_setup, run
+from tycoon.sim.strategic import (
+    LIMIT,
+    NS,
+    T0_NS,
+    Keys,
+    Outcome,
+    Setup,
+    Sim,
+    bench,
+    gain,
+    make_setup,
+    run,
+)
 from tycoon.sim.strategies import Honest, Split, all_strategies
+from tycoon.vmm.driver import Usage
 
 HORIZON = 600.0
 NAMES = [s.name for s in all_strategies()]
@@ -88,3 +101,29 @@ def test_cli_table(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_refuses_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", "strategic", "--horizon", "1", "--tick", "2"]) == 1
     assert "bad_input" in capsys.readouterr().err
+
+
+def test_a_usage_reading_is_the_mean_share_since_the_previous_one() -> None:
+    """A busy sandbox whose share changed between readings reports what it used meanwhile."""
+    setup = Setup(horizon_s=10.0, tick_s=1.0, budget=1000 * MICRO, rivals=(1000 * MICRO,))
+    sim = Sim(setup, Keys())
+    readings: list[dict[str, Usage]] = []
+    tick = sim.market.tick
+
+    def spy(now_ns: int, usage: dict[str, Usage]) -> Any:
+        readings.append(dict(usage))
+        return tick(now_ns, usage)
+
+    sim.market.tick = spy  # type: ignore[method-assign]
+    rival = next(iter(sim.market.accounts))
+    me = sim.player()
+    sim.advance(T0_NS + NS // 4)
+    sim.fund(me, setup.budget)
+    sim.bid(me, f"{sim.until_end()} cpu:1 memory:1")  # from 1/4 s on: about half
+    mine = sim.market.shares_map()[me].cpu
+    assert 0.5 < mine < 0.51
+    sim.advance(T0_NS + NS)
+    sim.tick()
+    assert readings[0][me].cpu == pytest.approx(mine * 0.75)
+    assert readings[0][rival].cpu == pytest.approx(0.25 + (1 - mine) * 0.75)
+    assert sim.received == pytest.approx(2 * mine * 0.75)

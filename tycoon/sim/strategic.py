@@ -118,6 +118,9 @@ class Sim:
         self.refunded = 0
         self.rejected: list[str] = []
         self._held = 0.0
+        self._shares: dict[str, np.ndarray] = {}  # every account's shares now
+        self._used: dict[str, np.ndarray] = {}  # ∫ share dt since the last reading
+        self._read_ns = self.now_ns
         self._transfers = 0
         for i, budget in enumerate(setup.rivals):
             rival = keys.user(1000 + i)
@@ -195,20 +198,27 @@ class Sim:
     # ---------------------------------------------------------------- the clock
 
     def _observe(self) -> None:
-        shares = self.market.shares_map()
-        self._held = sum(shares[a].of(RESOURCES[r]) for a in self.players if a in shares
-                         for r in ROWS)  # fmt: skip
+        """Read the shares the core computed (what the driver would apply until the next call)."""
+        self._shares = {a: np.array([s.cpu, s.memory, s.disk, s.net])
+                        for a, s in self.market.shares_map().items()}  # fmt: skip
+        self._held = sum(float(self._shares[a][list(ROWS)].sum()) for a in self.players
+                         if a in self._shares)  # fmt: skip
 
     def advance(self, now_ns: int) -> None:
-        """Move the clock, crediting the player the shares held meanwhile."""
+        """Move the clock; every sandbox uses all of its share meanwhile."""
         if now_ns > self.now_ns:
-            self.received += self._held * (now_ns - self.now_ns) / NS
+            dt = (now_ns - self.now_ns) / NS
+            self.received += self._held * dt
+            for account, share in self._shares.items():
+                used = self._used.get(account)
+                self._used[account] = share * dt if used is None else used + share * dt
             self.now_ns = now_ns
 
     def tick(self) -> None:
-        """Charge at full use of every share (each sandbox uses all it is given)."""
-        usage = {a: Usage(s.cpu, s.memory, s.disk, s.net)
-                 for a, s in self.market.shares_map().items()}  # fmt: skip
+        """A usage reading: each sandbox's mean use since the previous one (= its mean share)."""
+        span = (self.now_ns - self._read_ns) / NS
+        usage = {a: Usage(*(u / span).tolist()) for a, u in self._used.items()} if span else {}
+        self._used, self._read_ns = {}, self.now_ns
         self.market.tick(self.now_ns, usage)
         self._observe()
 
