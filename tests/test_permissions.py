@@ -21,7 +21,7 @@ from typing import Any
 import nats
 import nats.errors
 import pytest
-from nats.js.api import StreamConfig
+from nats.js.api import ConsumerConfig, StreamConfig
 
 from tycoon import natsconf
 from tycoon.auctioneer.client import AuctioneerClient
@@ -50,6 +50,7 @@ from tycoon.natsconf import (
 from tycoon.natsserver import NatsServer, free_port, nats_server_binary
 from tycoon.sls.client import SLSClient
 from tycoon.sls.service import SLSConfig, SLSService
+from tycoon.streams.reader import read_stream
 from tycoon.vmm.simulated import SimulatedDriver
 
 pytestmark = pytest.mark.timeout(60)
@@ -71,7 +72,7 @@ def test_subject_matching() -> None:
 
 def test_each_role_holds_only_what_it_needs() -> None:
     host, other = Principal(key(), "host"), Principal(key(), "host")
-    h, o = permissions(host), permissions(other)
+    h = permissions(host)
     assert h.may_publish(subjects.price(host.id)) and h.may_publish(subjects.alloc(host.id))
     assert not h.may_publish(subjects.price(other.id))
     assert not h.may_publish(subjects.alloc(other.id))
@@ -79,7 +80,20 @@ def test_each_role_holds_only_what_it_needs() -> None:
     assert not h.may_publish(subjects.BANK_SETTLED) and not h.may_publish(subjects.SLS_SNAPSHOT)
     assert h.may_subscribe(subjects.host_op(host.id, "bid"))
     assert not h.may_subscribe(subjects.host_op(other.id, "bid"))
-    assert h.allow_responses and o.allow_responses
+    # no role answers "any reply subject" (allow_responses): services reply to inboxes only
+    for role in natsconf.ROLES:
+        perms = permissions(Principal(key(), role))
+        assert not perms.allow_responses, role
+        for danger in ("$JS.API.STREAM.PURGE.SETTLEMENTS", "$JS.API.STREAM.DELETE.PRICES",
+                       "$JS.API.STREAM.UPDATE.PRICES", "$JS.API.CONSUMER.CREATE.PRICES",
+                       "$JS.API.CONSUMER.DURABLE.CREATE.PRICES.x", "$KV.b.k", "$O.b.c",
+                       "$SYS.REQ.SERVER.PING", "$JS.ACK.PRICES.x.1.1.1.1.1"):
+            assert not perms.may_publish(danger), (role, danger)
+    for role in ("bank", "sls", "host", "broker"):
+        assert permissions(Principal(key(), role)).may_publish("_INBOX.abcdefghijklmnop.x")
+    for role in ("host", "agent", "broker", "user", "operator"):
+        assert not any(s.startswith("$JS") for s in permissions(
+            Principal(key(), role)).publish_allow), role
 
     bank = permissions(Principal(key(), "bank"))
     assert bank.may_subscribe(subjects.bank("transfer")) and bank.may_publish(subjects.BANK_SETTLED)
@@ -94,6 +108,8 @@ def test_each_role_holds_only_what_it_needs() -> None:
         perms = permissions(p)
         for forbidden in (subjects.price(host.id), subjects.alloc(host.id),
                           subjects.BANK_SETTLED, subjects.SLS_SNAPSHOT, "_INBOX.x.y"):
+            if role == "broker" and forbidden.startswith("_INBOX"):
+                continue  # a broker answers requests (to the requester's inbox only)
             assert not perms.may_publish(forbidden), (role, forbidden)
         for request in (subjects.bank("transfer"), subjects.sls("query"),
                         subjects.host_op(host.id, "bid"), subjects.broker("b", "enroll")):
@@ -449,29 +465,45 @@ async def test_jetstream_streams_are_owned_by_their_services(tmp_path: Path) -> 
                  for name in (d.bank_key, d.sls_key, d.operator_key, d.hosts[0].key,
                               d.agents[0].key)}
         buses["watcher"] = await open_bus(server.url, watcher)
-        js = {name: bus.nc.jetstream(timeout=1.0) for name, bus in buses.items()}
+        js = {name: bus.nc.jetstream(timeout=0.3) for name, bus in buses.items()}
         bank, sls, agent = js[d.bank_key], js[d.sls_key], js[d.agents[0].key]
         try:
-            await bank.add_stream(StreamConfig(name="SETTLEMENTS",
+            await bank.add_stream(StreamConfig(name="SETTLEMENTS", allow_direct=True,
                                                subjects=[natsconf.SETTLEMENTS_ALL]))
-            await sls.add_stream(StreamConfig(name="PRICES", subjects=[subjects.PRICES_ALL]))
+            await sls.add_stream(StreamConfig(name="PRICES", subjects=[subjects.PRICES_ALL],
+                                              allow_direct=True))
             ack = await bank.publish("tycoon.settlement.a.b", b"receipt")
             assert ack.stream == "SETTLEMENTS"
             host = buses[d.hosts[0].key]
             hid = subject_id(host.identity.public_key)
             await host.publish(subjects.price(hid), "price", {"host": hid})
-            # anyone may read the price history, with an ephemeral consumer
-            sub = await agent.pull_subscribe(subjects.PRICES_ALL, stream="PRICES")
-            assert [m.subject for m in await sub.fetch(1, timeout=2.0)] == [subjects.price(hid)]
-            # ... but not change a stream, make one, read the settlements, or write them
+            # each owner reads its own stream with direct gets (no consumer)
+            async def subjects_of(reader: Any, stream: str) -> list[str]:
+                return [m.subject async for m in read_stream(reader, stream)]
+
+            for _ in range(50):
+                if await subjects_of(sls, "PRICES"):
+                    break
+                await asyncio.sleep(0.02)
+            assert await subjects_of(sls, "PRICES") == [subjects.price(hid)]
+            assert await subjects_of(bank, "SETTLEMENTS") == ["tycoon.settlement.a.b"]
+            # nobody else holds any JetStream right: no reading, changing, making, consuming
             agent_bus, watcher_bus = buses[d.agents[0].key], buses["watcher"]
             for bus, attempt, subject in (
                 (agent_bus, agent.delete_stream("PRICES"), "$JS.API.STREAM.DELETE.PRICES"),
                 (agent_bus, agent.add_stream(StreamConfig(name="MINE", subjects=["x.y"])),
                  "$JS.API.STREAM.CREATE.MINE"),
+                (agent_bus, agent.stream_info("PRICES"), "$JS.API.STREAM.INFO.PRICES"),
                 (agent_bus, agent.stream_info("SETTLEMENTS"), "$JS.API.STREAM.INFO.SETTLEMENTS"),
+                (agent_bus, agent.add_consumer("PRICES", ConsumerConfig(durable_name="d")),
+                 "$JS.API.CONSUMER.DURABLE.CREATE.PRICES.d"),
                 (buses[d.sls_key], sls.delete_stream("SETTLEMENTS"),
                  "$JS.API.STREAM.DELETE.SETTLEMENTS"),
+                (buses[d.sls_key], sls.purge_stream("PRICES"), "$JS.API.STREAM.PURGE.PRICES"),
+                (buses[d.bank_key], bank.delete_stream("SETTLEMENTS"),
+                 "$JS.API.STREAM.DELETE.SETTLEMENTS"),
+                (buses[d.hosts[0].key], js[d.hosts[0].key].stream_info("PRICES"),
+                 "$JS.API.STREAM.INFO.PRICES"),
                 (watcher_bus, js["watcher"].stream_info("PRICES"), "$JS.API.STREAM.INFO.PRICES"),
             ):
                 with pytest.raises(Exception):  # noqa: B017 - the request never leaves

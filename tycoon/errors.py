@@ -17,6 +17,7 @@ CODES: dict[str, str] = {
     "unknown_kind": "the message kind is not known here",
     "wrong_subject": "the message was signed for another subject",
     "wrong_reply": "the reply answers another request",
+    "bad_reply_to": "the reply subject is not the requester's own inbox (dropped, not answered)",
     "stale": "the timestamp is outside the freshness window",
     "replayed": "this message was already seen",
     "timeout": "no reply in time",

@@ -52,3 +52,50 @@ def get_logger(name: str, **context: Any) -> Any:
     if not _configured:
         configure_logging()
     return structlog.get_logger(component=name, **context)
+
+
+class LogLimiter:
+    """Decides which repeated events get a log line: at most one per (key, code) per
+    ``interval_s`` (carrying the count since the last line) and at most ``max_lines``
+    lines per interval in all, so a flood of refusals cannot fill a disk (pure: the
+    caller passes the time)."""
+
+    def __init__(self, interval_s: float = 10.0, *, max_lines: int = 50,
+                 max_keys: int = 10_000) -> None:
+        self.interval_s = interval_s
+        self.max_lines = max_lines
+        self.max_keys = max_keys
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+        self._window = float("-inf")
+        self._lines = 0
+        self.suppressed = 0
+        """Events not logged because the overall budget of the interval was spent."""
+
+    def admit(self, key: str, code: str, now: float) -> int:
+        """0: do not log this event; n > 0: log it as the n-th since the last line."""
+        if now - self._window >= self.interval_s:
+            self._window, self._lines = now, 0
+        last, count = self._last.get((key, code), (float("-inf"), 0))
+        if now - last < self.interval_s:
+            self._remember(key, code, last, count + 1, now)
+            return 0
+        if self._lines >= self.max_lines:
+            self.suppressed += 1
+            return 0
+        self._lines += 1
+        self._remember(key, code, now, 0, now)
+        return count + 1
+
+    def take_suppressed(self) -> int:
+        """Events left unlogged for want of budget since the last call (and reset): the
+        next line that is logged carries it."""
+        n, self.suppressed = self.suppressed, 0
+        return n
+
+    def _remember(self, key: str, code: str, last: float, count: int, now: float) -> None:
+        if (key, code) not in self._last and len(self._last) >= self.max_keys:
+            cutoff = now - self.interval_s
+            self._last = {k: v for k, v in self._last.items() if v[0] >= cutoff}
+            if len(self._last) >= self.max_keys:
+                self._last.clear()
+        self._last[(key, code)] = (last, count)

@@ -40,8 +40,24 @@ no capability and publishes nothing."""
 SRV_ALL = "$SRV.>"
 JS_ADMIN = ("$JS.API.>", "$JS.ACK.>")
 NOTHING = ">"
+INBOXES = "_INBOX.>"
+"""Where a service's replies go: ordinary publishes to the requester's inbox. No role has
+``allow_responses`` (which would let it publish to ANY reply subject a request names); the
+Service base answers only under the signer's own ``_INBOX.<id>.`` (tycoon.bus.connection)."""
+NEVER_FROM_SERVICES = (
+    "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.UPDATE.>",
+    "$JS.API.STREAM.MSG.DELETE.>", "$JS.API.STREAM.SNAPSHOT.>", "$JS.API.STREAM.RESTORE.>",
+    "$JS.API.STREAM.PEER.>", "$JS.API.STREAM.LEADER.>", "$JS.API.CONSUMER.>",
+    "$JS.API.ACCOUNT.>", "$JS.API.SERVER.>", "$JS.API.META.>", "$JS.ACK.>", "$JS.FC.>",
+    "$KV.>", "$O.>", "$SYS.>", SRV_ALL,
+)
+"""Denied to every service role whatever its allow list says (deny wins in NATS): no
+JetStream administration, no consumers, no key-value or object stores, no system account,
+no micro-services requests. See docs/security.md for each role's exact JetStream rights."""
 # The JetStream streams (names as in tycoon/streams/config.py). Each service owns its
-# stream (creates and updates it); anyone who may read a stream gets only consumers on it.
+# stream (creates it, reads it with direct gets); no other role holds any JetStream API
+# right: a JetStream answer goes to whatever reply subject the request names, so even a
+# read right would let a user steer the server's own answers (onto the purge API, say).
 PRICES_STREAM = "PRICES"
 SETTLEMENTS_STREAM = "SETTLEMENTS"
 SETTLEMENTS_ALL = f"{subjects.PREFIX}.settlement.>"
@@ -62,21 +78,17 @@ NEVER_FROM_CLIENTS = (
     f"{subjects.PREFIX}.alloc.>",
     SETTLEMENTS_ALL,
     *SERVICE_EVENTS,
+    "$JS.>", "$KV.>", "$O.>", "$SYS.>",
 )
 
 
-def js_reader(stream: str) -> tuple[str, ...]:
-    """JetStream API subjects to read one stream with ephemeral consumers (no admin)."""
-    api = "$JS.API"
-    return (f"{api}.INFO", f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.MSG.GET.{stream}",
-            f"{api}.CONSUMER.CREATE.{stream}", f"{api}.CONSUMER.CREATE.{stream}.>",
-            f"{api}.CONSUMER.INFO.{stream}.*", f"{api}.CONSUMER.DELETE.{stream}.*",
-            f"{api}.CONSUMER.MSG.NEXT.{stream}.*", f"$JS.ACK.{stream}.>")
-
-
 def js_owner(stream: str) -> tuple[str, ...]:
-    """JetStream API subjects to create, update and read one stream."""
-    return (*js_reader(stream), f"$JS.API.STREAM.*.{stream}", f"$JS.API.STREAM.MSG.*.{stream}")
+    """The JetStream API subjects of one stream's owning service: create it if missing,
+    read its info, read its messages with (batch) direct gets. Nothing else: no update,
+    purge or delete, no consumers (tycoon.streams.reader reads without one)."""
+    api = "$JS.API"
+    return (f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.CREATE.{stream}",
+            f"{api}.DIRECT.GET.{stream}")
 
 
 @dataclass(frozen=True)
@@ -145,44 +157,48 @@ def permissions(p: Principal) -> Permissions:
     pub_deny: list[str] = []
     sub: list[str] = [inbox(pid)]
     sub_deny: list[str] = []
-    responds = True
+    responds = False
     if p.role == "bank":
-        pub += [subjects.BANK_SETTLED, SETTLEMENTS_ALL, *js_owner(SETTLEMENTS_STREAM)]
+        pub += [INBOXES, subjects.BANK_SETTLED, SETTLEMENTS_ALL, *js_owner(SETTLEMENTS_STREAM)]
+        pub_deny += NEVER_FROM_SERVICES
         sub += [f"{subjects.PREFIX}.bank.*", SRV_ALL]
         sub_deny += [subjects.BANK_SETTLED]
     elif p.role == "sls":
-        pub += [subjects.SLS_SNAPSHOT, *js_owner(PRICES_STREAM)]
+        pub += [INBOXES, subjects.SLS_SNAPSHOT, *js_owner(PRICES_STREAM)]
+        pub_deny += [*NEVER_FROM_SERVICES, SETTLEMENTS_ALL]
         sub += [subjects.PRICES_ALL, f"{subjects.PREFIX}.sls.*", SRV_ALL]
         sub_deny += [subjects.SLS_SNAPSHOT]
     elif p.role == "host":
         # A host answers its own requests, publishes its own prices and allocations, and
-        # talks to the bank (its own account, refunds) — nothing else.
-        pub += [subjects.price(pid), subjects.alloc(pid), f"{subjects.PREFIX}.bank.*"]
-        pub_deny += [subjects.BANK_SETTLED]
+        # talks to the bank (its own account, refunds) — nothing else, no JetStream at all
+        # (PRICES captures its price updates).
+        pub += [INBOXES, subjects.price(pid), subjects.alloc(pid), f"{subjects.PREFIX}.bank.*"]
+        pub_deny += [subjects.BANK_SETTLED, SETTLEMENTS_ALL, "$JS.>", *NEVER_FROM_SERVICES]
         sub += [subjects.host_all(pid), SRV_ALL]
     elif p.role in ("agent", "broker", "user"):
-        pub += [*CLIENT_REQUESTS, *js_reader(PRICES_STREAM)]  # price history is public
+        pub += [*CLIENT_REQUESTS]  # no JetStream right at all: see PRICES_STREAM above
         pub_deny += NEVER_FROM_CLIENTS
         sub += PUBLIC_FEEDS
-        responds = p.role == "broker"
         if p.role == "agent":
             pub += [subjects.agent_all(pid)]
         if p.role == "broker":
             # A broker's jobs run on its connection, each signed by a job key made at
-            # enrolment, so their event ids cannot be listed in advance.
-            pub += [subjects.AGENTS_ALL]
+            # enrolment, so their event ids cannot be listed in advance. It answers its
+            # requests (Service: the requester's own inbox only).
+            pub += [subjects.AGENTS_ALL, INBOXES]
+            pub_deny += ["$JS.>", *NEVER_FROM_SERVICES]
             sub += [f"{subjects.PREFIX}.broker.{pid}.>", SRV_ALL]
     else:  # operator: watches everything; publishes nothing without a capability
         sub += [subjects.ALL]
-        responds = False
     if "requests" in p.capabilities and p.role not in ("agent", "broker", "user"):
         pub += CLIENT_REQUESTS
         pub_deny += [s for s in SERVICE_EVENTS if s not in pub]
     if "monitor" in p.capabilities:
         pub += [SRV_ALL]
-    if "jetstream" in p.capabilities:
+    if "jetstream" in p.capabilities:  # the whole JetStream API, on purpose
         pub += JS_ADMIN
-    if not pub and not responds:
+        pub_deny = [d for d in pub_deny if not d.startswith("$JS.")]
+    if not pub:
         pub_deny = [NOTHING]
     return Permissions(
         publish_allow=_unique(pub),

@@ -11,6 +11,8 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -31,13 +33,15 @@ from tycoon.bus.envelope import (
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.bus.replay import ReplayGuard
 from tycoon.errors import CODES, Rejected
-from tycoon.log import get_logger
+from tycoon.log import LogLimiter, get_logger
 
 Handler = Callable[[Message], Awaitable[None]]
 DEFAULT_URL = "nats://127.0.0.1:4222"
 RECENTLY_VERIFIED = RecentlyVerified()
 """Shared by every Bus of this process: principals sharing a connection (and subscribed
 to the same subjects) check each delivered envelope's signature once."""
+_INBOX = re.compile(r"_INBOX\.[a-z2-7]{16}\.[^.\s*>]+(\.[^.\s*>]+)*")
+"""A principal's reply inbox: ``_INBOX.<16-char subject id>.<one or more tokens>``."""
 
 
 class Bus:
@@ -57,6 +61,8 @@ class Bus:
         self.limits = limits
         self.rejected: collections.Counter[str] = collections.Counter()
         self.log = get_logger("bus", me=subject_id(identity.public_key))
+        self.log_limiter = LogLimiter()
+        """Refusals are logged at most once per interval per (key, code), with the count."""
 
     async def __aenter__(self) -> Bus:
         return self
@@ -77,19 +83,32 @@ class Bus:
         self.guard.check(msg)
         return msg
 
-    def count_rejection(self, error: Rejected, subject: str, **context: Any) -> None:
-        """Count and log one rejected message."""
+    def count_rejection(self, error: Rejected, subject: str, *, key: str = "",
+                        **context: Any) -> None:
+        """Count one rejected message; log it at most once per interval per (``key``, code)
+        (``key``: the verified sender, else the subject), with the count since the last line."""
         self.rejected[error.code] += 1
-        self.log.warning(
-            "rejected", code=error.code, reason=error.message, subject=subject, **context
-        )
+        count = self.log_limiter.admit(key or subject, error.code, time.monotonic())
+        if count:
+            suppressed = self.log_limiter.take_suppressed()
+            extra = {"suppressed": suppressed} if suppressed else {}
+            self.log.warning("rejected", code=error.code, reason=error.message, subject=subject,
+                             count=count, **extra, **context)
 
     async def publish(self, subject: str, kind: str, body: Any) -> None:
         """Seal ``body`` as ``kind`` for ``subject`` and publish it."""
         await self.nc.publish(subject, seal(self.identity, kind, body, subject=subject))
 
     async def reply(self, request: Message | bytes, reply_to: str, kind: str, body: Any) -> None:
-        """Send a signed reply bound to the digest of ``request``."""
+        """Send a signed reply bound to the digest of ``request``.
+
+        Only to the requester's own inbox: a verified ``request`` (a :class:`Message`) is
+        answered only under its signer's inbox prefix, raw bytes (a request that failed
+        verification: no signer to trust) only under some principal's inbox; otherwise
+        ``Rejected("bad_reply_to")`` and nothing is sent (see :func:`reply_allowed`)."""
+        sender = request.sender if isinstance(request, Message) else None
+        if not reply_allowed(reply_to, sender):
+            raise Rejected("bad_reply_to", f"will not answer on {reply_to[:128]!r}")
         raw = request.raw if isinstance(request, Message) else request
         answers = hashlib.sha256(raw).digest()
         await self.nc.publish(reply_to, seal(self.identity, kind, body, answers=answers))
@@ -162,9 +181,26 @@ class Bus:
                 await self.nc.close()
 
 
-def inbox_prefix(identity: Identity) -> str:
-    """``_INBOX.<principal id>``: each principal reads replies only under its own prefix."""
-    return f"_INBOX.{subject_id(identity.public_key)}"
+def inbox_prefix(identity: Identity | str) -> str:
+    """``_INBOX.<principal id>``: each principal reads replies only under its own prefix
+    (``identity``: an :class:`Identity` or a public key)."""
+    key = identity if isinstance(identity, str) else identity.public_key
+    return f"_INBOX.{subject_id(key)}"
+
+
+def reply_allowed(reply_to: str, sender: str | None) -> bool:
+    """Whether a service may answer on ``reply_to``: under ``_INBOX.<sender's id>.`` for a
+    verified request from public key ``sender``; for an unverified one (``None``) only an
+    inbox-shaped subject. So no reply ever reaches ``$JS.>``, ``$SYS.>``, a feed or any
+    other non-inbox subject, whatever a request says."""
+    if len(reply_to) > 256 or not _INBOX.fullmatch(reply_to):
+        return False
+    if sender is None:
+        return True
+    try:
+        return reply_to.startswith(inbox_prefix(sender) + ".")
+    except (ValueError, Rejected):
+        return False
 
 
 async def open_bus(

@@ -23,7 +23,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointStats
 
 from tycoon import __version__
-from tycoon.bus.connection import Bus
+from tycoon.bus.connection import Bus, reply_allowed
 from tycoon.bus.envelope import HEADER_SIZE, MAGIC, Message
 from tycoon.bus.keys import decode_public_key, public_key_from_raw_cached, subject_id
 from tycoon.bus.ratelimit import KeyedLimiter, RateLimit, retry_text
@@ -254,24 +254,35 @@ class Service:
             self.bus.count_rejection(error, request.subject)
             await self._reply(raw, reply_to, "error", error.to_body())
             return
+        if not reply_allowed(reply_to, msg.sender):  # only the requester's own inbox
+            self.stats.rejections["bad_reply_to"] += 1
+            self.bus.count_rejection(Rejected("bad_reply_to", f"reply to {reply_to[:128]!r}"),
+                                     request.subject, key=msg.sender, kind=msg.kind)
+            return
         self.stats.requests += 1
         try:
             body = await endpoint.handler(msg)
             kind = "reply"
         except Rejected as error:
             self.stats.errors[error.code] += 1
-            self.log.info("refused", kind=msg.kind, code=error.code, reason=error.message,
-                          sender=msg.sender)
+            count = self.bus.log_limiter.admit(msg.sender, f"refused:{error.code}",
+                                               time.monotonic())
+            if count:
+                self.log.info("refused", kind=msg.kind, code=error.code, reason=error.message,
+                              sender=msg.sender, count=count)
             body, kind = error.to_body(), "error"
         except Exception as exc:
             self.stats.errors["internal"] += 1
             self.log.exception("handler failed", kind=msg.kind, sender=msg.sender)
             error = Rejected("internal", f"{type(exc).__name__} in {msg.kind}")
             body, kind = error.to_body(), "error"
-        await self._reply(raw, reply_to, kind, body)
+        await self._reply(msg, reply_to, kind, body)
 
-    async def _reply(self, raw: bytes, reply_to: str, kind: str, body: Any) -> None:
+    async def _reply(self, raw: Message | bytes, reply_to: str, kind: str, body: Any) -> None:
         try:
             await self.bus.reply(raw, reply_to, kind, body)
+        except Rejected as error:  # bad_reply_to: not an inbox; dropped, counted
+            self.stats.rejections[error.code] += 1
+            self.bus.count_rejection(error, "<reply>")
         except Exception:
             self.log.exception("reply failed", reply_to=reply_to)

@@ -1,0 +1,314 @@
+"""Bus and log integrity (issue 18): no one steers a service's reply or owns JetStream.
+
+Every attacker here is an authenticated principal holding exactly the permissions the
+generated config (``tycoon.natsconf``) gives its role, on a real nats-server with
+JetStream, against the real bank, SLS and an auctioneer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tycoon.auctioneer.launch import RunningAuctioneer, start_auctioneer
+from tycoon.bank.client import BankClient
+from tycoon.bank.ledger import Ledger
+from tycoon.bank.service import BankService
+from tycoon.bank.sqlite_store import SqliteStore
+from tycoon.bus import subjects
+from tycoon.bus.connection import Bus, inbox_prefix, open_bus
+from tycoon.bus.envelope import open_envelope, seal
+from tycoon.bus.keys import Identity, subject_id
+from tycoon.deploy import Deployment
+from tycoon.money import MICRO
+from tycoon.natsconf import Principal, render_config, write_config
+from tycoon.natsserver import NatsServer, free_port
+from tycoon.sls.service import SLSConfig, SLSService
+from tycoon.streams.config import PRICES, PRICES_SPEC, SETTLEMENTS, ensure_stream
+from tycoon.streams.reader import read_stream
+from tycoon.streams.settlements import SettlementLog
+from tycoon.vmm.simulated import SimulatedDriver
+
+pytestmark = [pytest.mark.hostile, pytest.mark.nats, pytest.mark.timeout(90)]
+
+DANGEROUS_REPLIES = (
+    "$JS.API.STREAM.PURGE.SETTLEMENTS",
+    "$JS.API.STREAM.PURGE.PRICES",
+    "$JS.API.STREAM.DELETE.PRICES",
+    "$KV.x.y",
+    "$SYS.REQ.SERVER.PING",
+)
+
+
+@dataclass
+class World:
+    """A secured market: server, bank (with its SETTLEMENTS log), SLS, one host."""
+
+    deployment: Deployment
+    server: NatsServer
+    tmp: Path
+    users: list[Identity]
+    bank: BankService
+    sls: SLSService
+    host: RunningAuctioneer
+    buses: list[Bus] = field(default_factory=list)
+
+    def ident(self, name: str) -> Identity:
+        return self.deployment.store.load(name)
+
+    @property
+    def host_id(self) -> str:
+        return subject_id(self.deployment.public_key(self.deployment.hosts[0].key))
+
+    async def bus(self, identity: Identity) -> Bus:
+        bus = await open_bus(self.server.url, identity)
+        self.buses.append(bus)
+        return bus
+
+    async def counts(self) -> tuple[int, int]:
+        """(SETTLEMENTS, PRICES) message counts, read by the deployment's operator."""
+        js = (await self.bus(self.ident(self.deployment.operator_key))).nc.jetstream()
+        return ((await js.stream_info(SETTLEMENTS)).state.messages,
+                (await js.stream_info(PRICES)).state.messages)
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    d = Deployment.default(tmp_path / "home", hosts=1, agents=1)
+    d.ensure_keys()
+    users = [Identity.generate(), Identity.generate()]
+    port = free_port()
+    config = write_config(tmp_path / "nats.conf", render_config(
+        d, port=port, jetstream_dir=str(tmp_path / "js"),
+        extra_users=[Principal(u.public_key, "user", f"user-{i}") for i, u in enumerate(users)]))
+    async with NatsServer(port=port, config=config) as server:
+        bank_ident = d.store.load(d.bank_key)
+        ledger = Ledger(SqliteStore(tmp_path / "bank.db"), bank_ident,
+                        operator=d.public_key(d.operator_key))
+        bank_bus = await open_bus(server.url, bank_ident)
+        bank = BankService(bank_bus, ledger, settlement_log=SettlementLog(
+            bank_bus.nc, bank_ident.public_key, None))
+        await bank.start()
+        sls_bus = await open_bus(server.url, d.store.load(d.sls_key))
+        await ensure_stream(sls_bus.nc.jetstream(), PRICES_SPEC)
+        sls = SLSService(sls_bus, SLSConfig(snapshot_s=0.5))
+        await sls.start()
+        host = await start_auctioneer(
+            server.url, d.store.load(d.hosts[0].key), bank_key=bank_ident.public_key,
+            driver=SimulatedDriver(preset="small", seed=1), store_path=tmp_path / "h.db",
+            name=d.hosts[0].key, tick_s=0.2, heartbeat_s=0.2)
+        w = World(d, server, tmp_path, users, bank, sls, host, [bank_bus, sls_bus])
+        try:
+            await _fill(w)
+            yield w
+        finally:
+            await host.stop()
+            await sls.stop()
+            await bank.stop()
+            for bus in w.buses:
+                with contextlib.suppress(Exception):
+                    await bus.close()
+            ledger.store.close()
+
+
+async def _fill(w: World) -> None:
+    """A few receipts in SETTLEMENTS and price updates in PRICES."""
+    bank_key = w.bank.bus.identity.public_key
+    operator = BankClient(await w.bus(w.ident(w.deployment.operator_key)), bank_key)
+    alice = BankClient(await w.bus(w.users[0]), bank_key)
+    await alice.open(exist_ok=True)
+    await BankClient(await w.bus(w.users[1]), bank_key).open(exist_ok=True)
+    await operator.mint(w.users[0].public_key, 10 * MICRO, "fill-mint")
+    for i in range(3):
+        await alice.transfer(w.users[1].public_key, MICRO, transfer_id=f"fill-{i}")
+    for _ in range(200):
+        settled, prices = await w.counts()
+        if settled >= 3 and prices >= 3:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"streams not filled: {settled} receipts, {prices} prices")
+
+
+class Tap:
+    """Every raw message on some subjects (seen by a principal allowed to watch them)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bytes]] = []
+
+    async def cb(self, msg: Any) -> None:
+        self.seen.append((msg.subject, bytes(msg.data)))
+
+    def answering(self, raws: list[bytes]) -> list[str]:
+        """Subjects of every seen message that is a signed answer to one of ``raws``."""
+        digests = {hashlib.sha256(r).digest() for r in raws}
+        out = []
+        for subject, data in self.seen:
+            with contextlib.suppress(Exception):
+                if open_envelope(data).answers in digests:
+                    out.append(subject)
+        return out
+
+
+def _rejections(w: World) -> int:
+    return sum(s.stats.rejections["bad_reply_to"]
+               for s in (w.bank.service, w.sls.service, w.host.service.service))
+
+
+# ------------------------------------------------------------------ 1. reply injection
+
+
+async def test_reply_subject_injection_reaches_nothing(world: World) -> None:
+    """A valid request whose reply subject is a JetStream API, a market feed or somebody
+    else's inbox gets no answer there: the streams keep every message."""
+    w = world
+    before = await w.counts()
+    mallory, victim = w.users
+    bus = await w.bus(mallory)
+    operator = await w.bus(w.ident(w.deployment.operator_key))
+    tap = Tap()
+    await operator.nc.subscribe(">", cb=tap.cb)  # the operator watches tycoon.> only
+    victim_bus = await w.bus(victim)
+    victim_tap = Tap()
+    await victim_bus.nc.subscribe(f"{victim_bus.inbox_prefix}.>", cb=victim_tap.cb)
+    await operator.flush()
+    await victim_bus.flush()
+    requests = [
+        (subjects.sls("query"), "sls.query", {"resource": "cpu"}),
+        (subjects.bank("info"), "bank.info", {}),
+        (subjects.bank("balance"), "bank.balance", {"account": mallory.public_key}),
+        (subjects.host_op(w.host_id, "status"), "host.status", {}),
+    ]
+    targets = (*DANGEROUS_REPLIES, subjects.price(w.host_id), subjects.alloc(w.host_id),
+               subjects.SLS_SNAPSHOT, subjects.BANK_SETTLED, subjects.bank("transfer"),
+               f"{inbox_prefix(victim)}.stolen", f"{inbox_prefix(mallory)}",
+               f"_INBOX.{subject_id(mallory.public_key)}x.1", "_INBOX")
+    raws = []
+    for subject, kind, body in requests:
+        for target in targets:
+            raw = seal(mallory, kind, body, subject=subject)
+            raws.append(raw)
+            await bus.nc.publish(subject, raw, reply=target)
+    await bus.flush()
+    for _ in range(100):  # every service has seen (and dropped) every request
+        if _rejections(w) >= len(raws):
+            break
+        await asyncio.sleep(0.05)
+    assert _rejections(w) == len(raws)
+    await asyncio.sleep(0.2)
+    assert await w.counts() >= before  # nothing purged (the host may publish more prices)
+    assert (await w.counts())[0] == before[0]
+    assert tap.answering(raws) == []
+    assert victim_tap.seen == []
+    # the same requests with the sender's own inbox are answered as always
+    assert await BankClient(bus, w.bank.bus.identity.public_key).balance() == 7 * MICRO
+
+
+async def test_services_cannot_publish_to_any_reply_subject(world: World) -> None:
+    """Second layer: a service's NATS permissions hold no ``allow_responses``; whatever
+    its code did, the server refuses its publish to a JetStream API or a feed."""
+    w = world
+    before = await w.counts()
+    for name in (w.deployment.bank_key, w.deployment.sls_key, w.deployment.hosts[0].key):
+        bus = await w.bus(w.ident(name))
+        for target in DANGEROUS_REPLIES:
+            await bus.nc.publish(target, b"")
+            await _refused(bus, target)
+    await asyncio.sleep(0.1)
+    assert (await w.counts())[0] == before[0] and (await w.counts())[1] >= before[1]
+
+
+# ------------------------------------------------------------------ 2. JetStream admin
+
+
+async def test_users_cannot_touch_jetstream(world: World) -> None:
+    """No durable or push consumer, no purge/delete/update, no server-side reflection
+    (a JetStream reply steered onto the purge API), no write into SETTLEMENTS."""
+    w = world
+    before = await w.counts()
+    for ident in (w.users[0], w.ident(w.deployment.agents[0].key)):
+        bus = await w.bus(ident)
+        push = {"stream_name": PRICES, "config": {
+            "durable_name": "evil", "deliver_subject": subjects.bank("info"),
+            "deliver_group": "bank", "ack_policy": "none", "deliver_policy": "all"}}
+        attempts = [
+            ("$JS.API.CONSUMER.DURABLE.CREATE.PRICES.evil", push),
+            ("$JS.API.CONSUMER.CREATE.PRICES.evil", push),
+            ("$JS.API.CONSUMER.CREATE.PRICES", push),
+            ("$JS.API.CONSUMER.CREATE.PRICES.evil.tycoon.price.x",
+             {"stream_name": PRICES, "config": {"name": "evil", "ack_policy": "none"}}),
+            ("$JS.API.CONSUMER.DELETE.PRICES.evil", None),
+            ("$JS.API.STREAM.PURGE.PRICES", None),
+            ("$JS.API.STREAM.DELETE.SETTLEMENTS", None),
+            ("$JS.API.STREAM.UPDATE.PRICES", {"name": PRICES, "subjects": ["x"]}),
+            ("$JS.API.STREAM.MSG.DELETE.SETTLEMENTS", {"seq": 1}),
+            ("$JS.API.STREAM.INFO.PRICES", None),
+            ("$JS.API.DIRECT.GET.PRICES", {"seq": 1}),
+            ("$JS.API.STREAM.MSG.GET.SETTLEMENTS", {"seq": 1}),
+            (subjects.settlement("a" * 16, "b" * 16), None),
+        ]
+        for subject, body in attempts:
+            data = b"" if body is None else json.dumps(body).encode()
+            # the reply subject is the purge API: a reflected JetStream answer would purge
+            await bus.nc.publish(subject, data, reply="$JS.API.STREAM.PURGE.PRICES")
+            await _refused(bus, subject)
+    for name in (w.deployment.sls_key, w.deployment.hosts[0].key):  # the bank alone writes
+        bus = await w.bus(w.ident(name))
+        await bus.nc.publish(subjects.settlement("a" * 16, "b" * 16), b"forged")
+        await _refused(bus, subjects.settlement("a" * 16, "b" * 16))
+    sls = await w.bus(w.ident(w.deployment.sls_key))  # owners do not purge either
+    for subject in ("$JS.API.STREAM.PURGE.PRICES", "$JS.API.STREAM.DELETE.PRICES",
+                    "$JS.API.STREAM.UPDATE.PRICES", "$JS.API.CONSUMER.CREATE.PRICES"):
+        await sls.nc.publish(subject, b"")
+        await _refused(sls, subject)
+    await asyncio.sleep(0.2)
+    settled, prices = await w.counts()
+    assert settled == before[0] and prices >= before[1]
+    js = (await w.bus(w.ident(w.deployment.operator_key))).nc.jetstream()
+    assert [c async for c in _consumers(js, PRICES)] == []
+
+
+async def test_history_readers_still_work(world: World) -> None:
+    """The SLS reads PRICES and the bank SETTLEMENTS (direct gets, no consumer)."""
+    w = world
+    settled, prices = await w.counts()
+    sls = (await w.bus(w.ident(w.deployment.sls_key))).nc.jetstream()
+    got = [m async for m in read_stream(sls, PRICES, subject=subjects.PRICES_ALL, batch=2)]
+    assert len(got) >= prices and [m.seq for m in got] == sorted(m.seq for m in got)
+    assert all(m.stored_ns > 0 and m.subject == subjects.price(w.host_id) for m in got)
+    bank = (await w.bus(w.ident(w.deployment.bank_key))).nc.jetstream()
+    receipts = [m async for m in read_stream(bank, SETTLEMENTS, start_seq=2, stop_seq=3)]
+    assert [m.seq for m in receipts] == [2, 3]
+    assert all("Nats-Msg-Id" in m.headers for m in receipts)
+    assert len([m async for m in read_stream(bank, SETTLEMENTS, limit=2)]) == 2
+    assert [m.seq async for m in read_stream(bank, SETTLEMENTS, newest=1)] == [settled]
+
+
+# ------------------------------------------------------------------ helpers
+
+
+async def _refused(bus: Bus, subject: str, timeout: float = 5.0) -> None:
+    want = f'publish to "{subject.lower()}"'
+    with contextlib.suppress(Exception):
+        await bus.nc.flush(timeout=timeout)
+    for _ in range(int(timeout / 0.02)):
+        if want in str(bus.nc.last_error).lower():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no permission error for {subject}; last: {bus.nc.last_error}")
+
+
+async def _consumers(js: Any, stream: str) -> AsyncIterator[str]:
+    for info in await js.consumers_info(stream):
+        yield info.name
+
+
+__all__ = ["logging"]
