@@ -14,9 +14,12 @@ its ``lo`` (pass ``lo = 0`` for bidders that should get nothing).
 The total ``f(λ)`` is monotone and piecewise linear with breakpoints ``lo_i/r_i``
 and ``hi_i/r_i``. A few safeguarded Newton steps (O(n) each) find the level in the
 common case; a row that does not converge falls back to the exact solver, which
-sorts the breakpoints (O(n log n)), sums the slope changes to get ``f`` at every
-breakpoint and interpolates the crossing on its segment. 2-D inputs (one row per
-resource) are solved in one vectorised pass.
+sorts the breakpoints (O(n log n)), finds the crossing segment by binary search with ``f``
+summed afresh at each probe (a sum of non-negative terms: no cancellation, whatever the
+rates' range) and interpolates the crossing there. 2-D inputs (one row per resource) are
+solved in one vectorised pass. A row whose capacity or largest maximum lies outside
+[2⁻⁶⁴, 2⁶⁴] is solved scaled by a power of two (exact), so huge or tiny capacities neither
+overflow nor underflow.
 """
 
 from __future__ import annotations
@@ -74,8 +77,8 @@ def water_fill(
             else np.broadcast_to(np.asarray(capacity, dtype=np.float64), (rows,)).tolist()
         if not all(math.isfinite(c) and c >= 0 for c in caps):
             raise ValueError("capacity must be finite and >= 0")
-        out = np.array([_fill_row(*row) for row in zip(rates.tolist(), lo.tolist(),
-                                                        hi.tolist(), caps, strict=True)])
+        out = np.array([_fill_row_scaled(*row) for row in zip(rates.tolist(), lo.tolist(),
+                                                               hi.tolist(), caps, strict=True)])
         return out[0] if one_d else out
     cap = np.broadcast_to(np.asarray(capacity, dtype=np.float64), (rows,)).copy()
     if np.any(~np.isfinite(cap)) or np.any(cap < 0):
@@ -83,7 +86,39 @@ def water_fill(
     if n == 0:
         out = np.zeros((rows, 0))
         return out[0] if one_d else out
+    shift = _shifts(np.maximum(cap, hi.max(axis=1)))
+    if shift is not None:  # solve at unit scale, exactly (powers of two), and scale back
+        out = _fill_rows(rates, np.ldexp(lo, -shift[:, None]), np.ldexp(hi, -shift[:, None]),
+                         np.ldexp(cap, -shift))
+        out = np.ldexp(out, shift[:, None])
+    else:
+        out = _fill_rows(rates, lo, hi, cap)
+    return out[0] if one_d else out
 
+
+SCALE_LIMIT = 2.0**64
+"""Rows whose largest magnitude (capacity or a maximum) lies outside [1/SCALE_LIMIT,
+SCALE_LIMIT] are solved scaled by a power of two: breakpoints ``hi/r`` (r ≥ 1e-200 after
+normalising) and levels then stay in float range."""
+
+
+def _shifts(scale: np.ndarray) -> np.ndarray | None:
+    """Per row, the power of two to divide by (0 where none is needed); None if no row needs it."""
+    need = (scale > SCALE_LIMIT) | ((scale < 1 / SCALE_LIMIT) & (scale > 0))
+    if not need.any():
+        return None
+    return np.where(need, np.frexp(scale)[1], 0)
+
+
+def _shift(scale: float) -> int:
+    """:func:`_shifts` for one row in plain Python."""
+    if scale > SCALE_LIMIT or 0 < scale < 1 / SCALE_LIMIT:
+        return math.frexp(scale)[1]
+    return 0
+
+
+def _fill_rows(rates: np.ndarray, lo: np.ndarray, hi: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """The numpy solver for 2-D rows (validated, capacity per row)."""
     # Shares do not change when a row's rates are scaled, so normalise by the largest rate
     # (keeps λ in range); rates below TINY of the largest count as zero.
     top = rates.max(axis=1, keepdims=True)
@@ -96,8 +131,7 @@ def water_fill(
     over = (sum_lo >= cap) & ~full  # the mins alone fill (or overfill) the capacity
     solve = ~(full | over)
     if solve.all():
-        out = _newton(rates, lo, eff_hi, active, cap)
-        return out[0] if one_d else out
+        return _newton(rates, lo, eff_hi, active, cap)
     out = np.empty_like(rates)
     out[full] = eff_hi[full]
     if np.any(over):
@@ -105,7 +139,7 @@ def water_fill(
         out[over] = lo[over] * np.minimum(scale, 1.0)[:, None]
     if np.any(solve):
         out[solve] = _newton(rates[solve], lo[solve], eff_hi[solve], active[solve], cap[solve])
-    return out[0] if one_d else out
+    return out
 
 
 SMALL = 12
@@ -113,6 +147,19 @@ SMALL = 12
 Python: there numpy's fixed cost per call (some 40 calls) is most of the time (a host's
 4×16 book with 3 cpu bids: 196 µs in numpy, 25 µs in Python). Beyond it, and with
 minimums and maximums to clip, numpy's vectorised rows win (see :func:`_fill_row`)."""
+
+
+def _fill_row_scaled(
+    rates: list[float], lo: list[float], hi: list[float], cap: float
+) -> list[float]:
+    """:func:`_fill_row`, at unit scale if the row needs it (as the numpy path does)."""
+    shift = _shift(max(cap, max(hi, default=0.0)))
+    if not shift:
+        return _fill_row(rates, lo, hi, cap)
+    lo = [math.ldexp(v, -shift) for v in lo]
+    hi = [math.ldexp(v, -shift) for v in hi]
+    out = _fill_row(rates, lo, hi, math.ldexp(cap, -shift))
+    return [math.ldexp(v, shift) for v in out]
 
 
 def _fill_row(rates: list[float], lo: list[float], hi: list[float], cap: float) -> list[float]:
@@ -175,7 +222,8 @@ def _trim_row(out: list[float], lo: list[float], cap: float) -> list[float]:
     total_room = sum(room)
     if total_room <= 0:
         return out
-    return [max(o - excess * m / total_room, low) for o, m, low in zip(out, room, lo, strict=True)]
+    return [max(o - excess * (m / total_room), low)
+            for o, m, low in zip(out, room, lo, strict=True)]
 
 
 NEWTON_STEPS = 24
@@ -196,7 +244,7 @@ def _newton(
     low = np.zeros(rows)
     high = np.where(active, hi / rates, 0.0).max(axis=1)
     level = np.minimum(cap / rates.sum(axis=1), high)
-    tol = 1e-13 * np.maximum(cap, 1.0)
+    tol = 1e-13 * cap  # relative: capacities far below 1 are solved as accurately
     shares = np.empty_like(rates)
     done = np.zeros(rows, dtype=bool)
     total = np.zeros(rows)
@@ -227,32 +275,35 @@ def _newton(
 def _solve(
     rates: np.ndarray, lo: np.ndarray, hi: np.ndarray, active: np.ndarray, cap: np.ndarray
 ) -> np.ndarray:
-    """Rows where Σlo < cap < Σ effective hi: find λ on the sorted breakpoints."""
-    rows = rates.shape[0]
+    """Rows where Σlo < cap < Σ effective hi: find λ on the sorted breakpoints.
+
+    ``f`` at a breakpoint is summed afresh (a sum of non-negative terms) rather than read
+    off running sums of slope changes: a running sum that adds and then removes a large
+    rate loses the small ones beside it (rates may span 1e-200 to 1 after scaling), which
+    once put the crossing on the wrong segment (rates [1, 1e-20], hi [0.5, 1]: shares 0)."""
+    rows, n = rates.shape
     safe = np.where(active, rates, 1.0)
-    # Breakpoints: at lo/r a bidder starts rising (slope +r, constant −lo);
-    # at hi/r it stops (slope −r, constant +hi). Inactive bidders: zero-effect points at 0.
-    pts = np.concatenate([np.where(active, lo / safe, 0.0), np.where(active, hi / safe, 0.0)], 1)
-    d_slope = np.concatenate([np.where(active, rates, 0.0), np.where(active, -rates, 0.0)], 1)
-    d_const = np.concatenate([np.where(active, -lo, 0.0), np.where(active, hi, 0.0)], 1)
-    order = np.argsort(pts, axis=1, kind="stable")
-    pts = np.take_along_axis(pts, order, 1)
-    slope = np.cumsum(np.take_along_axis(d_slope, order, 1), axis=1)
-    const = lo.sum(axis=1, keepdims=True) + np.cumsum(np.take_along_axis(d_const, order, 1), 1)
-    total = const + slope * pts  # f at each breakpoint (f is continuous)
-    # First breakpoint where f reaches the capacity; it exists because f(last) = Σ eff hi > cap,
-    # and it is not the first because f(first) = Σ lo < cap.
-    k = np.argmax(total >= cap[:, None], axis=1)
-    k = np.maximum(k, 1)
-    idx = np.arange(rows)
-    p0, p1 = pts[idx, k - 1], pts[idx, k]
-    # On the segment, f is exactly f(p0) + slope·(λ − p0). Both are summed afresh rather
-    # than read off the running sums: a running sum that adds and then removes a large
-    # rate loses the small ones beside it (rates may span 1e-200 to 1 after scaling).
     eff_hi = np.where(active, hi, lo)
-    f0 = np.clip(p0[:, None] * rates, lo, eff_hi).sum(axis=1)
-    rising = active & (np.where(active, lo / safe, np.inf) <= p0[:, None]) & (
-        np.where(active, hi / safe, -np.inf) >= p1[:, None])
+    # Breakpoints: a bidder starts rising at lo/r and stops at hi/r (inactive ones: 0).
+    starts = np.where(active, lo / safe, 0.0)
+    stops = np.where(active, hi / safe, 0.0)
+    pts = np.sort(np.concatenate([starts, stops], 1), axis=1)
+    idx = np.arange(rows)
+
+    def f(level: np.ndarray) -> np.ndarray:
+        return np.clip(level[:, None] * rates, lo, eff_hi).sum(axis=1)
+
+    # f(pts[0]) = Σ lo < cap ≤ Σ eff hi = f(pts[-1]): bisect over the indices, every row at once.
+    a, b = np.zeros(rows, dtype=np.intp), np.full(rows, 2 * n - 1, dtype=np.intp)
+    while np.any(moving := b - a > 1):
+        mid = (a + b) // 2
+        reached = f(pts[idx, mid]) >= cap
+        a, b = np.where(moving & ~reached, mid, a), np.where(moving & reached, mid, b)
+    p0, p1 = pts[idx, a], pts[idx, b]
+    # On the segment, f is exactly f(p0) + slope·(λ − p0), both summed afresh.
+    f0 = f(p0)
+    rising = active & (np.where(active, starts, np.inf) <= p0[:, None]) & (
+        np.where(active, stops, -np.inf) >= p1[:, None])
     s0 = np.where(rising, rates, 0.0).sum(axis=1)
     level = np.where(s0 > 0, p0 + (cap - f0) / s0, p1)
     level = np.clip(np.where(np.isfinite(level), level, p1), p0, p1)
@@ -266,7 +317,8 @@ def _trim(shares: np.ndarray, lo: np.ndarray, cap: np.ndarray, total: np.ndarray
     if np.any(rows):
         room = shares[rows] - lo[rows]
         total_room = room.sum(axis=1, keepdims=True)
-        cut = np.where(total_room > 0, excess[rows][:, None] * room / total_room, 0.0)
+        share = room / np.where(total_room > 0, total_room, 1.0)  # (not excess·room: overflow)
+        cut = excess[rows][:, None] * share
         shares[rows] = np.maximum(shares[rows] - cut, lo[rows])
     return shares
 
