@@ -46,6 +46,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 """
 
+RESETTLE_S = 30.0
+"""A job whose money is not all home at the end of its grace period settles again after
+this long, until it is."""
+
 
 class Broker:
     """Runs one agent per enrolled job; serves enroll and status."""
@@ -150,11 +154,20 @@ class Broker:
                                      memo="broker job budget")
             self.db.execute("UPDATE jobs SET status = 'running' WHERE transfer_id = ?",
                             (transfer_id,))
-            agent = Agent(job_bus, self.bank_key, AgentConfig(
+            agent_config = AgentConfig(
                 budget=budget, deadline_s=float(config["deadline_s"]),
-                resource=str(config["resource"]), max_hosts=config.get("max_hosts")),
-                self.state / f"{key_name}.db")
-            await agent.run()
+                resource=str(config["resource"]), max_hosts=config.get("max_hosts"))
+            summary = await Agent(job_bus, self.bank_key, agent_config,
+                                  self.state / f"{key_name}.db").run()
+            while summary.outstanding:
+                # money still away (a host or the bank down past the grace period): the
+                # user is paid back only once it is home; a rerun past the deadline only
+                # settles
+                self.log.warning("job money still away; settling again", job=key_name,
+                                 outstanding=summary.outstanding)
+                await asyncio.sleep(RESETTLE_S)
+                summary = await Agent(job_bus, self.bank_key, agent_config,
+                                      self.state / f"{key_name}.db").run()
             left = await job_bank.balance()
             if left > 0:
                 await job_bank.transfer(user, left, transfer_id=f"{transfer_id}.return",
