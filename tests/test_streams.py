@@ -26,7 +26,7 @@ from tycoon.natsserver import NatsServer
 from tycoon.sls.service import SLSConfig, SLSService
 from tycoon.streams.config import MSG_ID, PRICES, SETTLEMENTS, settlement_subject
 from tycoon.streams.reader import StoredMsg, read_stream
-from tycoon.streams.settlements import SettlementLog, sqlite_source
+from tycoon.streams.settlements import SettlementLog, msg_id, sqlite_source
 from tycoon.streams.verify import compare, verify_log
 
 BANK = Identity.generate()
@@ -54,7 +54,7 @@ def transfer(seq: int, tid: str, amount: int = 5, ts: int = 1_000) -> EventRow:
 def stored(seq: int, event: EventRow, **headers: str) -> StoredMsg:
     assert event.receipt is not None
     return StoredMsg(seq, settlement_subject(A, B), event.receipt,
-                     headers or {MSG_ID: event.op_id or ""}, 0)
+                     headers or {MSG_ID: msg_id(event.receipt)}, 0)
 
 
 def test_compare_finds_missing_extra_duplicate_and_forged() -> None:
@@ -67,8 +67,8 @@ def test_compare_finds_missing_extra_duplicate_and_forged() -> None:
     ghost = transfer(9, "ghost")  # a receipt the ledger does not hold (e.g. an old backup)
     raw = ledger[0].receipt or b""
     forged = StoredMsg(7, settlement_subject(A, B), raw[:-1] + bytes([raw[-1] ^ 1]),
-                       {MSG_ID: "t1"}, 0)
-    wrong_id = stored(8, ledger[4], **{MSG_ID: "not-t5"})
+                       {MSG_ID: msg_id(raw)}, 0)
+    wrong_id = stored(8, ledger[4], **{MSG_ID: "t5"})  # user text, not the receipt's digest
     records = [*good, stored(5, ledger[0]), stored(6, ghost), forged, wrong_id]
     report = compare(records, ledger, BANK.public_key)
     assert report.duplicates == ["t1"] and report.extra == ["ghost"]
@@ -175,16 +175,17 @@ async def test_every_receipt_is_logged_once_and_verify_log_agrees(
         # publishing a receipt again within the duplicate window stores nothing new
         js = bank.buses[0].nc.jetstream()
         ack = await js.publish(settlement_subject(alice.account, bob.account), receipts[3].raw,
-                               headers={MSG_ID: "x3"})
+                               headers={MSG_ID: msg_id(receipts[3].raw)})
         assert ack.duplicate
-        # a hole in the stream is reported, and the CLI fails
+        # a hole in the stream is reported as tampering (limits only discard the oldest)
         await js.delete_msg(SETTLEMENTS, 5)
         report = await verify(js_server.url, bank.db, bank.identity.public_key)
-        assert report.counts["missing"] == 1 and not report.ok
+        assert report.counts["missing"] == 1 and report.tampered and not report.ok
         code = await asyncio.to_thread(main, ["--nats", js_server.url, "--home", str(home),
                                               "bank", "verify-log", "--db", str(bank.db),
                                               "--grace", "0"])
-        assert code == 1 and "MISSING (1)" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert code == 2 and "MISSING (1)" in out and "TAMPERING (1)" in out
     finally:
         await bank.stop()
     # a restarted bank checks the stream's tail and re-sends nothing it holds (the deleted
@@ -203,7 +204,9 @@ async def test_every_receipt_is_logged_once_and_verify_log_agrees(
 async def test_receipts_settled_without_the_log_are_backfilled_or_repaired(
     js_server: NatsServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bank = Bank(js_server.url, tmp_path / "bank.db", Identity.generate(), Identity.generate())
+    # the bank's key in the key store: --repair publishes as the bank (only it writes the log)
+    bank = Bank(js_server.url, tmp_path / "bank.db", KeyStore(tmp_path).create("bank"),
+                Identity.generate())
     await bank.start(with_log=False)  # as if the bank died between its fsync and the log
     try:
         alice, bob = await bank.users(2)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tycoon.bank.receipt import MAX_MEMO, MAX_TRANSFER_ID, Receipt, make_receipt
+from tycoon.bank.receipt import MAX_MEMO, MAX_TRANSFER_ID, Receipt, make_receipt, verify_receipt
 from tycoon.bank.store import AccountRow, EventRow, Store
 from tycoon.bus.keys import Identity, is_public_key
 from tycoon.bus.schema import check_id
@@ -172,6 +172,33 @@ class Batch:
         self.dirty[payee] = _with_balance(target, target.balance + amount)
         self.receipts.append(raw)
         return Receipt(transfer_id, payer, payee, amount, memo, seq, ts, raw)
+
+    def reenter(self, raw: bytes) -> Receipt:
+        """Re-enter a transfer this ledger lost (it was restored from a backup) from its
+        bank-signed receipt, exactly as settled: same sequence, time and receipt bytes.
+
+        Only the next sequence fits: a receipt further on means events between were lost
+        that no log holds (an open, a mint, a close: SETTLEMENTS has transfers only), and
+        is ``conflict`` until they are entered again. The payer must afford it as then."""
+        receipt = verify_receipt(raw, self._ledger.bank.public_key)
+        if receipt.seq != self.seq + 1:
+            raise Rejected("conflict", f"receipt seq {receipt.seq} does not follow the ledger's "
+                                       f"seq {self.seq}")
+        if self._find("transfer", receipt.transfer_id, receipt.payer) is not None:
+            raise Rejected("conflict", f"transfer {receipt.transfer_id!r} of this payer exists")
+        source = self._live(receipt.payer, "payer")
+        target = self._live(receipt.payee, "payee")
+        if source.balance < receipt.amount:
+            raise Rejected("overdraft", f"the payer holds {format_amount(source.balance)} < "
+                                        f"{format_amount(receipt.amount)}")
+        self.seq += 1
+        self._record(EventRow(receipt.seq, "transfer", receipt.settled_ns, receipt.payer,
+                              op_id=receipt.transfer_id, payer=receipt.payer,
+                              payee=receipt.payee, amount=receipt.amount, memo=receipt.memo,
+                              receipt=receipt.raw))
+        self.dirty[receipt.payer] = _with_balance(source, source.balance - receipt.amount)
+        self.dirty[receipt.payee] = _with_balance(target, target.balance + receipt.amount)
+        return receipt
 
     def close(self, sender: str) -> dict[str, Any]:
         """Close the sender's own account; only with a zero balance."""

@@ -4,14 +4,16 @@ Best effort, never in the way of money: the group committer hands each committed
 to :meth:`SettlementLog.offer` (a non-blocking append to a bounded queue) AFTER the
 batch is fsynced and its replies are released; a background task publishes the
 receipts in ledger order, in windows of concurrent publishes, each with
-``Nats-Msg-Id`` = transfer id so a retry is stored once.
+``Nats-Msg-Id`` = :func:`msg_id` of the receipt (the SHA-256 of its signed bytes, never
+user text: a transfer id is the payer's choice, and nats-server trims header values, so
+``"<your refund id> "`` would have collided with yours) so a retry is stored once.
 
 When a publish fails (JetStream down, the stream's node lost, a timeout) or the queue
 overflows, the log stops trusting its queue and *resyncs* from the ledger itself: it
 reads the tail of the stream (the last ``2 × window`` messages: any hole a failed window
 can leave is in there), and re-publishes, from a read-only connection to the bank's
-SQLite file, every transfer from the oldest receipt of that tail onwards that the tail
-does not hold. It does the same once at start, so receipts committed just before a
+SQLite file, every transfer from the oldest receipt of that tail onwards whose ledger
+sequence the tail does not hold. It does the same once at start, so receipts committed just before a
 crash (SIGKILL between the fsync and the publish) reach the stream when the bank
 comes back. ``tycoon bank verify-log`` reports whatever is still missing.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -44,6 +47,26 @@ from tycoon.streams.reader import read_stream
 
 TransferSource = Callable[[int, int], list[EventRow]]
 """(after_seq, limit) -> the next committed transfer events, in ledger order."""
+
+
+def msg_id(receipt: bytes, republished_ns: int | None = None) -> str:
+    """The ``Nats-Msg-Id`` of a receipt in SETTLEMENTS: the hex SHA-256 of its exact signed
+    bytes. Receipts are deterministic, so a re-sent receipt has the same id; two transfers
+    never share one, whatever ids their payers chose.
+
+    ``tycoon bank republish`` adds ``.<republished_ns>``: a purge does not clear the
+    stream's duplicate window, so the plain id of a receipt published in the last two
+    minutes would be dropped as a duplicate although the stream no longer holds it."""
+    digest = hashlib.sha256(receipt).hexdigest()
+    return digest if republished_ns is None else f"{digest}.{republished_ns}"
+
+
+def is_msg_id_of(header: str | None, receipt: bytes) -> bool:
+    """Whether ``header`` is a Msg-Id :func:`msg_id` gives ``receipt``."""
+    if header is None:
+        return False
+    digest, dot, stamp = header.partition(".")
+    return digest == msg_id(receipt) and (not dot or (stamp.isascii() and stamp.isdigit()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +247,7 @@ class SettlementLog:
         ack = await self.js.publish(
             settlement_subject(entry.payer, entry.payee), entry.receipt,
             timeout=self.timeout, stream=self.spec.name,
-            headers={MSG_ID: entry.transfer_id},
+            headers={MSG_ID: msg_id(entry.receipt)},
         )  # fmt: skip
         return bool(ack.duplicate)
 
@@ -237,7 +260,7 @@ class SettlementLog:
         info = await ensure_stream(self.js, self.spec)
         if self.source is None:
             return
-        present: set[str] = set()
+        present: set[int] = set()  # ledger sequences of the receipts the tail holds
         floor = 0
         last = info.state.last_seq
         if info.state.messages:
@@ -246,13 +269,13 @@ class SettlementLog:
             async for msg in read_stream(self.js, SETTLEMENTS, start_seq=start, stop_seq=last):
                 with contextlib.suppress(Rejected):
                     receipt = verify_receipt(msg.data, self.bank_key)
-                    present.add(receipt.transfer_id)
+                    present.add(receipt.seq)
                     seqs.append(receipt.seq)
             floor = min(seqs) - 1 if seqs else 0
         after, backfilled = floor, 0
         while True:
             rows = await asyncio.to_thread(self.source, after, self.window * 4)
-            todo = [Entry.of(r) for r in rows if r.op_id not in present]
+            todo = [Entry.of(r) for r in rows if r.seq not in present]
             for i in range(0, len(todo), self.window):
                 if not await self._publish(todo[i : i + self.window]):
                     raise Rejected("unavailable", "JetStream refused the backfill")
