@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +25,15 @@ from tycoon.bank.ledger import Ledger
 from tycoon.bank.service import BankService
 from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus import subjects
-from tycoon.bus.connection import Bus, inbox_prefix, open_bus
-from tycoon.bus.envelope import open_envelope, seal
+from tycoon.bus.connection import Bus, inbox_prefix, open_bus, reply_allowed
+from tycoon.bus.envelope import Message, open_envelope, seal
 from tycoon.bus.keys import Identity, subject_id
+from tycoon.bus.service import Endpoint, Service
 from tycoon.deploy import Deployment
+from tycoon.errors import Rejected
+from tycoon.log import LogLimiter, configure_logging
 from tycoon.money import MICRO
-from tycoon.natsconf import Principal, render_config, write_config
+from tycoon.natsconf import Principal, render_config, render_principals, write_config
 from tycoon.natsserver import NatsServer, free_port
 from tycoon.sls.service import SLSConfig, SLSService
 from tycoon.streams.config import PRICES, PRICES_SPEC, SETTLEMENTS, ensure_stream
@@ -166,6 +169,34 @@ def _rejections(w: World) -> int:
 # ------------------------------------------------------------------ 1. reply injection
 
 
+def test_reply_allowed_only_under_the_signers_inbox() -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    mine = inbox_prefix(alice)
+    for ok in (f"{mine}.x", f"{mine}.AbC123.7", f"{mine}.flood.12"):
+        assert reply_allowed(ok, alice.public_key) and reply_allowed(ok, None)
+    assert not reply_allowed(f"{mine}.x", bob.public_key)  # somebody else's inbox
+    assert reply_allowed(f"{mine}.x", None)  # unverified: any inbox, error replies only
+    for bad in (*DANGEROUS_REPLIES, mine, f"{mine}.", f"{mine}..x", f"{mine}.*", f"{mine}.>",
+                f"{mine}x.y", f"{mine}.a b", "tycoon.bank.info", "_INBOX.x.y", "_INBOX.>",
+                f"{mine}.{'x' * 300}", f"{mine.upper()}.x", f"{mine}.x\r\nPUB x 1"):
+        assert not reply_allowed(bad, alice.public_key), bad
+        assert not reply_allowed(bad, None), bad
+
+
+def test_log_limiter_bounds_lines_and_keeps_counts() -> None:
+    lim = LogLimiter(10.0, max_lines=3)
+    assert lim.admit("k", "malformed", 0.0) == 1
+    assert [lim.admit("k", "malformed", t / 100) for t in range(1, 500)] == [0] * 499
+    assert lim.admit("k", "malformed", 10.0) == 500  # the line carries the count
+    assert lim.admit("k", "stale", 10.0) == 1 and lim.admit("j", "stale", 10.0) == 1
+    assert lim.admit("i", "stale", 10.5) == 0 and lim.suppressed == 1  # budget spent
+    assert lim.take_suppressed() == 1 and lim.take_suppressed() == 0
+    assert lim.admit("i", "stale", 20.0) == 1  # a new interval, a new budget
+    many = LogLimiter(10.0, max_lines=10**9, max_keys=100)
+    assert sum(many.admit(f"key{i}", "x", 0.0) for i in range(10_000)) == 10_000
+    assert len(many._last) <= 100  # memory stays bounded whatever the keys
+
+
 async def test_reply_subject_injection_reaches_nothing(world: World) -> None:
     """A valid request whose reply subject is a JetStream API, a market feed or somebody
     else's inbox gets no answer there: the streams keep every message."""
@@ -292,6 +323,74 @@ async def test_history_readers_still_work(world: World) -> None:
     assert [m.seq async for m in read_stream(bank, SETTLEMENTS, newest=1)] == [settled]
 
 
+# ------------------------------------------------------------------ 5. logs under abuse
+
+
+async def test_refusal_floods_leave_bounded_logs(tmp_path: Path) -> None:
+    """20,000 refused requests make a handful of service log lines (one per interval per
+    key and code, with the count), and 20,000 permission violations leave nats-server's
+    own log within its size limit (it rotates, keeping a bounded number of files)."""
+    bank, mallory = Identity.generate(), Identity.generate()
+    port = free_port()
+    conf = tmp_path / "nats.conf"
+    conf.write_text(render_principals(
+        [Principal(bank.public_key, "bank", "bank"), Principal(mallory.public_key, "user")],
+        port=port, log_size_limit="64KB", log_max_files=3))
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    configure_logging("info", file=str(log_dir / "bank.log"), max_bytes=1 << 20, backups=2)
+
+    async def refuse(msg: Message) -> dict[str, Any]:
+        raise Rejected("forbidden", "no")
+
+    async with NatsServer(port=port, config=conf, log_file=log_dir / "nats.log") as server:
+        service_bus = await open_bus(server.url, bank)
+        service = Service(service_bus, "tycoon-bank", [
+            Endpoint(subjects.bank("info"), "bank.info", refuse)], rate_limit=None)
+        await service.start()
+        bus = await open_bus(server.url, mallory)
+        try:
+            subject, own = subjects.bank("info"), f"{bus.inbox_prefix}.flood"
+            for i in range(20_000):
+                if i % 4 == 0:  # refused by the handler, answered
+                    raw, reply = seal(mallory, "bank.info", {}, subject=subject), own
+                elif i % 4 == 1:  # a steered reply: dropped unanswered
+                    raw = seal(mallory, "bank.info", {}, subject=subject)
+                    reply = "$JS.API.STREAM.PURGE.SETTLEMENTS"
+                elif i % 4 == 2:  # not an envelope, no inbox: dropped
+                    raw, reply = b"garbage %d" % i, "tycoon.price.x"
+                else:  # not an envelope, answered with an error
+                    raw, reply = b"garbage %d" % i, own
+                await bus.nc.publish(subject, raw, reply=reply)
+                await bus.nc.publish(subjects.price("x" * 16), b"forged")  # permission error
+                if i % 500 == 499:  # paced: a slow consumer would lose some, not test logs
+                    await bus.flush(timeout=30)
+                    while service.stats.requests + sum(service.stats.rejections.values()) \
+                            < (i + 1) * 5 // 4:
+                        await asyncio.sleep(0.01)
+            stats = service.stats
+            assert stats.requests == 5_000 and stats.errors["forbidden"] == 5_000
+            # steered replies, and garbage whose error reply would go to a feed
+            assert stats.rejections["bad_reply_to"] == 10_000
+            assert stats.rejections["malformed"] == 10_000
+        finally:
+            await service.stop()
+            await bus.close()
+            await service_bus.close()
+    configure_logging("info", json=True)
+    lines = [json.loads(line) for line in (log_dir / "bank.log").read_text().splitlines()]
+    refusals = [e for e in lines if e["event"] in ("rejected", "refused")]
+    print(f"{len(lines)} service log lines for 20,000 refusals:",
+          [(e["event"], e.get("code"), e.get("count")) for e in refusals])
+    assert 3 <= len(refusals) <= 12, ({e["event"] for e in lines}, lines[-3:])
+    assert all(e["count"] >= 1 for e in refusals)
+    nats_logs = sorted(log_dir.glob("nats.log*"))
+    sizes = [os.path.getsize(f) for f in nats_logs]
+    print("nats-server log files:", list(zip([f.name for f in nats_logs], sizes, strict=True)))
+    assert sum(sizes) > 64 * 1024  # it did log the violations (and rotated) ...
+    assert len(nats_logs) <= 3 and max(sizes) <= 80 * 1024  # ... within its limits
+
+
 # ------------------------------------------------------------------ helpers
 
 
@@ -311,4 +410,3 @@ async def _consumers(js: Any, stream: str) -> AsyncIterator[str]:
         yield info.name
 
 
-__all__ = ["logging"]

@@ -1,8 +1,16 @@
-"""Logging, configured once: JSON lines when stderr is not a terminal, console text when it is."""
+"""Logging, configured once: JSON lines when stderr is not a terminal, console text when it is.
+
+With a log file (``configure_logging(file=...)`` or ``TYCOON_LOG_FILE``, as ``tycoon up``
+sets for each service) the lines go to that file instead, rotated by size: at most
+``TYCOON_LOG_MAX_BYTES`` (default 10 MB) per file and ``TYCOON_LOG_BACKUPS`` (default 5)
+older files, ``name.log.1`` being the newest of those.
+"""
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import os
 import sys
 from typing import Any
 
@@ -11,10 +19,25 @@ import structlog
 _configured = False
 
 
-def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
-    """Configure structlog for the whole process (idempotent; the last call wins)."""
+MAX_BYTES = 10 * 1024 * 1024
+BACKUPS = 5
+
+
+def configure_logging(level: str = "info", *, json: bool | None = None,
+                      file: str | None = None, max_bytes: int | None = None,
+                      backups: int | None = None) -> None:
+    """Configure structlog for the whole process (idempotent; the last call wins).
+
+    ``file`` (default: ``$TYCOON_LOG_FILE``): write JSON lines there, rotated by size."""
     global _configured
-    as_json = not sys.stderr.isatty() if json is None else json
+    file = file if file is not None else os.environ.get("TYCOON_LOG_FILE") or None
+    sink: Any = _CurrentStderr()
+    if file is not None:
+        sink = RotatingSink(file, max_bytes or int(os.environ.get("TYCOON_LOG_MAX_BYTES",
+                                                                  MAX_BYTES)),
+                            backups if backups is not None else
+                            int(os.environ.get("TYCOON_LOG_BACKUPS", BACKUPS)))
+    as_json = (file is not None or not sys.stderr.isatty()) if json is None else json
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if as_json
@@ -31,7 +54,7 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
+        logger_factory=structlog.PrintLoggerFactory(file=sink),
         cache_logger_on_first_use=False,
     )
     _configured = True
@@ -45,6 +68,27 @@ class _CurrentStderr:
 
     def flush(self) -> None:
         sys.stderr.flush()
+
+
+class RotatingSink:
+    """A text file that rotates by size (standard library ``RotatingFileHandler``): what
+    structlog prints to when a process logs to a file."""
+
+    def __init__(self, path: str, max_bytes: int = MAX_BYTES, backups: int = BACKUPS) -> None:
+        self.handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=max_bytes, backupCount=max(1, backups), encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(message)s"))
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self.handler.emit(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
+        return len(text)
+
+    def flush(self) -> None:
+        self.handler.flush()
 
 
 def get_logger(name: str, **context: Any) -> Any:

@@ -31,6 +31,9 @@ brokers: an operator that mints), ``monitor`` (``$SRV.>`` discovery requests, fo
 stream, e.g. ``tycoon streams``)."""
 
 CONFIG_NAME = "nats.conf"
+LOG_SIZE_LIMIT = "10MB"
+LOG_MAX_FILES = 5
+"""nats-server's log: rotated at 10 MB, the current file and 4 older ones kept."""
 PRINCIPALS_NAME = "principals.conf"
 OPERATOR_CAPABILITIES = frozenset({"requests", "monitor", "jetstream"})
 """What ``render_config`` grants the deployment's operator key: it mints at the bank, runs
@@ -272,8 +275,15 @@ def render_principals(
     tls: TLS | None = None,
     max_payload: str = "1MB",
     title: str = "",
+    log_file: str | None = None,
+    log_size_limit: str = LOG_SIZE_LIMIT,
+    log_max_files: int = LOG_MAX_FILES,
 ) -> str:
-    """A complete nats-server config allowing exactly ``principals`` (one entry per key)."""
+    """A complete nats-server config allowing exactly ``principals`` (one entry per key).
+
+    The server's own log rotates by size (``logfile_size_limit``, keeping
+    ``logfile_max_num`` files) whenever it logs to a file: ``log_file`` here, or ``-l`` on
+    its command line (as ``tycoon up`` starts it)."""
     users: dict[str, Principal] = {}
     for p in principals:
         if p.public_key in users and users[p.public_key] != p:
@@ -291,6 +301,11 @@ def render_principals(
         "max_pending: 64MB",
         'ping_interval: "20s"',
         'write_deadline: "5s"',
+        "",
+        "# Its own log rotates by size, whoever floods it (docs/operations.md).",
+        *([f"log_file: {_q(log_file)}"] if log_file else []),
+        f"logfile_size_limit: {log_size_limit}",
+        f"logfile_max_num: {log_max_files}",
     ]  # fmt: skip
     if http_port is not None:
         lines += ["", "# Monitoring (/varz, /connz): unauthenticated, keep it on loopback.",

@@ -68,6 +68,8 @@ class NatsServer:
         cmd = [nats_server_binary(), "-a", self.host, "-p", str(self.port)]
         if self.config:
             cmd += ["-c", self.config]
+        if self.log_file:  # the server writes (and rotates, as its config says) its log
+            cmd += ["-l", self.log_file]
         if self.jetstream:
             if self.store_dir is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="tycoon-js-")
@@ -83,8 +85,13 @@ class NatsServer:
         await self.stop()
 
     async def start(self, timeout: float = 10.0) -> None:
-        """Start the server and wait until it accepts clients."""
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        """Start the server and wait until it accepts clients.
+
+        With ``log_file`` the server writes its log there itself (so its config's
+        ``logfile_size_limit`` rotates it); what it prints before (a config error)
+        goes to the same name with ``.out``."""
+        out = open(Path(self.log_file).with_suffix(".out"), "ab") if self.log_file \
+            else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             self.command(), stdout=out, stderr=out, stdin=subprocess.DEVNULL,
             start_new_session=True,

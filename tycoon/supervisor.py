@@ -1,8 +1,10 @@
 """Child processes of ``tycoon up``: start, watch for readiness, stop in order, keep logs.
 
 Each child is a ``tycoon`` command in its own session (so a terminal's Ctrl-C reaches
-only the supervisor, which then stops children in dependency order) with stdout and
-stderr appended to ``<state>/logs/<name>.log``.
+only the supervisor, which then stops children in dependency order). Its structured log
+goes to ``<state>/logs/<name>.log``, rotated by size by the child itself
+(``TYCOON_LOG_FILE``, see tycoon.log); what it prints (its ready line, a crash's
+traceback) is appended to ``<state>/logs/<name>.out``.
 """
 
 from __future__ import annotations
@@ -30,19 +32,27 @@ class Child:
 
     @property
     def log_path(self) -> Path:
+        """The child's structured log (rotated by size: ``.log.1`` ... are older)."""
         return self.log_dir / f"{self.name}.log"
+
+    @property
+    def out_path(self) -> Path:
+        """What the child prints on stdout and stderr (a few lines; a crash's traceback)."""
+        return self.log_dir / f"{self.name}.out"
 
     async def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        out = open(self.out_path, "ab")  # noqa: SIM115 - handed to the child
+        env = {**os.environ, **self.env}
+        env.setdefault("TYCOON_LOG_FILE", str(self.log_path))
         try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "tycoon.cli.main", *self.args,
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                env={**os.environ, **self.env}, start_new_session=True,
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                env=env, start_new_session=True,
             )
         finally:
-            log.close()
+            out.close()
         self.started = time.monotonic()
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)
         self.pid_path.write_text(f"{self.process.pid}\n")
@@ -56,12 +66,14 @@ class Child:
         return self.process is not None and self.process.returncode is None
 
     async def wait_for_line(self, text: str, timeout: float) -> bool:
-        """Wait until ``text`` appears in the child's log (or it exits, or time runs out)."""
+        """Wait until ``text`` appears in the child's output or log (or it exits, or time
+        runs out)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(FileNotFoundError):
-                if text in self.log_path.read_text(errors="replace"):
-                    return True
+            for path in (self.out_path, self.log_path):
+                with contextlib.suppress(FileNotFoundError):
+                    if text in path.read_text(errors="replace"):
+                        return True
             if not self.running:
                 return False
             await asyncio.sleep(0.1)
@@ -93,11 +105,12 @@ class Child:
         return code
 
     def tail(self, lines: int = 5) -> str:
-        """The last lines of the child's log (for error messages)."""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
+        """The last lines of the child's log and of its output (for error messages)."""
+        out = []
+        for path in (self.log_path, self.out_path):
+            with contextlib.suppress(FileNotFoundError):
+                out += path.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(out)
 
 
 async def stop_all(children: list[Child], timeout: float = 10.0) -> dict[str, int | None]:

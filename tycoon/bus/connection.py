@@ -226,9 +226,13 @@ async def open_bus(
     if isinstance(url, str) and "," in url:  # "nats://a:4222,nats://b:4222": a cluster
         url = [u.strip() for u in url.split(",") if u.strip()]
     log = get_logger("nats", me=subject_id(identity.public_key), client=name)
+    limiter = LogLimiter()
 
-    async def on_error(exc: Exception) -> None:
-        log.warning("nats error", error=str(exc) or type(exc).__name__)
+    async def on_error(exc: Exception) -> None:  # e.g. one per refused publish: limited
+        text = str(exc) or type(exc).__name__
+        count = limiter.admit(text[:200], type(exc).__name__, time.monotonic())
+        if count:
+            log.warning("nats error", error=text, count=count)
 
     client: list[Client] = []
 
