@@ -37,6 +37,7 @@ from tycoon.natsconf import Principal, render_config, render_principals, write_c
 from tycoon.natsserver import NatsServer, free_port
 from tycoon.sls.service import SLSConfig, SLSService
 from tycoon.streams.config import PRICES, PRICES_SPEC, SETTLEMENTS, ensure_stream
+from tycoon.streams.history import history_page, price_history_via_sls
 from tycoon.streams.reader import read_stream
 from tycoon.streams.settlements import SettlementLog
 from tycoon.vmm.simulated import SimulatedDriver
@@ -308,7 +309,8 @@ async def test_users_cannot_touch_jetstream(world: World) -> None:
 
 
 async def test_history_readers_still_work(world: World) -> None:
-    """The SLS reads PRICES and the bank SETTLEMENTS (direct gets, no consumer)."""
+    """The SLS reads PRICES and the bank SETTLEMENTS (direct gets, no consumer); users
+    read a host's prices through the SLS."""
     w = world
     settled, prices = await w.counts()
     sls = (await w.bus(w.ident(w.deployment.sls_key))).nc.jetstream()
@@ -321,6 +323,21 @@ async def test_history_readers_still_work(world: World) -> None:
     assert all("Nats-Msg-Id" in m.headers for m in receipts)
     assert len([m async for m in read_stream(bank, SETTLEMENTS, limit=2)]) == 2
     assert [m.seq async for m in read_stream(bank, SETTLEMENTS, newest=1)] == [settled]
+    # a user reads a host's price history through the SLS (sls.history), verifying each
+    user = await w.bus(w.users[0])
+    points, refused = await price_history_via_sls(user, w.host_id, "cpu", since_ns=0)
+    assert len(points) >= prices and not refused
+    assert [p.seq for p in points] == sorted(p.seq for p in points)
+    last, _ = await price_history_via_sls(user, w.host_id, "cpu", since_ns=0, limit=2)
+    assert len(last) == 2
+    page = await history_page(sls, {"host": w.host_id, "since_ns": 0, "limit": 2})
+    assert len(page["messages"]) == 2 and page["more"] is True
+    for bad in ({"host": "../x", "since_ns": 0}, {"host": w.host_id, "since_ns": -1},
+                {"host": w.host_id, "since_ns": 0, "limit": 10**9},
+                {"host": w.host_id, "since_ns": True}, {"host": w.host_id.upper(), "since_ns": 0}):
+        with pytest.raises(Rejected) as refusal:
+            await user.request(subjects.sls("history"), "sls.history", bad)
+        assert refusal.value.code == "malformed", bad
 
 
 # ------------------------------------------------------------------ 5. logs under abuse

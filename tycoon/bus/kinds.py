@@ -27,6 +27,7 @@ KINDS: set[str] = {
     # sls
     "sls.query",
     "sls.host",
+    "sls.history",
     "sls.snapshot",
     # agents and brokers
     "agent.plan",

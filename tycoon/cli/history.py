@@ -14,7 +14,8 @@ from tycoon.cli.common import bus_for, fail, host_id_of, print_json
 from tycoon.errors import Rejected
 from tycoon.money import MICRO
 from tycoon.streams.config import JS_ERRORS, SPECS, describe, ensure_stream, js_unavailable
-from tycoon.streams.prices import PricePoint, price_history
+from tycoon.streams.history import price_history_via_sls
+from tycoon.streams.prices import PricePoint
 from tycoon.vmm.driver import RESOURCES
 
 NS = 1_000_000_000
@@ -63,8 +64,9 @@ async def cmd_history(args: argparse.Namespace) -> int:
         return fail(error)
     bus = await bus_for(args)
     try:
-        points, refused = await price_history(bus.nc.jetstream(timeout=5.0), host,
-                                              args.resource, since_ns=since_ns)
+        # through the SLS: no user holds JetStream rights (docs/security.md)
+        points, refused = await price_history_via_sls(bus, host, args.resource,
+                                                      since_ns=since_ns)
     finally:
         await bus.close()
     if args.plot is not None:

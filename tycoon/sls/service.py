@@ -28,6 +28,7 @@ from tycoon.sls.ingest import PriceIngest, Raw
 from tycoon.sls.query import Query, host_request
 from tycoon.sls.registry import Registry
 from tycoon.sls.tables import DEFAULT_BINS, DEFAULT_BUCKETS
+from tycoon.streams.history import history_page
 from tycoon.streams.prices import warm_start
 
 MAX_BATCH = 4096
@@ -75,6 +76,7 @@ class SLSService:
             [
                 Endpoint(subjects.sls("query"), "sls.query", self._on_query),
                 Endpoint(subjects.sls("host"), "sls.host", self._on_host),
+                Endpoint(subjects.sls("history"), "sls.history", self._on_history),
             ],
             queue=self.config.queue,
             description="service location service: live hosts, prices, statistics",
@@ -183,3 +185,7 @@ class SLSService:
 
     async def _on_host(self, msg: Message) -> dict[str, Any]:
         return self.registry.host(host_request(msg.body), time.time_ns())
+
+    async def _on_history(self, msg: Message) -> dict[str, Any]:
+        """A page of one host's stored price envelopes (users hold no JetStream right)."""
+        return await history_page(self.bus.nc.jetstream(timeout=5.0), msg.body)
