@@ -140,39 +140,93 @@ def _solve_1d(
     each filter round instead of masking. Returns bids, λ and the dual bound.
 
     The problem is scale-free, so it is solved with w / max w and money / max(X, max y)
-    (no overflow in w/y for any finite input) and the answer scaled back."""
+    (no overflow in w/y for any finite input) and the answer scaled back; a budget far
+    below the largest price is split off to :func:`_far_split`."""
     ws = float(w.max()) if w.size else 0.0
     ms = max(budget, float(y.max()) if y.size else 0.0)
     if ws <= 0 or ms <= 0:  # nothing worth buying, or no money at all
         return np.zeros(w.size), 0.0, 0.0
-    if 0 < budget < TINY * ms:  # (sub)normal underflow at unit scale: take the limit
-        x, lam = _underflow(budget, w, y, eps)
-        return x, lam, float(utility(x, w, y))
+    if 0 < budget < ms / FAR:
+        return _far_split(budget, w, y, eps)
     bids, lam, bound = _solve_unit(budget / ms, w / ws, y / ms, eps)
     return bids * ms, lam * ws / ms, bound * ws
 
 
-TINY = 1e-250
-"""Budgets below this fraction of the largest price are solved as the limit X → 0."""
+FAR = 2.0**400
+"""A host priced above ``FAR`` × the budget is *far*: any bid on it is below 2⁻⁴⁰⁰ of its
+price, so its share is linear in the bid (``x/y``) to that precision."""
 
 
-def _underflow(budget: float, w: np.ndarray, y: np.ndarray, eps: float) -> tuple[np.ndarray, float]:
-    """A budget so small next to the prices that the unit-scale solve would underflow: the
-    limit X → 0 (exact to ~1e-250), the free hosts' slice as usual and the rest on the host
-    with the largest w/y (compared as logarithms). Returns the bids and λ = w/y there."""
+@np.errstate(over="ignore", under="ignore", divide="ignore")
+def _far_split(
+    budget: float, w: np.ndarray, y: np.ndarray, eps: float
+) -> tuple[np.ndarray, float, float]:
+    """Best Response when some hosts are far (priced above :data:`FAR` × the budget).
+
+    Scaling money by the largest price would push the budget below float range, and
+    scaling by the budget would overflow the far prices. But a far host is linear: worth
+    ``r_f = w_f/y_f`` per unit of bid, so of all far hosts only the best ``r_f`` (compared
+    as logarithms) can matter, and it takes money exactly while ``r_f`` beats the
+    multiplier of the other hosts. So: solve the near hosts exactly (at a scale where the
+    budget is ≥ 2⁻⁴⁰⁰ of their prices); if ``sqrt(r_f)`` exceeds their ``sqrt(λ)``, give them
+    what they take at ``λ = r_f``, ``x_j = y_j (sqrt(w_j/y_j)/sqrt(r_f) − 1)₊``, and the far
+    host the rest. Free hosts get their usual slice. Returns bids, λ, the dual bound."""
     bids = np.zeros(w.size)
-    free = np.flatnonzero((w > 0) & (y == 0))
-    priced = np.flatnonzero((w > 0) & (y > 0))
-    rest = budget * (1 - eps) if free.size and priced.size else (0.0 if free.size else budget)
+    ws = float(w.max())
+    wu = w / ws
+    priced = (w > 0) & (y > 0)
+    far = np.flatnonzero(priced & (y > budget * FAR))
+    close = priced & (y <= budget * FAR)
+    s = max(budget, float(y[close].max())) if close.any() else budget
+    yu_all = y / s  # money in units of s: the budget is >= 2^-400 of every close price
+    # Close hosts whose price or worth vanishes at this scale are free or worthless, as in
+    # the unit-scale solve.
+    near = np.flatnonzero(close & (yu_all > 0) & (wu > 0))
+    free = np.flatnonzero((w > 0) & ((y == 0) | (close & (yu_all == 0))))
+    if not far.size:  # only hosts worth nothing are far: the unit-scale solve
+        sub, lam, bound = _solve_unit(budget / s, wu, np.where(w > 0, yu_all, 0.0), eps)
+        return sub * s, _lam(math.log(lam), ws, s) if lam > 0 else 0.0, bound * ws
+    rest = budget * (1 - eps) if free.size else budget
+    bound = float(wu[free].sum())  # worth units (× ws at the end)
     if free.size:
         root_w = np.sqrt(w[free])
         bids[free] = root_w / root_w.sum() * (budget - rest)
-    if not priced.size:
-        return bids, 0.0
-    log_ratio = np.log(w[priced]) - np.log(y[priced])
-    bids[priced[np.argmax(log_ratio)]] += rest
-    with np.errstate(over="ignore"):
-        return bids, float(np.exp(log_ratio.max()))
+    log_r = np.log(w[far]) - math.log(ws) - np.log(y[far])
+    best = far[np.argmax(log_r)]
+    half_log_rf = 0.5 * float(log_r.max())  # log sqrt(r_f), r_f in worth units / money
+    x_u = rest / s
+    root_rf = math.exp(half_log_rf + 0.5 * math.log(s))  # sqrt(r_f) in these units
+    if near.size:
+        yu = yu_all[near]
+        sr = np.sqrt(wu[near]) / np.sqrt(yu)
+        xs, _, _ = _solve_unit(x_u, wu[near], yu, eps)
+        j = int(np.argmax(xs))
+        root_lam = float(sr[j] * yu[j] / (xs[j] + yu[j]))  # sqrt(λ) of the near solution
+        if root_rf <= root_lam:  # the far host is not worth its multiplier: no bid
+            bids[near] = xs * s
+            gains = np.maximum(np.sqrt(wu[near]) - root_lam * np.sqrt(yu), 0.0) ** 2
+            return bids, _lam(2 * math.log(root_lam), ws, s), (
+                bound + root_lam**2 * (budget / s) + float(gains.sum())) * ws
+        take = np.maximum(yu * (sr / root_rf - 1.0), 0.0) if root_rf > 0 else np.zeros(near.size)
+        spent = float(take.sum())
+        if spent > x_u:  # rounding: λ = r_f spends all of it
+            take *= x_u / spent
+            spent = x_u
+        bids[near] = take * s
+        gains = np.maximum(np.sqrt(wu[near]) - root_rf * np.sqrt(yu), 0.0) ** 2
+        bound += float(gains.sum())
+        bids[best] = (x_u - spent) * s
+    else:
+        bids[best] = rest
+    # λ = r_f; the far hosts' gains at λ are 0 (their ratios are at most r_f).
+    bound += math.exp(2 * half_log_rf + math.log(budget))
+    return bids, _lam(2 * half_log_rf, ws, 1.0), bound * ws
+
+
+def _lam(log_unit_lam: float, ws: float, s: float) -> float:
+    """λ in the caller's units from log λ in worth units / money units ``s`` (may be inf)."""
+    with np.errstate(over="ignore", under="ignore"):
+        return float(np.exp(log_unit_lam + math.log(ws) - math.log(s)))
 
 
 def _solve_unit(
@@ -248,8 +302,8 @@ def _solve(
     bids, lam = _solve_rows(budget / ms, w / ws[:, None], y / ms[:, None], eps)
     with np.errstate(over="ignore"):  # λ itself may be beyond float range: inf
         bids, lam = bids * ms[:, None], lam * ws / ms
-    for i in np.flatnonzero((budget > 0) & (budget < TINY * ms) & (w > 0).any(axis=1)):
-        bids[i], lam[i] = _underflow(float(budget[i]), w[i], y[i], eps)
+    for i in np.flatnonzero((budget > 0) & (budget < ms / FAR) & (w > 0).any(axis=1)):
+        bids[i], lam[i], _ = _far_split(float(budget[i]), w[i], y[i], eps)
     return bids, lam
 
 

@@ -11,7 +11,13 @@ import math
 
 import numpy as np
 
-from tycoon.agent.best_response import BestResponse, _solve_1d, shares, utility
+from tycoon.agent.best_response import BestResponse, _solve, _solve_1d, shares, utility
+
+SWAP_ROUNDS = 64
+"""At most this many improving moves of the swap search."""
+
+SWAP_MOVES = 1024
+"""Moves tried per round at most: the pool of hosts to swap in is cut to fit (best gains)."""
 
 
 def _gains(root_w: np.ndarray, root_y: np.ndarray, lam: float) -> np.ndarray:
@@ -111,4 +117,51 @@ def capped(budget: float, w: np.ndarray, y: np.ndarray, cap: int, eps: float) ->
             if value > best_u:
                 best_bids, best_u, best_lam = bids, value, lam_new
             todo.append(_top(_gains(rw, ry, lam_new), cap))
+    best_bids, best_u, best_lam = _swap(budget, w, y, cap, eps, (best_bids, best_u, best_lam))
     return BestResponse(best_bids, shares(best_bids, y), best_u, best_lam, max(bound, best_u))
+
+
+def _swap(
+    budget: float, w: np.ndarray, y: np.ndarray, cap: int, eps: float,
+    best: tuple[np.ndarray, float, float],
+) -> tuple[np.ndarray, float, float]:
+    """Local search from ``best``: swap one chosen host for one unchosen (or add one while
+    fewer than ``cap`` are used) as long as the utility improves. All moves of a round are
+    solved at once by the batch closed form; the best improving one is re-solved exactly.
+    The pool of hosts to swap in is every valued unchosen host, or, when (moves per host)
+    × pool would exceed :data:`SWAP_MOVES`, those with the largest Lagrangian gain at the
+    current multiplier."""
+    bids, value, lam = best
+    valued = w > 0
+    rw, ry = np.sqrt(np.maximum(w, 0.0)), np.sqrt(y)
+    for _ in range(SWAP_ROUNDS):
+        chosen = np.flatnonzero(bids > 0)
+        outside = np.flatnonzero(valued & (bids <= 0))
+        if not outside.size:
+            break
+        outs = chosen.size + (chosen.size < cap)  # drop one of the chosen, or none
+        size = max(1, SWAP_MOVES // outs)
+        if outside.size > size:
+            gain = _gains(rw[outside], ry[outside], lam)
+            outside = outside[np.argpartition(-gain, size - 1)[:size]]
+        cols = np.concatenate([chosen, outside])
+        k, p = chosen.size, outside.size
+        # One row per move: the chosen hosts minus ``out`` (none for the last block), plus one.
+        mask = np.zeros((outs, p, k + p), dtype=bool)
+        mask[:, :, :k] = True
+        mask[np.arange(min(outs, k)), :, np.arange(min(outs, k))] = False
+        mask[:, np.arange(p), k + np.arange(p)] = True
+        mask = mask.reshape(outs * p, k + p)
+        wm = np.where(mask, w[cols], 0.0)
+        ym = np.broadcast_to(y[cols], wm.shape)
+        with np.errstate(invalid="ignore", divide="ignore"):  # rows with only free hosts
+            moved, _ = _solve(np.full(mask.shape[0], budget), wm, ym, eps)
+        values = utility(moved, wm, ym)
+        move = int(np.argmax(values))
+        if not values[move] > value * (1 + 1e-12):
+            break
+        trial, trial_u, trial_lam = _on_subset(budget, w, y, cols[mask[move]], eps)
+        if not trial_u > value:
+            break
+        bids, value, lam = trial, trial_u, trial_lam
+    return bids, value, lam
