@@ -32,7 +32,7 @@ from tycoon.auctioneer.events import (
 from tycoon.auctioneer.market import Market
 from tycoon.auctioneer.store import MarketStore
 from tycoon.bank.client import BankClient
-from tycoon.bus import subjects
+from tycoon.bus import ratelimit, subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
 from tycoon.bus.schema import get_bytes, get_str
@@ -86,6 +86,7 @@ class AuctioneerService:
             bus, "tycoon-auctioneer", endpoints, queue=f"auctioneer-{self.host}",
             description=f"Tycoon auctioneer of host {market.name}",
             metadata={"host": self.host, "driver": market.driver},
+            rate_limit=ratelimit.AUCTIONEER,
         )  # fmt: skip
         self._tasks: list[asyncio.Task[None]] = []
         self._apply_pending = False

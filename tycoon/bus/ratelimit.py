@@ -28,19 +28,22 @@ class RateLimit:
 
     ``max_pending`` caps a key's requests received but not yet answered (queued or being
     handled): beyond it a request is refused before its signature is checked, so one key
-    can never hold more than that many of the service's handler slots.
+    can never hold more than that many of the service's handler slots. ``parallel`` of
+    them are handled at once, the others wait in line: another key's request then waits
+    for at most ``parallel`` requests of a flooding key, not for its whole backlog.
     """
 
     rate: float = 50.0
     burst: int = 100
     max_pending: int = 32
+    parallel: int = 4
     max_keys: int = 100_000
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.rate) and self.rate > 0):
             raise ValueError("rate must be a positive finite number of requests per second")
-        if self.burst < 1 or self.max_pending < 1 or self.max_keys < 1:
-            raise ValueError("burst, max_pending and max_keys must be at least 1")
+        if min(self.burst, self.max_pending, self.parallel, self.max_keys) < 1:
+            raise ValueError("burst, max_pending, parallel and max_keys must be at least 1")
 
     @property
     def interval_ns(self) -> int:
@@ -49,6 +52,19 @@ class RateLimit:
 
     def describe(self) -> str:
         return f"{self.rate:g} requests/s per key (burst {self.burst})"
+
+
+DEFAULT = RateLimit()
+"""Any service built on :class:`tycoon.bus.service.Service` (brokers, tools)."""
+AUCTIONEER = RateLimit(rate=20.0, burst=20, max_pending=8, parallel=1)
+"""Per host: an agent sends one to three requests per re-bid (fund, bid, refund) and
+re-bids a host at most a few times a second; the handlers are short and serial. The burst
+is small because each admitted bid costs the host ~1 ms (benchmarks/flood.py)."""
+SLS = RateLimit(rate=50.0, burst=100, max_pending=16, parallel=1)
+"""An agent asks the SLS once per plan; queries are answered from memory."""
+BANK = RateLimit(rate=200.0, burst=1000, max_pending=1024, parallel=1024)
+"""An agent acquiring 100 hosts sends ~200 transfers at once, which the bank must commit
+together (group commit), so one key's requests run in parallel there."""
 
 
 class KeyedLimiter:

@@ -23,6 +23,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointStats
 
 from tycoon import __version__
+from tycoon.bus import ratelimit
 from tycoon.bus.connection import Bus, reply_allowed
 from tycoon.bus.envelope import HEADER_SIZE, MAGIC, Message
 from tycoon.bus.keys import decode_public_key, public_key_from_raw_cached, subject_id
@@ -80,7 +81,7 @@ class Service:
         concurrency: int = 256,
         description: str = "",
         metadata: dict[str, str] | None = None,
-        rate_limit: RateLimit | None = RateLimit(),  # noqa: B008 (frozen, shared)
+        rate_limit: RateLimit | None = ratelimit.DEFAULT,
         exempt: Iterable[str] = (),
     ) -> None:
         self.bus = bus
@@ -95,7 +96,8 @@ class Service:
         self._tasks: set[asyncio.Task[None]] = set()
         self._micro: Any = None
         self._exempt = {decode_public_key(k) for k in (bus.identity.public_key, *exempt)}
-        self._pending: dict[bytes, int] = {}
+        self._pending: dict[bytes, int] = {}  # requests of a key received, not yet answered
+        self._lanes: dict[bytes, asyncio.Semaphore] = {}  # of keys with requests pending
         self.set_rate_limit(rate_limit)
 
     def set_rate_limit(self, limit: RateLimit | None) -> None:
@@ -192,15 +194,26 @@ class Service:
         return False
 
     async def _run(self, endpoint: Endpoint, request: Request, key: bytes | None) -> None:
-        try:
+        """Handle one request; at most ``rate_limit.parallel`` of one key at a time, the
+        others of that key wait their turn (FIFO), so a key with many requests pending
+        delays another key's request by at most ``parallel`` of its own."""
+        if key is None:
             await self._handle(endpoint, request)
+            return
+        try:
+            lane = self._lanes.get(key)
+            if lane is None:
+                assert self.rate_limit is not None
+                lane = self._lanes[key] = asyncio.Semaphore(self.rate_limit.parallel)
+            async with lane:
+                await self._handle(endpoint, request)
         finally:
-            if key is not None:
-                left = self._pending[key] - 1
-                if left:
-                    self._pending[key] = left
-                else:
-                    del self._pending[key]
+            left = self._pending[key] - 1
+            if left:
+                self._pending[key] = left
+            else:  # nobody of this key is waiting on the lane either
+                del self._pending[key]
+                self._lanes.pop(key, None)
 
     def _take_token(self, msg: Message) -> None:
         """Take the verified sender's token, or raise ``rate_limited``."""
@@ -223,18 +236,20 @@ class Service:
         self.stats.rate_limited += 1
         self.stats.rejections["rate_limited"] += 1
         now = time.monotonic_ns()
-        reply_to = request._msg.reply
+        if self._refusals.take(key, now):  # the cheap path of a flood: count and drop
+            self.stats.unanswered += 1
+            return
+        sender = public_key_from_raw_cached(key)
         if self._logged.take(key, now) == 0:
-            self.log.warning("rate limited", sender=public_key_from_raw_cached(key),
-                             subject=request.subject, pending=self._pending.get(key, 0))
-        if reply_to and self._refusals.take(key, now) == 0:
-            sender = public_key_from_raw_cached(key)
-            if reply_to.startswith(f"_INBOX.{subject_id(sender)}."):
-                wait = max(self._limiter.retry_after(key, now), self._limiter.interval)
-                error = Rejected("rate_limited", self._limit_text(wait))
-                await self._reply(request.data, reply_to, "error", error.to_body())
-                return
-        self.stats.unanswered += 1
+            self.log.warning("rate limited", sender=sender, subject=request.subject,
+                             pending=self._pending.get(key, 0))
+        reply_to = request._msg.reply
+        if not reply_to or not reply_to.startswith(f"_INBOX.{subject_id(sender)}."):
+            self.stats.unanswered += 1
+            return
+        wait = max(self._limiter.retry_after(key, now), self._limiter.interval)
+        error = Rejected("rate_limited", self._limit_text(wait))
+        await self._reply(request.data, reply_to, "error", error.to_body())
 
     async def _handle(self, endpoint: Endpoint, request: Request) -> None:
         raw = request.data

@@ -17,7 +17,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from tycoon.bus import subjects
+from tycoon.bus import ratelimit, subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
 from tycoon.bus.keys import subject_id
@@ -80,6 +80,7 @@ class SLSService:
             ],
             queue=self.config.queue,
             description="service location service: live hosts, prices, statistics",
+            rate_limit=ratelimit.SLS,
         )
         self._inbox: list[Raw] = []
         self._busy = False
