@@ -12,7 +12,9 @@ $(STAMP): pyproject.toml setup.py tycoon/bus/_batchverify.c
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# A fresh market every time (a resumed one would find its agents done).
 demo: $(STAMP)
+	rm -rf .tycoon-demo
 	$(BIN)/tycoon up --duration 60 --hosts 4 --agents 3 --state .tycoon-demo
 
 test: $(STAMP)

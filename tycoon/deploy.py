@@ -43,6 +43,11 @@ class Deployment:
     hosts: list[HostSpec] = field(default_factory=list)
     agents: list[AgentSpec] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # Paths written into configs (nats.conf's store_dir, the bank's db) must not depend
+        # on the directory a command ran in: a server reload refuses a changed store_dir.
+        self.home = Path(self.home).expanduser().absolute()
+
     @property
     def store(self) -> KeyStore:
         return KeyStore(self.home)

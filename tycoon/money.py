@@ -28,7 +28,12 @@ def parse_amount(text: str) -> int:
         raise Rejected("bad_amount", f"not an amount of credits: {text!r} (up to 6 decimals)")
     frac = (match["frac"] or "").ljust(6, "0")
     value = int(match["int"]) * MICRO + int(frac)
-    return check_amount(value)
+    if value == 0:
+        raise Rejected("bad_amount", f"{text.strip()!r}: an amount must be more than 0 credits")
+    if value > MAX_AMOUNT:
+        raise Rejected("bad_amount", f"{text.strip()!r}: an amount is at most "
+                                     f"{format_amount(MAX_AMOUNT)} credits")
+    return value
 
 
 def format_amount(micro: int) -> str:
@@ -38,6 +43,26 @@ def format_amount(micro: int) -> str:
     if frac == 0:
         return f"{sign}{whole}"
     return f"{sign}{whole}.{frac:06d}".rstrip("0")
+
+
+def format_credits(micro: int, decimals: int = 2) -> str:
+    """Micro-credits as credits with a fixed number of decimals, rounded half away from
+    zero, with thousands separators (``24930000`` -> ``"24.93"``): for people to read."""
+    if not 0 <= decimals <= 6:
+        raise ValueError("decimals must be 0..6")
+    step = 10 ** (6 - decimals)
+    sign = "-" if micro < 0 else ""
+    units, rest = divmod(abs(micro), step)
+    if 2 * rest >= step:
+        units += 1
+    whole, frac = divmod(units, 10**decimals)
+    return f"{sign}{whole:,}" + (f".{frac:0{decimals}d}" if decimals else "")
+
+
+def format_rate(micro_per_s: float, decimals: int = 4) -> str:
+    """A price or spending rate, given in micro-credits per second, as credits per second
+    with fixed decimals (a display of a float rate, never a balance)."""
+    return f"{micro_per_s / MICRO:,.{decimals}f}"
 
 
 def check_amount(value: object, *, allow_zero: bool = False) -> int:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tycoon.bus.keys import default_home
+from tycoon.cli.common import home_of, probe
 from tycoon.deploy import Deployment
+from tycoon.errors import Rejected
 from tycoon.natsconf import (
     CONFIG_NAME,
     PRINCIPALS_NAME,
@@ -39,15 +42,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--user", action="append", default=[], metavar="NAME",
                       help="admit a principal: make key NAME (if new), list it in "
                            "principals.conf, and reload a running server (repeatable)")
-    init.add_argument("--role", default="user",
+    init.add_argument("--role", default="agent",
                       choices=("user", "agent", "broker", "operator"),
-                      help="role of the --user principals (default user)")
+                      help="role of the --user principals: agent may also publish its own "
+                           "agent's events (tycoon agent run); user may only make requests")
     init.set_defaults(func=cmd_init)
 
 
 def admit(deployment: Deployment, name: str, role: str) -> bool:
     """Make key ``name`` and list it in principals.conf as ``role``; False if listed."""
-    key = deployment.store.load_or_create(name).public_key
+    try:
+        key = deployment.store.load_or_create(name).public_key
+    except ValueError as exc:
+        raise Rejected("malformed", str(exc)) from exc
     path = deployment.home / PRINCIPALS_NAME
     if key in {p.public_key for p in load_principals(path)}:
         return False
@@ -93,8 +100,28 @@ def tls_from(args: argparse.Namespace) -> TLS | None:
     return TLS(args.tls_cert, args.tls_key, ca_file=args.tls_ca, verify=bool(args.tls_ca))
 
 
+def admitted_by_server(deployment: Deployment, names: list[str], timeout: float = 5.0) -> bool:
+    """Whether the running server now lets every key of ``names`` in (a reload that
+    nats-server refused is otherwise visible only in its log)."""
+    url = deployment.nats_url or "nats://127.0.0.1:4222"
+
+    async def check() -> bool:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                for name in names:
+                    await probe(url, deployment.store.load(name), name)
+                return True
+            except Rejected:
+                if time.monotonic() > end:
+                    return False
+                await asyncio.sleep(0.1)
+
+    return asyncio.run(check())
+
+
 def cmd_init(args: argparse.Namespace) -> int:
-    home = Path(args.home) if args.home else default_home()
+    home = home_of(args)[0]
     existing = (home / "tycoon.toml").exists()
     if existing and not args.force:
         deployment = Deployment.load(home)
@@ -102,7 +129,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     else:
         deployment = Deployment.default(home, args.hosts, args.agents, args.nats)
     made = deployment.ensure_keys()
+    before = set(deployment.store.names())
     admitted = [name for name in args.user if admit(deployment, name, args.role)]
+    made += [name for name in args.user if name not in before and name not in made]
     path = deployment.save()
     conf = write_nats_config(deployment, deployment.nats_url or args.nats, tls=tls_from(args),
                              http_port=args.http_port)
@@ -116,5 +145,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     for name in admitted:
         print(f"  admitted {name} as {args.role}: {deployment.public_key(name)}")
     if admitted and reload_server(home):
-        print("  reloaded the running nats-server (SIGHUP)")
+        if admitted_by_server(deployment, admitted):
+            print(f"  reloaded the running nats-server: it admits {', '.join(admitted)}")
+        else:
+            print(f"error: the running nats-server did not take the new config; see "
+                  f"{home / 'logs' / 'nats.log'}")
+            return 1
     return 0

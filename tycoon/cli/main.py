@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from tycoon import __version__
+from tycoon.cli.common import resolve_url
+from tycoon.cli.examples import EXAMPLES
 from tycoon.errors import Rejected
 from tycoon.log import configure_logging
 
@@ -32,36 +34,75 @@ COMMAND_MODULES: tuple[str, ...] = (
     "auctioneer",
     "history",
 )
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+OFFLINE = {"best-response", "sim", "keys", "demo", "init", "up"}
+"""Commands that never connect with the global URL (an empty one is not their concern)."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                    argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written, defaults shown."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every command module registered."""
     parser = argparse.ArgumentParser(
-        prog="tycoon", description="A market for a cluster's resources."
+        prog="tycoon", description="A market for a cluster's resources.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tycoon {__version__}")
     parser.add_argument(
-        "--nats",
-        default=os.environ.get("TYCOON_NATS", "nats://127.0.0.1:4222"),
-        help="NATS URL (env TYCOON_NATS)",
+        "--nats", default=None,
+        help="NATS URL (env TYCOON_NATS; default: [market] nats_url of "
+             "$TYCOON_HOME/tycoon.toml, then nats://127.0.0.1:4222)",
     )
-    parser.add_argument("--home", default=None, help="key store directory (env TYCOON_HOME)")
+    parser.add_argument("--home", default=None,
+                        help="key store directory (env TYCOON_HOME; default ~/.config/tycoon)")
     parser.add_argument(
         "--as", dest="as_name", default=os.environ.get("TYCOON_KEY", "default"),
         help="name of the key that signs (env TYCOON_KEY)",
     )
-    parser.add_argument("--log-level", default=os.environ.get("TYCOON_LOG", "warning"))
+    parser.add_argument("--log-level", default=os.environ.get("TYCOON_LOG", "").lower() or None,
+                        type=str.lower, choices=LOG_LEVELS,
+                        help="env TYCOON_LOG (default: warning for services, error for the "
+                             "commands a person runs)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"tycoon.cli.{name}").register(sub)
+    _decorate(parser, "")
     return parser
+
+
+def _decorate(parser: argparse.ArgumentParser, path: str) -> None:
+    """Every (sub)command: defaults shown, and its examples as the epilog."""
+    parser.formatter_class = HelpFormatter
+    if path in EXAMPLES and not parser.epilog:
+        parser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[path])
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                _decorate(child, f"{path} {name}".strip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tycoon`` console script."""
     parser = build_parser()
+    if os.environ.get("TYCOON_LOG") and os.environ["TYCOON_LOG"].lower() not in LOG_LEVELS:
+        print(f"error: TYCOON_LOG={os.environ['TYCOON_LOG']!r} is not a log level "
+              f"({', '.join(LOG_LEVELS)})", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
+    if args.log_level is None:  # a service logs its warnings; a command speaks for itself
+        serves = getattr(args.func, "__name__", "") == "cmd_serve"
+        args.log_level = "warning" if serves else "error"
     configure_logging(args.log_level)
+    try:
+        args.nats, args.nats_source = resolve_url(args)
+    except Rejected as error:
+        if args.command not in OFFLINE:
+            print(f"error: {error.message}", file=sys.stderr)
+            return 2
+        args.nats, args.nats_source = "", "none"
     try:
         result = args.func(args)
         if inspect.iscoroutine(result):
@@ -71,6 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except (OSError, ValueError) as error:  # one line, not a traceback
+        if args.log_level == "debug":
+            raise
+        print(f"error: {type(error).__name__}: {error} (--log-level debug shows where)",
+              file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

