@@ -178,7 +178,8 @@ async def test_bid_reply_has_prices_and_allocations_are_coalesced(market: Market
     # five bids within one window: one allocation (or two, if a window closed between)
     assert 1 <= len(allocs) <= 2
     view = allocs[-1].body["accounts"][bank.account]
-    assert view["expires_ns"] == last["expires_ns"]  # the last bid's, not an older one
+    assert view["rate"]["cpu"] == pytest.approx(own, rel=1e-3)  # the last bid's rate
+    assert "balance" not in view and "expires_ns" not in view  # the owner's alone
 
 
 async def test_refused_funding_changes_nothing(market: Market) -> None:

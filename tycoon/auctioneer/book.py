@@ -1,9 +1,11 @@
 """The order book of one host as columns of numpy arrays, one slot per live bid.
 
 The market keeps its accounts as objects (the truth, with int balances); the book
-mirrors what the allocation needs — balance as a float, expiry, weight fractions and
-min/max per resource — so that rates and shares for every bidder are computed in a
-few vectorised operations. Slots are reused; a free slot has ``live = False``.
+mirrors what the allocation needs — the balance less what is owed but not yet charged
+(a float), expiry, weight fractions and min/max per resource — so that rates and shares
+for every bidder are computed in a few vectorised operations. It also accrues, per slot
+and resource, what the terms in force since the last usage reading amount to (see
+:mod:`tycoon.auctioneer.charging`). Slots are reused; a free slot has ``live = False``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ NS = 1_000_000_000
 
 
 class Book:
-    """Columns per slot: live, balance, expires_ns, charged_ns, carry; per resource rows."""
+    """Columns per slot: live, balance, expires_ns, carry, owed_unique; per resource rows:
+    weight, lo, hi and the accruals ``owed`` (∫ rate dt), ``held`` (∫ share dt) and
+    ``reserved`` (∫ lo dt) since the slot's last usage reading."""
 
     def __init__(self, size: int = 16) -> None:
         self.slot: dict[str, int] = {}
@@ -25,12 +29,16 @@ class Book:
         self._free: list[int] = []
         self.live = np.zeros(size, dtype=bool)
         self.balance = np.zeros(size)
+        self.funds = np.zeros(size)
         self.expires = np.zeros(size, dtype=np.int64)
-        self.charged = np.zeros(size, dtype=np.int64)
         self.carry = np.zeros(size)
+        self.owed_unique = np.zeros(size)
         self.weight = np.zeros((R, size))
         self.lo = np.zeros((R, size))
         self.hi = np.zeros((R, size))
+        self.owed = np.zeros((R, size))
+        self.held = np.zeros((R, size))
+        self.reserved = np.zeros((R, size))
 
     def __len__(self) -> int:
         return len(self.slot)
@@ -42,12 +50,12 @@ class Book:
     def _grow(self) -> None:
         old = self.size
         new = old * 2
-        for name in ("live", "balance", "expires", "charged", "carry"):
+        for name in ("live", "balance", "funds", "expires", "carry", "owed_unique"):
             arr = getattr(self, name)
             grown = np.zeros(new, dtype=arr.dtype)
             grown[:old] = arr
             setattr(self, name, grown)
-        for name in ("weight", "lo", "hi"):
+        for name in ("weight", "lo", "hi", "owed", "held", "reserved"):
             arr = getattr(self, name)
             grown = np.zeros((R, new))
             grown[:, :old] = arr
@@ -59,12 +67,14 @@ class Book:
         *,
         balance: int,
         expires_ns: int,
-        charged_ns: int,
         weights: tuple[float, ...],
         lo: tuple[float, ...],
         hi: tuple[float, ...],
     ) -> int:
-        """Insert or replace the bid of ``account``; returns its slot."""
+        """Insert or replace the bid of ``account``; returns its slot.
+
+        A replaced bid keeps its slot's accruals and carry (they are the account's, owed
+        for the time before the replacement); a new slot starts with none."""
         index = self.slot.get(account)
         if index is None:
             if not self._free:
@@ -76,14 +86,13 @@ class Book:
             index = self._free.pop()
             self.slot[account] = index
             self.ids[index] = account
+            self.clear(index)
         self.live[index] = True
-        self.balance[index] = float(balance)
         self.expires[index] = expires_ns
-        self.charged[index] = charged_ns
-        self.carry[index] = 0.0
         self.weight[:, index] = weights
         self.lo[:, index] = lo
         self.hi[:, index] = hi
+        self.set_balance(account, balance)
         return index
 
     def drop(self, account: str) -> None:
@@ -95,15 +104,36 @@ class Book:
         self._free.append(index)
         self.live[index] = False
         self.balance[index] = 0.0
+        self.funds[index] = 0.0
         self.carry[index] = 0.0
         self.weight[:, index] = 0.0
         self.lo[:, index] = 0.0
         self.hi[:, index] = 0.0
+        self.clear(index)
+
+    def clear(self, index: int | np.ndarray) -> None:
+        """Forget the accruals of slots (after they were charged)."""
+        self.owed[:, index] = 0.0
+        self.held[:, index] = 0.0
+        self.reserved[:, index] = 0.0
+        self.owed_unique[index] = 0.0
+
+    def pending(self) -> np.ndarray:
+        """Per slot, what the accruals would charge at full use (an upper bound)."""
+        return self.owed.sum(axis=0) + self.owed_unique
 
     def set_balance(self, account: str, balance: int) -> None:
+        """Mirror an account's int balance (``funds``) and what it may still spend: the
+        balance less what it owes but was not charged yet (``balance``, rates use it)."""
         index = self.slot.get(account)
         if index is not None:
-            self.balance[index] = float(balance)
+            self.funds[index] = float(balance)
+            owed = float(self.owed[:, index].sum() + self.owed_unique[index])
+            self.balance[index] = max(float(balance) - owed, 0.0)
+
+    def refresh(self) -> None:
+        """Recompute every slot's spendable balance after accruing."""
+        self.balance = np.where(self.live, np.maximum(self.funds - self.pending(), 0.0), 0.0)
 
     def seconds_left(self, now_ns: int) -> np.ndarray:
         """Seconds until each slot's expiry (0 for dead or expired slots)."""

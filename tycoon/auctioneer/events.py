@@ -15,6 +15,13 @@ class AccountOpened:
 
 
 @dataclass(frozen=True)
+class AccountClosed:
+    """An empty, idle host account was removed: the adapter destroys its sandbox."""
+
+    account: str
+
+
+@dataclass(frozen=True)
 class Funded:
     """A bank receipt was redeemed into a host account."""
 
@@ -69,6 +76,7 @@ class PricesChanged:
 
 Event = (
     AccountOpened
+    | AccountClosed
     | Funded
     | BidPlaced
     | BidEnded
@@ -123,7 +131,11 @@ class Bid:
 
 @dataclass
 class Account:
-    """A host account: the owner's key is its id; money in integer micro-credits."""
+    """A host account: the owner's key is its id; money in integer micro-credits.
+
+    ``refunds`` is the refund counter (it names refund ids; new accounts start it at their
+    creation time); ``idle_since_ns`` (not stored) is when it was last seen empty and idle.
+    """
 
     account: str
     balance: int = 0
@@ -133,6 +145,7 @@ class Account:
     refunds: int = 0
     created_ns: int = 0
     bid: Bid | None = None
+    idle_since_ns: int = 0
 
 
 @dataclass
@@ -142,6 +155,7 @@ class Changes:
     accounts: set[str] = field(default_factory=set)
     redeemed: list[tuple[str, str, int, int]] = field(default_factory=list)
     refunds: dict[str, Refund] = field(default_factory=dict)
+    closed: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return bool(self.accounts or self.redeemed or self.refunds)
+        return bool(self.accounts or self.redeemed or self.refunds or self.closed)

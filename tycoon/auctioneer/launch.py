@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tycoon.auctioneer.market import Market
 from tycoon.auctioneer.service import AuctioneerService
@@ -52,11 +53,15 @@ async def start_auctioneer(
     alloc_every_s: float = 0.25,
     durability: str = "full",
     clock: Callable[[], int] = time.time_ns,
+    market_options: Mapping[str, Any] | None = None,
 ) -> RunningAuctioneer:
-    """Connect as the host's key, load the market from ``store_path`` and start serving."""
+    """Connect as the host's key, load the market from ``store_path`` and start serving.
+
+    ``market_options``: ``floor_price``, ``deposit``, ``idle_s`` of :class:`Market`."""
     market = Market(
         host_key=identity.public_key, bank_key=bank_key, capacity=driver.capacity(),
         name=name, driver=getattr(driver, "name", type(driver).__name__),
+        **(market_options or {}),
     )  # fmt: skip
     store = MarketStore(store_path, durability=durability)
     try:

@@ -4,7 +4,9 @@ Deterministic given a clock: every call takes ``now_ns``. Calls return events (s
 :mod:`tycoon.auctioneer.events`) that the adapter acts on (create sandboxes, apply
 shares, publish prices, pay refunds), and record what changed for the store
 (:meth:`Market.take_changes`). Money is int micro-credits; the invariant
-``funded == earnings + Σ balances + refunded`` holds after every call.
+``funded == earnings + Σ balances + refunded`` holds after every call. Every call that
+changes the market first settles the time since the previous one at the terms then in
+force (:mod:`tycoon.auctioneer.charging`): a charge never depends on when ticks fall.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from tycoon.auctioneer.allocation import TOLERANCE, water_fill
+from tycoon.auctioneer import charging
+from tycoon.auctioneer.admission import admit, resolve
+from tycoon.auctioneer.allocation import water_fill
 from tycoon.auctioneer.bidparse import BidSpec
-from tycoon.auctioneer.book import NS, Book
+from tycoon.auctioneer.book import Book
 from tycoon.auctioneer.events import (
     Account,
+    AccountClosed,
     AccountOpened,
-    Bid,
     BidEnded,
     BidPlaced,
     Changes,
@@ -47,6 +51,14 @@ PRICE_EPS = 0.01
 """... and the prices only if one moved by more than this fraction."""
 ALLOC_MAX = 1000
 """At most this many accounts (the largest shares) are listed in an allocation message."""
+FLOOR_PRICE = 100.0
+"""Default floor price: micro-credits per second for a whole resource (share 1.0) or one
+port or address. A reservation pays at least ``lo × floor``; a port or address at least
+the floor. (100 µcredits/s: a whole host's four resources cost 34.6 credits a day.)"""
+DEPOSIT = 1
+"""Default least first funding that opens a host account (micro-credits)."""
+IDLE_S = 3600
+"""Default time after which an empty, idle account is removed with its sandbox."""
 # Views of the market (price, alloc, status bodies) live in tycoon.auctioneer.views.
 
 
@@ -64,14 +76,19 @@ class Market:
 
     def __init__(
         self, *, host_key: str, bank_key: str, capacity: Capacity, name: str = "",
-        driver: str = "",
+        driver: str = "", floor_price: float = FLOOR_PRICE, deposit: int = DEPOSIT,
+        idle_s: float = IDLE_S,
     ) -> None:  # fmt: skip
+        if not (math.isfinite(floor_price) and floor_price >= 0) or deposit < 1 or idle_s < 0:
+            raise ValueError("floor price ≥ 0, deposit ≥ 1 µcredit, idle time ≥ 0")
         self.host_key = host_key
         self.bank_key = bank_key
         self.host_id = subject_id(host_key)
         self.capacity = capacity
         self.name = name or self.host_id
         self.driver = driver
+        self.floor_price, self.deposit = float(floor_price), int(deposit)
+        self.idle_ns = int(idle_s * 1e9)
         self.accounts: dict[str, Account] = {}
         self.redeemed: set[str] = set()
         self.pending: dict[str, Refund] = {}
@@ -80,11 +97,17 @@ class Market:
         self.refunded = 0
         self.seq = 0
         self.book = Book()
-        self.unique = UniqueBook()
+        self.unique = UniqueBook(self.floor_price)
         self.utilization = np.zeros(len(RESOURCES))
         self.caps = np.array([capacity.of(r) for r in RESOURCES], dtype=np.float64)
         self.shares = np.zeros((len(RESOURCES), self.book.size))
         self.rates = np.zeros_like(self.shares)
+        self.lows = np.zeros_like(self.shares)
+        self._unique_prices = np.zeros(self.book.size)
+        self._ended: dict[str, np.ndarray] = {}  # accruals of ended bids, not yet read
+        self._settled: int | None = None  # the time up to which every bid has accrued
+        self._read: int | None = None  # the time of the last usage reading
+        self._swept = 0
         self._published = self.shares.copy()
         self._structure = True
         self._last_prices = np.zeros(len(RESOURCES))
@@ -93,13 +116,17 @@ class Market:
 
     # ------------------------------------------------------------------ accounts, money
 
-    def open_account(self, owner: str, now_ns: int) -> list[Event]:
-        """Create the host account of ``owner`` (a user public key); idempotent."""
+    def _open(self, owner: str, now_ns: int) -> list[Event]:
+        """Create the host account of ``owner`` (only ever on a first funding).
+
+        Its refund counter starts at its creation time, so an account removed when idle
+        and opened again never reuses a refund id (the bank would return the old receipt).
+        """
         if not is_public_key(owner):
             raise Rejected("malformed", "a host account id is the owner's public key")
         if owner in self.accounts:
             return []
-        self.accounts[owner] = Account(owner, created_ns=now_ns)
+        self.accounts[owner] = Account(owner, created_ns=now_ns, refunds=now_ns)
         self._changes.accounts.add(owner)
         return [AccountOpened(owner)]
 
@@ -115,7 +142,14 @@ class Market:
         existing = self.accounts.get(receipt.payer)
         if existing is not None and existing.balance + receipt.amount > MAX_AMOUNT:
             raise Rejected("bad_amount", "the balance would exceed the largest amount")
-        events = self.open_account(receipt.payer, now_ns)
+        if existing is None and receipt.amount < self.deposit:
+            raise Rejected(
+                "bad_amount",
+                f"a host account opens with a first funding of at least {self.deposit}"
+                " µcredits; this receipt stays unredeemed (present it once the account is open)",
+            )
+        self._settle(now_ns)
+        events = self._open(receipt.payer, now_ns)
         account = self.accounts[receipt.payer]
         account.balance += receipt.amount
         account.funded += receipt.amount
@@ -132,8 +166,14 @@ class Market:
     def refund(self, owner: str, now_ns: int) -> list[Event]:
         """Move the whole unspent balance to a refund; return every pending refund due."""
         account = self.account(owner)
-        events: list[Event] = []
-        if account.balance > 0:
+        due = [r for r in self.pending.values() if r.account == owner]
+        if account.balance <= 0 and account.bid is None and not due:
+            raise Rejected("no_funds", "the host account holds nothing to refund")
+        self._settle(now_ns)
+        events = self._end_bid(account, "refund")  # pays for the time since the last tick
+        self._pay_ended(owner, None)  # an ended bid's time since then too
+        created = account.balance > 0
+        if created:
             refund = Refund(
                 refund_id(self.host_key, owner, account.refunds), owner, account.balance, now_ns
             )
@@ -144,11 +184,9 @@ class Market:
             self.pending[refund.refund_id] = refund
             self._changes.refunds[refund.refund_id] = refund
             self._changes.accounts.add(owner)
-            events += self._end_bid(account, "refund")
+            due.append(refund)
+        if events or created:
             events += self.recompute(now_ns, force=True)
-        due = [r for r in self.pending.values() if r.account == owner]
-        if not due:
-            raise Rejected("no_funds", "the host account holds nothing to refund")
         return events + [RefundDue(r) for r in due]
 
     def refund_paid(self, refund_id_: str, raw: bytes) -> Refund | None:
@@ -174,7 +212,11 @@ class Market:
     # ------------------------------------------------------------------ bids
 
     def place_bid(self, owner: str, spec: BidSpec, now_ns: int) -> list[Event]:
-        """Admit ``spec`` as the account's bid (replacing any) or raise why not."""
+        """Admit ``spec`` as the account's bid (replacing any) or raise why not.
+
+        The time before the bid is settled at the old bid's terms first; a reservation
+        (minimum) is admitted only if the bid's rate pays for it (:mod:`.admission`).
+        """
         account = self.account(owner)
         if account.balance <= 0:
             raise Rejected("no_funds", "fund the host account before bidding")
@@ -187,70 +229,106 @@ class Market:
             expires = old.expires_ns
         else:
             expires = now_ns + spec.duration_ns
-        bid = self._resolve(spec, now_ns, expires)
-        self._admit(owner, bid, now_ns)
-        charged = int(self.book.charged[self.book.slot[owner]]) if old is not None else now_ns
-        account.bid = bid
-        self._put(account, charged)
-        self._changes.accounts.add(owner)
-        return [BidPlaced(owner, expires), *self.recompute(now_ns, force=True)]
-
-    def _resolve(self, spec: BidSpec, now_ns: int, expires_ns: int) -> Bid:
-        total = spec.total_weight
-        prefs = {p.resource: p for p in spec.preferences}
-        weights, lows, highs = [], [], []
-        for resource in RESOURCES:
-            pref = prefs.get(resource)
-            if pref is None:
-                weights.append(0.0), lows.append(0.0), highs.append(0.0)
-                continue
-            cap = self.capacity.of(resource)
-            low = pref.min.fraction(cap)
-            high = min(1.0, pref.max.fraction(cap))
-            if low > 1.0 + TOLERANCE:
-                raise Rejected("not_admitted", f"{resource}: the minimum exceeds the capacity")
-            if low > high:
-                raise Rejected("bad_bid", f"{resource}: the minimum is above the maximum")
-            weights.append(pref.weight / total)
-            lows.append(min(low, 1.0))
-            highs.append(high)
-        unique = tuple((u.kind, u.key, u.weight / total, u.target) for u in spec.unique)
-        return Bid(spec, now_ns, expires_ns, tuple(weights), tuple(lows), tuple(highs), unique)
-
-    def _admit(self, owner: str, bid: Bid, now_ns: int) -> None:
-        lo, _ = self.book.bounds(now_ns)
-        reserved = lo.sum(axis=1)
+        bid = resolve(spec, self.capacity, now_ns, expires)
+        self._settle(now_ns)
         own = self.book.slot.get(owner)
+        live = self.book.live & (self.book.expires > now_ns) & (self.book.balance > 0)
+        lo = np.where(live, self.book.lo, 0.0)
+        rates = self.rates[:, : self.book.size]
+        reserved, others = lo.sum(axis=1), rates.sum(axis=1)
+        spendable = float(account.balance)
         if own is not None:
             reserved -= lo[:, own]
-        for i, resource in enumerate(RESOURCES):
-            free = 1.0 - reserved[i]
-            if bid.lo[i] > 0 and bid.lo[i] > free + TOLERANCE:
-                raise Rejected(
-                    "not_admitted",
-                    f"{resource}: minimum {bid.lo[i]:.4f} of capacity but only {max(free, 0):.4f}"
-                    f" is free (other bids reserve {reserved[i]:.4f})",
-                )
+            if own < rates.shape[1]:
+                others -= rates[:, own]
+            spendable = float(self.book.balance[own])  # less what it owes meanwhile
+        admit(bid, spendable=spendable, now_ns=now_ns, reserved=reserved,
+              others=np.maximum(others, 0.0), floor=self.floor_price)  # fmt: skip
+        events: list[Event] = []
+        if old is None and own is not None:
+            events += self._end_bid(account, "expired")  # charged up to its expiry
+        account.bid = bid
+        self._put(account)
+        stashed = self._ended.pop(owner, None)
+        if stashed is not None:  # the next reading measures the ended bid and this one
+            charging.unstash(self.book, self.book.slot[owner], stashed)
+            self.book.set_balance(owner, account.balance)
+        self._changes.accounts.add(owner)
+        return [*events, BidPlaced(owner, expires), *self.recompute(now_ns, force=True)]
 
-    def _put(self, account: Account, charged_ns: int) -> None:
+    def _put(self, account: Account) -> None:
         bid = account.bid
         assert bid is not None
         self.book.put(
-            account.account, balance=account.balance, expires_ns=bid.expires_ns,
-            charged_ns=charged_ns, weights=bid.weights, lo=bid.lo, hi=bid.hi,
+            account.account, balance=self._spendable(account), expires_ns=bid.expires_ns,
+            weights=bid.weights, lo=bid.lo, hi=bid.hi,
         )  # fmt: skip
         self.unique.put(account.account, bid.unique, bid.placed_ns)
         self._structure = True
 
     def _end_bid(self, account: Account, reason: str) -> list[Event]:
+        """End a bid. On a refund, what it accrued since the last reading is charged as
+        fully used; an expired or empty bid's accruals wait for the next reading."""
         if account.bid is None:
             return []
+        owner = account.account
+        index = self.book.slot.get(owner)
+        if index is not None:
+            row = charging.stash(self.book, index)
+            held = self._ended.pop(owner, None)
+            self._ended[owner] = row if held is None else held + row
+        if reason == "refund":
+            self._pay_ended(owner, None)
         account.bid = None
-        self.book.drop(account.account)
-        self.unique.drop(account.account)
+        self.book.drop(owner)
+        self.unique.drop(owner)
         self._structure = True
-        self._changes.accounts.add(account.account)
-        return [BidEnded(account.account, reason)]
+        self._changes.accounts.add(owner)
+        return [BidEnded(owner, reason)]
+
+    def _pay_ended(self, owner: str, used: np.ndarray | None) -> int:
+        """Charge an ended bid's accruals at the use of a reading (None: fully used)."""
+        row = self._ended.pop(owner, None)
+        account = self.accounts.get(owner)
+        if row is None or account is None:
+            return 0
+        whole, _ = self._move(account, charging.stash_due(row, used))
+        return whole
+
+    def _charge(self, index: int, amount: float) -> int:
+        """Charge a live slot ``amount`` (plus its carry); keep the remainder as its carry."""
+        book = self.book
+        account = self.accounts[book.ids[index]]
+        whole, rest = self._move(account, book.carry[index] + amount)
+        book.carry[index] = rest
+        book.clear(index)
+        book.set_balance(account.account, self._spendable(account))
+        return whole
+
+    def _move(self, account: Account, due: float) -> tuple[int, float]:
+        """Move ``floor(due)`` (at most the balance) to earnings; return it and the rest."""
+        whole = min(math.floor(due), account.balance) if due >= 1.0 else 0
+        if whole > 0:
+            account.balance -= whole
+            account.spent += whole
+            self.earnings += whole
+            self._changes.accounts.add(account.account)
+        return whole, (due - whole if account.balance > 0 else 0.0)
+
+    def _spendable(self, account: Account) -> int:
+        """The balance less what an ended bid still owes (charged at the next reading)."""
+        row = self._ended.get(account.account)
+        return account.balance if row is None else max(
+            account.balance - math.ceil(charging.stash_due(row, None)), 0)
+
+    def _settle(self, now_ns: int) -> None:
+        """Accrue the time since the last settlement at the terms in force during it."""
+        if self._settled is None:
+            self._settled = self._read = now_ns
+        elif now_ns > self._settled:
+            charging.accrue(self.book, self.rates, self.shares, self.lows,
+                            self._unique_prices, self._settled, now_ns)  # fmt: skip
+            self._settled = now_ns
 
     def account(self, owner: str) -> Account:
         account = self.accounts.get(owner)
@@ -262,6 +340,7 @@ class Market:
 
     def recompute(self, now_ns: int, *, force: bool = False) -> list[Event]:
         """End expired and empty bids, recompute rates, shares and port holders."""
+        self._settle(now_ns)
         events: list[Event] = []
         book = self.book
         ended = np.nonzero(book.live & ((book.expires <= now_ns) | (book.balance <= 0)))[0]
@@ -273,6 +352,7 @@ class Market:
         lo, hi = book.bounds(now_ns)
         shares = water_fill(rates, lo, hi, validate=False)
         holders_changed = self.unique.recompute(book, now_ns)
+        self.lows, self._unique_prices = lo, self.unique.charges(book)
         published = self._published
         moved = (
             self._structure
@@ -294,44 +374,57 @@ class Market:
         return events
 
     def tick(self, now_ns: int, usage: Mapping[str, Usage]) -> list[Event]:
-        """Charge every live bid for the share it used since its last charge, then recompute."""
+        """A usage reading: charge every live bid for what it accrued since the previous
+        reading at the share it used (at least the share it reserved), then recompute and
+        remove accounts empty and idle for ``idle_s``."""
         book = self.book
-        live = np.nonzero(book.live)[0]
-        used = np.zeros_like(self.shares)
+        self._settle(now_ns)
+        assert self._read is not None
+        span = max(now_ns - self._read, 0) / 1e9
+        self._read = max(self._read, now_ns)
+        used = np.zeros((len(RESOURCES), book.size))
         for account, u in usage.items():
             index = book.slot.get(account)
-            if index is not None and index < used.shape[1]:
+            if index is not None:
                 used[:, index] = (u.cpu, u.memory, u.disk, u.net)
         self.utilization = np.clip(
             np.array([sum(u.of(r) for u in usage.values()) for r in RESOURCES]), 0.0, 1.0
         )
         total, count = 0, 0
+        live = np.nonzero(book.live)[0]
         if live.size:
-            shares = self.shares
-            frac = np.divide(used, shares, out=np.zeros_like(shares), where=shares > 0)
-            frac = np.minimum(frac, 1.0)
-            t0 = book.charged
-            t1 = np.minimum(np.int64(now_ns), book.expires)
-            dt = np.maximum(t1 - t0, 0).astype(np.float64)
-            left = (book.expires - t0).astype(np.float64)
-            spent = np.divide(book.balance * dt, left, out=np.zeros_like(dt), where=left > 0)
-            charge = (book.weight * frac).sum(axis=0) * spent + self.unique.charges(book, dt / NS)
-            owed = book.carry + charge
+            owed = charging.due(book, charging.use_ratio(book, used * span))
             for index in live.tolist():
-                account = self.accounts[book.ids[index]]
-                due = owed[index]
-                whole = min(math.floor(due), account.balance) if due >= 1.0 else 0
-                if whole > 0:
-                    account.balance -= whole
-                    account.spent += whole
-                    total += whole
-                    count += 1
-                    self._changes.accounts.add(account.account)
-                    book.balance[index] = float(account.balance)
-                book.carry[index] = due - whole if account.balance > 0 else 0.0
-            book.charged[live] = np.maximum(t0[live], t1[live])
-            self.earnings += total
-        return [Charged(total, count), *self.recompute(now_ns)]
+                whole = self._charge(index, float(owed[index]))
+                total, count = total + whole, count + (whole > 0)
+        for owner in list(self._ended):
+            u = usage.get(owner)
+            vector = np.array([u.cpu, u.memory, u.disk, u.net]) if u else np.zeros(len(RESOURCES))
+            whole = self._pay_ended(owner, vector * span)
+            total, count = total + whole, count + (whole > 0)
+        events: list[Event] = [Charged(total, count), *self.recompute(now_ns)]
+        return events + self.sweep(now_ns)
+
+    def sweep(self, now_ns: int) -> list[Event]:
+        """Remove accounts with no bid, no balance and no pending refund since ``idle_s``
+        (checked at most every ``idle_s / 4``); the adapter destroys their sandboxes."""
+        if now_ns - self._swept < self.idle_ns // 4:
+            return []
+        self._swept = now_ns
+        busy = {r.account for r in self.pending.values()}
+        events: list[Event] = []
+        for account in list(self.accounts.values()):
+            if account.bid is not None or account.balance > 0 or account.account in busy \
+                    or account.account in self._ended:
+                account.idle_since_ns = 0
+            elif not account.idle_since_ns:
+                account.idle_since_ns = now_ns
+            elif now_ns - account.idle_since_ns >= self.idle_ns:
+                del self.accounts[account.account]
+                self._changes.accounts.discard(account.account)
+                self._changes.closed.add(account.account)
+                events.append(AccountClosed(account.account))
+        return events
 
     # ------------------------------------------------------------------ views
 
@@ -363,6 +456,7 @@ class Market:
         self._changes.accounts |= changes.accounts
         self._changes.redeemed[:0] = changes.redeemed
         self._changes.refunds = {**changes.refunds, **self._changes.refunds}
+        self._changes.closed |= {a for a in changes.closed if a not in self.accounts}
 
     def load(
         self, *, accounts: Iterable[Account], redeemed: Iterable[str], pending: Iterable[Refund],
@@ -374,15 +468,17 @@ class Market:
         admitted once); charging restarts at ``now_ns`` (the downtime is not billed).
         """
         self.accounts = {a.account: a for a in accounts}
+        self._ended = {}
         self.redeemed = set(redeemed)
         self.pending = {r.refund_id: r for r in pending}
         self.earnings, self.funded, self.refunded, self.seq = earnings, funded, refunded, seq
         for account in self.accounts.values():
             if account.bid is not None and account.balance > 0:
                 bid = account.bid
-                account.bid = self._resolve(bid.spec, bid.placed_ns, bid.expires_ns)
-                self._put(account, now_ns)
+                account.bid = resolve(bid.spec, self.capacity, bid.placed_ns, bid.expires_ns)
+                self._put(account)
             else:
                 account.bid = None
         self._changes = Changes()
+        self._settled = self._read = None  # charging restarts now
         return self.recompute(now_ns, force=True)

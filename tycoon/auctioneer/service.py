@@ -20,6 +20,7 @@ from typing import Any
 from tycoon.auctioneer import views
 from tycoon.auctioneer.bidparse import bid_from_body
 from tycoon.auctioneer.events import (
+    AccountClosed,
     AccountOpened,
     BidEnded,
     Event,
@@ -166,6 +167,8 @@ class AuctioneerService:
         for event in events:
             if isinstance(event, AccountOpened):
                 self.driver.create(event.account)
+            elif isinstance(event, AccountClosed):  # empty and idle: swept by the tick
+                self.driver.destroy(event.account)
             elif isinstance(event, SharesChanged):
                 self._apply_pending = publish_alloc = True
             elif isinstance(event, PricesChanged):
@@ -221,9 +224,8 @@ class AuctioneerService:
     # ------------------------------------------------------------------ handlers
 
     async def _account(self, msg: Message) -> dict[str, Any]:
-        events = self.market.open_account(msg.sender, self.clock())
-        self._commit()
-        await self._act(events)
+        # An account opens on its first funding (at least the deposit): asking creates
+        # nothing, so self-made keys cannot fill the host with accounts and sandboxes.
         return views.account_detail(self.market, msg.sender)
 
     async def _fund(self, msg: Message) -> dict[str, Any]:
@@ -257,6 +259,11 @@ class AuctioneerService:
         }
 
     async def _refund(self, msg: Message) -> dict[str, Any]:
+        if msg.sender in self.market.accounts:
+            try:  # a usage reading first: what the refund pays since it is then measured
+                await self.tick()
+            except Exception:
+                self.log.exception("usage reading before a refund failed")
         events = self.market.refund(msg.sender, self.clock())
         self._commit()  # the pending refund is on disk before any bank transfer
         await self._act(events)

@@ -151,7 +151,9 @@ class MarketStore:
     def _write(self, market: Market, changes: Changes) -> None:
         new, old = [], []
         for name in changes.accounts:
-            a = market.accounts[name]
+            a = market.accounts.get(name)
+            if a is None:  # removed since (closed below)
+                continue
             bid = a.bid
             (old if name in self._stored else new).append((
                 a.balance, a.funded, a.spent, a.refunded, a.refunds, a.created_ns,
@@ -169,6 +171,9 @@ class MarketStore:
                     "INSERT OR REPLACE INTO accounts (balance, funded, spent, refunded, refunds,"
                     " created_ns, bid_text, bid_duration_ns, bid_placed_ns, bid_expires_ns,"
                     " account) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new)
+            if changes.closed:
+                self.db.executemany("DELETE FROM accounts WHERE account = ?",
+                                    [(a,) for a in changes.closed])
             if changes.redeemed:
                 self.db.executemany("INSERT INTO redeemed VALUES (?, ?, ?, ?)", changes.redeemed)
             if changes.refunds:
@@ -186,6 +191,7 @@ class MarketStore:
                 self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", changed)
         self._totals = totals
         self._stored.update(row[-1] for row in new)
+        self._stored -= changes.closed
 
     def save_seq(self, seq: int) -> None:
         """Remember the last published sequence number."""

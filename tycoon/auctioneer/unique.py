@@ -1,8 +1,9 @@
 """Unique resources (TCP ports, IP addresses): all-or-nothing, second-price.
 
 For every port or address, the live bid with the highest rate for it holds it; the
-others get none. The holder pays the second-highest rate for it (0 when unopposed),
-per second held. Ties go to the earlier bid, then the smaller account id.
+others get none. The holder pays the second-highest rate for it, but never less than
+the operator's floor price, per second held; a bid whose rate for it is below the floor
+gets nothing. Ties go to the earlier bid, then the smaller account id.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ Key = tuple[str, str]  # (kind, key): ("port", "8080") or ("ip", "10.0.0.5")
 class UniqueBook:
     """Who bids on which port or address, and who holds each at what price."""
 
-    def __init__(self) -> None:
+    def __init__(self, floor: float = 0.0) -> None:
+        self.floor = floor
+        """The least price per second of a port or address (micro-credits/s)."""
         self.bids: dict[Key, dict[str, tuple[float, int, int]]] = {}
         self.by_account: dict[str, list[Key]] = {}
         self.holders: dict[Key, tuple[str, float]] = {}
@@ -55,11 +58,11 @@ class UniqueBook:
             for account, (weight, placed, _target) in bidders.items():
                 index = book.slot.get(account)
                 rate = float(spend[index]) * weight if index is not None else 0.0
-                if rate > 0:
+                if rate > 0 and rate >= self.floor:
                     ranked.append((-rate, placed, account))
             if ranked:
                 ranked.sort()
-                price = -ranked[1][0] if len(ranked) > 1 else 0.0
+                price = max(-ranked[1][0] if len(ranked) > 1 else 0.0, self.floor)
                 holders[key] = (ranked[0][2], price)
         changed = {k: v[0] for k, v in holders.items()} != {
             k: v[0] for k, v in self.holders.items()
@@ -67,13 +70,13 @@ class UniqueBook:
         self.holders = holders
         return changed
 
-    def charges(self, book: Book, dt_s: np.ndarray) -> np.ndarray:
-        """Per slot, what holding ports and addresses costs over ``dt_s`` seconds."""
+    def charges(self, book: Book) -> np.ndarray:
+        """Per slot, what holding its ports and addresses costs per second."""
         out = np.zeros(book.size)
         for account, price in self.holders.values():
             index = book.slot.get(account)
             if index is not None:
-                out[index] += price * dt_s[index]
+                out[index] += price
         return out
 
     def ports_of(self) -> dict[str, tuple[int, ...]]:

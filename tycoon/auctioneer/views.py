@@ -1,9 +1,15 @@
-"""Read-only views of a market: the bodies of price, alloc and status messages."""
+"""Read-only views of a market: the bodies of price, alloc and status messages.
+
+What is public (``price``, ``alloc``) is what a market needs: prices, totals, and each
+account's shares and rates. An account's balance and expiry are its owner's alone (they
+reveal its budget and its plans); the owner reads them in its own replies and status.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from tycoon.auctioneer.events import Account
 from tycoon.auctioneer.market import ALLOC_MAX, Market
 from tycoon.money import format_amount
 from tycoon.vmm.driver import RESOURCES
@@ -33,10 +39,11 @@ def prices(market: Market) -> dict[str, float]:
     return dict(zip(RESOURCES, totals, strict=True))
 
 
-def account_view(market: Market, account: str) -> dict[str, Any]:
-    """Shares, rates, balance and expiry of one account (zeros without a live bid)."""
-    acc = market.account(account)
+def public_view(market: Market, account: str) -> dict[str, Any]:
+    """Shares and rates of one account (zeros without a live bid): what ``alloc`` shows."""
     index = market.book.slot.get(account)
+    if index is not None and index >= market.shares.shape[1]:
+        index = None
     view: dict[str, Any] = {}
     for i, r in enumerate(RESOURCES):
         view[r] = float(market.shares[i, index]) if index is not None else 0.0
@@ -44,6 +51,13 @@ def account_view(market: Market, account: str) -> dict[str, Any]:
         r: float(market.rates[i, index]) if index is not None else 0.0
         for i, r in enumerate(RESOURCES)
     }
+    return view
+
+
+def account_view(market: Market, account: str) -> dict[str, Any]:
+    """:func:`public_view` plus the balance and expiry, for the account's owner only."""
+    acc = market.accounts.get(account) or Account(account)
+    view = public_view(market, account)
     view["balance"] = acc.balance
     view["expires_ns"] = acc.bid.expires_ns if acc.bid is not None else 0
     return view
@@ -57,7 +71,7 @@ def alloc_body(market: Market, seq: int) -> dict[str, Any]:
     body: dict[str, Any] = {
         "host": market.host_id,
         "seq": seq,
-        "accounts": {a: account_view(market, a) for a in listed},
+        "accounts": {a: public_view(market, a) for a in listed},
         "ports": market.unique.holders_of("port"),
         "ips": market.unique.holders_of("ip"),
     }
@@ -87,11 +101,13 @@ def status(market: Market, account: str | None = None) -> dict[str, Any]:
 
 
 def account_detail(market: Market, account: str) -> dict[str, Any]:
-    """Everything about one host account, for its owner."""
-    acc = market.account(account)
+    """Everything about one host account, for its owner (``open`` is False, and all zero,
+    for a key with no account here: asking creates nothing)."""
+    acc = market.accounts.get(account) or Account(account)
     bid = acc.bid
     return {
         "account": account,
+        "open": account in market.accounts,
         "balance": acc.balance,
         "funded": acc.funded,
         "spent": acc.spent,

@@ -13,6 +13,7 @@ from typing import Any
 
 from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.auctioneer.launch import start_auctioneer
+from tycoon.auctioneer.market import FLOOR_PRICE, IDLE_S
 from tycoon.bus.keys import subject_id
 from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import bus_for, host_id_of, identity, keystore, print_json
@@ -21,6 +22,10 @@ from tycoon.money import MICRO, format_amount, parse_amount
 from tycoon.vmm.driver import RESOURCES, Driver
 
 DRIVERS = ("simulated", "cgroups", "xen")
+
+
+SERVE_DEPOSIT = 1000
+"""``serve``'s default deposit (micro-credits): the agent planner's least balance."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="coalesce the allocation stream: at most one update per this "
                             "many seconds")
     serve.add_argument("--durability", choices=("full", "normal"), default="full")
+    serve.add_argument("--floor-price", type=float, default=FLOOR_PRICE / 1e6,
+                       help="least price, credits/s, of a whole resource or one port/address")
+    serve.add_argument("--deposit", type=parse_amount, default=SERVE_DEPOSIT,
+                       help="least first funding that opens a host account (credits; "
+                            "default 0.001, an agent's smallest funding)")
+    serve.add_argument("--idle", type=float, default=IDLE_S,
+                       help="seconds after which an empty, idle account is removed")
     sim = serve.add_argument_group("simulated driver")
     sim.add_argument("--preset", default="medium", help="tiny|small|medium|large")
     for field in ("cpu", "memory", "disk", "net", "cores"):
@@ -134,6 +146,8 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         args.nats, ident, bank_key=bank_key, driver=driver, store_path=store,
         name=args.name, tick_s=args.tick, heartbeat_s=args.heartbeat,
         alloc_every_s=args.alloc_every, durability=args.durability,
+        market_options={"floor_price": args.floor_price * 1e6, "deposit": args.deposit,
+                        "idle_s": args.idle},
     )  # fmt: skip
     print(f"auctioneer of host {host} ({driver.name}) serving on {args.nats}", flush=True)
     await run_until_signal(running)

@@ -1,0 +1,86 @@
+"""Charging as a function of an account's history, not of when usage readings fall.
+
+Every change to the market (fund, bid, refund, expiry, a usage reading) first *accrues*
+the time since the previous change at the terms then in force, per slot and resource:
+``owed`` = ∫ rate dt, ``held`` = ∫ share dt, ``reserved`` = ∫ lo dt (and, for ports and
+addresses held, ∫ price dt). A usage reading — the driver's mean use ``u`` of each
+resource over the ``T`` seconds since the previous reading — then turns the accruals into
+money at the *use ratio* ``min(1, max(u·T, reserved) / held)``: the share used, but never
+less than the share reserved. A bid that expires or runs empty keeps its accruals
+(:func:`stash`) for the next reading. A refund charges them at ratio 1: the use since the
+last reading is not known yet, and a lower guess would pay a bidder to use hard and
+leave just before the reading (the adapter takes a reading right before a refund, so
+that interval is short). Pure numpy, no I/O.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tycoon.auctioneer.book import NS, Book
+
+
+def accrue(
+    book: Book, rates: np.ndarray, shares: np.ndarray, lo: np.ndarray, unique: np.ndarray,
+    t0: int, t1: int,
+) -> None:  # fmt: skip
+    """Add the terms in force over ``[t0, t1]`` (each slot up to its expiry) to the book.
+
+    ``rates``, ``shares``, ``lo`` (resources × slots) and ``unique`` (price per second per
+    slot) are those of the last recompute; slots added since have no column yet.
+    """
+    if t1 <= t0:
+        return
+    n = min(rates.shape[1], book.size)
+    live = book.live[:n]
+    if not live.any():
+        return
+    end = np.minimum(book.expires[:n], np.int64(t1))
+    dt = np.where(live, np.maximum(end - np.int64(t0), 0), 0).astype(np.float64) / NS
+    book.owed[:, :n] += rates[:, :n] * dt
+    book.held[:, :n] += shares[:, :n] * dt
+    book.reserved[:, :n] += lo[:, :n] * dt
+    book.owed_unique[:n] += unique[:n] * dt
+    book.refresh()
+
+
+def use_ratio(book: Book, used: np.ndarray) -> np.ndarray:
+    """Per resource and slot: ``min(1, max(used, reserved) / held)`` (0 where nothing was
+    held); ``used`` is ∫ use dt over the reading (resource-seconds as fractions)."""
+    held = book.held
+    ratio = np.divide(np.maximum(used, book.reserved), held, out=np.zeros_like(held),
+                      where=held > 0)  # fmt: skip
+    return np.minimum(ratio, 1.0)
+
+
+def due(book: Book, ratio: np.ndarray | float) -> np.ndarray:
+    """Per slot, the charge (float micro-credits) of its accruals at ``ratio``."""
+    return (book.owed * ratio).sum(axis=0) + book.owed_unique
+
+
+def stash(book: Book, index: int) -> np.ndarray:
+    """One slot's accruals and carry as a row: owed, held, reserved (R each), unique, carry."""
+    return np.concatenate([book.owed[:, index], book.held[:, index], book.reserved[:, index],
+                           [book.owed_unique[index], book.carry[index]]])  # fmt: skip
+
+
+def unstash(book: Book, index: int, row: np.ndarray) -> None:
+    """Add a stashed row back to a slot (a new bid of the same account, before a reading:
+    that reading measures both)."""
+    r = (row.size - 2) // 3
+    book.owed[:, index] += row[:r]
+    book.held[:, index] += row[r : 2 * r]
+    book.reserved[:, index] += row[2 * r : 3 * r]
+    book.owed_unique[index] += row[-2]
+    book.carry[index] += row[-1]
+
+
+def stash_due(row: np.ndarray, used: np.ndarray | None) -> float:
+    """What a stashed row owes at the use ``used`` (∫ use dt per resource; None: full)."""
+    r = (row.size - 2) // 3
+    owed, held, reserved = row[:r], row[r : 2 * r], row[2 * r : 3 * r]
+    if used is None:
+        ratio = np.ones(r)
+    else:
+        ratio = np.divide(np.maximum(used, reserved), held, out=np.zeros(r), where=held > 0)
+    return float((owed * np.minimum(ratio, 1.0)).sum() + row[-2] + row[-1])
