@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
@@ -117,15 +118,23 @@ class Broker:
         budget = receipt.amount - fee
         check_amount(budget)
         config = {"deadline_s": seconds, "resource": resource, "max_hosts": max_hosts}
-        key_name = f"job-{receipt.transfer_id[:40]}"
+        # A transfer id is unique per payer only: a job is known by a digest of (payer, id),
+        # so nobody can take another's id first. A row keyed by the bare id of this payer was
+        # enrolled before ids were scoped (column transfer_id holds the job id since).
+        job_id = hashlib.sha256(receipt.key.encode()).hexdigest()[:40]
+        legacy = self.db.execute("SELECT user FROM jobs WHERE transfer_id = ?",
+                                 (receipt.transfer_id,)).fetchone()
+        if legacy is not None and legacy[0] == receipt.payer:
+            raise Rejected("already_redeemed", "this receipt already enrolled a job")
+        key_name = f"job-{job_id}"
         cur = self.db.execute(
             "INSERT OR IGNORE INTO jobs (transfer_id, user, key_name, budget, fee, config, "
             "status) VALUES (?, ?, ?, ?, ?, ?, 'new')",
-            (receipt.transfer_id, receipt.payer, key_name, budget, fee, json.dumps(config)))
+            (job_id, receipt.payer, key_name, budget, fee, json.dumps(config)))
         if cur.rowcount == 0:
             raise Rejected("already_redeemed", "this receipt already enrolled a job")
         job = self.keys.load_or_create(key_name)
-        self._launch(receipt.transfer_id)
+        self._launch(job_id)
         return {"job": job.public_key, "budget": budget, "fee": fee, "deadline_s": seconds}
 
     async def status(self, msg: Message) -> dict[str, Any]:
