@@ -36,6 +36,7 @@ from tycoon.bank.client import BankClient
 from tycoon.bus import ratelimit, subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
+from tycoon.bus.keys import is_public_key
 from tycoon.bus.schema import get_bytes, get_str
 from tycoon.bus.service import Endpoint, Service
 from tycoon.errors import Rejected
@@ -341,7 +342,9 @@ class AuctioneerService:
                 delay = min(delay * 2, cap)
 
     async def _status(self, msg: Message) -> dict[str, Any]:
-        account = get_str(msg.body, "account", optional=True)
+        account = get_str(msg.body, "account", optional=True, max_len=64)
+        if account is not None and not is_public_key(account):  # e.g. the key plus a space
+            raise Rejected("malformed", "an account id is a user public key")
         if account is not None and account != msg.sender:
             raise Rejected("forbidden", "only the owner may see a host account's details")
         if account is None and msg.sender in self.market.accounts:

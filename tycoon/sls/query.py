@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tycoon.bus.schema import check_id
 from tycoon.errors import Rejected
 from tycoon.vmm.driver import RESOURCES
 
@@ -107,7 +108,4 @@ def host_request(body: Any) -> str:
     """The host id asked for in a ``sls.host`` body ``{"host": str}``."""
     if not isinstance(body, dict):
         raise Rejected("malformed", "a host request is a map")
-    host = body.get("host")
-    if not isinstance(host, str) or not 1 <= len(host) <= 64:
-        raise Rejected("malformed", "host must be a host id string")
-    return host
+    return check_id(body.get("host"), "host", max_len=64)

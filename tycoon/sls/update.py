@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tycoon.bus.schema import check_name
 from tycoon.errors import Rejected
 from tycoon.vmm.driver import RESOURCES
 
@@ -50,6 +51,13 @@ def _text(value: Any, what: str, max_len: int) -> str:
     return value
 
 
+def _name(value: Any, what: str, max_len: int) -> str:
+    try:  # ASCII, no surrounding or doubled space: one written form (docs/protocol.md)
+        return check_name(value, what, max_len=max_len)
+    except Rejected as error:
+        raise _bad(what, error.message) from None
+
+
 def _offer(res: str, raw: Any) -> OfferTuple:
     """Check one offer field by field (ints accepted for floats), naming the bad field."""
     if raw.__class__ is not dict:
@@ -82,8 +90,8 @@ def parse_update(body: Any) -> ParsedUpdate:
     heartbeat = _nonneg(body.get("heartbeat_s"), "heartbeat_s")
     if not MIN_HEARTBEAT_S <= heartbeat <= MAX_HEARTBEAT_S:
         raise _bad("heartbeat_s", f"must be in [{MIN_HEARTBEAT_S}, {MAX_HEARTBEAT_S}]")
-    name = _text(body.get("name"), "name", 128)
-    driver = _text(body.get("driver"), "driver", 64)
+    name = _name(body.get("name"), "name", 128)
+    driver = _name(body.get("driver"), "driver", 64)
     resources = body.get("resources")
     if resources.__class__ is not dict or not resources.keys() <= _RESOURCE_SET:
         raise _bad("resources", f"must be a map keyed by {', '.join(RESOURCES)}")
