@@ -15,7 +15,7 @@ from tycoon.errors import Rejected
 from tycoon.money import MICRO
 from tycoon.streams.config import JS_ERRORS, SPECS, describe, ensure_stream, js_unavailable
 from tycoon.streams.history import price_history_via_sls
-from tycoon.streams.prices import PricePoint
+from tycoon.streams.prices import PricePoint, price_history
 from tycoon.vmm.driver import RESOURCES
 
 NS = 1_000_000_000
@@ -64,9 +64,16 @@ async def cmd_history(args: argparse.Namespace) -> int:
         return fail(error)
     bus = await bus_for(args)
     try:
-        # through the SLS: no user holds JetStream rights (docs/security.md)
-        points, refused = await price_history_via_sls(bus, host, args.resource,
-                                                      since_ns=since_ns)
+        # through the SLS: no user holds JetStream rights (docs/security.md); with no SLS
+        # up, straight from PRICES (a key with +jetstream, e.g. the operator's)
+        try:
+            points, refused = await price_history_via_sls(bus, host, args.resource,
+                                                          since_ns=since_ns)
+        except Rejected as error:
+            if error.code != "unavailable":
+                raise
+            points, refused = await price_history(bus.nc.jetstream(timeout=5.0), host,
+                                                  args.resource, since_ns=since_ns)
     finally:
         await bus.close()
     if args.plot is not None:
