@@ -76,14 +76,18 @@ class BankClient:
             attempt += 1
             await asyncio.sleep(self.retry_wait * attempt)
 
-    async def open(self, name: str | None = None, *, exist_ok: bool = False) -> dict[str, Any]:
-        """Open this key's account; ``exist_ok`` accepts an already open one."""
-        body = {} if name is None else {"name": name}
+    async def open(self, name: str | None = None, *, exist_ok: bool = False,
+                   account: str | None = None) -> dict[str, Any]:
+        """Open this key's account (or, as its sponsor, ``account``'s: the operator, or
+        anyone paying the bank's opening fee); ``exist_ok`` accepts an already open one."""
+        body: dict[str, Any] = {} if name is None else {"name": name}
+        if account is not None:
+            body["account"] = account
         try:
             return await self._call("open", body, retry=False)
         except Rejected as error:
             if exist_ok and error.code == "account_exists":
-                return {"account": self.account, "name": name or "", "seq": None}
+                return {"account": account or self.account, "name": name or "", "seq": None}
             raise
 
     async def mint(self, account: str, amount: int, mint_id: str | None = None, *,

@@ -106,18 +106,38 @@ class Batch:
         self.seq += 1
         return self.seq, self._ledger.clock()
 
-    def open(self, sender: str, name: str = "") -> dict[str, Any]:
-        """Open the account of key ``sender`` (re-opening a closed one starts it at zero)."""
+    def open(self, sender: str, name: str = "", *, account: str = "", fee: int = 0,
+             fee_to: str = "") -> dict[str, Any]:
+        """Open the account of key ``account`` (default: the sender's own; re-opening a
+        closed one starts it at zero). A ``fee`` > 0 is paid by the sender to ``fee_to`` in
+        the same batch, as an ordinary transfer with a receipt (id ``open-<seq>``), so
+        money is conserved; without the money nothing is opened (``overdraft``)."""
         _check_text(name, "name", MAX_NAME)
-        if not is_public_key(sender):
+        target = account or sender
+        if not is_public_key(target):
             raise Rejected("malformed", "an account id is a user public key")
-        existing = self._account(sender)
+        existing = self._account(target)
         if existing is not None and not existing.closed:
             raise Rejected("account_exists", "this key already has an open account")
+        receipt = None
+        if fee:
+            check_amount(fee)
+            payer = self._live(sender, "sponsor")  # every check of transfer(), up front
+            self._live(fee_to, "fee account")
+            if fee_to in (sender, target):
+                raise Rejected("self_transfer", "the fee account cannot pay or get the fee")
+            if payer.balance < fee:
+                raise Rejected("overdraft", f"opening costs {format_amount(fee)}; the sponsor "
+                                            f"holds {format_amount(payer.balance)}")
+            receipt = self.transfer(sender, fee_to, fee, f"open-{self.seq + 1}",
+                                    f"account opening fee for {target}")
         seq, ts = self._next()
-        self._record(EventRow(seq, "open", ts, sender, payee=sender, memo=name))
-        self.dirty[sender] = AccountRow(sender, name, 0, False, seq)
-        return {"account": sender, "name": name, "seq": seq}
+        self._record(EventRow(seq, "open", ts, sender, payee=target, memo=name))
+        self.dirty[target] = AccountRow(target, name, 0, False, seq)
+        out: dict[str, Any] = {"account": target, "name": name, "seq": seq}
+        if receipt is not None:
+            out |= {"fee": fee, "receipt": receipt.raw}
+        return out
 
     def mint(self, sender: str, account: str, amount: int, mint_id: str,
              memo: str = "") -> dict[str, Any]:

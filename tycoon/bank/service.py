@@ -10,23 +10,31 @@ transfers is published on ``tycoon.bank.settled``.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from tycoon.bank.committer import GroupCommitter
 from tycoon.bank.ledger import MAX_HISTORY_PAGE, MAX_NAME, Batch, Ledger
 from tycoon.bank.receipt import MAX_MEMO, MAX_TRANSFER_ID
-from tycoon.bus import subjects
+from tycoon.bus import ratelimit, subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
+from tycoon.bus.keys import is_public_key
+from tycoon.bus.ratelimit import Bucket, RateLimit, retry_text
 from tycoon.bus.schema import get_int, get_str
 from tycoon.bus.service import Endpoint, Service
 from tycoon.errors import Rejected
-from tycoon.money import check_amount
+from tycoon.money import check_amount, format_amount
 
 if TYPE_CHECKING:
     from tycoon.streams.settlements import SettlementLog
 
 OPS = ("open", "mint", "transfer", "balance", "history", "close", "info")
+OPEN_RATE = 100.0
+OPEN_BURST = 1000
+"""The default opening budget, for all keys together: a cluster of 1,000 hosts and a few
+hundred users opens its accounts at once; an attacker with free keys opens 100 a second at
+most (20,000 took 3.2 s before), and with an opening fee pays for each one."""
 
 
 def _amount(body: dict[str, Any]) -> int:
@@ -38,9 +46,20 @@ class BankService:
 
     def __init__(self, bus: Bus, ledger: Ledger, *, max_batch: int = 2048,
                  concurrency: int = 4096, queue: str = "bank",
-                 settlement_log: SettlementLog | None = None) -> None:
+                 settlement_log: SettlementLog | None = None,
+                 rate_limit: RateLimit | None = ratelimit.BANK,
+                 open_rate: float = OPEN_RATE, open_burst: int = OPEN_BURST,
+                 open_fee: int = 0) -> None:
+        """``rate_limit``: per signer key (the operator is exempt). ``open_rate`` and
+        ``open_burst``: accounts opened per second by all keys together (0: no limit; the
+        operator's openings are not counted). ``open_fee``: µcredits an account costs to
+        open, paid by a sponsor (see docs/bank.md#opening-accounts)."""
         if bus.identity.public_key != ledger.bank.public_key:
             raise ValueError("the bus must be signed by the bank's own key")
+        if not isinstance(open_fee, int) or open_fee < 0:
+            raise ValueError("the opening fee is a non-negative integer of µcredits")
+        self.open_fee = open_fee
+        self.openings = Bucket(open_rate, open_burst) if open_rate > 0 else None
         self.bus = bus
         self.ledger = ledger
         self.settlement_log = settlement_log  # JetStream copy of receipts, best effort
@@ -58,7 +77,8 @@ class BankService:
         endpoints = [Endpoint(subjects.bank(op), f"bank.{op}", handlers[op]) for op in OPS]
         self.service = Service(bus, "tycoon-bank", endpoints, queue=queue,
                                concurrency=concurrency,
-                               description="Tycoon bank: accounts, transfers, receipts")
+                               description="Tycoon bank: accounts, transfers, receipts",
+                               rate_limit=rate_limit, exempt=(ledger.operator,))
 
     async def __aenter__(self) -> BankService:
         await self.start()
@@ -69,6 +89,10 @@ class BankService:
 
     async def start(self) -> None:
         await self.committer.start()
+        bank = self.ledger.bank.public_key
+        row = self.ledger.accounts.get(bank)
+        if self.open_fee and (row is None or row.closed):  # where opening fees are paid
+            await self.committer.submit(lambda b: b.open(bank, "bank: opening fees"))
         if self.settlement_log is not None:
             await self.settlement_log.start()
         await self.service.start()
@@ -90,9 +114,36 @@ class BankService:
     # -- handlers ----------------------------------------------------------------
 
     async def _open(self, msg: Message) -> dict[str, Any]:
+        """Open the sender's account, or (``account``) another key's as its sponsor.
+
+        The operator opens any account, free and outside the opening budget. Others open
+        their own only while there is no fee; with a fee, a funded sponsor opens an
+        account for a key and pays the fee into the bank's account, in one batch."""
         name = get_str(msg.body, "name", optional=True, max_len=MAX_NAME) or ""
         sender = msg.sender
-        return await self.committer.submit(lambda b: b.open(sender, name))
+        target = get_str(msg.body, "account", optional=True, max_len=64) or sender
+        if not is_public_key(target):
+            raise Rejected("malformed", "an account id is a user public key")
+        row = self.ledger.accounts.get(target)
+        if row is not None and not row.closed:  # before the budget: a retry costs nothing
+            raise Rejected("account_exists", "this key already has an open account")
+        fee, fee_to = 0, ""
+        if sender != self.ledger.operator:
+            if self.open_fee and target == sender:
+                raise Rejected("forbidden", f"opening an account costs "
+                               f"{format_amount(self.open_fee)} credits here: a funded "
+                               "account (or the operator) opens it for this key")
+            if not self.open_fee and target != sender:
+                raise Rejected("forbidden", "only the operator opens another key's account")
+            fee, fee_to = self.open_fee, self.ledger.bank.public_key
+            if self.openings is not None:
+                wait = self.openings.take(time.monotonic_ns())
+                if wait:
+                    raise Rejected("rate_limited", "the bank opens at most "
+                                   f"{self.openings.rate:g} accounts/s for all keys together; "
+                                   f"{retry_text(wait)}")
+        return await self.committer.submit(
+            lambda b: b.open(sender, name, account=target, fee=fee, fee_to=fee_to))
 
     async def _mint(self, msg: Message) -> dict[str, Any]:
         body, sender = msg.body, msg.sender
@@ -142,4 +193,5 @@ class BankService:
 
     async def _info(self, msg: Message) -> dict[str, Any]:
         return {"bank": self.ledger.bank.public_key, "operator": self.ledger.operator,
-                "seq": self.ledger.seq, "accounts": len(self.ledger.accounts)}
+                "seq": self.ledger.seq, "accounts": len(self.ledger.accounts),
+                "open_fee": self.open_fee}

@@ -125,6 +125,7 @@ class Bucket:
     """One token bucket, not keyed (a global budget such as the bank's account openings)."""
 
     def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
         self._limiter = KeyedLimiter(rate, burst, max_keys=1)
 
     def take(self, now_ns: int) -> int:

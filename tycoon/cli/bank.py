@@ -12,7 +12,7 @@ from tycoon.bank.audit import audit
 from tycoon.bank.client import BankClient
 from tycoon.bank.ledger import Ledger
 from tycoon.bank.receipt import Receipt
-from tycoon.bank.service import BankService
+from tycoon.bank.service import OPEN_BURST, OPEN_RATE, BankService
 from tycoon.bank.sqlite_store import SqliteStore, StoreLocked
 from tycoon.bus.connection import open_bus
 from tycoon.bus.keys import default_home, is_public_key
@@ -48,6 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-batch", type=int, default=2048, help="operations per commit")
     serve.add_argument("--no-settlement-log", action="store_true",
                        help="do not copy receipts to the JetStream SETTLEMENTS stream")
+    serve.add_argument("--open-fee", default="0",
+                       help="credits a sponsor pays to open an account (default 0: free)")
+    serve.add_argument("--open-rate", type=float, default=OPEN_RATE,
+                       help="accounts opened per second, all keys together (0: no limit)")
+    serve.add_argument("--open-burst", type=int, default=OPEN_BURST,
+                       help="accounts opened at once before --open-rate applies")
     serve.set_defaults(func=cmd_serve)
 
     key = cmds.add_parser("key", help="print the bank's public key")
@@ -56,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     opener = cmds.add_parser("open", parents=[common], help="open the account of --as KEY")
     opener.add_argument("--name", default=None, help="display name")
+    opener.add_argument("--for", dest="account", default=None,
+                        help="open this key's account as its sponsor (public key or key name)")
     opener.set_defaults(func=cmd_open)
 
     mint = cmds.add_parser("mint", parents=[common], help="create money (operator key only)")
@@ -190,7 +198,9 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     bus = await open_bus(args.nats, bank, name="tycoon-bank")
     settlements = None if args.no_settlement_log else \
         SettlementLog(bus.nc, bank.public_key, sqlite_source(path))
-    service = BankService(bus, ledger, max_batch=args.max_batch, settlement_log=settlements)
+    service = BankService(bus, ledger, max_batch=args.max_batch, settlement_log=settlements,
+                          open_fee=parse_amount(args.open_fee) if args.open_fee != "0" else 0,
+                          open_rate=args.open_rate, open_burst=args.open_burst)
     try:
         await service.start()
         log.info("bank ready", bank=bank.public_key, operator=operator, db=str(path),
@@ -229,7 +239,8 @@ def _out(args: argparse.Namespace, obj: dict[str, Any], text: str) -> int:
 
 async def cmd_open(args: argparse.Namespace) -> int:
     async def act(c: BankClient) -> int:
-        reply = await c.open(args.name)
+        account = resolve_account(args, args.account) if args.account else None
+        reply = await c.open(args.name, account=account)
         return _out(args, reply, f"opened account {reply['account']}")
     return await _with_client(args, act)
 
