@@ -122,6 +122,25 @@ class ReserveToggle(Strategy):
             sim.bid(sim.player(), f"{sim.until_end()} {BOTH}")
 
 
+class ReserveThenSplit(Strategy):
+    """Reserve with half the budget at exactly the admission price, then bid the other half
+    from a second account: the reservation was priced against the others before the second
+    bid, which now dilutes only the rivals."""
+
+    name = "reserve-then-split"
+    about = "account A: min at the price of admission (half the budget); then B bids the rest"
+
+    def start(self, sim: Sim) -> None:
+        first, second = sim.player(0), sim.player(1)
+        half = sim.setup.budget // 2
+        sim.fund(first, half)
+        rate = half / 2 / (sim.setup.horizon_ns / NS)  # per resource
+        q = rate / (1.001 * float(sim.rival_price[:2].max()))  # 0.1 % above lo/(1-lo)·others
+        reserve(sim, first, sim.until_end(), q / (1 + q))
+        sim.fund(second, sim.setup.budget - half)
+        sim.bid(second, f"{sim.until_end()} {BOTH}")
+
+
 class Split(Strategy):
     """One budget over several accounts (keys), each bidding honestly."""
 
@@ -198,6 +217,7 @@ def all_strategies() -> list[Strategy]:
         ReserveToggle("reserve-between-ticks", between=True),
         ReserveToggle("reserve-at-ticks", between=False),
         Split(8),
+        ReserveThenSplit(),
         Flap("flap-durations", f"1h {BOTH}", f"10s {BOTH}", f"10s {BOTH}"),
         Flap("flap-weights", "0 cpu:3 memory:1", "0 cpu:1 memory:3", f"END {BOTH}"),
         RefundCycle(),
