@@ -294,3 +294,44 @@ async def test_restart_keeps_balances_and_redemptions(market: Market) -> None:
     with pytest.raises(Rejected, match="already_redeemed"):
         await client.fund(raw)
     assert restored.conserved()
+
+
+async def test_unfunded_keys_open_nothing_and_idle_accounts_go(market: Market) -> None:
+    """Issue 17: host.account from self-made keys made lasting accounts and sandboxes. Now
+    asking creates nothing, and an account empty and idle for idle_s goes with its sandbox."""
+    core = market.auctioneer.market
+    bank, client = await market.user(1000)
+    await client.fund(await pay(bank, market.host_id.public_key, 1))
+    accounts, sandboxes = set(core.accounts), set(market.driver.sandboxes())
+    assert accounts == {bank.account} and bank.account in sandboxes
+    for _ in range(50):  # fresh keys: account, bid, refund, status
+        ident = Identity.generate()
+        bus = await open_bus(market.url, ident)
+        other = AuctioneerClient(bus, market.host, timeout=3.0)
+        detail = await other.account()
+        assert detail["open"] is False and detail["balance"] == 0 and detail["bid"] is None
+        for call in (other.bid("1h cpu:1"), other.refund()):
+            with pytest.raises(Rejected) as info:
+                await call
+            assert info.value.code == "unknown_account"
+        await bus.close()
+    assert set(core.accounts) == accounts and set(market.driver.sandboxes()) == sandboxes
+    assert market.auctioneer.store.db.execute("SELECT COUNT(*) FROM accounts").fetchone() == (1,)
+    await client.bid("1h cpu:1")
+    refund = await client.refund()
+    assert refund["balance"] == 0 and refund["refunds"][0]["receipt"]
+    core.idle_ns = 200_000_000  # 0.2 s (the tick is 0.1 s)
+    for _ in range(100):
+        if bank.account not in core.accounts:
+            break
+        await asyncio.sleep(0.05)
+    assert bank.account not in core.accounts
+    assert bank.account not in market.driver.sandboxes()  # the sandbox went too
+    assert market.auctioneer.store.db.execute("SELECT COUNT(*) FROM accounts").fetchone() == (0,)
+    audit = market.auctioneer.store.audit()
+    assert audit["funded"] == audit["earnings"] + audit["balances"] + audit["refunded"]
+    # funding again opens a new account, whose refund is paid (a new refund id)
+    await client.fund(await pay(bank, market.host_id.public_key, 2))
+    again = await client.refund()
+    assert again["refunds"][0]["refund_id"] != refund["refunds"][0]["refund_id"]
+    assert again["refunds"][0]["receipt"]

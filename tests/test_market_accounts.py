@@ -125,3 +125,23 @@ def test_removed_accounts_stay_removed_after_a_restart(tmp_path: Path) -> None:
     store.load(again, T0 + 4 * IDLE * NS)
     assert not again.accounts and again.conserved()
     store.close()
+
+
+def test_the_allocation_feed_shows_no_balance() -> None:
+    """Issue 17: tycoon.alloc.<host> showed every account's balance. It carries shares and
+    rates (the market's public facts); balance and expiry are the owner's alone."""
+    m = market()
+    for i in range(3):
+        m.fund(receipt(USERS[i], (i + 1) * 100 * MICRO, f"t{i}"), T0)
+        m.place_bid(USERS[i], parse_bid(f"{i + 1}h cpu:1 tcpv4port,{8080 + i}:1"), T0)
+    body = views.alloc_body(m, 1)
+    assert set(body["accounts"]) == set(USERS[:3])
+    for view in body["accounts"].values():
+        assert set(view) == {"cpu", "memory", "disk", "net", "rate"}
+    text = repr(body)
+    for i in range(3):
+        assert str(m.accounts[USERS[i]].balance) not in text
+    # the owner still reads its own balance and expiry (status, bid reply)
+    mine = views.account_detail(m, USERS[0])
+    assert mine["balance"] == m.accounts[USERS[0]].balance and mine["open"] is True
+    assert views.account_view(m, USERS[0])["expires_ns"] == T0 + 3600 * NS

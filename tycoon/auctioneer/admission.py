@@ -17,11 +17,16 @@ import numpy as np
 
 from tycoon.auctioneer.allocation import TOLERANCE
 from tycoon.auctioneer.bidparse import BidSpec
+from tycoon.auctioneer.book import Book
 from tycoon.auctioneer.events import Bid
 from tycoon.errors import Rejected
 from tycoon.vmm.driver import RESOURCES, Capacity
 
 NS = 1_000_000_000
+FLOOR_PRICE = 100.0
+"""Default floor price: micro-credits per second for a whole resource (share 1.0) or one
+port or address. A reservation pays at least ``lo × floor``; a port or address at least
+the floor. (100 µcredits/s: a whole host's four resources cost 34.6 credits a day.)"""
 
 
 def resolve(spec: BidSpec, capacity: Capacity, now_ns: int, expires_ns: int) -> Bid:
@@ -58,7 +63,27 @@ def needed_rate(lo: float, others: float, floor: float) -> float:
     return max(lo / (1.0 - lo) * others, lo * floor)
 
 
-def admit(
+def admit(bid: Bid, book: Book, rates: np.ndarray, own: int | None, balance: float,
+          now_ns: int, floor: float) -> None:  # fmt: skip
+    """Raise ``not_admitted`` unless every minimum of ``bid`` fits and is paid for.
+
+    ``rates`` are the book's rates now; ``own`` the slot of the account's current bid (not
+    counted against it), ``balance`` its balance (less what that bid owes meanwhile).
+    """
+    live = book.live & (book.expires > now_ns) & (book.balance > 0)
+    lo = np.where(live, book.lo, 0.0)
+    rates = rates[:, : book.size]
+    reserved, others = lo.sum(axis=1), rates.sum(axis=1)
+    if own is not None:
+        reserved -= lo[:, own]
+        if own < rates.shape[1]:
+            others -= rates[:, own]
+        balance = float(book.balance[own])
+    check(bid, spendable=balance, now_ns=now_ns, reserved=reserved,
+          others=np.maximum(others, 0.0), floor=floor)  # fmt: skip
+
+
+def check(
     bid: Bid, *, spendable: float, now_ns: int, reserved: np.ndarray, others: np.ndarray,
     floor: float,
 ) -> None:  # fmt: skip

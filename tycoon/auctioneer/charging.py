@@ -15,9 +15,14 @@ that interval is short). Pure numpy, no I/O.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import numpy as np
 
 from tycoon.auctioneer.book import NS, Book
+from tycoon.auctioneer.events import Account, Changes
+from tycoon.vmm.driver import Usage
 
 
 def accrue(
@@ -42,6 +47,16 @@ def accrue(
     book.reserved[:, :n] += lo[:, :n] * dt
     book.owed_unique[:n] += unique[:n] * dt
     book.refresh()
+
+
+def used(book: Book, usage: Mapping[str, Usage]) -> np.ndarray:
+    """A usage reading as a resources × slots matrix (0 for slots not in it)."""
+    out = np.zeros((book.owed.shape[0], book.size))
+    for account, u in usage.items():
+        index = book.slot.get(account)
+        if index is not None:
+            out[:, index] = (u.cpu, u.memory, u.disk, u.net)
+    return out
 
 
 def use_ratio(book: Book, used: np.ndarray) -> np.ndarray:
@@ -84,3 +99,51 @@ def stash_due(row: np.ndarray, used: np.ndarray | None) -> float:
     else:
         ratio = np.divide(np.maximum(used, reserved), held, out=np.zeros(r), where=held > 0)
     return float((owed * np.minimum(ratio, 1.0)).sum() + row[-2] + row[-1])
+
+
+class Ledger:
+    """The money moves of a market's charging (a mixin of :class:`Market`): integer
+    charges with the fraction carried, and the accruals of ended bids (``_ended``)."""
+
+    accounts: dict[str, Account]
+    book: Book
+    earnings: int
+    _ended: dict[str, np.ndarray]
+    """Accruals of ended bids (expired, empty) not yet charged: the next reading does."""
+    _changes: Changes
+
+    def _pay_ended(self, owner: str, used: np.ndarray | None) -> int:
+        """Charge an ended bid's accruals at the use of a reading (None: fully used)."""
+        row = self._ended.pop(owner, None)
+        account = self.accounts.get(owner)
+        if row is None or account is None:
+            return 0
+        whole, _ = self._move(account, stash_due(row, used))
+        return whole
+
+    def _charge(self, index: int, amount: float) -> int:
+        """Charge a live slot ``amount`` (plus its carry); keep the remainder as its carry."""
+        book = self.book
+        account = self.accounts[book.ids[index]]
+        whole, rest = self._move(account, book.carry[index] + amount)
+        book.carry[index] = rest
+        book.clear(index)
+        book.set_balance(account.account, self._spendable(account))
+        return whole
+
+    def _move(self, account: Account, due: float) -> tuple[int, float]:
+        """Move ``floor(due)`` (at most the balance) to earnings; return it and the rest."""
+        whole = min(math.floor(due), account.balance) if due >= 1.0 else 0
+        if whole > 0:
+            account.balance -= whole
+            account.spent += whole
+            self.earnings += whole
+            self._changes.accounts.add(account.account)
+        return whole, (due - whole if account.balance > 0 else 0.0)
+
+    def _spendable(self, account: Account) -> int:
+        """The balance less what an ended bid still owes (charged at the next reading)."""
+        row = self._ended.get(account.account)
+        return account.balance if row is None else max(
+            account.balance - math.ceil(stash_due(row, None)), 0)
+

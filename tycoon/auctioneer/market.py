@@ -18,14 +18,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from tycoon.auctioneer import charging
-from tycoon.auctioneer.admission import admit, resolve
+from tycoon.auctioneer import charging, lifecycle
+from tycoon.auctioneer.admission import FLOOR_PRICE, admit, resolve
 from tycoon.auctioneer.allocation import water_fill
 from tycoon.auctioneer.bidparse import BidSpec
 from tycoon.auctioneer.book import Book
 from tycoon.auctioneer.events import (
     Account,
-    AccountClosed,
     AccountOpened,
     BidEnded,
     BidPlaced,
@@ -38,6 +37,7 @@ from tycoon.auctioneer.events import (
     RefundDue,
     SharesChanged,
 )
+from tycoon.auctioneer.lifecycle import DEPOSIT, IDLE_S
 from tycoon.auctioneer.unique import UniqueBook
 from tycoon.bank.receipt import verify_receipt
 from tycoon.bus.keys import is_public_key, subject_id
@@ -51,15 +51,8 @@ PRICE_EPS = 0.01
 """... and the prices only if one moved by more than this fraction."""
 ALLOC_MAX = 1000
 """At most this many accounts (the largest shares) are listed in an allocation message."""
-FLOOR_PRICE = 100.0
-"""Default floor price: micro-credits per second for a whole resource (share 1.0) or one
-port or address. A reservation pays at least ``lo × floor``; a port or address at least
-the floor. (100 µcredits/s: a whole host's four resources cost 34.6 credits a day.)"""
-DEPOSIT = 1
-"""Default least first funding that opens a host account (micro-credits)."""
-IDLE_S = 3600
-"""Default time after which an empty, idle account is removed with its sandbox."""
 # Views of the market (price, alloc, status bodies) live in tycoon.auctioneer.views.
+__all__ = ["DEPOSIT", "FLOOR_PRICE", "IDLE_S", "Market", "refund_id"]
 
 
 def refund_id(host_key: str, account: str, counter: int) -> str:
@@ -71,7 +64,7 @@ def refund_id(host_key: str, account: str, counter: int) -> str:
     return "refund-" + digest[:40]
 
 
-class Market:
+class Market(charging.Ledger):
     """One host's proportional-share market."""
 
     def __init__(
@@ -81,21 +74,16 @@ class Market:
     ) -> None:  # fmt: skip
         if not (math.isfinite(floor_price) and floor_price >= 0) or deposit < 1 or idle_s < 0:
             raise ValueError("floor price ≥ 0, deposit ≥ 1 µcredit, idle time ≥ 0")
-        self.host_key = host_key
-        self.bank_key = bank_key
+        self.host_key, self.bank_key = host_key, bank_key
         self.host_id = subject_id(host_key)
         self.capacity = capacity
-        self.name = name or self.host_id
-        self.driver = driver
+        self.name, self.driver = name or self.host_id, driver
         self.floor_price, self.deposit = float(floor_price), int(deposit)
         self.idle_ns = int(idle_s * 1e9)
-        self.accounts: dict[str, Account] = {}
+        self.accounts = {}
         self.redeemed: set[str] = set()
         self.pending: dict[str, Refund] = {}
-        self.earnings = 0
-        self.funded = 0
-        self.refunded = 0
-        self.seq = 0
+        self.earnings = self.funded = self.refunded = self.seq = 0
         self.book = Book()
         self.unique = UniqueBook(self.floor_price)
         self.utilization = np.zeros(len(RESOURCES))
@@ -104,7 +92,7 @@ class Market:
         self.rates = np.zeros_like(self.shares)
         self.lows = np.zeros_like(self.shares)
         self._unique_prices = np.zeros(self.book.size)
-        self._ended: dict[str, np.ndarray] = {}  # accruals of ended bids, not yet read
+        self._ended = {}
         self._settled: int | None = None  # the time up to which every bid has accrued
         self._read: int | None = None  # the time of the last usage reading
         self._swept = 0
@@ -128,6 +116,7 @@ class Market:
             return []
         self.accounts[owner] = Account(owner, created_ns=now_ns, refunds=now_ns)
         self._changes.accounts.add(owner)
+        self._changes.closed.discard(owner)  # removed and opened again before a commit
         return [AccountOpened(owner)]
 
     def fund(self, raw: bytes, now_ns: int) -> list[Event]:
@@ -232,18 +221,7 @@ class Market:
         bid = resolve(spec, self.capacity, now_ns, expires)
         self._settle(now_ns)
         own = self.book.slot.get(owner)
-        live = self.book.live & (self.book.expires > now_ns) & (self.book.balance > 0)
-        lo = np.where(live, self.book.lo, 0.0)
-        rates = self.rates[:, : self.book.size]
-        reserved, others = lo.sum(axis=1), rates.sum(axis=1)
-        spendable = float(account.balance)
-        if own is not None:
-            reserved -= lo[:, own]
-            if own < rates.shape[1]:
-                others -= rates[:, own]
-            spendable = float(self.book.balance[own])  # less what it owes meanwhile
-        admit(bid, spendable=spendable, now_ns=now_ns, reserved=reserved,
-              others=np.maximum(others, 0.0), floor=self.floor_price)  # fmt: skip
+        admit(bid, self.book, self.rates, own, float(account.balance), now_ns, self.floor_price)
         events: list[Event] = []
         if old is None and own is not None:
             events += self._end_bid(account, "expired")  # charged up to its expiry
@@ -285,41 +263,6 @@ class Market:
         self._structure = True
         self._changes.accounts.add(owner)
         return [BidEnded(owner, reason)]
-
-    def _pay_ended(self, owner: str, used: np.ndarray | None) -> int:
-        """Charge an ended bid's accruals at the use of a reading (None: fully used)."""
-        row = self._ended.pop(owner, None)
-        account = self.accounts.get(owner)
-        if row is None or account is None:
-            return 0
-        whole, _ = self._move(account, charging.stash_due(row, used))
-        return whole
-
-    def _charge(self, index: int, amount: float) -> int:
-        """Charge a live slot ``amount`` (plus its carry); keep the remainder as its carry."""
-        book = self.book
-        account = self.accounts[book.ids[index]]
-        whole, rest = self._move(account, book.carry[index] + amount)
-        book.carry[index] = rest
-        book.clear(index)
-        book.set_balance(account.account, self._spendable(account))
-        return whole
-
-    def _move(self, account: Account, due: float) -> tuple[int, float]:
-        """Move ``floor(due)`` (at most the balance) to earnings; return it and the rest."""
-        whole = min(math.floor(due), account.balance) if due >= 1.0 else 0
-        if whole > 0:
-            account.balance -= whole
-            account.spent += whole
-            self.earnings += whole
-            self._changes.accounts.add(account.account)
-        return whole, (due - whole if account.balance > 0 else 0.0)
-
-    def _spendable(self, account: Account) -> int:
-        """The balance less what an ended bid still owes (charged at the next reading)."""
-        row = self._ended.get(account.account)
-        return account.balance if row is None else max(
-            account.balance - math.ceil(charging.stash_due(row, None)), 0)
 
     def _settle(self, now_ns: int) -> None:
         """Accrue the time since the last settlement at the terms in force during it."""
@@ -382,18 +325,13 @@ class Market:
         assert self._read is not None
         span = max(now_ns - self._read, 0) / 1e9
         self._read = max(self._read, now_ns)
-        used = np.zeros((len(RESOURCES), book.size))
-        for account, u in usage.items():
-            index = book.slot.get(account)
-            if index is not None:
-                used[:, index] = (u.cpu, u.memory, u.disk, u.net)
         self.utilization = np.clip(
             np.array([sum(u.of(r) for u in usage.values()) for r in RESOURCES]), 0.0, 1.0
         )
         total, count = 0, 0
         live = np.nonzero(book.live)[0]
         if live.size:
-            owed = charging.due(book, charging.use_ratio(book, used * span))
+            owed = charging.due(book, charging.use_ratio(book, charging.used(book, usage) * span))
             for index in live.tolist():
                 whole = self._charge(index, float(owed[index]))
                 total, count = total + whole, count + (whole > 0)
@@ -406,38 +344,14 @@ class Market:
         return events + self.sweep(now_ns)
 
     def sweep(self, now_ns: int) -> list[Event]:
-        """Remove accounts with no bid, no balance and no pending refund since ``idle_s``
-        (checked at most every ``idle_s / 4``); the adapter destroys their sandboxes."""
-        if now_ns - self._swept < self.idle_ns // 4:
-            return []
-        self._swept = now_ns
-        busy = {r.account for r in self.pending.values()}
-        events: list[Event] = []
-        for account in list(self.accounts.values()):
-            if account.bid is not None or account.balance > 0 or account.account in busy \
-                    or account.account in self._ended:
-                account.idle_since_ns = 0
-            elif not account.idle_since_ns:
-                account.idle_since_ns = now_ns
-            elif now_ns - account.idle_since_ns >= self.idle_ns:
-                del self.accounts[account.account]
-                self._changes.accounts.discard(account.account)
-                self._changes.closed.add(account.account)
-                events.append(AccountClosed(account.account))
-        return events
+        """Remove accounts empty and idle for ``idle_s`` (see :func:`lifecycle.sweep`)."""
+        return lifecycle.sweep(self, now_ns)
 
     # ------------------------------------------------------------------ views
 
     def shares_map(self) -> dict[str, Shares]:
         """The shares of every live account, for the driver (absent accounts get nothing)."""
-        ports = self.unique.ports_of()
-        out: dict[str, Shares] = {}
-        for account, index in self.book.slot.items():
-            s = self.shares[:, index] if index < self.shares.shape[1] else np.zeros(4)
-            out[account] = Shares(
-                float(s[0]), float(s[1]), float(s[2]), float(s[3]), ports.get(account, ())
-            )
-        return out
+        return lifecycle.shares_map(self)
 
     def next_seq(self, now_ns: int) -> int:
         """A strictly increasing sequence number that also survives a lost store (µs clock)."""
@@ -462,23 +376,9 @@ class Market:
         self, *, accounts: Iterable[Account], redeemed: Iterable[str], pending: Iterable[Refund],
         earnings: int, funded: int, refunded: int, seq: int, now_ns: int,
     ) -> list[Event]:  # fmt: skip
-        """Restore a stored state and recompute.
-
-        Bids are re-resolved against the current capacity (without admission: they were
-        admitted once); charging restarts at ``now_ns`` (the downtime is not billed).
-        """
+        """Restore a stored state and recompute (see :func:`lifecycle.restore`)."""
         self.accounts = {a.account: a for a in accounts}
-        self._ended = {}
         self.redeemed = set(redeemed)
         self.pending = {r.refund_id: r for r in pending}
         self.earnings, self.funded, self.refunded, self.seq = earnings, funded, refunded, seq
-        for account in self.accounts.values():
-            if account.bid is not None and account.balance > 0:
-                bid = account.bid
-                account.bid = resolve(bid.spec, self.capacity, bid.placed_ns, bid.expires_ns)
-                self._put(account)
-            else:
-                account.bid = None
-        self._changes = Changes()
-        self._settled = self._read = None  # charging restarts now
-        return self.recompute(now_ns, force=True)
+        return lifecycle.restore(self, now_ns)

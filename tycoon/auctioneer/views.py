@@ -94,6 +94,9 @@ def status(market: Market, account: str | None = None) -> dict[str, Any]:
         "refunded": market.refunded,
         "balances": sum(a.balance for a in market.accounts.values()),
         "pending_refunds": len(market.pending),
+        "floor_price": market.floor_price,
+        "deposit": market.deposit,
+        "idle_s": market.idle_ns / 1e9,
     }
     if account is not None:
         body["account"] = account_detail(market, account)

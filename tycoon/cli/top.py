@@ -89,16 +89,16 @@ class MarketView:
                           _f(cpu.get("unit_price")), _pct(cpu.get("utilization")),
                           str(cpu.get("bidders", "")), _f(mem.get("price")))
         accounts = Table(title="accounts", expand=True)
-        for col in ("host", "account", "cpu", "memory", "balance"):
+        for col in ("host", "account", "cpu", "memory", "cpu rate"):
             accounts.add_column(col, justify="left" if col in ("host", "account") else "right")
         for row in sorted(self.hosts.values(), key=lambda r: r.name or r.host):
             for account, info in list(row.accounts.items())[:6]:
                 if not isinstance(info, dict):
                     continue
-                balance = info.get("balance")
+                rate = info.get("rate")  # the feed carries no balance (the owner's alone)
                 accounts.add_row(row.name[:12] or row.host[:10], str(account)[:12],
                                  _pct(info.get("cpu")), _pct(info.get("memory")),
-                                 format_amount(balance) if isinstance(balance, int) else "")
+                                 _f(rate.get("cpu")) if isinstance(rate, dict) else "")
         recent = Table(title=f"agents and transfers ({self.events} events)", expand=True)
         recent.add_column("latest agent decisions")
         recent.add_column("settled transfers")
