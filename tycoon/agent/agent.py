@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tycoon.agent.allocator import Allocator, HostClient
+from tycoon.agent.allocator import Allocator
+from tycoon.agent.books import HostClient
 from tycoon.agent.finish import bring_home
 from tycoon.agent.journal import Journal
 from tycoon.agent.planner import (
