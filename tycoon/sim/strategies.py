@@ -178,6 +178,22 @@ class Flap(Strategy):
         sim.bid(sim.player(), self.first if self._flip else self.second)
 
 
+class ExpiryTail(Strategy):
+    """Just after each tick, fund one tick's worth and bid for 2 % of a tick: the bid's
+    money is spent by its expiry, but its share stays until the market next recomputes."""
+
+    name = "expiry-tail"
+    about = "fund a tick's worth and bid for 0.02 tick just after each tick"
+
+    def moments(self, setup: Setup) -> list[tuple[int, str]]:
+        return [(t, label) for t, label in around_ticks(setup) if label == "after"]
+
+    def act(self, sim: Sim, label: str) -> None:
+        me = sim.player()
+        sim.fund(me, sim.setup.budget // sim.setup.ticks)
+        sim.bid(me, f"{0.02 * sim.setup.tick_s:.9f}s {BOTH}")
+
+
 class RefundCycle(Strategy):
     """Refund just before each tick, fund again (what the refund paid back) just after."""
 
@@ -221,4 +237,5 @@ def all_strategies() -> list[Strategy]:
         Flap("flap-durations", f"1h {BOTH}", f"10s {BOTH}", f"10s {BOTH}"),
         Flap("flap-weights", "0 cpu:3 memory:1", "0 cpu:1 memory:3", f"END {BOTH}"),
         RefundCycle(),
+        ExpiryTail(),
     ]
