@@ -71,7 +71,7 @@ async def test_host_commands(
         code, refund = await tycoon("refund", "h1", "--json")
         assert code == 0 and refund["balance"] == 0 and refund["refunds"][0]["amount"] > 0
         code, text = await tycoon("status", "nosuchhost")
-        assert code == 1 and "unavailable" in str(text)
+        assert code == 1 and "no host named nosuchhost (tycoon hosts lists them)" in str(text)
     finally:
         await op_bus.close()
         await alice_bus.close()

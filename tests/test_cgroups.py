@@ -151,7 +151,10 @@ def test_usage_counts_the_kernels_cpu_time(driver: CgroupsDriver) -> None:
         usage = driver.usage()
         assert driver.cpu_seconds(KEY_A) > before
         assert 0.0 < usage[KEY_A].cpu <= 1.0
-        assert usage[KEY_A].memory > 0.0
+        # v1 charges a page to the cgroup where it faults, and the busy loop had faulted its
+        # pages in before it was attached: memory charged here may be 0 (it was, once, on a
+        # busy machine). The kernel guarantees a count, not a positive one.
+        assert usage[KEY_A].memory >= 0.0
         assert usage[KEY_B] == Usage()  # nothing ran there
     finally:
         proc.kill()

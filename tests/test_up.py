@@ -79,6 +79,11 @@ def test_pub_and_status_against_a_running_market(nats_url: str, tmp_path: Path) 
             time.sleep(0.5)
         assert tycoon("--nats", nats_url, "status", "--check").returncode == 0
         home = ["--nats", nats_url, "--as", "alice"]
+        # in a market's home an unknown --as is refused, never created: make the key first
+        refused = tycoon(*home, "bank", "open", home=state)
+        assert refused.returncode == 1 and "run: tycoon init --user alice" in refused.stderr
+        assert not (state / "keys" / "alice.nk").exists()
+        assert tycoon("keys", "new", "alice", home=state).returncode == 0
         assert tycoon(*home, "bank", "open", home=state).returncode == 0
         alice = tycoon(*home, "keys", "show", "alice", "--json", home=state)
         key = json.loads(alice.stdout)["public_key"]

@@ -76,13 +76,16 @@ def reload_server(home: Path) -> bool:
 def write_nats_config(deployment: Deployment, url: str = "", *, tls: TLS | None = None,
                       http_port: int | None = None) -> Path:
     """Write ``<home>/nats.conf`` for a server listening at ``url`` (default: the
-    deployment's): every key of the deployment, the CLI's own key (as an agent) and the
+    deployment's): every key of the deployment, the CLI's own key (an agent that may
+    also ask for service stats) and the
     extra principals listed in ``<home>/principals.conf``; JetStream under ``<home>``."""
     where = urlsplit(url or deployment.nats_url or "nats://127.0.0.1:4222")
     cli = deployment.store.load_or_create(CLI_KEY)
     extra = load_principals(deployment.home / PRINCIPALS_NAME)
     if cli.public_key not in {p.public_key for p in [*extra, *deployment_principals(deployment)]}:
-        extra.append(Principal(cli.public_key, "agent", CLI_KEY))
+        # The home's own CLI key may also ask services for their stats ($SRV): `tycoon
+        # status` works without --as (whoever holds this home holds the operator key too).
+        extra.append(Principal(cli.public_key, "agent", CLI_KEY, frozenset({"monitor"})))
     text = render_config(
         deployment, port=where.port or 4222, host=where.hostname or "127.0.0.1",
         jetstream_dir=str(deployment.home / "jetstream"), http_port=http_port,

@@ -126,7 +126,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
             print(f"healthy: {counts['tycoon-bank']} bank, {counts['tycoon-sls']} SLS, "
                   f"{counts['tycoon-auctioneer']} auctioneers answer at {args.nats}")
             return 0
-        print(f"unhealthy: {', '.join(missing)} did not answer at {args.nats}")
+        print(f"missing: {', '.join(missing)} (no answer at {args.nats})")
         return 1
     print(f"nats  {used['nats']['value']}  (from {used['nats']['source']})")
     print(f"home  {used['home']['value']}  (from {used['home']['source']})")

@@ -1,8 +1,9 @@
 """``tycoon top``: a live terminal view of the market, fed only by the bus.
 
 ``MarketView`` is a pure state machine (feed it verified messages, ask it for a
-rich renderable); the command wires it to a subscription on ``tycoon.>`` and
-redraws at least twice a second.
+rich renderable); the command seeds it from the SLS (every live host at once, not after
+the next heartbeat), wires it to the live feeds and redraws at least twice a second.
+``q`` or Ctrl-C quits; ``--json`` prints one snapshot and exits.
 """
 
 from __future__ import annotations
@@ -11,22 +12,25 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from tycoon.bank.receipt import Receipt, verify_receipt
 from tycoon.bus import subjects
-from tycoon.bus.connection import open_bus
 from tycoon.bus.envelope import Message
-from tycoon.bus.keys import subject_id
-from tycoon.cli.common import identity
+from tycoon.bus.keys import KeyStore, subject_id
+from tycoon.cli.common import bus_for, keystore, print_json
 from tycoon.errors import Rejected
-from tycoon.money import format_amount
+from tycoon.money import format_credits, format_rate
+from tycoon.sls.client import SLSClient
 
 RESOURCES = ("cpu", "memory", "disk", "net")
 
@@ -43,11 +47,33 @@ class HostRow:
 class MarketView:
     """What an operator sees: hosts, accounts, agent decisions, settled transfers."""
 
-    def __init__(self, history: int = 8) -> None:
+    def __init__(self, history: int = 8, names: dict[str, str] | None = None) -> None:
         self.hosts: dict[str, HostRow] = {}
         self.decisions: collections.deque[str] = collections.deque(maxlen=history)
         self.transfers: collections.deque[str] = collections.deque(maxlen=history)
         self.events = 0
+        self.names = dict(names or {})
+        """Public keys and ids -> key store names (``agent-1``), shown before ids."""
+
+    def who(self, key_or_id: str) -> str:
+        """A key store name if known, else a short id."""
+        if key_or_id in self.names:
+            return self.names[key_or_id]
+        with contextlib.suppress(ValueError):
+            return self.names.get(subject_id(key_or_id), subject_id(key_or_id)[:8])
+        return key_or_id[:10]
+
+    def seed(self, rows: list[dict[str, Any]], resource: str = "cpu") -> None:
+        """Take the SLS's rows (one resource) into the host table."""
+        for r in rows:
+            host = str(r.get("host", ""))
+            if not host:
+                continue
+            row = self.hosts.setdefault(host, HostRow(host))
+            row.name = row.name or str(r.get("name", ""))
+            if resource not in row.resources:
+                row.resources[resource] = {k: r.get(k) for k in
+                                           ("price", "unit_price", "utilization", "bidders")}
 
     def feed(self, msg: Message, now: float | None = None) -> None:
         """Take one verified message into the view."""
@@ -69,34 +95,34 @@ class MarketView:
         elif msg.kind == "bank.settled":
             for receipt in settled_receipts(msg):
                 self.transfers.appendleft(
-                    f"{stamp} {subject_id(receipt.payer)[:8]} → {subject_id(receipt.payee)[:8]}"
-                    f" {format_amount(receipt.amount)} {receipt.memo[:20]}"
+                    f"{stamp} {self.who(receipt.payer)} → {self.who(receipt.payee)}"
+                    f" {format_credits(receipt.amount)} {receipt.memo[:20]}"
                 )
         elif msg.kind.startswith("agent."):
             event = msg.kind.split(".", 1)[1]
             detail = body.get("summary") or body.get("message") or ""
-            self.decisions.appendleft(f"{stamp} {subject_id(msg.sender)[:8]} {event} {detail}")
+            self.decisions.appendleft(f"{stamp} {self.who(msg.sender)} {event} {detail}")
 
     def render(self) -> Group:
         """The current view as rich tables."""
         hosts = Table(title=f"hosts ({len(self.hosts)})", expand=True)
-        for col in ("host", "name", "cpu price", "cpu unit", "util", "bidders", "mem price"):
+        for col in ("name", "host", "cpu credits/s", "util", "bidders", "memory credits/s"):
             hosts.add_column(col, justify="right" if col not in ("host", "name") else "left")
         for row in sorted(self.hosts.values(), key=lambda r: r.name or r.host):
             cpu = row.resources.get("cpu", {}) if isinstance(row.resources, dict) else {}
             mem = row.resources.get("memory", {}) if isinstance(row.resources, dict) else {}
-            hosts.add_row(row.host[:10], row.name[:18], _f(cpu.get("price")),
-                          _f(cpu.get("unit_price")), _pct(cpu.get("utilization")),
-                          str(cpu.get("bidders", "")), _f(mem.get("price")))
+            hosts.add_row(row.name[:18], row.host[:10], _f(cpu.get("price")),
+                          _pct(cpu.get("utilization")), str(cpu.get("bidders", "")),
+                          _f(mem.get("price")))
         accounts = Table(title="accounts", expand=True)
-        for col in ("host", "account", "cpu", "memory", "cpu rate"):
+        for col in ("host", "account", "cpu", "memory", "cpu credits/s"):
             accounts.add_column(col, justify="left" if col in ("host", "account") else "right")
         for row in sorted(self.hosts.values(), key=lambda r: r.name or r.host):
             for account, info in list(row.accounts.items())[:6]:
                 if not isinstance(info, dict):
                     continue
                 rate = info.get("rate")  # the feed carries no balance (the owner's alone)
-                accounts.add_row(row.name[:12] or row.host[:10], str(account)[:12],
+                accounts.add_row(row.name[:12] or row.host[:10], self.who(str(account)),
                                  _pct(info.get("cpu")), _pct(info.get("memory")),
                                  _f(rate.get("cpu")) if isinstance(rate, dict) else "")
         recent = Table(title=f"agents and transfers ({self.events} events)", expand=True)
@@ -119,7 +145,30 @@ def settled_receipts(msg: Message) -> list[Receipt]:
 
 
 def _f(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, int | float) else ""
+    """A price in micro-credits/s as credits/s."""
+    return format_rate(value) if isinstance(value, int | float) else ""
+
+
+def names_of(store: KeyStore) -> dict[str, str]:
+    """Every key in the store by public key and by id: what the views print for them."""
+    names: dict[str, str] = {}
+    for name in store.names():
+        with contextlib.suppress(ValueError, OSError):
+            key = store.load(name).public_key
+            names[key] = names[subject_id(key)] = name
+    return names
+
+
+def snapshot(view: MarketView) -> dict[str, Any]:
+    """The view as one JSON document (``tycoon top --json``)."""
+    return {
+        "events": view.events,
+        "hosts": [{"host": r.host, "name": r.name, "resources": r.resources,
+                   "accounts": {view.who(a): v for a, v in r.accounts.items()}}
+                  for r in sorted(view.hosts.values(), key=lambda r: r.name or r.host)],
+        "decisions": list(view.decisions),
+        "transfers": list(view.transfers),
+    }
 
 
 def _pct(value: Any) -> str:
@@ -129,27 +178,79 @@ def _pct(value: Any) -> str:
 def register(sub: argparse._SubParsersAction) -> None:
     top = sub.add_parser("top", help="live view of hosts, accounts, agents and transfers")
     top.add_argument("--refresh", type=float, default=0.4, help="seconds between redraws")
-    top.add_argument("--duration", type=float, default=0, help="exit after this many seconds")
+    top.add_argument("--duration", type=float, default=0,
+                     help="exit after this many seconds (0: until q or Ctrl-C)")
+    top.add_argument("--json", action="store_true",
+                     help="listen --listen seconds, print one JSON snapshot and exit")
+    top.add_argument("--listen", type=float, default=2.0, help="seconds --json listens")
     top.set_defaults(func=cmd_top)
 
 
 async def cmd_top(args: argparse.Namespace) -> int:
-    view = MarketView()
-    bus = await open_bus(args.nats, identity(args), name="tycoon-top", deadline=10.0)
+    view = MarketView(names=names_of(keystore(args)))
+    bus = await bus_for(args, deadline=10.0)
 
     async def on_message(msg: Message) -> None:
         view.feed(msg)
 
-    for feed in subjects.LIVE_FEEDS:
-        await bus.subscribe(feed, on_message)
-    started = time.monotonic()
     try:
-        with Live(view.render(), refresh_per_second=max(2, int(1 / args.refresh))) as live:
-            while not args.duration or time.monotonic() - started < args.duration:
-                await asyncio.sleep(args.refresh)
-                live.update(view.render())
+        for feed in subjects.LIVE_FEEDS:
+            await bus.subscribe(feed, on_message)
+        sls = SLSClient(bus, timeout=2.0)
+        for resource in ("cpu", "memory"):  # every live host now, not at its next heartbeat
+            with contextlib.suppress(Rejected):
+                view.seed(await sls.query(resource, limit=1000, statistics=False), resource)
+        if args.json:
+            await asyncio.sleep(args.listen)
+            print_json(snapshot(view))
+            return 0
+        await live(view, args.refresh, args.duration)
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     finally:
         await bus.close()
     return 0
+
+
+def footer(view: MarketView, refresh: float) -> Text:
+    """The keys, under the view."""
+    return Text.from_markup(f"[dim]q quit · Ctrl-C quit · {view.events} events · redraw every "
+                            f"{refresh:g}s · tycoon tap shows every event[/]")
+
+
+async def live(view: MarketView, refresh: float, duration: float) -> None:
+    """Redraw until ``q`` (on a terminal), Ctrl-C or ``duration`` seconds."""
+    quit_ = asyncio.Event()
+    started = time.monotonic()
+    with keys_pressed(quit_), Live(Group(view.render(), footer(view, refresh)),
+                                   refresh_per_second=max(2, int(1 / refresh))) as screen:
+        while not quit_.is_set() and (not duration or time.monotonic() - started < duration):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(quit_.wait(), refresh)
+            screen.update(Group(view.render(), footer(view, refresh)))
+
+
+@contextlib.contextmanager
+def keys_pressed(quit_: asyncio.Event) -> Iterator[None]:
+    """On a terminal: read keys unbuffered and set ``quit_`` on ``q``; restore on exit."""
+    if not sys.stdin.isatty():
+        yield
+        return
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    loop = asyncio.get_running_loop()
+
+    def on_key() -> None:
+        if sys.stdin.read(1) in ("q", "Q"):
+            quit_.set()
+
+    tty.setcbreak(fd)
+    loop.add_reader(fd, on_key)
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)

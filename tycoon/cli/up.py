@@ -41,7 +41,7 @@ from tycoon.bus.envelope import Message
 from tycoon.bus.keys import host_id
 from tycoon.cli.init import write_nats_config
 from tycoon.cli.status import discover, healthy
-from tycoon.cli.top import MarketView
+from tycoon.cli.top import MarketView, names_of
 from tycoon.deploy import Deployment
 from tycoon.money import format_amount, parse_amount
 from tycoon.natsserver import NatsServer, free_port
@@ -308,6 +308,7 @@ async def run_market(args: argparse.Namespace, state: Path, lock: StateLock) -> 
     try:
         deployment, url, server = await start_server(args, state, lock)
         market = Market(deployment, url, args.heartbeat)
+        view.names.update(names_of(deployment.store))
         await market.start_services()
         bus = await open_bus(url, deployment.store.load(deployment.operator_key), deadline=10)
         await wait_for_market(bus, len(deployment.hosts))
