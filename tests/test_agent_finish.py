@@ -4,12 +4,16 @@ see test_allocator)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_allocator import Market, start
 
 from tycoon.agent.finish import bring_home
+from tycoon.bank.client import BankClient
 from tycoon.errors import Rejected
 
 
@@ -118,3 +122,97 @@ async def test_bring_home_reports_what_is_away_at_the_end_of_grace(tmp_path: Pat
     assert m.hosts["h0"].balance == 0  # the reachable host was settled
     # spent is a lower bound while a host is unknown: h0's charge only
     assert accounting.spent == 100_000 - accounting.refunded
+
+
+# -- with real services on a real nats-server ------------------------------------------
+
+
+async def _market(nats_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    from tycoon.localmarket import start_market
+
+    market = await start_market(nats_url, tmp_path / "m", hosts=2, presets=("small",),
+                                heartbeat_s=0.5)
+    for _ in range(100):
+        if len(market.sls.registry.live_hosts(time.time_ns())) >= 2:
+            return market
+        await asyncio.sleep(0.1)
+    raise AssertionError("hosts did not register")
+
+
+async def _agent_paid(market: Any, key: str) -> list[Any]:
+    """The agent's payments to hosts (every host ever started), from the ledger."""
+    return [e for e in market.ledger.store.events()
+            if e.kind == "transfer" and e.payer == key and e.memo.startswith("fund")]
+
+
+def _charged(market: Any, key: str) -> int:
+    return sum(h.service.market.accounts[key].spent for h in market.hosts
+               if key in h.service.market.accounts)
+
+
+@pytest.mark.nats
+@pytest.mark.timeout(120)
+async def test_agent_waits_for_a_host_down_at_its_deadline(nats_url: str,
+                                                           tmp_path: Path) -> None:
+    from tycoon.agent.agent import Agent, AgentConfig
+    from tycoon.money import MICRO
+
+    market = await _market(nats_url, tmp_path)
+    try:
+        bus = await market.fund_user(10 * MICRO)
+        key = bus.identity.public_key
+        agent = Agent(bus, market.bank_key, AgentConfig(
+            budget=10 * MICRO, deadline_s=5.0, replan_every_s=1.0, grace_s=60.0),
+            tmp_path / "agent.db")
+        task = asyncio.create_task(agent.run())
+        while len(await _agent_paid(market, key)) < 2:
+            await asyncio.sleep(0.1)
+        gone = market.hosts.pop(1)
+        await gone.service.stop()  # down across the deadline, back 4 s after it
+        await asyncio.sleep(max(agent.deadline - time.time(), 0) + 4)
+        assert not task.done()  # still settling: the host's money is unknown, not zero
+        await market.add_host("small", identity=gone.identity, heartbeat_s=0.5)
+        summary = await asyncio.wait_for(task, 30)
+        assert summary.outstanding == []
+        bank = await BankClient(bus, market.bank_key).balance()
+        assert bank + _charged(market, key) == 10 * MICRO
+        assert summary.spent == _charged(market, key)
+        assert summary.refunded == summary.funded - summary.spent
+        assert all(h.service.market.accounts[key].balance == 0 for h in market.hosts
+                   if key in h.service.market.accounts)
+    finally:
+        await market.close()
+
+
+@pytest.mark.nats
+@pytest.mark.timeout(120)
+async def test_money_away_at_the_end_of_grace_is_reported_and_a_rerun_only_settles(
+        nats_url: str, tmp_path: Path) -> None:
+    from tycoon.agent.agent import Agent, AgentConfig
+    from tycoon.money import MICRO
+
+    market = await _market(nats_url, tmp_path)
+    try:
+        bus = await market.fund_user(10 * MICRO)
+        key = bus.identity.public_key
+        config = AgentConfig(budget=10 * MICRO, deadline_s=4.0, replan_every_s=1.0,
+                             grace_s=1.0)
+        agent = Agent(bus, market.bank_key, config, tmp_path / "agent.db")
+        task = asyncio.create_task(agent.run())
+        while len(await _agent_paid(market, key)) < 2:
+            await asyncio.sleep(0.1)
+        gone = market.hosts.pop(1)
+        await gone.service.stop()
+        summary = await asyncio.wait_for(task, 30)
+        (away,) = summary.outstanding
+        assert away["host"] == gone.id and away["what"] == "unknown" and away["amount"] > 0
+        paid = len(await _agent_paid(market, key))
+        await market.add_host("small", identity=gone.identity)
+        again = await Agent(bus, market.bank_key, config, tmp_path / "agent.db").run()
+        assert again.outstanding == []
+        assert len(await _agent_paid(market, key)) == paid  # the rerun funded nothing
+        bank = await BankClient(bus, market.bank_key).balance()
+        assert bank + _charged(market, key) == 10 * MICRO
+        assert again.spent == _charged(market, key)
+    finally:
+        await market.close()
