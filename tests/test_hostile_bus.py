@@ -176,6 +176,10 @@ def test_reply_allowed_only_under_the_signers_inbox() -> None:
     for ok in (f"{mine}.x", f"{mine}.AbC123.7", f"{mine}.flood.12"):
         assert reply_allowed(ok, alice.public_key) and reply_allowed(ok, None)
     assert not reply_allowed(f"{mine}.x", bob.public_key)  # somebody else's inbox
+    bobs = subject_id(bob.public_key)  # bob speaking over alice's connection (a broker's job)
+    assert reply_allowed(f"{mine}.{bobs}.n.1", bob.public_key)
+    assert not reply_allowed(f"{mine}.{bobs}", bob.public_key)
+    assert not reply_allowed(f"{mine}.x.{bobs}.1", bob.public_key)
     assert reply_allowed(f"{mine}.x", None)  # unverified: any inbox, error replies only
     for bad in (*DANGEROUS_REPLIES, mine, f"{mine}.", f"{mine}..x", f"{mine}.*", f"{mine}.>",
                 f"{mine}x.y", f"{mine}.a b", "tycoon.bank.info", "_INBOX.x.y", "_INBOX.>",

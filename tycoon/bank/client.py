@@ -51,7 +51,7 @@ class BankClient:
         subject = subjects.bank(op)
         raw = seal(self.bus.identity, f"bank.{op}", body, subject=subject)
         try:
-            resp = await self.bus.nc.request(subject, raw, timeout=self.timeout)
+            resp = await self.bus.send_request(subject, raw, timeout=self.timeout)
         except nats.errors.NoRespondersError as exc:
             raise Rejected("unavailable", f"no bank answers on {subject}") from exc
         except nats.errors.TimeoutError as exc:

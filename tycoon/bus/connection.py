@@ -63,6 +63,11 @@ class Bus:
         self.log = get_logger("bus", me=subject_id(identity.public_key))
         self.log_limiter = LogLimiter()
         """Refusals are logged at most once per interval per (key, code), with the count."""
+        self._shared: bool | None = None  # speaking over another principal's connection?
+        self._replies: dict[str, asyncio.Future[Msg]] = {}
+        self._reply_prefix = ""
+        self._reply_lock = asyncio.Lock()
+        self._tokens = 0
 
     async def __aenter__(self) -> Bus:
         return self
@@ -120,12 +125,53 @@ class Bus:
         """
         raw = seal(self.identity, kind, body, subject=subject)
         try:
-            resp = await self.nc.request(subject, raw, timeout=timeout)
+            resp = await self.send_request(subject, raw, timeout=timeout)
         except nats.errors.NoRespondersError as exc:
             raise Rejected("unavailable", f"no service answers on {subject}") from exc
         except nats.errors.TimeoutError as exc:
             raise Rejected("timeout", f"no reply on {subject} within {timeout}s") from exc
         return self.check_reply(raw, resp.data)
+
+    async def send_request(self, subject: str, raw: bytes, *, timeout: float = 5.0) -> Msg:
+        """Publish sealed request bytes and return the raw reply, received on an inbox that
+        services accept for this principal (raises nats-py's timeout / no-responders)."""
+        if self._shared is None:
+            self._shared = not self.nc.new_inbox().startswith(self.inbox_prefix + ".")
+        if self._shared:
+            return await self._request_shared(subject, raw, timeout)
+        return await self.nc.request(subject, raw, timeout=timeout)
+
+    async def _request_shared(self, subject: str, raw: bytes, timeout: float) -> Msg:
+        """A request over a connection whose inbox is another principal's (a broker's job, a
+        market of many principals in one process): the reply comes under the connection's
+        inbox, named by this principal's id, ``<connection inbox>.<my id>.<nuid>.<n>``,
+        which services accept as this signer's (:func:`reply_allowed`)."""
+        async with self._reply_lock:
+            if not self._reply_prefix:
+                base, _, nuid = self.nc.new_inbox().rpartition(".")
+                prefix = f"{base}.{subject_id(self.identity.public_key)}.{nuid}"
+                await self.nc.subscribe(f"{prefix}.*", cb=self._on_shared_reply)
+                self._reply_prefix = prefix
+        self._tokens += 1
+        reply = f"{self._reply_prefix}.{self._tokens}"
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._replies[reply] = future
+        try:
+            await self.nc.publish(subject, raw, reply=reply)
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError as exc:
+            raise nats.errors.TimeoutError from exc
+        finally:
+            self._replies.pop(reply, None)
+
+    async def _on_shared_reply(self, msg: Msg) -> None:
+        future = self._replies.get(msg.subject)
+        if future is None or future.done():
+            return
+        if msg.headers and str(msg.headers.get("Status", "")) == "503":
+            future.set_exception(nats.errors.NoRespondersError())
+        else:
+            future.set_result(msg)
 
     def check_reply(self, request_raw: bytes, data: bytes) -> Message:
         """Verify a reply to ``request_raw``; raise the remote error if it is one."""
@@ -189,18 +235,22 @@ def inbox_prefix(identity: Identity | str) -> str:
 
 
 def reply_allowed(reply_to: str, sender: str | None) -> bool:
-    """Whether a service may answer on ``reply_to``: under ``_INBOX.<sender's id>.`` for a
-    verified request from public key ``sender``; for an unverified one (``None``) only an
-    inbox-shaped subject. So no reply ever reaches ``$JS.>``, ``$SYS.>``, a feed or any
-    other non-inbox subject, whatever a request says."""
+    """Whether a service may answer on ``reply_to``: for a verified request from public key
+    ``sender``, under the sender's own inbox ``_INBOX.<sender id>.…``, or, for a principal
+    speaking over another's connection, under that connection's inbox and named by the
+    sender's id, ``_INBOX.<connection id>.<sender id>.<token>…``; for an unverified one
+    (``None``) only an inbox-shaped subject. So no reply ever reaches ``$JS.>``,
+    ``$SYS.>``, a feed or any other non-inbox subject, whatever a request says."""
     if len(reply_to) > 256 or not _INBOX.fullmatch(reply_to):
         return False
     if sender is None:
         return True
     try:
-        return reply_to.startswith(inbox_prefix(sender) + ".")
+        sid = subject_id(sender)
     except (ValueError, Rejected):
         return False
+    tokens = reply_to.split(".")
+    return tokens[1] == sid or (len(tokens) >= 4 and tokens[2] == sid)
 
 
 async def open_bus(

@@ -26,7 +26,7 @@ from tycoon import __version__
 from tycoon.bus import ratelimit
 from tycoon.bus.connection import Bus, reply_allowed
 from tycoon.bus.envelope import HEADER_SIZE, MAGIC, Message
-from tycoon.bus.keys import decode_public_key, public_key_from_raw_cached, subject_id
+from tycoon.bus.keys import decode_public_key, public_key_from_raw_cached
 from tycoon.bus.ratelimit import KeyedLimiter, RateLimit, retry_text
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
@@ -244,7 +244,7 @@ class Service:
             self.log.warning("rate limited", sender=sender, subject=request.subject,
                              pending=self._pending.get(key, 0))
         reply_to = request._msg.reply
-        if not reply_to or not reply_to.startswith(f"_INBOX.{subject_id(sender)}."):
+        if not reply_to or not reply_allowed(reply_to, sender):
             self.stats.unanswered += 1
             return
         wait = max(self._limiter.retry_after(key, now), self._limiter.interval)
