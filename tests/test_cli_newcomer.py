@@ -1,0 +1,245 @@
+"""A newcomer's path through the CLI (issue 19): one home, one URL; errors a person can act
+on; a state directory one market at a time; human output. The README itself is executed by
+``tests/test_readme.py``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tycoon.bus.keys import Identity, KeyStore
+from tycoon.cli.common import DEFAULT_URL, host_id_of, identity, probe, resolve_url
+from tycoon.cli.main import build_parser, main
+from tycoon.cli.status import errors_of
+from tycoon.cli.up import StateLock, last_port, port_is_free
+from tycoon.deploy import Deployment
+from tycoon.errors import Rejected
+from tycoon.money import format_credits, format_rate, parse_amount
+from tycoon.natsconf import Principal, render_principals, write_config
+from tycoon.natsserver import NatsServer, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ns(**kw: object) -> argparse.Namespace:
+    return argparse.Namespace(**{"nats": None, "home": None, "as_name": "default", **kw})
+
+
+def market_home(tmp_path: Path, url: str = "nats://127.0.0.1:4999") -> Path:
+    home = tmp_path / "market"
+    d = Deployment.default(home, 1, 0, url)
+    d.ensure_keys()
+    d.save()
+    return home
+
+
+def test_the_url_comes_from_the_flag_the_env_the_home_then_the_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TYCOON_NATS", raising=False)
+    monkeypatch.delenv("TYCOON_HOME", raising=False)
+    home = market_home(tmp_path)
+    assert resolve_url(ns(home=str(tmp_path / "bare"))) == (DEFAULT_URL, "default")
+    assert resolve_url(ns(home=str(home))) == ("nats://127.0.0.1:4999",
+                                               str(home / "tycoon.toml"))
+    monkeypatch.setenv("TYCOON_NATS", "nats://127.0.0.1:5000")
+    assert resolve_url(ns(home=str(home))) == ("nats://127.0.0.1:5000", "TYCOON_NATS")
+    assert resolve_url(ns(home=str(home), nats="nats://h:1")) == ("nats://h:1", "--nats")
+    for bad, source in (("", "--nats"), ("  ", "--nats"), ("localhost", "--nats"),
+                        ("nats://h:99999", "--nats")):
+        with pytest.raises(Rejected, match=source):
+            resolve_url(ns(nats=bad))
+    monkeypatch.setenv("TYCOON_NATS", "")
+    with pytest.raises(Rejected, match=r"TYCOON_NATS is empty.*unset it"):
+        resolve_url(ns())
+
+
+def test_bad_global_options_are_one_line_errors(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TYCOON_LOG", raising=False)
+    assert main(["--nats", "", "status"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--nats is empty" in err and "Traceback" not in err
+    monkeypatch.setenv("TYCOON_NATS", "")
+    assert main(["hosts"]) == 2
+    assert "TYCOON_NATS is empty" in capsys.readouterr().err
+    assert main(["keys", "list"]) == 0  # an offline command does not care
+    with pytest.raises(SystemExit) as exit_:
+        main(["--log-level", "bogus", "status"])
+    assert exit_.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err
+    monkeypatch.setenv("TYCOON_LOG", "loud")
+    assert main(["keys", "list"]) == 2
+    assert "TYCOON_LOG='loud' is not a log level" in capsys.readouterr().err
+
+
+def test_an_unknown_key_name_is_refused_in_a_market_home_and_never_created(
+        tmp_path: Path) -> None:
+    home = market_home(tmp_path)
+    with pytest.raises(Rejected, match=r"no key named 'mallory'.*run: tycoon init --user "
+                                       r"mallory"):
+        identity(ns(home=str(home), as_name="mallory"))
+    assert not (home / "keys" / "mallory.nk").exists()
+    with pytest.raises(Rejected, match="bad key name"):
+        identity(ns(home=str(home), as_name="../x"))
+    assert identity(ns(home=str(home), as_name="host-1")).public_key  # a known key loads
+    bare = tmp_path / "bare"
+    assert identity(ns(home=str(bare), as_name="alice")).public_key  # an open server's use
+    assert (bare / "keys" / "alice.nk").exists()
+
+
+def test_an_unknown_host_name_says_where_to_look(tmp_path: Path) -> None:
+    home = market_home(tmp_path)
+    args = ns(home=str(home))
+    with pytest.raises(Rejected, match=r"no host named host-9 \(tycoon hosts lists them\)"):
+        host_id_of(args, "host-9")
+    assert len(host_id_of(args, "host-1")) == 16
+    assert host_id_of(args, "abcdefghijklmn23") == "abcdefghijklmn23"  # an id passes
+
+
+def test_amounts_speak_credits() -> None:
+    with pytest.raises(Rejected, match="more than 0 credits"):
+        parse_amount("0")
+    with pytest.raises(Rejected, match=r"at most 9223372036854\.775807 credits"):
+        parse_amount("9999999999999")
+    assert parse_amount("24.93") == 24_930_000
+    assert format_credits(24_930_000) == "24.93" and format_credits(1) == "0.00"
+    assert format_credits(4_995_000) == "5.00" and format_credits(-1_234_567_890) == "-1,234.57"
+    assert format_credits(12_345_678, 6) == "12.345678" and format_rate(353_208.4) == "0.3532"
+
+
+def test_idempotent_opens_are_not_errors() -> None:
+    assert errors_of({"errors": {"account_exists": 3}}) == 0
+    assert errors_of({"errors": {"account_exists": 3, "overdraft": 2}}) == 2
+    assert errors_of({"errors": None}) == 0
+
+
+def test_every_command_has_examples_and_shows_defaults() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("up", "init", "status", "top", "tap", "hosts", "history", "sim", "demo"):
+        text = sub.choices[name].format_help()
+        assert "examples:" in text and "tycoon" in text.split("examples:")[1], name
+    assert "(default: 4)" in sub.choices["up"].format_help()
+    bank = next(a for a in sub.choices["bank"]._actions
+                if isinstance(a, argparse._SubParsersAction))
+    assert "bank mint alice 100" in bank.choices["mint"].format_help()
+
+
+def test_configs_hold_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`TYCOON_HOME=.tycoon` and an absolute home write the same store_dir (a relative one
+    made nats-server refuse the reload that admits a user)."""
+    monkeypatch.chdir(tmp_path)
+    assert Deployment(Path(".x")).home == tmp_path / ".x"
+    monkeypatch.setenv("TYCOON_HOME", ".tycoon")
+    assert main(["--nats", "nats://127.0.0.1:4333", "init", "--hosts", "1"]) == 0
+    conf = (tmp_path / ".tycoon" / "nats.conf").read_text()
+    store_dir = re.search(r'store_dir: "([^"]+)"', conf)
+    assert store_dir and store_dir.group(1) == str(tmp_path / ".tycoon" / "jetstream")
+    assert main(["init", "--user", "alice"]) == 0
+    out = capsys.readouterr().out
+    assert "made alice" in out and "admitted alice as agent" in out
+    assert "every key already existed" not in out
+
+
+def test_one_market_per_state_directory(tmp_path: Path) -> None:
+    first, second = StateLock(tmp_path), StateLock(tmp_path)
+    assert first.acquire() is None
+    first.record("nats://127.0.0.1:4321")
+    refused = second.acquire()
+    assert refused is not None and f"pid {os.getpid()}" in refused
+    assert "nats://127.0.0.1:4321" in refused and f"kill {os.getpid()}" in refused
+    first.release()
+    assert second.acquire() is None
+    second.release()
+
+
+def test_up_takes_its_last_port_again(tmp_path: Path) -> None:
+    assert last_port(tmp_path) is None
+    port = free_port()
+    market_home(tmp_path, f"nats://127.0.0.1:{port}")
+    assert last_port(tmp_path / "market") == port and port_is_free(port)
+
+
+def test_demo_starts_from_a_fresh_state_directory() -> None:
+    demo = (ROOT / "Makefile").read_text().split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    lines = [ln.strip() for ln in demo.splitlines()[1:]]
+    assert lines[0] == "rm -rf .tycoon-demo" and "--state .tycoon-demo" in lines[1]
+
+
+@pytest.mark.nats
+async def test_no_server_and_not_admitted_are_told_apart(tmp_path: Path) -> None:
+    port = free_port()
+    with pytest.raises(Rejected, match=f"no NATS server at nats://127.0.0.1:{port} "
+                                       r"\(connection refused\)"):
+        await probe(f"nats://127.0.0.1:{port}", Identity.generate(), "alice")
+    admitted, stranger = Identity.generate(), Identity.generate()
+    conf = tmp_path / "nats.conf"
+    write_config(conf, render_principals([Principal(admitted.public_key, "user", "bob")],
+                                         port=port))
+    async with NatsServer(port=port, config=conf) as server:
+        await probe(server.url, admitted, "bob")
+        with pytest.raises(Rejected, match=r"does not admit key 'alice'.*run: tycoon init "
+                                           r"--user alice"):
+            await probe(server.url, stranger, "alice")
+        store = KeyStore(tmp_path / "home")
+        store.save("alice", stranger)
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "tycoon.cli.main", "--nats", server.url,
+                             "--home", str(store.home), "--as", "alice", "bank", "balance",
+                             "--bank", admitted.public_key],
+            capture_output=True, text=True, timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "TYCOON_LOG"})
+        assert done.returncode == 1
+        assert done.stderr.count("\n") == 1 and "run: tycoon init --user alice" in done.stderr
+
+
+@pytest.mark.nats
+@pytest.mark.slow
+def test_a_second_up_is_refused_and_sigterm_stops_every_child(tmp_path: Path) -> None:
+    state = tmp_path / "m"
+    cmd = [sys.executable, "-m", "tycoon.cli.main", "up", "--hosts", "1", "--agents", "0",
+           "--state", str(state)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TYCOON_")}
+
+    def start() -> tuple[subprocess.Popen[str], str]:
+        up = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=env)
+        assert up.stdout is not None
+        seen = []
+        for line in up.stdout:
+            seen.append(line)
+            found = re.search(r"market ready at (nats://\S+);", line)
+            if found:
+                return up, found.group(1)
+        up.wait()
+        raise AssertionError("".join(seen))
+
+    up, url = start()
+    try:
+        pids = {p.stem: int(p.read_text()) for p in (state / "pids").glob("*.pid")}
+        assert {"nats", "bank", "sls", "host-1"} <= set(pids)
+        again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+        assert again.returncode == 1
+        assert f"pid {up.pid}" in again.stdout and url in again.stdout, again.stdout
+        assert (state / "pids" / "nats.pid").exists()  # the running market is untouched
+        up.send_signal(signal.SIGTERM)
+        out, _ = up.communicate(timeout=60)
+        assert up.returncode == 0, out
+        for pid in pids.values():
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)  # no orphan: nats-server, bank, SLS, auctioneer all gone
+    finally:
+        if up.poll() is None:
+            up.kill()
+    up, url_again = start()  # the same port, so TYCOON_NATS and tycoon.toml stay right
+    up.send_signal(signal.SIGINT)
+    up.communicate(timeout=60)
+    assert url_again == url
