@@ -152,7 +152,7 @@ def test_a_usage_report_between_ticks_does_not_change_the_past() -> None:
     assert with_extra[1] <= with_extra[0] + 1  # ...whether read once or twice
 
 
-def test_expiry_between_ticks_is_charged_until_the_expiry_only() -> None:
+def test_expiry_between_ticks_is_charged_the_balance_at_most() -> None:
     m = market()
     m.fund(receipt(USERS[0], 100 * MICRO, "a"), T0)
     m.place_bid(USERS[0], parse_bid("10s cpu:1"), T0)
@@ -164,13 +164,40 @@ def test_expiry_between_ticks_is_charged_until_the_expiry_only() -> None:
     assert m.conserved()
 
 
+def test_a_bid_shorter_than_a_tick_pays_for_the_share_it_holds_until_the_tick() -> None:
+    """A bid for 0.02 s just after a tick held its share, paid for 0.02 s, until the next
+    tick (the strategic bench's expiry-tail). Its balance is spread over at least a tick."""
+    m = two_bidders()
+    m.place_bid(USERS[1], parse_bid("1h cpu:1"), T0)
+    m.fund(receipt(USERS[2], MICRO, "tail"), T0)
+    m.place_bid(USERS[2], parse_bid("0.02s cpu:1"), T0 + MS)
+    share = m.shares_map()[USERS[2]].cpu
+    assert cpu_rate(m, USERS[2]) == pytest.approx(MICRO / 1.0)  # a tick, not 0.02 s
+    m.tick(T0 + NS + MS, {USERS[2]: Usage(cpu=share)})
+    assert m.accounts[USERS[2]].spent == pytest.approx(MICRO, abs=1)  # all of it, for a tick
+    assert USERS[2] not in m.shares_map()
+
+
 # ---------------------------------------------------------------- property: the integral
+
+
+def cost(rates: np.ndarray, lo: np.ndarray, floor: float) -> np.ndarray:
+    """What a bid pays per second: its rate, or for a binding minimum lo the price of lo
+    by proportional share against the others (lo/(1 − lo) × Σ others), and the floor."""
+    out = rates.copy()
+    for r in range(rates.shape[0]):
+        for i in range(rates.shape[1]):
+            if lo[r, i] > 0:
+                others = rates[r].sum() - rates[r, i]
+                need = max(lo[r, i] / max(1 - lo[r, i], 1e-12) * others, lo[r, i] * floor)
+                out[r, i] = max(out[r, i], need)
+    return out
 
 
 class Reference:
     """Integrates the rates, shares and minimums the market showed after every call.
 
-    Per account and resource: P = ∫ rate dt, S = ∫ share dt, L = ∫ lo dt since the last
+    Per account and resource: P = ∫ cost dt, S = ∫ share dt, L = ∫ lo dt since the last
     reading; a reading of average use u over T seconds converts P into money at the use
     ratio min(1, max(u·T, L) / S); a refund converts at ratio 1; a bid that expires or
     runs empty waits for the next reading.
@@ -181,7 +208,7 @@ class Reference:
         self.p: dict[str, np.ndarray] = {}
         self.s: dict[str, np.ndarray] = {}
         self.lo: dict[str, np.ndarray] = {}
-        self.terms: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]] = {}
+        self.terms: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.last = T0
         self.read = T0
 
@@ -189,14 +216,14 @@ class Reference:
         """Record the terms in force from now on (rates, shares, minimums, expiry)."""
         self.terms = {}
         lo, _ = m.book.bounds(self.last)
+        costs = cost(m.rates, lo[:, : m.rates.shape[1]], m.floor_price)
         for account, index in m.book.slot.items():
-            expires = int(m.book.expires[index])
-            self.terms[account] = (m.rates[:, index].copy(), m.shares[:, index].copy(),
-                                   lo[:, index].copy(), expires)  # fmt: skip
+            self.terms[account] = (costs[:, index].copy(), m.shares[:, index].copy(),
+                                   lo[:, index].copy())  # fmt: skip
 
     def advance(self, now: int) -> None:
-        for account, (rate, share, lo, expires) in self.terms.items():
-            dt = max(min(now, expires) - self.last, 0) / NS
+        for account, (rate, share, lo) in self.terms.items():
+            dt = max(now - self.last, 0) / NS  # a share holds until the call that ends it
             zero = np.zeros(len(RESOURCES))
             self.p[account] = self.p.get(account, zero) + rate * dt
             self.s[account] = self.s.get(account, zero) + share * dt

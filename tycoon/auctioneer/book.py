@@ -23,7 +23,8 @@ class Book:
     weight, lo, hi and the accruals ``owed`` (∫ rate dt), ``held`` (∫ share dt) and
     ``reserved`` (∫ lo dt) since the slot's last usage reading."""
 
-    def __init__(self, size: int = 16) -> None:
+    def __init__(self, size: int = 16, grace_s: float = 0.0) -> None:
+        self.grace_s = grace_s
         self.slot: dict[str, int] = {}
         self.ids: list[str] = []
         self._free: list[int] = []
@@ -136,9 +137,12 @@ class Book:
         self.balance = np.where(self.live, np.maximum(self.funds - self.pending(), 0.0), 0.0)
 
     def seconds_left(self, now_ns: int) -> np.ndarray:
-        """Seconds until each slot's expiry (0 for dead or expired slots)."""
+        """Seconds until each slot's expiry, but at least ``grace_s`` (0 for dead or expired
+        slots): a share stays in force until the next recompute, at most ``grace_s`` away,
+        so a balance is spread over at least that long (a bid for 0.02 s held its share,
+        paid for 0.02 s, until the next tick)."""
         left = (self.expires - now_ns).astype(np.float64) / NS
-        return np.where(self.live & (left > 0), left, 0.0)
+        return np.where(self.live & (left > 0), np.maximum(left, self.grace_s), 0.0)
 
     def rates(self, now_ns: int) -> np.ndarray:
         """Bid rates per resource and slot in micro-credits/s: balance × weight / time left."""

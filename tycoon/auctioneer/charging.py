@@ -25,14 +25,30 @@ from tycoon.auctioneer.events import Account, Changes
 from tycoon.vmm.driver import Usage
 
 
+def cost_rates(rates: np.ndarray, lo: np.ndarray, floor: float) -> np.ndarray:
+    """What each slot pays per second for each resource: its bid rate, but for a minimum
+    ``lo`` at least what holds ``lo`` by proportional share against the others' rates,
+    ``lo / (1 − lo) × Σ others``, and ``lo × floor``. A minimum that does not bind costs
+    just the rate (its proportional share already exceeds it); one that binds because the
+    others bid more since it was admitted pays the market price of what it holds, until
+    its balance runs out and the bid ends (a whole resource held against others: at once).
+    """
+    others = rates.sum(axis=1, keepdims=True) - rates
+    scarce = np.maximum(1.0 - lo, 1e-12)
+    need = np.where(lo > 0, np.maximum(lo / scarce * np.maximum(others, 0.0), lo * floor), 0.0)
+    return np.maximum(rates, need)
+
+
 def accrue(
     book: Book, rates: np.ndarray, shares: np.ndarray, lo: np.ndarray, unique: np.ndarray,
     t0: int, t1: int,
 ) -> None:  # fmt: skip
-    """Add the terms in force over ``[t0, t1]`` (each slot up to its expiry) to the book.
+    """Add the terms in force over ``[t0, t1]`` to the book: a bid holds its share, and
+    pays for it, until the recompute that ends it (even past its expiry).
 
-    ``rates``, ``shares``, ``lo`` (resources × slots) and ``unique`` (price per second per
-    slot) are those of the last recompute; slots added since have no column yet.
+    ``rates`` (:func:`cost_rates`), ``shares``, ``lo`` (resources × slots) and ``unique``
+    (price per second per slot) are those of the last recompute; slots added since have
+    no column yet.
     """
     if t1 <= t0:
         return
@@ -40,8 +56,7 @@ def accrue(
     live = book.live[:n]
     if not live.any():
         return
-    end = np.minimum(book.expires[:n], np.int64(t1))
-    dt = np.where(live, np.maximum(end - np.int64(t0), 0), 0).astype(np.float64) / NS
+    dt = np.where(live, (t1 - t0) / NS, 0.0)
     book.owed[:, :n] += rates[:, :n] * dt
     book.held[:, :n] += shares[:, :n] * dt
     book.reserved[:, :n] += lo[:, :n] * dt

@@ -60,7 +60,7 @@ async def start_auctioneer(
     ``market_options``: ``floor_price``, ``deposit``, ``idle_s`` of :class:`Market`."""
     market = Market(
         host_key=identity.public_key, bank_key=bank_key, capacity=driver.capacity(),
-        name=name, driver=getattr(driver, "name", type(driver).__name__),
+        name=name, driver=getattr(driver, "name", type(driver).__name__), tick_s=tick_s,
         **(market_options or {}),
     )  # fmt: skip
     store = MarketStore(store_path, durability=durability)

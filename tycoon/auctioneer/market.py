@@ -70,8 +70,9 @@ class Market(charging.Ledger):
     def __init__(
         self, *, host_key: str, bank_key: str, capacity: Capacity, name: str = "",
         driver: str = "", floor_price: float = FLOOR_PRICE, deposit: int = DEPOSIT,
-        idle_s: float = IDLE_S,
+        idle_s: float = IDLE_S, tick_s: float = 1.0,
     ) -> None:  # fmt: skip
+        """``tick_s``: the longest time between the adapter's usage readings (its tick)."""
         if not (math.isfinite(floor_price) and floor_price >= 0) or deposit < 1 or idle_s < 0:
             raise ValueError("floor price ≥ 0, deposit ≥ 1 µcredit, idle time ≥ 0")
         self.host_key, self.bank_key = host_key, bank_key
@@ -84,13 +85,14 @@ class Market(charging.Ledger):
         self.redeemed: set[str] = set()
         self.pending: dict[str, Refund] = {}
         self.earnings = self.funded = self.refunded = self.seq = 0
-        self.book = Book()
+        self.book = Book(grace_s=tick_s)
         self.unique = UniqueBook(self.floor_price)
         self.utilization = np.zeros(len(RESOURCES))
         self.caps = np.array([capacity.of(r) for r in RESOURCES], dtype=np.float64)
         self.shares = np.zeros((len(RESOURCES), self.book.size))
         self.rates = np.zeros_like(self.shares)
         self.lows = np.zeros_like(self.shares)
+        self.costs = np.zeros_like(self.shares)  # what each bid pays per second (≥ rate)
         self._unique_prices = np.zeros(self.book.size)
         self._ended = {}
         self._settled: int | None = None  # the time up to which every bid has accrued
@@ -269,7 +271,7 @@ class Market(charging.Ledger):
         if self._settled is None:
             self._settled = self._read = now_ns
         elif now_ns > self._settled:
-            charging.accrue(self.book, self.rates, self.shares, self.lows,
+            charging.accrue(self.book, self.costs, self.shares, self.lows,
                             self._unique_prices, self._settled, now_ns)  # fmt: skip
             self._settled = now_ns
 
@@ -296,6 +298,7 @@ class Market(charging.Ledger):
         shares = water_fill(rates, lo, hi, validate=False)
         holders_changed = self.unique.recompute(book, now_ns)
         self.lows, self._unique_prices = lo, self.unique.charges(book)
+        self.costs = charging.cost_rates(rates, lo, self.floor_price)
         published = self._published
         moved = (
             self._structure
