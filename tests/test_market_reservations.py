@@ -109,9 +109,10 @@ def test_a_reservation_is_charged_whether_used_or_not() -> None:
     assert m.conserved()
 
 
-def test_a_reservation_stands_when_prices_rise_later() -> None:
-    """Admitted at the price of its time, a reservation holds until its bid ends; the
-    next bid of its account is admitted at the price then."""
+def test_a_reservation_outbid_later_pays_the_market_price_while_it_binds() -> None:
+    """Admitted at the price of its time, a reservation holds until its bid ends; while
+    the others' bids make it bind, it pays lo/(1 − lo) × Σ others (what holding lo by
+    proportional share costs), until its balance runs out and the bid ends."""
     m = market()
     m.fund(receipt(USERS[0], 3600 * MICRO, "a"), T0)
     m.place_bid(USERS[0], parse_bid("1h cpu:1,0.4"), T0)
@@ -119,10 +120,20 @@ def test_a_reservation_stands_when_prices_rise_later() -> None:
     m.place_bid(USERS[1], parse_bid("1h cpu:1"), T0)  # ~280× the rate
     assert m.shares_map()[USERS[0]].cpu == pytest.approx(0.4)
     assert m.shares_map()[USERS[1]].cpu == pytest.approx(0.6)
-    m.tick(T0 + NS, greedy(m))
-    error = refused(m, USERS[0], "0 cpu:1,0.4", T0 + NS)  # a re-bid pays today's price
+    price = 0.4 / 0.6 * rate(m, USERS[1])  # 185 credits/s, not its 1 credit/s
+    error = refused(m, USERS[0], "0 cpu:1,0.4", T0)  # a re-bid pays today's price
     assert error.code == "not_admitted"
-    assert m.shares_map()[USERS[0]].cpu == pytest.approx(0.4)  # the old one still stands
+    m.tick(T0 + NS, greedy(m))
+    assert m.accounts[USERS[0]].spent == pytest.approx(price, rel=1e-6)
+    ended = 0
+    for s in range(2, 40):
+        m.tick(T0 + s * NS, greedy(m))
+        if USERS[0] not in m.shares_map():
+            ended = s
+            break
+    assert 15 <= ended <= 25  # 3600 credits at ~185 credits/s
+    assert m.accounts[USERS[0]].balance <= 1 and m.conserved()
+    assert m.shares_map()[USERS[1]].cpu == pytest.approx(1.0)
 
 
 def test_ports_and_addresses_are_not_sold_below_the_floor() -> None:
