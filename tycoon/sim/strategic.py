@@ -103,7 +103,9 @@ def _spec(text: str) -> BidSpec:
 class Sim:
     """One run: the market, the clock, the rivals' bids and what the player got and paid."""
 
-    def __init__(self, setup: Setup, keys: Keys) -> None:
+    def __init__(
+        self, setup: Setup, keys: Keys, early: Callable[[Sim], None] | None = None
+    ) -> None:
         self.setup = setup
         self.keys = keys
         self.market = Market(
@@ -122,6 +124,8 @@ class Sim:
         self._used: dict[str, np.ndarray] = {}  # ∫ share dt since the last reading
         self._read_ns = self.now_ns
         self._transfers = 0
+        if early is not None:
+            early(self)  # the player's moves an instant before the rivals bid
         for i, budget in enumerate(setup.rivals):
             rival = keys.user(1000 + i)
             self.fund(rival, budget)
@@ -235,8 +239,11 @@ class Strategy:
     name = "strategy"
     about = ""
 
+    def early(self, sim: Sim) -> None:
+        """Moves at time 0 before the rivals bid (most players have none)."""
+
     def start(self, sim: Sim) -> None:
-        """Fund and bid at time 0."""
+        """Fund and bid at time 0, after the rivals."""
 
     def moments(self, setup: Setup) -> list[tuple[int, str]]:
         """When to act, as (ns since the start, label), in (0, horizon)."""
@@ -262,7 +269,7 @@ class Outcome:
 
 def run(strategy: Strategy, setup: Setup, keys: Keys | None = None) -> Outcome:
     """Play ``strategy`` for the horizon; refund every account of the player at the end."""
-    sim = Sim(setup, keys or Keys())
+    sim = Sim(setup, keys or Keys(), strategy.early)
     strategy.start(sim)
     tick = setup.tick_ns
     events = [(k * tick, 0, "tick") for k in range(1, setup.ticks + 1)]

@@ -95,6 +95,19 @@ class ReservePriced(Strategy):
         reserve(sim, me, sim.until_end(), share)
 
 
+class ReserveFirst(Strategy):
+    """A large minimum with a small budget, placed while nobody else bids (an instant before
+    the rivals): priced against an empty host, it then holds against them."""
+
+    name = "reserve-first"
+    about = "min 0.9 with 1 % of the budget, an instant before the rivals bid"
+
+    def early(self, sim: Sim) -> None:
+        me = sim.player()
+        sim.fund(me, max(1, sim.setup.budget // 100))
+        reserve(sim, me, sim.until_end(), 0.9)
+
+
 class ReserveToggle(Strategy):
     """The honest bid's terms, with a minimum of 0.9 either between ticks or just before."""
 
@@ -230,6 +243,7 @@ def all_strategies() -> list[Strategy]:
         Switch("timing-short-at-tick", "1h", "10s"),
         ReserveTiny(),
         ReservePriced(),
+        ReserveFirst(),
         ReserveToggle("reserve-between-ticks", between=True),
         ReserveToggle("reserve-at-ticks", between=False),
         Split(8),
