@@ -148,10 +148,11 @@ def plot_strategic(rows: list[dict[str, Any]], data: dict[str, Any], path: Path)
     if data["honest"]:
         hs, hr = zip(*data["honest"], strict=True)
         curves.plot(hs, hr, "ko", ms=4, label="honest bidder (simulated)")
-    for name, trace in data["traces"].items():
+    for i, (name, trace) in enumerate(data["traces"].items()):
         if trace:
             _, spent, received = zip(*trace, strict=True)
-            curves.plot(spent, received, lw=1.0, label=name)
+            style = ("-", "--", ":")[i // 10 % 3]  # the colour cycle has 10 colours
+            curves.plot(spent, received, lw=1.0, ls=style, label=name)
     curves.set_xlabel("credits spent")
     curves.set_ylabel("resource-seconds received (cpu + memory)")
     curves.set_title("Over the run (above the black curve = ahead)")
