@@ -17,12 +17,22 @@ from tycoon.bank.sqlite_store import SqliteStore, StoreLocked
 from tycoon.bus.connection import open_bus
 from tycoon.bus.keys import default_home, is_public_key
 from tycoon.bus.runner import run_until_signal
-from tycoon.cli.common import bus_for, fail, keystore, print_json
+from tycoon.cli.common import (
+    bus_for,
+    fail,
+    keystore,
+    local_time,
+    market_config,
+    names_of,
+    print_json,
+    receipt_line,
+    who,
+)
 from tycoon.cli.verifylog import add_verify_log
 from tycoon.deploy import CONFIG_NAME, Deployment
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
-from tycoon.money import format_amount, parse_amount
+from tycoon.money import format_amount, format_credits, parse_amount
 from tycoon.streams.settlements import SettlementLog, sqlite_source
 
 DB_NAME = "bank.db"
@@ -146,6 +156,9 @@ def resolve_bank_key(args: argparse.Namespace) -> str:
     given = getattr(args, "bank", None) or os.environ.get("TYCOON_BANK")
     if given:
         return resolve_account(args, given)
+    listed = str(market_config(_home(args)).get("bank", {}).get("public_key", ""))
+    if is_public_key(listed):  # a user's home may hold tycoon.toml without the bank's seed
+        return listed
     deployment = _deployment(args)
     if deployment is not None:
         try:
@@ -241,7 +254,8 @@ async def cmd_open(args: argparse.Namespace) -> int:
     async def act(c: BankClient) -> int:
         account = resolve_account(args, args.account) if args.account else None
         reply = await c.open(args.name, account=account)
-        return _out(args, reply, f"opened account {reply['account']}")
+        return _out(args, reply, "opened the account of "
+                                 f"{who(names_of(keystore(args)), reply['account'])}")
     return await _with_client(args, act)
 
 
@@ -250,7 +264,8 @@ async def cmd_mint(args: argparse.Namespace) -> int:
 
     async def act(c: BankClient) -> int:
         reply = await c.mint(account, amount, args.id, memo=args.memo)
-        return _out(args, reply, f"minted {format_amount(amount)} into {account} "
+        return _out(args, reply, f"minted {format_credits(amount)} credits into "
+                                 f"{who(names_of(keystore(args)), account)} "
                                  f"(mint id {reply['mint_id']}, seq {reply['seq']})")
     return await _with_client(args, act)
 
@@ -268,8 +283,10 @@ async def cmd_transfer(args: argparse.Namespace) -> int:
         if args.receipt is not None:
             args.receipt.write_bytes(receipt.raw)
         return _out(args, receipt_json(receipt),
-                    f"paid {format_amount(amount)} to {payee}\n"
-                    f"transfer id {receipt.transfer_id}, seq {receipt.seq} (receipt verified)")
+                    f"paid {format_credits(amount)} credits to "
+                    f"{who(names_of(keystore(args)), payee)}: "
+                    f"{receipt_line(receipt, names_of(keystore(args)))} (verified; transfer id "
+                    f"{receipt.transfer_id}, seq {receipt.seq})")
     return await _with_client(args, act)
 
 
@@ -278,8 +295,8 @@ async def cmd_balance(args: argparse.Namespace) -> int:
 
     async def act(c: BankClient) -> int:
         balance = await c.balance(account)
-        who = account or c.account
-        return _out(args, {"account": who, "balance": balance}, format_amount(balance))
+        owner = account or c.account
+        return _out(args, {"account": owner, "balance": balance}, format_credits(balance))
     return await _with_client(args, act)
 
 
@@ -292,9 +309,12 @@ async def cmd_history(args: argparse.Namespace) -> int:
             print_json({"account": account or c.account, "offset": args.offset,
                         "entries": entries})
             return 0
+        names = names_of(keystore(args))
         for e in entries:
-            amount = format_amount(e["amount"]) if e["amount"] else ""
-            print(f"{e['seq']:>8} {e['kind']:<8} {amount:>16} {e['counterparty'][:20]:<20} "
+            amount = format_credits(e["amount"]) if e["amount"] else ""
+            when = local_time(e["ts_ns"]) if isinstance(e.get("ts_ns"), int) else ""
+            other = names.get(e["counterparty"], e["counterparty"][:12])
+            print(f"{e['seq']:>8} {when:<25} {e['kind']:<8} {amount:>14} {other:<14} "
                   f"{e['id'][:32]:<32} {e['memo']}")
         return 0
     return await _with_client(args, act)

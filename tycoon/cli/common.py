@@ -12,6 +12,8 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import datetime
+import hashlib
 import json
 import os
 import re
@@ -25,6 +27,7 @@ from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.keys import Identity, KeyStore, subject_id
 from tycoon.errors import Rejected
+from tycoon.money import format_credits
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 CONFIG_NAME = "tycoon.toml"
@@ -165,6 +168,36 @@ def host_id_of(args: argparse.Namespace, text: str) -> str:
     if _ID.match(text):
         return subjects.token(text)
     raise Rejected("unknown_host", f"no host named {text} (tycoon hosts lists them)")
+
+
+def names_of(store: KeyStore) -> dict[str, str]:
+    """Every key in the store by public key and by id: the names people read for them."""
+    names: dict[str, str] = {}
+    for name in store.names():
+        with contextlib.suppress(ValueError, OSError):
+            key = store.load(name).public_key
+            names[key] = names[subject_id(key)] = name
+    return names
+
+
+def who(names: dict[str, str], key: str) -> str:
+    """``alice (UB6YFC3KX3…)`` for a known key, else the key shortened."""
+    short = key[:10] + "…" if len(key) > 12 else key
+    return f"{names[key]} ({short})" if key in names else short
+
+
+def local_time(ts_ns: int) -> str:
+    """Nanoseconds since the epoch as a local ISO time, to the second."""
+    return datetime.datetime.fromtimestamp(ts_ns / 1e9).astimezone().isoformat(
+        timespec="seconds")
+
+
+def receipt_line(receipt: Any, names: dict[str, str]) -> str:
+    """A receipt summarised: ``receipt 3f2a91c0… for 24.93 credits, alice → host-1``."""
+    digest = hashlib.sha256(bytes(receipt.raw)).hexdigest()[:8]
+    return (f"receipt {digest}… for {format_credits(receipt.amount)} credits, "
+            f"{names.get(receipt.payer, receipt.payer[:10] + '…')} → "
+            f"{names.get(receipt.payee, receipt.payee[:10] + '…')}")
 
 
 def print_json(obj: Any) -> None:

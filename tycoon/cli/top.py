@@ -26,8 +26,8 @@ from rich.text import Text
 from tycoon.bank.receipt import Receipt, verify_receipt
 from tycoon.bus import subjects
 from tycoon.bus.envelope import Message
-from tycoon.bus.keys import KeyStore, subject_id
-from tycoon.cli.common import bus_for, keystore, print_json
+from tycoon.bus.keys import subject_id
+from tycoon.cli.common import bus_for, keystore, names_of, print_json
 from tycoon.errors import Rejected
 from tycoon.money import format_credits, format_rate
 from tycoon.sls.client import SLSClient
@@ -147,16 +147,6 @@ def settled_receipts(msg: Message) -> list[Receipt]:
 def _f(value: Any) -> str:
     """A price in micro-credits/s as credits/s."""
     return format_rate(value) if isinstance(value, int | float) else ""
-
-
-def names_of(store: KeyStore) -> dict[str, str]:
-    """Every key in the store by public key and by id: what the views print for them."""
-    names: dict[str, str] = {}
-    for name in store.names():
-        with contextlib.suppress(ValueError, OSError):
-            key = store.load(name).public_key
-            names[key] = names[subject_id(key)] = name
-    return names
 
 
 def snapshot(view: MarketView) -> dict[str, Any]:

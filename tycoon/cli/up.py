@@ -39,9 +39,10 @@ from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.envelope import Message
 from tycoon.bus.keys import host_id
+from tycoon.cli.common import names_of
 from tycoon.cli.init import write_nats_config
 from tycoon.cli.status import discover, healthy
-from tycoon.cli.top import MarketView, names_of
+from tycoon.cli.top import MarketView
 from tycoon.deploy import Deployment
 from tycoon.money import format_amount, parse_amount
 from tycoon.natsserver import NatsServer, free_port
