@@ -159,3 +159,56 @@ async def test_a_payment_to_a_host_that_is_down_is_redeemed_by_settle(
             await bus.close()
         await bank_service.stop()
         await bank_bus.close()
+
+
+async def test_a_refund_the_bank_refuses_does_not_hold_up_the_others(nats_url: str,
+                                                                      tmp_path: Path) -> None:
+    """A refund to a closed bank account is refused (and stays pending, never dropped);
+    the refunds queued behind it are paid all the same."""
+    home = tmp_path / "home"
+    keys = KeyStore(home)
+    bank_key = keys.create("bank").public_key
+    operator = keys.create("operator")
+    db = tmp_path / "bank.db"
+    bank = Proc("bank", nats_url, home, "--as", "bank", "bank", "serve", "--db", str(db),
+                "--operator-key", "operator", "--no-settlement-log")
+    host_id = Identity.generate()
+    buses = []
+    auctioneer = None
+    try:
+        await bank.start("ready")
+        auctioneer = await start_auctioneer(
+            nats_url, host_id, bank_key=bank_key, driver=SimulatedDriver(preset="small"),
+            store_path=tmp_path / "host.db", name="h1", tick_s=0.1, heartbeat_s=0.5,
+        )  # fmt: skip
+        users = []
+        for _ in range(2):
+            ident = Identity.generate()
+            bus, op_bus = await open_bus(nats_url, ident), await open_bus(nats_url, operator)
+            buses += [bus, op_bus]
+            user_bank = BankClient(bus, bank_key, timeout=2.0)
+            await eventually(lambda b=user_bank: _opened(b), 20)
+            await BankClient(op_bus, bank_key).mint(ident.public_key, 4 * MICRO)
+            await AuctioneerClient(bus, subject_id(host_id.public_key), timeout=3.0).fund(
+                await user_bank.transfer(host_id.public_key, 4 * MICRO))
+            users.append((user_bank, AuctioneerClient(bus, subject_id(host_id.public_key))))
+        closer, _ = users[0]
+        await closer.close()  # its refund will have nowhere to go
+        await bank.kill()
+        for _, client in users:  # the closed account's refund is first in line
+            with pytest.raises(Rejected):
+                await client.refund()
+        await bank.start("ready")
+        market = auctioneer.market
+
+        async def only_the_refused_one_left() -> bool:
+            return [r.account for r in market.pending.values()] == [closer.account]
+
+        await eventually(only_the_refused_one_left, 30)
+        assert await users[1][0].balance() == 4 * MICRO
+    finally:
+        if auctioneer is not None:
+            await auctioneer.stop()
+        for bus in buses:
+            await bus.close()
+        await bank.stop(5)

@@ -281,8 +281,9 @@ class AuctioneerService:
             "balance": self.market.accounts[msg.sender].balance,
         }
 
-    async def _pay(self, refund: Refund) -> Refund:
-        """Pay one refund by a bank transfer whose id is the refund id (a retry pays once)."""
+    async def _pay(self, refund: Refund, *, quiet: bool = False) -> Refund:
+        """Pay one refund by a bank transfer whose id is the refund id (a retry pays once).
+        ``quiet``: a failure is not logged (the payer loop logs its retries itself)."""
         async with self._refund_lock:
             if refund.refund_id not in self.market.pending:
                 return refund  # paid meanwhile
@@ -292,7 +293,9 @@ class AuctioneerService:
                     memo=f"refund from host {self.host}",
                 )  # fmt: skip
             except Rejected as error:
-                self.log.warning("refund not paid yet", refund=refund.refund_id, code=error.code)
+                if not quiet:
+                    self.log.warning("refund not paid yet", refund=refund.refund_id,
+                                     code=error.code)
                 raise Rejected(
                     "unavailable", f"refund {refund.refund_id} is pending ({error.code}); retry"
                 ) from error
@@ -321,20 +324,31 @@ class AuctioneerService:
         bank is back. A refund is never dropped: it leaves ``pending`` only when paid."""
         first, cap = REFUND_RETRY_S
         delay = first
+        retries = 0
         while True:
             if not self.market.pending:
-                delay = first
+                if retries:
+                    self.log.info("pending refunds paid", retries=retries)
+                delay, retries = first, 0
                 await self._refunds_due.wait()
                 self._refunds_due.clear()
                 continue
             for refund in list(self.market.pending.values()):
                 try:
-                    await self._pay(refund)
-                except Rejected:
-                    break  # the bank is not paying now: wait, then try them all again
+                    await self._pay(refund, quiet=True)
+                except Rejected as error:
+                    cause = error.__cause__
+                    code = cause.code if isinstance(cause, Rejected) else error.code
+                    if retries % 30 == 0:  # about once a minute while it lasts
+                        self.log.warning("refund not paid yet; retrying", code=code,
+                                         refund=refund.refund_id, pending=len(self.market.pending))
+                    if code in ("unavailable", "timeout"):
+                        break  # the bank is not answering: wait, then try them all again
+                    # refused for this refund alone: the others are not held up behind it
                 except Exception:
                     self.log.exception("refund payment failed", refund=refund.refund_id)
                     break
+            retries += 1
             if self.market.pending:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._refunds_due.wait(), delay)
