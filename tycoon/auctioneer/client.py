@@ -8,6 +8,7 @@ it; :func:`settle_receipts` presents every receipt a host has not redeemed yet.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,22 @@ class Unredeemed:
     """``redeemed`` (now), ``done`` (the host had it already), or why it still waits."""
 
 
+async def _present(client: AuctioneerClient, raw: bytes, attempts: int = 5) -> str:
+    """Redeem one receipt: ``redeemed``, ``done`` (the host had it) or the refusal's code
+    (a rate limit is waited out a few times: a key may hold many receipts at one host)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await client.fund(raw)
+            return "redeemed"
+        except Rejected as error:
+            if error.code == "already_redeemed":
+                return "done"
+            if error.code != "rate_limited" or attempt == attempts:
+                return error.code
+        await asyncio.sleep(0.2 * attempt)
+    return "rate_limited"
+
+
 async def settle_receipts(bus: Bus, bank: BankClient, *, wallet: Path | None = None,
                           every_payment: bool = False,
                           timeout: float = 5.0) -> list[Unredeemed]:
@@ -170,11 +187,7 @@ async def settle_receipts(bus: Bus, bank: BankClient, *, wallet: Path | None = N
         if receipt.payer != bank.account:
             continue
         host = subject_id(receipt.payee)
-        try:
-            await AuctioneerClient(bus, host, timeout=timeout).fund(raw)
-            result = "redeemed"
-        except Rejected as error:
-            result = "done" if error.code == "already_redeemed" else error.code
+        result = await _present(AuctioneerClient(bus, host, timeout=timeout), raw)
         if result in ("redeemed", "done") and wallet is not None:
             (wallet / f"{tid}.receipt").unlink(missing_ok=True)
         results.append(Unredeemed(host, tid, receipt.amount, result))
