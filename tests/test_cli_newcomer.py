@@ -243,3 +243,25 @@ def test_a_second_up_is_refused_and_sigterm_stops_every_child(tmp_path: Path) ->
     up.send_signal(signal.SIGINT)
     up.communicate(timeout=60)
     assert url_again == url
+
+
+def test_host_replies_read_as_credits_times_and_summarised_receipts(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from tycoon.cli.auctioneer import _print
+
+    _print({"balance": 1_500_000, "balance_text": "1.5", "expires_ns": 1_800_000_000 * 10**9,
+            "refunds": [{"refund_id": "r1", "amount": 2_250_000, "receipt": b"\x01" * 200}]})
+    out = capsys.readouterr().out
+    assert "balance: 1.50 credits" in out and "balance_text" not in out
+    assert "expires: 2027-01-15T" in out and "1800000000000000000" not in out
+    assert re.search(r"receipt [0-9a-f]{8}… for 2.25 credits \(r1\)", out)
+    assert "\\x01" not in out and "b'" not in out
+
+
+def test_pub_refuses_a_negative_duration_in_its_own_words(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from tycoon.cli.pub import main as pub
+
+    assert pub(["bid", "host-1", "-5h", "cpu:1"]) == 2
+    err = capsys.readouterr().err
+    assert "a bid lasts a positive time" in err and "tycoon host bid" not in err

@@ -7,6 +7,7 @@ HOST is a host id (16 characters) or the name of a host key in the key store.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,9 @@ from tycoon.auctioneer.launch import start_auctioneer
 from tycoon.auctioneer.market import FLOOR_PRICE, IDLE_S
 from tycoon.bus.keys import subject_id
 from tycoon.bus.runner import run_until_signal
-from tycoon.cli.common import bus_for, host_id_of, identity, keystore, print_json
+from tycoon.cli.common import bus_for, host_id_of, identity, keystore, local_time, print_json
 from tycoon.errors import Rejected
-from tycoon.money import MICRO, format_amount, parse_amount
+from tycoon.money import MICRO, format_amount, format_credits, parse_amount
 from tycoon.vmm.driver import RESOURCES, Driver
 
 DRIVERS = ("simulated", "cgroups", "xen")
@@ -84,7 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     fund.add_argument("--bank", default=None, help="the bank's public key or key name")
     fund.set_defaults(func=cmd_fund)
     bid = ops.add_parser("bid", parents=[common], help="bid: DURATION PREF...")
-    bid.add_argument("duration", help="e.g. 30s, 2h, 1o1y (0 keeps the current expiry)")
+    bid.add_argument("duration", help="how long the bid lasts: 30s, 2h, 1d, 1w, or 1o1y (one "
+                                      "month and one year); 0 keeps the current expiry")
     bid.add_argument("prefs", nargs="+", help="resource:weight,min,max ...")
     bid.set_defaults(func=cmd_bid)
     ops.add_parser("refund", parents=[common], help="return your unspent balance") \
@@ -192,15 +194,36 @@ def _print(result: dict[str, Any], indent: str = "") -> None:
     for key, value in result.items():
         if key == "resources" and isinstance(value, dict):
             continue
+        if key.endswith("_text") and key[:-5] in result:
+            continue  # the same amount, already shown in credits
         if isinstance(value, dict):
             print(f"{indent}{key}:")
             _print(value, indent + "  ")
             continue
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            print(f"{indent}{key}: {len(value)}")
+            for item in value:
+                _print_item(item, indent + "  - ")
+            continue
         if key in MONEY and isinstance(value, int):
-            value = format_amount(value)
+            value = f"{format_credits(value)} credits"
+        elif key.endswith("_ns") and isinstance(value, int):
+            key, value = key[:-3], local_time(value) if value else "never"
         elif isinstance(value, bytes):
             value = f"<{len(value)} bytes>"
         print(f"{indent}{key}: {value}")
+
+
+def _print_item(item: dict[str, Any], prefix: str) -> None:
+    """One entry of a list in a reply (a refund with its receipt) on one line."""
+    raw = item.get("receipt")
+    if isinstance(raw, bytes) and isinstance(item.get("amount"), int):
+        digest = hashlib.sha256(raw).hexdigest()[:8]
+        print(f"{prefix}receipt {digest}… for {format_credits(item['amount'])} credits"
+              + (f" ({item['refund_id']})" if item.get("refund_id") else ""))
+        return
+    print(prefix + ", ".join(f"{k}={format_credits(v) if k in MONEY and isinstance(v, int) else v}"
+                             for k, v in item.items() if not isinstance(v, bytes)))
 
 
 async def cmd_status(args: argparse.Namespace) -> int:

@@ -25,7 +25,9 @@ from tycoon.natsserver import NatsServer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="signed request/reply between two processes")
+    demo = sub.add_parser("demo", help="the smallest proof of the wire protocol: signed "
+                                       "request/reply between two processes (make demo is "
+                                       "tycoon up --duration 60)")
     demo.set_defaults(func=cmd_demo)
     ops = demo.add_subparsers(dest="op")
     serve = ops.add_parser("serve", help="run the echo service (the second process)")

@@ -1,6 +1,6 @@
 """``tycoon-pub``: manual bids and funding from the shell, in the original Tycoon syntax.
 
-    tycoon-pub bid HOST 1h cpu:1,0.1,1.0 memory:1,512MB,512MB
+    tycoon-pub bid HOST 1h cpu:1,0.1,1.0 memory:1,512MB,1GB
     tycoon-pub fund HOST 25
     tycoon-pub refund HOST
     tycoon-pub status HOST
@@ -13,6 +13,7 @@ Global options (``--nats``, ``--home``, ``--as``) may come first.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 
@@ -28,6 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if at is None or args[0] in ("-h", "--help"):
         print(__doc__.strip() if __doc__ else "", file=sys.stderr)
         return 0 if args and args[0] in ("-h", "--help") else 2
+    if args[at] == "bid" and len(args) > at + 2 and re.match(r"^-\d", args[at + 2]):
+        # argparse would take "-5h" for an option and blame `tycoon host bid`
+        print(f"error: bad_bid: a bid lasts a positive time (30s, 2h, 1d), not {args[at + 2]!r}",
+              file=sys.stderr)
+        return 2
     return tycoon_main([*args[:at], "host", *args[at:]])
 
 
