@@ -136,15 +136,23 @@ class Ledger:
         whole, _ = self._move(account, stash_due(row, used))
         return whole
 
-    def _charge(self, index: int, amount: float) -> int:
-        """Charge a live slot ``amount`` (plus its carry); keep the remainder as its carry."""
+    def _charge_live(self, owed: np.ndarray) -> tuple[int, int]:
+        """Charge every live slot ``owed`` (plus its carry) and clear its accruals; only
+        slots owing a whole micro-credit or more touch their account. Returns the total
+        moved and how many accounts paid."""
         book = self.book
-        account = self.accounts[book.ids[index]]
-        whole, rest = self._move(account, book.carry[index] + amount)
-        book.carry[index] = rest
-        book.clear(index)
-        book.set_balance(account.account, self._spendable(account))
-        return whole
+        live = book.live.copy()
+        due = np.where(live, book.carry + owed, 0.0)
+        book.carry = due.copy()
+        total = count = 0
+        for index in np.nonzero(live & (due >= 1.0))[0].tolist():
+            account = self.accounts[book.ids[index]]
+            whole, book.carry[index] = self._move(account, float(due[index]))
+            book.funds[index] = float(account.balance)
+            total, count = total + whole, count + (whole > 0)
+        book.clear(np.nonzero(live)[0])
+        book.refresh()
+        return total, count
 
     def _move(self, account: Account, due: float) -> tuple[int, float]:
         """Move ``floor(due)`` (at most the balance) to earnings; return it and the rest."""

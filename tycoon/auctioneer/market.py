@@ -331,13 +331,8 @@ class Market(charging.Ledger):
         self.utilization = np.clip(
             np.array([sum(u.of(r) for u in usage.values()) for r in RESOURCES]), 0.0, 1.0
         )
-        total, count = 0, 0
-        live = np.nonzero(book.live)[0]
-        if live.size:
-            owed = charging.due(book, charging.use_ratio(book, charging.used(book, usage) * span))
-            for index in live.tolist():
-                whole = self._charge(index, float(owed[index]))
-                total, count = total + whole, count + (whole > 0)
+        owed = charging.due(book, charging.use_ratio(book, charging.used(book, usage) * span))
+        total, count = self._charge_live(owed)
         for owner in list(self._ended):
             u = usage.get(owner)
             vector = np.array([u.cpu, u.memory, u.disk, u.net]) if u else np.zeros(len(RESOURCES))
