@@ -30,21 +30,29 @@ from tycoon.sim.strategic import (
 from tycoon.sim.strategies import Honest, Split, all_strategies
 from tycoon.vmm.driver import Usage
 
-HORIZON = 600.0
 NAMES = [s.name for s in all_strategies()]
+MARKETS = {
+    # horizon s, tick s, seed, rivals
+    "600s-tick1": (600.0, 1.0, 0, 2),  # the CLI's default
+    "100s-tick10-4rivals": (100.0, 10.0, 1, 4),  # long ticks: a balance lasts less than one
+    "60s-tick5-8rivals": (60.0, 5.0, 0, 8),
+}
+_tables: dict[str, dict[str, dict[str, Any]]] = {}
 
 
-@pytest.fixture(scope="module")
-def table() -> dict[str, dict[str, Any]]:
-    rows, _ = bench(make_setup(HORIZON, 1.0, seed=0), all_strategies(), Honest)
-    return {r["name"]: r for r in rows}
+def table(market: str) -> dict[str, dict[str, Any]]:
+    """One bench run per market, shared by its strategies' tests."""
+    if market not in _tables:
+        horizon, tick, seed, rivals = MARKETS[market]
+        rows, _ = bench(make_setup(horizon, tick, seed, rivals), all_strategies(), Honest)
+        _tables[market] = {r["name"]: r for r in rows}
+    return _tables[market]
 
 
+@pytest.mark.parametrize("market", list(MARKETS))
 @pytest.mark.parametrize("name", NAMES)
-def test_no_strategy_gains_more_than_one_percent(
-    table: dict[str, dict[str, Any]], name: str
-) -> None:
-    row = table[name]
+def test_no_strategy_gains_more_than_one_percent(market: str, name: str) -> None:
+    row = table(market)[name]
     assert row["conserved"]
     assert row["gain"] is not None and row["gain"] <= LIMIT, (
         f"{name} ({row['about']}) got {row['resource_seconds']:.1f} resource-seconds for "

@@ -110,7 +110,7 @@ class Sim:
         self.keys = keys
         self.market = Market(
             host_key=keys.host.public_key, bank_key=keys.bank.public_key, capacity=CAPACITY,
-            name="bench",
+            name="bench", tick_s=setup.tick_s,
         )  # fmt: skip
         self.now_ns = T0_NS
         self.end_ns = T0_NS + setup.horizon_ns
