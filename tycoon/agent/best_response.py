@@ -205,8 +205,9 @@ def _far_split(
         if root_rf <= root_lam:  # the far host is not worth its multiplier: no bid
             bids[near] = xs * s
             gains = np.maximum(np.sqrt(wu[near]) - root_lam * np.sqrt(yu), 0.0) ** 2
+            spend_gain = root_lam * math.sqrt(budget / s)
             return bids, _lam(2 * math.log(root_lam), ws, s), (
-                bound + root_lam**2 * (budget / s) + float(gains.sum())) * ws
+                bound + spend_gain * spend_gain + float(gains.sum())) * ws
         take = np.maximum(yu * (sr / root_rf - 1.0), 0.0) if root_rf > 0 else np.zeros(near.size)
         spent = float(take.sum())
         if spent > x_u:  # rounding: λ = r_f spends all of it
@@ -246,29 +247,92 @@ def _solve_unit(
     yp = y[idx]
     sr = np.sqrt(w[idx]) / np.sqrt(yp)  # sqrt(w/y) without overflow
     top = float(sr.max())
+    exact = None
     for _ in range(FILTER_ROUNDS):
-        keep = (sr > float((yp * sr).sum()) / (rest + float(yp.sum()))) | (sr == top)
+        # Drop only the surely-out; hosts within TIE of the threshold are settled exactly by
+        # _ties, after which the filter goes on if that dropped any.
+        thr = float((yp * sr).sum()) / (rest + float(yp.sum()))
+        keep = (sr > thr * (1 - TIE)) | (sr == top)
         if keep.all():
-            break
+            ties = _ties(rest, yp, sr, thr)
+            if ties is None:
+                break
+            keep, exact = ties
+            if keep.all():
+                break
+            exact = None
         idx, yp, sr = idx[keep], yp[keep], sr[keep]
     else:  # still shrinking: sort what is left
         ones = np.ones((1, sr.size), dtype=bool)
         mask = _sorted_prefix(np.array([[rest]]), sr[None, :], yp[None, :], ones)
         idx, yp, sr = idx[mask[0]], yp[mask[0]], sr[mask[0]]
-    a, b, d = float((yp * sr).sum()), float(yp.sum()), float((yp * (top - sr)).sum())
-    xs = np.maximum(yp / a * _excess(sr, rest, a, b, d, top), 0.0)
+        exact = None
+    a, b = float((yp * sr).sum()), float(yp.sum())
+    d = float((yp * (top - sr)).sum())
+    excess = _excess(sr, rest, a, b, d, top)
+    if exact is not None:
+        excess = np.where(np.isnan(exact), excess, exact)
+    xs = np.maximum(yp / a * excess, 0.0)
     spent = float(xs.sum())
+    if spent > 0:  # a Newton step on 1/sqrt(λ) (see _solve_rows)
+        xs = np.maximum(xs + (rest - spent) / a * (yp * sr), 0.0)
+        spent = float(xs.sum())
     if spent <= 0:  # underflow: everything on the best host
         xs[np.argmax(sr)] = spent = 1.0
     bids[idx] = xs * (rest / spent)
-    lam = (a / (rest + b)) ** 2
+    root_lam = a / (rest + b)
+    with np.errstate(over="ignore"):  # λ may lie beyond float range (a subnormal budget)
+        lam = float(np.float64(root_lam) ** 2)
     # Dual bound λX + Σ_j (sqrt(w_j) − sqrt(λ y_j))₊²: only the chosen hosts have a gain.
-    bound += lam * budget + float(np.sum((np.sqrt(w[idx]) - np.sqrt(lam * yp)).clip(0) ** 2))
+    gains = (np.sqrt(w[idx]) - root_lam * np.sqrt(yp)).clip(0) ** 2
+    spend_gain = root_lam * math.sqrt(budget)
+    bound += spend_gain * spend_gain + float(np.sum(gains))
     return bids, lam, bound
 
 
 FILTER_ROUNDS = 24
 """Threshold-filter rounds before falling back to a sort (see :func:`_prefix`)."""
+
+TIE = 1e-12
+"""Hosts whose ``sqrt(w/y)`` lies within this relative distance of the threshold are
+decided, and their bids computed, by exact sums (:func:`_ties`)."""
+
+TIE_GROUPS = 64
+"""At most this many distinct near-threshold values are settled exactly."""
+
+
+def _ties(
+    x: float, y: np.ndarray, sr: np.ndarray, t: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Membership and excess of hosts whose ``sr`` is within :data:`TIE` of the threshold
+    ``t``, exactly; None if there are none.
+
+    ``sr_j > A/(X + B)`` decides membership, but when the two agree to rounding the answer
+    is noise, and a host priced far above the others then loses (or wins) a large bid on
+    it: w = (1e16, 1, …, 1, 1), y = (1e16, 1, …, 1, 0.1), X = 1 put everything on the last
+    host (utility 0.91 of 1.47). So the sure members (``sr > t(1 + TIE)``) are kept and the
+    near values, largest first, are added while their excess
+    ``e(v) = v X + Σ_{i∈C} y_i (v − sr_i)`` is positive — summed exactly by ``math.fsum``,
+    tied hosts contributing exactly 0 — which is the prefix rule on them. Returns the
+    member mask and, for the near members, their excess in the final set (NaN elsewhere)."""
+    near = np.abs(sr - t) <= TIE * t
+    if not near.any():
+        return None
+    members = sr > t * (1 + TIE)
+
+    def excess(v: float) -> float:
+        return math.fsum([v * x, *(y[members] * (v - sr[members])).tolist()])
+
+    added = []
+    for v in np.unique(sr[near])[::-1][:TIE_GROUPS].tolist():
+        if excess(v) <= 0 and members.any():
+            break
+        members |= sr == v
+        added.append(v)
+    exact = np.full(sr.size, np.nan)
+    for v in added:
+        exact[sr == v] = excess(v)
+    return members, exact
 
 
 Num = np.ndarray | float
@@ -339,6 +403,14 @@ def _solve_rows(
     d = np.sum(yk * (top - sr), axis=1, keepdims=True)  # Σ y_i (sr_1 − sr_i) ≥ 0
     safe_a = np.where(a > 0, a, 1.0)
     xs = np.where(inside, np.maximum(yk / safe_a * _excess(sr, x, a, b, d, top), 0.0), 0.0)
+    spent = xs.sum(axis=1, keepdims=True)
+    # A Newton step on u = 1/sqrt(λ): x_j = y_j sr_j u − y_j is linear in u, and rounding
+    # errors (of u and of the cancelling sr_j u − 1) are ∝ y_j sr_j, so the residual goes
+    # back in that proportion: mostly to heavily priced hosts, whose bids absorb it, rather
+    # than rescaling every bid (which moved small bids by the heavy ones' error: 1e-5 of
+    # the utility with prices 1e14 and 0.1).
+    step = np.where(spent > 0, (x - spent) / safe_a, 0.0)
+    xs = np.maximum(xs + step * (yk * sr), 0.0)
     spent = xs.sum(axis=1)
     lost = (spent <= 0) & (rest > 0) & (n_priced > 0)
     if lost.any():  # underflow: everything on the best host
@@ -349,6 +421,10 @@ def _solve_rows(
     bids += xs
     with np.errstate(divide="ignore", invalid="ignore"):
         lam = np.where(n_priced > 0, (a[:, 0] / (rest + b[:, 0])) ** 2, 0.0)
+        t = a / (x + b)
+        tied = (priced & (np.abs(sr - t) <= TIE * t)).any(axis=1)
+    for i in np.flatnonzero(tied):  # near ties: the 1-D solver settles them exactly
+        bids[i], lam[i], _ = _solve_unit(float(budget[i]), w[i], y[i], eps)
     return bids, lam
 
 
@@ -373,7 +449,8 @@ def _prefix(
         y_sub, sr_sub, top_sub = ys[active], sr[active], top[active]
         yk = np.where(sub, y_sub, 0.0)
         a = np.sum(yk * sr_sub, axis=1, keepdims=True)
-        keep = sub & (sr_sub > a / (x[active] + yk.sum(axis=1, keepdims=True)))
+        thr = a / (x[active] + yk.sum(axis=1, keepdims=True)) * (1 - TIE)  # (see _solve_unit)
+        keep = sub & (sr_sub > thr)
         keep |= sub & (sr_sub == top_sub)  # the best host always stays (X > 0)
         changed = (keep != sub).any(axis=1)
         inside[active] = keep
