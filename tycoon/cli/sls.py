@@ -13,6 +13,7 @@ from tycoon.bus.connection import open_bus
 from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import bus_for, fail, identity, print_json
 from tycoon.errors import Rejected
+from tycoon.money import format_rate
 from tycoon.sls.client import SLSClient
 from tycoon.sls.query import DEFAULT_LIMIT, MAX_LIMIT_WITH_STATISTICS, SORTS, TIES
 from tycoon.sls.service import SLSConfig, SLSService
@@ -112,9 +113,10 @@ async def cmd_host(args: argparse.Namespace) -> int:
         hour = windows.get("hour", {})
         print(
             f"{name}: capacity {format_capacity(name, offer['capacity'])}, "
-            f"price {offer['price']:.6g} µcr/s, unit {offer['unit_price']:.6g}, "
+            f"price {format_rate(offer['price'])} credits/s, "
             f"util {offer['utilization']:.0%}, bidders {offer['bidders']}, "
-            f"hour mean {hour.get('mean', 0):.6g} sd {math.sqrt(hour.get('var', 0)):.3g}"
+            f"hour mean {format_rate(hour.get('mean', 0))} "
+            f"sd {format_rate(math.sqrt(hour.get('var', 0)))} credits/s"
         )
     return 0
 
@@ -142,6 +144,11 @@ async def cmd_hosts(args: argparse.Namespace) -> int:
     return 0
 
 
+UNIT = {"cpu": "GHz", "memory": "GiB", "disk": "GiB", "net": "Mbit/s"}
+UNIT_SIZE = {"cpu": 1000, "memory": 2**30, "disk": 2**30, "net": 10**6}
+"""The unit people price in, in base units (MHz, bytes, bit/s)."""
+
+
 def format_capacity(resource: str, value: int) -> str:
     """Capacity in human units: MHz, GiB, Mbit/s."""
     if resource == "cpu":
@@ -156,26 +163,27 @@ def print_table(resource: str, body: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{resource}: {len(body['rows'])} of {body['total']} live hosts")
+    table = Table(title=f"{resource}: {len(body['rows'])} of {body['total']} live hosts, "
+                        f"cheapest capacity first (prices in credits/s)")
     for col, justify in (
-        ("host", "left"), ("name", "left"), ("capacity", "right"), ("price µcr/s", "right"),
-        ("unit price", "right"), ("util", "right"), ("bidders", "right"),
+        ("name", "left"), ("host", "left"), ("capacity", "right"), ("price", "right"),
+        (f"per {UNIT[resource]}·h", "right"), ("util", "right"), ("bidders", "right"),
         ("avail", "right"), ("hour mean", "right"), ("hour sd", "right"),
     ):  # fmt: skip
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for row in body["rows"]:
         hour = row.get("statistics", {}).get("windows", {}).get("hour", {})
         table.add_row(
-            row["host"],
             row["name"],
+            row["host"],
             format_capacity(resource, row["capacity"]),
-            f"{row['price']:.6g}",
-            f"{row['unit_price']:.4g}",
+            format_rate(row["price"]),
+            format_rate(row["unit_price"] * UNIT_SIZE[resource] * 3600, 2),
             f"{row['utilization']:.0%}",
             str(row["bidders"]),
             f"{row['availability']:.1%}",
-            f"{hour.get('mean', 0.0):.6g}",
-            f"{math.sqrt(hour.get('var', 0.0)):.3g}",
+            format_rate(hour.get("mean", 0.0)),
+            format_rate(math.sqrt(hour.get("var", 0.0))),
         )
     wide = sys.stdout.isatty() or "COLUMNS" in os.environ
     Console(width=None if wide else 160).print(table)

@@ -15,20 +15,21 @@ from typing import Any
 
 from tycoon.bank.receipt import verify_receipt
 from tycoon.bus import subjects
-from tycoon.bus.connection import Bus, open_bus
+from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message, open_envelope
 from tycoon.bus.keys import subject_id
-from tycoon.cli.common import identity
+from tycoon.cli.common import bus_for, keystore, names_of
 from tycoon.cli.top import settled_receipts
 from tycoon.errors import Rejected
-from tycoon.money import format_amount
+from tycoon.money import format_credits
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     tap = sub.add_parser("tap", help="print every verified event on the bus")
     tap.add_argument("subject", nargs="?", default=subjects.ALL)
     tap.add_argument("--json", action="store_true", help="JSON lines")
-    tap.add_argument("--count", type=int, default=0, help="stop after N messages")
+    tap.add_argument("--count", type=int, default=0,
+                     help="stop after N messages (0: until Ctrl-C or --timeout)")
     tap.add_argument("--raw", action="store_true", help="also print the envelope bytes (hex)")
     tap.add_argument("--timeout", type=float, default=0, help="stop after this many seconds")
     tap.set_defaults(func=cmd_tap)
@@ -50,7 +51,7 @@ def summarize(msg: Message) -> str:
         return f"host={body.get('host')} accounts={len(accounts)} {shares}"
     if msg.kind == "bank.settled":
         return " ".join(
-            f"{subject_id(r.payer)[:8]}→{subject_id(r.payee)[:8]}:{format_amount(r.amount)}"
+            f"{_name(r.payer)}→{_name(r.payee)}:{format_credits(r.amount)}"
             for r in settled_receipts(msg)
         )
     scalars = [
@@ -58,6 +59,14 @@ def summarize(msg: Message) -> str:
         if isinstance(v, str | int | float | bool) and not isinstance(v, bytes)
     ]
     return " ".join(scalars[:8])
+
+
+NAMES: dict[str, str] = {}
+"""Keys and ids -> key store names (filled by the command from the key store)."""
+
+
+def _name(key: str) -> str:
+    return NAMES.get(key) or subject_id(key)[:8]
 
 
 def _num(value: Any) -> str:
@@ -71,7 +80,7 @@ def _short(value: Any) -> str:
 
 def line_for(subject: str, data: bytes, bus: Bus, *, as_json: bool, raw: bool) -> str:
     """Verify one message and render it as a line (flagged if rejected)."""
-    now = dt.datetime.now(dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+    now = dt.datetime.now().astimezone().isoformat(timespec="milliseconds")
     try:
         if subjects.is_settlement(subject):
             # A logged receipt: a durable token bound to the receipt subject, old by design.
@@ -79,8 +88,8 @@ def line_for(subject: str, data: bytes, bus: Bus, *, as_json: bool, raw: bool) -
             if as_json:
                 return json.dumps({"time": now, "subject": subject, "kind": "bank.receipt",
                                    "receipt": _jsonable(receipt.to_body())}, sort_keys=True)
-            return (f"{now} {subject} bank.receipt {subject_id(receipt.payer)[:8]}→"
-                    f"{subject_id(receipt.payee)[:8]}:{format_amount(receipt.amount)}"
+            return (f"{now} {subject} bank.receipt {_name(receipt.payer)}→"
+                    f"{_name(receipt.payee)}:{format_credits(receipt.amount)}"
                     f" seq={receipt.seq}")
         msg = bus.verify(data, subject)
     except Rejected as error:
@@ -96,7 +105,7 @@ def line_for(subject: str, data: bytes, bus: Bus, *, as_json: bool, raw: bool) -
         if raw:
             record["raw"] = data.hex()
         return json.dumps(record, sort_keys=True)
-    text = f"{now} {subject} {msg.kind} {sender[:8]} {summarize(msg)}"
+    text = f"{now} {subject} {msg.kind} {NAMES.get(sender, sender[:8])} {summarize(msg)}"
     return text + (f"\n  {data.hex()}" if raw else "")
 
 
@@ -111,7 +120,8 @@ def _jsonable(value: Any) -> Any:
 
 
 async def cmd_tap(args: argparse.Namespace) -> int:
-    bus = await open_bus(args.nats, identity(args), name="tycoon-tap", deadline=10.0)
+    NAMES.update(names_of(keystore(args)))
+    bus = await bus_for(args, deadline=10.0)
     done = asyncio.Event()
     seen = 0
 
