@@ -264,7 +264,7 @@ _NOT_SOLD = (
     (ipaddress.IPv4Network("240.0.0.0/4"), "a reserved or broadcast address"),
 )
 """Addresses no host sells: they name no one machine on the cluster's network (and
-169.254.169.254 is a cloud's metadata service). See docs/auctioneer.md."""
+169.254.169.254 is a cloud's metadata service). See docs/security.md, "Look-alike ids"."""
 
 
 def _address(text: str, token: str) -> str:
