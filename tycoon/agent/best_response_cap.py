@@ -117,7 +117,8 @@ def capped(budget: float, w: np.ndarray, y: np.ndarray, cap: int, eps: float) ->
             if value > best_u:
                 best_bids, best_u, best_lam = bids, value, lam_new
             todo.append(_top(_gains(rw, ry, lam_new), cap))
-    best_bids, best_u, best_lam = _swap(budget, w, y, cap, eps, (best_bids, best_u, best_lam))
+    if best_u < bound * (1 - 1e-12):  # not certified optimal by the dual: try swaps
+        best_bids, best_u, best_lam = _swap(budget, w, y, cap, eps, (best_bids, best_u, best_lam))
     return BestResponse(best_bids, shares(best_bids, y), best_u, best_lam, max(bound, best_u))
 
 
