@@ -18,8 +18,9 @@ from tycoon.auctioneer.market import FLOOR_PRICE, IDLE_S
 from tycoon.bus.keys import subject_id
 from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import bus_for, host_id_of, identity, keystore, local_time, print_json
+from tycoon.cli.sls import format_capacity
 from tycoon.errors import Rejected
-from tycoon.money import MICRO, format_amount, format_credits, parse_amount
+from tycoon.money import MICRO, format_amount, format_credits, format_rate, parse_amount
 from tycoon.vmm.driver import RESOURCES, Driver
 
 DRIVERS = ("simulated", "cgroups", "xen")
@@ -176,11 +177,14 @@ async def _with_client(args: argparse.Namespace, op: Any) -> int:
     return 0
 
 
-MONEY = ("balance", "amount", "funded", "earnings", "refunded", "balances", "spent")
+MONEY = ("balance", "amount", "funded", "earnings", "refunded", "balances", "spent", "deposit")
+RATES = ("rate", "prices", "floor_price")
+"""Replies' micro-credits/s: shown as credits/s."""
 
 
-def _print(result: dict[str, Any], indent: str = "") -> None:
-    """A readable rendering of a reply (money in credits, prices in credits/s)."""
+def _print(result: dict[str, Any], indent: str = "", within: str = "") -> None:
+    """A readable rendering of a reply (money in credits, prices in credits/s, shares in
+    per cent, times local); ``within`` is the key of the enclosing section."""
     if isinstance(result.get("resources"), dict):
         print(f"{indent}host {result.get('host')} {result.get('name', '')} "
               f"({result.get('driver', '')})")  # fmt: skip
@@ -188,8 +192,8 @@ def _print(result: dict[str, Any], indent: str = "") -> None:
               f"{'bidders':>8}")  # fmt: skip
         for r in RESOURCES:
             info = result["resources"].get(r, {})
-            print(f"{indent}  {r:<8} {info.get('capacity', 0):>16} "
-                  f"{info.get('price', 0.0) / MICRO:>12.6f} {info.get('utilization', 0.0):>6.2f} "
+            print(f"{indent}  {r:<8} {format_capacity(r, info.get('capacity', 0)):>16} "
+                  f"{info.get('price', 0.0) / MICRO:>12.6f} {info.get('utilization', 0.0):>6.0%} "
                   f"{info.get('bidders', 0):>8}")  # fmt: skip
     for key, value in result.items():
         if key == "resources" and isinstance(value, dict):
@@ -197,8 +201,8 @@ def _print(result: dict[str, Any], indent: str = "") -> None:
         if key.endswith("_text") and key[:-5] in result:
             continue  # the same amount, already shown in credits
         if isinstance(value, dict):
-            print(f"{indent}{key}:")
-            _print(value, indent + "  ")
+            print(f"{indent}{key}:" + (" (credits/s)" if key in RATES else ""))
+            _print(value, indent + "  ", key)
             continue
         if isinstance(value, list) and all(isinstance(v, dict) for v in value):
             print(f"{indent}{key}: {len(value)}")
@@ -207,6 +211,12 @@ def _print(result: dict[str, Any], indent: str = "") -> None:
             continue
         if key in MONEY and isinstance(value, int):
             value = f"{format_credits(value)} credits"
+        elif isinstance(value, int | float) and (key in RATES or within in RATES):
+            value = format_rate(value) + ("" if within in RATES else " credits/s")
+        elif isinstance(value, float) and within == "allocation":
+            value = f"{value:.1%}"
+        elif isinstance(value, float):
+            value = f"{value:.4g}"
         elif key.endswith("_ns") and isinstance(value, int):
             key, value = key[:-3], local_time(value) if value else "never"
         elif isinstance(value, bytes):
