@@ -13,7 +13,15 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from tycoon.cli.common import bus_for, home_of, key_name, keystore, market_config, print_json
+from tycoon.cli.common import (
+    bus_for,
+    home_of,
+    key_name,
+    keystore,
+    market_config,
+    names_of,
+    print_json,
+)
 from tycoon.errors import Rejected
 
 REQUIRED = ("tycoon-bank", "tycoon-sls", "tycoon-auctioneer")
@@ -135,8 +143,11 @@ async def cmd_status(args: argparse.Namespace) -> int:
         print(f"bank  {used['bank']['value']}  (from {used['bank']['source']})")
     print()
     print(f"{'service':<18} {'who':<14} {'requests':>9} {'errors':>7}  id")
+    names = names_of(keystore(args))
     for r in rows:
-        label = r["metadata"].get("host") or r["metadata"].get("principal", "")[:12]
+        meta = r["metadata"]
+        key = str(meta.get("host") or meta.get("principal") or "")
+        label = names.get(key) or key[:12]
         print(f"{r['name']!s:<18} {label!s:<14} {r['requests']:>9} {errors_of(r):>7}"
               f"  {r['id']}")
     if missing:

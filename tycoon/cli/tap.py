@@ -21,7 +21,7 @@ from tycoon.bus.keys import subject_id
 from tycoon.cli.common import bus_for, keystore, names_of
 from tycoon.cli.top import settled_receipts
 from tycoon.errors import Rejected
-from tycoon.money import format_credits
+from tycoon.money import format_credits, format_rate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,8 +40,8 @@ def summarize(msg: Message) -> str:
     body: dict[str, Any] = msg.body
     if msg.kind == "price":
         res = body.get("resources", {})
-        parts = [f"{r}={_num(v.get('price'))}" for r, v in res.items() if isinstance(v, dict)]
-        return f"host={body.get('host')} seq={body.get('seq')} " + " ".join(parts)
+        parts = [f"{r}={_rate(v.get('price'))}" for r, v in res.items() if isinstance(v, dict)]
+        return f"host={body.get('host')} seq={body.get('seq')} credits/s " + " ".join(parts)
     if msg.kind == "alloc":
         accounts = body.get("accounts", {})
         shares = " ".join(
@@ -67,6 +67,10 @@ NAMES: dict[str, str] = {}
 
 def _name(key: str) -> str:
     return NAMES.get(key) or subject_id(key)[:8]
+
+
+def _rate(value: Any) -> str:
+    return format_rate(value) if isinstance(value, int | float) else str(value)
 
 
 def _num(value: Any) -> str:
