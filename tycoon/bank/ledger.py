@@ -22,7 +22,7 @@ from typing import Any
 from tycoon.bank.receipt import MAX_MEMO, MAX_TRANSFER_ID, Receipt, make_receipt, verify_receipt
 from tycoon.bank.store import AccountRow, EventRow, Store
 from tycoon.bus.keys import Identity, is_public_key
-from tycoon.bus.schema import check_id
+from tycoon.bus.schema import check_id, check_name
 from tycoon.errors import Rejected
 from tycoon.money import MAX_AMOUNT, check_amount, format_amount
 
@@ -112,7 +112,7 @@ class Batch:
         closed one starts it at zero). A ``fee`` > 0 is paid by the sender to ``fee_to`` in
         the same batch, as an ordinary transfer with a receipt (id ``open-<seq>``), so
         money is conserved; without the money nothing is opened (``overdraft``)."""
-        _check_text(name, "name", MAX_NAME)
+        check_name(name, "name", max_len=MAX_NAME)  # ASCII, one form (docs/protocol.md)
         target = account or sender
         if not is_public_key(target):
             raise Rejected("malformed", "an account id is a user public key")
