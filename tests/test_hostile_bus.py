@@ -38,7 +38,7 @@ from tycoon.natsserver import NatsServer, free_port
 from tycoon.sls.service import SLSConfig, SLSService
 from tycoon.streams.config import PRICES, PRICES_SPEC, SETTLEMENTS, ensure_stream
 from tycoon.streams.history import history_page, price_history_via_sls
-from tycoon.streams.reader import read_stream
+from tycoon.streams.reader import format_stamp, parse_stamp, read_stream
 from tycoon.streams.settlements import SettlementLog
 from tycoon.vmm.simulated import SimulatedDriver
 
@@ -409,6 +409,15 @@ async def test_refusal_floods_leave_bounded_logs(tmp_path: Path) -> None:
     print("nats-server log files:", list(zip([f.name for f in nats_logs], sizes, strict=True)))
     assert sum(sizes) > 64 * 1024  # it did log the violations (and rotated) ...
     assert len(nats_logs) <= 3 and max(sizes) <= 80 * 1024  # ... within its limits
+
+
+def test_direct_get_time_stamps_round_trip() -> None:
+    for ns in (0, 1, 999_999_999, 1_765_000_000_123_456_789, 4_102_444_800 * 10**9):
+        assert parse_stamp(format_stamp(ns)) == ns
+    assert parse_stamp("2026-12-06T09:55:30.99330533Z") % 10**9 == 993_305_330
+    assert parse_stamp("2026-12-06T09:55:30Z") % 10**9 == 0
+    with pytest.raises(ValueError):
+        parse_stamp("2026-12-06T09:55:30+01:00")
 
 
 # ------------------------------------------------------------------ helpers
