@@ -44,7 +44,7 @@ from tycoon.cli.init import write_nats_config
 from tycoon.cli.status import discover, healthy
 from tycoon.cli.top import MarketView
 from tycoon.deploy import Deployment
-from tycoon.money import format_amount, parse_amount
+from tycoon.money import format_credits, parse_amount
 from tycoon.natsserver import NatsServer, free_port
 from tycoon.sls.client import SLSClient
 from tycoon.supervisor import Child, stop_all
@@ -197,7 +197,7 @@ class Market:
             if fit is not None and parse_duration(deadline) / 1e9 > fit:
                 deadline = f"{fit}s"
             note = " (shortened to fit --duration)" if deadline != spec.deadline else ""
-            step(f"{spec.key}: budget {format_amount(parse_amount(spec.budget))} credits, "
+            step(f"{spec.key}: budget {format_credits(parse_amount(spec.budget))} credits, "
                  f"deadline {deadline}{note}")
             child = self.child(spec.key, "--as", spec.key, "agent", "run", "--json",
                                "--budget", spec.budget, "--deadline", deadline,
@@ -394,8 +394,8 @@ def summarise(state: Path, view: MarketView, market: Market,
     console.print("\n[bold]summary[/]")
     console.print(view.render())
     for r in agent_results(market):
-        console.print(f"  {r['name']}: spent {format_amount(r['spent'])} credits in "
-                      f"{r['plans']} plans, refunded {format_amount(r['refunded'])}")
+        console.print(f"  {r['name']}: spent {format_credits(r['spent'])} credits in "
+                      f"{r['plans']} plans, refunded {format_credits(r['refunded'])}")
     report: AuditReport | None = None
     db = state / "bank.db"
     if db.exists():
@@ -405,8 +405,9 @@ def summarise(state: Path, view: MarketView, market: Market,
         finally:
             store.close()
         verdict = "[green]passes[/]" if report.ok else "[red]FAILS[/]"
-        console.print(f"  bank audit {verdict}: Σ balances {format_amount(report.total_balances)}"
-                      f" = Σ minted {format_amount(report.total_minted)} over "
+        balances = format_credits(report.total_balances, 6)
+        console.print(f"  bank audit {verdict}: Σ balances {balances}"
+                      f" = Σ minted {format_credits(report.total_minted, 6)} credits over "
                       f"{report.transfers} transfers, {report.accounts} accounts")
         for problem in report.problems[:5]:
             console.print(f"    {problem}")
