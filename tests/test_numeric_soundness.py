@@ -120,7 +120,7 @@ def wide_books(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, flo
     return rates, lo, np.maximum(hi, lo), cap
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=int(os.environ.get("TYCOON_NUMERIC_EXAMPLES", "400")), deadline=None)
 @given(wide_books(), st.sampled_from(PATHS))
 @example((np.array([1.0, 1e-20]), np.zeros(2), np.array([0.5, 1.0]), 1.0), "fallback")
 @example((*BOOK_14, 1.0), "numpy")
@@ -136,7 +136,7 @@ def test_wide_dynamic_range(case: tuple[np.ndarray, np.ndarray, np.ndarray, floa
     check_fill(rates, lo, hi, cap, shares)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=int(os.environ.get("TYCOON_NUMERIC_EXAMPLES", "200")), deadline=None)
 @given(wide_books())
 def test_paths_agree_over_wide_ranges(case: tuple[np.ndarray, np.ndarray, np.ndarray, float]
                                       ) -> None:
