@@ -147,6 +147,8 @@ def test_configs_hold_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyP
     out = capsys.readouterr().out
     assert "made alice" in out and "admitted alice as agent" in out
     assert "every key already existed" not in out
+    assert "no tycoon up runs for" in out  # and no claim of a reload that did not happen
+    assert "reloaded" not in out
 
 
 def test_one_market_per_state_directory(tmp_path: Path) -> None:

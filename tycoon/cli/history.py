@@ -89,7 +89,8 @@ async def cmd_history(args: argparse.Namespace) -> int:
 
 def _print_table(points: list[PricePoint], host: str, args: argparse.Namespace,
                  refused: dict[str, int]) -> None:
-    print(f"host {host}, {args.resource}: {len(points)} price updates in the last {args.since}"
+    name = f"{args.host} ({host})" if args.host != host else host
+    print(f"host {name}, {args.resource}: {len(points)} price updates in the last {args.since}"
           + (f" ({sum(refused.values())} refused: {refused})" if refused else ""))
     if not points:
         return
@@ -124,6 +125,8 @@ def plot(points: list[PricePoint], path: Path, host: str, resource: str) -> None
                   label="utilization")
         util.set_ylabel("utilization", color="tab:orange")
         util.set_ylim(0, 1.05)
+        lines = ax.get_lines() + util.get_lines()
+        ax.legend(lines, [str(line.get_label()) for line in lines], loc="upper left")
         ax.set_title(f"host {host}: {resource}, {len(points)} updates")
         fig.autofmt_xdate()
         fig.tight_layout()

@@ -147,7 +147,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         print("  every key already existed")
     for name in admitted:
         print(f"  admitted {name} as {args.role}: {deployment.public_key(name)}")
-    if admitted and reload_server(home):
+    if admitted and not reload_server(home):
+        print(f"  no tycoon up runs for {home}: its server admits {', '.join(admitted)} "
+              "when it starts (another nats-server: reload it with this nats.conf)")
+    elif admitted:
         if admitted_by_server(deployment, admitted):
             print(f"  reloaded the running nats-server: it admits {', '.join(admitted)}")
         else:
