@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tycoon.bus.keys import subject_id
-from tycoon.cli.common import keystore, print_json
+from tycoon.cli.common import fail, keystore, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,9 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_new(args: argparse.Namespace) -> int:
     store = keystore(args)
-    if store.exists(args.name):
-        print(f"error: key {args.name!r} already exists in {store.keys_dir}")
-        return 1
+    try:
+        if store.exists(args.name):
+            return fail(f"key {args.name!r} already exists in {store.keys_dir}")
+    except ValueError as error:
+        return fail(str(error))
     ident = store.create(args.name)
     print(f"{args.name}\t{ident.public_key}\t{subject_id(ident.public_key)}")
     return 0
@@ -48,9 +50,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     store = keystore(args)
     try:
         ident = store.load(args.name)
-    except FileNotFoundError:
-        print(f"error: no key {args.name!r} in {store.keys_dir}")
-        return 1
+    except (FileNotFoundError, ValueError):
+        return fail(f"no key {args.name!r} in {store.keys_dir} (tycoon keys list shows them)")
     info = {"name": args.name, "public_key": ident.public_key, "id": subject_id(ident.public_key)}
     if args.json:
         print_json(info)
