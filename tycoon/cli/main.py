@@ -36,7 +36,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "history",
 )
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-OFFLINE = {"best-response", "sim", "keys", "demo", "init", "up"}
+OFFLINE = {"best-response", "sim", "keys", "demo", "init", "up", "run"}
 """Commands that never connect with the global URL (an empty one is not their concern)."""
 
 
