@@ -335,3 +335,51 @@ async def test_unfunded_keys_open_nothing_and_idle_accounts_go(market: Market) -
     again = await client.refund()
     assert again["refunds"][0]["refund_id"] != refund["refunds"][0]["refund_id"]
     assert again["refunds"][0]["receipt"]
+
+
+@pytest.mark.hostile
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_twenty_thousand_account_requests_from_fresh_keys_leave_nothing(
+    market: Market,
+) -> None:
+    """Issue 17: 20,000 host.account requests from self-made keys made 20,000 accounts
+    (and sandboxes) for good. Now the account table and the driver stay as they were."""
+    from hostile_kit import open_reply, tally
+
+    from tycoon.bus.connection import inbox_prefix
+
+    core = market.auctioneer.market
+    bank, client = await market.user(1000)
+    await client.fund(await pay(bank, market.host_id.public_key, 1))
+    accounts, sandboxes = set(core.accounts), set(market.driver.sandboxes())
+    subject = subjects.host_op(market.host, "account")
+    items = []
+    for _ in range(20_000):
+        ident = Identity.generate()  # replies go only to the signer's own inbox
+        items.append((inbox_prefix(ident), seal(ident, "host.account", {}, subject=subject)))
+    sender = await open_bus(market.url, Identity.generate())  # an open server: any inbox
+    market.buses.append(sender)
+    got: dict[int, bytes] = {}
+    slots, done = asyncio.Semaphore(256), asyncio.Event()
+
+    async def on_reply(msg: Any) -> None:
+        index = int(msg.subject.rsplit(".", 1)[1])
+        if index not in got:
+            got[index] = msg.data
+            slots.release()
+        if len(got) == len(items):
+            done.set()
+
+    await sender.nc.subscribe("_INBOX.*.flood.*", cb=on_reply)
+    for index, (prefix, raw) in enumerate(items):
+        await slots.acquire()
+        await sender.nc.publish(subject, raw, reply=f"{prefix}.flood.{index}")
+    await asyncio.wait_for(done.wait(), 200)
+    replies = [open_reply(raw, got[i], market.host_id.public_key)
+               for i, (_, raw) in enumerate(items)]  # fmt: skip
+    counts = tally(replies)
+    assert set(counts) <= {"ok", "rate_limited"}, counts
+    assert set(core.accounts) == accounts and set(market.driver.sandboxes()) == sandboxes
+    rows = market.auctioneer.store.db.execute("SELECT COUNT(*) FROM accounts").fetchone()
+    assert rows == (len(accounts),)
