@@ -267,3 +267,28 @@ def test_pub_refuses_a_negative_duration_in_its_own_words(
     assert pub(["bid", "host-1", "-5h", "cpu:1"]) == 2
     err = capsys.readouterr().err
     assert "a bid lasts a positive time" in err and "tycoon host bid" not in err
+
+
+@pytest.mark.nats
+async def test_top_quits_on_q_and_shows_its_keys(nats_url: str, tmp_path: Path) -> None:
+    """On a terminal, `tycoon top` reads keys: q quits at once; the footer says so."""
+    import pty
+
+    main_fd, child_fd = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tycoon.cli.main", "--nats", nats_url, "--home",
+        str(tmp_path), "top", "--duration", "60", stdin=child_fd, stdout=child_fd,
+        stderr=child_fd, env={**os.environ, "COLUMNS": "120", "LINES": "40"})
+    os.close(child_fd)
+    seen = b""
+    try:
+        while b"q quit" not in seen:
+            chunk = await asyncio.wait_for(asyncio.to_thread(os.read, main_fd, 65536), 30)
+            seen += chunk
+        os.write(main_fd, b"q")
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        os.close(main_fd)
