@@ -184,8 +184,8 @@ async def test_every_receipt_is_logged_once_and_verify_log_agrees(
         code = await asyncio.to_thread(main, ["--nats", js_server.url, "--home", str(home),
                                               "bank", "verify-log", "--db", str(bank.db),
                                               "--grace", "0"])
-        out = capsys.readouterr().out
-        assert code == 2 and "MISSING (1)" in out and "TAMPERING (1)" in out
+        out, err = capsys.readouterr()
+        assert code == 2 and "MISSING (1)" in out and "TAMPERING (1)" in out, (out, err)
     finally:
         await bank.stop()
     # a restarted bank checks the stream's tail and re-sends nothing it holds (the deleted

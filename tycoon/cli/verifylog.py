@@ -78,7 +78,8 @@ def _bank_identity(args: argparse.Namespace) -> Identity:
                                           "run this on the bank's machine") from exc
 
 
-def _print_report(path: Path, report: LogReport, stream: Any = sys.stdout) -> None:
+def _print_report(path: Path, report: LogReport, stream: Any = None) -> None:
+    stream = sys.stdout if stream is None else stream  # not at import: tests swap stdout
     print(f"{path}: {report.ledger_transfers} transfers in the ledger, "
           f"{report.stream_messages} receipts in SETTLEMENTS, {report.matched} match, "
           f"{report.in_flight} in flight", file=stream)
