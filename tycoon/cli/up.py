@@ -169,9 +169,11 @@ class Market:
                               f"auctioneer {spec.key} ({spec.driver}, {spec.preset})")
 
     async def _start(self, child: Child, ready: str, label: str) -> None:
+        # The logs of earlier runs stay: only what this run writes may say "ready".
+        offsets = {path: _size(path) for path in (child.out_path, child.log_path)}
         await child.start()
         self.services.append(child)
-        if not await child.wait_for_line(ready, 60):
+        if not await said(child, ready, offsets, 60):
             raise RuntimeError(f"{label} did not start; its log says:\n{child.tail()}")
         step(f"{label} [green]ready[/]")
 
@@ -208,6 +210,28 @@ class Market:
 
     async def stop(self) -> dict[str, int | None]:
         return await stop_all(self.services + self.agents)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+async def said(child: Child, text: str, offsets: dict[Path, int], timeout: float) -> bool:
+    """Whether ``child`` wrote ``text`` past ``offsets`` while running, within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path, start in offsets.items():
+            with contextlib.suppress(FileNotFoundError), path.open("rb") as f:
+                f.seek(start if _size(path) >= start else 0)  # rotated: read it all
+                if text.encode() in f.read():
+                    return child.running
+        if not child.running:
+            return False
+        await asyncio.sleep(0.1)
+    return False
 
 
 async def wait_for_market(bus: Bus, hosts: int, timeout: float = 60) -> None:
