@@ -21,6 +21,7 @@ import contextlib
 import json
 import random
 import sqlite3
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,8 @@ class ChaosConfig:
     restart: tuple[float, float] = (0.5, 3.0)
     user_pays: bool = True
     timeout_s: float = 240.0
+    verbose: bool = False
+    """Print each kill, restart and phase on stderr."""
 
 
 @dataclass
@@ -75,7 +78,15 @@ class Chaos:
     user: Identity | None = None
     buses: list[Bus] = field(default_factory=list)
     nats_down: bool = False
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    """The schedule, the commit watcher and the user: cancelled when the agents are done."""
+    nats_tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    """nats-server restarts: never cancelled before the end (the checks need the server)."""
     opened: dict[str, Bus] = field(default_factory=dict)
+
+    def phase(self, text: str) -> None:
+        if self.config.verbose:
+            print(f"{time.strftime('%H:%M:%S')} chaos: {text}", file=sys.stderr, flush=True)
 
     @property
     def db(self) -> Path:
@@ -126,7 +137,7 @@ async def run_chaos(config: ChaosConfig, tmp: Path) -> dict[str, Any]:
                 "--candidates", "10", "--state", str(tmp / "agents"), "--bank", bank_key,
                 "--grace", config.grace)
         await _wait_hosts_listed(chaos)
-        user_task = None
+        user_task: asyncio.Task[None] | None = None
         if config.user_pays:
             chaos.user = keys.create("user")
             user_key = chaos.user.public_key
@@ -141,23 +152,24 @@ async def run_chaos(config: ChaosConfig, tmp: Path) -> dict[str, Any]:
         schedule = _schedule(chaos, rng, t0)
         killer = asyncio.create_task(_run_schedule(chaos, schedule, t0))
         watcher = asyncio.create_task(_kill_after_commits(chaos, random.Random(rng.random())))
+        chaos.tasks += [killer, watcher, *([user_task] if user_task else [])]
         await _wait_agents(chaos, config.timeout_s)
         chaos.home_at = time.monotonic()
-        for task in (killer, watcher, *([user_task] if user_task else [])):
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        chaos.phase("agents done")
+        await _cancel(chaos.tasks)
         await _wait_all_up(chaos)
+        chaos.phase("services up")
         user_left = await _settle_user(chaos) if config.user_pays else 0
+        chaos.phase("user settled")
         chaos.stopping = True
         for task in supervisors:
             task.cancel()
+        chaos.phase("checking")
         result = await check_money_home(chaos)
         result["user_outstanding"] = user_left
     finally:
         chaos.stopping = True
-        for task in supervisors:
-            task.cancel()
+        await _cancel([*supervisors, *chaos.tasks, *chaos.nats_tasks])
         for proc in chaos.procs.values():
             await proc.stop(10)
         for bus in chaos.buses:
@@ -176,6 +188,15 @@ async def run_chaos(config: ChaosConfig, tmp: Path) -> dict[str, Any]:
         "wall_s": round(time.monotonic() - started, 1),
     })
     return result
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait for them (a few seconds at most each)."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, 5)
 
 
 def _count(items: Any) -> dict[str, int]:
@@ -280,21 +301,29 @@ async def _kill(chaos: Chaos, target: str, reason: str) -> None:
         chaos.server.kill()
         chaos.nats_down = True
         chaos.kills.append((time.monotonic(), target, reason))
-        asyncio.get_running_loop().call_soon(
-            lambda: asyncio.ensure_future(_restart_nats(chaos)))
+        chaos.nats_tasks.append(asyncio.create_task(_restart_nats(chaos)))
         return
     proc = chaos.procs[target]
     if target in chaos.exits or not proc.alive:
         return
     await proc.kill()
     chaos.kills.append((time.monotonic(), target, reason))
+    chaos.phase(f"killed {target} ({reason})")
 
 
 async def _restart_nats(chaos: Chaos) -> None:
     await asyncio.sleep(random.uniform(*chaos.config.restart))
-    await chaos.server.start()
+    while True:
+        try:
+            await chaos.server.start()
+            break
+        except (RuntimeError, TimeoutError) as error:  # the port not free yet: again
+            chaos.phase(f"nats restart failed: {error}")
+            chaos.server.kill()
+            await asyncio.sleep(0.5)
     chaos.nats_down = False
     chaos.restarts.append(time.monotonic())
+    chaos.phase("nats restarted")
 
 
 async def _supervise(chaos: Chaos, name: str, rng: random.Random) -> None:
@@ -308,7 +337,9 @@ async def _supervise(chaos: Chaos, name: str, rng: random.Random) -> None:
             return
         if name.startswith("agent") and code in HOME_CODES:
             chaos.exits[name] = code
+            chaos.phase(f"{name} exited {code}")
             return
+        chaos.phase(f"{name} died ({code}); restarting")
         await asyncio.sleep(rng.uniform(*chaos.config.restart))
         if chaos.stopping:
             return
@@ -319,7 +350,8 @@ async def _supervise(chaos: Chaos, name: str, rng: random.Random) -> None:
 async def _wait_agents(chaos: Chaos, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while len(chaos.exits) < len(chaos.agent_meta):
-        assert time.monotonic() < deadline, f"agents not done: {chaos.exits}"
+        alive = [n for n, p in chaos.procs.items() if p.alive]
+        assert time.monotonic() < deadline, f"agents not done: {chaos.exits}, alive: {alive}"
         await asyncio.sleep(0.2)
 
 
