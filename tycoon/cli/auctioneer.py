@@ -78,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--timeout", type=float, default=5.0)
     ops.add_parser("status", parents=[common], help="the host's market and your account") \
         .set_defaults(func=cmd_status)
-    ops.add_parser("account", parents=[common], help="show your host account (a first funding opens it)") \
+    ops.add_parser("account", parents=[common], help="show your host account") \
         .set_defaults(func=cmd_account)
     fund = ops.add_parser("fund", parents=[common], help="pay the host and fund your account")
     fund.add_argument("amount", nargs="?", help="credits to pay through the bank, e.g. 12.5")
