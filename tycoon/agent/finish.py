@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tycoon.agent.allocator import UNREACHABLE, Allocator
+from tycoon.agent.allocator import Allocator
 from tycoon.agent.journal import Journal
 from tycoon.errors import Rejected
 
@@ -65,8 +65,8 @@ async def check_host(allocator: Allocator, journal: Journal, host: str,
     try:
         info = await allocator.hosts(host).status()
     except Rejected as error:
-        if error.code not in UNREACHABLE:
-            raise
+        # silent (or busy: rate_limited) or refusing: either way we cannot tell what it
+        # holds; it is asked again next round
         funded, refunded = totals.get(host, (0, 0))
         return [Outstanding(host, "unknown", max(funded - refunded, 0), error.code)]
     account = info.get("account")
