@@ -120,12 +120,42 @@ def test_idempotent_opens_are_not_errors() -> None:
     assert errors_of({"errors": None}) == 0
 
 
+def test_every_example_parses() -> None:
+    """Each command's --help examples are real command lines (they parse, flags exist)."""
+    import shlex
+
+    from tycoon.cli.examples import EXAMPLES
+    from tycoon.cli.pub import OPS
+
+    parser, checked = build_parser(), 0
+    for lines in EXAMPLES.values():
+        for line in lines:
+            argv = shlex.split(re.split(r"\s(?:\||&&)\s", line)[0], comments=True)
+            argv = argv[1:] if argv[0] == "sudo" else argv
+            if argv[0] == "export":
+                continue
+            if argv[0] == "tycoon-pub":
+                at = next(i for i, a in enumerate(argv) if a in OPS)
+                argv = ["tycoon", *argv[1:at], "host", *argv[at:]]
+            assert argv[0] == "tycoon", line
+            parser.parse_args(argv[1:])  # SystemExit (a failed test) if it does not parse
+            checked += 1
+    assert checked > 60
+
+
 def test_every_command_has_examples_and_shows_defaults() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name in ("up", "init", "status", "top", "tap", "hosts", "history", "sim", "demo"):
-        text = sub.choices[name].format_help()
-        assert "examples:" in text and "tycoon" in text.split("examples:")[1], name
+    def walk(p: argparse.ArgumentParser, path: str) -> None:
+        text = p.format_help()
+        assert "examples:" in text and "tycoon" in text.split("examples:")[1], path
+        assert "(default: None)" not in text, path
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, f"{path} {name}")
+
+    walk(parser, "tycoon")
     assert "(default: 4)" in sub.choices["up"].format_help()
     bank = next(a for a in sub.choices["bank"]._actions
                 if isinstance(a, argparse._SubParsersAction))

@@ -48,7 +48,8 @@ async def test_tap_prints_verified_events_and_flags_forgeries(nats_url: str) -> 
     out, _ = await asyncio.wait_for(proc.communicate(), 40)
     lines = out.decode().splitlines()
     assert len(lines) == 3
-    assert " price " in lines[0] and "cpu=2.5" in lines[0] and HID in lines[0]
+    # 2.5 µcredits/s, shown as credits/s with six decimals
+    assert " price " in lines[0] and "cpu=0.000003" in lines[0] and HID in lines[0]
     assert "REJECTED bad_signature" in lines[1]
     assert "REJECTED wrong_subject" in lines[2]
 

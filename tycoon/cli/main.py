@@ -40,9 +40,16 @@ OFFLINE = {"best-response", "sim", "keys", "demo", "init", "up", "run"}
 """Commands that never connect with the global URL (an empty one is not their concern)."""
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter,
-                    argparse.ArgumentDefaultsHelpFormatter):
-    """Examples kept as written, defaults shown."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; a default shown where there is one and the help does not
+    already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = (None, False, argparse.SUPPRESS, [], "")
+        if action.default in quiet or "default" in text or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:

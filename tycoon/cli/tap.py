@@ -70,7 +70,7 @@ def _name(key: str) -> str:
 
 
 def _rate(value: Any) -> str:
-    return format_rate(value) if isinstance(value, int | float) else str(value)
+    return format_rate(value, 6) if isinstance(value, int | float) else str(value)
 
 
 def _num(value: Any) -> str:
