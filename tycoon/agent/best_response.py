@@ -275,7 +275,7 @@ def _solve_unit(
     xs = np.maximum(yp / a * excess, 0.0)
     spent = float(xs.sum())
     if spent > 0:  # a Newton step on 1/sqrt(λ) (see _solve_rows)
-        xs = np.maximum(xs + (rest - spent) / a * (yp * sr), 0.0)
+        xs = np.maximum(xs + (rest - spent) * (yp * sr / a), 0.0)  # (yp sr / a ≤ 1)
         spent = float(xs.sum())
     if spent <= 0:  # underflow: everything on the best host
         xs[np.argmax(sr)] = spent = 1.0
@@ -409,8 +409,8 @@ def _solve_rows(
     # back in that proportion: mostly to heavily priced hosts, whose bids absorb it, rather
     # than rescaling every bid (which moved small bids by the heavy ones' error: 1e-5 of
     # the utility with prices 1e14 and 0.1).
-    step = np.where(spent > 0, (x - spent) / safe_a, 0.0)
-    xs = np.maximum(xs + step * (yk * sr), 0.0)
+    step = np.where(spent > 0, x - spent, 0.0)
+    xs = np.maximum(xs + step * (yk * sr / safe_a), 0.0)  # (yk sr / a ≤ 1: no overflow)
     spent = xs.sum(axis=1)
     lost = (spent <= 0) & (rest > 0) & (n_priced > 0)
     if lost.any():  # underflow: everything on the best host
