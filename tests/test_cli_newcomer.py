@@ -341,3 +341,30 @@ async def test_an_old_ready_line_does_not_count(tmp_path: Path) -> None:
     assert await said(child, "ready", offsets, 0.3)  # type: ignore[arg-type]
     child.running = False
     assert not await said(child, "ready", offsets, 0.3)  # type: ignore[arg-type]
+
+
+async def test_the_agent_progress_line_shows_money_hosts_rate_time_and_last_event() -> None:
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from tycoon.cli.progress import AgentProgress
+
+    published: list[str] = []
+
+    async def publish(event: str, body: dict) -> None:
+        published.append(event)
+
+    agent = SimpleNamespace(
+        plan=SimpleNamespace(hosts=frozenset({"a", "b"}), spend_rate=27_777.8),
+        journal=SimpleNamespace(net_paid_out=lambda: 12_500_000), seconds_left=125.0,
+        publish=publish)
+    progress = AgentProgress(agent, 50_000_000)
+    await agent.publish("rebid", {"summary": "2 hosts, 27777.8 µc/s"})
+    assert published == ["rebid"]  # the agent's own publish still runs
+    console = Console(width=200, record=True)
+    console.print(progress.render())
+    text = console.export_text()
+    for part in ("12.50 / 50.00 credits", "2 hosts", "0.0278 credits/s", "2m05s left",
+                 "rebid 2 hosts"):
+        assert part in text, (part, text)

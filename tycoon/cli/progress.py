@@ -1,0 +1,76 @@
+"""A live progress line for ``tycoon agent run`` on a terminal (rich): paid out of the
+budget, hosts held, the planned spending rate, time left and the agent's last event."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from tycoon.money import format_credits, format_rate
+
+
+class AgentProgress:
+    """Watches one :class:`tycoon.agent.agent.Agent` (its plan, journal and events)."""
+
+    def __init__(self, agent: Any, budget: int) -> None:
+        self.agent = agent
+        self.budget = budget
+        self.last = "starting"
+        self.started = time.monotonic()
+        publish = agent.publish
+
+        async def publish_and_note(event: str, body: dict[str, Any]) -> None:
+            detail = body.get("summary") or body.get("message") or ""
+            self.last = f"{time.strftime('%H:%M:%S')} {event} {detail}".strip()
+            await publish(event, body)
+
+        agent.publish = publish_and_note  # every event the agent publishes passes here
+
+    def paid_out(self) -> int:
+        """Net paid to hosts so far (funded less refunded, from the agent's journal)."""
+        with contextlib.suppress(Exception):
+            return int(self.agent.journal.net_paid_out())
+        return 0
+
+    def render(self) -> Table:
+        """One line: a bar of paid / budget, then the figures and the last event."""
+        plan = self.agent.plan
+        paid = self.paid_out()
+        left = max(0.0, float(self.agent.seconds_left))
+        line = Table.grid(padding=(0, 1))
+        line.add_column(width=24)
+        line.add_column()
+        line.add_row(
+            ProgressBar(total=max(1, self.budget), completed=min(paid, self.budget), width=24),
+            f"{format_credits(paid)} / {format_credits(self.budget)} credits · "
+            f"{len(plan.hosts) if plan else 0} hosts · "
+            f"{format_rate(plan.spend_rate) if plan else '0.0000'} credits/s · "
+            f"{_duration(left)} left · {self.last[:60]}",
+        )
+        return line
+
+    async def show(self, stop: asyncio.Event, console: Console | None = None) -> None:
+        """Redraw twice a second until ``stop`` is set (then leave the last line)."""
+        with Live(self.render(), console=console, refresh_per_second=2,
+                  transient=False) as live:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                live.update(self.render())
+
+
+def _duration(seconds: float) -> str:
+    """``1h02m``, ``4m05s`` or ``12s``."""
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
