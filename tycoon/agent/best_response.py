@@ -419,7 +419,7 @@ def _solve_rows(
         spent = np.where(lost, 1.0, spent)
     xs *= (rest / np.where(spent > 0, spent, 1.0))[:, None]
     bids += xs
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # λ may be inf
         lam = np.where(n_priced > 0, (a[:, 0] / (rest + b[:, 0])) ** 2, 0.0)
         t = a / (x + b)
         tied = (priced & (np.abs(sr - t) <= TIE * t)).any(axis=1)
