@@ -368,3 +368,36 @@ async def test_the_agent_progress_line_shows_money_hosts_rate_time_and_last_even
     for part in ("12.50 / 50.00 credits", "2 hosts", "0.0278 credits/s", "2m05s left",
                  "rebid 2 hosts"):
         assert part in text, (part, text)
+
+
+@pytest.mark.nats
+async def test_init_says_so_when_the_server_did_not_take_the_new_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reload that nats-server refused showed only in its log while init printed
+    'reloaded'. Now init checks with a handshake that the new key gets in."""
+    monkeypatch.setattr("tycoon.cli.init.RELOAD_CHECK_S", 1.0)
+    port = free_port()
+    home = market_home(tmp_path, f"nats://127.0.0.1:{port}")
+    conf = tmp_path / "fixed.conf"  # a server that never learns of alice
+    bank = Deployment.load(home)
+    write_config(conf, render_principals(
+        [Principal(bank.public_key(bank.bank_key), "bank", "bank")], port=port))
+    # stands in for the market's nats-server in pids/nats.pid: takes the SIGHUP, ignores it
+    ignore = subprocess.Popen([sys.executable, "-c", "import signal, time\n"
+                               "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+                               "print('ready', flush=True)\ntime.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert ignore.stdout is not None and ignore.stdout.readline().strip() == "ready"
+        (home / "pids").mkdir()
+        (home / "pids" / "nats.pid").write_text(f"{ignore.pid}\n")
+        async with NatsServer(port=port, config=conf):
+            code = await asyncio.to_thread(main, ["--home", str(home), "init", "--user",
+                                                  "alice"])
+        out = capsys.readouterr().out
+        assert code == 1 and "did not take the new config" in out and "nats.log" in out
+        assert "reloaded" not in out.replace("did not", "")
+    finally:
+        ignore.kill()
+        ignore.wait()

@@ -103,10 +103,16 @@ def tls_from(args: argparse.Namespace) -> TLS | None:
     return TLS(args.tls_cert, args.tls_key, ca_file=args.tls_ca, verify=bool(args.tls_ca))
 
 
-def admitted_by_server(deployment: Deployment, names: list[str], timeout: float = 5.0) -> bool:
+RELOAD_CHECK_S = 5.0
+"""How long init waits for a reloaded server to let the new keys in."""
+
+
+def admitted_by_server(deployment: Deployment, names: list[str],
+                       timeout: float | None = None) -> bool:
     """Whether the running server now lets every key of ``names`` in (a reload that
     nats-server refused is otherwise visible only in its log)."""
     url = deployment.nats_url or "nats://127.0.0.1:4222"
+    timeout = RELOAD_CHECK_S if timeout is None else timeout
 
     async def check() -> bool:
         end = time.monotonic() + timeout
