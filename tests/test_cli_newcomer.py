@@ -179,6 +179,17 @@ def test_configs_hold_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "every key already existed" not in out
     assert "no tycoon up runs for" in out  # and no claim of a reload that did not happen
     assert "reloaded" not in out
+    # alice may run `tycoon agent run`: its events go to her own tycoon.agent.<id>.> only
+    from tycoon.bus.keys import subject_id
+    from tycoon.natsconf import load_principals
+    from tycoon.natspolicy import permissions
+
+    alice = next(p for p in load_principals(tmp_path / ".tycoon" / "principals.conf")
+                 if p.name == "alice")
+    me = subject_id(alice.public_key)
+    assert alice.role == "agent"
+    assert permissions(alice).may_publish(f"tycoon.agent.{me}.plan")
+    assert not permissions(alice).may_publish("tycoon.agent.someoneelse00000.plan")
 
 
 def test_one_market_per_state_directory(tmp_path: Path) -> None:
