@@ -11,7 +11,7 @@ from typing import Any
 
 from tycoon.bus.connection import open_bus
 from tycoon.bus.runner import run_until_signal
-from tycoon.cli.common import bus_for, fail, identity, print_json
+from tycoon.cli.common import bus_for, fail, host_id_of, identity, print_json
 from tycoon.errors import Rejected
 from tycoon.money import format_rate
 from tycoon.sls.client import SLSClient
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--queue", default="sls", help="queue group of the query endpoints")
     serve.set_defaults(func=cmd_serve)
     host = ops.add_parser("host", help="show one live host in full")
-    host.add_argument("host", help="host id")
+    host.add_argument("host", help="host id, or the name of a host key in the key store")
     host.add_argument("--json", action="store_true")
     host.set_defaults(func=cmd_host)
 
@@ -98,7 +98,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 async def cmd_host(args: argparse.Namespace) -> int:
     bus = await bus_for(args)
     try:
-        body = await SLSClient(bus).host(args.host)
+        body = await SLSClient(bus).host(host_id_of(args, args.host))
     except Rejected as error:
         return fail(error)
     finally:
