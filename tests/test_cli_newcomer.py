@@ -71,6 +71,10 @@ def test_bad_global_options_are_one_line_errors(
     assert main(["hosts"]) == 2
     assert "TYCOON_NATS is empty" in capsys.readouterr().err
     assert main(["keys", "list"]) == 0  # an offline command does not care
+    monkeypatch.setenv("TYCOON_NATS", f"nats://127.0.0.1:{free_port()}")  # a stale export
+    assert main(["hosts"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no NATS server at" in err and "[URL from TYCOON_NATS]" in err
     with pytest.raises(SystemExit) as exit_:
         main(["--log-level", "bogus", "status"])
     assert exit_.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err

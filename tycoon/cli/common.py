@@ -155,7 +155,14 @@ async def bus_for(args: argparse.Namespace, name: str | None = None, *,
                   deadline: float = 5.0, connect_timeout: float = 2.0) -> Bus:
     """A connected bus for this command's identity and URL (see :func:`probe`)."""
     ident = identity(args, name)
-    await probe(args.nats, ident, key_name(args, name))
+    try:
+        await probe(args.nats, ident, key_name(args, name))
+    except Rejected as error:
+        source = getattr(args, "nats_source", "")
+        if error.code != "unavailable" or not source:
+            raise
+        # a stale TYCOON_NATS is the usual cause: say where the URL came from
+        raise Rejected("unavailable", f"{error.message} [URL from {source}]") from error
     return await open_bus(args.nats, ident, name=f"tycoon-cli-{args.command}",
                           deadline=deadline, connect_timeout=connect_timeout)
 
