@@ -196,3 +196,19 @@ def test_the_readme_keeps_what_a_reader_needs_inside_the_repository() -> None:
     assert "../" not in text
     for doc in re.findall(r"`(docs/[\w.-]+\.md)`", text):
         assert (README.parent / doc).exists(), doc
+
+
+def test_every_command_in_the_readme_parses() -> None:
+    """Blocks outside the tour (many machines, make) cannot run here; their tycoon
+    commands must still be real commands with real flags."""
+    from tycoon.cli.main import build_parser
+
+    parser = build_parser()
+    blocks = re.findall(r"^```sh\n(.*?)^```", README.read_text(), re.S | re.M)
+    lines = [ln.strip() for b in blocks for ln in b.splitlines() if ln.strip()]
+    commands = [words(ln) for ln in lines if ln.startswith("tycoon ")]
+    assert len(commands) > 15
+    for argv in commands:
+        parser.parse_args([a.replace("PORT", "4222") for a in argv[1:]])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--as", "bank", "bank", "serve", "--db-path", "x"])
