@@ -340,3 +340,53 @@ async def test_sls_warm_starts_from_prices_and_history_reads_them(
                                           "streams", "info", "--json"])
     names = {s["name"]: s for s in json.loads(capsys.readouterr().out)["streams"]}
     assert code == 0 and names["PRICES"]["messages"] == 21 and "missing" in names["SETTLEMENTS"]
+
+
+# -- tampering or a limit (pure) ------------------------------------------------------
+
+
+def test_config_drift_flags_what_can_drop_or_hide_receipts() -> None:
+    import dataclasses
+
+    from nats.js.api import RetentionPolicy, StorageType
+
+    from tycoon.streams.config import SETTLEMENTS_SPEC
+    from tycoon.streams.verify import config_drift
+
+    ours = SETTLEMENTS_SPEC.to_config()
+    assert config_drift(ours) == ([], [])
+    assert config_drift(dataclasses.replace(ours, num_replicas=3)) == ([], [])  # an operator's
+    for change, word in (({"subjects": ["tycoon.settlement.x.>"]}, "subjects"),
+                         ({"retention": RetentionPolicy.WORK_QUEUE}, "retention"),
+                         ({"storage": StorageType.MEMORY}, "storage"),
+                         ({"allow_rollup_hdrs": True}, "allow_rollup_hdrs"),
+                         ({"max_msgs": 10}, "max_msgs"),
+                         ({"max_msgs_per_subject": 1}, "max_msgs_per_subject"),
+                         ({"max_age": 60.0}, "max_age")):
+        bad, _ = config_drift(dataclasses.replace(ours, **change))
+        assert len(bad) == 1 and word in bad[0], (change, bad)
+    bad, notes = config_drift(dataclasses.replace(ours, max_bytes=1 << 20))
+    assert not bad and "max_bytes" in notes[0]
+
+
+def test_judge_truncation_weighs_each_limit() -> None:
+    import dataclasses
+
+    from nats.js.api import StreamState
+
+    from tycoon.streams.config import SETTLEMENTS_SPEC
+    from tycoon.streams.verify import judge_truncation
+
+    cfg = SETTLEMENTS_SPEC.to_config()
+    state = StreamState(messages=10, bytes=5_000, first_seq=21, last_seq=30, consumer_count=0)
+    lost = [transfer(i, f"t{i}", ts=i * 10**9) for i in range(1, 21)]
+    now = 100 * 10**9
+    assert judge_truncation(cfg, state, [], now) is not None  # nothing lost: nothing to say
+    assert judge_truncation(cfg, state, lost, now) is None  # 2 GiB kept 20 receipts: a purge
+    assert "max_bytes" in judge_truncation(dataclasses.replace(cfg, max_bytes=10_000), state,
+                                           lost, now)
+    assert "max_msgs" in judge_truncation(dataclasses.replace(cfg, max_msgs=25), state, lost,
+                                          now)
+    assert "max_age" in judge_truncation(dataclasses.replace(cfg, max_age=90.0), state, lost,
+                                         now)
+    assert judge_truncation(dataclasses.replace(cfg, max_age=500.0), state, lost, now) is None

@@ -193,9 +193,10 @@ def config_drift(config: Any, spec: StreamSpec = SETTLEMENTS_SPEC) -> tuple[list
 
     if sorted(config.subjects or []) != sorted(want.subjects or []):
         bad.append(f"subjects are {config.subjects}, not {want.subjects}")
+    defaults = {"retention": "limits", "storage": "file", "discard": "old"}  # JetStream's
     for name in ("retention", "storage", "discard"):
-        theirs, ours = value(config, name), value(want, name)
-        if theirs is not None and ours is not None and theirs != ours:
+        theirs, ours = value(config, name), value(want, name) or defaults[name]
+        if theirs is not None and theirs != ours:
             bad.append(f"{name} is {theirs}, not {ours}")
     for name in ("allow_rollup_hdrs", "sealed"):
         if value(config, name) and not value(want, name):
