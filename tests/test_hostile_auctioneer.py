@@ -218,6 +218,7 @@ async def test_receipts_forged_replayed_twice_and_at_the_wrong_host(world: HostW
 
 async def test_bad_bids_stale_and_forged_requests(world: HostWorld) -> None:
     w = world
+    w.hosts[0].service.service.set_rate_limit(None)  # limits: test_hostile_flood.py
     alice_nc = (await w.bus(w.alice)).nc
     nc = (await w.bus(w.mallory)).nc
     bid = w.subject("bid")
@@ -330,6 +331,7 @@ async def test_ten_thousand_random_and_mutated_requests(world: HostWorld) -> Non
     items = fuzzer.messages(draw_recipes())
     assert len(items) >= 10_000
     before = w.state()
+    w.hosts[0].service.service.set_rate_limit(None)  # limits: test_hostile_flood.py
     replies = await flood(bus.nc, bus.inbox_prefix, items, w.key)
     counts = tally(replies)
     print("replies by code:", dict(counts))
