@@ -216,3 +216,44 @@ async def test_money_away_at_the_end_of_grace_is_reported_and_a_rerun_only_settl
         assert again.spent == _charged(market, key)
     finally:
         await market.close()
+
+
+@pytest.mark.nats
+@pytest.mark.timeout(120)
+async def test_agent_run_exits_3_while_money_is_away_and_0_once_home(nats_url: str,
+                                                                      tmp_path: Path) -> None:
+    """`tycoon agent run` (a real process): exit 3 listing what is away at the end of
+    grace; the same command run again once the host is back settles and exits 0."""
+    import json
+
+    from faults_kit import Proc
+
+    from tycoon.bus.keys import KeyStore
+    from tycoon.money import MICRO
+
+    market = await _market(nats_url, tmp_path)
+    try:
+        home = tmp_path / "home"
+        ident = KeyStore(home).create("agent")
+        await market.fund_user(10 * MICRO, ident)
+        agent = Proc("agent", nats_url, home, "--as", "agent", "agent", "run", "--json",
+                     "--budget", "10", "--deadline", "6s", "--replan", "1", "--grace", "1s",
+                     "--state", str(tmp_path / "agents"), "--bank", market.bank_key)
+        await agent.start(None)
+        while len(await _agent_paid(market, ident.public_key)) < 2:
+            await asyncio.sleep(0.1)
+        gone = market.hosts.pop(1)
+        await gone.service.stop()
+        assert agent.proc is not None
+        assert await asyncio.wait_for(agent.proc.wait(), 60) == 3
+        summary = json.loads(agent.text(agent.offset).strip().splitlines()[-1])
+        assert [(o["host"], o["what"]) for o in summary["outstanding"]] == [(gone.id, "unknown")]
+        await market.add_host("small", identity=gone.identity)
+        await agent.start(None)
+        assert await asyncio.wait_for(agent.proc.wait(), 60) == 0
+        summary = json.loads(agent.text(agent.offset).strip().splitlines()[-1])
+        assert summary["outstanding"] == []
+        bank = await BankClient(await market.bus(ident), market.bank_key).balance()
+        assert bank + _charged(market, ident.public_key) == 10 * MICRO
+    finally:
+        await market.close()
