@@ -257,3 +257,35 @@ async def test_look_alike_bids_and_unsellable_addresses_are_refused(world: World
     ok = seal(w.alice, "host.bid", {"duration": "1h", "resources": "cpu:1 ipv4address,10.0.0.5:1"},
               subject=subject)
     assert code(await call(nc, subject, ok, w.host_key)) == "ok"
+
+
+async def test_enrolling_first_at_a_broker_under_the_victims_transfer_id(
+    world: World, tmp_path: Path
+) -> None:
+    """A broker that knew jobs by transfer id alone would let Mallory enroll first under
+    Alice's (predictable) id and refuse Alice's paid receipt as already enrolled."""
+    from tycoon.agent.broker import Broker
+
+    w = world
+    broker = Broker(await open_bus(w.server.url, w.cast.broker), w.cast.bank.public_key,
+                    tmp_path / "broker", fee_percent=5, min_fee=2)
+    await broker.start()
+    try:
+        enroll = subjects.broker(broker.id, "enroll")
+        key = w.cast.broker.public_key
+        jobs = []
+        for who in (w.mallory, w.alice):
+            paid = await (await w.bank_client(who)).transfer(key, 10 * MICRO,
+                                                             transfer_id="job-2026-12-06")
+            raw = seal(who, "broker.enroll", {"receipt": paid.raw, "deadline": "1h"},
+                       subject=enroll)
+            reply = await call((await w.bus(who)).nc, enroll, raw, key)
+            assert code(reply) == "ok", reply.body
+            jobs.append(reply.body["job"])
+            again = seal(who, "broker.enroll", {"receipt": paid.raw, "deadline": "1h"},
+                         subject=enroll)
+            await expect((await w.bus(who)).nc, enroll, again, key, "already_redeemed")
+        assert jobs[0] != jobs[1]  # two jobs, two keys: one per (payer, id)
+    finally:
+        await broker.stop()
+        await broker.bus.close()
