@@ -83,6 +83,13 @@ async def check_host(allocator: Allocator, journal: Journal, host: str,
     return out
 
 
+async def _check_all(allocator: Allocator, journal: Journal, hosts: list[str],
+                     totals: dict[str, tuple[int, int]]) -> dict[str, list[Outstanding]]:
+    """:func:`check_host` for every host, together (a silent one costs one timeout)."""
+    found = await asyncio.gather(*(check_host(allocator, journal, h, totals) for h in hosts))
+    return dict(zip(hosts, found, strict=True))
+
+
 def unfinished(journal: Journal) -> list[Outstanding]:
     """Journalled moves not finished: a funding not yet redeemed at its host (paid, or
     perhaps paid), or a refund not yet recorded (its amount is known once it is)."""
@@ -102,21 +109,17 @@ async def bring_home(allocator: Allocator, journal: Journal, hosts: Callable[[],
         if journal.pending():
             await allocator.recover()
         totals = journal.totals()
-        outstanding: list[Outstanding] = []
-        refund: list[str] = []
-        for host in hosts():
-            found = await check_host(allocator, journal, host, totals)
-            if any(o.what in ("balance", "refund") for o in found):
-                refund.append(host)
-            outstanding += found
+        found = await _check_all(allocator, journal, hosts(), totals)
+        # a host whose refund move is still pending was asked again by recover() above
+        asked = {m.host for m in journal.pending() if m.kind == "refund"}
+        refund = [h for h, items in found.items() if h not in asked
+                  and any(o.what in ("balance", "refund") for o in items)]
         if refund:
             known = {**journal.payees(), **(payees or {})}
             await allocator.refund_hosts(refund, new_epoch(), known)
             totals = journal.totals()
-            outstanding = [o for o in outstanding if o.host not in refund]
-            for host in refund:
-                outstanding += await check_host(allocator, journal, host, totals)
-        outstanding += unfinished(journal)
+            found.update(await _check_all(allocator, journal, refund, totals))
+        outstanding = [o for items in found.values() for o in items] + unfinished(journal)
         accounting = Accounting(
             funded=sum(f for f, _ in totals.values()),
             refunded=sum(r for _, r in totals.values()),
