@@ -66,7 +66,9 @@ def check_allocation(m: Market) -> None:
         bid = m.accounts[account].bid
         assert bid is not None
         for i in range(len(RESOURCES)):
-            assert bid.lo[i] - 1e-9 <= shares[i, index] <= bid.hi[i] + 1e-9
+            # a minimum holds as far as the balance pays its market price (m.lows ≤ lo)
+            assert m.lows[i, index] <= bid.lo[i] + 1e-12
+            assert m.lows[i, index] - 1e-9 <= shares[i, index] <= bid.hi[i] + 1e-9
 
 
 # ---------------------------------------------------------------- funding

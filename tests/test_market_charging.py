@@ -215,8 +215,8 @@ class Reference:
     def observe(self, m: Market) -> None:
         """Record the terms in force from now on (rates, shares, minimums, expiry)."""
         self.terms = {}
-        lo, _ = m.book.bounds(self.last)
-        costs = cost(m.rates, lo[:, : m.rates.shape[1]], m.floor_price)
+        lo = m.lows  # the minimums in force (as far as each balance pays for them)
+        costs = cost(m.rates, lo, m.floor_price)
         for account, index in m.book.slot.items():
             self.terms[account] = (costs[:, index].copy(), m.shares[:, index].copy(),
                                    lo[:, index].copy())  # fmt: skip
@@ -267,12 +267,12 @@ ops = st.lists(st.one_of(
 def test_every_charge_is_the_integral_of_the_terms_that_held(schedule: list[Any]) -> None:
     m = market()
     ref = Reference()
-    now, tid, changes = T0, 0, 0
+    now, tid, changes, started = T0, 0, 0, False
     for kind, *args in schedule:
         if kind == "wait":
             now += args[0] * MS
             continue
-        if not changes:  # the market's clock starts at its first call
+        if not started:  # the market's clock starts at its first call that changes it
             ref.last = ref.read = now
         ref.advance(now)
         try:
@@ -288,6 +288,7 @@ def test_every_charge_is_the_integral_of_the_terms_that_held(schedule: list[Any]
                 m.tick(now, usage)
             elif kind == "refund":
                 m.refund(USERS[args[0]], now)
+            started = True
         except Rejected:
             pass
         changes += 1

@@ -39,6 +39,23 @@ def cost_rates(rates: np.ndarray, lo: np.ndarray, floor: float) -> np.ndarray:
     return np.maximum(rates, need)
 
 
+def affordable(lo: np.ndarray, rates: np.ndarray, book: Book, floor: float) -> np.ndarray:
+    """The minimums each balance can pay for until the next recompute (``book.grace_s``):
+    ``min(lo, x / (x + Σ others), x / floor)`` with ``x = spendable × w / grace_s``.
+
+    A share stays in force until the next call, so a minimum that binds (its cost outran
+    its rate) is held only as far as its balance pays its market price for that long; as
+    the balance drains, the minimum lapses toward the share the money buys. A minimum that
+    does not bind is untouched (its proportional share already exceeds it).
+    """
+    x = book.balance * book.weight / max(book.grace_s, 1e-9)
+    others = rates.sum(axis=1, keepdims=True) - rates
+    cap = np.divide(x, x + others, out=np.ones_like(x), where=(x + others) > 0)
+    if floor > 0:
+        cap = np.minimum(cap, x / floor)
+    return np.minimum(lo, cap)
+
+
 def accrue(
     book: Book, rates: np.ndarray, shares: np.ndarray, lo: np.ndarray, unique: np.ndarray,
     t0: int, t1: int,

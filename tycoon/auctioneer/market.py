@@ -295,6 +295,7 @@ class Market(charging.Ledger):
             events += self._end_bid(account, "expired" if expired else "empty")
         rates = book.rates(now_ns)
         lo, hi = book.bounds(now_ns)
+        lo = charging.affordable(lo, rates, book, self.floor_price)
         shares = water_fill(rates, lo, hi, validate=False)
         holders_changed = self.unique.recompute(book, now_ns)
         self.lows, self._unique_prices = lo, self.unique.charges(book)
