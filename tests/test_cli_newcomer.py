@@ -416,3 +416,80 @@ async def test_init_says_so_when_the_server_did_not_take_the_new_key(
     finally:
         ignore.kill()
         ignore.wait()
+
+
+@pytest.mark.nats
+async def test_status_check_says_healthy_and_status_says_where_it_looked(
+        nats_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tycoon.bus.connection import connect
+    from tycoon.bus.service import Endpoint, Service
+
+    async def ok(msg: object) -> dict:
+        return {}
+
+    home = tmp_path / "bare"
+    async with connect(nats_url, Identity.generate()) as bus:
+        services = [Service(bus, name, [Endpoint(f"tycoon.demo.{name[7:]}", "demo.echo", ok)])
+                    for name in ("tycoon-bank", "tycoon-sls", "tycoon-auctioneer")]
+        for s in services:
+            await s.start()
+        try:
+            argv = ["--nats", nats_url, "--home", str(home), "status"]
+            assert await asyncio.to_thread(main, [*argv, "--check"]) == 0
+            out = capsys.readouterr().out
+            assert out == (f"healthy: 1 bank, 1 SLS, 1 auctioneers answer at {nats_url}\n")
+            assert await asyncio.to_thread(main, argv) == 0
+            out = capsys.readouterr().out
+            assert f"nats  {nats_url}  (from --nats)" in out
+            assert f"home  {home}  (from --home)" in out and "tycoon-sls" in out
+        finally:
+            for s in services:
+                await s.stop()
+
+
+def test_top_starts_from_the_sls_rows() -> None:
+    from tycoon.cli.top import MarketView
+
+    view = MarketView(names={"UAGENT": "agent-1"})
+    view.seed([{"host": "abcdefghijklmn23", "name": "host-1", "price": 25_000.0,
+                "unit_price": 12.5, "utilization": 0.5, "bidders": 2}], "cpu")
+    row = view.hosts["abcdefghijklmn23"]
+    assert row.name == "host-1" and row.resources["cpu"]["bidders"] == 2
+    from rich.console import Console
+
+    console = Console(width=160, record=True)
+    console.print(view.render())
+    text = console.export_text()
+    assert "host-1" in text and "0.0250" in text and "50.0%" in text
+    assert view.who("UAGENT") == "agent-1"
+
+
+def test_up_prints_the_deadlines_agents_really_get(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from tycoon.cli import up
+
+    async def no_process(self: object) -> None:
+        return None
+
+    monkeypatch.setattr(up.Child, "start", no_process)
+    record = Console(record=True, width=200)
+    monkeypatch.setattr(up, "console", record)
+    d = Deployment.default(tmp_path / "m", 0, 2)  # deadlines 10m and 15m
+    market = up.Market(d, "nats://127.0.0.1:4222", 2.0)
+    asyncio.run(market.start_agents(60.0))
+    text = record.export_text()
+    assert "agent-1: budget 50.00 credits, deadline 56s (shortened to fit --duration)" in text
+    assert "deadline 10m" not in text
+    record = Console(record=True, width=200)
+    monkeypatch.setattr(up, "console", record)
+    asyncio.run(up.Market(d, "nats://127.0.0.1:4222", 2.0).start_agents(None))
+    assert "agent-2: budget 100.00 credits, deadline 15m\n" in record.export_text()
+
+
+def test_the_license_is_an_spdx_string() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"  # a table made setuptools warn at every build
