@@ -493,3 +493,19 @@ def test_the_license_is_an_spdx_string() -> None:
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["license"] == "MIT"  # a table made setuptools warn at every build
+
+
+def test_top_lists_transfers_at_the_time_the_bank_settled_them() -> None:
+    from tycoon.bank.receipt import make_receipt, verify_receipt
+    from tycoon.cli.top import MarketView
+
+    bank, alice, host = Identity.generate(), Identity.generate(), Identity.generate()
+    view = MarketView(names={alice.public_key: "alice", host.public_key: "host-1"})
+    for seq, amount in ((1, 2_500_000), (2, 1_000_000)):
+        raw = make_receipt(bank, transfer_id=f"t{seq}", payer=alice.public_key,
+                           payee=host.public_key, amount=amount, memo="fund", seq=seq,
+                           settled_ns=1_800_000_000 * 10**9 + seq * 10**9)
+        view.note_transfer(verify_receipt(raw, bank.public_key))
+    assert view.transfers[0].endswith("alice → host-1 1.00 fund")  # newest first
+    assert view.transfers[1].endswith("alice → host-1 2.50 fund")
+    assert re.match(r"\d\d:\d\d:01 ", view.transfers[1])

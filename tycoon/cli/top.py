@@ -25,6 +25,7 @@ from rich.text import Text
 
 from tycoon.bank.receipt import Receipt, verify_receipt
 from tycoon.bus import subjects
+from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
 from tycoon.bus.keys import subject_id
 from tycoon.cli.common import bus_for, keystore, names_of, print_json
@@ -63,6 +64,13 @@ class MarketView:
             return self.names.get(subject_id(key_or_id), subject_id(key_or_id)[:8])
         return key_or_id[:10]
 
+    def note_transfer(self, receipt: Receipt) -> None:
+        """One settled transfer, newest first, at the time the bank settled it."""
+        stamp = time.strftime("%H:%M:%S", time.localtime(receipt.settled_ns / 1e9))
+        self.transfers.appendleft(f"{stamp} {self.who(receipt.payer)} → "
+                                  f"{self.who(receipt.payee)} {format_credits(receipt.amount)}"
+                                  f" {receipt.memo[:20]}")
+
     def seed(self, rows: list[dict[str, Any]], resource: str = "cpu") -> None:
         """Take the SLS's rows (one resource) into the host table."""
         for r in rows:
@@ -94,10 +102,7 @@ class MarketView:
                 self.hosts.setdefault(host, HostRow(host)).accounts = accounts
         elif msg.kind == "bank.settled":
             for receipt in settled_receipts(msg):
-                self.transfers.appendleft(
-                    f"{stamp} {self.who(receipt.payer)} → {self.who(receipt.payee)}"
-                    f" {format_credits(receipt.amount)} {receipt.memo[:20]}"
-                )
+                self.note_transfer(receipt)
         elif msg.kind.startswith("agent."):
             event = msg.kind.split(".", 1)[1]
             detail = body.get("summary") or body.get("message") or ""
@@ -190,6 +195,7 @@ async def cmd_top(args: argparse.Namespace) -> int:
         for resource in ("cpu", "memory"):  # every live host now, not at its next heartbeat
             with contextlib.suppress(Rejected):
                 view.seed(await sls.query(resource, limit=1000, statistics=False), resource)
+        await recent_transfers(view, bus, bank_key_of(args))
         if args.json:
             await asyncio.sleep(args.listen)
             print_json(snapshot(view))
@@ -200,6 +206,34 @@ async def cmd_top(args: argparse.Namespace) -> int:
     finally:
         await bus.close()
     return 0
+
+
+def bank_key_of(args: argparse.Namespace) -> str | None:
+    """The bank's public key as the CLI knows it (None if it does not)."""
+    from tycoon.cli.bank import resolve_bank_key
+
+    with contextlib.suppress(Rejected, OSError, ValueError):
+        return resolve_bank_key(args)
+    return None
+
+
+async def recent_transfers(view: MarketView, bus: Bus, bank_key: str | None,
+                           count: int = 8) -> None:
+    """The last transfers from the bank's SETTLEMENTS log, for a key allowed to read it
+    (the operator's); anyone else starts with the live ones only."""
+    if bank_key is None:
+        return
+    from tycoon.streams.config import SETTLEMENTS
+    from tycoon.streams.reader import read_stream
+
+    receipts = []
+    with contextlib.suppress(Exception):  # no JetStream, no right to read it: live only
+        async for stored in read_stream(bus.nc.jetstream(timeout=1.0), SETTLEMENTS,
+                                        newest=count, fetch_timeout=1.0):
+            with contextlib.suppress(Rejected):
+                receipts.append(verify_receipt(stored.data, bank_key))
+    for receipt in receipts:
+        view.note_transfer(receipt)
 
 
 def footer(view: MarketView, refresh: float) -> Text:
