@@ -129,6 +129,7 @@ def plot_strategic(rows: list[dict[str, Any]], data: dict[str, Any], path: Path)
     colours = ["tab:red" if r["ahead"] else "tab:green" for r in rows]
     bars.bar(range(len(rows)), shown, color=colours)
     bars.set_yscale("log")
+    bars.set_ylim(min(0.1, min(shown, default=1.0) / 2), max(10.0, max(shown, default=1.0) * 2))
     bars.axhline(1.0, color="black", lw=0.8, label="honest bidder (1.0)")
     bars.axhline(LIMIT, color="tab:red", ls="--", lw=0.8, label=f"limit ({LIMIT:g})")
     from matplotlib.patches import Patch
