@@ -19,7 +19,7 @@ from tycoon.bus.keys import Identity, KeyStore
 from tycoon.cli.common import DEFAULT_URL, host_id_of, identity, probe, resolve_url
 from tycoon.cli.main import build_parser, main
 from tycoon.cli.status import errors_of
-from tycoon.cli.up import StateLock, last_port, port_is_free
+from tycoon.cli.upstate import StateLock, last_port, port_is_free
 from tycoon.deploy import Deployment
 from tycoon.errors import Rejected
 from tycoon.money import format_credits, format_rate, parse_amount
@@ -344,7 +344,7 @@ async def test_an_old_ready_line_does_not_count(tmp_path: Path) -> None:
     only from a child still running (a bank that exits at once is not ready)."""
     from types import SimpleNamespace
 
-    from tycoon.cli.up import said
+    from tycoon.cli.upstate import said
 
     out, log = tmp_path / "bank.out", tmp_path / "bank.log"
     out.write_text("bank UX ready: db bank.db\n")

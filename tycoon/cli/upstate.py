@@ -1,0 +1,106 @@
+"""``tycoon up``'s hold on its state directory: one market at a time (a ``flock``), the
+port it used last, and readiness read from what this run wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from tycoon.deploy import Deployment
+from tycoon.supervisor import Child
+
+LOCK_NAME = "up.lock"
+
+
+class StateLock:
+    """An exclusive ``flock`` on ``<state>/up.lock`` for as long as a market runs there; the
+    file names the holder's pid and URL so that a second ``up`` can say who runs it."""
+
+    def __init__(self, state: Path) -> None:
+        self.path = state / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> str | None:
+        """Take the lock; None on success, else why not (the holder's pid and URL)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder: dict[str, Any] = {}
+            with contextlib.suppress(ValueError, OSError):
+                holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            os.close(fd)
+            pid = holder.get("pid", "?")
+            return (f"a market already runs in {self.path.parent} (pid {pid}, "
+                    f"{holder.get('url') or 'starting'}); stop it first (Ctrl-C in its "
+                    f"terminal, or kill {pid})")
+        self.fd = fd
+        self.record("")
+        return None
+
+    def record(self, url: str) -> None:
+        """Write who holds the lock (our pid and the market's URL)."""
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, json.dumps({"pid": os.getpid(), "url": url}).encode(), 0)
+
+    def release(self) -> None:
+        """Drop the lock (closing the descriptor releases the flock)."""
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)
+            self.fd = None
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``host:port`` can be bound right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def last_port(state: Path) -> int | None:
+    """The loopback port this state directory's market used last, if any."""
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        url = Deployment.load(state).nats_url
+        if url.startswith("nats://127.0.0.1:"):
+            return urlsplit(url).port
+    return None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def ready_offsets(child: Child) -> dict[Path, int]:
+    """Where this run's output will start in the child's output and log files."""
+    return {path: _size(path) for path in (child.out_path, child.log_path)}
+
+
+async def said(child: Child, text: str, offsets: dict[Path, int], timeout: float) -> bool:
+    """Whether ``child`` wrote ``text`` past ``offsets`` while running, within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path, start in offsets.items():
+            with contextlib.suppress(FileNotFoundError), path.open("rb") as f:
+                f.seek(start if _size(path) >= start else 0)  # rotated: read it all
+                if text.encode() in f.read():
+                    return child.running
+        if not child.running:
+            return False
+        await asyncio.sleep(0.1)
+    return False
