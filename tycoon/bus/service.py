@@ -202,9 +202,9 @@ class Service:
             return
         try:
             lane = self._lanes.get(key)
-            if lane is None:
-                assert self.rate_limit is not None
-                lane = self._lanes[key] = asyncio.Semaphore(self.rate_limit.parallel)
+            if lane is None:  # (the limit may have been lifted since dispatch)
+                parallel = self.rate_limit.parallel if self.rate_limit else 1
+                lane = self._lanes[key] = asyncio.Semaphore(parallel)
             async with lane:
                 await self._handle(endpoint, request)
         finally:
