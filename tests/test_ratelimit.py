@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tycoon.bus.ratelimit import NS, Bucket, KeyedLimiter, RateLimit, retry_text
+from tycoon.bus.ratelimit import (
+    NS,
+    Bucket,
+    KeyedLimiter,
+    RateLimit,
+    parse_rate_limit,
+    retry_text,
+)
 
 
 def test_a_fresh_key_gets_its_burst_then_waits_one_interval() -> None:
@@ -116,3 +123,14 @@ def test_a_steady_sender_at_the_rate_is_never_refused(
     for gap in gaps:
         now += max(gap, limiter.interval)
         assert limiter.take("honest", now) == 0
+
+
+def test_a_command_line_rate_limit() -> None:
+    base = RateLimit(rate=20, burst=20, max_pending=8, parallel=1)
+    assert parse_rate_limit("off", base) is None
+    assert parse_rate_limit("5", base) == RateLimit(rate=5, burst=20, max_pending=8, parallel=1)
+    assert parse_rate_limit(" 2.5/40 ", base) == RateLimit(rate=2.5, burst=40, max_pending=8,
+                                                           parallel=1)
+    for bad in ("fast", "0", "1/0", "-1/2", "nan", "1/x"):
+        with pytest.raises(ValueError):
+            parse_rate_limit(bad, base)

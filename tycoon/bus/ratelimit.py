@@ -14,9 +14,11 @@ In any window of ``t`` seconds one key is admitted at most ``burst + rate * t`` 
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 NS = 1_000_000_000
@@ -135,6 +137,30 @@ class Bucket:
 
     def available(self, now_ns: int) -> int:
         return self._limiter.available(None, now_ns)
+
+
+def parse_rate_limit(text: str, base: RateLimit) -> RateLimit | None:
+    """A command line's ``RATE[/BURST]`` (requests/s per key, e.g. ``20/40``) over ``base``,
+    or None for ``off``; raises ValueError otherwise."""
+    text = text.strip().lower()
+    if text == "off":
+        return None
+    rate, _, burst = text.partition("/")
+    try:
+        return dataclasses.replace(base, rate=float(rate),
+                                   burst=int(burst) if burst else base.burst)
+    except ValueError as exc:
+        raise ValueError(f"a rate limit is RATE[/BURST] or 'off', not {text!r}") from exc
+
+
+def rate_limit_arg(base: RateLimit) -> Callable[[str], RateLimit | None]:
+    """An argparse ``type=`` for ``--rate-limit RATE[/BURST]|off`` over ``base``."""
+    def parse(text: str) -> RateLimit | None:
+        try:
+            return parse_rate_limit(text, base)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+    return parse
 
 
 def retry_text(wait_ns: int) -> str:

@@ -15,7 +15,9 @@ from typing import Any
 from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.auctioneer.launch import start_auctioneer
 from tycoon.auctioneer.market import FLOOR_PRICE, IDLE_S
+from tycoon.bus import ratelimit
 from tycoon.bus.keys import subject_id
+from tycoon.bus.ratelimit import rate_limit_arg
 from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import bus_for, host_id_of, identity, keystore, local_time, print_json
 from tycoon.cli.sls import format_capacity
@@ -47,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="coalesce the allocation stream: at most one update per this "
                             "many seconds")
     serve.add_argument("--durability", choices=("full", "normal"), default="full")
+    serve.add_argument("--rate-limit", type=rate_limit_arg(ratelimit.AUCTIONEER),
+                       default=ratelimit.AUCTIONEER,
+                       help="requests/s per signer key, RATE[/BURST] or 'off' (default 20/20)")
     serve.add_argument("--floor-price", type=float, default=FLOOR_PRICE / 1e6,
                        help="least price, credits/s, of a whole resource or one port/address")
     serve.add_argument("--deposit", type=parse_amount, default=SERVE_DEPOSIT,
@@ -152,6 +157,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         market_options={"floor_price": args.floor_price * 1e6, "deposit": args.deposit,
                         "idle_s": args.idle},
     )  # fmt: skip
+    running.service.service.set_rate_limit(args.rate_limit)
     print(f"auctioneer of host {host} ({driver.name}) serving on {args.nats}", flush=True)
     await run_until_signal(running)
     return 0

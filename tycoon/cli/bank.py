@@ -14,8 +14,10 @@ from tycoon.bank.ledger import Ledger
 from tycoon.bank.receipt import Receipt
 from tycoon.bank.service import OPEN_BURST, OPEN_RATE, BankService
 from tycoon.bank.sqlite_store import SqliteStore, StoreLocked
+from tycoon.bus import ratelimit
 from tycoon.bus.connection import open_bus
 from tycoon.bus.keys import default_home, is_public_key
+from tycoon.bus.ratelimit import rate_limit_arg
 from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import (
     bus_for,
@@ -64,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="accounts opened per second, all keys together (0: no limit)")
     serve.add_argument("--open-burst", type=int, default=OPEN_BURST,
                        help="accounts opened at once before --open-rate applies")
+    serve.add_argument("--rate-limit", type=rate_limit_arg(ratelimit.BANK),
+                       default=ratelimit.BANK, help="requests/s per signer key, "
+                       "RATE[/BURST] or 'off' (default 400/2000; the operator is exempt)")
     serve.set_defaults(func=cmd_serve)
 
     key = cmds.add_parser("key", help="print the bank's public key")
@@ -213,7 +218,8 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         SettlementLog(bus.nc, bank.public_key, sqlite_source(path))
     service = BankService(bus, ledger, max_batch=args.max_batch, settlement_log=settlements,
                           open_fee=parse_amount(args.open_fee) if args.open_fee != "0" else 0,
-                          open_rate=args.open_rate, open_burst=args.open_burst)
+                          open_rate=args.open_rate, open_burst=args.open_burst,
+                          rate_limit=args.rate_limit)
     try:
         await service.start()
         log.info("bank ready", bank=bank.public_key, operator=operator, db=str(path),

@@ -9,7 +9,9 @@ import re
 import sys
 from typing import Any
 
+from tycoon.bus import ratelimit
 from tycoon.bus.connection import open_bus
+from tycoon.bus.ratelimit import rate_limit_arg
 from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import bus_for, fail, host_id_of, identity, print_json
 from tycoon.errors import Rejected
@@ -53,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--snapshot-s", type=float, default=10.0, help="snapshot period (s)")
     serve.add_argument("--workers", type=int, default=2, help="signature-checking threads")
     serve.add_argument("--queue", default="sls", help="queue group of the query endpoints")
+    serve.add_argument("--rate-limit", type=rate_limit_arg(ratelimit.SLS), default=ratelimit.SLS,
+                       help="requests/s per signer key, RATE[/BURST] or 'off' (default 50/100)")
     serve.set_defaults(func=cmd_serve)
     host = ops.add_parser("host", help="show one live host in full")
     host.add_argument("host", help="host id, or the name of a host key in the key store")
@@ -89,6 +93,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     )
     bus = await open_bus(args.nats, identity(args), name="tycoon-sls")
     sls = SLSService(bus, config)
+    sls.service.set_rate_limit(args.rate_limit)
     await sls.start()
     print(f"sls serving on {args.nats} (queue {config.queue!r}); Ctrl-C stops", flush=True)
     await run_until_signal(bus, sls)
