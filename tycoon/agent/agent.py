@@ -230,7 +230,7 @@ class Agent:
                 await self.bank.open(exist_ok=True)
                 return
             except Rejected as error:
-                if error.code not in ("unavailable", "timeout") \
+                if error.code not in ("unavailable", "timeout", "rate_limited") \
                         or self.seconds_left < -self.config.grace_s:
                     raise
                 self.log.warning("bank unavailable; waiting", code=error.code)
