@@ -164,6 +164,9 @@ class Service:
             task = asyncio.create_task(self._run(endpoint, request, key))
             self._tasks.add(task)
             task.add_done_callback(self._done)
+            # Let it start now: while requests are queued the subscription would otherwise
+            # dispatch its whole backlog (a flood's refusals) before any handler runs.
+            await asyncio.sleep(0)
 
         return dispatch
 
