@@ -13,12 +13,9 @@ import asyncio
 import os
 from typing import Any
 
-import nats.errors
-
 from tycoon.bank.receipt import Receipt, verify_receipt
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
-from tycoon.bus.envelope import HEADER_SIZE, seal
 from tycoon.bus.keys import decode_public_key
 from tycoon.errors import Rejected
 
@@ -48,17 +45,9 @@ class BankClient:
         return self.bus.identity.public_key
 
     async def _call_once(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
-        subject = subjects.bank(op)
-        raw = seal(self.bus.identity, f"bank.{op}", body, subject=subject)
-        try:
-            resp = await self.bus.send_request(subject, raw, timeout=self.timeout)
-        except nats.errors.NoRespondersError as exc:
-            raise Rejected("unavailable", f"no bank answers on {subject}") from exc
-        except nats.errors.TimeoutError as exc:
-            raise Rejected("timeout", f"no reply from the bank within {self.timeout}s") from exc
-        if resp.data[3:HEADER_SIZE] != self._bank_raw:
-            raise Rejected("wrong_reply", "the reply is not signed by the bank's key")
-        return dict(self.bus.check_reply(raw, resp.data).body)
+        reply = await self.bus.request(subjects.bank(op), f"bank.{op}", body,
+                                       timeout=self.timeout, signer=self._bank_raw)
+        return dict(reply.body)
 
     async def _call(self, op: str, body: dict[str, Any], *, retry: bool) -> dict[str, Any]:
         attempt = 0

@@ -32,10 +32,13 @@ from tycoon.bus.envelope import (
 )
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.bus.replay import ReplayGuard
+from tycoon.bus.verify import check_signer, signer_raw, verify_live
 from tycoon.errors import CODES, Rejected
 from tycoon.log import LogLimiter, get_logger
 
 Handler = Callable[[Message], Awaitable[None]]
+RawHandler = Callable[[str, bytes], Awaitable[None]]
+"""Called with (subject, envelope bytes) of an unverified message (see subscribe_raw)."""
 DEFAULT_URL = "nats://127.0.0.1:4222"
 RECENTLY_VERIFIED = RecentlyVerified()
 """Shared by every Bus of this process: principals sharing a connection (and subscribed
@@ -82,11 +85,8 @@ class Bus:
 
     def verify(self, data: bytes, subject: str) -> Message:
         """Open an envelope received on ``subject`` and check binding, freshness, replay."""
-        msg = RECENTLY_VERIFIED.open(data, limits=self.limits)
-        if msg.subject != subject:
-            raise Rejected("wrong_subject", f"signed for {msg.subject!r}, received on {subject!r}")
-        self.guard.check(msg)
-        return msg
+        return verify_live(data, subject, self.guard, limits=self.limits,
+                           opened=RECENTLY_VERIFIED.open(data, limits=self.limits))
 
     def count_rejection(self, error: Rejected, subject: str, *, key: str = "",
                         **context: Any) -> None:
@@ -118,10 +118,13 @@ class Bus:
         answers = hashlib.sha256(raw).digest()
         await self.nc.publish(reply_to, seal(self.identity, kind, body, answers=answers))
 
-    async def request(self, subject: str, kind: str, body: Any, *, timeout: float = 5.0) -> Message:
+    async def request(self, subject: str, kind: str, body: Any, *, timeout: float = 5.0,
+                      signer: str | bytes | None = None) -> Message:
         """Send a signed request and return the verified reply.
 
-        An ``error`` reply raises :class:`Rejected` with the remote code.
+        An ``error`` reply raises :class:`Rejected` with the remote code. ``signer`` (a
+        public key, or its raw 32 bytes) pins the key the reply must be signed by
+        (``wrong_reply`` otherwise), e.g. the bank's: never learnt from the wire.
         """
         raw = seal(self.identity, kind, body, subject=subject)
         try:
@@ -130,6 +133,8 @@ class Bus:
             raise Rejected("unavailable", f"no service answers on {subject}") from exc
         except nats.errors.TimeoutError as exc:
             raise Rejected("timeout", f"no reply on {subject} within {timeout}s") from exc
+        if signer is not None:
+            check_signer(resp.data, signer if isinstance(signer, bytes) else signer_raw(signer))
         return self.check_reply(raw, resp.data)
 
     async def send_request(self, subject: str, raw: bytes, *, timeout: float = 5.0) -> Msg:
@@ -214,6 +219,20 @@ class Bus:
                 self.log.exception("handler failed", subject=raw.subject, kind=msg.kind)
 
         return await self.nc.subscribe(subject, queue=queue, cb=on_message)
+
+    async def subscribe_raw(self, subject: str, handler: RawHandler, *,
+                            pending_msgs_limit: int | None = None) -> Subscription:
+        """Deliver (subject, envelope bytes) of every message on ``subject``, UNVERIFIED:
+        for a receiver that verifies in batches through :mod:`tycoon.bus.verify` (the
+        SLS's ingest) or shows refusals itself (``tycoon tap``)."""
+
+        async def on_message(raw: Msg) -> None:
+            await handler(raw.subject, raw.data)
+
+        options: dict[str, Any] = {}
+        if pending_msgs_limit is not None:
+            options["pending_msgs_limit"] = pending_msgs_limit
+        return await self.nc.subscribe(subject, cb=on_message, **options)
 
     async def flush(self, timeout: float = 5.0) -> None:
         await self.nc.flush(timeout=timeout)

@@ -28,6 +28,7 @@ from tycoon.bus.connection import Bus, reply_allowed
 from tycoon.bus.envelope import HEADER_SIZE, MAGIC, Message
 from tycoon.bus.keys import decode_public_key, public_key_from_raw_cached
 from tycoon.bus.ratelimit import KeyedLimiter, RateLimit, retry_text
+from tycoon.bus.verify import reply_subject
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
 
@@ -246,7 +247,7 @@ class Service:
         if self._logged.take(key, now) == 0:
             self.log.warning("rate limited", sender=sender, subject=request.subject,
                              pending=self._pending.get(key, 0))
-        reply_to = request._msg.reply
+        reply_to = reply_subject(request)
         if not reply_to or not reply_allowed(reply_to, sender):
             self.stats.unanswered += 1
             return
@@ -256,7 +257,7 @@ class Service:
 
     async def _handle(self, endpoint: Endpoint, request: Request) -> None:
         raw = request.data
-        reply_to = request._msg.reply
+        reply_to = reply_subject(request)
         if not reply_to:
             self.stats.rejections["malformed"] += 1
             self.bus.count_rejection(Rejected("malformed", "request has no reply subject"),

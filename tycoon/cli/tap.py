@@ -129,16 +129,16 @@ async def cmd_tap(args: argparse.Namespace) -> int:
     done = asyncio.Event()
     seen = 0
 
-    async def on_message(raw: Any) -> None:
+    async def on_message(subject: str, data: bytes) -> None:
         nonlocal seen
         if done.is_set():
             return
-        print(line_for(raw.subject, raw.data, bus, as_json=args.json, raw=args.raw), flush=True)
+        print(line_for(subject, data, bus, as_json=args.json, raw=args.raw), flush=True)
         seen += 1
         if args.count and seen >= args.count:
             done.set()
 
-    await bus.nc.subscribe(args.subject, cb=on_message)
+    await bus.subscribe_raw(args.subject, on_message)
     await bus.flush()
     try:
         if args.timeout:

@@ -1,14 +1,12 @@
 """The verified ingest path of price updates: raw envelope bytes in, registry updated.
 
-Signature checks (Ed25519, 65–90 µs each) dominate the cost of an update, so a batch of
-envelopes is opened by a small thread pool, in chunks: the chunk's signatures are checked
-in one C call that releases the GIL once (:func:`tycoon.bus.envelope.open_envelopes`),
-then each envelope is decoded and, if it is a price, its body is
-parsed (a pure function, so its outcome is only held, not acted on). Each chunk is then
-checked and applied in arrival order on the caller's thread as soon as it is open,
-while the pool works on the next ones.
-Each update passes exactly the checks :meth:`tycoon.bus.connection.Bus.verify` makes
-(signature, subject binding, freshness and replay, using the bus's own guard), then:
+A batch of envelopes is opened by a small thread pool, in chunks, through the bus's one
+verification path (:mod:`tycoon.bus.verify`: a chunk's signatures in one C call that
+releases the GIL, then the bounded decode); each price body is parsed there too (a pure
+function, so its outcome is only held, not acted on). Each chunk is then checked and
+applied in arrival order on the caller's thread as soon as it is open, while the pool
+works on the next ones. Each update passes :func:`tycoon.bus.verify.check_live` (subject
+binding, freshness and replay, with the bus's own guard), then:
 
 * the kind is ``price``;
 * the host token of the subject is ``subject_id(sender)`` (only a host's own key speaks
@@ -30,15 +28,14 @@ from typing import Any
 
 from tycoon.bus.batch import available as batch_available
 from tycoon.bus.batch import verify_batch
-from tycoon.bus.envelope import DEFAULT_LIMITS, Limits, open_envelopes
+from tycoon.bus.envelope import DEFAULT_LIMITS, Limits
 from tycoon.bus.replay import ReplayGuard
 from tycoon.bus.subjects import host_of
+from tycoon.bus.verify import Raw, check_live, open_batch
 from tycoon.errors import Rejected
 from tycoon.sls.registry import Registry
 from tycoon.sls.update import ParsedUpdate, parse_update
 
-Raw = tuple[str, bytes]
-"""(subject received on, envelope bytes)."""
 Opened = Rejected | tuple[str, str, str, int, bytes, ParsedUpdate | Rejected | None]
 """What :func:`open_chunk` makes of one envelope: its refusal, or the fields of the
 verified message that the checks need — (signed subject, kind, sender, ts_ns, nonce,
@@ -64,7 +61,7 @@ def open_chunk(chunk: list[Raw], limits: Limits = DEFAULT_LIMITS,
     out: list[Opened] = []
     append = out.append
     datas = [data for _subject, data in chunk]
-    for msg in open_envelopes(datas, limits=limits, verdicts=verdicts):
+    for msg in open_batch(datas, limits=limits, verdicts=verdicts):
         if isinstance(msg, Rejected):
             append(msg)
             continue
@@ -140,10 +137,7 @@ class PriceIngest:
             if item.__class__ is not tuple:
                 raise item  # type: ignore[misc]
             signed_for, kind, sender, ts_ns, nonce, parsed = item  # type: ignore[misc]
-            if signed_for != subject:
-                raise Rejected("wrong_subject", f"signed for {signed_for!r}")
-            if self.guard is not None:
-                self.guard.admit(sender, nonce, ts_ns, now_ns)
+            check_live(signed_for, subject, sender, nonce, ts_ns, self.guard, now_ns)
             if parsed is None:
                 raise Rejected("unknown_kind", f"not a price: {kind!r}")
             registry = self.registry

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tycoon.bus import ratelimit, subjects
@@ -98,7 +97,7 @@ class SLSService:
 
     async def start(self) -> None:
         """Subscribe to every price subject, then serve queries and publish snapshots."""
-        self._sub = await self.bus.nc.subscribe(subjects.PRICES_ALL, cb=self._on_raw_price)
+        self._sub = await self.bus.subscribe_raw(subjects.PRICES_ALL, self._on_raw_price)
         if self.config.warm_start_s > 0:  # live updates queue in _inbox meanwhile
             self.warm = await warm_start(self, since_s=self.config.warm_start_s)
         self._tasks = [
@@ -128,8 +127,8 @@ class SLSService:
         self.log.info("sls stopped", **self.counters())
 
     # ---------------------------------------------------------------- prices
-    async def _on_raw_price(self, msg: Msg) -> None:
-        self._inbox.append((msg.subject, msg.data))
+    async def _on_raw_price(self, subject: str, data: bytes) -> None:
+        self._inbox.append((subject, data))
         self._wake.set()
 
     async def _drain(self) -> None:

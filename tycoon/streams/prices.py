@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tycoon.bus import subjects
-from tycoon.bus.envelope import DEFAULT_LIMITS, Limits, open_envelope
+from tycoon.bus.envelope import DEFAULT_LIMITS, Limits
 from tycoon.bus.keys import subject_id
+from tycoon.bus.verify import verify_stored
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
 from tycoon.sls.ingest import PriceIngest, open_chunk
@@ -111,11 +112,9 @@ def price_point(msg: StoredMsg, host: str, resource: str,
                 limits: Limits = DEFAULT_LIMITS) -> PricePoint | None:
     """Verify one stored price envelope of ``host``; its ``resource`` offer, or None if the
     host does not sell it. Raises :class:`Rejected` for anything that does not verify."""
-    env = open_envelope(msg.data, limits=limits)
-    if env.subject != msg.subject or msg.subject != subjects.price(host):
-        raise Rejected("wrong_subject", f"signed for {env.subject!r}")
-    if env.kind != "price":
-        raise Rejected("unknown_kind", f"not a price: {env.kind!r}")
+    if msg.subject != subjects.price(host):
+        raise Rejected("wrong_subject", f"stored on {msg.subject!r}, not {host!r}'s prices")
+    env = verify_stored(msg.data, msg.subject, "price", limits=limits)
     if subject_id(env.sender) != host:
         raise Rejected("forbidden", "the signer is not this host")
     update = PriceUpdate.from_body(env.body)
