@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -29,70 +28,21 @@ from typing import Any
 
 from tycoon.agent.allocator import Allocator
 from tycoon.agent.books import HostClient
+from tycoon.agent.core import WATCHED, AgentConfig, AgentCore, Reading, sls_candidate
 from tycoon.agent.finish import bring_home
 from tycoon.agent.journal import Journal
-from tycoon.agent.planner import (
-    Plan,
-    PlannerConfig,
-    Quote,
-    damped,
-    make_plan,
-    should_replan,
-    switch_or_stay,
-)
-from tycoon.agent.prediction import Prediction, predict
+from tycoon.agent.planner import Plan, PlannerConfig, Quote
+from tycoon.agent.prediction import Prediction
 from tycoon.bank.client import BankClient
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
-from tycoon.bus.envelope import Message, is_finite_number
-from tycoon.bus.keys import is_key_of, subject_id
+from tycoon.bus.envelope import Message
+from tycoon.bus.keys import subject_id
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
 from tycoon.sls.client import SLSClient
 
-NS = 1_000_000_000
-WATCHED = 5
-"""Candidates followed by their price streams besides the hosts in play (at least)."""
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    """One job: what to buy, with how much, by when."""
-
-    budget: int
-    """Micro-credits this job may spend in all."""
-    deadline_s: float
-    """Seconds from the job's first start (kept across restarts)."""
-    resource: str = "cpu"
-    max_hosts: int | None = None
-    candidates: int = 100
-    """How many hosts to ask the SLS for (cheapest capacity first)."""
-    threshold: float = 0.05
-    replan_every_s: float = 30.0
-    refund_margin_s: float = 2.0
-    """Stop bidding this long before the deadline and refund what is left."""
-    jitter_s: float = 0.02
-    """Up to this random pause before reacting to a price move."""
-    switch_dwell_s: float = 2.0
-    """After a plan takes on new hosts, the next ones may be taken on only this much later
-    (until then a replan re-rates and may leave the hosts it has): agents that all see
-    the same cheap host would otherwise herd from host to host many times a second."""
-    switch_gain: float = 0.1
-    """A plan that takes on new hosts must buy this much more than the best plan on the
-    hosts already held: a new host costs a transfer, a funding and later a refund, and
-    each switch moves another agent's prices (the scale run's agents otherwise dropped
-    and took on hosts some 60 times a second between them)."""
-    settle_delay_s: float = 1.0
-    """A plan's rates are bid at once; its money moves (refunds, top-ups) wait until no
-    newer plan came for this long, so a burst of price moves moves money once."""
-    probability: float | None = None
-    """Plan so the shares hold with this probability: each host is priced at this quantile
-    of its price distribution (from the SLS's statistics) instead of its current price."""
-    model: str = "normal"
-    """Prediction model for ``probability``: normal, maxent, chebyshev or histogram."""
-    grace_s: float = 180.0
-    """After the deadline, keep settling (refunds, receipts) for up to this long while
-    money is still away: a bank or host that is down at the deadline is waited for."""
+__all__ = ["WATCHED", "Agent", "AgentConfig", "AgentParts", "Summary", "sls_candidate"]
 
 
 @dataclass
@@ -120,8 +70,44 @@ class Summary:
     """How long each plan's money moves took, once started (after ``settle_delay_s``)."""
 
 
+@dataclass
+class AgentParts:
+    """What an agent works with besides its bus (see :meth:`AgentParts.default`)."""
+
+    journal: Journal
+    bank: BankClient
+    sls: SLSClient
+    allocator: Allocator
+
+    @classmethod
+    def default(cls, bus: Bus, bank_key: str, config: AgentConfig, journal_path: Path | str,
+                *, host_client: Callable[[Bus, str], HostClient] | None = None,
+                clock: Callable[[], float] = time.time,
+                timer: Callable[[], float] = time.perf_counter) -> AgentParts:
+        """The usual wiring: a journal file, the bank and SLS clients on ``bus``, and an
+        allocator talking to each host through one client (an auctioneer's by default)."""
+        journal = Journal(journal_path)
+        bank = BankClient(bus, bank_key)
+        make = host_client or _auctioneer_client
+        clients: dict[str, HostClient] = {}
+
+        def client(host: str) -> HostClient:
+            if host not in clients:
+                clients[host] = make(bus, host)
+            return clients[host]
+
+        allocator = Allocator(subject_id(bus.identity.public_key), bank, client, journal,
+                              resource=config.resource, clock=clock, timer=timer)
+        return cls(journal, bank, SLSClient(bus), allocator)
+
+
 class Agent:
-    """A continuous bidding agent on one bus; ``run()`` returns at the deadline."""
+    """A continuous bidding agent on one bus; ``run()`` returns at the deadline.
+
+    ``Agent(bus, bank_key, config, journal_path)`` wires the usual parts
+    (:meth:`AgentParts.default`); :meth:`Agent.from_parts` takes them made. The decisions
+    are the :class:`~tycoon.agent.core.AgentCore`'s; this runner feeds it the bus's events,
+    reads balances and carries out its plans through the allocator."""
 
     def __init__(
         self,
@@ -132,48 +118,70 @@ class Agent:
         *,
         host_client: Callable[[Bus, str], HostClient] | None = None,
         clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
+        parts = AgentParts.default(bus, bank_key, config, journal_path,
+                                   host_client=host_client, clock=clock, timer=timer)
+        self._wire(bus, config, parts, clock, timer)
+
+    @classmethod
+    def from_parts(cls, bus: Bus, config: AgentConfig, parts: AgentParts, *,
+                   clock: Callable[[], float] = time.time,
+                   timer: Callable[[], float] = time.perf_counter) -> Agent:
+        """An agent working with ``parts`` (``clock``: wall time; ``timer``: monotonic)."""
+        agent = cls.__new__(cls)
+        agent._wire(bus, config, parts, clock, timer)
+        return agent
+
+    def _wire(self, bus: Bus, config: AgentConfig, parts: AgentParts,
+              clock: Callable[[], float], timer: Callable[[], float]) -> None:
         self.bus = bus
         self.config = config
         self.id = subject_id(bus.identity.public_key)
-        self.journal = Journal(journal_path)
-        self.bank = BankClient(bus, bank_key)
-        self.sls = SLSClient(bus)
+        self.journal = parts.journal
+        self.bank = parts.bank
+        self.sls = parts.sls
+        self.allocator = parts.allocator
+        self.allocator.on_bid = self._on_bid_reply
         self.clock = clock
+        self.timer = timer
         self.log = get_logger("agent", agent=self.id)
-        make_client = host_client or _auctioneer_client
-        self._clients: dict[str, HostClient] = {}
-        self.allocator = Allocator(
-            self.id, self.bank, lambda h: self._client(h, make_client), self.journal,
-            resource=config.resource, clock=clock, on_bid=self._on_bid_reply,
-        )
-        self.planner = PlannerConfig(max_hosts=config.max_hosts, threshold=config.threshold)
-        self.plan: Plan | None = None
-        self.quotes: dict[str, Quote] = {}
-        self.payees: dict[str, str] = {}
         self.summary = Summary(self.id)
         self._wake = asyncio.Event()
         self._wake_reason = ""
-        self._changed_at: float | None = None
         self._subscriptions: dict[str, Any] = {}
-        self._reported_rate: dict[str, tuple[float, float]] = {}
-        """Our rate at each host as its allocation stream last reported it, and when."""
-        self._baseline: dict[str, float] = {}
-        """The others' bid rate at each host when the market was last evaluated."""
-        self._predictions: dict[str, Prediction] = {}
         self._settling: set[asyncio.Task[None]] = set()
         self._settling_epoch: int | None = None
         self._settle_now = asyncio.Event()
-        self._switched_at = -math.inf
         started = float(self.journal.setdefault("started", repr(clock())))
-        self.deadline = float(self.journal.setdefault("deadline",
-                                                      repr(started + config.deadline_s)))
+        deadline = float(self.journal.setdefault("deadline",
+                                                 repr(started + config.deadline_s)))
         self.journal.setdefault("budget", config.budget)
+        self.core = AgentCore(config, deadline)
 
-    def _client(self, host: str, make: Callable[[Bus, str], HostClient]) -> HostClient:
-        if host not in self._clients:
-            self._clients[host] = make(self.bus, host)
-        return self._clients[host]
+    @property
+    def deadline(self) -> float:
+        return self.core.deadline
+
+    @property
+    def plan(self) -> Plan | None:
+        return self.core.plan
+
+    @property
+    def quotes(self) -> dict[str, Quote]:
+        return self.core.quotes
+
+    @property
+    def payees(self) -> dict[str, str]:
+        return self.core.payees
+
+    @property
+    def planner(self) -> PlannerConfig:
+        return self.core.planner_config
+
+    @property
+    def _predictions(self) -> dict[str, Prediction]:
+        return self.core.predictions
 
     @property
     def seconds_left(self) -> float:
@@ -249,33 +257,16 @@ class Agent:
         except Rejected as error:
             await self.warn(f"SLS unavailable: {error.code}")
             return
-        refused = 0
-        for row in rows:
-            candidate = sls_candidate(row)
-            if candidate is None:
-                refused += 1
-                continue
-            host, key, capacity, price = candidate
-            self.payees[host] = key
-            if self.config.probability is not None and row.get("statistics"):
-                with contextlib.suppress(Rejected):
-                    self._predictions[host] = predict(row["statistics"], self.config.model)
-            if host not in self.quotes or host not in self._subscriptions:
-                self.quotes[host] = Quote(host, capacity, price)
+        refused = self.core.candidates(rows, followed=set(self._subscriptions))
         if refused:
             await self.warn(f"ignored {refused} malformed SLS row(s)")
         await self._follow_prices()
 
     async def _follow_prices(self) -> None:
-        """Follow the price streams of the hosts in play and of as many more candidates
-        (at least ``WATCHED``), the best capacity for the price first; the other
-        candidates' prices come from the SLS at each periodic replan. Each followed
-        stream costs a signature check per update: at scale, following every candidate
-        was most of an agent's work."""
-        in_play = set(self.plan.hosts) if self.plan else set()
-        others = sorted((h for h in self.quotes if h not in in_play),
-                        key=lambda h: -self.quotes[h].capacity / max(self.quotes[h].price, 1e-9))
-        wanted = in_play | set(others[:max(WATCHED, len(in_play))])
+        """Follow the price streams the core wants (the hosts in play and the best other
+        candidates); the others' prices come from the SLS at each periodic replan. Each
+        followed stream costs a signature check per update."""
+        wanted = self.core.followed()
         for host in [h for h in self.quotes if h in self._subscriptions and h not in wanted]:
             with contextlib.suppress(Exception):
                 await self._subscriptions.pop(host).unsubscribe()
@@ -303,10 +294,8 @@ class Agent:
     def _on_bid_reply(self, host: str, reply: dict[str, Any]) -> None:
         """Take the host's price from its reply to our bid (see _own_bid_in_flight)."""
         prices = reply.get("prices")
-        price = prices.get(self.config.resource) if isinstance(prices, dict) else None
-        old = self.quotes.get(host)
-        if old is not None and isinstance(price, int | float) and math.isfinite(price):
-            self.quotes[host] = Quote(host, old.capacity, max(float(price), 0.0))
+        self.core.bid_reply(host, prices.get(self.config.resource)
+                            if isinstance(prices, dict) else None)
 
     async def _on_price(self, msg: Message) -> None:
         body = msg.body
@@ -317,34 +306,14 @@ class Agent:
         if not isinstance(offer, dict):
             return
         old = self.quotes[host]
-        self.quotes[host] = Quote(host, float(offer.get("capacity", old.capacity)),
-                                  float(offer.get("price", old.price)))
-        if self.allocator.lock(host).locked():
-            # Our own move there is in flight: this price holds our new bid, our books
-            # not yet (the reply comes after the price); the next price is judged.
-            return
-        if self._moved(host):
-            if self._changed_at is None:
-                self._changed_at = time.perf_counter()
+        # Our own move there in flight: this price holds our new bid, our books not yet
+        # (the reply comes after the price); the next price is judged.
+        if self.core.price(host, float(offer.get("capacity", old.capacity)),
+                           float(offer.get("price", old.price)), self.allocator.holdings,
+                           self.clock(), self.timer(),
+                           own_move=self.allocator.lock(host).locked()):
             self._wake_reason = f"price moved on {host}"
             self._wake.set()
-
-    def _moved(self, host: str) -> bool:
-        """Whether the others' bids at ``host`` moved past the threshold since the last
-        evaluation: any way on a host in play, down (cheaper) on any other."""
-        others = self._quote(host).others
-        base = self._baseline.get(host)
-        if base is None:
-            return False
-        change = (others - base) / max(base, 1e-9)
-        in_play = self.plan is not None and host in self.plan.hosts
-        return abs(change) > self.config.threshold if in_play \
-            else change < -self.config.threshold
-
-    def _quote(self, host: str) -> Quote:
-        """The last quote of ``host`` with our own rate there as we know it now."""
-        q = self.quotes[host]
-        return Quote(host, q.capacity, q.price, own_rate=self._own_rate(host))
 
     async def _on_alloc(self, msg: Message) -> None:
         """The host's own word on our bid: its rate and our balance there."""
@@ -356,9 +325,9 @@ class Agent:
         if isinstance(mine, dict):
             rate = (mine.get("rate") or {}).get(self.config.resource)
             if isinstance(rate, int | float):
-                self._reported_rate[host] = (float(rate), self.clock())
+                self.core.allocation(host, float(rate), self.clock())
         elif isinstance(accounts, dict) and not msg.body.get("truncated"):
-            self._reported_rate[host] = (0.0, self.clock())
+            self.core.allocation(host, 0.0, self.clock())
 
     async def _on_snapshot(self, msg: Message) -> None:
         if msg.sender and not self.quotes:
@@ -366,8 +335,9 @@ class Agent:
             self._wake.set()
 
     async def _replan(self, reason: str, *, force: bool = False) -> None:
-        # The price move this answers; one arriving from now on is answered by the next.
-        changed_at, self._changed_at = self._changed_at, None
+        """Ask the core for a plan and carry it out: publish it, bid its rates (the
+        allocator's retarget), and leave its money moves to :meth:`_settle`."""
+        changed_at = self.core.take_change()
         exact = reason in ("start", "periodic")
         if exact:
             # Exact readings and recovery need the money at rest: the last plan's money
@@ -377,42 +347,23 @@ class Agent:
                 # A funding whose host was down (or a refund that failed) is finished on
                 # the periodic round, with the ids it had.
                 await self.allocator.recover()
-        fresh = [self._quote(host) for host in self.quotes]
-        self._baseline = {q.host: q.others for q in fresh}
-        quotes = [self._pessimistic(q) for q in fresh]
-        # Plan over the exact horizon (so the spending rate does not jump as whole seconds
-        # tick by); bids are rounded up to whole seconds.
-        seconds = self.seconds_left - self.config.refund_margin_s
-        if seconds < 1:
+        evaluation = self.core.evaluate(self.allocator.holdings, self.clock())
+        if evaluation.seconds < 1:
             return
-        end = self.deadline - self.config.refund_margin_s
         try:
             held, bank_balance = await self._holdings(exact=exact)
         except Rejected as error:
             await self.warn(f"cannot read balances: {error.code}")
             return
-        budget_left = self.config.budget - self.journal.committed_out()
-        money = min(budget_left, bank_balance) + sum(held.values())
-        if exact and bank_balance < budget_left:
-            await self.warn("funds will not last to the deadline",
-                            bank_balance=bank_balance, budget_left=budget_left)
-        target = make_plan(quotes, money, seconds, self.planner)
-        if self.plan is not None and target.hosts - self.plan.hosts:
-            held_quotes = [q for q in quotes if q.host in self.plan.hosts]
-            held = make_plan(held_quotes, money, seconds, self.planner)
-            dwelling = time.monotonic() - self._switched_at < self.config.switch_dwell_s
-            target = switch_or_stay(target, held, self.config.switch_gain, dwelling=dwelling)
-        go, why = should_replan(self.plan, target, quotes, self.planner)
-        if not (go or force):
+        decision = self.core.decide(
+            evaluation, Reading(held, bank_balance, self.journal.committed_out(), exact),
+            self.timer(), force=force)
+        for notice in decision.warnings:
+            await self.warn(notice.message, **notice.detail)
+        candidate = decision.plan
+        if candidate is None:
             return
-        candidate = damped(self.plan, target, quotes, self.planner.damping,
-                           self.planner.min_balance)
-        if self.plan:
-            dropped = self.plan.hosts - candidate.hosts
-            if dropped:
-                await self.warn(f"priced out of {len(dropped)} host(s)", hosts=sorted(dropped))
-        if self.plan is None or candidate.hosts - self.plan.hosts:
-            self._switched_at = time.monotonic()
+        why = decision.why
         epoch = self.journal.next_epoch()
         self._settling_epoch = epoch  # a settlement still running for an older plan stops
         self.summary.plans += 1
@@ -423,11 +374,11 @@ class Agent:
             "hosts": {h: {"balance": candidate.balances[h], "rate": candidate.rates[h],
                           "share": candidate.shares.get(h, 0.0)} for h in candidate.hosts},
         })
-        outcome = await self.allocator.retarget(candidate, epoch, self.payees, end,
+        outcome = await self.allocator.retarget(candidate, epoch, self.payees, evaluation.end,
                                                 budget=self.config.budget)
-        answered_at = time.perf_counter()
+        answered_at = self.timer()
         await self._follow_allocations(sorted(set(candidate.hosts) | set(outcome.funded)))
-        self.plan = candidate
+        self.core.adopt(candidate)
         self.summary.rebids += 1
         latency = None
         if changed_at is not None and outcome.placed_at is not None:
@@ -442,7 +393,7 @@ class Agent:
             "answer_ms": self.summary.answer_latencies_ms[-1] if latency is not None else None,
         })
         await self._follow_prices()
-        task = asyncio.create_task(self._settle(candidate, epoch, end))
+        task = asyncio.create_task(self._settle(candidate, epoch, evaluation.end))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
@@ -453,7 +404,7 @@ class Agent:
             await asyncio.wait_for(self._settle_now.wait(), self.config.settle_delay_s)
         if self._settling_epoch != epoch:
             return
-        started = time.perf_counter()
+        started = self.timer()
         try:
             outcome = await self.allocator.settle(
                 plan, epoch, self.payees, end, budget=self.config.budget,
@@ -463,7 +414,7 @@ class Agent:
             return
         await self._follow_allocations(sorted(outcome.funded))
         if self._settling_epoch == epoch and (outcome.funded or outcome.refunded):
-            self.summary.settle_ms.append((time.perf_counter() - started) * 1000)
+            self.summary.settle_ms.append((self.timer() - started) * 1000)
         if outcome.funded or outcome.refunded or outcome.errors:
             await self.publish("settled", {
                 "epoch": epoch, "funded": outcome.funded, "refunded": outcome.refunded,
@@ -482,39 +433,9 @@ class Agent:
         await asyncio.gather(*self._settling, return_exceptions=True)
         self._settle_now.clear()
 
-    def _pessimistic(self, quote: Quote) -> Quote:
-        """With ``probability`` set: price the others' bids at that quantile of the host's
-        price distribution (never below what they bid now)."""
-        prediction = self._predictions.get(quote.host)
-        if self.config.probability is None or prediction is None:
-            return quote
-        quantile = prediction.dist.quantile(self.config.probability) - quote.own_rate
-        if not math.isfinite(quantile) or quantile <= quote.others:
-            return quote
-        return Quote(quote.host, quote.capacity, quote.own_rate + quantile, quote.own_rate,
-                     quote.preference)
-
     def cushion(self, plan: Plan) -> int:
         """Extra micro-credits that would keep every planned share with ``probability``."""
-        if self.config.probability is None:
-            return 0
-        extra = 0.0
-        for host, rate in plan.rates.items():
-            prediction = self._predictions.get(host)
-            if prediction is not None:
-                extra += prediction.cushion(plan.shares.get(host, 0.0), rate,
-                                            self.config.probability)
-        return round(extra * plan.seconds_left) if math.isfinite(extra) else -1
-
-    def _own_rate(self, host: str) -> float:
-        """Our bid rate at ``host``: as its allocation stream or our own books (the last
-        reply of the host: our balance there, spent evenly until the bid expires) say,
-        whichever heard from the host last."""
-        reported = self._reported_rate.get(host)
-        holding = self.allocator.holdings.get(host)
-        if reported is not None and (holding is None or reported[1] >= holding.at):
-            return reported[0]
-        return self.allocator.rate(host)
+        return self.core.cushion(plan)
 
     async def _holdings(self, *, exact: bool) -> tuple[dict[str, int], int]:
         """Our balance at each funded host and at the bank.
@@ -573,22 +494,6 @@ class Agent:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self.journal.close()
-
-
-def sls_candidate(row: Any) -> tuple[str, str, float, float] | None:
-    """``(host, public key, capacity, price)`` of one SLS row; None unless well formed and
-    the key is the host's own. A host's id is derived from its key, so a forged or corrupt
-    row cannot make us pay another account for a host (the key is the payee of our bank
-    transfers)."""
-    if not isinstance(row, dict):
-        return None
-    host, key = row.get("host"), row.get("public_key")
-    capacity, price = row.get("capacity", 0), row.get("price", 0.0)
-    if not isinstance(host, str) or not isinstance(key, str) or not is_key_of(host, key):
-        return None
-    if not all(is_finite_number(v) and v >= 0 for v in (capacity, price)):
-        return None
-    return host, key, float(capacity), float(price)
 
 
 def _auctioneer_client(bus: Bus, host: str) -> HostClient:

@@ -34,6 +34,17 @@ from typing import Any
 from tycoon.agent.bankview import BankHistory
 from tycoon.agent.books import Holding, HostClient, Outcome
 from tycoon.agent.journal import Journal, Move
+from tycoon.agent.moves import (
+    PARK_S,
+    Fund,
+    Rebid,
+    drops,
+    funding,
+    host_move,
+    parks,
+    retarget_order,
+    top_ups,
+)
 from tycoon.agent.planner import Plan
 from tycoon.bank.client import BankClient
 from tycoon.errors import Rejected
@@ -47,9 +58,6 @@ NS = 1_000_000_000
 MIN_DURATION_S = 2
 """A raised rate never spends a balance in less than this: until the top-up arrives, a
 host with little money gets what the money buys rather than a burst."""
-PARK_S = 365 * 86_400
-"""A host dropped from the plan is re-bid to spend its balance over this long (a rate
-of almost nothing) until its money is refunded."""
 
 
 class Allocator:
@@ -67,6 +75,7 @@ class Allocator:
         fast_slack: float = 0.25,
         refund_slack: float = 0.5,
         clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.perf_counter,
         on_bid: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.agent_id = agent_id
@@ -78,6 +87,8 @@ class Allocator:
         self.fast_slack = fast_slack
         self.refund_slack = refund_slack
         self.clock = clock
+        self.timer = timer
+        """Monotonic, for latencies (``Outcome.placed_at``)."""
         self.holdings: dict[str, Holding] = {}
         self.bank_balance: int | None = None
         """Our bank balance as last read, less the fundings begun since (None: unknown)."""
@@ -193,12 +204,9 @@ class Allocator:
             self._guard(host, outcome, self._retarget_host(
                 host, rate, epoch, payees.get(host, ""), end, budget, outcome,
                 self.fast_slack))
-            for host, rate in sorted(plan.rates.items(), key=lambda kv: -kv[1])))
-        outcome.placed_at = time.perf_counter()
-        now = self.clock()
-        parked = [h for h, holding in self.holdings.items()
-                  if h not in plan.rates and holding.rate(now) > 0
-                  and holding.expires - now < PARK_S / 2]
+            for host, rate in retarget_order(plan)))
+        outcome.placed_at = self.timer()
+        parked = parks(plan, self.holdings, self.clock())
         await asyncio.gather(*(self._guard(h, outcome, self._park(h, outcome)) for h in parked))
         return outcome
 
@@ -210,10 +218,10 @@ class Allocator:
                              budget: int | None, outcome: Outcome, slack: float) -> None:
         async with self.lock(host):
             now = self.clock()
-            left = self._left(host, now)
-            if left > 0:
-                if abs(self.rate(host, now) - rate) > slack * rate:
-                    await self._bid(host, left / rate, outcome)
+            move = host_move(host, self._left(host, now), self.rate(host, now), rate, slack)
+            if isinstance(move, Rebid):
+                await self._bid(host, move.seconds, outcome)
+            if not isinstance(move, Fund):
                 return
         await self._fund_to(host, rate, epoch, payee, end, budget, outcome, "f")
 
@@ -224,33 +232,18 @@ class Allocator:
 
         Stops between steps once ``current()`` is false (a newer plan took over)."""
         outcome = outcome or Outcome()
-        now = self.clock()
-        dropped = [h for h, left in self.held(now).items() if left > 0 and h not in plan.rates]
-        await self._refund_all(dropped, epoch, payees, outcome)
+        await self._refund_all(drops(plan, self.held()), epoch, payees, outcome)
         if not current():
             return outcome
         now = self.clock()
-        target = {h: math.floor(r * (end - now)) for h, r in plan.rates.items()}
-        held = self.held(now)
-        needs = {h: t - held.get(h, 0) for h, t in target.items()
-                 if t - held.get(h, 0) > self.slack * t}
-        allowance = self.allowance(budget)
-        shortfall = sum(needs.values()) - (allowance if allowance is not None else math.inf)
-        if shortfall > 0:
-            # Surpluses (money a host keeps beyond its planned balance) pay for the top-ups
-            # the bank cannot: largest first, each refunded whole and funded afresh.
-            surplus = sorted(((held.get(h, 0) - t, h) for h, t in target.items()
-                              if held.get(h, 0) > t * (1 + self.refund_slack)), reverse=True)
-            freed, chosen = 0, []
-            for extra, host in surplus:
-                if freed >= shortfall:
-                    break
-                freed += extra
-                chosen.append(host)
-            await self._refund_all(chosen, epoch, payees, outcome)
-            for host in chosen:
+        step = top_ups(plan, self.held(now), end, now, self.allowance(budget), self.slack,
+                       self.refund_slack)
+        needs = dict(step.needs)
+        if step.short:
+            await self._refund_all(list(step.surplus), epoch, payees, outcome)
+            for host in step.surplus:  # refunded whole: funded afresh
                 if host in outcome.refunded:
-                    needs[host] = target[host]
+                    needs[host] = step.targets[host]
             if not current():
                 return outcome
         await asyncio.gather(*(
@@ -276,13 +269,9 @@ class Allocator:
         if any(m.host == host and m.kind == "fund" for m in self.journal.pending()):
             return  # its last funding is not redeemed yet (host down): no second one
         now = self.clock()
-        target = math.floor(rate * (end - now))
-        left = self._left(host, now)
-        need = target - left
-        allowance = self.allowance(budget)
-        if allowance is not None:
-            need = min(need, allowance)
-        if need <= 0 or (left > 0 and need <= self.slack * target):
+        need = funding(rate, end, now, self._left(host, now), self.allowance(budget),
+                       self.slack)
+        if need <= 0:
             return
         move = self._begin_fund(self.move_id(epoch, host, step), epoch, host, payee, need)
         outcome.funded[host] = await self._fund(move, bid_until=end, outcome=outcome)
