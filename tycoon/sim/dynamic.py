@@ -7,10 +7,14 @@ shares ``s_ij`` does ``Σ_j w_ij s_ij · dt`` work. A job leaves when its work i
 (completion) or at its deadline (a miss: the deadline is hard). Both policies see the very
 same jobs (same seed):
 
-- ``market``: each step every job's agent spends its remaining budget evenly until its
-  deadline (bid rate = budget left / time left), split over hosts by Best Response to the
-  others' bids of the previous step, moved halfway there (damping ½) so the agents do not
-  thrash; shares come from the auctioneer's allocation core; the job pays its bids × dt.
+- ``market``: every job runs the real agent's decisions (:class:`~tycoon.agent.core.
+  AgentCore`, with its default settings and no refund margin): each step it hears every
+  host's price (the sum of the bids of the previous step) and its own rate there; a
+  market move past the threshold (or the periodic replan) makes it plan its remaining
+  budget until its deadline by Best Response, adopted past the hysteresis, switch gain
+  and dwell, increases damped by half, as the agent does on a real market. Its bids are
+  its plan's rates; shares come from the auctioneer's allocation core; the job pays its
+  bids for the part of the step it is there.
 - ``proportional``: every job present gets an equal part of every host it values.
 """
 
@@ -20,8 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tycoon.agent.best_response import best_response_batch
+from tycoon.agent.core import AgentConfig, AgentCore, Reading
 from tycoon.errors import Rejected
+from tycoon.money import MICRO
 from tycoon.sim.market import allocate, proportional_share
 
 POLICIES = ("market", "proportional")
@@ -145,6 +150,7 @@ def simulate(workload: Workload, policy: str, jobs: Jobs | None = None) -> Run:
     prices: list[np.ndarray] = []
     tracked: list[np.ndarray] = []
     used: list[float] = []
+    agents = Agents(jobs)
     horizon = float(jobs.deadline.max()) if k else 0.0
     total_capacity = float(jobs.capacities.sum())
     t = 0.0
@@ -157,7 +163,7 @@ def simulate(workload: Workload, policy: str, jobs: Jobs | None = None) -> Run:
         if present.size:
             w = jobs.weights[present]
             if policy == "market":
-                shares = _market_step(present, w, budget, bids, jobs.deadline[present] - t)
+                shares = agents.step(present, t, budget, bids)
             else:
                 shares = proportional_share(w)
             rate = np.sum(w * shares, axis=1)
@@ -206,29 +212,59 @@ def simulate(workload: Workload, policy: str, jobs: Jobs | None = None) -> Run:
     )
 
 
-def _market_step(
-    present: np.ndarray, w: np.ndarray, budget: np.ndarray, bids: np.ndarray, time_left: np.ndarray
-) -> np.ndarray:
-    """Every present job rebids: rate = budget left / time left, Best Response to the
-    others' previous bids, damped by ½; returns the shares (rows of ``present``)."""
-    rates = np.maximum(budget[present], 0.0) / time_left
-    old = bids[present]
-    spent = old.sum(axis=1)
-    fresh = spent <= 0
-    # keep the previous split, rescaled to the new rate; newcomers spread by value
-    start = (
-        np.where(
-            fresh[:, None],
-            w / w.sum(axis=1, keepdims=True),
-            old / np.where(fresh, 1.0, spent)[:, None],
-        )
-        * rates[:, None]
-    )
-    others = np.maximum(start.sum(axis=0)[None, :] - start, 0.0)
-    response, _ = best_response_batch(rates, w, others)
-    new = np.where(fresh[:, None], response, 0.5 * (start + response))
-    bids[present] = new
-    return allocate(new)
+class Agents:
+    """The jobs' agents: one :class:`AgentCore` each, in micro-credits, hosts ``h<j>``."""
+
+    def __init__(self, jobs: Jobs) -> None:
+        self.jobs = jobs
+        self.hosts = [f"h{j}" for j in range(jobs.capacities.size)]
+        self.cores: dict[int, AgentCore] = {}
+        self.planned_at: dict[int, float] = {}
+
+    def step(self, present: np.ndarray, t: float, budget: np.ndarray,
+             bids: np.ndarray) -> np.ndarray:
+        """Every present job's agent hears the market and may replan (its new bids go into
+        ``bids``); returns the shares (rows of ``present``)."""
+        prices = bids.sum(axis=0) * MICRO
+        for job in present.tolist():
+            core = self.cores.get(job)
+            if core is None:
+                core = self.cores[job] = self._start(job, prices)
+                self._replan(job, core, t, budget, bids, force=True)
+                continue
+            moved = False
+            for j, host in enumerate(self.hosts):
+                core.allocation(host, float(bids[job, j]) * MICRO, t)
+                moved = core.price(host, None, float(prices[j]), {}, t, t) or moved
+            if moved or t - self.planned_at[job] >= core.config.replan_every_s:
+                self._replan(job, core, t, budget, bids)
+        return allocate(bids[present])
+
+    def _start(self, job: int, prices: np.ndarray) -> AgentCore:
+        jobs = self.jobs
+        config = AgentConfig(budget=int(jobs.value[job] * MICRO),
+                             deadline_s=float(jobs.deadline[job] - jobs.arrival[job]),
+                             refund_margin_s=0.0)
+        core = AgentCore(config, float(jobs.deadline[job]))
+        for j, host in enumerate(self.hosts):
+            core.offer(host, float(jobs.weights[job, j]), float(prices[j]))
+        return core
+
+    def _replan(self, job: int, core: AgentCore, t: float, budget: np.ndarray,
+                bids: np.ndarray, *, force: bool = False) -> None:
+        self.planned_at[job] = t
+        core.take_change()
+        evaluation = core.evaluate({}, t)
+        if evaluation.seconds < 1:
+            return
+        money = max(int(budget[job] * MICRO), 0)
+        decision = core.decide(
+            evaluation, Reading({}, money, core.config.budget - money), t, force=force)
+        if decision.plan is None:
+            return
+        core.adopt(decision.plan)
+        rates = decision.plan.rates
+        bids[job] = [rates.get(host, 0.0) / MICRO for host in self.hosts]
 
 
 def compare(workload: Workload) -> dict[str, Run]:
