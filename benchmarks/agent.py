@@ -1,16 +1,19 @@
 """Agent benchmark: acquire 100 hosts from nothing, and react to price changes.
 
-A real market runs on a real nats-server as it would be deployed: the bank and the SLS in
-one process (the central services), the 100 simulated auctioneers in two more (hosts are
-other machines in a real cluster; one process per core is as close as this machine
-gets); the agent runs in this one, as on a user's machine, and a rival user in another.
-(1) Time from the agent's start to bids placed on every host of its plan (SLS query,
-plan, 100 bank transfers, 100 fundings, 100 bids); (2) latency from a price change
-reaching the agent to its new plan's bids being placed, over repeated competitor jumps (a
-competitor outbids it on 10 hosts at once; the agent runs with its default settings);
-the whole answer, with the parks of the hosts it leaves (sent after the plan's bids); and
-how long the money moves behind those bids take once prices are quiet (refunds,
-transfers, top-ups; they start ``settle_delay_s`` after the last plan).
+By default in one process with no server: the real AgentCore and Allocator (and journal)
+against in-memory hosts and bank (benchmarks/_agent_local.py), the agent's own work.
+With ``--connected``: a real market runs on a real nats-server as it would be deployed:
+the bank and the SLS in one process (the central services), the 100 simulated
+auctioneers in two more (hosts are other machines in a real cluster; one process per
+core is as close as this machine gets); the agent runs in this one, as on a user's
+machine, and a rival user in another. (1) Time from the agent's start to bids placed on
+every host of its plan (SLS query, plan, 100 bank transfers, 100 fundings, 100 bids);
+(2) latency from a price change reaching the agent to its new plan's bids being placed,
+over repeated competitor jumps (a competitor outbids it on 10 hosts at once; the agent
+runs with its default settings); the whole answer, with the parks of the hosts it leaves
+(sent after the plan's bids); and how long the money moves behind those bids take once
+prices are quiet (refunds, transfers, top-ups; they start ``settle_delay_s`` after the
+last plan).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _agent_local import run_local
 from _common import emit_json, parser, percentile, table
 
 from tycoon.agent.agent import Agent, AgentConfig
@@ -114,6 +118,8 @@ async def wait_for(path: Path, children: list[subprocess.Popen[bytes]]) -> None:
 async def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--serve", nargs=3, metavar=("ROLE", "URL", "DIR"), help=argparse.SUPPRESS)
+    p.add_argument("--connected", action="store_true",
+                   help="a real market on a real nats-server (else in-process, no server)")
     args = p.parse_args()
     if args.serve:
         role, url, state = args.serve
@@ -125,6 +131,15 @@ async def main() -> None:
             await serve_hosts(url, Path(state), int(role.removeprefix("hosts-")))
         return
     configure_logging("error")
+    if not args.connected:
+        local = await run_local(HOSTS, JUMPS, WIDTH)
+        result = figures(float(local["acquire"]), int(local["acquired"]),  # type: ignore[arg-type]
+                         local["rebids"], local["answers"], local["settle"])  # type: ignore[arg-type]
+        result["mode"] = "in-process"
+        show("agent: 100 in-memory hosts and bank, in process (no server): the agent's own work",
+             result)
+        emit_json(result, args.json)
+        return
     async with NatsServer() as server:
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)
@@ -144,7 +159,14 @@ async def main() -> None:
                 for child in children:
                     child.kill()
                     child.wait()
-    table("agent: 100 simulated hosts (bank + SLS; hosts in two processes), real nats-server",
+    result["mode"] = "connected"
+    show("agent: 100 simulated hosts (bank + SLS; hosts in two processes), real nats-server",
+         result)
+    emit_json(result, args.json)
+
+
+def show(title: str, result: dict) -> None:
+    table(title,
           [("acquire 100 hosts (s)", result["acquire_100_hosts_s"]),
            ("hosts in the plan", result["hosts_acquired"]),
            ("rebid p50 (ms)", result["rebid_p50_ms"]),
@@ -154,7 +176,24 @@ async def main() -> None:
            ("money moves of a plan p50 (ms)", result["settle_p50_ms"]),
            ("money moves of a plan p99 (ms)", result["settle_p99_ms"]),
            ("price jumps answered", result["rebids_measured"])], ("measure", "value"))
-    emit_json(result, args.json)
+
+
+def figures(acquire: float, acquired: int, latencies: list[float], answers: list[float],
+            settled: list[float]) -> dict:
+    return {
+        "acquire_100_hosts_s": round(acquire, 3),
+        "hosts_acquired": acquired,
+        "rebid_p50_ms": round(percentile(latencies, 50), 1) if latencies else None,
+        "rebid_p99_ms": round(percentile(latencies, 99), 1) if latencies else None,
+        "rebids_measured": len(latencies),
+        "answer_p50_ms": round(percentile(answers, 50), 1) if answers else None,
+        "answer_p99_ms": round(percentile(answers, 99), 1) if answers else None,
+        "settle_p50_ms": round(percentile(settled, 50), 1) if settled else None,
+        "settle_p99_ms": round(percentile(settled, 99), 1) if settled else None,
+        "settles_measured": len(settled),
+        "jumps": JUMPS,
+        "hosts_per_jump": WIDTH,
+    }
 
 
 async def run(url: str, info: dict, tmp: Path) -> dict:
@@ -209,20 +248,7 @@ async def run(url: str, info: dict, tmp: Path) -> dict:
     await asyncio.gather(task, return_exceptions=True)
     for bus in (user, operator):
         await bus.close()
-    return {
-        "acquire_100_hosts_s": round(acquire, 3),
-        "hosts_acquired": acquired,
-        "rebid_p50_ms": round(percentile(latencies, 50), 1),
-        "rebid_p99_ms": round(percentile(latencies, 99), 1),
-        "rebids_measured": len(latencies),
-        "answer_p50_ms": round(percentile(answers, 50), 1),
-        "answer_p99_ms": round(percentile(answers, 99), 1),
-        "settle_p50_ms": round(percentile(settled, 50), 1) if settled else None,
-        "settle_p99_ms": round(percentile(settled, 99), 1) if settled else None,
-        "settles_measured": len(settled),
-        "jumps": JUMPS,
-        "hosts_per_jump": WIDTH,
-    }
+    return figures(acquire, acquired, latencies, answers, settled)
 
 
 if __name__ == "__main__":
