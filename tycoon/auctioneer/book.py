@@ -40,6 +40,11 @@ class Book:
         self.owed = np.zeros((R, size))
         self.held = np.zeros((R, size))
         self.reserved = np.zeros((R, size))
+        self.use = np.ones((R, size))
+        """Per slot and resource, the share of what it held that it used at its last
+        reading (1 until read): what its rate counts for in the price of a minimum."""
+        self.fresh = np.ones(size, dtype=bool)
+        """Slots of accounts never read yet (their use is not known)."""
 
     def __len__(self) -> int:
         return len(self.slot)
@@ -51,14 +56,14 @@ class Book:
     def _grow(self) -> None:
         old = self.size
         new = old * 2
-        for name in ("live", "balance", "funds", "expires", "carry", "owed_unique"):
+        for name in ("live", "balance", "funds", "expires", "carry", "owed_unique", "fresh"):
             arr = getattr(self, name)
-            grown = np.zeros(new, dtype=arr.dtype)
+            grown = np.full(new, name == "fresh", dtype=arr.dtype)
             grown[:old] = arr
             setattr(self, name, grown)
-        for name in ("weight", "lo", "hi", "owed", "held", "reserved"):
+        for name in ("weight", "lo", "hi", "owed", "held", "reserved", "use"):
             arr = getattr(self, name)
-            grown = np.zeros((R, new))
+            grown = np.ones((R, new)) if name == "use" else np.zeros((R, new))
             grown[:, :old] = arr
             setattr(self, name, grown)
 
@@ -110,6 +115,8 @@ class Book:
         self.weight[:, index] = 0.0
         self.lo[:, index] = 0.0
         self.hi[:, index] = 0.0
+        self.use[:, index] = 1.0
+        self.fresh[index] = True
         self.clear(index)
 
     def clear(self, index: int | np.ndarray) -> None:

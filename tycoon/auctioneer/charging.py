@@ -25,21 +25,49 @@ from tycoon.auctioneer.events import Account, Changes
 from tycoon.vmm.driver import Usage
 
 
-def cost_rates(rates: np.ndarray, lo: np.ndarray, floor: float) -> np.ndarray:
+def others_paying(rates: np.ndarray, use: np.ndarray) -> np.ndarray:
+    """Per slot, Σ of the *other* slots' rates weighted by the share of what they hold that
+    they used at the last reading (``use``; 1 for an account never read): a bid that
+    leaves its share idle pays nothing for it, so it must not set the price a minimum
+    pays (docs/auctioneer.md, "An idle outbidder")."""
+    paying = rates * use[:, : rates.shape[1]]
+    return np.maximum(paying.sum(axis=1, keepdims=True) - paying, 0.0)
+
+
+def cost_rates(rates: np.ndarray, lo: np.ndarray, floor: float,
+               others: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """What each slot pays per second for each resource: its bid rate, but for a minimum
     ``lo`` at least what holds ``lo`` by proportional share against the others' rates,
     ``lo / (1 − lo) × Σ others``, and ``lo × floor``. A minimum that does not bind costs
     just the rate (its proportional share already exceeds it); one that binds because the
     others bid more since it was admitted pays the market price of what it holds, until
     its balance runs out and the bid ends (a whole resource held against others: at once).
+    ``others``: Σ of the other rates per slot (default: every other rate; the market
+    passes :func:`others_paying`).
     """
-    others = rates.sum(axis=1, keepdims=True) - rates
+    if others is None:
+        others = rates.sum(axis=1, keepdims=True) - rates
     scarce = np.maximum(1.0 - lo, 1e-12)
     need = np.where(lo > 0, np.maximum(lo / scarce * np.maximum(others, 0.0), lo * floor), 0.0)
     return np.maximum(rates, need)
 
 
-def affordable(lo: np.ndarray, rates: np.ndarray, book: Book, floor: float) -> np.ndarray:
+def charged_lows(lo: np.ndarray, shares: np.ndarray, costs: np.ndarray, rates: np.ndarray,
+                 fresh: np.ndarray) -> np.ndarray:  # fmt: skip
+    """The share each slot pays for whether used or not: its minimum ``lo``, and — while
+    some minimum of a resource binds (costs more than its rate) — the whole share of a
+    slot never read yet, which the price of that minimum counts as used (use 1 in
+    :func:`others_paying`). So a rate that makes a reservation pay is paid for itself:
+    an idle newcomer cannot raise a minimum's price for free for a reading."""
+    binds = ((lo > 0) & (costs > rates * (1.0 + 1e-9))).any(axis=1, keepdims=True)
+    n = min(lo.shape[1], fresh.shape[0])
+    mask = np.zeros(lo.shape, dtype=bool)
+    mask[:, :n] = binds & fresh[:n] & (rates[:, :n] > 0)
+    return np.where(mask, np.maximum(shares, lo), lo)
+
+
+def affordable(lo: np.ndarray, rates: np.ndarray, book: Book, floor: float,
+               others: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """The minimums each balance can pay for until the next recompute (``book.grace_s``):
     ``min(lo, x / (x + Σ others), x / floor)`` with ``x = spendable × w / grace_s``.
 
@@ -49,7 +77,8 @@ def affordable(lo: np.ndarray, rates: np.ndarray, book: Book, floor: float) -> n
     does not bind is untouched (its proportional share already exceeds it).
     """
     x = book.balance * book.weight / max(book.grace_s, 1e-9)
-    others = rates.sum(axis=1, keepdims=True) - rates
+    if others is None:
+        others = rates.sum(axis=1, keepdims=True) - rates
     cap = np.divide(x, x + others, out=np.ones_like(x), where=(x + others) > 0)
     if floor > 0:
         cap = np.minimum(cap, x / floor)

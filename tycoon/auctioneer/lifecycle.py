@@ -40,6 +40,7 @@ def sweep(market: Market, now_ns: int) -> list[Event]:
             account.idle_since_ns = now_ns
         elif now_ns - account.idle_since_ns >= market.idle_ns:
             del market.accounts[owner]
+            market._use.pop(owner, None)
             market._changes.accounts.discard(owner)
             market._changes.closed.add(owner)
             events.append(AccountClosed(owner))

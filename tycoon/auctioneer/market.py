@@ -94,6 +94,7 @@ class Market(charging.Ledger):
         self.lows = np.zeros_like(self.shares)
         self.costs = np.zeros_like(self.shares)  # what each bid pays per second (≥ rate)
         self._unique_prices = np.zeros(self.book.size)
+        self._use: dict[str, np.ndarray] = {}  # an account's last use ratio, across its bids
         self._ended = {}
         self._settled: int | None = None  # the time up to which every bid has accrued
         self._read: int | None = None  # the time of the last usage reading
@@ -243,6 +244,10 @@ class Market(charging.Ledger):
             account.account, balance=self._spendable(account), expires_ns=bid.expires_ns,
             weights=bid.weights, lo=bid.lo, hi=bid.hi,
         )  # fmt: skip
+        use = self._use.pop(account.account, None)
+        if use is not None:  # a new bid of an account read before: priced at its last use
+            index = self.book.slot[account.account]
+            self.book.use[:, index], self.book.fresh[index] = use, False
         self.unique.put(account.account, bid.unique, bid.placed_ns)
         self._structure = True
 
@@ -254,6 +259,7 @@ class Market(charging.Ledger):
         owner = account.account
         index = self.book.slot.get(owner)
         if index is not None:
+            self._use[owner] = self.book.use[:, index].copy()
             row = charging.stash(self.book, index)
             held = self._ended.pop(owner, None)
             self._ended[owner] = row if held is None else held + row
@@ -295,11 +301,13 @@ class Market(charging.Ledger):
             events += self._end_bid(account, "expired" if expired else "empty")
         rates = book.rates(now_ns)
         lo, hi = book.bounds(now_ns)
-        lo = charging.affordable(lo, rates, book, self.floor_price)
+        others = charging.others_paying(rates, book.use)
+        lo = charging.affordable(lo, rates, book, self.floor_price, others)
         shares = water_fill(rates, lo, hi, validate=False)
         holders_changed = self.unique.recompute(book, now_ns)
-        self.lows, self._unique_prices = lo, self.unique.charges(book)
-        self.costs = charging.cost_rates(rates, lo, self.floor_price)
+        self._unique_prices = self.unique.charges(book)
+        self.costs = charging.cost_rates(rates, lo, self.floor_price, others)
+        self.lows = charging.charged_lows(lo, shares, self.costs, rates, book.fresh)
         published = self._published
         moved = (
             self._structure
@@ -332,7 +340,14 @@ class Market(charging.Ledger):
         self.utilization = np.clip(
             np.array([sum(u.of(r) for u in usage.values()) for r in RESOURCES]), 0.0, 1.0
         )
-        owed = charging.due(book, charging.use_ratio(book, charging.used(book, usage) * span))
+        measured = charging.used(book, usage) * span
+        ratio = charging.use_ratio(book, measured)
+        # per resource, the share of what each bid held that it used (not what it paid for)
+        use = np.minimum(np.divide(measured, book.held, out=np.zeros_like(ratio),
+                                   where=book.held > 0), 1.0)  # fmt: skip
+        book.use = np.where(book.live & (book.held > 0), use, book.use)
+        book.fresh &= ~book.live
+        owed = charging.due(book, ratio)
         total, count = self._charge_live(owed)
         for owner in list(self._ended):
             u = usage.get(owner)
