@@ -22,7 +22,7 @@ pytestmark = pytest.mark.nats
 
 HOST = Identity.generate()
 HID = host_id(HOST.public_key)
-PRICE = {"host": HID, "seq": 1, "name": "alpha", "heartbeat_s": 5.0,
+PRICE = {"host": HID, "seq": 1, "name": "alpha", "driver": "simulated", "heartbeat_s": 5.0,
          "resources": {"cpu": {"capacity": 4000, "price": 2.5, "unit_price": 0.000625,
                                "utilization": 0.5, "bidders": 2}}}
 

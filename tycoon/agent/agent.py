@@ -40,6 +40,7 @@ from tycoon.bus.envelope import Message
 from tycoon.bus.keys import subject_id
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
+from tycoon.messages.price import PriceUpdate
 from tycoon.sls.client import SLSClient
 
 __all__ = ["WATCHED", "Agent", "AgentConfig", "AgentParts", "Summary", "sls_candidate"]
@@ -298,18 +299,19 @@ class Agent:
                             if isinstance(prices, dict) else None)
 
     async def _on_price(self, msg: Message) -> None:
-        body = msg.body
-        host = body.get("host")
+        host = subjects.host_of(msg.subject)  # the subject the bus checked it was signed for
         if host not in self.quotes or subject_id(msg.sender) != host:
             return
-        offer = (body.get("resources") or {}).get(self.config.resource)
-        if not isinstance(offer, dict):
+        try:
+            update = PriceUpdate.from_body(msg.body)
+        except Rejected:
             return
-        old = self.quotes[host]
+        offer = update.resources.get(self.config.resource)
+        if offer is None or update.host != host:
+            return
         # Our own move there in flight: this price holds our new bid, our books not yet
         # (the reply comes after the price); the next price is judged.
-        if self.core.price(host, float(offer.get("capacity", old.capacity)),
-                           float(offer.get("price", old.price)), self.allocator.holdings,
+        if self.core.price(host, float(offer.capacity), offer.price, self.allocator.holdings,
                            self.clock(), self.timer(),
                            own_move=self.allocator.lock(host).locked()):
             self._wake_reason = f"price moved on {host}"

@@ -11,26 +11,25 @@ from typing import Any
 
 from tycoon.auctioneer.events import Account
 from tycoon.auctioneer.market import ALLOC_MAX, Market
+from tycoon.messages.price import Offer, PriceUpdate
 from tycoon.money import format_amount
 from tycoon.vmm.driver import RESOURCES
 
 
-def price_body(market: Market, seq: int, heartbeat_s: float) -> dict[str, Any]:
-    """The body of a ``price`` message (see docs/auctioneer.md)."""
+def price_update(market: Market, seq: int, heartbeat_s: float) -> PriceUpdate:
+    """The ``price`` message of the market now (see docs/auctioneer.md)."""
     totals = prices(market)
-    bidders = (market.rates > 0).sum(axis=1)
-    resources = {
-        r: {
-            "capacity": int(market.caps[i]),
-            "price": totals[r],
-            "unit_price": totals[r] / float(market.caps[i]) if market.caps[i] > 0 else 0.0,
-            "utilization": float(market.utilization[i]),
-            "bidders": int(bidders[i]),
-        }
-        for i, r in enumerate(RESOURCES)
-    }
-    return {"host": market.host_id, "seq": seq, "heartbeat_s": float(heartbeat_s),
-            "name": market.name, "driver": market.driver, "resources": resources}  # fmt: skip
+    bidders = (market.rates > 0).sum(axis=1).tolist()
+    caps, utilization = market.caps.tolist(), market.utilization.tolist()
+    offers = {r: Offer(int(caps[i]), totals[r], float(utilization[i]), int(bidders[i]))
+              for i, r in enumerate(RESOURCES)}
+    return PriceUpdate(market.host_id, seq, float(heartbeat_s), market.name, market.driver,
+                       offers)
+
+
+def price_body(market: Market, seq: int, heartbeat_s: float) -> dict[str, Any]:
+    """The body of a ``price`` message."""
+    return price_update(market, seq, heartbeat_s).to_body()
 
 
 def prices(market: Market) -> dict[str, float]:

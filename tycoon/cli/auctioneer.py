@@ -22,6 +22,7 @@ from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import bus_for, host_id_of, identity, keystore, local_time, print_json
 from tycoon.cli.sls import format_capacity
 from tycoon.errors import Rejected
+from tycoon.messages.price import Offer, offers_from_body
 from tycoon.money import MICRO, format_amount, format_credits, format_rate, parse_amount
 from tycoon.vmm.driver import RESOURCES, Driver
 
@@ -196,11 +197,11 @@ def _print(result: dict[str, Any], indent: str = "", within: str = "") -> None:
               f"({result.get('driver', '')})")  # fmt: skip
         print(f"{indent}  {'resource':<8} {'capacity':>16} {'credits/s':>12} {'util':>6} "
               f"{'bidders':>8}")  # fmt: skip
+        offers = offers_from_body(result["resources"])
         for r in RESOURCES:
-            info = result["resources"].get(r, {})
-            print(f"{indent}  {r:<8} {format_capacity(r, info.get('capacity', 0)):>16} "
-                  f"{info.get('price', 0.0) / MICRO:>12.6f} {info.get('utilization', 0.0):>6.0%} "
-                  f"{info.get('bidders', 0):>8}")  # fmt: skip
+            o = offers.get(r) or Offer(0, 0.0, 0.0, 0)
+            print(f"{indent}  {r:<8} {format_capacity(r, o.capacity):>16} "
+                  f"{o.price / MICRO:>12.6f} {o.utilization:>6.0%} {o.bidders:>8}")
     for key, value in result.items():
         if key == "resources" and isinstance(value, dict):
             continue

@@ -21,6 +21,7 @@ from tycoon.bus.keys import subject_id
 from tycoon.cli.common import bus_for, keystore, names_of
 from tycoon.cli.top import settled_receipts
 from tycoon.errors import Rejected
+from tycoon.messages.price import PriceUpdate
 from tycoon.money import format_credits, format_rate
 
 
@@ -39,9 +40,12 @@ def summarize(msg: Message) -> str:
     """The key fields of a message, in a few words."""
     body: dict[str, Any] = msg.body
     if msg.kind == "price":
-        res = body.get("resources", {})
-        parts = [f"{r}={_rate(v.get('price'))}" for r, v in res.items() if isinstance(v, dict)]
-        return f"host={body.get('host')} seq={body.get('seq')} credits/s " + " ".join(parts)
+        try:
+            update = PriceUpdate.from_body(body)
+        except Rejected as error:
+            return f"malformed price: {error.message}"
+        parts = [f"{r}={_rate(o.price)}" for r, o in update.resources.items()]
+        return f"host={update.host} seq={update.seq} credits/s " + " ".join(parts)
     if msg.kind == "alloc":
         accounts = body.get("accounts", {})
         shares = " ".join(

@@ -30,6 +30,7 @@ from tycoon.bus.envelope import Message
 from tycoon.bus.keys import subject_id
 from tycoon.cli.common import bus_for, keystore, names_of, print_json
 from tycoon.errors import Rejected
+from tycoon.messages.price import PriceUpdate
 from tycoon.money import format_credits, format_rate
 from tycoon.sls.client import SLSClient
 
@@ -89,12 +90,14 @@ class MarketView:
         body: dict[str, Any] = msg.body
         stamp = time.strftime("%H:%M:%S", time.localtime(msg.ts_ns / 1e9))
         host = str(body.get("host", ""))
-        if msg.kind == "price" and host:
-            row = self.hosts.setdefault(host, HostRow(host))
-            row.name = str(body.get("name") or row.name)
-            resources = body.get("resources")
-            if isinstance(resources, dict):
-                row.resources = resources
+        if msg.kind == "price":
+            try:
+                update = PriceUpdate.from_body(body)
+            except Rejected:
+                return
+            row = self.hosts.setdefault(update.host, HostRow(update.host))
+            row.name = update.name or row.name
+            row.resources = {r: o.to_body() for r, o in update.resources.items()}
             row.seen = time.time() if now is None else now
         elif msg.kind == "alloc" and host:
             accounts = body.get("accounts")

@@ -33,8 +33,8 @@ from tycoon.bus.replay import ReplayGuard
 from tycoon.bus.subjects import host_of
 from tycoon.bus.verify import Raw, check_live, open_batch
 from tycoon.errors import Rejected
+from tycoon.messages.price import ParsedUpdate, parse_update
 from tycoon.sls.registry import Registry
-from tycoon.sls.update import ParsedUpdate, parse_update
 
 Opened = Rejected | tuple[str, str, str, int, bytes, ParsedUpdate | Rejected | None]
 """What :func:`open_chunk` makes of one envelope: its refusal, or the fields of the

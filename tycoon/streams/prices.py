@@ -22,8 +22,8 @@ from tycoon.bus.keys import subject_id
 from tycoon.bus.verify import verify_stored
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
+from tycoon.messages.price import PriceUpdate
 from tycoon.sls.ingest import PriceIngest, open_chunk
-from tycoon.sls.update import PriceUpdate
 from tycoon.streams.config import PRICES, PRICES_SPEC, StreamSpec, ensure_stream
 from tycoon.streams.reader import StoredMsg, read_stream
 

@@ -1,0 +1,131 @@
+"""The base of every message body: a frozen dataclass read from and written to the wire.
+
+A body class lists its fields with types; :meth:`Body.from_body` checks a received map
+against them (``malformed`` naming the field otherwise) and :meth:`Body.to_body` writes
+one. Fields typed ``X | None`` are optional (absent or nil on the wire). Fields a reader
+does not know are ignored, so a publisher can add some without breaking older readers.
+Bodies with rules of their own (the price update's hot path, the bid grammar) override
+``from_body`` and keep the declared fields as their documentation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from tycoon.errors import Rejected
+
+WIRE_TYPES: dict[Any, str] = {
+    str: "str", int: "int", float: "float", bool: "bool", bytes: "bin", dict: "map",
+    list: "array", Any: "any",
+}
+"""Python field type → the msgpack type written in docs/protocol.md."""
+
+
+def meta(doc: str = "", *, max_len: int | None = None, wire: str = "") -> dict[str, Any]:
+    """A field's metadata (``dataclasses.field(metadata=meta(...))``): its documentation,
+    its length bound (str, bin, array, map) and, if it is not the plain msgpack type of
+    its annotation, its wire type (``wire``)."""
+    return {"doc": doc, "max_len": max_len, "wire": wire}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One field as the wire sees it."""
+
+    name: str
+    """The name on the wire (a Python field ``from_`` is ``from``)."""
+    type: Any
+    optional: bool
+    wire: str
+    doc: str
+    max_len: int | None
+    attr: str
+    """The dataclass attribute."""
+
+
+def _origin(annotation: Any) -> tuple[Any, bool]:
+    """(the base type, whether ``None`` is allowed) of an annotation."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        base, _ = _origin(args[0])
+        return base, True
+    origin = typing.get_origin(annotation)
+    return (origin or annotation), False
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A message body. Subclasses set ``KINDS`` (the kinds whose body this is) and
+    ``SUMMARY`` (one line for docs/protocol.md)."""
+
+    KINDS: ClassVar[tuple[str, ...]] = ()
+    SUMMARY: ClassVar[str] = ""
+
+    @classmethod
+    def specs(cls) -> tuple[Spec, ...]:
+        """The wire fields, in declaration order."""
+        cached = cls.__dict__.get("_specs_cache")
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        hints = typing.get_type_hints(cls)
+        out = []
+        for f in dataclasses.fields(cls):
+            base, optional = _origin(hints[f.name])
+            optional = optional or f.default is not dataclasses.MISSING \
+                or f.default_factory is not dataclasses.MISSING
+            wire = f.metadata.get("wire") or WIRE_TYPES.get(base, "any")
+            out.append(Spec(f.name.rstrip("_"), base, optional, wire, f.metadata.get("doc", ""),
+                            f.metadata.get("max_len"), f.name))
+        specs = tuple(out)
+        type.__setattr__(cls, "_specs_cache", specs)
+        return specs
+
+    @classmethod
+    def from_body(cls, body: Any) -> Any:
+        """The typed body, or ``Rejected("malformed")`` naming the first bad field."""
+        if not isinstance(body, dict):
+            raise Rejected("malformed", f"{cls.__name__}: body must be a map")
+        values: dict[str, Any] = {}
+        for spec in cls.specs():
+            value = body.get(spec.name)
+            if value is None:
+                if not spec.optional:
+                    raise Rejected("malformed", f"missing field {spec.name!r}")
+                continue
+            values[spec.attr] = _checked(spec, value)
+        return cls(**values)
+
+    def to_body(self) -> dict[str, Any]:
+        """The wire body: every field, optional ones only when set."""
+        out: dict[str, Any] = {}
+        for spec in self.specs():
+            value = getattr(self, spec.attr)
+            if value is None and spec.optional:
+                continue
+            out[spec.name] = value.to_body() if isinstance(value, Body) else value
+        return out
+
+
+def _checked(spec: Spec, value: Any) -> Any:
+    base, name = spec.type, spec.name
+    if base is Any:
+        return value
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value):
+            raise Rejected("malformed", f"field {name!r} must be a finite number")
+        return float(value)
+    if base is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise Rejected("malformed", f"field {name!r} must be an integer")
+    if isinstance(base, type) and issubclass(base, Body):
+        return base.from_body(value)
+    if isinstance(base, type) and base is not int and not isinstance(value, base):
+        raise Rejected("malformed", f"field {name!r} must be {spec.wire}")
+    if spec.max_len is not None and len(value) > spec.max_len:
+        raise Rejected("malformed", f"field {name!r} is longer than {spec.max_len}")
+    return value
