@@ -60,3 +60,18 @@ def test_an_outbidder_that_uses_its_share_still_sets_the_price() -> None:
     m.tick(T0 + 2 * NS, {victim: Usage(cpu=0.4), attacker: Usage(cpu=0.6)})
     assert m.accounts[victim].spent - first == pytest.approx(price, rel=1e-6)
     assert price > 100 * victim_rate
+
+
+def test_an_idle_bidder_does_not_keep_reservations_out_for_free() -> None:
+    """A rich bid left idle (read using nothing) made every reservation `not_admitted` at
+    no cost to its owner. Admission prices a minimum as its charge does: against the
+    rates of the others at the share they use."""
+    m = market()
+    victim, attacker = USERS[0], USERS[1]
+    m.fund(receipt(attacker, 10**6 * MICRO, "a"), T0)
+    m.place_bid(attacker, parse_bid("1h cpu:1"), T0)
+    m.tick(T0 + NS, {})  # read: it uses nothing
+    m.fund(receipt(victim, 3600 * MICRO, "v"), T0 + NS)
+    m.place_bid(victim, parse_bid("1h cpu:1,0.4"), T0 + NS)
+    assert m.shares_map()[victim].cpu >= 0.4 - 1e-9
+    assert m.accounts[attacker].spent == 0 and m.conserved()

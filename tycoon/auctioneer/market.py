@@ -224,7 +224,8 @@ class Market(charging.Ledger):
         bid = resolve(spec, self.capacity, now_ns, expires)
         self._settle(now_ns)
         own = self.book.slot.get(owner)
-        admit(bid, self.book, self.rates, own, float(account.balance), now_ns, self.floor_price)
+        paying = self.rates * self.book.use[:, : self.rates.shape[1]]  # as a minimum is charged
+        admit(bid, self.book, paying, own, float(account.balance), now_ns, self.floor_price)
         events: list[Event] = []
         if old is None and own is not None:
             events += self._end_bid(account, "expired")  # charged up to its expiry
