@@ -4,12 +4,18 @@ ordinary key could play against the charging, reservation and account rules."""
 from __future__ import annotations
 
 import pytest
-from test_market import NS, T0, USERS, market, receipt
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_market import BANK, CAP, HOST, NS, T0, USERS, market, receipt
 
 from tycoon.auctioneer.bidparse import parse_bid
+from tycoon.auctioneer.events import AccountClosed, RefundDue
 from tycoon.auctioneer.market import Market
+from tycoon.errors import Rejected
 from tycoon.money import MICRO
 from tycoon.vmm.driver import Usage
+
+MS = NS // 1000
 
 
 def reserved_victim() -> tuple[Market, str, str, float]:
@@ -75,3 +81,84 @@ def test_an_idle_bidder_does_not_keep_reservations_out_for_free() -> None:
     m.place_bid(victim, parse_bid("1h cpu:1,0.4"), T0 + NS)
     assert m.shares_map()[victim].cpu >= 0.4 - 1e-9
     assert m.accounts[attacker].spent == 0 and m.conserved()
+
+
+# ---------------------------------------------------------------- random hostile schedules
+
+BIDS = ["1s cpu:1", "0 cpu:1,0.3", "2s cpu:1,0.5 memory:1", "1h cpu:5 net:1,0.2",
+        "100y cpu:1,1.0,1.0", "1s tcpv4port,8080:1", "3s cpu:1 tcpv4port,8080:3",
+        "0 cpu:2", "1s ipv4address,10.0.0.5:1 cpu:1,0.9"]
+FUND = st.tuples(st.just("fund"), st.integers(0, 2), st.integers(1, 3000))
+BID = st.tuples(st.just("bid"), st.integers(0, 2), st.sampled_from(BIDS))
+REFUND = st.tuples(st.just("refund"), st.integers(0, 2), st.just(0))
+TICK = st.tuples(st.just("tick"), st.integers(0, 2), st.floats(0.0, 3.0))
+WAIT = st.tuples(st.just("wait"), st.integers(0, 2), st.integers(0, 1500))
+OPS = st.one_of(FUND, FUND, BID, BID, REFUND, TICK, TICK, WAIT, WAIT)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(OPS, max_size=80))
+def test_random_schedules_conserve_money_and_never_reuse_a_refund_id(ops: list) -> None:
+    """Any sequence of fundings (some below the deposit), bids (duration-0 re-bids,
+    whole-resource locks, ports), refunds, readings claiming up to 3x the share, and waits
+    of up to 1.5 s with an idle sweep after 1 s: money is conserved after every call, no
+    balance goes negative, nobody pays more than it funded, and no refund id is ever
+    issued twice (accounts removed and opened again included)."""
+    m = Market(host_key=HOST.public_key, bank_key=BANK.public_key, capacity=CAP,
+               deposit=100, idle_s=1.0)
+    now, seq, issued, closed = T0, 0, {}, 0
+    for op, who, arg in ops:
+        user = USERS[who]
+        events: list = []
+        try:
+            if op == "fund":
+                seq += 1
+                events = m.fund(receipt(user, arg, f"t{seq}", seq=seq), now)
+            elif op == "bid":
+                events = m.place_bid(user, parse_bid(arg, now_ns=now), now)
+            elif op == "refund":
+                events = m.refund(user, now)
+            elif op == "tick":
+                events = m.tick(now, {a: Usage(cpu=min(arg * s.cpu, 1.0), memory=s.memory)
+                                      for a, s in m.shares_map().items()})
+            else:
+                now += arg * MS
+        except Rejected:
+            pass
+        closed += sum(isinstance(e, AccountClosed) for e in events)
+        for e in events:
+            if isinstance(e, RefundDue) and e.refund.refund_id in m.pending:
+                r = e.refund
+                assert issued.setdefault(r.refund_id, (r.account, r.amount)) == (
+                    r.account, r.amount), "a refund id was issued twice"
+                m.refund_paid(r.refund_id, receipt(HOST.public_key, r.amount, r.refund_id,
+                                                   payee=r.account))
+        assert m.conserved()
+        for a in m.accounts.values():
+            assert a.balance >= 0 and a.spent <= a.funded
+    STATS["refunds"] += len(issued)
+    STATS["closed"] += closed
+
+
+STATS = {"refunds": 0, "closed": 0}
+
+
+def test_an_account_removed_and_opened_again_at_the_same_clock_reading_gets_new_refund_ids(
+) -> None:
+    """Refund ids count from the account's creation time; an account removed (idle time 0)
+    and funded again within one clock reading — or after the clock stepped back — must not
+    get the ids of its earlier refunds (the bank would hand back the old receipt and the
+    new refund would never be paid)."""
+    m = Market(host_key=HOST.public_key, bank_key=BANK.public_key, capacity=CAP,
+               deposit=100, idle_s=0.0)
+    user, ids = USERS[0], []
+    for round_, now in enumerate([T0, T0, T0 - NS]):
+        m.fund(receipt(user, 500, f"t{round_}", seq=round_ + 1), now)
+        refund = next(e.refund for e in m.refund(user, now) if isinstance(e, RefundDue))
+        ids.append(refund.refund_id)
+        m.refund_paid(refund.refund_id, receipt(HOST.public_key, 500, refund.refund_id,
+                                                payee=user))
+        later = max(now, T0)  # a sweep waits for the clock to pass its last one
+        events = m.tick(later, {}) + m.tick(later, {})
+        assert AccountClosed(user) in events and user not in m.accounts
+    assert len(set(ids)) == len(ids), ids

@@ -40,6 +40,7 @@ def sweep(market: Market, now_ns: int) -> list[Event]:
             account.idle_since_ns = now_ns
         elif now_ns - account.idle_since_ns >= market.idle_ns:
             del market.accounts[owner]
+            market.refund_floor = max(market.refund_floor, account.refunds)
             market._use.pop(owner, None)
             market._changes.accounts.discard(owner)
             market._changes.closed.add(owner)
@@ -55,6 +56,8 @@ def restore(market: Market, now_ns: int) -> list[Event]:
     idle times restart too (they are not stored).
     """
     market._ended = {}
+    # counters of accounts removed before the restart: at most the µs clock of the last seq
+    market.refund_floor = max([market.seq * 1000, *(a.refunds for a in market.accounts.values())])
     for account in market.accounts.values():
         if account.bid is not None and account.balance > 0:
             bid = account.bid

@@ -84,7 +84,7 @@ class Market(charging.Ledger):
         self.accounts = {}
         self.redeemed: set[str] = set()
         self.pending: dict[str, Refund] = {}
-        self.earnings = self.funded = self.refunded = self.seq = 0
+        self.earnings = self.funded = self.refunded = self.seq = self.refund_floor = 0
         self.book = Book(grace_s=tick_s)
         self.unique = UniqueBook(self.floor_price)
         self.utilization = np.zeros(len(RESOURCES))
@@ -110,14 +110,15 @@ class Market(charging.Ledger):
     def _open(self, owner: str, now_ns: int) -> list[Event]:
         """Create the host account of ``owner`` (only ever on a first funding).
 
-        Its refund counter starts at its creation time, so an account removed when idle
-        and opened again never reuses a refund id (the bank would return the old receipt).
+        Its refund counter starts at its creation time and past removed accounts' counters
+        (``refund_floor``): reopened, it never reuses a refund id (the bank returns the old).
         """
         if not is_public_key(owner):
             raise Rejected("malformed", "a host account id is the owner's public key")
         if owner in self.accounts:
             return []
-        self.accounts[owner] = Account(owner, created_ns=now_ns, refunds=now_ns)
+        start = max(now_ns, self.refund_floor)
+        self.accounts[owner] = Account(owner, created_ns=now_ns, refunds=start)
         self._changes.accounts.add(owner)
         self._changes.closed.discard(owner)  # removed and opened again before a commit
         return [AccountOpened(owner)]
@@ -245,8 +246,7 @@ class Market(charging.Ledger):
             account.account, balance=self._spendable(account), expires_ns=bid.expires_ns,
             weights=bid.weights, lo=bid.lo, hi=bid.hi,
         )  # fmt: skip
-        use = self._use.pop(account.account, None)
-        if use is not None:  # a new bid of an account read before: priced at its last use
+        if (use := self._use.pop(account.account, None)) is not None:  # read before: last use
             index = self.book.slot[account.account]
             self.book.use[:, index], self.book.fresh[index] = use, False
         self.unique.put(account.account, bid.unique, bid.placed_ns)
