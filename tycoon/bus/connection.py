@@ -27,12 +27,11 @@ from tycoon.bus.envelope import (
     Limits,
     Message,
     RecentlyVerified,
-    open_envelope,
     seal,
 )
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.bus.replay import ReplayGuard
-from tycoon.bus.verify import check_signer, signer_raw, verify_live
+from tycoon.bus.verify import check_signer, signer_raw, verify_live, verify_reply
 from tycoon.errors import CODES, Rejected
 from tycoon.log import LogLimiter, get_logger
 
@@ -181,10 +180,8 @@ class Bus:
     def check_reply(self, request_raw: bytes, data: bytes) -> Message:
         """Verify a reply to ``request_raw``; raise the remote error if it is one."""
         try:
-            msg = open_envelope(data, limits=self.limits)
-            if msg.answers != hashlib.sha256(request_raw).digest():
-                raise Rejected("wrong_reply", "the reply answers another request")
-            self.guard.check(msg)
+            msg = verify_reply(data, hashlib.sha256(request_raw).digest(), self.guard,
+                               limits=self.limits)
         except Rejected as error:
             self.count_rejection(error, "<reply>")
             raise

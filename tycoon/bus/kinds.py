@@ -1,4 +1,8 @@
-"""Every message kind the system knows. Decoding refuses any other (``unknown_kind``)."""
+"""Every message kind the system knows. Decoding refuses any other (``unknown_kind``).
+
+Each kind's body is a class of :mod:`tycoon.messages` (``MESSAGES[kind]``); a test checks
+that the two lists agree and that docs/protocol.md §6 documents every kind and field.
+"""
 
 from __future__ import annotations
 

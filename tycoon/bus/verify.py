@@ -124,3 +124,15 @@ def reply_subject(request: Any) -> str:
     nats-py's micro ``Request`` exposes the subject, headers and data but not the reply
     subject; this is the one place that reads it from the wrapped message."""
     return getattr(request._msg, "reply", "") or ""
+
+
+def verify_reply(data: bytes, request_digest: bytes, guard: ReplayGuard | None, *,
+                 limits: Limits = DEFAULT_LIMITS, now_ns: int | None = None) -> Message:
+    """Steps 1–6 of a reply: it answers the request whose sha256 is ``request_digest``
+    (``wrong_reply``), fresh and new (``stale`` / ``replayed``)."""
+    msg = open_envelope(data, limits=limits)
+    if msg.answers != request_digest:
+        raise Rejected("wrong_reply", "the reply answers another request")
+    if guard is not None:
+        guard.admit(msg.sender, msg.nonce, msg.ts_ns, now_ns)
+    return msg
