@@ -30,7 +30,8 @@ def spawn(url: str, home: Path, bank_key: str, store: Path) -> subprocess.Popen[
     return subprocess.Popen(
         [sys.executable, "-m", "tycoon.cli.main", "--nats", url, "--home", str(home),
          "--as", "host", "auctioneer", "serve", "--driver", "simulated", "--preset", "small",
-         "--bank", bank_key, "--store", str(store), "--tick", "0.05", "--heartbeat", "1"],
+         "--bank", bank_key, "--store", str(store), "--tick", "0.05", "--heartbeat", "1",
+         "--rate-limit", "off"],  # a flood from one key: limits are tested in test_hostile_flood
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "TYCOON_LOG": "warning"},
     )  # fmt: skip
