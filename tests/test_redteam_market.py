@@ -162,3 +162,22 @@ def test_an_account_removed_and_opened_again_at_the_same_clock_reading_gets_new_
         events = m.tick(later, {}) + m.tick(later, {})
         assert AccountClosed(user) in events and user not in m.accounts
     assert len(set(ids)) == len(ids), ids
+
+
+def test_a_refund_before_the_first_reading_does_not_launder_an_unread_bid() -> None:
+    """A bid never read counts as used in a minimum's price and pays as used. Refunding it
+    1 ns after placing it and bidding again must not turn it into a bid that still counts
+    as used but pays only for its (idle) use."""
+    m, victim, attacker, victim_rate = reserved_victim()
+    m.tick(T0 + NS, {victim: Usage(cpu=0.4)})
+    first = m.accounts[victim].spent
+    now = T0 + NS + 1
+    m.place_bid(attacker, parse_bid("1h cpu:1"), now)
+    m.refund(attacker, now + 1)
+    m.fund(receipt(attacker, 10**6 * MICRO, "a2", seq=2), now + 2)
+    m.place_bid(attacker, parse_bid("1h cpu:1"), now + 3)
+    before = m.accounts[attacker].spent
+    m.tick(T0 + 2 * NS, {victim: Usage(cpu=0.4)})
+    lost, paid = m.accounts[victim].spent - first, m.accounts[attacker].spent - before
+    assert lost <= victim_rate + 10 or paid >= 0.8 * lost, (lost, paid)
+    assert m.conserved()

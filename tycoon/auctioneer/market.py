@@ -110,8 +110,7 @@ class Market(charging.Ledger):
     def _open(self, owner: str, now_ns: int) -> list[Event]:
         """Create the host account of ``owner`` (only ever on a first funding).
 
-        Its refund counter starts at its creation time and past removed accounts' counters
-        (``refund_floor``): reopened, it never reuses a refund id (the bank returns the old).
+        Refund counters start at creation, past removed accounts' (``refund_floor``): unique.
         """
         if not is_public_key(owner):
             raise Rejected("malformed", "a host account id is the owner's public key")
@@ -260,7 +259,8 @@ class Market(charging.Ledger):
         owner = account.account
         index = self.book.slot.get(owner)
         if index is not None:
-            self._use[owner] = self.book.use[:, index].copy()
+            if not self.book.fresh[index]:  # only a use measured by a reading is kept
+                self._use[owner] = self.book.use[:, index].copy()
             row = charging.stash(self.book, index)
             held = self._ended.pop(owner, None)
             self._ended[owner] = row if held is None else held + row
