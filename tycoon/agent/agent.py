@@ -1,18 +1,15 @@
-"""The continuous agent: plan from the SLS, follow prices, rebid with hysteresis, stop on time.
+"""The continuous agent's runner: it feeds the bus's events to its core and carries out
+what the core decides.
 
-One agent buys one resource for one job: a budget to spend before a deadline. It asks the
-SLS for candidate hosts, solves Best Response, funds and bids through the allocator, then
-listens to the price streams of the hosts in play and of the best other candidates. A
-price move beyond the threshold on a host in play triggers a re-solve; the new plan
-replaces the old only past the hysteresis (see :mod:`tycoon.agent.planner`). A new plan
-is bid at once where the money already is (see :mod:`tycoon.agent.allocator`); the money
-follows in the background. At the deadline it brings every credit home (see
-:mod:`tycoon.agent.finish`): it keeps settling for up to ``grace_s`` and reports what is
-still outstanding, and where.
-
-Everything it decides is published on ``tycoon.agent.<id>.<event>`` (plan, rebid,
-settled, warning, done). Its contract and money moves are journalled, so a restarted
-agent keeps its deadline and repeats no payment.
+One agent buys one resource for one job: a budget to spend before a deadline. The
+decisions (quotes, market moves, the replan with its hysteresis) are the sans-IO
+:class:`~tycoon.agent.core.AgentCore`'s; this runner asks the SLS for candidates, follows
+the price and allocation streams the core wants, reads balances, bids and moves money
+through the :class:`~tycoon.agent.allocator.Allocator` (rates at once, money once prices
+are quiet), and at the deadline brings every credit home (:mod:`tycoon.agent.finish`).
+It publishes on ``tycoon.agent.<id>.<event>`` (plan, rebid, settled, warning, done); its
+contract and money moves are journalled, so a restart keeps its deadline and repeats no
+payment.
 """
 
 from __future__ import annotations
@@ -22,18 +19,15 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tycoon.agent.allocator import Allocator
 from tycoon.agent.books import HostClient
 from tycoon.agent.core import WATCHED, AgentConfig, AgentCore, Reading, sls_candidate
 from tycoon.agent.finish import bring_home
-from tycoon.agent.journal import Journal
-from tycoon.agent.planner import Plan, PlannerConfig, Quote
+from tycoon.agent.parts import AgentParts, Summary
+from tycoon.agent.planner import Plan, Quote
 from tycoon.agent.prediction import Prediction
-from tycoon.bank.client import BankClient
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
@@ -41,65 +35,8 @@ from tycoon.bus.keys import subject_id
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
 from tycoon.messages.price import PriceUpdate
-from tycoon.sls.client import SLSClient
 
 __all__ = ["WATCHED", "Agent", "AgentConfig", "AgentParts", "Summary", "sls_candidate"]
-
-
-@dataclass
-class Summary:
-    """What an agent did, for its caller and the ``done`` event."""
-
-    agent: str
-    plans: int = 0
-    rebids: int = 0
-    refunded: int = 0
-    """Refunded by hosts over the whole job."""
-    paid_out: int = 0
-    """Net paid to hosts: funded less refunded."""
-    funded: int = 0
-    spent: int = 0
-    """Charged by hosts (exact when nothing is outstanding; otherwise a lower bound)."""
-    outstanding: list[dict[str, Any]] = field(default_factory=list)
-    """Money not home when the agent stopped: host, what, amount (empty: all home)."""
-    warnings: list[str] = field(default_factory=list)
-    rebid_latencies_ms: list[float] = field(default_factory=list)
-    """From a price move to the new plan's rates bid."""
-    answer_latencies_ms: list[float] = field(default_factory=list)
-    """From a price move to the whole answer: the plan's bids and the parks after them."""
-    settle_ms: list[float] = field(default_factory=list)
-    """How long each plan's money moves took, once started (after ``settle_delay_s``)."""
-
-
-@dataclass
-class AgentParts:
-    """What an agent works with besides its bus (see :meth:`AgentParts.default`)."""
-
-    journal: Journal
-    bank: BankClient
-    sls: SLSClient
-    allocator: Allocator
-
-    @classmethod
-    def default(cls, bus: Bus, bank_key: str, config: AgentConfig, journal_path: Path | str,
-                *, host_client: Callable[[Bus, str], HostClient] | None = None,
-                clock: Callable[[], float] = time.time,
-                timer: Callable[[], float] = time.perf_counter) -> AgentParts:
-        """The usual wiring: a journal file, the bank and SLS clients on ``bus``, and an
-        allocator talking to each host through one client (an auctioneer's by default)."""
-        journal = Journal(journal_path)
-        bank = BankClient(bus, bank_key)
-        make = host_client or _auctioneer_client
-        clients: dict[str, HostClient] = {}
-
-        def client(host: str) -> HostClient:
-            if host not in clients:
-                clients[host] = make(bus, host)
-            return clients[host]
-
-        allocator = Allocator(subject_id(bus.identity.public_key), bank, client, journal,
-                              resource=config.resource, clock=clock, timer=timer)
-        return cls(journal, bank, SLSClient(bus), allocator)
 
 
 class Agent:
@@ -110,17 +47,10 @@ class Agent:
     are the :class:`~tycoon.agent.core.AgentCore`'s; this runner feeds it the bus's events,
     reads balances and carries out its plans through the allocator."""
 
-    def __init__(
-        self,
-        bus: Bus,
-        bank_key: str,
-        config: AgentConfig,
-        journal_path: Path | str,
-        *,
-        host_client: Callable[[Bus, str], HostClient] | None = None,
-        clock: Callable[[], float] = time.time,
-        timer: Callable[[], float] = time.perf_counter,
-    ) -> None:
+    def __init__(self, bus: Bus, bank_key: str, config: AgentConfig, journal_path: Path | str,
+                 *, host_client: Callable[[Bus, str], HostClient] | None = None,
+                 clock: Callable[[], float] = time.time,
+                 timer: Callable[[], float] = time.perf_counter) -> None:
         parts = AgentParts.default(bus, bank_key, config, journal_path,
                                    host_client=host_client, clock=clock, timer=timer)
         self._wire(bus, config, parts, clock, timer)
@@ -155,8 +85,7 @@ class Agent:
         self._settling_epoch: int | None = None
         self._settle_now = asyncio.Event()
         started = float(self.journal.setdefault("started", repr(clock())))
-        deadline = float(self.journal.setdefault("deadline",
-                                                 repr(started + config.deadline_s)))
+        deadline = float(self.journal.setdefault("deadline", repr(started + config.deadline_s)))
         self.journal.setdefault("budget", config.budget)
         self.core = AgentCore(config, deadline)
 
@@ -177,16 +106,12 @@ class Agent:
         return self.core.payees
 
     @property
-    def planner(self) -> PlannerConfig:
-        return self.core.planner_config
-
-    @property
     def _predictions(self) -> dict[str, Prediction]:
         return self.core.predictions
 
     @property
     def seconds_left(self) -> float:
-        return self.deadline - self.clock()
+        return self.core.deadline - self.clock()
 
     async def publish(self, event: str, body: dict[str, Any]) -> None:
         with contextlib.suppress(Exception):
@@ -286,10 +211,8 @@ class Agent:
 
     def _own_bid_in_flight(self, subject: str) -> bool:
         """Whether an update on ``subject`` (a host's price or allocation stream) comes
-        while our bid there is in flight: it is dropped unchecked, since the bid's reply
-        is a newer word on the same (the host publishes its updates before replying, on
-        one connection, so they arrive first). An agent answering a move with 90 bids
-        would otherwise check 180 signatures of its own doing."""
+        while our bid there is in flight: dropped unchecked, the bid's reply being a newer
+        word on the same (the host publishes before replying, on one connection)."""
         return subject.rsplit(".", 1)[-1] in self.allocator.bidding
 
     def _on_bid_reply(self, host: str, reply: dict[str, Any]) -> None:
@@ -362,17 +285,16 @@ class Agent:
             self.timer(), force=force)
         for notice in decision.warnings:
             await self.warn(notice.message, **notice.detail)
-        candidate = decision.plan
+        candidate, why = decision.plan, decision.why
         if candidate is None:
             return
-        why = decision.why
         epoch = self.journal.next_epoch()
         self._settling_epoch = epoch  # a settlement still running for an older plan stops
         self.summary.plans += 1
         await self.publish("plan", {
             "epoch": epoch, "summary": candidate.summary(), "reason": why,
             "utility": candidate.utility, "spend_rate": candidate.spend_rate,
-            "probability": self.config.probability, "cushion": self.cushion(candidate),
+            "probability": self.config.probability, "cushion": self.core.cushion(candidate),
             "hosts": {h: {"balance": candidate.balances[h], "rate": candidate.rates[h],
                           "share": candidate.shares.get(h, 0.0)} for h in candidate.hosts},
         })
@@ -435,10 +357,6 @@ class Agent:
         await asyncio.gather(*self._settling, return_exceptions=True)
         self._settle_now.clear()
 
-    def cushion(self, plan: Plan) -> int:
-        """Extra micro-credits that would keep every planned share with ``probability``."""
-        return self.core.cushion(plan)
-
     async def _holdings(self, *, exact: bool) -> tuple[dict[str, int], int]:
         """Our balance at each funded host and at the bank.
 
@@ -471,34 +389,12 @@ class Agent:
         except Rejected as error:  # a host's answer we cannot read: report, never hang
             await self.warn(f"final settling failed: {error.code}")
             accounting = None
-        totals = self.journal.totals()
-        self.summary.funded = sum(f for f, _ in totals.values())
-        self.summary.refunded = sum(r for _, r in totals.values())
-        self.summary.paid_out = self.journal.net_paid_out()
-        if accounting is None:
-            self.summary.spent = self.summary.paid_out
-            self.summary.outstanding = [{"host": "?", "what": "unknown", "amount":
-                                         self.summary.paid_out, "detail": "not settled"}]
-        else:
-            self.summary.spent = accounting.spent
-            self.summary.outstanding = [o.to_dict() for o in accounting.outstanding]
+        self.summary.account(self.journal, accounting)
         if self.summary.outstanding:
             await self.warn("money still away at the end of the grace period",
                             outstanding=self.summary.outstanding)
-        await self.publish("done", {
-            "summary": f"spent {self.summary.spent} µc, refunded {self.summary.refunded} µc, "
-                       f"outstanding {len(self.summary.outstanding)}",
-            "spent": self.summary.spent, "refunded": self.summary.refunded,
-            "funded": self.summary.funded, "outstanding": self.summary.outstanding,
-            "plans": self.summary.plans,
-        })
+        await self.publish("done", self.summary.done_body())
         for sub in self._subscriptions.values():
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self.journal.close()
-
-
-def _auctioneer_client(bus: Bus, host: str) -> HostClient:
-    from tycoon.auctioneer.client import AuctioneerClient
-
-    return AuctioneerClient(bus, host)  # type: ignore[return-value]

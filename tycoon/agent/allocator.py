@@ -4,23 +4,20 @@ A bid spends its host account's balance evenly until it expires, so the rate it 
 ``balance / time left``. The allocator uses that to answer the market in one round trip:
 
 1. :meth:`Allocator.retarget` sets the planned rates at once by re-bidding where money
-   already is, with the duration that makes the balance last at the new rate (a shorter
-   bid raises the rate, a longer one lowers it): every rate that moves by more than
-   ``fast_slack``; then hosts dropped from the plan are parked (a rate of almost nothing).
-   Only a host where we hold nothing needs money first (bank transfer, then funding with
-   the receipt, then a bid).
-2. :meth:`Allocator.settle` then moves the money so that every balance lasts exactly to
-   the end of the job: refunds from hosts dropped from the plan, refunds of surpluses
-   where the bank cannot cover the top-ups otherwise, then top-ups (each followed by a
-   bid restoring the full duration), and last the smaller rate changes (beyond
-   ``slack``). It runs off the critical path and stops between steps when a newer plan
-   supersedes it.
+   already is, with the duration that makes the balance last at the new rate; then parks
+   the hosts dropped from the plan (a rate of almost nothing). Only a host where we hold
+   nothing needs money first (bank transfer, funding with the receipt, then a bid).
+2. :meth:`Allocator.settle` then moves the money so every balance lasts exactly to the
+   end of the job (refunds, top-ups, the smaller rate changes), off the critical path,
+   stopping between steps when a newer plan supersedes it.
 
-Every money move goes through the :class:`~tycoon.agent.journal.Journal` first, under an
-id derived from (agent, epoch, host, step); each host's moves run under its own lock. A
-funding's receipt is journalled before the host sees it. With ``settle_only`` (past the
-deadline) nothing new is paid: a pending funding is completed only if the bank's history
-shows it paid, and refunds the hosts paid on their own are taken from that history.
+Which host gets which move is decided in :mod:`tycoon.agent.moves` (sans-IO); this
+module carries the moves out. Every money move goes through the
+:class:`~tycoon.agent.journal.Journal` first, under an id derived from (agent, epoch,
+host, step); each host's moves run under its own lock. A funding's receipt is journalled
+before the host sees it. With ``settle_only`` (past the deadline) nothing new is paid: a
+pending funding is completed only if the bank's history shows it paid, and refunds the
+hosts paid on their own are taken from that history.
 """
 
 from __future__ import annotations
@@ -31,20 +28,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from tycoon.agent import moves
 from tycoon.agent.bankview import BankHistory
 from tycoon.agent.books import Holding, HostClient, Outcome
 from tycoon.agent.journal import Journal, Move
-from tycoon.agent.moves import (
-    PARK_S,
-    Fund,
-    Rebid,
-    drops,
-    funding,
-    host_move,
-    parks,
-    retarget_order,
-    top_ups,
-)
+from tycoon.agent.moves import PARK_S, Fund, Rebid
 from tycoon.agent.planner import Plan
 from tycoon.bank.client import BankClient
 from tycoon.errors import Rejected
@@ -204,9 +192,9 @@ class Allocator:
             self._guard(host, outcome, self._retarget_host(
                 host, rate, epoch, payees.get(host, ""), end, budget, outcome,
                 self.fast_slack))
-            for host, rate in retarget_order(plan)))
+            for host, rate in moves.retarget_order(plan)))
         outcome.placed_at = self.timer()
-        parked = parks(plan, self.holdings, self.clock())
+        parked = moves.parks(plan, self.holdings, self.clock())
         await asyncio.gather(*(self._guard(h, outcome, self._park(h, outcome)) for h in parked))
         return outcome
 
@@ -218,7 +206,7 @@ class Allocator:
                              budget: int | None, outcome: Outcome, slack: float) -> None:
         async with self.lock(host):
             now = self.clock()
-            move = host_move(host, self._left(host, now), self.rate(host, now), rate, slack)
+            move = moves.host_move(host, self._left(host, now), self.rate(host, now), rate, slack)
             if isinstance(move, Rebid):
                 await self._bid(host, move.seconds, outcome)
             if not isinstance(move, Fund):
@@ -232,11 +220,11 @@ class Allocator:
 
         Stops between steps once ``current()`` is false (a newer plan took over)."""
         outcome = outcome or Outcome()
-        await self._refund_all(drops(plan, self.held()), epoch, payees, outcome)
+        await self._refund_all(moves.drops(plan, self.held()), epoch, payees, outcome)
         if not current():
             return outcome
         now = self.clock()
-        step = top_ups(plan, self.held(now), end, now, self.allowance(budget), self.slack,
+        step = moves.top_ups(plan, self.held(now), end, now, self.allowance(budget), self.slack,
                        self.refund_slack)
         needs = dict(step.needs)
         if step.short:
@@ -269,7 +257,7 @@ class Allocator:
         if any(m.host == host and m.kind == "fund" for m in self.journal.pending()):
             return  # its last funding is not redeemed yet (host down): no second one
         now = self.clock()
-        need = funding(rate, end, now, self._left(host, now), self.allowance(budget),
+        need = moves.funding(rate, end, now, self._left(host, now), self.allowance(budget),
                        self.slack)
         if need <= 0:
             return
