@@ -49,6 +49,11 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
+    @property
+    def queued(self) -> int:
+        """Operations waiting for the next batch."""
+        return len(self._queue)
+
     async def start(self) -> None:
         """Start the committer task."""
         if self._task is None:

@@ -10,6 +10,7 @@ transfers is published on ``tycoon.bank.settled``.
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,8 @@ class BankService:
         self.bus = bus
         self.ledger = ledger
         self.settlement_log = settlement_log  # JetStream copy of receipts, best effort
+        self.committed: collections.Counter[str] = collections.Counter()
+        """Ledger events committed by this process, by kind (open, mint, transfer, close)."""
         self.committer = GroupCommitter(ledger, max_batch=max_batch,
                                         on_commit=self._publish_settled)
         handlers = {
@@ -106,6 +109,7 @@ class BankService:
             await self.settlement_log.stop()
 
     async def _publish_settled(self, batch: Batch) -> None:
+        self.committed.update(event.kind for event in batch.events)
         if self.settlement_log is not None:
             self.settlement_log.offer(batch)  # non-blocking; publishes in the background
         if batch.receipts:

@@ -31,6 +31,7 @@ from tycoon.bus.ratelimit import KeyedLimiter, RateLimit, retry_text
 from tycoon.bus.verify import reply_subject
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
+from tycoon.metrics.histogram import Histogram
 
 RequestHandler = Callable[[Message], Awaitable[dict[str, Any]]]
 
@@ -50,7 +51,9 @@ class ServiceStats:
 
     ``rate_limited`` counts every request refused by the rate limiter (also in
     ``rejections``); ``unanswered`` those among them dropped without a reply (a key past
-    its limit gets at most its own rate of signed refusals).
+    its limit gets at most its own rate of signed refusals). ``outcomes`` counts every
+    request by (endpoint kind, ``ok`` or refusal code), ``latency`` times the handlers by
+    kind: both bounded by the endpoints and ``tycoon.errors.CODES`` (docs/operations.md).
     """
 
     requests: int = 0
@@ -58,6 +61,15 @@ class ServiceStats:
     rejections: collections.Counter[str] = field(default_factory=collections.Counter)
     rate_limited: int = 0
     unanswered: int = 0
+    outcomes: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    latency: dict[str, Histogram] = field(default_factory=dict)
+
+    def observe(self, kind: str, seconds: float) -> None:
+        """Count one handler run of ``kind`` that took ``seconds``."""
+        hist = self.latency.get(kind)
+        if hist is None:
+            hist = self.latency[kind] = Histogram()
+        hist.observe(seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +78,8 @@ class ServiceStats:
             "rejections": dict(self.rejections),
             "rate_limited": self.rate_limited,
             "unanswered": self.unanswered,
+            "outcomes": {f"{kind} {code}": n for (kind, code), n in self.outcomes.items()},
+            "latency": {kind: hist.to_dict() for kind, hist in self.latency.items()},
         }
 
 
@@ -100,6 +114,11 @@ class Service:
         self._pending: dict[bytes, int] = {}  # requests of a key received, not yet answered
         self._lanes: dict[bytes, asyncio.Semaphore] = {}  # of keys with requests pending
         self.set_rate_limit(rate_limit)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests taken and not yet answered (running or waiting for their key's turn)."""
+        return len(self._tasks)
 
     def set_rate_limit(self, limit: RateLimit | None) -> None:
         """Limit each signer key to ``limit`` (None: no limit); resets every bucket."""
@@ -153,12 +172,14 @@ class Service:
         self.log.info("service stopped", **self.stats.to_dict())
 
     def _endpoint_stats(self, _endpoint: EndpointStats) -> dict[str, Any]:
-        return self.stats.to_dict()
+        # the numbers /metrics shows (tycoon/metrics): refused = tycoon_verification_failures
+        return {**self.stats.to_dict(), "refused": dict(self.bus.rejected)}
 
     def _dispatcher(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[None]]:
         async def dispatch(request: Request) -> None:
             key = self._signer(request.data)
             if key is not None and self._over_limit(key):
+                self.stats.outcomes[endpoint.kind, "rate_limited"] += 1
                 await self._refuse_early(key, request)
                 return
             await self._slots.acquire()
@@ -258,7 +279,9 @@ class Service:
     async def _handle(self, endpoint: Endpoint, request: Request) -> None:
         raw = request.data
         reply_to = reply_subject(request)
+        outcomes = self.stats.outcomes
         if not reply_to:
+            outcomes[endpoint.kind, "malformed"] += 1
             self.stats.rejections["malformed"] += 1
             self.bus.count_rejection(Rejected("malformed", "request has no reply subject"),
                                      request.subject)
@@ -269,20 +292,24 @@ class Service:
                 raise Rejected("unknown_kind", f"{endpoint.subject} takes {endpoint.kind!r}")
             self._take_token(msg)
         except Rejected as error:
+            outcomes[endpoint.kind, error.code] += 1
             self.stats.rejections[error.code] += 1
             self.bus.count_rejection(error, request.subject)
             await self._reply(raw, reply_to, "error", error.to_body())
             return
         if not reply_allowed(reply_to, msg.sender):  # only the requester's own inbox
+            outcomes[endpoint.kind, "bad_reply_to"] += 1
             self.stats.rejections["bad_reply_to"] += 1
             self.bus.count_rejection(Rejected("bad_reply_to", f"reply to {reply_to[:128]!r}"),
                                      request.subject, key=msg.sender, kind=msg.kind)
             return
         self.stats.requests += 1
+        started, code = time.perf_counter(), "ok"
         try:
             body = await endpoint.handler(msg)
             kind = "reply"
         except Rejected as error:
+            code = error.code
             self.stats.errors[error.code] += 1
             count = self.bus.log_limiter.admit(msg.sender, f"refused:{error.code}",
                                                time.monotonic())
@@ -291,10 +318,13 @@ class Service:
                               sender=msg.sender, count=count)
             body, kind = error.to_body(), "error"
         except Exception as exc:
+            code = "internal"
             self.stats.errors["internal"] += 1
             self.log.exception("handler failed", kind=msg.kind, sender=msg.sender)
             error = Rejected("internal", f"{type(exc).__name__} in {msg.kind}")
             body, kind = error.to_body(), "error"
+        self.stats.observe(endpoint.kind, time.perf_counter() - started)
+        outcomes[endpoint.kind, code] += 1
         await self._reply(msg, reply_to, kind, body)
 
     async def _reply(self, raw: Message | bytes, reply_to: str, kind: str, body: Any) -> None:

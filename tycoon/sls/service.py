@@ -88,6 +88,11 @@ class SLSService:
         self._tasks: list[asyncio.Task[None]] = []
         self.warm: dict[str, int] = {}  # outcomes of the warm start from the PRICES log
 
+    @property
+    def backlog(self) -> int:
+        """Price updates received and not yet verified and applied."""
+        return len(self._inbox)
+
     async def __aenter__(self) -> SLSService:
         await self.start()
         return self
