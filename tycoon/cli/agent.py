@@ -14,6 +14,8 @@ from tycoon.bus.keys import default_home, is_public_key, subject_id
 from tycoon.bus.runner import run_until_signal
 from tycoon.cli.bank import resolve_account, resolve_bank_key
 from tycoon.cli.common import bus_for, print_json
+from tycoon.metrics.server import add_arguments as add_metrics_arguments
+from tycoon.metrics.server import serve_from_args, stop_server
 from tycoon.money import format_amount, parse_amount
 from tycoon.vmm.driver import RESOURCES
 
@@ -40,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="journal directory (default <home>/agents); resumes the same job")
     run.add_argument("--bank", default=None, help="the bank's public key or key name")
     run.add_argument("--json", action="store_true")
+    add_metrics_arguments(run)
     run.set_defaults(func=cmd_run)
 
     broker = sub.add_parser("broker", help="run or use a broker that bids for paying users")
@@ -79,6 +82,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
                   state / f"{subject_id(bus.identity.public_key)}.db")
     print(f"agent {agent.id}: {format_amount(config.budget)} credits of {config.resource} "
           f"before {args.deadline}; events on {subjects.agent_all(agent.id)}", flush=True)
+    metrics = await serve_from_args(args, agent)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run())
     waiter = asyncio.create_task(run_until_signal(stop_event=stop))
@@ -86,12 +90,14 @@ async def cmd_run(args: argparse.Namespace) -> int:
     if task not in done:  # interrupted: the journal keeps the job; a rerun resumes it
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        await stop_server(metrics)
         await bus.close()
         print("interrupted; run the same command again to resume this job")
         return 130
     stop.set()
     await waiter
     summary = task.result()
+    await stop_server(metrics)
     await bus.close()
     result = {"agent": summary.agent, "plans": summary.plans, "rebids": summary.rebids,
               "funded": summary.funded, "spent": summary.spent, "refunded": summary.refunded,

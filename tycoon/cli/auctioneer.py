@@ -23,6 +23,8 @@ from tycoon.cli.common import bus_for, host_id_of, identity, keystore, local_tim
 from tycoon.cli.sls import format_capacity
 from tycoon.errors import Rejected
 from tycoon.messages.price import Offer, offers_from_body
+from tycoon.metrics.server import add_arguments as add_metrics_arguments
+from tycoon.metrics.server import serve_from_args
 from tycoon.money import MICRO, format_amount, format_credits, format_rate, parse_amount
 from tycoon.vmm.driver import RESOURCES, Driver
 
@@ -71,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     xen.add_argument("--xen-url", default=os.environ.get("TYCOON_XEN_URL", ""))
     xen.add_argument("--xen-user", default="root")
     xen.add_argument("--xen-password", default=os.environ.get("TYCOON_XEN_PASSWORD", ""))
+    add_metrics_arguments(serve)
     serve.set_defaults(func=cmd_serve)
     key = cmds.add_parser("key", help="print the host's public key and host id")
     key.add_argument("--host-key", default=None, help="name of the host's key (default --as)")
@@ -159,8 +162,9 @@ async def cmd_serve(args: argparse.Namespace) -> int:
                         "idle_s": args.idle},
     )  # fmt: skip
     running.service.service.set_rate_limit(args.rate_limit)
+    metrics = await serve_from_args(args, running.service)
     print(f"auctioneer of host {host} ({driver.name}) serving on {args.nats}", flush=True)
-    await run_until_signal(running)
+    await run_until_signal(running, *([metrics] if metrics else []))
     return 0
 
 

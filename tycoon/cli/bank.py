@@ -34,6 +34,8 @@ from tycoon.cli.verifylog import add_verify_log
 from tycoon.deploy import CONFIG_NAME, Deployment
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
+from tycoon.metrics.server import add_arguments as add_metrics_arguments
+from tycoon.metrics.server import serve_from_args, stop_server
 from tycoon.money import format_amount, format_credits, parse_amount
 from tycoon.streams.settlements import SettlementLog, sqlite_source
 
@@ -69,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--rate-limit", type=rate_limit_arg(ratelimit.BANK),
                        default=ratelimit.BANK, help="requests/s per signer key, "
                        "RATE[/BURST] or 'off' (default 400/2000; the operator is exempt)")
+    add_metrics_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
     key = cmds.add_parser("key", help="print the bank's public key")
@@ -220,13 +223,16 @@ async def cmd_serve(args: argparse.Namespace) -> int:
                           open_fee=parse_amount(args.open_fee) if args.open_fee != "0" else 0,
                           open_rate=args.open_rate, open_burst=args.open_burst,
                           rate_limit=args.rate_limit)
+    metrics = None
     try:
         await service.start()
+        metrics = await serve_from_args(args, service)
         log.info("bank ready", bank=bank.public_key, operator=operator, db=str(path),
                  seq=ledger.seq, accounts=len(ledger.accounts))
         print(f"bank {bank.public_key} ready: db {path}, seq {ledger.seq}", flush=True)
         await run_until_signal(bus, service)
     finally:
+        await stop_server(metrics)
         await service.stop()
         await bus.close()
         store.close()

@@ -15,6 +15,8 @@ from tycoon.bus.ratelimit import rate_limit_arg
 from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import bus_for, fail, host_id_of, identity, print_json
 from tycoon.errors import Rejected
+from tycoon.metrics.server import add_arguments as add_metrics_arguments
+from tycoon.metrics.server import serve_from_args
 from tycoon.money import format_rate
 from tycoon.sls.client import SLSClient
 from tycoon.sls.query import DEFAULT_LIMIT, MAX_LIMIT_WITH_STATISTICS, SORTS, TIES
@@ -57,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--queue", default="sls", help="queue group of the query endpoints")
     serve.add_argument("--rate-limit", type=rate_limit_arg(ratelimit.SLS), default=ratelimit.SLS,
                        help="requests/s per signer key, RATE[/BURST] or 'off' (default 50/100)")
+    add_metrics_arguments(serve)
     serve.set_defaults(func=cmd_serve)
     host = ops.add_parser("host", help="show one live host in full")
     host.add_argument("host", help="host id, or the name of a host key in the key store")
@@ -95,8 +98,9 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     sls = SLSService(bus, config)
     sls.service.set_rate_limit(args.rate_limit)
     await sls.start()
+    metrics = await serve_from_args(args, sls)
     print(f"sls serving on {args.nats} (queue {config.queue!r}); Ctrl-C stops", flush=True)
-    await run_until_signal(bus, sls)
+    await run_until_signal(bus, sls, *([metrics] if metrics else []))
     return 0
 
 

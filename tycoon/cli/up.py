@@ -41,6 +41,7 @@ from tycoon.cli.status import discover, healthy
 from tycoon.cli.top import MarketView
 from tycoon.cli.upstate import StateLock, last_port, port_is_free, ready_offsets, said
 from tycoon.deploy import Deployment
+from tycoon.metrics import targets
 from tycoon.money import format_credits, parse_amount
 from tycoon.natsserver import NatsServer, free_port
 from tycoon.sls.client import SLSClient
@@ -80,9 +81,13 @@ class Market:
         self.env = {"TYCOON_HOME": str(self.state), "TYCOON_NATS": url, "TYCOON_LOG": "info"}
         self.services: list[Child] = []
         self.agents: list[Child] = []
+        self.metrics: dict[str, tuple[str, int]] = {}  # child: (job, its /metrics port)
 
     def child(self, name: str, *args: str) -> Child:
-        return Child(name, ["--nats", self.url, *args], self.state / "logs", dict(self.env))
+        port = targets.metrics_port(self.metrics)
+        self.metrics[name] = (args[2], port)  # args: --as KEY COMMAND ...
+        return Child(name, ["--nats", self.url, *args, "--metrics-port", str(port)],
+                     self.state / "logs", dict(self.env))
 
     async def start_services(self) -> None:
         d = self.deployment
@@ -142,6 +147,8 @@ class Market:
             await child.start()
             self.agents.append(child)
         step(f"{len(self.agents)} agents bidding")
+        found = targets.write_targets(self.state, self.metrics)
+        step(f"metrics on 127.0.0.1: {targets.summary(self.metrics)} (Prometheus: {found})")
 
     async def stop(self) -> dict[str, int | None]:
         return await stop_all(self.services + self.agents)

@@ -154,3 +154,9 @@ async def serve_from_args(args: argparse.Namespace, target: Any) -> MetricsServe
     await server.start()
     print(f"metrics on {server.url}", flush=True)
     return server
+
+
+async def stop_server(server: MetricsServer | None) -> None:
+    """Stop ``server`` if there is one (what :func:`serve_from_args` returned)."""
+    if server is not None:
+        await server.stop()
