@@ -5,15 +5,19 @@ that must keep answering honest users after them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 
 import pytest
 from test_hostile_bus import World, world  # noqa: F401 (the fixture)
 
+from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.bank.client import BankClient
 from tycoon.bus import subjects
 from tycoon.bus.connection import inbox_prefix, reply_allowed
 from tycoon.bus.envelope import seal
 from tycoon.bus.keys import Identity, subject_id
+from tycoon.errors import Rejected
 from tycoon.money import MICRO
 
 pytestmark = [pytest.mark.hostile, pytest.mark.nats, pytest.mark.timeout(90)]
@@ -62,3 +66,36 @@ async def test_control_characters_in_a_reply_subject_do_not_break_a_service(
     assert await client.balance() >= MICRO  # _fill paid user 1 three credits
     assert (await (await w.bus(honest)).request(subjects.sls("query"), "sls.query",
                                                 {"resource": "cpu"})).kind == "reply"
+
+
+async def test_refund_requests_cannot_make_the_host_read_usage_at_will(
+        world: World) -> None:  # noqa: F811
+    """A refund takes a usage reading of *every* account first (a tick's whole work: the
+    driver's usage, charging, a commit). An account with nothing to refund sending refund
+    requests (within its rate limit) must not make the host read on each: a host with
+    10,000 bids spends ~25 ms a reading, so a few keys at 20 requests/s would keep it busy."""
+    w = world
+    alice = w.users[0]
+    bus = await w.bus(alice)
+    bank = BankClient(bus, w.bank.bus.identity.public_key)
+    host_key = w.deployment.public_key(w.deployment.hosts[0].key)
+    host = AuctioneerClient(bus, w.host_id)
+    await host.fund(await bank.transfer(host_key, MICRO, transfer_id="redteam-fund"))
+    await host.refund()
+    service = w.host.service
+    calls = 0
+    usage = service.driver.usage
+
+    def counting() -> Any:
+        nonlocal calls
+        calls += 1
+        return usage()
+
+    service.driver.usage = counting  # type: ignore[method-assign]
+    started = asyncio.get_running_loop().time()
+    for _ in range(15):
+        with contextlib.suppress(Rejected):
+            await host.refund()
+    elapsed = asyncio.get_running_loop().time() - started
+    ticks = elapsed / 0.2 + 2  # the host's own tick every 0.2 s
+    assert calls <= ticks, (calls, ticks)

@@ -96,6 +96,7 @@ class AuctioneerService:
         self._refunds_due = asyncio.Event()
         """Set when a refund became pending: the payer loop (see _pay_all) wakes at once."""
         self._price_sent = 0.0  # time.monotonic() of the last price update
+        self._read_at = 0.0  # time.monotonic() of the last usage reading
         self._alloc_due: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AuctioneerService:
@@ -146,6 +147,7 @@ class AuctioneerService:
 
     async def tick(self) -> None:
         """Read the driver's usage, charge for it, commit, act on what changed."""
+        self._read_at = time.monotonic()
         usage = self.driver.usage()
         events = self.market.tick(self.clock(), usage)
         # Charges alone need no fsync of their own: the next synced commit covers them.
@@ -260,8 +262,14 @@ class AuctioneerService:
         }
 
     async def _refund(self, msg: Message) -> dict[str, Any]:
-        if msg.sender in self.market.accounts:
-            try:  # a usage reading first: what the refund pays since it is then measured
+        account = self.market.accounts.get(msg.sender)
+        # a usage reading first (what the refund pays since it is then measured), only for
+        # an account with something to refund and at most every tick_s / 10: every reading
+        # is a whole tick's work, which refunds must not let anyone order at will (the
+        # time since the last reading is then charged as used: a tenth of a tick at most)
+        if account is not None and (account.balance > 0 or account.bid is not None) \
+                and time.monotonic() - self._read_at >= self.tick_s / 10:
+            try:
                 await self.tick()
             except Exception:
                 self.log.exception("usage reading before a refund failed")
