@@ -9,8 +9,8 @@ money at the *use ratio* ``min(1, max(u·T, reserved) / held)``: the share used,
 less than the share reserved. A bid that expires or runs empty keeps its accruals
 (:func:`stash`) for the next reading. A refund charges them at ratio 1: the use since the
 last reading is not known yet, and a lower guess would pay a bidder to use hard and
-leave just before the reading (the adapter takes a reading right before a refund, so
-that interval is short). Pure numpy, no I/O.
+leave just before the reading (the adapter takes a reading right before a refund, at most
+a tenth of a tick old, so that interval is short). Pure numpy, no I/O.
 """
 
 from __future__ import annotations
