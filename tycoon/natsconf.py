@@ -106,6 +106,7 @@ def render_config(
     operator_capabilities: Iterable[str] = OPERATOR_CAPABILITIES,
     jetstream_roles: Iterable[str] = (),
     max_payload: str = "1MB",
+    websocket_port: int | None = None,
 ) -> str:
     """The nats-server config of ``deployment``: its keys, plus ``extra_users``.
 
@@ -120,7 +121,7 @@ def render_config(
     return render_principals(
         [*principals, *extra_users], port=port, host=host, jetstream_dir=jetstream_dir,
         http_port=http_port, tls=tls, max_payload=max_payload,
-        title=f"deployment {deployment.home}",
+        title=f"deployment {deployment.home}", websocket_port=websocket_port,
     )  # fmt: skip
 
 
@@ -137,6 +138,7 @@ def render_principals(
     log_file: str | None = None,
     log_size_limit: str = LOG_SIZE_LIMIT,
     log_max_files: int = LOG_MAX_FILES,
+    websocket_port: int | None = None,
 ) -> str:
     """A complete nats-server config allowing exactly ``principals`` (one entry per key).
 
@@ -174,6 +176,8 @@ def render_principals(
                   "  max_memory_store: 256MB", "  max_file_store: 4GB", "}"]
     if tls is not None:
         lines += ["", *render_tls(tls)]
+    if websocket_port is not None:
+        lines += ["", *render_websocket(host, websocket_port, tls)]
     lines += ["", "authorization {", "  timeout: 2", "  users = ["]
     for p in users.values():
         lines += _render_user(p)
@@ -189,6 +193,17 @@ def render_tls(tls: TLS) -> list[str]:
     if tls.verify:
         out.append("  verify: true")
     return [*out, "  timeout: 2", "}"]
+
+
+def render_websocket(host: str, port: int, tls: TLS | None = None) -> list[str]:
+    """The ``websocket { }`` listener the web dashboard's browser connects to (same users,
+    same nkeys, same permissions): plain on loopback, the server's certificate (wss://)
+    when the server has TLS (docs/dashboard.md)."""
+    secure = ["  tls {", f"    cert_file: {_q(tls.cert_file)}",
+              f"    key_file: {_q(tls.key_file)}", "  }"] if tls else ["  no_tls: true"]
+    return ["# The web dashboard's browsers (docs/dashboard.md): same users and permissions.",
+            "websocket {", f"  listen: {_q(f'{host}:{port}')}", *secure,
+            "  compression: false", "}"]
 
 
 def load_principals(path: Path) -> list[Principal]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from tycoon.bus import subjects
 from tycoon.bus.keys import is_public_key, subject_id
 
-ROLES = ("bank", "sls", "host", "agent", "broker", "user", "operator")
+ROLES = ("bank", "sls", "host", "agent", "broker", "user", "operator", "viewer")
 """Every role a principal can play."""
 
 CAPABILITIES = ("requests", "monitor", "jetstream")
@@ -59,6 +59,9 @@ CLIENT_REQUESTS = (
 SERVICE_EVENTS = (subjects.BANK_SETTLED, subjects.SLS_SNAPSHOT)
 # What anybody may read: the public market feeds.
 PUBLIC_FEEDS = (subjects.PRICES_ALL, subjects.ALLOCS_ALL, subjects.SLS_SNAPSHOT)
+# What a viewer (the web dashboard, docs/dashboard.md) may read: the public feeds, the
+# bank's settled receipts and the agents' decisions. It publishes nothing at all.
+VIEWER_FEEDS = (*PUBLIC_FEEDS, subjects.BANK_SETTLED, subjects.AGENTS_ALL)
 # What no client role may ever publish (defence in depth over the allow lists).
 NEVER_FROM_CLIENTS = (
     f"{subjects.PREFIX}.price.>",
@@ -165,14 +168,19 @@ def permissions(p: Principal) -> Permissions:
             pub += [subjects.AGENTS_ALL, INBOXES]
             pub_deny += ["$JS.>", *NEVER_FROM_SERVICES]
             sub += [f"{subjects.PREFIX}.broker.{pid}.>", SRV_ALL]
+    elif p.role == "viewer":  # read-only: no inbox, no requests, no JetStream, no capability
+        sub = list(VIEWER_FEEDS)
+        pub_deny = [NOTHING]
     else:  # operator: watches everything; publishes nothing without a capability
         sub += [subjects.ALL]
-    if "requests" in p.capabilities and p.role not in ("agent", "broker", "user"):
+    if p.role == "viewer":
+        pass  # capabilities never widen a viewer
+    elif "requests" in p.capabilities and p.role not in ("agent", "broker", "user"):
         pub += CLIENT_REQUESTS
         pub_deny += [s for s in SERVICE_EVENTS if s not in pub]
-    if "monitor" in p.capabilities:
+    if "monitor" in p.capabilities and p.role != "viewer":
         pub += [SRV_ALL]
-    if "jetstream" in p.capabilities:  # the whole JetStream API, on purpose
+    if "jetstream" in p.capabilities and p.role != "viewer":  # the whole JetStream API, on purpose
         pub += JS_ADMIN
         pub_deny = [d for d in pub_deny if not d.startswith("$JS.")]
     if not pub:

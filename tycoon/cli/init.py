@@ -23,6 +23,7 @@ from tycoon.natsconf import (
     render_config,
     write_config,
 )
+from tycoon.web.config import VIEWER_KEY, viewer_principal, websocket_port
 
 CLI_KEY = "default"
 """The key the ``tycoon`` command signs with unless ``--as`` says otherwise."""
@@ -86,10 +87,15 @@ def write_nats_config(deployment: Deployment, url: str = "", *, tls: TLS | None 
         # The home's own CLI key may also ask services for their stats ($SRV): `tycoon
         # status` works without --as (whoever holds this home holds the operator key too).
         extra.append(Principal(cli.public_key, "agent", CLI_KEY, frozenset({"monitor"})))
+    # The web dashboard's read-only key and WebSocket listener (docs/dashboard.md).
+    viewer = deployment.store.load_or_create(VIEWER_KEY).public_key
+    if viewer not in {p.public_key for p in extra}:
+        extra.append(viewer_principal(viewer))
     text = render_config(
         deployment, port=where.port or 4222, host=where.hostname or "127.0.0.1",
         jetstream_dir=str(deployment.home / "jetstream"), http_port=http_port,
         extra_users=extra, tls=tls,
+        websocket_port=websocket_port(deployment.home, where.hostname or "127.0.0.1"),
     )  # fmt: skip
     return write_config(deployment.home / CONFIG_NAME, text)
 

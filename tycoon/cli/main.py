@@ -34,9 +34,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sls",
     "auctioneer",
     "history",
+    "web",
 )
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-OFFLINE = {"best-response", "sim", "keys", "demo", "init", "up", "run"}
+OFFLINE = {"best-response", "sim", "keys", "demo", "init", "up", "run", "web"}
 """Commands that never connect with the global URL (an empty one is not their concern)."""
 
 

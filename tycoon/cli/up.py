@@ -40,12 +40,14 @@ from tycoon.cli.init import write_nats_config
 from tycoon.cli.status import discover, healthy
 from tycoon.cli.top import MarketView
 from tycoon.cli.upstate import StateLock, last_port, port_is_free, ready_offsets, said
+from tycoon.cli.web import page_config
 from tycoon.deploy import Deployment
 from tycoon.metrics import targets
 from tycoon.money import format_credits, parse_amount
 from tycoon.natsserver import NatsServer, free_port
 from tycoon.sls.client import SLSClient
 from tycoon.supervisor import Child, stop_all
+from tycoon.web.server import DashboardServer
 
 console = Console(stderr=False, highlight=False, soft_wrap=True)
 
@@ -63,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--driver", choices=("simulated", "cgroups"), default="simulated",
                     help="cgroups: the first host is this machine, enforced by cgroups")
     up.add_argument("--heartbeat", type=float, default=2.0, help="price heartbeat, seconds")
+    up.add_argument("--web", action="store_true",
+                    help="also serve the live dashboard on localhost (docs/dashboard.md)")
+    up.add_argument("--web-port", type=int, default=0, help="the dashboard's HTTP port")
     up.set_defaults(func=cmd_up)
 
 
@@ -249,6 +254,7 @@ async def run_market(args: argparse.Namespace, state: Path, lock: StateLock) -> 
     server: NatsServer | None = None
     market: Market | None = None
     bus: Bus | None = None
+    web: DashboardServer | None = None
     codes: dict[str, int | None] = {}
     try:
         deployment, url, server = await start_server(args, state, lock)
@@ -265,6 +271,8 @@ async def run_market(args: argparse.Namespace, state: Path, lock: StateLock) -> 
         for feed in subjects.LIVE_FEEDS:
             await bus.subscribe(feed, on_event)
         left = args.duration - (time.monotonic() - started) if args.duration else None
+        if getattr(args, "web", False):
+            web = start_web(deployment, args.web_port)
         await market.start_agents(left)
         step(f"market ready at {url}; in another terminal: export TYCOON_HOME={state}")
         remaining = args.duration - (time.monotonic() - started) if args.duration else None
@@ -279,6 +287,8 @@ async def run_market(args: argparse.Namespace, state: Path, lock: StateLock) -> 
         codes["startup"] = 1
     finally:
         step("stopping (state kept in " + str(state) + ")")
+        if web is not None:
+            web.stop()
         if market is not None:
             codes.update(await market.stop())
         if bus is not None:
@@ -290,6 +300,17 @@ async def run_market(args: argparse.Namespace, state: Path, lock: StateLock) -> 
     if market is None:
         return 1
     return summarise(state, view, market, codes)
+
+
+def start_web(deployment: Deployment, port: int) -> DashboardServer | None:
+    """The dashboard on localhost (``--web``), its URL printed; None if it cannot run."""
+    try:
+        server = DashboardServer(page_config(deployment), "127.0.0.1", port).start()
+    except (RuntimeError, OSError) as error:
+        console.print(f"[red]dashboard not started:[/] {error}")
+        return None
+    step(f"dashboard at {server.url} (verified in the browser; docs/dashboard.md)")
+    return server
 
 
 async def run_for(seconds: float | None, view: MarketView, market: Market) -> None:

@@ -1,0 +1,68 @@
+"""``tycoon web``: the live market in a browser (docs/dashboard.md).
+
+Serves a static page on localhost; the browser connects straight to nats-server's
+WebSocket listener as the home's read-only ``viewer`` and verifies every envelope's
+signature itself, so neither this server nor the NATS relay can make it show a price a
+host did not sign.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+
+from tycoon.cli.common import home_of, names_of
+from tycoon.deploy import Deployment
+from tycoon.money import parse_amount
+from tycoon.web.config import VIEWER_KEY, websocket_url
+from tycoon.web.server import DashboardServer, PageConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    web = sub.add_parser("web", help="serve the live market dashboard on localhost")
+    web.add_argument("--port", type=int, default=0, help="HTTP port (0: any free port)")
+    web.add_argument("--bind", default="127.0.0.1",
+                     help="HTTP address (the page hands out the viewer's seed: keep it local)")
+    web.add_argument("--ws-url", default=None,
+                     help="nats-server's WebSocket URL (default: from <home>/nats.conf)")
+    web.set_defaults(func=cmd_web)
+
+
+def page_config(deployment: Deployment, ws_url: str | None = None) -> PageConfig:
+    """What the page is told: where to connect, as whom, the bank's key, names, budgets."""
+    url = ws_url or websocket_url(deployment.home)
+    if url is None:
+        raise RuntimeError(f"no websocket listener in {deployment.home / 'nats.conf'}: run "
+                           "`tycoon init --force` (or `tycoon up`) to write one")
+    viewer = deployment.store.load_or_create(VIEWER_KEY)
+    names = {k: v for k, v in names_of(deployment.store).items() if len(k) == 56}
+    budgets = {}
+    for spec in deployment.agents:
+        with contextlib.suppress(ValueError, OSError):
+            budgets[deployment.public_key(spec.key)] = parse_amount(spec.budget)
+    return PageConfig(ws_url=url, viewer_seed=viewer.seed,
+                      bank_key=deployment.public_key(deployment.bank_key),
+                      names=names, budgets=budgets)
+
+
+async def cmd_web(args: argparse.Namespace) -> int:
+    home, _ = home_of(args)
+    if not (home / "tycoon.toml").exists():
+        print(f"error: no deployment in {home} (tycoon init, or tycoon up --state DIR)")
+        return 1
+    try:
+        config = page_config(Deployment.load(home), args.ws_url)
+    except RuntimeError as error:
+        print(f"error: {error}")
+        return 1
+    server = DashboardServer(config, args.bind, args.port).start()
+    print(f"dashboard at {server.url} (NATS WebSocket {config.ws_url}); Ctrl-C stops it",
+          flush=True)
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        server.stop()
+    return 0

@@ -1,0 +1,128 @@
+// The Tycoon dashboard: every envelope is verified here (verify.js) before it is shown.
+(function () {
+  "use strict";
+  const V = TycoonVerify;
+  const FEEDS = ["tycoon.price.*", "tycoon.alloc.*", "tycoon.bank.settled", "tycoon.sls.snapshot", "tycoon.agent.>"];
+  const HISTORY = 60, TAIL = 40;
+  const $ = (id) => document.getElementById(id);
+  const state = { verified: 0, refused: 0, hosts: new Map(), agents: new Map(), flow: 0n,
+    transfers: [], tail: [], refusals: [], names: {}, budgets: {}, snapshot: null };
+  window.tycoonDashboard = state;
+
+  const credits = (micro) => (Number(micro) / 1e6).toLocaleString(undefined, { maximumFractionDigits: 4 });
+  const rate = (micro) => (micro / 1e6).toPrecision(4);  // a float price, credits/s
+  const esc = (t) => String(t).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+  const nameOf = (key) => state.names[key] || (key.length === 56 ? V.subjectId(key).slice(0, 8) : key);
+  const num = (v) => (typeof v === "number" && Number.isFinite(v)) ? v : (typeof v === "bigint" ? Number(v) : null);
+
+  function spark(values, max) {
+    if (values.length < 2) return "";
+    const top = max ?? Math.max(...values, 1e-12), w = 120, h = 24;
+    const pts = values.map((v, i) => `${(i * w / (values.length - 1)).toFixed(1)},${(h - 1 - (v / top) * (h - 2)).toFixed(1)}`);
+    return `<svg width="${w}" height="${h}" class="spark"><polyline points="${pts.join(" ")}"/></svg>`;
+  }
+  function host(id) {
+    let h = state.hosts.get(id);
+    if (!h) state.hosts.set(id, h = { id, name: "", prices: [], utils: [], resources: {}, accounts: {} });
+    return h;
+  }
+  function agent(key) {
+    let a = state.agents.get(key);
+    if (!a) state.agents.set(key, a = { key, paid: 0n, refunded: 0n, last: "" });
+    return a;
+  }
+
+  function take(msg) {  // a verified message into the state
+    const b = msg.body, parts = msg.subject.split(".");
+    if (msg.kind === "price") {
+      const h = host(parts[2]), cpu = b.resources && b.resources.cpu;
+      h.name = typeof b.name === "string" ? b.name : h.name;
+      h.resources = b.resources && typeof b.resources === "object" ? b.resources : {};
+      if (cpu && num(cpu.price) !== null) {
+        h.prices.push(num(cpu.price)); h.utils.push(num(cpu.utilization) ?? 0);
+        if (h.prices.length > HISTORY) { h.prices.shift(); h.utils.shift(); }
+      }
+    } else if (msg.kind === "alloc") {
+      if (b.accounts && typeof b.accounts === "object") host(parts[2]).accounts = b.accounts;
+    } else if (msg.kind === "bank.settled") {
+      const [receipts, bad] = receiver.receipts(msg);
+      state.refused += bad;
+      for (const r of receipts) {
+        const amount = BigInt(r.body.amount);
+        state.flow += amount;
+        state.transfers.unshift({ payer: r.body.payer, payee: r.body.payee, amount, memo: String(r.body.memo ?? "") });
+        if (state.agents.has(r.body.payer) || r.body.payer in state.budgets) agent(r.body.payer).paid += amount;
+        if (state.agents.has(r.body.payee) || r.body.payee in state.budgets) agent(r.body.payee).refunded += amount;
+      }
+      state.transfers.length = Math.min(state.transfers.length, 12);
+    } else if (msg.kind === "sls.snapshot") {
+      state.snapshot = b;
+    } else if (msg.kind.startsWith("agent.")) {
+      const a = agent(msg.sender);
+      a.last = `${msg.kind.slice(6)} ${typeof b.summary === "string" ? b.summary : (typeof b.message === "string" ? b.message : "")}`;
+    }
+  }
+
+  function render() {
+    $("verified").textContent = state.verified; $("refused").textContent = state.refused;
+    const rows = [...state.hosts.values()].sort((a, b) => (a.name || a.id).localeCompare(b.name || b.id));
+    $("hosts").innerHTML = rows.map((h) => {
+      const cpu = h.resources.cpu || {}, price = num(cpu.price), util = num(cpu.utilization);
+      const shares = Object.entries(h.accounts).map(([acct, v]) => [acct, num(v && v.cpu) ?? 0]).filter(([, s]) => s > 0);
+      const bar = shares.map(([acct, s], i) => `<span class="share c${i % 6}" style="width:${(s * 100).toFixed(1)}%" title="${esc(nameOf(acct))} ${(s * 100).toFixed(1)}%"></span>`).join("");
+      const legend = shares.map(([acct, s]) => `${esc(nameOf(acct))} ${(s * 100).toFixed(0)}%`).join(", ");
+      return `<tr id="host-${esc(h.id)}"><td>${esc(h.name || "?")}</td><td class="mono">${esc(h.id.slice(0, 10))}</td>
+        <td class="num price">${price === null ? "" : rate(price)}</td><td>${spark(h.prices)}</td>
+        <td class="num">${util === null ? "" : (util * 100).toFixed(0) + "%"}</td><td>${spark(h.utils, 1)}</td>
+        <td><div class="bar">${bar}</div><div class="legend">${legend}</div></td></tr>`;
+    }).join("");
+    $("flow").textContent = credits(state.flow);
+    $("transfers").innerHTML = state.transfers.map((t) => `<li>${esc(nameOf(t.payer))} → ${esc(nameOf(t.payee))}: <b>${credits(t.amount)}</b> <span class="dim">${esc(t.memo.slice(0, 40))}</span></li>`).join("");
+    const keys = new Set([...Object.keys(state.budgets), ...state.agents.keys()]);
+    $("agents").innerHTML = [...keys].map((k) => {
+      const a = state.agents.get(k) || { paid: 0n, refunded: 0n, last: "" }, budget = state.budgets[k];
+      const spent = a.paid - a.refunded, pct = budget ? Math.min(100, Number(spent) * 100 / budget) : 0;
+      return `<tr><td>${esc(nameOf(k))}</td><td class="num">${credits(spent)}</td><td class="num">${budget ? credits(budget) : "?"}</td>
+        <td><div class="bar"><span class="share c0" style="width:${pct.toFixed(1)}%"></span></div></td><td class="dim">${esc(a.last.slice(0, 60))}</td></tr>`;
+    }).join("");
+    $("tail").innerHTML = state.tail.map((e) => `<li><span class="dim">${e.time}</span> <b>${esc(e.kind)}</b> ${esc(e.subject)} <span class="dim">signed ${esc(e.signer)}</span></li>`).join("");
+    $("refusals").innerHTML = state.refusals.map((e) => `<li class="refused"><span class="dim">${e.time}</span> <b>${esc(e.code)}</b> on ${esc(e.subject)}: ${esc(e.why)}</li>`).join("");
+    const s = state.snapshot;
+    $("sls").textContent = s ? `${num(s.hosts) ?? "?"} live hosts` : "";
+  }
+
+  let receiver = null, dirty = false;
+  function onMsg(subject, raw) {
+    const time = new Date().toLocaleTimeString();
+    try {
+      const msg = receiver.accept(raw, subject, BigInt(Date.now()) * 1000000n);
+      state.verified += 1;
+      take(msg);
+      state.tail.unshift({ time, kind: msg.kind, subject, signer: V.subjectIdOfRaw(msg.senderRaw) });
+      state.tail.length = Math.min(state.tail.length, TAIL);
+    } catch (e) {
+      if (!(e instanceof V.Refused)) throw e;
+      state.refused += 1;
+      state.refusals.unshift({ time, code: e.code, subject, why: e.message.slice(0, 120) });
+      state.refusals.length = Math.min(state.refusals.length, 20);
+    }
+    dirty = true;
+  }
+
+  async function start() {
+    const cfg = await (await fetch("config.json", { cache: "no-store" })).json();
+    const pinned = new URLSearchParams(location.hash.slice(1)).get("bank");  // #bank=U… pins it
+    const bankKey = pinned || cfg.bank_key;
+    receiver = new V.Receiver(bankKey);
+    state.names = cfg.names || {}; state.budgets = cfg.budgets || {};
+    $("bank").textContent = bankKey ? bankKey.slice(0, 12) + "…" + (pinned ? " (pinned by URL)" : "") : "unknown: settled flow refused";
+    $("ws").textContent = cfg.ws_url;
+    const keyPair = V.seedKeyPair(cfg.viewer_seed);
+    const client = new NatsWS(cfg.ws_url, V.publicKeyFromRaw(keyPair.publicKey), keyPair,
+      { status: (t) => { $("status").textContent = t; } });
+    for (const feed of FEEDS) client.subscribe(feed, onMsg);
+    client.connect();
+    setInterval(() => { if (dirty) { dirty = false; render(); } }, 250);
+  }
+  start().catch((e) => { $("status").textContent = "error: " + e.message; });
+})();
