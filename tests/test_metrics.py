@@ -250,3 +250,39 @@ async def test_services_keep_their_own_registries_and_http_is_minimal(market: Ma
     assert (await asyncio.to_thread(fetch, base + "/nope"))[0] == 404
     assert (await asyncio.to_thread(fetch, bank.url, "POST"))[0] == 405
     assert (await asyncio.to_thread(fetch, bank.url, "HEAD")) == (200, "")
+
+
+async def test_rules_dashboard_and_docs_name_only_real_metrics(market: Market,
+                                                              tmp_path: Path) -> None:
+    """Every tycoon_* name in the alert rules, the Grafana dashboard and the docs' metric
+    list is one the services expose, and the docs list every one they expose."""
+    import re
+
+    from prometheus_client.parser import text_string_to_metric_families as parse
+
+    bus, _ = await market.user(10)
+    agent = Agent(bus, market.bank_id.public_key, AgentConfig(budget=MICRO, deadline_s=60),
+                  tmp_path / "agent.db")
+    families: dict[str, str] = {}
+    async with MetricsServer(agent) as agent_server:
+        for server in [*market.metrics.values(), agent_server]:
+            _, text = await asyncio.to_thread(fetch, server.url)
+            families.update((f.name, f.type) for f in parse(text)
+                            if f.name.startswith("tycoon_"))
+    exposed = set(families)
+    for name, kind in families.items():
+        exposed |= {f"{name}_total"} if kind == "counter" else set()
+        exposed |= {f"{name}_{s}" for s in ("bucket", "sum", "count")} if kind == "histogram" \
+            else set()
+    root = Path(__file__).resolve().parent.parent
+    name = re.compile(r"\btycoon_[a-z_]+[a-z]")
+    docs = (root / "docs" / "operations.md").read_text().split("\n## Metrics\n", 1)[1]
+    for path, text in [("rules", (root / "deploy/prometheus/tycoon-rules.yml").read_text()),
+                       ("dashboard", (root / "deploy/grafana/tycoon.json").read_text()),
+                       ("docs", docs)]:
+        unknown = set(name.findall(text)) - exposed
+        assert not unknown, f"{path} names metrics nobody exposes: {sorted(unknown)}"
+    documented = set(name.findall(docs))
+    missing = {n for n, kind in families.items()
+               if (f"{n}_total" if kind == "counter" else n) not in documented}
+    assert not missing, f"docs/operations.md#metrics lacks {sorted(missing)}"
