@@ -181,3 +181,24 @@ def test_a_refund_before_the_first_reading_does_not_launder_an_unread_bid() -> N
     lost, paid = m.accounts[victim].spent - first, m.accounts[attacker].spent - before
     assert lost <= victim_rate + 10 or paid >= 0.8 * lost, (lost, paid)
     assert m.conserved()
+
+
+def test_an_outbidder_left_with_no_share_does_not_price_minimums_forever() -> None:
+    """Two rich reservations of 0.5 take the whole CPU; the attacker's rich bid gets no
+    share at all, so there is nothing to read of its use — it must not keep counting as
+    fully used (making both minimums bind at its rate) while paying for nothing."""
+    m = market()
+    a, b, attacker = USERS[0], USERS[1], USERS[2]
+    for i, user in enumerate((a, b)):
+        m.fund(receipt(user, 10**5 * MICRO, f"r{i}"), T0)
+        m.place_bid(user, parse_bid("1h cpu:1,0.5"), T0)
+    own = float(m.rates[0, m.book.slot[a]])
+    m.fund(receipt(attacker, 10**6 * MICRO, "x"), T0)
+    m.place_bid(attacker, parse_bid("1h cpu:1"), T0)
+    m.tick(T0 + NS, {a: Usage(cpu=0.5), b: Usage(cpu=0.5)})
+    first = m.accounts[a].spent
+    for s in range(2, 12):
+        m.tick(T0 + s * NS, {a: Usage(cpu=0.5), b: Usage(cpu=0.5)})
+    later = m.accounts[a].spent - first
+    assert later <= 10 * 2 * own + 10, (later, own)  # against b's rate, not the attacker's
+    assert m.conserved()

@@ -343,11 +343,11 @@ class Market(charging.Ledger):
         )
         measured = charging.used(book, usage) * span
         ratio = charging.use_ratio(book, measured)
-        # per resource, the share of what each bid held that it used (not what it paid for)
+        # what each bid read used of what it held (held nothing: used nothing; not its charge)
         use = np.minimum(np.divide(measured, book.held, out=np.zeros_like(ratio),
                                    where=book.held > 0), 1.0)  # fmt: skip
-        book.use = np.where(book.live & (book.held > 0), use, book.use)
-        book.fresh &= ~book.live
+        read = book.live & (book.owed.sum(axis=0) > 0)
+        book.use, book.fresh = np.where(read, use, book.use), book.fresh & ~read
         owed = charging.due(book, ratio)
         total, count = self._charge_live(owed)
         for owner in list(self._ended):
