@@ -59,6 +59,7 @@ LOG_SIZE_LIMIT = "10MB"
 LOG_MAX_FILES = 5
 """nats-server's log: rotated at 10 MB, the current file and 4 older ones kept."""
 PRINCIPALS_NAME = "principals.conf"
+LOOPBACK = "127.0.0.1"
 
 @dataclass(frozen=True)
 class TLS:
@@ -139,12 +140,18 @@ def render_principals(
     log_size_limit: str = LOG_SIZE_LIMIT,
     log_max_files: int = LOG_MAX_FILES,
     websocket_port: int | None = None,
+    http_host: str | None = None,
+    max_file_store: str = "4GB",
+    max_memory_store: str = "256MB",
+    server_name: str | None = None,
+    cluster: list[str] | None = None,
 ) -> str:
     """A complete nats-server config allowing exactly ``principals`` (one entry per key).
 
     The server's own log rotates by size (``logfile_size_limit``, keeping
     ``logfile_max_num`` files) whenever it logs to a file: ``log_file`` here, or ``-l`` on
-    its command line (as ``tycoon up`` starts it)."""
+    its command line (as ``tycoon up`` starts it). Monitoring (``http_port``) listens on
+    ``http_host``, loopback unless told. ``cluster`` is a node's ``cluster { }`` block."""
     users: dict[str, Principal] = {}
     for p in principals:
         if p.public_key in users and users[p.public_key] != p:
@@ -157,6 +164,7 @@ def render_principals(
         + (f" ({title})" if title else "") + ".",
         "# Every principal connects with its own nkey; see docs/security.md.",
         "",
+        *([f"server_name: {_q(server_name)}"] if server_name else []),
         f"listen: {_q(f'{host}:{port}')}",
         f"max_payload: {max_payload}",
         "max_pending: 64MB",
@@ -170,10 +178,14 @@ def render_principals(
     ]  # fmt: skip
     if http_port is not None:
         lines += ["", "# Monitoring (/varz, /connz): unauthenticated, keep it on loopback.",
-                  f"http: {_q(f'{host}:{http_port}')}"]
+                  f"http: {_q(f'{http_host or LOOPBACK}:{http_port}')}"]
     if jetstream_dir is not None:
-        lines += ["", "jetstream {", f"  store_dir: {_q(jetstream_dir)}",
-                  "  max_memory_store: 256MB", "  max_file_store: 4GB", "}"]
+        lines += ["", "# Sized from the streams (docs/operations.md, 'JetStream storage').",
+                  "jetstream {", f"  store_dir: {_q(jetstream_dir)}",
+                  f"  max_memory_store: {max_memory_store}",
+                  f"  max_file_store: {max_file_store}", "}"]
+    if cluster:
+        lines += ["", *cluster]
     if tls is not None:
         lines += ["", *render_tls(tls)]
     if websocket_port is not None:

@@ -18,7 +18,13 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "tycoon init --user alice                  # make alice's key, admit it, reload",
         "tycoon init --user bob --role user        # bob may not run an agent",
         "tycoon init --hosts 4 --agents 2          # keys and tycoon.toml for a deployment",
+        "tycoon init --cluster n1,n2,n3 --dry-run  # one config per node; show the diff",
     ),
+    "key": ("tycoon key show laptop --role user --create",),
+    "key show": ("tycoon key show bank --role bank      # on the bank's machine",),
+    "admit": ("tycoon admit user alice UABC...        # on the operator box",
+              "tycoon admit bank bank UDEF... --rotate  # a new bank key"),
+    "revoke": ("tycoon revoke alice",),
     "status": (
         "tycoon status                             # every service, and where the CLI looked",
         "tycoon status --check && echo healthy     # exit 1 unless bank, SLS, host answer",

@@ -8,25 +8,23 @@ import os
 import signal
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from tycoon.cli.common import home_of, probe
 from tycoon.deploy import Deployment
 from tycoon.errors import Rejected
-from tycoon.natsconf import (
-    CONFIG_NAME,
-    PRINCIPALS_NAME,
-    TLS,
-    Principal,
-    deployment_principals,
-    load_principals,
-    render_config,
-    write_config,
+from tycoon.natsconf import PRINCIPALS_NAME, TLS, load_principals, write_config
+from tycoon.natsrender import (
+    CLI_KEY,
+    ServerSettings,
+    diff,
+    drops_tls,
+    listen_of,
+    render_deployment,
 )
 from tycoon.web.config import VIEWER_KEY, viewer_principal, websocket_port
 
-CLI_KEY = "default"
-"""The key the ``tycoon`` command signs with unless ``--as`` says otherwise."""
+__all__ = ["CLI_KEY", "admit", "write_nats_config"]
+"""``CLI_KEY`` (tycoon.natsrender): the key ``tycoon`` signs with unless ``--as`` says."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +37,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--tls-ca", default=None,
                       help="CA of client certificates: clients must then present one")
     init.add_argument("--http-port", type=int, default=None,
-                      help="also serve nats-server monitoring on this port (loopback)")
+                      help="also serve nats-server monitoring on this port (0: off; kept "
+                           "in tycoon.toml)")
+    init.add_argument("--http-host", default=None,
+                      help="monitoring is unauthenticated: it binds to 127.0.0.1 unless "
+                           "this says otherwise")
+    init.add_argument("--no-tls", action="store_true",
+                      help="drop the TLS settings kept in tycoon.toml (else a render that "
+                           "would drop TLS is refused)")
+    init.add_argument("--listen", default=None, metavar="HOST:PORT",
+                      help="where the server listens (default: the market URL's first "
+                           "host and port; kept in tycoon.toml)")
+    init.add_argument("--cluster", default=None, metavar="NODE,NODE,...",
+                      help="render one config per node, NODE = HOST[:PORT[:ROUTE_PORT]] "
+                           "(ports default 4222 and 6222; kept in tycoon.toml)")
+    init.add_argument("--max-file-store", type=int, default=None, metavar="BYTES",
+                      help="JetStream file store per node (default: sized from the streams)")
+    init.add_argument("--rotate", action="store_true",
+                      help="pin the local bank/operator keys although tycoon.toml pins others")
+    init.add_argument("--dry-run", action="store_true",
+                      help="show what the render would change and write nothing")
     init.add_argument("--user", action="append", default=[], metavar="NAME",
                       help="admit a principal: make key NAME (if new), list it in "
                            "principals.conf, and reload a running server (repeatable)")
@@ -64,6 +81,13 @@ def admit(deployment: Deployment, name: str, role: str) -> bool:
     return True
 
 
+def show_diff(deployment: Deployment) -> int:
+    """Print what a render of ``deployment`` would change in its server config(s)."""
+    text = diff(deployment.home, render_all(deployment))
+    print(f"changes:\n{text}" if text else "changes: none to the server config")
+    return 0
+
+
 def reload_server(home: Path) -> bool:
     """SIGHUP the nats-server that ``tycoon up`` runs for ``home``, if there is one."""
     pid_file = home / "pids" / "nats.pid"
@@ -75,29 +99,41 @@ def reload_server(home: Path) -> bool:
 
 
 def write_nats_config(deployment: Deployment, url: str = "", *, tls: TLS | None = None,
-                      http_port: int | None = None) -> Path:
-    """Write ``<home>/nats.conf`` for a server listening at ``url`` (default: the
-    deployment's): every key of the deployment, the CLI's own key (an agent that may
-    also ask for service stats) and the
-    extra principals listed in ``<home>/principals.conf``; JetStream under ``<home>``."""
-    where = urlsplit(url or deployment.nats_url or "nats://127.0.0.1:4222")
-    cli = deployment.store.load_or_create(CLI_KEY)
-    extra = load_principals(deployment.home / PRINCIPALS_NAME)
-    if cli.public_key not in {p.public_key for p in [*extra, *deployment_principals(deployment)]}:
-        # The home's own CLI key may also ask services for their stats ($SRV): `tycoon
-        # status` works without --as (whoever holds this home holds the operator key too).
-        extra.append(Principal(cli.public_key, "agent", CLI_KEY, frozenset({"monitor"})))
+                      http_port: int | None = None, create_local: bool = True) -> Path:
+    """Write the server config(s) of ``deployment`` (tycoon.natsrender): every key it
+    names, principals.conf, the home's own CLI key; a server listening at ``url`` if given
+    (``tycoon up``), else as tycoon.toml's ``[server]`` says. ``create_local`` makes the
+    home's own CLI and viewer keys if missing (never a principal's key). Returns the
+    first config written."""
+    if tls is not None:
+        deployment.server.update(tls_cert=tls.cert_file, tls_key=tls.key_file,
+                                 tls_ca=tls.ca_file or "")
+    if http_port is not None:
+        deployment.server["http_port"] = http_port
+    rendered = render_all(deployment, url, create_local=create_local)
+    paths = [write_config(deployment.home / name, text) for name, text in rendered.items()]
+    return paths[0]
+
+
+def render_all(deployment: Deployment, url: str = "", *,
+               create_local: bool = False) -> dict[str, str]:
+    """What :func:`write_nats_config` writes, by file name."""
+    if create_local:
+        deployment.store.load_or_create(CLI_KEY)
+    extra = []
     # The web dashboard's read-only key and WebSocket listener (docs/dashboard.md).
-    viewer = deployment.store.load_or_create(VIEWER_KEY).public_key
-    if viewer not in {p.public_key for p in extra}:
-        extra.append(viewer_principal(viewer))
-    text = render_config(
-        deployment, port=where.port or 4222, host=where.hostname or "127.0.0.1",
-        jetstream_dir=str(deployment.home / "jetstream"), http_port=http_port,
-        extra_users=extra, tls=tls,
-        websocket_port=websocket_port(deployment.home, where.hostname or "127.0.0.1"),
-    )  # fmt: skip
-    return write_config(deployment.home / CONFIG_NAME, text)
+    if create_local or deployment.store.exists(VIEWER_KEY):
+        extra.append(viewer_principal(deployment.store.load_or_create(VIEWER_KEY).public_key))
+    host, _ = listen_of(url or deployment.nats_url)
+    ws_port = deployment.server.get("websocket_port")
+    if url or not isinstance(ws_port, int):  # `tycoon up` picks a free one each start
+        try:
+            ws_port = websocket_port(deployment.home, host)
+        except OSError:  # another machine's name (a cluster node): probe the port here
+            ws_port = websocket_port(deployment.home, "0.0.0.0")
+    if not url:  # a re-render must not move a listener: nats-server cannot reload that
+        deployment.server["websocket_port"] = ws_port
+    return render_deployment(deployment, url=url, extra_users=extra, websocket_port=ws_port)
 
 
 def tls_from(args: argparse.Namespace) -> TLS | None:
@@ -135,28 +171,98 @@ def admitted_by_server(deployment: Deployment, names: list[str],
     return asyncio.run(check())
 
 
+def settings_from(args: argparse.Namespace, server: dict) -> dict:
+    """tycoon.toml's ``[server]`` with the options given on this run applied."""
+    out = dict(server)
+    tls = tls_from(args)
+    if tls is not None:
+        out.update(tls_cert=tls.cert_file, tls_key=tls.key_file, tls_ca=tls.ca_file or "")
+    elif args.no_tls:
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            out.pop(name, None)
+    if args.http_port is not None:
+        out["http_port"] = args.http_port or None
+    if args.http_host is not None:
+        out["http_host"] = args.http_host
+    if args.listen is not None:
+        listen_of(args.listen)  # refused before it is saved
+        out["listen"] = args.listen
+    if args.cluster is not None:
+        out["cluster"] = [n.strip() for n in args.cluster.split(",") if n.strip()]
+    if args.max_file_store is not None:
+        out["max_file_store"] = args.max_file_store
+    return ServerSettings.from_dict(out).to_dict()  # a bad value is refused here
+
+
+def pin_check(deployment: Deployment, rotate: bool) -> list[str]:
+    """Refuse a local bank/operator key that differs from the pinned one (unless
+    ``rotate``: then pin the local one); warn of other stale local keys."""
+    notes = []
+    for name in deployment.stale_secrets():
+        local = deployment.store.load(name).public_key
+        if name in (deployment.bank_key, deployment.operator_key):
+            if not rotate:
+                raise Rejected("conflict", f"keys/{name}.nk is {local} but tycoon.toml pins "
+                                           f"{deployment.pins[name]}: a change of the "
+                                           f"{name} key needs --rotate")
+            deployment.pins[name] = local
+            notes.append(f"  rotated {name}: now pinned to {local}")
+        else:
+            notes.append(f"  note: keys/{name}.nk differs from the admitted {name} key; the "
+                         "admitted (pinned) key is rendered")
+    return notes
+
+
 def cmd_init(args: argparse.Namespace) -> int:
+    if getattr(args, "nats_error", None) is not None:
+        raise args.nats_error  # a bad URL is refused before it is saved
     home = home_of(args)[0]
     existing = (home / "tycoon.toml").exists()
-    if existing and not args.force:
+    made: list[str] = []
+    if existing:
         deployment = Deployment.load(home)
-        print(f"{home / 'tycoon.toml'} exists (use --force to rewrite); checking its keys")
+        if args.force:
+            old, deployment = deployment, Deployment.default(home, args.hosts, args.agents,
+                                                              args.nats)
+            deployment.pins = {k: v for k, v in old.pins.items()
+                               if k in (old.bank_key, old.operator_key, old.sls_key)}
+            deployment.server = old.server
+            made = deployment.ensure_keys()
+        else:
+            print(f"{home / 'tycoon.toml'} exists (use --force to rewrite); rendering it")
+        if args.nats_source == "--nats" and args.nats != deployment.nats_url:
+            deployment.nats_url = args.nats  # an explicit --nats is the market's URL now
     else:
         deployment = Deployment.default(home, args.hosts, args.agents, args.nats)
-    made = deployment.ensure_keys()
+        made = deployment.ensure_keys()
+    notes = pin_check(deployment, args.rotate)
+    deployment.server = settings_from(args, deployment.server)
+    for name in deployment.pins:
+        deployment.public_key(name)
     before = set(deployment.store.names())
+    if args.dry_run:
+        return show_diff(deployment)
     admitted = [name for name in args.user if admit(deployment, name, args.role)]
     made += [name for name in args.user if name not in before and name not in made]
-    path = deployment.save()
-    conf = write_nats_config(deployment, deployment.nats_url or args.nats, tls=tls_from(args),
-                             http_port=args.http_port)
+    if existing and not args.no_tls:
+        gone = drops_tls(home, render_all(deployment))
+        if gone:
+            raise Rejected("conflict", f"{', '.join(gone)} has TLS that this render would "
+                                       "drop: give --tls-cert/--tls-key (kept in tycoon.toml "
+                                       "from then on) or --no-tls")
+    if existing:
+        show_diff(deployment)
+    conf = write_nats_config(deployment, create_local=not existing)
+    path = deployment.save()  # after the render: it keeps what the render settled
     print(f"config: {path}")
     print(f"nats:   {conf} (one nkey per principal; start: nats-server -c {conf})")
     print(f"keys:   {deployment.store.keys_dir} (mode 0600)")
     for name in made:
         print(f"  made {name:<12} {deployment.public_key(name)}")
     if not made:
-        print("  every key already existed")
+        print("  no key made (tycoon admit adds a principal's public key)")
+    for note in notes:
+        print(note)
     for name in admitted:
         print(f"  admitted {name} as {args.role}: {deployment.public_key(name)}")
     if admitted and not reload_server(home):

@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "top",
     "status",
     "init",
+    "admit",
     "agent",
     "up",
     "run",
@@ -37,7 +38,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "web",
 )
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-OFFLINE = {"best-response", "sim", "keys", "demo", "init", "up", "run", "web"}
+OFFLINE = {"best-response", "sim", "keys", "demo", "init", "up", "run", "key", "admit",
+           "revoke", "web"}
 """Commands that never connect with the global URL (an empty one is not their concern)."""
 
 
@@ -112,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {error.message}", file=sys.stderr)
             return 2
         args.nats, args.nats_source = "", "none"
+        args.nats_error = error  # `tycoon init` refuses to save a bad URL
     try:
         result = args.func(args)
         if inspect.iscoroutine(result):

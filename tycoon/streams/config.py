@@ -97,6 +97,17 @@ the stream before it re-sends, so a longer outage stores no duplicate either).""
 
 SPECS = {PRICES: PRICES_SPEC, SETTLEMENTS: SETTLEMENTS_SPEC}
 
+STORE_HEADROOM = 4
+"""JetStream's file store gets the streams' limits plus a quarter (1/STORE_HEADROOM)."""
+
+
+def file_store_needed(specs: dict[str, StreamSpec] | None = None) -> int:
+    """Bytes of ``max_file_store`` every node needs: each stream reserves its ``max_bytes``
+    on each node holding a replica (every node, with replicas = nodes), plus headroom.
+    Less and JetStream refuses the stream: 'insufficient storage'."""
+    total = sum(max(s.max_bytes, 0) for s in (specs or SPECS).values())
+    return total + total // STORE_HEADROOM
+
 
 def js_unavailable(exc: BaseException) -> Rejected:
     """The one refusal for 'JetStream did not answer' (down, disabled, not permitted)."""
