@@ -1,0 +1,287 @@
+"""The web dashboard (docs/dashboard.md): what it ships, what its server hands out, its
+in-browser verifier against the protocol's vectors (under node), and the page itself in a
+real headless Chromium against a real ``tycoon up --web``, with forged messages injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from fnmatch import fnmatch
+from pathlib import Path
+
+import nats
+import pytest
+
+from tycoon.bus import subjects
+from tycoon.bus.envelope import seal
+from tycoon.bus.keys import Identity, subject_id
+from tycoon.bus.kinds import KINDS
+from tycoon.web.server import DashboardServer, PageConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+STATIC = ROOT / "tycoon" / "web" / "static"
+CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1400,1000")
+
+# ------------------------------------------------------------------ what ships
+
+
+def test_vendored_files_match_the_hashes_in_vendor_md() -> None:
+    listed = dict((path, digest) for digest, path in re.findall(
+        r"^([0-9a-f]{64})  (vendor/\S+)$", (STATIC / "VENDOR.md").read_text(), re.M))
+    shipped = sorted(p.relative_to(STATIC).as_posix() for p in (STATIC / "vendor").iterdir())
+    assert sorted(listed) == shipped
+    for path, digest in listed.items():
+        assert hashlib.sha256((STATIC / path).read_bytes()).hexdigest() == digest, path
+
+
+def test_package_data_ships_every_static_file() -> None:
+    text = (ROOT / "pyproject.toml").read_text()
+    block = text[text.index("[tool.setuptools.package-data]"):]
+    patterns = re.findall(r'"(static/[^"]+)"', block.split("\n\n", 1)[0])
+    for path in STATIC.rglob("*"):
+        if path.is_file():
+            rel = path.relative_to(STATIC.parent).as_posix()
+            assert any(fnmatch(rel, p) and rel.count("/") == p.count("/") for p in patterns), rel
+
+
+def test_the_page_knows_every_kind() -> None:
+    text = (STATIC / "verify.js").read_text()
+    listed = re.search(r"const KINDS = new Set\(\[(.*?)\]\)", text, re.S)
+    assert listed is not None
+    assert set(re.findall(r'"([a-z.]+)"', listed.group(1))) == set(KINDS)
+
+
+def test_the_page_loads_nothing_from_elsewhere() -> None:
+    for path in ("index.html", "dashboard.js", "natsws.js", "verify.js"):
+        text = (STATIC / path).read_text()
+        assert "http://" not in text and "https://" not in text.replace(
+            "https://docs.nats.io", ""), path
+
+
+NODE_VECTORS = r"""
+const V = require(process.argv[2] + "/verify.js");
+const fs = require("fs");
+const env = JSON.parse(fs.readFileSync(process.argv[3] + "/envelope.json"));
+const ref = JSON.parse(fs.readFileSync(process.argv[3] + "/refusals.json"));
+const h2b = (h) => Uint8Array.from(Buffer.from(h, "hex"));
+const out = {ids: [], senders: [], refusals: []};
+for (const s of env.subject_ids) out.ids.push([V.subjectId(s.public_key), s.subject_id]);
+for (const v of env.vectors) out.senders.push([V.open(h2b(v.envelope)).sender, v.public_key]);
+for (const v of ref.vectors) {
+  let code = "ok";
+  try {
+    if (v.received_on === "") throw new V.Refused("wrong_reply", "a viewer sends no request");
+    const r = new V.Receiver(null);
+    r.pin = (m) => m;  // these vectors are not on public feeds (pinning: the browser test)
+    for (let i = 0; i < Number(v.deliveries || 1); i++) {
+      const raw = h2b(v.envelope);
+      if (v.max_size && raw.length > Number(v.max_size)) throw new V.Refused("too_large", "");
+      r.accept(raw, v.received_on, BigInt(v.now_ns));
+    }
+  } catch (e) { if (!(e instanceof V.Refused)) throw e; code = e.code; }
+  out.refusals.push([v.name, code, v.code]);
+}
+console.log(JSON.stringify(out));
+"""
+
+
+def test_the_browser_verifier_agrees_with_the_protocol_vectors(tmp_path: Path) -> None:
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("node is not installed: verify.js runs only in the browser test")
+    script = tmp_path / "vectors.js"
+    script.write_text(NODE_VECTORS)
+    done = subprocess.run([node, str(script), str(STATIC), str(ROOT / "docs" / "vectors")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["ids"] and all(got == want for got, want in out["ids"])
+    assert out["senders"] and all(got == want for got, want in out["senders"])
+    assert len(out["refusals"]) >= 30
+    for name, got, want in out["refusals"]:
+        assert got == want, name
+
+
+# ------------------------------------------------------------------ the web server
+
+
+def test_the_server_hands_out_its_files_and_config_only() -> None:
+    config = PageConfig("ws://127.0.0.1:1", Identity.generate().seed,
+                        Identity.generate().public_key)
+    server = DashboardServer(config).start()
+    try:
+        def get(path: str) -> tuple[int, bytes]:
+            try:
+                with urllib.request.urlopen(server.url + path, timeout=5) as reply:
+                    return reply.status, reply.read()
+            except urllib.error.HTTPError as error:
+                return error.code, b""
+
+        assert get("")[0] == 200 and b"verify.js" in get("")[1]
+        status, body = get("config.json")
+        assert status == 200 and json.loads(body)["bank_key"] == config.bank_key
+        assert get("vendor/nacl-fast.min.js")[0] == 200
+        for path in ("../pyproject.toml", "%2e%2e/pyproject.toml", "vendor/", "server.py",
+                     "/etc/passwd", "vendor/../../server.py"):
+            assert get(path)[0] == 404, path
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------ a real browser
+
+
+@pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    """Debian's chromium and chromium-driver, installed when missing and we are root."""
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install -e .[dev])")
+    found = shutil.which("chromium"), shutil.which("chromedriver")
+    if None in found and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run("apt-get update -qq && apt-get install -y -qq chromium chromium-driver",
+                       shell=True, env=env, capture_output=True, timeout=900)
+        found = shutil.which("chromium"), shutil.which("chromedriver")
+    if None in found:
+        pytest.skip("chromium and chromium-driver are not installed and cannot be "
+                    "(apt-get install chromium chromium-driver needs root and Debian)")
+    return found[0] or "", found[1] or ""
+
+
+@pytest.fixture
+def browser(chromium: tuple[str, str]) -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium[0]
+    profile = tempfile.mkdtemp(prefix="tycoon-chromium-")
+    for flag in (*CHROME_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(chromium[1]))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def read_until(proc: subprocess.Popen[str], pattern: str, seen: list[str],
+               timeout: float = 120) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError("tycoon up stopped:\n" + "".join(seen))
+        seen.append(line)
+        found = re.search(pattern, line)
+        if found:
+            return found
+    raise AssertionError(f"no {pattern!r} in time:\n" + "".join(seen))
+
+
+def forge(intruder: Identity) -> list[tuple[str, bytes]]:
+    """Two forgeries and one honest message on the intruder's own agent subjects."""
+    me = subject_id(intruder.public_key)
+    bad_sig = bytearray(seal(intruder, "agent.warning", {"message": "FORGED-BADSIG"},
+                             subject=subjects.agent(me, "warning")))
+    bad_sig[-1] ^= 0x01
+    stranger = Identity.generate()  # a valid signature, by a key that is not agent `me`
+    wrong_signer = seal(stranger, "agent.warning", {"message": "FORGED-SIGNER"},
+                        subject=subjects.agent(me, "warning"))
+    honest = seal(intruder, "agent.warning", {"message": "HONEST-INTRUDER"},
+                  subject=subjects.agent(me, "warning"))
+    return [(subjects.agent(me, "warning"), bytes(bad_sig)),
+            (subjects.agent(me, "warning"), wrong_signer),
+            (subjects.agent(me, "warning"), honest)]
+
+
+async def publish(url: str, intruder: Identity, messages: list[tuple[str, bytes]]) -> None:
+    nc = await nats.connect(url, nkeys_seed_str=intruder.seed, allow_reconnect=False)
+    try:
+        for subject, raw in messages:
+            await nc.publish(subject, raw)
+        await nc.flush()
+        assert nc.last_error is None, nc.last_error
+    finally:
+        await nc.close()
+
+
+@pytest.mark.slow
+@pytest.mark.nats
+@pytest.mark.timeout(420)
+def test_the_dashboard_verifies_a_live_market_in_chromium(browser, tmp_path: Path) -> None:
+    state = tmp_path / "market"
+    state.mkdir()
+    intruder = Identity.generate()  # an agent key allowed to publish its own agent events
+    (state / "principals.conf").write_text(f"agent  {intruder.public_key}  intruder\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tycoon.cli.main", "up", "--hosts", "2", "--agents", "1",
+         "--duration", "240", "--state", str(state), "--web", "--heartbeat", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env={**os.environ, "TYCOON_HOME": str(state)})
+    seen: list[str] = []
+    artifacts = Path(tempfile.mkdtemp(prefix="tycoon-web-test-"))
+    try:
+        nats_url = read_until(proc, r"nats-server on (nats://\S+)", seen).group(1)
+        page = read_until(proc, r"dashboard at (http://\S+/)", seen).group(1)
+        read_until(proc, r"market ready", seen)
+        browser.get(page)
+        count = lambda name: int(browser.find_element("id", name).text or 0)  # noqa: E731
+        wait_for(lambda: browser.find_element("id", "status").text == "connected", 30,
+                 "the page to connect to nats-server's websocket")
+        first = wait_for(lambda: count("verified"), 60, "a verified message")
+        wait_for(lambda: count("verified") > first, 60, "the verified count to rise")
+        prices = wait_for(lambda: [e.text for e in browser.find_elements(
+            "css selector", "#hosts td.price") if e.text.strip()], 60, "a host's price")
+        assert all(float(p) >= 0 for p in prices)
+        names = browser.find_element("id", "hosts").text
+        assert "host-1" in names and "host-2" in names
+        assert count("refused") == 0
+
+        asyncio.run(publish(nats_url, intruder, forge(intruder)))
+        wait_for(lambda: count("refused") >= 2, 30, "the forgeries to be refused")
+        refusals = browser.find_element("id", "refusals").text
+        assert "bad_signature" in refusals and "forbidden" in refusals, refusals
+        wait_for(lambda: "HONEST-INTRUDER" in browser.page_source, 30,
+                 "the intruder's honest message (the injection path works)")
+        shown = browser.find_element("tag name", "main").text
+        assert "FORGED" not in shown
+        assert "FORGED" not in browser.find_element("id", "agents").text
+        shot = artifacts / "dashboard.png"
+        browser.save_screenshot(str(shot))
+        print(f"\nscreenshot: {shot}")
+        if os.environ.get("TYCOON_SCREENSHOT"):
+            shutil.copy(shot, os.environ["TYCOON_SCREENSHOT"])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
