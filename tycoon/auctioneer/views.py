@@ -11,6 +11,7 @@ from typing import Any
 
 from tycoon.auctioneer.events import Account
 from tycoon.auctioneer.market import ALLOC_MAX, Market
+from tycoon.messages.market import Alloc, HostStatusReply
 from tycoon.messages.price import Offer, PriceUpdate
 from tycoon.money import format_amount
 from tycoon.vmm.driver import RESOURCES
@@ -67,39 +68,30 @@ def alloc_body(market: Market, seq: int) -> dict[str, Any]:
     slots = market.book.slot
     order = sorted(slots, key=lambda a: -float(market.shares[:, slots[a]].sum()))
     listed = order[:ALLOC_MAX]
-    body: dict[str, Any] = {
-        "host": market.host_id,
-        "seq": seq,
-        "accounts": {a: public_view(market, a) for a in listed},
-        "ports": market.unique.holders_of("port"),
-        "ips": market.unique.holders_of("ip"),
-    }
-    if len(order) > len(listed):
-        body["truncated"] = len(order) - len(listed)
-    return body
+    return Alloc(market.host_id, seq, {a: public_view(market, a) for a in listed},
+                 market.unique.holders_of("port"), market.unique.holders_of("ip"),
+                 len(order) - len(listed) if len(order) > len(listed) else None).to_body()
 
 
 def status(market: Market, account: str | None = None) -> dict[str, Any]:
     """The host's market summary, and one account's details if given."""
-    body: dict[str, Any] = {
-        "host": market.host_id,
-        "name": market.name,
-        "driver": market.driver,
-        "resources": price_body(market, market.seq, 0.0)["resources"],
-        "accounts": len(market.accounts),
-        "bids": len(market.book),
-        "funded": market.funded,
-        "earnings": market.earnings,
-        "refunded": market.refunded,
-        "balances": sum(a.balance for a in market.accounts.values()),
-        "pending_refunds": len(market.pending),
-        "floor_price": market.floor_price,
-        "deposit": market.deposit,
-        "idle_s": market.idle_ns / 1e9,
-    }
-    if account is not None:
-        body["account"] = account_detail(market, account)
-    return body
+    return HostStatusReply(
+        host=market.host_id,
+        name=market.name,
+        driver=market.driver,
+        resources=price_body(market, market.seq, 0.0)["resources"],
+        accounts=len(market.accounts),
+        bids=len(market.book),
+        funded=market.funded,
+        earnings=market.earnings,
+        refunded=market.refunded,
+        balances=sum(a.balance for a in market.accounts.values()),
+        pending_refunds=len(market.pending),
+        floor_price=market.floor_price,
+        deposit=market.deposit,
+        idle_s=market.idle_ns / 1e9,
+        account=None if account is None else account_detail(market, account),
+    ).to_body()
 
 
 def account_detail(market: Market, account: str) -> dict[str, Any]:
