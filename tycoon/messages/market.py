@@ -64,7 +64,8 @@ class HostBid(Body):
     """Checked by the bid grammar (:func:`tycoon.auctioneer.bidparse.bid_from_body`)."""
 
     KINDS: ClassVar[tuple[str, ...]] = ("host.bid",)
-    SUMMARY: ClassVar[str] = "place or replace the sender's bid (text or structured form)"
+    SUMMARY: ClassVar[str] = ("place or replace the sender's bid (text or structured form; "
+                              "refused with `bad_bid`)")
     duration: Any = field(
         metadata=meta(wire="str or int", doc="`1h`, or seconds; 0 keeps the expiry"))
     resources: Any = field(
