@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -256,10 +257,6 @@ async def test_rules_dashboard_and_docs_name_only_real_metrics(market: Market,
                                                               tmp_path: Path) -> None:
     """Every tycoon_* name in the alert rules, the Grafana dashboard and the docs' metric
     list is one the services expose, and the docs list every one they expose."""
-    import re
-
-    from prometheus_client.parser import text_string_to_metric_families as parse
-
     bus, _ = await market.user(10)
     agent = Agent(bus, market.bank_id.public_key, AgentConfig(budget=MICRO, deadline_s=60),
                   tmp_path / "agent.db")
@@ -267,7 +264,7 @@ async def test_rules_dashboard_and_docs_name_only_real_metrics(market: Market,
     async with MetricsServer(agent) as agent_server:
         for server in [*market.metrics.values(), agent_server]:
             _, text = await asyncio.to_thread(fetch, server.url)
-            families.update((f.name, f.type) for f in parse(text)
+            families.update((f.name, f.type) for f in text_string_to_metric_families(text)
                             if f.name.startswith("tycoon_"))
     exposed = set(families)
     for name, kind in families.items():
