@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import ast
 import inspect
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_agent_discovery import StubBus, StubSLS
+from test_allocator import Clock, FakeHost, FakeReceipt
 
 from tycoon.agent import core as core_module
 from tycoon.agent import moves as moves_module
+from tycoon.agent.agent import Agent
+from tycoon.agent.allocator import Allocator
 from tycoon.agent.books import Holding
 from tycoon.agent.core import WATCHED, AgentConfig, AgentCore, Reading
+from tycoon.agent.journal import Journal
 from tycoon.agent.moves import Fund, Rebid, drops, funding, host_move, parks, top_ups
+from tycoon.agent.parts import AgentParts
 from tycoon.agent.planner import Plan
 from tycoon.bus.keys import Identity, subject_id
+from tycoon.money import MICRO
 
 BUDGET = 1_000_000_000
 NOW = 1_000.0
@@ -236,3 +244,52 @@ def test_a_funding_never_exceeds_the_allowance_nor_the_target(
     assert left + need <= max(int(rate * seconds), left)
     if allowance is not None:
         assert need <= max(allowance, 0)
+
+
+# -- the runner with injected parts (no server) ----------------------------------------
+
+class Bank:
+    """An in-memory bank: our balance and each transfer's receipt, once per id."""
+
+    def __init__(self, money: int) -> None:
+        self.money = money
+        self.receipts: dict[str, FakeReceipt] = {}
+
+    async def balance(self) -> int:
+        return self.money
+
+    async def transfer(self, payee: str, amount: int, *, transfer_id: str,
+                       memo: str = "") -> FakeReceipt:
+        if transfer_id not in self.receipts:
+            self.money -= amount
+            self.receipts[transfer_id] = FakeReceipt(transfer_id, amount)
+        return self.receipts[transfer_id]
+
+
+async def test_the_runner_carries_out_the_cores_plan_with_injected_parts(
+        tmp_path: Path) -> None:
+    clock, ticks = Clock(), iter(range(10**6))
+    identities = [Identity.generate() for _ in range(3)]
+    hosts = {subject_id(i.public_key): FakeHost(clock, None) for i in identities}  # type: ignore[arg-type]
+    bank = Bank(100 * MICRO)
+    journal = Journal(tmp_path / "agent.db")
+    allocator = Allocator("agent", bank, hosts.__getitem__, journal,  # type: ignore[arg-type]
+                          clock=clock, timer=lambda: float(next(ticks)))
+    rows = [{"host": subject_id(i.public_key), "public_key": i.public_key, "capacity": 1000,
+             "price": 0.0} for i in identities]
+    bus = StubBus()
+    config = AgentConfig(budget=10 * MICRO, deadline_s=100)
+    agent = Agent.from_parts(bus, config, AgentParts(journal, bank, StubSLS(rows),  # type: ignore[arg-type]
+                                                     allocator),
+                             clock=clock, timer=lambda: float(next(ticks)))
+    assert agent.deadline == clock.now + 100  # the injected clock, kept in the journal
+    await agent._discover()
+    await agent._replan("start", force=True)
+    assert agent.plan is not None and agent.plan.hosts == set(hosts)
+    assert all(host.balance > 0 and host.expires > clock.now for host in hosts.values())
+    assert bank.money + sum(h.balance for h in hosts.values()) == 100 * MICRO
+    assert sum(h.balance for h in hosts.values()) <= config.budget
+    kinds = [kind for _, kind, _ in bus.published]
+    assert kinds[:2] == ["agent.plan", "agent.rebid"]
+    await agent._settled(supersede=True)
+    journal.close()

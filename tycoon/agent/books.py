@@ -48,4 +48,4 @@ class Outcome:
     bids: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     placed_at: float | None = None
-    """``time.perf_counter()`` when a retarget's plan bids were all placed (before parks)."""
+    """The allocator's timer when a retarget's plan bids were all placed (before parks)."""
