@@ -38,7 +38,9 @@ def make_ledger(home: Path, db: Path) -> Ledger:
 
 def test_key_and_audit_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     home = str(tmp_path)
-    code, out, _ = run(capsys, "--home", home, "bank", "key")
+    code, _, err = run(capsys, "--home", home, "bank", "key")  # never minted unasked
+    assert code == 1 and "bank key --create" in err and not KeyStore(tmp_path).exists("bank")
+    code, out, _ = run(capsys, "--home", home, "bank", "key", "--create")
     assert code == 0 and out.strip() == KeyStore(tmp_path).load("bank").public_key
     code, _, err = run(capsys, "--home", home, "bank", "audit")
     assert code == 1 and "no bank database" in err

@@ -269,6 +269,10 @@ def reply_allowed(reply_to: str, sender: str | None) -> bool:
     return tokens[1] == sid or (len(tokens) >= 4 and tokens[2] == sid)
 
 
+AUTH_REFUSALS = 5
+"""Authorization Violations before the first connection that make :func:`open_bus` give up."""
+
+
 async def open_bus(
     url: str | list[str],
     identity: Identity,
@@ -281,8 +285,13 @@ async def open_bus(
     limits: Limits = DEFAULT_LIMITS,
     guard: ReplayGuard | None = None,
     deadline: float | None = None,
+    auth_refusals: int = AUTH_REFUSALS,
 ) -> Bus:
     """Connect ``identity`` to NATS (reconnecting forever) and return its :class:`Bus`.
+
+    A key the server refuses (``Authorization Violation``) ``auth_refusals`` times before
+    the first connection gets ``Rejected("forbidden")``: a key not admitted (yet) is an
+    operator's error to fix, not an outage to wait out.
 
     ``url`` is one server, a list, or a comma-separated list (every node of a cluster).
 
@@ -294,8 +303,15 @@ async def open_bus(
     log = get_logger("nats", me=subject_id(identity.public_key), client=name)
     limiter = LogLimiter()
 
+    refused = asyncio.Event()
+    refusals = [0]
+
     async def on_error(exc: Exception) -> None:  # e.g. one per refused publish: limited
         text = str(exc) or type(exc).__name__
+        if "authorization violation" in text.lower() and not client:
+            refusals[0] += 1
+            if refusals[0] >= auth_refusals:
+                refused.set()
         count = limiter.admit(text[:200], type(exc).__name__, time.monotonic())
         if count:
             log.warning("nats error", error=text, count=count)
@@ -328,8 +344,22 @@ async def open_bus(
     elif use_nkey:
         options["nkeys_seed_str"] = identity.seed
     nc = Client()
+    connecting = asyncio.ensure_future(asyncio.wait_for(nc.connect(**options), deadline))
+    refusal = asyncio.ensure_future(refused.wait())
+    await asyncio.wait({connecting, refusal}, return_when=asyncio.FIRST_COMPLETED)
+    refusal.cancel()
+    if refused.is_set() and not (connecting.done() and not connecting.exception()):
+        connecting.cancel()
+        with contextlib.suppress(BaseException):
+            await connecting
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise Rejected("forbidden", f"the NATS server at {url} refuses key "
+                                    f"{identity.public_key} (Authorization Violation, "
+                                    f"{refusals[0]} tries): admit it on the operator box "
+                                    "(tycoon key show; tycoon admit) and reload the server")
     try:
-        await asyncio.wait_for(nc.connect(**options), deadline)
+        await connecting
     except TimeoutError as exc:
         with contextlib.suppress(Exception):
             await nc.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tycoon.bus.keys import is_public_key, subject_id
+from tycoon.bus.keys import KeyStore, is_public_key, subject_id
 from tycoon.cli.common import home_of, keystore
 from tycoon.cli.init import reload_server, show_diff, write_nats_config
 from tycoon.deploy import Deployment
@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="the role to write into the admit command")
     show.add_argument("--create", action="store_true", help="make the key if it is missing")
     show.set_defaults(func=cmd_key_show)
+    trust = ops.add_parser("trust", help="record another machine's PUBLIC key under a name "
+                                         "(<home>/NAME.pub), e.g. the bank's on a host")
+    trust.add_argument("name")
+    trust.add_argument("public_key")
+    trust.set_defaults(func=cmd_key_trust)
     admit = sub.add_parser("admit", help="let a public key in (on the operator box)")
     admit.add_argument("role", choices=ROLES)
     admit.add_argument("name")
@@ -59,6 +64,40 @@ def cmd_key_show(args: argparse.Namespace) -> int:
     print(f"name: {name}\npublic_key: {public}\nid: {subject_id(public)}")
     print(f"on the operator box run:\n  tycoon admit {args.role} {name} {public}")
     return 0
+
+
+def cmd_key_trust(args: argparse.Namespace) -> int:
+    home = home_of(args)[0]
+    if not is_public_key(args.public_key):
+        raise Rejected("malformed", f"{args.public_key!r} is not a user public nkey (U...)")
+    path = home / f"{keystore(args)._path(args.name).stem}.pub"  # the name's own checks
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(args.public_key + "\n")
+    print(f"{args.name} is {args.public_key} here ({path})")
+    return 0
+
+
+def known_public_key(home: Path, text: str) -> str | None:
+    """``text`` if it is a public key, else the PUBLIC key known here under that name:
+    tycoon.toml's pins, principals.conf, ``<home>/NAME.pub``, then the local key store.
+    Never makes a key; None if nothing is known."""
+    if is_public_key(text):
+        return text
+    if (home / "tycoon.toml").exists():
+        pinned = Deployment.load(home).pins.get(text)
+        if pinned:
+            return pinned
+    for p in load_principals(home / PRINCIPALS_NAME):
+        if p.name == text:
+            return p.public_key
+    store = KeyStore(home)
+    try:
+        pub = home / f"{store._path(text).stem}.pub"
+        if pub.exists() and is_public_key(pub.read_text().strip()):
+            return pub.read_text().strip()
+        return store.load(text).public_key if store.exists(text) else None
+    except ValueError:  # not a valid key name
+        return None
 
 
 def cmd_admit(args: argparse.Namespace) -> int:

@@ -57,7 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _db_options(serve)
     who = serve.add_mutually_exclusive_group()
     who.add_argument("--operator", help="public key (U…) allowed to mint")
-    who.add_argument("--operator-key", help="name of the operator's key in the key store")
+    who.add_argument("--operator-key",
+                     help="the operator's public key or a name whose PUBLIC key is known here "
+                          "(tycoon.toml, principals.conf, <home>/NAME.pub; never needs its "
+                          "secret)")
     serve.add_argument("--bank-key", default=None, help="name of the bank's key (default 'bank')")
     serve.add_argument("--max-batch", type=int, default=2048, help="operations per commit")
     serve.add_argument("--no-settlement-log", action="store_true",
@@ -76,6 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     key = cmds.add_parser("key", help="print the bank's public key")
     key.add_argument("--bank-key", default=None, help="name of the bank's key (default 'bank')")
+    key.add_argument("--create", action="store_true",
+                     help="make the bank's key here if missing (on the bank's machine only)")
     key.set_defaults(func=cmd_key)
 
     opener = cmds.add_parser("open", parents=[common], help="open the account of --as KEY")
@@ -150,13 +155,15 @@ def _bank_key_name(args: argparse.Namespace) -> str:
 
 def resolve_account(args: argparse.Namespace, text: str) -> str:
     """A public key as given, or the public key of the named key in the key store."""
-    if is_public_key(text):
-        return text
-    try:
-        return keystore(args).load(text).public_key
-    except (FileNotFoundError, ValueError) as exc:
-        raise Rejected("unknown_account", f"{text!r} is neither a public key nor a key name") \
-            from exc
+    from tycoon.cli.admit import known_public_key
+
+    found = known_public_key(keystore(args).home, text)
+    if found is None:
+        raise Rejected("unknown_account", f"{text!r} is neither a public key nor a name whose "
+                                          f"public key is known here: run `tycoon key trust "
+                                          f"{text} PUBKEY` (PUBKEY from `tycoon key show` on "
+                                          "its machine)")
+    return found
 
 
 def resolve_bank_key(args: argparse.Namespace) -> str:
@@ -171,7 +178,7 @@ def resolve_bank_key(args: argparse.Namespace) -> str:
     if deployment is not None:
         try:
             return deployment.public_key(deployment.bank_key)
-        except FileNotFoundError:
+        except (FileNotFoundError, Rejected):
             pass
     pub = _home(args) / PUB_NAME
     if pub.exists():
@@ -191,11 +198,14 @@ def _operator(args: argparse.Namespace) -> str:
         return str(args.operator)
     deployment = _deployment(args)
     name = args.operator_key or (deployment.operator_key if deployment else "operator")
-    try:
-        return keystore(args).load(name).public_key
-    except FileNotFoundError as exc:
-        raise Rejected("unknown_account", f"no operator key named {name!r}: pass --operator "
-                                          "PUBKEY or --operator-key NAME") from exc
+    from tycoon.cli.admit import known_public_key
+
+    found = known_public_key(keystore(args).home, name)
+    if found is None:
+        raise Rejected("unknown_account", f"no public key known for operator {name!r}: pass "
+                                          f"--operator PUBKEY, or run `tycoon key trust {name} "
+                                          "PUBKEY` here first")
+    return found
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
@@ -240,8 +250,19 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_key(args: argparse.Namespace) -> int:
-    """Print the bank's public key (creating the key if it does not exist yet)."""
-    print(keystore(args).load_or_create(_bank_key_name(args)).public_key)
+    """Print the bank's public key: the local bank key's, else the one known here
+    (tycoon.toml, bank.pub); ``--create`` makes it on the bank's machine. Never mints a
+    key a client would then trust on a machine that is not the bank's."""
+    store, name = keystore(args), _bank_key_name(args)
+    if store.exists(name) or args.create:
+        print(store.load_or_create(name).public_key)
+        return 0
+    try:
+        print(resolve_bank_key(args))
+    except Rejected as exc:
+        raise Rejected("unknown_account", "the bank's public key is unknown here: on the "
+                                          "bank's machine run `tycoon bank key --create`; "
+                                          "here `tycoon key trust bank PUBKEY`") from exc
     return 0
 
 

@@ -25,6 +25,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "admit": ("tycoon admit user alice UABC...        # on the operator box",
               "tycoon admit bank bank UDEF... --rotate  # a new bank key"),
     "revoke": ("tycoon revoke alice",),
+    "key trust": ("tycoon key trust bank UABC...       # on a host: the bank's public key",),
     "status": (
         "tycoon status                             # every service, and where the CLI looked",
         "tycoon status --check && echo healthy     # exit 1 unless bank, SLS, host answer",
