@@ -15,10 +15,12 @@
   const nameOf = (key) => state.names[key] || (key.length === 56 ? V.subjectId(key).slice(0, 8) : key);
   const num = (v) => (typeof v === "number" && Number.isFinite(v)) ? v : (typeof v === "bigint" ? Number(v) : null);
 
-  function spark(values, max) {
+  function spark(values, fixed) {  // fixed: [lo, hi]; else the values' own range
     if (values.length < 2) return "";
-    const top = max ?? Math.max(...values, 1e-12), w = 120, h = 24;
-    const pts = values.map((v, i) => `${(i * w / (values.length - 1)).toFixed(1)},${(h - 1 - (v / top) * (h - 2)).toFixed(1)}`);
+    const w = 120, h = 24;
+    let [lo, hi] = fixed ?? [Math.min(...values), Math.max(...values)];
+    if (hi - lo < 1e-9 * Math.max(1, Math.abs(hi))) { lo -= 1; hi += 1; }  // flat: a middle line
+    const pts = values.map((v, i) => `${(i * w / (values.length - 1)).toFixed(1)},${(h - 1 - ((v - lo) / (hi - lo)) * (h - 2)).toFixed(1)}`);
     return `<svg width="${w}" height="${h}" class="spark"><polyline points="${pts.join(" ")}"/></svg>`;
   }
   function host(id) {
@@ -59,6 +61,10 @@
       state.snapshot = b;
     } else if (msg.kind.startsWith("agent.")) {
       const a = agent(msg.sender);
+      if (msg.kind === "agent.plan" && b.hosts && typeof b.hosts === "object") {
+        a.held = Object.values(b.hosts).reduce((sum, h) => sum + (num(h && h.balance) ?? 0), 0);
+        a.rate = num(b.spend_rate);
+      }
       a.last = `${msg.kind.slice(6)} ${typeof b.summary === "string" ? b.summary : (typeof b.message === "string" ? b.message : "")}`;
     }
   }
@@ -73,7 +79,7 @@
       const legend = shares.map(([acct, s]) => `${esc(nameOf(acct))} ${(s * 100).toFixed(0)}%`).join(", ");
       return `<tr id="host-${esc(h.id)}"><td>${esc(h.name || "?")}</td><td class="mono">${esc(h.id.slice(0, 10))}</td>
         <td class="num price">${price === null ? "" : rate(price)}</td><td>${spark(h.prices)}</td>
-        <td class="num">${util === null ? "" : (util * 100).toFixed(0) + "%"}</td><td>${spark(h.utils, 1)}</td>
+        <td class="num">${util === null ? "" : (util * 100).toFixed(0) + "%"}</td><td>${spark(h.utils, [0, 1])}</td>
         <td><div class="bar">${bar}</div><div class="legend">${legend}</div></td></tr>`;
     }).join("");
     $("flow").textContent = credits(state.flow);
@@ -81,8 +87,10 @@
     const keys = new Set([...Object.keys(state.budgets), ...state.agents.keys()]);
     $("agents").innerHTML = [...keys].map((k) => {
       const a = state.agents.get(k) || { paid: 0n, refunded: 0n, last: "" }, budget = state.budgets[k];
-      const spent = a.paid - a.refunded, pct = budget ? Math.min(100, Number(spent) * 100 / budget) : 0;
-      return `<tr><td>${esc(nameOf(k))}</td><td class="num">${credits(spent)}</td><td class="num">${budget ? credits(budget) : "?"}</td>
+      const spent = a.paid - a.refunded, held = a.held ?? null;
+      const pct = budget && held !== null ? Math.max(0, Math.min(100, held * 100 / budget)) : 0;
+      return `<tr><td>${esc(nameOf(k))}</td><td class="num">${held === null ? "" : credits(held)}</td>
+        <td class="num">${a.rate == null ? "" : rate(a.rate)}</td><td class="num">${credits(spent)}</td><td class="num">${budget ? credits(budget) : "?"}</td>
         <td><div class="bar"><span class="share c0" style="width:${pct.toFixed(1)}%"></span></div></td><td class="dim">${esc(a.last.slice(0, 60))}</td></tr>`;
     }).join("");
     $("tail").innerHTML = state.tail.map((e) => `<li><span class="dim">${e.time}</span> <b>${esc(e.kind)}</b> ${esc(e.subject)} <span class="dim">signed ${esc(e.signer)}</span></li>`).join("");

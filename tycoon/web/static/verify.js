@@ -185,6 +185,7 @@
       this.bankRaw = bankKey ? decodePublicKey(bankKey) : null;
       this.windowNs = windowNs;
       this.seen = new Map();  // "sender/nonce" -> ts_ns, kept while it could be fresh
+      this.floor = -1n;  // a full cache refuses what is not newer than it evicted fresh
     }
     // accept(raw, receivedOn, nowNs) -> message, or throws Refused
     accept(raw, receivedOn, nowNs) {
@@ -195,8 +196,10 @@
       this.pin(msg);
       const key = hex(msg.senderRaw) + "/" + hex(msg.nonce);
       if (this.seen.has(key)) throw new Refused("replayed", "already seen");
+      if (msg.ts_ns <= this.floor) throw new Refused("stale", "not newer than an evicted message");
       for (const [k, ts] of this.seen) {  // insertion order: drop what can no longer pass
         if (this.seen.size < 100000 && nowNs - ts <= this.windowNs) break;
+        if (nowNs - ts <= this.windowNs && ts > this.floor) this.floor = ts;  // evicted while fresh
         this.seen.delete(k);
       }
       this.seen.set(key, msg.ts_ns);
