@@ -13,6 +13,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "tycoon up --state .tycoon                 # Ctrl-C stops; run again to resume",
         "tycoon up --duration 60 --state /tmp/m    # one minute, then a summary and the audit",
         "tycoon up --nats nats://10.0.0.5:4222     # use a running server",
+        "tycoon up --web                           # and the live dashboard in a browser",
+    ),
+    "web": (
+        "tycoon --home .tycoon web                 # the dashboard of the market in .tycoon",
+        "tycoon web --port 8080                    # on a fixed port (loopback only)",
     ),
     "init": (
         "tycoon init --user alice                  # make alice's key, admit it, reload",
