@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from tycoon.agent import best_response as br
-from tycoon.agent.best_response import best_response, best_response_batch, utility
+from tycoon.agent import best_response_solve as br
+from tycoon.agent.best_response import (
+    ZERO_PRICE_FRACTION,
+    best_response,
+    best_response_batch,
+    utility,
+)
 from tycoon.errors import Rejected
 
 REL = 1e-6
@@ -168,7 +173,7 @@ def test_free_hosts_take_a_thin_slice_split_by_sqrt_worth() -> None:
     y = np.array([0.0, 0.0, 1.0])
     result = best_response(10.0, w, y)
     free_bids = result.bids[:2]
-    assert free_bids.sum() == pytest.approx(10.0 * br.ZERO_PRICE_FRACTION)
+    assert free_bids.sum() == pytest.approx(10.0 * ZERO_PRICE_FRACTION)
     assert free_bids[0] / free_bids[1] == pytest.approx(2.0)  # sqrt(4)/sqrt(1)
     assert result.shares[0] == result.shares[1] == 1.0
     assert result.bids.sum() == pytest.approx(10.0)

@@ -10,9 +10,9 @@ import XenAPI
 from tycoon.errors import Rejected
 from tycoon.vmm import make_driver
 from tycoon.vmm.driver import Capacity, Shares
-from tycoon.xen.driver import ACCOUNT_KEY, XenDriver
-from tycoon.xen.fake_xapi import FakeXapi, GiB, MiB
-from tycoon.xen.ports import IptablesForwarder, iptables_commands, setup_commands
+from tycoon.vmm.xen.driver import ACCOUNT_KEY, XenDriver
+from tycoon.testing.fake_xapi import FakeXapi, GiB, MiB
+from tycoon.vmm.xen.ports import IptablesForwarder, iptables_commands, setup_commands
 
 KEY_A = "UA" + "A" * 54
 KEY_B = "UB" + "B" * 54

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from tycoon.agent.best_response import BestResponse, _solve, _solve_1d, shares, utility
+from tycoon.agent.best_response_solve import _solve, _solve_1d, utility
 
 SWAP_ROUNDS = 64
 """At most this many improving moves of the swap search."""
@@ -63,14 +63,15 @@ def _tops(root_w: np.ndarray, root_y: np.ndarray, lams: np.ndarray, cap: int) ->
     return [row[keep] for row, keep in zip(rows, picked, strict=True)]
 
 
-def capped(budget: float, w: np.ndarray, y: np.ndarray, cap: int, eps: float) -> BestResponse:
+def capped(budget: float, w: np.ndarray, y: np.ndarray, cap: int,
+           eps: float) -> tuple[np.ndarray, float, float, float]:
     """Choose at most ``cap`` hosts (a heuristic; the choice is NP-hard-looking in general).
 
     Candidate sets: the plain prefix (free hosts by worth, then priced ones by ``w/y``); the
     top ``cap`` hosts by Lagrangian gain at the minimiser of the convex dual
     D(λ) = λX + Σ_top-cap (sqrt(w) − sqrt(λy))₊², then at the multiplier of each new solution
     until it repeats, then along a grid of λ. Each set is solved exactly by the closed form;
-    the best wins. min D(λ) is returned as the upper ``bound``.
+    the best wins. Returns its bids, utility and λ, and min D(λ) as the upper bound.
     """
     valued = w > 0
     free = valued & (y == 0)
@@ -119,7 +120,7 @@ def capped(budget: float, w: np.ndarray, y: np.ndarray, cap: int, eps: float) ->
             todo.append(_top(_gains(rw, ry, lam_new), cap))
     if best_u < bound * (1 - 1e-12):  # not certified optimal by the dual: try swaps
         best_bids, best_u, best_lam = _swap(budget, w, y, cap, eps, (best_bids, best_u, best_lam))
-    return BestResponse(best_bids, shares(best_bids, y), best_u, best_lam, max(bound, best_u))
+    return best_bids, best_u, best_lam, bound
 
 
 def _swap(

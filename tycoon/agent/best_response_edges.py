@@ -9,6 +9,7 @@ hosts are linear).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -59,9 +60,12 @@ FAR = 2.0**400
 price, so its share is linear in the bid (``x/y``) to that precision."""
 
 
+UnitSolver = Callable[[float, np.ndarray, np.ndarray, float], tuple[np.ndarray, float, float]]
+
+
 @np.errstate(over="ignore", under="ignore", divide="ignore")
 def _far_split(
-    budget: float, w: np.ndarray, y: np.ndarray, eps: float
+    budget: float, w: np.ndarray, y: np.ndarray, eps: float, solve_unit: UnitSolver
 ) -> tuple[np.ndarray, float, float]:
     """Best Response when some hosts are far (priced above :data:`FAR` × the budget).
 
@@ -72,9 +76,8 @@ def _far_split(
     multiplier of the other hosts. So: solve the near hosts exactly (at a scale where the
     budget is ≥ 2⁻⁴⁰⁰ of their prices); if ``sqrt(r_f)`` exceeds their ``sqrt(λ)``, give them
     what they take at ``λ = r_f``, ``x_j = y_j (sqrt(w_j/y_j)/sqrt(r_f) − 1)₊``, and the far
-    host the rest. Free hosts get their usual slice. Returns bids, λ, the dual bound."""
-    from tycoon.agent.best_response import _solve_unit  # here: it imports this module
-
+    host the rest. Free hosts get their usual slice. Returns bids, λ, the dual bound.
+    ``solve_unit`` is :func:`tycoon.agent.best_response_solve._solve_unit`."""
     bids = np.zeros(w.size)
     ws = float(w.max())
     wu = w / ws
@@ -88,7 +91,7 @@ def _far_split(
     near = np.flatnonzero(close & (yu_all > 0) & (wu > 0))
     free = np.flatnonzero((w > 0) & ((y == 0) | (close & (yu_all == 0))))
     if not far.size:  # only hosts worth nothing are far: the unit-scale solve
-        sub, lam, bound = _solve_unit(budget / s, wu, np.where(w > 0, yu_all, 0.0), eps)
+        sub, lam, bound = solve_unit(budget / s, wu, np.where(w > 0, yu_all, 0.0), eps)
         return sub * s, _lam(math.log(lam), ws, s) if lam > 0 else 0.0, bound * ws
     rest = budget * (1 - eps) if free.size else budget
     bound = float(wu[free].sum())  # worth units (× ws at the end)
@@ -103,7 +106,7 @@ def _far_split(
     if near.size:
         yu = yu_all[near]
         sr = np.sqrt(wu[near]) / np.sqrt(yu)
-        xs, _, _ = _solve_unit(x_u, wu[near], yu, eps)
+        xs, _, _ = solve_unit(x_u, wu[near], yu, eps)
         j = int(np.argmax(xs))
         root_lam = float(sr[j] * yu[j] / (xs[j] + yu[j]))  # sqrt(λ) of the near solution
         if root_rf <= root_lam:  # the far host is not worth its multiplier: no bid

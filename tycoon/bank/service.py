@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tycoon.bank.committer import GroupCommitter
 from tycoon.bank.ledger import MAX_HISTORY_PAGE, MAX_NAME, Batch, Ledger
@@ -27,9 +27,6 @@ from tycoon.bus.service import Endpoint, Service
 from tycoon.errors import Rejected
 from tycoon.money import check_amount, format_amount
 
-if TYPE_CHECKING:
-    from tycoon.streams.settlements import SettlementLog
-
 OPS = ("open", "mint", "transfer", "balance", "history", "close", "info")
 OPEN_RATE = 100.0
 OPEN_BURST = 2000
@@ -43,12 +40,23 @@ def _amount(body: dict[str, Any]) -> int:
     return check_amount(body.get("amount"))
 
 
+class ReceiptLog(Protocol):
+    """Where committed batches are copied, best effort (``tycoon.streams.settlements``'s
+    ``SettlementLog``); named here so the bank does not depend on the streams package."""
+
+    def offer(self, batch: Batch) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class BankService:
     """Serves the bank on a :class:`Bus` signed by the bank's key; an async context manager."""
 
     def __init__(self, bus: Bus, ledger: Ledger, *, max_batch: int = 2048,
                  concurrency: int = 4096, queue: str = "bank",
-                 settlement_log: SettlementLog | None = None,
+                 settlement_log: ReceiptLog | None = None,
                  rate_limit: RateLimit | None = ratelimit.BANK,
                  open_rate: float = OPEN_RATE, open_burst: int = OPEN_BURST,
                  open_fee: int = 0) -> None:

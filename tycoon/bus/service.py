@@ -31,7 +31,7 @@ from tycoon.bus.ratelimit import KeyedLimiter, RateLimit, retry_text
 from tycoon.bus.verify import reply_subject
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
-from tycoon.metrics.histogram import Histogram
+from tycoon.bus.histogram import Histogram
 
 RequestHandler = Callable[[Message], Awaitable[dict[str, Any]]]
 

@@ -127,7 +127,7 @@ def _driver(args: argparse.Namespace) -> Driver:
         if args.cgroup_root:
             options["root"] = args.cgroup_root
         return CgroupsDriver(**options)
-    from tycoon.xen.driver import XenDriver
+    from tycoon.vmm.xen.driver import XenDriver
 
     if not args.xen_url:
         raise Rejected("malformed", "--xen-url (or TYCOON_XEN_URL) is required for --driver xen")

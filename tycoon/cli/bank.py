@@ -16,9 +16,16 @@ from tycoon.bank.service import OPEN_BURST, OPEN_RATE, BankService
 from tycoon.bank.sqlite_store import SqliteStore, StoreLocked
 from tycoon.bus import ratelimit
 from tycoon.bus.connection import open_bus
-from tycoon.bus.keys import default_home, is_public_key
+from tycoon.bus.keys import is_public_key
 from tycoon.bus.ratelimit import rate_limit_arg
 from tycoon.bus.runner import run_until_signal
+from tycoon.cli.bankpaths import (
+    bank_key_name,
+    db_path,
+    home_dir,
+    load_deployment,
+    operator_key,
+)
 from tycoon.cli.common import (
     bus_for,
     fail,
@@ -31,7 +38,6 @@ from tycoon.cli.common import (
     who,
 )
 from tycoon.cli.verifylog import add_verify_log
-from tycoon.deploy import CONFIG_NAME, Deployment
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
@@ -39,7 +45,6 @@ from tycoon.metrics.server import serve_from_args, stop_server
 from tycoon.money import format_amount, format_credits, parse_amount
 from tycoon.streams.settlements import SettlementLog, sqlite_source
 
-DB_NAME = "bank.db"
 PUB_NAME = "bank.pub"
 
 
@@ -130,29 +135,6 @@ def _db_options(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--state", type=Path, default=None, help="state dir: uses DIR/bank.db")
 
 
-def _home(args: argparse.Namespace) -> Path:
-    return Path(args.home) if getattr(args, "home", None) else default_home()
-
-
-def _deployment(args: argparse.Namespace) -> Deployment | None:
-    home = _home(args)
-    return Deployment.load(home) if (home / CONFIG_NAME).exists() else None
-
-
-def db_path(args: argparse.Namespace) -> Path:
-    """``--db``, else ``--state``/bank.db, else ``<home>/bank.db``."""
-    if args.db is not None:
-        return Path(args.db)
-    return (Path(args.state) if args.state is not None else _home(args)) / DB_NAME
-
-
-def _bank_key_name(args: argparse.Namespace) -> str:
-    if args.bank_key:
-        return str(args.bank_key)
-    deployment = _deployment(args)
-    return deployment.bank_key if deployment else "bank"
-
-
 def resolve_account(args: argparse.Namespace, text: str) -> str:
     """A public key as given, or the public key of the named key in the key store."""
     from tycoon.cli.admit import known_public_key
@@ -171,16 +153,16 @@ def resolve_bank_key(args: argparse.Namespace) -> str:
     given = getattr(args, "bank", None) or os.environ.get("TYCOON_BANK")
     if given:
         return resolve_account(args, given)
-    listed = str(market_config(_home(args)).get("bank", {}).get("public_key", ""))
+    listed = str(market_config(home_dir(args)).get("bank", {}).get("public_key", ""))
     if is_public_key(listed):  # a user's home may hold tycoon.toml without the bank's seed
         return listed
-    deployment = _deployment(args)
+    deployment = load_deployment(args)
     if deployment is not None:
         try:
             return deployment.public_key(deployment.bank_key)
         except (FileNotFoundError, Rejected):
             pass
-    pub = _home(args) / PUB_NAME
+    pub = home_dir(args) / PUB_NAME
     if pub.exists():
         text = pub.read_text().strip()
         if is_public_key(text):
@@ -191,27 +173,13 @@ def resolve_bank_key(args: argparse.Namespace) -> str:
                                       "set TYCOON_BANK")
 
 
-def _operator(args: argparse.Namespace) -> str:
-    if args.operator:
-        if not is_public_key(args.operator):
-            raise Rejected("malformed", "--operator must be a public key (U…)")
-        return str(args.operator)
-    deployment = _deployment(args)
-    name = args.operator_key or (deployment.operator_key if deployment else "operator")
-    from tycoon.cli.admit import known_public_key
 
-    found = known_public_key(keystore(args).home, name)
-    if found is None:
-        raise Rejected("unknown_account", f"no public key known for operator {name!r}: pass "
-                                          f"--operator PUBKEY, or run `tycoon key trust {name} "
-                                          "PUBKEY` here first")
-    return found
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
     """Run the bank until SIGTERM/SIGINT (requests in flight are answered first)."""
-    operator = _operator(args)
-    bank = keystore(args).load_or_create(_bank_key_name(args))
+    operator = operator_key(args)
+    bank = keystore(args).load_or_create(bank_key_name(args))
     path = db_path(args)
     try:
         store = SqliteStore(path)
@@ -222,7 +190,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         store.close()
         return fail(str(error))
-    pub = _home(args) / PUB_NAME
+    pub = home_dir(args) / PUB_NAME
     pub.parent.mkdir(parents=True, exist_ok=True)
     pub.write_text(bank.public_key + "\n")
     log = get_logger("bank")
@@ -253,7 +221,7 @@ def cmd_key(args: argparse.Namespace) -> int:
     """Print the bank's public key: the local bank key's, else the one known here
     (tycoon.toml, bank.pub); ``--create`` makes it on the bank's machine. Never mints a
     key a client would then trust on a machine that is not the bank's."""
-    store, name = keystore(args), _bank_key_name(args)
+    store, name = keystore(args), bank_key_name(args)
     if store.exists(name) or args.create:
         print(store.load_or_create(name).public_key)
         return 0

@@ -25,6 +25,7 @@ from tycoon.bank.receipt import Receipt, verify_receipt
 from tycoon.bank.sqlite_store import SqliteStore, StoreLocked
 from tycoon.bus.connection import open_bus
 from tycoon.bus.keys import Identity
+from tycoon.cli.bankpaths import bank_key_name, db_path, operator_key
 from tycoon.cli.common import bus_for, fail, keystore, print_json
 from tycoon.errors import Rejected
 from tycoon.streams.config import JS_ERRORS, SETTLEMENTS, js_unavailable
@@ -68,9 +69,7 @@ def add_verify_log(cmds: argparse._SubParsersAction,
 
 
 def _bank_identity(args: argparse.Namespace) -> Identity:
-    from tycoon.cli.bank import _bank_key_name
-
-    name = _bank_key_name(args)
+    name = bank_key_name(args)
     try:
         return keystore(args).load(name)
     except FileNotFoundError as exc:
@@ -101,8 +100,6 @@ def _exit(report: LogReport) -> int:
 async def cmd_verify_log(args: argparse.Namespace) -> int:
     """Exit 0 when every receipt in the stream matches the ledger and none is missing,
     1 when not, 2 when the stream was tampered with."""
-    from tycoon.cli.bank import db_path
-
     path: Path = db_path(args)
     try:
         store = SqliteStore(path, readonly=True)
@@ -135,8 +132,6 @@ async def cmd_verify_log(args: argparse.Namespace) -> int:
 
 async def cmd_republish(args: argparse.Namespace) -> int:
     """Publish every ledger receipt SETTLEMENTS lacks; exit as ``verify-log`` after it."""
-    from tycoon.cli.bank import db_path
-
     path: Path = db_path(args)
     try:
         store = SqliteStore(path, readonly=True)
@@ -194,7 +189,6 @@ async def cmd_restore_from_log(args: argparse.Namespace) -> int:
     the command stops at the first one that does not fit (an open, mint or close that
     followed the backup is in no log: enter it again, then run the command again)."""
     from tycoon.bank.ledger import Ledger
-    from tycoon.cli.bank import _operator, db_path
 
     path: Path = db_path(args)
     if not path.exists():
@@ -207,7 +201,7 @@ async def cmd_restore_from_log(args: argparse.Namespace) -> int:
     entered: list[int] = []
     stopped: str | None = None
     try:
-        ledger = Ledger(store, bank, operator=_operator(args))
+        ledger = Ledger(store, bank, operator=operator_key(args))
         start = ledger.seq
         bus = await open_bus(args.nats, bank, name="tycoon-cli-restore")
         try:

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from tycoon.auctioneer.views import prices
 from tycoon.log import get_logger
-from tycoon.metrics.histogram import Histogram
+from tycoon.bus.histogram import Histogram
 from tycoon.vmm.driver import RESOURCES
 
 if TYPE_CHECKING:

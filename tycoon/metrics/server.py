@@ -20,7 +20,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from tycoon.log import get_logger
 from tycoon.metrics.collectors import CommonCollector, DomainCollector, describe
-from tycoon.metrics.histogram import Histogram
+from tycoon.bus.histogram import Histogram
 
 LAG_PROBE_S = 0.25
 MAX_HEADER_LINES = 64

@@ -27,8 +27,8 @@ from tycoon.sls.ingest import PriceIngest, Raw
 from tycoon.sls.query import Query, host_request
 from tycoon.sls.registry import Registry
 from tycoon.sls.tables import DEFAULT_BINS, DEFAULT_BUCKETS
+from tycoon.sls.warm import warm_start
 from tycoon.streams.history import history_page
-from tycoon.streams.prices import warm_start
 
 MAX_BATCH = 4096
 
@@ -104,7 +104,8 @@ class SLSService:
         """Subscribe to every price subject, then serve queries and publish snapshots."""
         self._sub = await self.bus.subscribe_raw(subjects.PRICES_ALL, self._on_raw_price)
         if self.config.warm_start_s > 0:  # live updates queue in _inbox meanwhile
-            self.warm = await warm_start(self, since_s=self.config.warm_start_s)
+            self.warm = await warm_start(self.bus.nc.jetstream(timeout=2.0), self.registry,
+                                         self.bus.limits, since_s=self.config.warm_start_s)
         self._tasks = [
             asyncio.create_task(self._drain(), name="sls-ingest"),
             asyncio.create_task(self._every(self.config.sweep_s, self._sweep), name="sls-sweep"),

@@ -9,7 +9,7 @@ as XAPI does (``FIELD_TYPE_ERROR``, ``MESSAGE_PARAMETER_COUNT_MISMATCH``, ``HAND
 
 A tiny credit-scheduler model makes the metrics respond to ``VCPUs_params``: running VMs are
 greedy, share the host's pCPUs in proportion to their ``weight`` and are held to their ``cap``
-(percent of one pCPU) and their vCPU count. For tests, demos and ``tycoon up``; not a hypervisor.
+(percent of one pCPU) and their vCPU count. For tests only (tests/test_xen.py); not a hypervisor.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def make_driver(name: str, **config: Any) -> Driver:
 
         return _build(CgroupsDriver, name, config)
     if name == "xen":
-        from tycoon.xen.driver import XenDriver
+        from tycoon.vmm.xen.driver import XenDriver
 
         return _build(XenDriver, name, config)
     raise ValueError(f"unknown driver {name!r} (known: {', '.join(DRIVERS)})")

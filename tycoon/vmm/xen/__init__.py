@@ -1,2 +1,2 @@
-"""Xen through XAPI: the Xen VMM driver (driver.py), port forwarding (ports.py) and a stand-in
-XAPI server for tests and demos (fake_xapi.py)."""
+"""Xen through XAPI: the Xen VMM driver (driver.py) and port forwarding (ports.py). A stand-in
+XAPI server for tests is :mod:`tycoon.testing.fake_xapi`."""

@@ -43,7 +43,7 @@ def setup_commands(*, chain: str = CHAIN) -> list[list[str]]:
 
 
 class IptablesForwarder:
-    """A ``forwarder`` for :class:`~tycoon.xen.driver.XenDriver` that runs iptables (dom0)."""
+    """A ``forwarder`` for :class:`~tycoon.vmm.xen.driver.XenDriver` that runs iptables (dom0)."""
 
     def __init__(self, *, chain: str = CHAIN, interface: str | None = None,
                  run: Callable[[Sequence[str]], None] | None = None) -> None:
