@@ -59,11 +59,16 @@ def test_package_data_ships_every_static_file() -> None:
             assert any(fnmatch(rel, p) and rel.count("/") == p.count("/") for p in patterns), rel
 
 
-def test_the_page_knows_every_kind() -> None:
+def test_the_page_knows_the_kinds_of_its_feeds() -> None:
+    """The page refuses kinds it does not know (``unknown_kind``, as the protocol says);
+    it must know every kind its feeds carry, and no kind the protocol does not have."""
     text = (STATIC / "verify.js").read_text()
     listed = re.search(r"const KINDS = new Set\(\[(.*?)\]\)", text, re.S)
     assert listed is not None
-    assert set(re.findall(r'"([a-z.]+)"', listed.group(1))) == set(KINDS)
+    known = set(re.findall(r'"([a-z.]+)"', listed.group(1)))
+    assert known <= set(KINDS)
+    feeds = {"price", "alloc", "bank.settled", "bank.receipt", "sls.snapshot"}
+    assert feeds | {k for k in KINDS if k.startswith("agent.")} <= known
 
 
 def test_the_page_loads_nothing_from_elsewhere() -> None:
