@@ -17,7 +17,7 @@ from tycoon.auctioneer.bidparse import (
     parse_resources,
 )
 from tycoon.errors import Rejected
-from tycoon.vmm.driver import RESOURCES
+from tycoon.resources import RESOURCES
 
 JAN_2025 = 1_735_689_600 * NS  # 2025-01-01T00:00:00Z (31-day month, 365-day year)
 FEB_2024 = 1_706_745_600 * NS  # 2024-02-01T00:00:00Z (29-day month, leap year)

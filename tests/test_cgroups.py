@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from tycoon.errors import Rejected
+from tycoon.resources import Shares, Usage
 from tycoon.vmm import make_driver
 from tycoon.vmm.cgroupfs import find_mounts
 from tycoon.vmm.cgroups import CgroupsDriver
-from tycoon.vmm.driver import Shares, Usage
 
 pytestmark = pytest.mark.cgroups
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tycoon.resources import Shares
 from tycoon.vmm.cgroupfs import find_mounts
 from tycoon.vmm.cgroups import CgroupsDriver
-from tycoon.vmm.driver import Shares
 
 pytestmark = pytest.mark.cgroups
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from tycoon.errors import Rejected
+from tycoon.resources import Shares
 from tycoon.vmm import cgroupfs
 from tycoon.vmm.cgroups import CgroupsDriver, detect_version
 from tycoon.vmm.cgroups_backend import scale
 from tycoon.vmm.cgroups_v2 import V2Backend
-from tycoon.vmm.driver import Shares
 
 KEY = "UC" + "C" * 54
 MOUNTS = cgroupfs.find_mounts()

@@ -18,10 +18,10 @@ from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus.keys import Identity
 from tycoon.bus.schema import ID_CHARS, check_id, check_name, get_id, get_name
 from tycoon.errors import Rejected
+from tycoon.resources import Capacity
 from tycoon.sls.query import host_request
 from tycoon.sls.update import parse_update
 from tycoon.streams.settlements import is_msg_id_of, msg_id
-from tycoon.vmm.driver import Capacity
 
 BANK, OPERATOR, HOST = Identity.generate(), Identity.generate(), Identity.generate()
 ALICE, MALLORY = Identity.generate().public_key, Identity.generate().public_key

@@ -20,7 +20,7 @@ from tycoon.auctioneer.events import RefundDue
 from tycoon.auctioneer.market import Market
 from tycoon.errors import Rejected
 from tycoon.money import MICRO
-from tycoon.vmm.driver import RESOURCES, Usage
+from tycoon.resources import RESOURCES, Usage
 
 MS = NS // 1000
 

@@ -10,7 +10,7 @@ from tycoon.auctioneer.bidparse import parse_bid
 from tycoon.auctioneer.market import Market
 from tycoon.errors import Rejected
 from tycoon.money import MICRO
-from tycoon.vmm.driver import RESOURCES, Usage
+from tycoon.resources import RESOURCES, Usage
 
 LOCK = "100y cpu:1,1.0,1.0 memory:1,1.0,1.0 disk:1,1.0,1.0 net:1,1.0,1.0"
 

@@ -15,7 +15,7 @@ from tycoon.bank.receipt import make_receipt
 from tycoon.bus.keys import Identity
 from tycoon.errors import Rejected
 from tycoon.money import MICRO
-from tycoon.vmm.driver import Usage
+from tycoon.resources import Usage
 
 
 def state(m: Market) -> tuple[object, ...]:

@@ -13,7 +13,7 @@ from tycoon.auctioneer.events import AccountClosed, RefundDue
 from tycoon.auctioneer.market import Market
 from tycoon.errors import Rejected
 from tycoon.money import MICRO
-from tycoon.vmm.driver import Usage
+from tycoon.resources import Usage
 
 MS = NS // 1000
 

@@ -14,6 +14,7 @@ import pytest
 
 from tycoon.cli.main import main
 from tycoon.money import MICRO
+from tycoon.resources import Usage
 from tycoon.sim.strategic import (
     LIMIT,
     NS,
@@ -28,7 +29,6 @@ from tycoon.sim.strategic import (
     run,
 )
 from tycoon.sim.strategies import Honest, Split, all_strategies
-from tycoon.vmm.driver import Usage
 
 NAMES = [s.name for s in all_strategies()]
 MARKETS = {

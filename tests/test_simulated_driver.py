@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tycoon.errors import Rejected
+from tycoon.resources import RESOURCES, Capacity, Shares, Usage
 from tycoon.vmm import DRIVERS, make_driver
-from tycoon.vmm.driver import RESOURCES, Capacity, Driver, Shares, Usage
+from tycoon.vmm.driver import Driver
 from tycoon.vmm.simulated import PRESETS, SimulatedDriver, capacity_from_config
 from tycoon.vmm.validate import sandbox_name
 

@@ -8,10 +8,10 @@ import pytest
 import XenAPI
 
 from tycoon.errors import Rejected
-from tycoon.vmm import make_driver
-from tycoon.vmm.driver import Capacity, Shares
-from tycoon.vmm.xen.driver import ACCOUNT_KEY, XenDriver
+from tycoon.resources import Capacity, Shares
 from tycoon.testing.fake_xapi import FakeXapi, GiB, MiB
+from tycoon.vmm import make_driver
+from tycoon.vmm.xen.driver import ACCOUNT_KEY, XenDriver
 from tycoon.vmm.xen.ports import IptablesForwarder, iptables_commands, setup_commands
 
 KEY_A = "UA" + "A" * 54

@@ -32,7 +32,7 @@ from tycoon.bus.service import Endpoint, Service
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
 from tycoon.money import check_amount
-from tycoon.vmm.driver import RESOURCES
+from tycoon.resources import RESOURCES
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -20,7 +20,7 @@ from tycoon.auctioneer.bidparse import BidSpec
 from tycoon.auctioneer.book import Book
 from tycoon.auctioneer.events import Bid
 from tycoon.errors import Rejected
-from tycoon.vmm.driver import RESOURCES, Capacity
+from tycoon.resources import RESOURCES, Capacity
 
 NS = 1_000_000_000
 FLOOR_PRICE = 100.0

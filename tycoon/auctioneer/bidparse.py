@@ -34,7 +34,7 @@ from decimal import Decimal
 from typing import Any
 
 from tycoon.errors import Rejected
-from tycoon.vmm.driver import RESOURCES
+from tycoon.resources import RESOURCES
 
 NS = 1_000_000_000
 MAX_DURATION_NS = 100 * 366 * 86_400 * NS

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tycoon.vmm.driver import RESOURCES
+from tycoon.resources import RESOURCES
 
 R = len(RESOURCES)
 NS = 1_000_000_000

@@ -22,7 +22,7 @@ import numpy as np
 
 from tycoon.auctioneer.book import NS, Book
 from tycoon.auctioneer.events import Account, Changes
-from tycoon.vmm.driver import Usage
+from tycoon.resources import Usage
 
 
 def others_paying(rates: np.ndarray, use: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 
 from tycoon.auctioneer.admission import resolve
 from tycoon.auctioneer.events import AccountClosed, Changes, Event
-from tycoon.vmm.driver import Shares
+from tycoon.resources import Shares
 
 if TYPE_CHECKING:
     from tycoon.auctioneer.market import Market

@@ -43,7 +43,7 @@ from tycoon.bank.receipt import verify_receipt
 from tycoon.bus.keys import is_public_key, subject_id
 from tycoon.errors import Rejected
 from tycoon.money import MAX_AMOUNT
-from tycoon.vmm.driver import RESOURCES, Capacity, Shares, Usage
+from tycoon.resources import RESOURCES, Capacity, Shares, Usage
 
 ALLOC_EPS = 1e-4
 """A recompute on the tick publishes the allocation only if a share moved by more than this."""

@@ -14,7 +14,7 @@ from tycoon.auctioneer.market import ALLOC_MAX, Market
 from tycoon.messages.market import Alloc, HostStatusReply
 from tycoon.messages.price import Offer, PriceUpdate
 from tycoon.money import format_amount
-from tycoon.vmm.driver import RESOURCES
+from tycoon.resources import RESOURCES
 
 
 def price_update(market: Market, seq: int, heartbeat_s: float) -> PriceUpdate:

@@ -26,12 +26,12 @@ from tycoon import __version__
 from tycoon.bus import ratelimit
 from tycoon.bus.connection import Bus, reply_allowed
 from tycoon.bus.envelope import HEADER_SIZE, MAGIC, Message
+from tycoon.bus.histogram import Histogram
 from tycoon.bus.keys import decode_public_key, public_key_from_raw_cached
 from tycoon.bus.ratelimit import KeyedLimiter, RateLimit, retry_text
 from tycoon.bus.verify import reply_subject
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
-from tycoon.bus.histogram import Histogram
 
 RequestHandler = Callable[[Message], Awaitable[dict[str, Any]]]
 

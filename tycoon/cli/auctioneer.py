@@ -26,7 +26,8 @@ from tycoon.messages.price import Offer, offers_from_body
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
 from tycoon.metrics.server import serve_from_args
 from tycoon.money import MICRO, format_amount, format_credits, format_rate, parse_amount
-from tycoon.vmm.driver import RESOURCES, Driver
+from tycoon.resources import RESOURCES
+from tycoon.vmm.driver import Driver
 
 DRIVERS = ("simulated", "cgroups", "xen")
 

@@ -13,10 +13,10 @@ from tycoon.auctioneer.bidparse import parse_duration
 from tycoon.cli.common import bus_for, fail, host_id_of, print_json
 from tycoon.errors import Rejected
 from tycoon.money import MICRO
+from tycoon.resources import RESOURCES
 from tycoon.streams.config import JS_ERRORS, SPECS, describe, ensure_stream, js_unavailable
 from tycoon.streams.history import price_history_via_sls
 from tycoon.streams.prices import PricePoint, price_history
-from tycoon.vmm.driver import RESOURCES
 
 NS = 1_000_000_000
 

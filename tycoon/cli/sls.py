@@ -18,10 +18,10 @@ from tycoon.errors import Rejected
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
 from tycoon.metrics.server import serve_from_args
 from tycoon.money import format_rate
+from tycoon.resources import RESOURCES
 from tycoon.sls.client import SLSClient
 from tycoon.sls.query import DEFAULT_LIMIT, MAX_LIMIT_WITH_STATISTICS, SORTS, TIES
 from tycoon.sls.service import SLSConfig, SLSService
-from tycoon.vmm.driver import RESOURCES
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmMgGtT]i?)?[bB]?$")
 _POWERS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}

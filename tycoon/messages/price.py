@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from tycoon.bus.schema import check_name
 from tycoon.errors import Rejected
 from tycoon.messages.base import Body, meta
-from tycoon.vmm.driver import RESOURCES
+from tycoon.resources import RESOURCES
 
 MAX_HEARTBEAT_S = 86_400.0
 MIN_HEARTBEAT_S = 0.01

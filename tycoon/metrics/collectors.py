@@ -25,9 +25,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from tycoon.auctioneer.views import prices
-from tycoon.log import get_logger
 from tycoon.bus.histogram import Histogram
-from tycoon.vmm.driver import RESOURCES
+from tycoon.log import get_logger
+from tycoon.resources import RESOURCES
 
 if TYPE_CHECKING:
     from tycoon.agent.agent import Agent

@@ -18,9 +18,9 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
+from tycoon.bus.histogram import Histogram
 from tycoon.log import get_logger
 from tycoon.metrics.collectors import CommonCollector, DomainCollector, describe
-from tycoon.bus.histogram import Histogram
 
 LAG_PROBE_S = 0.25
 MAX_HEADER_LINES = 64

@@ -32,7 +32,7 @@ from tycoon.bank.receipt import make_receipt
 from tycoon.bus.keys import Identity
 from tycoon.errors import Rejected
 from tycoon.money import MICRO
-from tycoon.vmm.driver import RESOURCES, Capacity, Usage
+from tycoon.resources import RESOURCES, Capacity, Usage
 
 NS = 1_000_000_000
 T0_NS = 1_750_000_000 * NS

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from tycoon.resources import RESOURCES
 from tycoon.sls.stats import moments_body
 from tycoon.sls.tables import HistogramTable, MomentTable
-from tycoon.vmm.driver import RESOURCES
 
 NR = len(RESOURCES)
 CAP, PRICE, UNIT, UTIL, BIDDERS = range(5)

@@ -8,7 +8,7 @@ from typing import Any
 
 from tycoon.bus.schema import check_id
 from tycoon.errors import Rejected
-from tycoon.vmm.driver import RESOURCES
+from tycoon.resources import RESOURCES
 
 SORTS: tuple[str, ...] = ("capacity_per_price", "price", "unit_price", "capacity", "availability")
 """Sort orders: most capacity per credit first (= lowest unit price, ties: most capacity),

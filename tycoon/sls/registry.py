@@ -23,11 +23,11 @@ import numpy as np
 
 from tycoon.bus.keys import subject_id
 from tycoon.errors import Rejected
+from tycoon.resources import RESOURCES
 from tycoon.sls.columns import Columns
 from tycoon.sls.query import Query
 from tycoon.sls.tables import DEFAULT_BINS, DEFAULT_BUCKETS, HistogramTable, MomentTable
 from tycoon.sls.update import OfferTuple, ParsedUpdate, PriceUpdate, parse_update
-from tycoon.vmm.driver import RESOURCES
 
 NR = len(RESOURCES)
 RES_INDEX = {r: j for j, r in enumerate(RESOURCES)}

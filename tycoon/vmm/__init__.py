@@ -8,7 +8,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from tycoon.vmm.driver import RESOURCES, Capacity, Driver, Shares, Usage
+from tycoon.resources import RESOURCES, Capacity, Shares, Usage
+from tycoon.vmm.driver import Driver
 
 DRIVERS: tuple[str, ...] = ("simulated", "cgroups", "xen")
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
+from tycoon.resources import Capacity, Shares, Usage
 from tycoon.vmm import cgroupfs
 from tycoon.vmm.cgroups_backend import Backend
 from tycoon.vmm.cgroups_v1 import V1Backend
 from tycoon.vmm.cgroups_v2 import V2Backend
-from tycoon.vmm.driver import Capacity, Shares, Usage
 from tycoon.vmm.validate import check_account, check_shares, sandbox_name
 
 MiB = 1024**2

@@ -19,7 +19,7 @@ import math
 import random
 from collections.abc import Callable, Mapping
 
-from tycoon.vmm.driver import RESOURCES, Capacity, Shares, Usage
+from tycoon.resources import RESOURCES, Capacity, Shares, Usage
 from tycoon.vmm.validate import check_account, check_shares
 
 GB = 1024**3

@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 
 from tycoon.errors import Rejected
-from tycoon.vmm.driver import RESOURCES, Shares
+from tycoon.resources import RESOURCES, Shares
 
 MAX_ACCOUNT_LEN = 256
 TOLERANCE = 1e-6

@@ -28,7 +28,7 @@ import XenAPI
 
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
-from tycoon.vmm.driver import Capacity, Shares, Usage
+from tycoon.resources import Capacity, Shares, Usage
 from tycoon.vmm.validate import check_account, check_shares, sandbox_name
 
 ACCOUNT_KEY = "tycoon_account"
