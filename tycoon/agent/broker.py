@@ -26,7 +26,7 @@ from tycoon.bank.receipt import Receipt, verify_receipt
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
-from tycoon.bus.keys import Identity, KeyStore, subject_id
+from tycoon.bus.keys import KeyStore, subject_id
 from tycoon.bus.schema import get_bytes, get_int, get_str
 from tycoon.bus.service import Endpoint, Service
 from tycoon.errors import Rejected
@@ -200,6 +200,3 @@ async def enroll(bus: Bus, bank_key: str, broker_key: str, amount: int, deadline
     return dict(reply.body)
 
 
-def job_identity(state: Path, key_name: str) -> Identity:
-    """The identity of one broker job (for tools and tests)."""
-    return KeyStore(state).load(key_name)

@@ -193,11 +193,6 @@ class MarketStore:
         self._stored.update(row[-1] for row in new)
         self._stored -= changes.closed
 
-    def save_seq(self, seq: int) -> None:
-        """Remember the last published sequence number."""
-        with self._tx():
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
-
     def audit(self) -> dict[str, int]:
         """Totals on disk: funded, earnings, refunded, Σ balances (funded = the other three)."""
         meta = self._meta()

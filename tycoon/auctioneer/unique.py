@@ -91,6 +91,3 @@ class UniqueBook:
         """``{port or address: holding account}`` for one kind."""
         return {key: v[0] for (k, key), v in sorted(self.holders.items()) if k == kind}
 
-    def prices_of(self, kind: str) -> dict[str, float]:
-        """``{port or address: price the holder pays per second}``."""
-        return {key: v[1] for (k, key), v in sorted(self.holders.items()) if k == kind}

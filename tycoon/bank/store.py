@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-EVENT_KINDS = ("open", "mint", "transfer", "close")
-
 
 @dataclass(frozen=True)
 class AccountRow:

@@ -38,7 +38,6 @@ from tycoon.log import LogLimiter, get_logger
 Handler = Callable[[Message], Awaitable[None]]
 RawHandler = Callable[[str, bytes], Awaitable[None]]
 """Called with (subject, envelope bytes) of an unverified message (see subscribe_raw)."""
-DEFAULT_URL = "nats://127.0.0.1:4222"
 RECENTLY_VERIFIED = RecentlyVerified()
 """Shared by every Bus of this process: principals sharing a connection (and subscribed
 to the same subjects) check each delivered envelope's signature once."""

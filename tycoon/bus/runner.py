@@ -6,13 +6,9 @@ import asyncio
 import inspect
 import signal
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from tycoon.log import get_logger
-
-
-class Stoppable(Protocol):
-    async def stop(self) -> None: ...
 
 
 async def run_until_signal(

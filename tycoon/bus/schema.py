@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from tycoon.errors import Rejected
@@ -43,18 +42,6 @@ def get_int(body: Any, name: str, *, optional: bool = False) -> int | None:
     return value
 
 
-def get_float(body: Any, name: str, *, optional: bool = False) -> float | None:
-    """A finite number field, returned as float."""
-    value = _get(body, name, optional)
-    if value is _MISSING:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise Rejected("malformed", f"field {name!r} must be a number")
-    if not math.isfinite(value):
-        raise Rejected("malformed", f"field {name!r} must be finite")
-    return float(value)
-
-
 def get_bytes(
     body: Any, name: str, *, optional: bool = False, max_len: int = 1024 * 1024
 ) -> bytes | None:
@@ -66,36 +53,6 @@ def get_bytes(
         raise Rejected("malformed", f"field {name!r} must be binary")
     if len(value) > max_len:
         raise Rejected("malformed", f"field {name!r} is longer than {max_len} bytes")
-    return value
-
-
-def get_map(body: Any, name: str, *, optional: bool = False) -> dict[str, Any] | None:
-    """A map field."""
-    value = _get(body, name, optional)
-    if value is _MISSING:
-        return None
-    if not isinstance(value, dict):
-        raise Rejected("malformed", f"field {name!r} must be a map")
-    return value
-
-
-def get_list(body: Any, name: str, *, optional: bool = False) -> list[Any] | None:
-    """An array field."""
-    value = _get(body, name, optional)
-    if value is _MISSING:
-        return None
-    if not isinstance(value, list):
-        raise Rejected("malformed", f"field {name!r} must be an array")
-    return value
-
-
-def get_bool(body: Any, name: str, *, optional: bool = False) -> bool | None:
-    """A boolean field."""
-    value = _get(body, name, optional)
-    if value is _MISSING:
-        return None
-    if not isinstance(value, bool):
-        raise Rejected("malformed", f"field {name!r} must be a boolean")
     return value
 
 

@@ -49,7 +49,6 @@ class HostRecord:
     offers: tuple[OfferTuple | None, ...]
     first_seen_ns: int
     last_seen_ns: int
-    received_ns: int
     registered_ns: int = 0
     updates: int = 1
     live: bool = True
@@ -156,7 +155,7 @@ class Registry:
         if rec is None:
             slot = self._slot()
             rec = HostRecord(
-                host, sender, slot, name, driver, seq, heartbeat, offers, ts_ns, ts_ns, now_ns
+                host, sender, slot, name, driver, seq, heartbeat, offers, ts_ns, ts_ns
             )
             self._by_host[host] = rec
             self._records[slot] = rec
@@ -170,7 +169,6 @@ class Registry:
             t = max(ts_ns, rec.last_seen_ns)
             rec.registered_ns += min(t - rec.last_seen_ns, int(rec.heartbeat_s * NS) * self.missed)
             rec.last_seen_ns = t
-            rec.received_ns = now_ns
             rec.seq = seq
             rec.heartbeat_s = heartbeat
             rec.name, rec.driver, rec.offers = name, driver, offers

@@ -187,11 +187,6 @@ class SettlementLog:
         except TimeoutError:
             return False
 
-    @property
-    def behind(self) -> int:
-        """Receipts waiting to be published (0 after a successful resync)."""
-        return len(self._queue)
-
     # -- the publisher ---------------------------------------------------------------
 
     async def _run(self) -> None:
