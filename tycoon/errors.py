@@ -46,6 +46,8 @@ CODES: dict[str, str] = {
     "expired": "the bid has expired",
     "bad_share": "a share is not a fraction in 0..1 or a resource is shared out above 1",
     "driver_failed": "the VMM driver could not apply the change on the host",
+    "unknown_job": "no such job of this account on this host",
+    "job_limit": "the account runs as many jobs as a host allows at once",
     "bad_input": "the input to a computation (solver, predictor, simulator) is not valid",
 }
 

@@ -62,10 +62,15 @@ PUBLIC_FEEDS = (subjects.PRICES_ALL, subjects.ALLOCS_ALL, subjects.SLS_SNAPSHOT)
 # What a viewer (the web dashboard, docs/dashboard.md) may read: the public feeds, the
 # bank's settled receipts and the agents' decisions. It publishes nothing at all.
 VIEWER_FEEDS = (*PUBLIC_FEEDS, subjects.BANK_SETTLED, subjects.AGENTS_ALL)
+# A host publishes its jobs' output and exits on tycoon.job.<account id>.<job id>.<event>;
+# any host may publish there (a job id is the host's), so a reader checks the signer is the
+# host it ran the job on (tycoon.auctioneer.jobclient). Each client reads only its own id's.
+JOB_EVENTS = f"{subjects.PREFIX}.job.*.*.*"
 # What no client role may ever publish (defence in depth over the allow lists).
 NEVER_FROM_CLIENTS = (
     f"{subjects.PREFIX}.price.>",
     f"{subjects.PREFIX}.alloc.>",
+    subjects.JOBS_ALL,
     SETTLEMENTS_ALL,
     *SERVICE_EVENTS,
     "$JS.>", "$KV.>", "$O.>", "$SYS.>",
@@ -152,13 +157,14 @@ def permissions(p: Principal) -> Permissions:
         # A host answers its own requests, publishes its own prices and allocations, and
         # talks to the bank (its own account, refunds) — nothing else, no JetStream at all
         # (PRICES captures its price updates).
-        pub += [INBOXES, subjects.price(pid), subjects.alloc(pid), f"{subjects.PREFIX}.bank.*"]
+        pub += [INBOXES, subjects.price(pid), subjects.alloc(pid), f"{subjects.PREFIX}.bank.*",
+                JOB_EVENTS]
         pub_deny += [subjects.BANK_SETTLED, SETTLEMENTS_ALL, "$JS.>", *NEVER_FROM_SERVICES]
         sub += [subjects.host_all(pid), SRV_ALL]
     elif p.role in ("agent", "broker", "user"):
         pub += [*CLIENT_REQUESTS]  # no JetStream right at all: see PRICES_STREAM above
         pub_deny += NEVER_FROM_CLIENTS
-        sub += PUBLIC_FEEDS
+        sub += [*PUBLIC_FEEDS, subjects.job_all(pid)]  # its own jobs' output only
         if p.role == "agent":
             pub += [subjects.agent_all(pid)]
         if p.role == "broker":

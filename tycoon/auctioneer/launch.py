@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.auctioneer.market import Market
 from tycoon.auctioneer.service import AuctioneerService
 from tycoon.auctioneer.store import MarketStore
@@ -54,10 +55,12 @@ async def start_auctioneer(
     durability: str = "full",
     clock: Callable[[], int] = time.time_ns,
     market_options: Mapping[str, Any] | None = None,
+    jobs: JobConfig | None = None,
 ) -> RunningAuctioneer:
     """Connect as the host's key, load the market from ``store_path`` and start serving.
 
-    ``market_options``: ``floor_price``, ``deposit``, ``idle_s`` of :class:`Market`."""
+    ``market_options``: ``floor_price``, ``deposit``, ``idle_s`` of :class:`Market`;
+    ``jobs``: run users' processes (docs/jobs.md)."""
     market = Market(
         host_key=identity.public_key, bank_key=bank_key, capacity=driver.capacity(),
         name=name, driver=getattr(driver, "name", type(driver).__name__), tick_s=tick_s,
@@ -72,7 +75,7 @@ async def start_auctioneer(
     bank = BankClient(bus, bank_key)
     service = AuctioneerService(
         bus, market, store, driver, bank, tick_s=tick_s, heartbeat_s=heartbeat_s,
-        alloc_every_s=alloc_every_s, clock=clock,
+        alloc_every_s=alloc_every_s, clock=clock, jobs=jobs,
     )
     try:
         await service.start()

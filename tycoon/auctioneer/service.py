@@ -30,6 +30,7 @@ from tycoon.auctioneer.events import (
     RefundDue,
     SharesChanged,
 )
+from tycoon.auctioneer.jobhost import JobConfig, JobHost
 from tycoon.auctioneer.market import Market
 from tycoon.auctioneer.store import MarketStore
 from tycoon.bank.client import BankClient
@@ -66,7 +67,9 @@ class AuctioneerService:
         heartbeat_s: float = 5.0,
         alloc_every_s: float = 0.25,
         clock: Callable[[], int] = time.time_ns,
+        jobs: JobConfig | None = None,
     ) -> None:
+        """``jobs``: run users' processes (``host.exec``, docs/jobs.md); None: no jobs here."""
         if bus.identity.public_key != market.host_key:
             raise ValueError("the bus must be signed by the host's own key")
         self.bus, self.market, self.store, self.driver, self.bank = bus, market, store, driver, bank
@@ -84,6 +87,9 @@ class AuctioneerService:
         endpoints = [
             Endpoint(subjects.host_op(self.host, op), f"host.{op}", handlers[op]) for op in OPS
         ]
+        self.jobs = JobHost(bus, market, driver, jobs, clock=clock) if jobs else None
+        if self.jobs is not None:
+            endpoints += self.jobs.endpoints()
         self.service = Service(
             bus, "tycoon-auctioneer", endpoints, queue=f"auctioneer-{self.host}",
             description=f"Tycoon auctioneer of host {market.name}",
@@ -127,6 +133,8 @@ class AuctioneerService:
     async def stop(self) -> None:
         """Stop taking requests (in-flight ones finish), then stop the loops."""
         await self.service.stop()
+        if self.jobs is not None:
+            await self.jobs.stop()
         tasks = [*self._tasks, *([self._alloc_due] if self._alloc_due else [])]
         for task in tasks:
             task.cancel()
@@ -171,6 +179,8 @@ class AuctioneerService:
             if isinstance(event, AccountOpened):
                 self.driver.create(event.account)
             elif isinstance(event, AccountClosed):  # empty and idle: swept by the tick
+                if self.jobs is not None:
+                    await self.jobs.account_gone(event.account)
                 self.driver.destroy(event.account)
             elif isinstance(event, SharesChanged):
                 self._apply_pending = publish_alloc = True
@@ -182,6 +192,8 @@ class AuctioneerService:
             try:
                 self.driver.apply(self.market.shares_map())
                 self._apply_pending = False
+                if self.jobs is not None:  # a zero CPU share freezes the jobs, funds thaw them
+                    self.jobs.enforce(self.market.shares_map())
             except Exception:
                 self.log.exception("driver apply failed; retried on the next tick")
         if publish_price:
@@ -276,6 +288,8 @@ class AuctioneerService:
         events = self.market.refund(msg.sender, self.clock())
         self._commit()  # the pending refund is on disk before any bank transfer
         await self._act(events)
+        if self.jobs is not None:
+            self.jobs.refunded(msg.sender)  # nothing left: its jobs end (TERM, grace, KILL)
         try:
             paid = [await self._pay(e.refund) for e in events if isinstance(e, RefundDue)]
         finally:

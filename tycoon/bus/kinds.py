@@ -28,6 +28,12 @@ KINDS: set[str] = {
     "host.status",
     "price",
     "alloc",
+    # jobs (docs/jobs.md)
+    "host.exec",
+    "host.signal",
+    "host.jobs",
+    "job.output",
+    "job.exit",
     # sls
     "sls.query",
     "sls.host",

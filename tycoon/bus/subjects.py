@@ -46,6 +46,20 @@ def host_all(host: str) -> str:
     return f"{PREFIX}.host.{token(host)}.>"
 
 
+JOBS_ALL = f"{PREFIX}.job.>"
+
+
+def job(account_id: str, job_id: str, event: str) -> str:
+    """A job's output (``out``) or end (``exit``): ``tycoon.job.<account id>.<job id>.<event>``
+    (the account's subject id first, so ``tycoon.job.<own id>.>`` is all its jobs)."""
+    return f"{PREFIX}.job.{token(account_id)}.{token(job_id)}.{token(event)}"
+
+
+def job_all(account_id: str) -> str:
+    """Every job subject of one account."""
+    return f"{PREFIX}.job.{token(account_id)}.>"
+
+
 def bank(op: str) -> str:
     """A request to the bank (open, mint, transfer, balance, history, close)."""
     return f"{PREFIX}.bank.{token(op)}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from tycoon.messages import agent, bank, market, sls
+from tycoon.messages import agent, bank, jobs, market, sls
 from tycoon.messages.base import Body, meta
 from tycoon.messages.price import Offer, PriceUpdate
 
@@ -64,11 +64,12 @@ MESSAGES: dict[str, type[Body]] = _registry(
     sls.SlsQuery, sls.SlsHost, sls.SlsHistory, sls.SlsSnapshot,
     agent.AgentPlan, agent.AgentRebid, agent.AgentSettled, agent.AgentWarning,
     agent.AgentDone, agent.BrokerEnroll, agent.BrokerStatus,
+    jobs.HostExec, jobs.HostSignal, jobs.HostJobs, jobs.JobOutput, jobs.JobExit,
 )
 """kind → its body class."""
 
 REPLIES: dict[str, type[Body]] = {
-    **market.REPLIES, **bank.REPLIES, **sls.REPLIES, **agent.REPLIES,
+    **market.REPLIES, **jobs.REPLIES, **bank.REPLIES, **sls.REPLIES, **agent.REPLIES,
     "demo.echo": DemoEchoReply,
 }
 """request kind → the body of its ``reply``."""

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from tycoon.errors import Rejected
 
-V1_CONTROLLERS: tuple[str, ...] = ("cpu", "cpuacct", "memory", "blkio")
-"""The v1 controllers the driver uses (cpu weights and caps, cpu time, memory, block io)."""
+V1_CONTROLLERS: tuple[str, ...] = ("cpu", "cpuacct", "memory", "blkio", "freezer", "pids")
+"""The v1 controllers the driver uses (cpu weights and caps, cpu time, memory, block io;
+freezer and pids for jobs, docs/jobs.md)."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ the driver (:mod:`tycoon.vmm.cgroups`) turns shares into the backend's knob valu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -92,6 +93,14 @@ class Backend(ABC):
     def procs_files(self, name: str) -> list[Path]:
         """The ``cgroup.procs`` files a process is written to, to join the sandbox."""
 
+    def freeze(self, name: str, frozen: bool) -> bool:
+        """Freeze (or thaw) every process of the sandbox; False if this host cannot."""
+        return False
+
+    def set_pids_max(self, name: str, limit: int | None) -> bool:
+        """Cap the sandbox's process count (None: no cap); False if this host cannot."""
+        return False
+
     # -- shared behaviour -------------------------------------------------------------------
 
     def create(self, name: str) -> None:
@@ -127,6 +136,8 @@ class Backend(ABC):
     def kill(self, name: str, timeout: float = 5.0) -> None:
         """SIGKILL every process in the sandbox and wait until it is empty."""
         deadline = time.monotonic() + timeout
+        with contextlib.suppress(Rejected):
+            self.freeze(name, False)  # a frozen v1 task does not die until thawed
         while True:
             members = self.procs(name)
             if not members:

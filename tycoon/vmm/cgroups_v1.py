@@ -33,7 +33,8 @@ class V1Backend(Backend):
         self.mounts = mounts
         # controller -> root dir; co-mounted controllers (cpu,cpuacct) share one dir
         self.bases: dict[str, Path] = {
-            c: self._base(mounts.v1[c], c) for c in ("cpu", "cpuacct", "memory", "blkio")
+            c: self._base(mounts.v1[c], c)
+            for c in ("cpu", "cpuacct", "memory", "blkio", "freezer", "pids")
             if c in mounts.v1
         }
         self._io_file: str | None = None
@@ -117,6 +118,19 @@ class V1Backend(Backend):
         if "memory" not in self.bases:
             return 0
         return cgroupfs.read_int(self._dir("memory", name) / "memory.usage_in_bytes")
+
+    def freeze(self, name: str, frozen: bool) -> bool:
+        if "freezer" not in self.bases:
+            return False
+        cgroupfs.write(self._dir("freezer", name) / "freezer.state",
+                       "FROZEN" if frozen else "THAWED")
+        return True
+
+    def set_pids_max(self, name: str, limit: int | None) -> bool:
+        if "pids" not in self.bases:
+            return False
+        cgroupfs.write(self._dir("pids", name) / "pids.max", "max" if limit is None else limit)
+        return True
 
     def paths(self, name: str) -> dict[str, Path]:
         """Per controller, the sandbox's directory (for status and docs)."""

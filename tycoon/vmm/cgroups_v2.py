@@ -18,7 +18,7 @@ from tycoon.vmm.cgroups_backend import MIN_QUOTA_US, Backend, scale
 
 WEIGHT_TOP = 10_000
 """A share of 1.0 is ``cpu.weight`` 10000 (the kernel's maximum); the minimum is 1."""
-WANTED: tuple[str, ...] = ("cpu", "memory", "io")
+WANTED: tuple[str, ...] = ("cpu", "memory", "io", "pids")
 
 
 class V2Backend(Backend):
@@ -114,6 +114,20 @@ class V2Backend(Backend):
             while self.procs(name) and time.monotonic() < deadline:
                 time.sleep(0.01)
         super().kill(name, timeout)
+
+    def freeze(self, name: str, frozen: bool) -> bool:
+        path = self.base / name / "cgroup.freeze"
+        if not path.exists():
+            return False
+        cgroupfs.write(path, 1 if frozen else 0)
+        return True
+
+    def set_pids_max(self, name: str, limit: int | None) -> bool:
+        path = self.base / name / "pids.max"
+        if not path.exists():
+            return False
+        cgroupfs.write(path, "max" if limit is None else limit)
+        return True
 
     def paths(self, name: str) -> dict[str, Path]:
         """The sandbox's directory (for status and docs)."""
