@@ -129,10 +129,11 @@ async def run_chaos(config: ChaosConfig, tmp: Path) -> dict[str, Any]:
             await _retry(lambda i=ident: _open(chaos, i))
             await _retry(lambda i=ident, b=budget: operator.mint(
                 i.public_key, b * MICRO, f"budget-{i.public_key}"))
-            journal = tmp / "agents" / f"{subject_id(ident.public_key)}.db"
+            journal = tmp / "agents" / subject_id(ident.public_key) / "chaos.db"
             chaos.agent_meta[f"agent{n}"] = (ident, budget * MICRO, journal)
             chaos.procs[f"agent{n}"] = Proc(
                 f"agent{n}", url, home, "--as", f"agent{n}", "agent", "run", "--json",
+                "--job", "chaos",
                 "--budget", str(budget), "--deadline", f"{deadline:g}s", "--replan", "2",
                 "--candidates", "10", "--state", str(tmp / "agents"), "--bank", bank_key,
                 "--grace", config.grace)

@@ -113,7 +113,7 @@ async def test_kill_agent_auctioneer_and_bank_processes(tmp_path: Path) -> None:
     for name in ("sls", "host0", "host1"):
         keys.create(name)
     db = tmp_path / "bank.db"
-    journal = tmp_path / "agents" / f"{subject_id(agent_id.public_key)}.db"
+    journal = tmp_path / "agents" / subject_id(agent_id.public_key) / "faults.db"
     server = NatsServer(jetstream=True, store_dir=tmp_path / "js")
     await server.start()
     url = server.url
@@ -124,7 +124,7 @@ async def test_kill_agent_auctioneer_and_bank_processes(tmp_path: Path) -> None:
                   "--driver", "simulated", "--preset", "small", "--bank", bank_key,
                   "--store", str(tmp_path / f"host{i}.db"), "--name", f"host{i}",
                   "--tick", "0.2", "--heartbeat", "0.5") for i in range(2)]
-    agent = Proc("agent", url, home, "--as", "agent", "agent", "run", "--json",
+    agent = Proc("agent", url, home, "--as", "agent", "agent", "run", "--json", "--job", "faults",
                  "--budget", str(BUDGET // MICRO), "--deadline", "40s", "--replan", "1.5",
                  "--candidates", "10", "--state", str(tmp_path / "agents"), "--bank", bank_key)
     buses: list[Bus] = []

@@ -13,10 +13,15 @@ host's reply, or the bank's history when the host paid it on its own), so each c
 from __future__ import annotations
 
 import contextlib
+import json
+import re
+import secrets
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -196,3 +201,73 @@ class Journal:
                                "AND (status = 'done' OR (? AND status = 'pending'))",
                                (pending,)).fetchall()
         return {str(r[0]) for r in rows}
+
+
+JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
+"""A job name: it goes into every transfer id of the job (letters, digits, '_', '-')."""
+
+
+def fresh_job(now: float) -> str:
+    """A new job name, e.g. ``job-20261206-110502-3fa9`` (one per ``agent run``)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return f"job-{stamp}-{secrets.token_hex(2)}"
+
+
+def job_journal(state: Path, agent_id: str, job: str) -> Path:
+    """Where job ``job`` of agent ``agent_id`` keeps its journal."""
+    if not JOB_NAME.fullmatch(job):
+        raise ValueError(f"bad job name {job!r}: up to 40 letters, digits, '_' or '-'")
+    return state / agent_id / f"{job}.db"
+
+
+@dataclass(frozen=True)
+class JobChoice:
+    """Which journal an ``agent run`` uses: ``prefix`` starts every transfer id."""
+
+    job: str
+    path: Path
+    prefix: str
+    resumed: bool
+
+
+def choose_job(state: Path, agent_id: str, job: str | None, now: float) -> JobChoice:
+    """The job ``job`` (resumed if its journal exists), or with no name: the key's latest
+    unfinished job (resumed), else a fresh one. Transfer ids are ``<agent id>.<job>...``;
+    a journal of an older release (``<state>/<agent id>.db``) keeps its ids."""
+    legacy = state / f"{agent_id}.db"
+    if job is None and legacy.exists() and finished_job(legacy) is None:
+        return JobChoice("(unnamed)", legacy, agent_id, True)
+    if job is None:
+        open_jobs = sorted((p for p in (state / agent_id).glob("*.db")
+                            if finished_job(p) is None), key=lambda p: p.stat().st_mtime)
+        if open_jobs:
+            job = open_jobs[-1].stem
+    if job is None:
+        job = fresh_job(now)
+    path = job_journal(state, agent_id, job)
+    return JobChoice(job, path, f"{agent_id}.{job}", path.exists())
+
+
+def finished_job(path: Path) -> dict[str, Any] | None:
+    """The summary a finished job left in its journal (None: none, or not finished)."""
+    if not path.exists():
+        return None
+    journal = Journal(path)
+    try:
+        text = journal.get("finished")
+    finally:
+        journal.close()
+    return None if text is None else dict(json.loads(text))
+
+
+def mark_finished(path: Path, summary: dict[str, Any]) -> bool:
+    """Record that the job of ``path`` is over, unless a move is still pending (a rerun
+    must then settle it); True if marked. A finished job is reported, never rerun."""
+    journal = Journal(path)
+    try:
+        if journal.pending():
+            return False
+        journal.set("finished", json.dumps(summary, sort_keys=True))
+        return True
+    finally:
+        journal.close()

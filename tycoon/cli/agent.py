@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from pathlib import Path
 
 from tycoon.agent.agent import Agent, AgentConfig
 from tycoon.agent.broker import Broker, enroll
+from tycoon.agent.journal import choose_job, finished_job, mark_finished
+from tycoon.agent.parts import AgentParts
 from tycoon.auctioneer.bidparse import parse_duration
 from tycoon.bus import subjects
+from tycoon.bus.connection import Bus
 from tycoon.bus.keys import default_home, is_public_key, subject_id
 from tycoon.bus.runner import run_until_signal
 from tycoon.cli.bank import resolve_account, resolve_bank_key
-from tycoon.cli.common import bus_for, print_json
+from tycoon.cli.common import bus_for, identity, print_json
+from tycoon.errors import Rejected
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
 from tycoon.metrics.server import serve_from_args, stop_server
 from tycoon.money import format_amount, parse_amount
-from tycoon.vmm.driver import RESOURCES
+from tycoon.resources import RESOURCES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--replan", type=float, default=30.0, help="periodic replan, seconds")
     run.add_argument("--grace", default="3m",
                      help="after the deadline, keep bringing money home this long (e.g. 3m)")
+    run.add_argument("--job", default=None,
+                     help="job name (default: a fresh one per run); the name of an "
+                          "interrupted job resumes it, a finished job's is refused")
     run.add_argument("--state", default=None,
-                     help="journal directory (default <home>/agents); resumes the same job")
+                     help="journal directory (default <home>/agents), one journal per job")
     run.add_argument("--bank", default=None, help="the bank's public key or key name")
     run.add_argument("--json", action="store_true")
     add_metrics_arguments(run)
@@ -76,12 +84,28 @@ async def cmd_run(args: argparse.Namespace) -> int:
         probability=args.probability, model=args.model,
         grace_s=parse_duration(args.grace) / 1e9,
     )
-    bus = await bus_for(args)
     state = Path(args.state) if args.state else _home(args) / "agents"
-    agent = Agent(bus, resolve_bank_key(args), config,
-                  state / f"{subject_id(bus.identity.public_key)}.db")
-    print(f"agent {agent.id}: {format_amount(config.budget)} credits of {config.resource} "
-          f"before {args.deadline}; events on {subjects.agent_all(agent.id)}", flush=True)
+    me = subject_id(identity(args).public_key)
+    try:
+        choice = choose_job(state, me, args.job, time.time())
+    except ValueError as exc:
+        raise Rejected("malformed", str(exc)) from exc
+    job, path = choice.job, choice.path
+    finished = finished_job(path)
+    if finished is not None:  # reported as such: never reattached to with a new budget
+        print(f"agent {me} job {job!r} is finished: spent "
+              f"{format_amount(int(finished.get('spent', 0)))} credits in "
+              f"{finished.get('plans', 0)} plans, nothing left to settle; start another "
+              "with --job NAME, or leave --job out for a fresh one", flush=True)
+        if args.json:
+            print_json({**finished, "finished": True})
+        return 0
+    bus = await bus_for(args)
+    agent = make_agent(bus, resolve_bank_key(args), config, path, choice.prefix)
+    what = "resuming unfinished job" if choice.resumed else "job"
+    print(f"agent {agent.id} {what} {job}: {format_amount(config.budget)} credits of "
+          f"{config.resource} before {args.deadline}; events on "
+          f"{subjects.agent_all(agent.id)}", flush=True)
     metrics = await serve_from_args(args, agent)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run())
@@ -92,7 +116,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
         await asyncio.gather(task, return_exceptions=True)
         await stop_server(metrics)
         await bus.close()
-        print("interrupted; run the same command again to resume this job")
+        print(f"interrupted; run it again with --job {job} to resume this job")
         return 130
     stop.set()
     await waiter
@@ -102,6 +126,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
     result = {"agent": summary.agent, "plans": summary.plans, "rebids": summary.rebids,
               "funded": summary.funded, "spent": summary.spent, "refunded": summary.refunded,
               "outstanding": summary.outstanding, "warnings": summary.warnings[-5:]}
+    result["job"] = job
+    if not summary.outstanding:  # over: the name is not silently reattached later
+        mark_finished(path, result)
     if args.json:
         print_json(result)
     else:
@@ -113,6 +140,16 @@ async def cmd_run(args: argparse.Namespace) -> int:
     # money still away at the end of the grace period: a rerun (it only settles) or an
     # operator must see to it
     return 3 if summary.outstanding else 0
+
+
+def make_agent(bus: Bus, bank_key: str, config: AgentConfig, journal: Path,
+               prefix: str) -> Agent:
+    """The agent of one job: its journal, and transfer ids ``<prefix>.<epoch>...`` with
+    ``prefix`` = ``<agent id>.<job>`` (two jobs of one key never share an id, so the bank
+    never answers 'conflict')."""
+    parts = AgentParts.default(bus, bank_key, config, journal)
+    parts.allocator.agent_id = prefix  # move ids: f"{agent_id}.{epoch}.{host}.{step}"
+    return Agent.from_parts(bus, config, parts)
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
