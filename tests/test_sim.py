@@ -12,7 +12,7 @@ from tycoon.cli.main import main
 from tycoon.errors import Rejected
 from tycoon.sim.dynamic import Workload, compare, make_jobs, simulate
 from tycoon.sim.equilibrium import solve_equilibrium
-from tycoon.sim.market import Market, allocate, balanced_game, proportional_share, random_market
+from tycoon.sim.market import Game, allocate, balanced_game, proportional_share, random_market
 from tycoon.sim.measures import envy_matrix, measure, optimal_welfare, utilities
 from tycoon.sim.report import equilibrium_report, sweep_dynamic, sweep_equilibrium
 
@@ -61,13 +61,13 @@ def test_generators() -> None:
     with pytest.raises(Rejected):
         balanced_game(0, 3, rng)
     with pytest.raises(Rejected):
-        Market(np.ones(2), np.ones((3, 2)), np.ones(2))
+        Game(np.ones(2), np.ones((3, 2)), np.ones(2))
     with pytest.raises(Rejected):
-        Market(np.ones(2), -np.ones((1, 2)), np.ones(1))
+        Game(np.ones(2), -np.ones((1, 2)), np.ones(1))
 
 
 def test_one_host_equilibrium_is_budget_proportional() -> None:
-    market = Market(np.ones(1), np.ones((3, 1)), np.array([1.0, 2.0, 4.0]))
+    market = Game(np.ones(1), np.ones((3, 1)), np.array([1.0, 2.0, 4.0]))
     eq = solve_equilibrium(market)
     assert eq.converged
     assert np.allclose(eq.shares[:, 0], [1 / 7, 2 / 7, 4 / 7])
@@ -76,7 +76,7 @@ def test_one_host_equilibrium_is_budget_proportional() -> None:
 def test_budgets_buy_shares_in_order() -> None:
     rng = np.random.default_rng(3)
     values = rng.uniform(0.5, 1.0, (3, 20))
-    market = Market(np.ones(20), values / values.sum(axis=1, keepdims=True), np.array([1.0, 2, 4]))
+    market = Game(np.ones(20), values / values.sum(axis=1, keepdims=True), np.array([1.0, 2, 4]))
     eq = solve_equilibrium(market)
     assert eq.converged
     held = eq.shares.sum(axis=1)

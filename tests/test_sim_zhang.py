@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tycoon.sim.equilibrium import solve_equilibrium
-from tycoon.sim.market import Market, balanced_game
+from tycoon.sim.market import Game, balanced_game
 from tycoon.sim.measures import measure
 from tycoon.sim.report import equilibrium_report
 
@@ -38,7 +38,7 @@ def best_utility(budget: float, w: np.ndarray, y: np.ndarray) -> float:
     return total + float(np.sum(wp * x / (x + yp)))
 
 
-def assert_nash(market: Market, bids: np.ndarray, gap: float = 1e-8) -> None:
+def assert_nash(market: Game, bids: np.ndarray, gap: float = 1e-8) -> None:
     """No user can gain more than ``gap`` of its utility by changing its bids alone."""
     total = bids.sum(axis=0)
     for i in range(market.users):
@@ -86,7 +86,7 @@ def test_skewed_markets_hold_the_bounds_or_report_no_figure() -> None:
         users = 2 if k % 2 else int(rng.integers(3, 8))
         hosts = int(rng.integers(1, 9))
         values = rng.dirichlet(np.full(hosts, rng.choice([0.1, 0.3, 1.0, 3.0])), size=users)
-        market = Market(np.ones(hosts), values / values.sum(axis=1, keepdims=True), np.ones(users))
+        market = Game(np.ones(hosts), values / values.sum(axis=1, keepdims=True), np.ones(users))
         result, eq = equilibrium_report(market, tol=1e-10, gap_tol=1e-7, max_rounds=1500)
         if not eq.converged:
             assert result["market"] is None

@@ -21,8 +21,8 @@ from tycoon.auctioneer.book import Book
 from tycoon.auctioneer.events import Bid
 from tycoon.errors import Rejected
 from tycoon.resources import RESOURCES, Capacity
+from tycoon.units import NS
 
-NS = 1_000_000_000
 FLOOR_PRICE = 100.0
 """Default floor price: micro-credits per second for a whole resource (share 1.0) or one
 port or address. A reservation pays at least ``lo × floor``; a port or address at least

@@ -35,8 +35,8 @@ from typing import Any
 
 from tycoon.errors import Rejected
 from tycoon.resources import RESOURCES
+from tycoon.units import NS
 
-NS = 1_000_000_000
 MAX_DURATION_NS = 100 * 366 * 86_400 * NS
 """A century: longer bids are refused."""
 MAX_WEIGHT = 1e9

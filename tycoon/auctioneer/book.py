@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from tycoon.resources import RESOURCES
+from tycoon.units import NS
 
 R = len(RESOURCES)
-NS = 1_000_000_000
 
 
 class Book:

@@ -121,7 +121,7 @@ class GroupCommitter:
             if batch.events:
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self._executor, ledger.persist, batch)
-            ledger.publish(batch)
+            ledger.apply_in_memory(batch)
         except Exception as exc:
             self.log.exception("batch commit failed; nothing changed", ops=len(items))
             failed = Rejected("internal", f"commit failed ({type(exc).__name__}); nothing "

@@ -3,8 +3,8 @@
 Requests are applied to a :class:`Batch`; each operation either raises
 :class:`~tycoon.errors.Rejected` and changes nothing, or records its events in the
 batch. :meth:`Ledger.commit` writes the whole batch in one durable store
-transaction and only then makes it visible; :meth:`Ledger.abort` (or a failed
-commit) drops it, leaving the ledger exactly as before. The service adapter
+transaction and only then makes it visible; a batch never committed (or whose commit
+failed) is simply dropped, leaving the ledger exactly as before. The service adapter
 group-commits: many concurrent requests share one batch and one fsync, and each
 reply is sent only after its batch is durable.
 
@@ -264,7 +264,7 @@ class Ledger:
     def commit(self, batch: Batch) -> None:
         """Write ``batch`` durably, then make it visible; on failure nothing changes."""
         self.persist(batch)
-        self.publish(batch)
+        self.apply_in_memory(batch)
 
     def persist(self, batch: Batch) -> None:
         """Write ``batch`` to the store in one durable transaction (may run in a thread:
@@ -274,7 +274,7 @@ class Ledger:
         if batch.events:
             self.store.write(batch.events, list(batch.dirty.values()))
 
-    def publish(self, batch: Batch) -> None:
+    def apply_in_memory(self, batch: Batch) -> None:
         """Make a persisted ``batch`` visible in memory."""
         self.accounts.update(batch.dirty)
         self.seq = batch.seq

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-NS = 1_000_000_000
+from tycoon.units import NS
 
 
 @dataclass(frozen=True)

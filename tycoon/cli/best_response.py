@@ -28,8 +28,7 @@ from tycoon.agent.best_response import BestResponse, best_response
 from tycoon.auctioneer.bidparse import parse_duration as bid_duration
 from tycoon.errors import Rejected
 from tycoon.money import MICRO, format_amount, parse_amount
-
-NS = 1_000_000_000
+from tycoon.units import NS
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,7 @@ from tycoon.resources import RESOURCES
 from tycoon.streams.config import JS_ERRORS, SPECS, describe, ensure_stream, js_unavailable
 from tycoon.streams.history import price_history_via_sls
 from tycoon.streams.prices import PricePoint, price_history
-
-NS = 1_000_000_000
+from tycoon.units import NS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -38,7 +38,7 @@ RESOURCES = ("cpu", "memory", "disk", "net")
 
 
 @dataclass
-class HostRow:
+class TopHost:
     host: str
     name: str = ""
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -50,7 +50,7 @@ class MarketView:
     """What an operator sees: hosts, accounts, agent decisions, settled transfers."""
 
     def __init__(self, history: int = 8, names: dict[str, str] | None = None) -> None:
-        self.hosts: dict[str, HostRow] = {}
+        self.hosts: dict[str, TopHost] = {}
         self.decisions: collections.deque[str] = collections.deque(maxlen=history)
         self.transfers: collections.deque[str] = collections.deque(maxlen=history)
         self.events = 0
@@ -78,7 +78,7 @@ class MarketView:
             host = str(r.get("host", ""))
             if not host:
                 continue
-            row = self.hosts.setdefault(host, HostRow(host))
+            row = self.hosts.setdefault(host, TopHost(host))
             row.name = row.name or str(r.get("name", ""))
             if resource not in row.resources:
                 row.resources[resource] = {k: r.get(k) for k in
@@ -95,14 +95,14 @@ class MarketView:
                 update = PriceUpdate.from_body(body)
             except Rejected:
                 return
-            row = self.hosts.setdefault(update.host, HostRow(update.host))
+            row = self.hosts.setdefault(update.host, TopHost(update.host))
             row.name = update.name or row.name
             row.resources = {r: o.to_body() for r, o in update.resources.items()}
             row.seen = time.time() if now is None else now
         elif msg.kind == "alloc" and host:
             accounts = body.get("accounts")
             if isinstance(accounts, dict):
-                self.hosts.setdefault(host, HostRow(host)).accounts = accounts
+                self.hosts.setdefault(host, TopHost(host)).accounts = accounts
         elif msg.kind == "bank.settled":
             for receipt in settled_receipts(msg):
                 self.note_transfer(receipt)

@@ -75,7 +75,7 @@ def step(text: str) -> None:
     console.print(f"[bold cyan]▸[/] {text}")
 
 
-class Market:
+class Processes:
     """The processes of one ``tycoon up`` and how to start them."""
 
     def __init__(self, deployment: Deployment, url: str, heartbeat: float) -> None:
@@ -252,13 +252,13 @@ async def run_market(args: argparse.Namespace, state: Path, lock: StateLock) -> 
     started = time.monotonic()
     view = MarketView()
     server: NatsServer | None = None
-    market: Market | None = None
+    market: Processes | None = None
     bus: Bus | None = None
     web: DashboardServer | None = None
     codes: dict[str, int | None] = {}
     try:
         deployment, url, server = await start_server(args, state, lock)
-        market = Market(deployment, url, args.heartbeat)
+        market = Processes(deployment, url, args.heartbeat)
         view.names.update(names_of(deployment.store))
         await market.start_services()
         bus = await open_bus(url, deployment.store.load(deployment.operator_key), deadline=10)
@@ -313,7 +313,7 @@ def start_web(deployment: Deployment, port: int) -> DashboardServer | None:
     return server
 
 
-async def run_for(seconds: float | None, view: MarketView, market: Market) -> None:
+async def run_for(seconds: float | None, view: MarketView, market: Processes) -> None:
     """Without a terminal: a progress line every 5 s until ``seconds`` pass (or, with a
     duration, every agent is done); without one, until a signal."""
     begun = time.monotonic()
@@ -345,7 +345,7 @@ async def live_view(view: MarketView, seconds: float | None, url: str) -> None:
             live.update(frame())
 
 
-def agent_results(market: Market) -> list[dict[str, Any]]:
+def agent_results(market: Processes) -> list[dict[str, Any]]:
     results = []
     for child in market.agents:
         lines = [ln for ln in child.tail(50).splitlines() if ln.startswith('{"agent"')]
@@ -354,7 +354,7 @@ def agent_results(market: Market) -> list[dict[str, Any]]:
     return results
 
 
-def summarise(state: Path, view: MarketView, market: Market,
+def summarise(state: Path, view: MarketView, market: Processes,
               codes: dict[str, int | None]) -> int:
     console.print("\n[bold]summary[/]")
     console.print(view.render())

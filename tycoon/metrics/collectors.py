@@ -28,6 +28,7 @@ from tycoon.auctioneer.views import prices
 from tycoon.bus.histogram import Histogram
 from tycoon.log import get_logger
 from tycoon.resources import RESOURCES
+from tycoon.units import NS
 
 if TYPE_CHECKING:
     from tycoon.agent.agent import Agent
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from tycoon.bus.service import Service
     from tycoon.sls.service import SLSService
 
-NS = 1_000_000_000
 log = get_logger("metrics")
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from tycoon.agent.best_response import best_response_batch, best_response_bids, utility
 from tycoon.errors import Rejected
-from tycoon.sim.market import Market, allocate
+from tycoon.sim.market import Game, allocate
 
 METHODS = ("simultaneous", "sequential")
 
@@ -51,7 +51,7 @@ class Equilibrium:
     """Each host's price (Σ bids) after each recorded round (``record=True``)."""
 
 
-def initial_bids(market: Market) -> np.ndarray:
+def initial_bids(market: Game) -> np.ndarray:
     """Everyone spreads its budget in proportion to its values."""
     w = market.values
     total = w.sum(axis=1, keepdims=True)
@@ -60,7 +60,7 @@ def initial_bids(market: Market) -> np.ndarray:
 
 
 def solve_equilibrium(
-    market: Market,
+    market: Game,
     *,
     tol: float = 1e-9,
     max_rounds: int = 5000,
@@ -124,7 +124,7 @@ def solve_equilibrium(
     )
 
 
-def _simultaneous_round(market: Market, x: np.ndarray, alpha: float, scale: np.ndarray) -> float:
+def _simultaneous_round(market: Game, x: np.ndarray, alpha: float, scale: np.ndarray) -> float:
     """All users best-respond to the same bids; returns the largest relative move."""
     others = x.sum(axis=0)[None, :] - x
     np.maximum(others, 0.0, out=others)  # rounding in the column sums
@@ -135,7 +135,7 @@ def _simultaneous_round(market: Market, x: np.ndarray, alpha: float, scale: np.n
     return move
 
 
-def _sequential_round(market: Market, x: np.ndarray, alpha: float, scale: np.ndarray) -> float:
+def _sequential_round(market: Game, x: np.ndarray, alpha: float, scale: np.ndarray) -> float:
     """Users best-respond in turn, each to the bids as they are now."""
     total = x.sum(axis=0)
     move = 0.0
@@ -149,7 +149,7 @@ def _sequential_round(market: Market, x: np.ndarray, alpha: float, scale: np.nda
     return move
 
 
-def _nash_gap(market: Market, x: np.ndarray) -> float:
+def _nash_gap(market: Game, x: np.ndarray) -> float:
     """max_i (u_i(BR_i) − u_i(x_i)) / u_i(BR_i): what the most tempted user would gain."""
     others = np.maximum(x.sum(axis=0)[None, :] - x, 0.0)
     response, _ = best_response_batch(market.budgets, market.values, others)

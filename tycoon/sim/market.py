@@ -18,7 +18,7 @@ from tycoon.errors import Rejected
 
 
 @dataclass(frozen=True)
-class Market:
+class Game:
     """Hosts, users, values and budgets of one simulated market."""
 
     capacities: np.ndarray
@@ -42,7 +42,7 @@ class Market:
         return int(self.capacities.size)
 
 
-def balanced_game(users: int, hosts: int, rng: np.random.Generator) -> Market:
+def balanced_game(users: int, hosts: int, rng: np.random.Generator) -> Game:
     """Zhang's balanced game: equal budgets (1) and linear values with Σ_j w_ij = 1.
 
     Values are uniform random before normalising; capacities are 1 (a value already is
@@ -51,7 +51,7 @@ def balanced_game(users: int, hosts: int, rng: np.random.Generator) -> Market:
     _check_size(users, hosts)
     values = rng.uniform(0.0, 1.0, (users, hosts))
     values /= values.sum(axis=1, keepdims=True)
-    return Market(np.ones(hosts), values, np.ones(users))
+    return Game(np.ones(hosts), values, np.ones(users))
 
 
 def random_market(
@@ -62,7 +62,7 @@ def random_market(
     budget_spread: float = 1.0,
     sparsity: float = 0.0,
     capacity_spread: float = 0.5,
-) -> Market:
+) -> Game:
     """Heterogeneous market: lognormal budgets (σ = ``budget_spread``) and capacities
     (σ = ``capacity_spread``), values = capacity × a uniform preference, a fraction
     ``sparsity`` of (user, host) pairs worth nothing, each user valuing at least one host."""
@@ -75,7 +75,7 @@ def random_market(
     values = prefs * capacities
     values /= values.sum(axis=1, keepdims=True)  # each user values the cluster at 1
     budgets = rng.lognormal(0.0, budget_spread, users)
-    return Market(capacities, values, budgets / budgets.mean())
+    return Game(capacities, values, budgets / budgets.mean())
 
 
 def allocate(bids: np.ndarray) -> np.ndarray:

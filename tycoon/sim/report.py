@@ -14,7 +14,7 @@ import numpy as np
 
 from tycoon.sim.dynamic import Run, Workload, compare
 from tycoon.sim.equilibrium import Equilibrium, solve_equilibrium
-from tycoon.sim.market import Market, balanced_game, proportional_share, random_market
+from tycoon.sim.market import Game, balanced_game, proportional_share, random_market
 from tycoon.sim.measures import measure
 
 
@@ -26,7 +26,7 @@ def make_market(
     game: str = "balanced",
     budget_spread: float = 1.0,
     sparsity: float = 0.0,
-) -> Market:
+) -> Game:
     """A balanced game or a heterogeneous random market."""
     rng = np.random.default_rng(seed)
     if game == "balanced":
@@ -34,7 +34,7 @@ def make_market(
     return random_market(users, hosts, rng, budget_spread=budget_spread, sparsity=sparsity)
 
 
-def equilibrium_report(market: Market, **solver: Any) -> tuple[dict[str, Any], Equilibrium]:
+def equilibrium_report(market: Game, **solver: Any) -> tuple[dict[str, Any], Equilibrium]:
     """Solve for an equilibrium and measure it next to plain proportional share."""
     started = time.perf_counter()
     eq = solve_equilibrium(market, **solver)

@@ -33,8 +33,8 @@ from tycoon.bus.keys import Identity
 from tycoon.errors import Rejected
 from tycoon.money import MICRO
 from tycoon.resources import RESOURCES, Capacity, Usage
+from tycoon.units import NS
 
-NS = 1_000_000_000
 T0_NS = 1_750_000_000 * NS
 LIMIT = 1.01
 """A strategy may get at most 1 % more per credit than the honest bidder."""

@@ -28,10 +28,10 @@ from tycoon.sls.columns import Columns
 from tycoon.sls.query import Query
 from tycoon.sls.tables import DEFAULT_BINS, DEFAULT_BUCKETS, HistogramTable, MomentTable
 from tycoon.sls.update import OfferTuple, ParsedUpdate, PriceUpdate, parse_update
+from tycoon.units import NS
 
 NR = len(RESOURCES)
 RES_INDEX = {r: j for j, r in enumerate(RESOURCES)}
-NS = 1_000_000_000
 _NO_OFFER: OfferTuple = (0, 0.0, 0.0, 0)
 
 

@@ -24,8 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from tycoon.errors import Rejected
+from tycoon.units import NS
 
-NS = 1_000_000_000
 WINDOWS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
 """The default moving windows, in seconds."""
 DEFAULT_BUCKETS = 12

@@ -20,8 +20,8 @@ from typing import Any
 
 from tycoon.errors import Rejected
 from tycoon.streams.config import JS_ERRORS, js_unavailable
+from tycoon.units import NS
 
-NS = 1_000_000_000
 _META = frozenset({"Nats-Stream", "Nats-Subject", "Nats-Sequence", "Nats-Time-Stamp",
                    "Nats-Num-Pending", "Nats-Last-Sequence", "Status", "Description"})
 """Headers a direct get adds to a stored message (not the message's own headers)."""
