@@ -75,7 +75,7 @@ class JobMarket:
 
 @contextlib.asynccontextmanager
 async def job_market(url: str, tmp: Path, driver: Any, jobs: JobConfig,
-                     tick_s: float = 0.1) -> AsyncIterator[JobMarket]:
+                     tick_s: float = 0.1, **market_options: Any) -> AsyncIterator[JobMarket]:
     """Bank + one auctioneer with ``driver`` running jobs as ``jobs`` says."""
     bank_id, operator, host_id = Identity.generate(), Identity.generate(), Identity.generate()
     ledger = Ledger(SqliteStore(tmp / "bank.db"), bank_id, operator=operator.public_key)
@@ -84,7 +84,7 @@ async def job_market(url: str, tmp: Path, driver: Any, jobs: JobConfig,
     await bank_service.start()
     auctioneer = await start_auctioneer(
         url, host_id, bank_key=bank_id.public_key, driver=driver, store_path=tmp / "host.db",
-        name="h1", tick_s=tick_s, heartbeat_s=0.5, jobs=jobs,
+        name="h1", tick_s=tick_s, heartbeat_s=0.5, jobs=jobs, market_options=market_options,
     )
     await BankClient(auctioneer.bus, bank_id.public_key).open(exist_ok=True)
     market = JobMarket(url, host_id, bank_id, operator, auctioneer)
