@@ -477,14 +477,14 @@ def test_up_prints_the_deadlines_agents_really_get(
     record = Console(record=True, width=200)
     monkeypatch.setattr(up, "console", record)
     d = Deployment.default(tmp_path / "m", 0, 2)  # deadlines 10m and 15m
-    market = up.Market(d, "nats://127.0.0.1:4222", 2.0)
+    market = up.Processes(d, "nats://127.0.0.1:4222", 2.0)
     asyncio.run(market.start_agents(60.0))
     text = record.export_text()
     assert "agent-1: budget 50.00 credits, deadline 56s (shortened to fit --duration)" in text
     assert "deadline 10m" not in text
     record = Console(record=True, width=200)
     monkeypatch.setattr(up, "console", record)
-    asyncio.run(up.Market(d, "nats://127.0.0.1:4222", 2.0).start_agents(None))
+    asyncio.run(up.Processes(d, "nats://127.0.0.1:4222", 2.0).start_agents(None))
     assert "agent-2: budget 100.00 credits, deadline 15m\n" in record.export_text()
 
 
