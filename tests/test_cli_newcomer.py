@@ -509,3 +509,21 @@ def test_top_lists_transfers_at_the_time_the_bank_settled_them() -> None:
     assert view.transfers[0].endswith("alice → host-1 1.00 fund")  # newest first
     assert view.transfers[1].endswith("alice → host-1 2.50 fund")
     assert re.match(r"\d\d:\d\d:01 ", view.transfers[1])
+
+
+async def test_the_progress_line_starts_and_stops_with_the_agent() -> None:
+    from types import SimpleNamespace
+
+    from tycoon.cli.progress import start_progress
+
+    async def publish(event: str, body: dict) -> None:
+        return None
+
+    agent = SimpleNamespace(plan=None, journal=SimpleNamespace(net_paid_out=lambda: 0),
+                            seconds_left=10.0, publish=publish)
+    await (start_progress(agent, 1, enabled=False))()
+    assert agent.publish is publish  # off: the agent is left alone
+    finish = start_progress(agent, 1, enabled=True)
+    await asyncio.sleep(0.05)
+    assert agent.publish is not publish
+    await asyncio.wait_for(finish(), 5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rich.console import Console
@@ -74,3 +75,20 @@ def _duration(seconds: float) -> str:
     if s >= 60:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s}s"
+
+
+def start_progress(agent: Any, budget: int, enabled: bool) -> Callable[[], Awaitable[None]]:
+    """Show ``agent``'s progress line now (when ``enabled``: a terminal, not ``--json``);
+    returns the coroutine function that stops it and leaves its last line."""
+    if not enabled:
+        async def nothing() -> None:
+            return None
+        return nothing
+    stop = asyncio.Event()
+    task = asyncio.create_task(AgentProgress(agent, budget).show(stop))
+
+    async def finish() -> None:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await task
+    return finish
