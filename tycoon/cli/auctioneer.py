@@ -20,6 +20,9 @@ from tycoon.bus.keys import subject_id
 from tycoon.bus.ratelimit import rate_limit_arg
 from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import bus_for, host_id_of, identity, keystore, local_time, print_json
+from tycoon.cli.jobs import add_serve_arguments as add_job_arguments
+from tycoon.cli.jobs import job_config
+from tycoon.cli.jobs import register as register_jobs
 from tycoon.cli.sls import format_capacity
 from tycoon.errors import Rejected
 from tycoon.messages.price import Offer, offers_from_body
@@ -74,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     xen.add_argument("--xen-url", default=os.environ.get("TYCOON_XEN_URL", ""))
     xen.add_argument("--xen-user", default="root")
     xen.add_argument("--xen-password", default=os.environ.get("TYCOON_XEN_PASSWORD", ""))
+    add_job_arguments(serve)
     add_metrics_arguments(serve)
     serve.set_defaults(func=cmd_serve)
     key = cmds.add_parser("key", help="print the host's public key and host id")
@@ -111,6 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     settle.add_argument("--json", action="store_true", help="print one JSON object")
     settle.add_argument("--timeout", type=float, default=5.0)
     settle.set_defaults(func=cmd_settle)
+    register_jobs(ops, common)  # exec, jobs, signal
 
 
 def _driver(args: argparse.Namespace) -> Driver:
@@ -161,6 +166,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         alloc_every_s=args.alloc_every, durability=args.durability,
         market_options={"floor_price": args.floor_price * 1e6, "deposit": args.deposit,
                         "idle_s": args.idle},
+        jobs=job_config(args, driver.name, store),
     )  # fmt: skip
     running.service.service.set_rate_limit(args.rate_limit)
     metrics = await serve_from_args(args, running.service)

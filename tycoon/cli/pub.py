@@ -5,6 +5,9 @@
     tycoon-pub refund HOST
     tycoon-pub status HOST
     tycoon-pub settle          (redeem receipts no host redeemed yet, e.g. a host was down)
+    tycoon-pub exec HOST -- CMD ARGS...   (run in your sandbox there; streams, exits with it)
+    tycoon-pub jobs HOST
+    tycoon-pub signal HOST JOB SIG
 
 It is ``tycoon host OP …`` under the name users of the original know: it prints the
 auctioneer's signed reply, or its error code and message and exits non-zero on refusal.
@@ -19,7 +22,7 @@ from collections.abc import Sequence
 
 from tycoon.cli.main import main as tycoon_main
 
-OPS = ("bid", "fund", "refund", "account", "status", "settle")
+OPS = ("bid", "fund", "refund", "account", "status", "settle", "exec", "jobs", "signal")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
