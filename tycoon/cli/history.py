@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     streams = sub.add_parser("streams", help="the JetStream streams (PRICES, SETTLEMENTS)")
     ops = streams.add_subparsers(dest="streams_command", metavar="OP", required=True)
-    ensure = ops.add_parser("ensure", help="create missing streams (idempotent)")
+    ensure = ops.add_parser("ensure", help="create missing streams; bring existing ones "
+                                           "to the replicas and limits given here")
     ensure.add_argument("--replicas", type=int, default=None, help="e.g. 3 on a cluster")
     ensure.add_argument("--prices-max-bytes", type=int, default=None)
     ensure.add_argument("--prices-max-age", default=None, help="e.g. 1d")
@@ -147,8 +148,13 @@ async def cmd_ensure(args: argparse.Namespace) -> int:
     bus = await bus_for(args)
     try:
         js = bus.nc.jetstream(timeout=10.0)
-        rows = [describe(await ensure_stream(js, spec, update=args.update))
-                for spec in specs.values()]
+        given = {"PRICES": [f for f, v in (("replicas", args.replicas), ("max_bytes",
+                 args.prices_max_bytes), ("max_age_s", args.prices_max_age)) if v is not None],
+                 "SETTLEMENTS": [f for f, v in (("replicas", args.replicas), ("max_bytes",
+                 args.settlements_max_bytes)) if v is not None]}  # reconciled when they exist
+        rows = [describe(await ensure_stream(js, spec, update=args.update,
+                                             reconcile=given[name]))
+                for name, spec in specs.items()]
     finally:
         await bus.close()
     _print_streams(rows, args.json)

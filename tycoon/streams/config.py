@@ -10,6 +10,7 @@ with ``--replicas 3`` on a cluster.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,8 +125,30 @@ JS_ERRORS: tuple[type[BaseException], ...] = (
 """What a JetStream call raises when the server, the stream or the route is not there."""
 
 
-async def ensure_stream(js: Any, spec: StreamSpec, *, update: bool = False) -> StreamInfo:
-    """Create the stream if missing (or update it when ``update``); return its info.
+RECONCILED = {"replicas": "num_replicas", "max_bytes": "max_bytes", "max_age_s": "max_age",
+              "max_msgs_per_subject": "max_msgs_per_subject",
+              "duplicate_window_s": "duplicate_window"}
+"""Spec fields ``streams ensure`` reconciles on an existing stream, by JetStream name."""
+
+
+def drift(config: StreamConfig, spec: StreamSpec, fields: Iterable[str]) -> dict[str, Any]:
+    """The ``fields`` of ``spec`` an existing stream's ``config`` differs in (JetStream
+    names and the wanted values)."""
+    out = {}
+    for name in fields:
+        js_name = RECONCILED[name]
+        want = getattr(spec, name)
+        if getattr(config, js_name) != want:
+            out[js_name] = want
+    return out
+
+
+async def ensure_stream(js: Any, spec: StreamSpec, *, update: bool = False,
+                        reconcile: Iterable[str] = ()) -> StreamInfo:
+    """Create the stream if missing; return its info. An existing stream is left alone
+    (an operator may have raised its limits on purpose) except for the ``reconcile``
+    fields (see :data:`RECONCILED`), which are brought to ``spec``'s values (e.g. replicas
+    1 -> 3 on a cluster); ``update`` applies the whole spec.
 
     Raises ``Rejected("unavailable")`` when JetStream does not answer.
     """
@@ -136,6 +159,9 @@ async def ensure_stream(js: Any, spec: StreamSpec, *, update: bool = False) -> S
             return await js.add_stream(spec.to_config())
         if update:
             return await js.update_stream(spec.to_config())
+        changes = drift(info.config, spec, reconcile)
+        if changes:
+            return await js.update_stream(dataclasses.replace(info.config, **changes))
         return info
     except JS_ERRORS as exc:
         raise js_unavailable(exc) from exc
