@@ -1,15 +1,17 @@
 """The agent benchmark in one process, no server: the real AgentCore and Allocator (and
 its journal, fsync included) against in-memory hosts and bank.
 
-The hosts keep the rules that steer the agent: a bid spends its balance evenly until it
-expires (its rate is balance / time left), a host's price is every bid rate on it, a
-receipt is redeemed once, a refund returns the whole balance. What is measured is the
-agent's own work: deciding, journalling and the allocator's moves, with no network.
+The hosts and bank are the allocator tests' fakes (tests/test_allocator.py: a bid spends
+its balance evenly until it expires, a receipt is redeemed once, a refund returns the
+whole balance), with a rival's rate on each host: its price is every bid rate on it.
+What is measured is the agent's own work: deciding, journalling and the allocator's
+moves, with no network.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,93 +21,38 @@ from tycoon.agent.allocator import Allocator
 from tycoon.agent.core import AgentConfig, AgentCore, Reading
 from tycoon.agent.journal import Journal
 from tycoon.bus.keys import Identity, subject_id
-from tycoon.errors import Rejected
 from tycoon.money import MICRO
 
-NS = 1_000_000_000
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from test_allocator import FakeBank, FakeHost  # the allocator tests' fakes
 
 
-class Receipt:
-    def __init__(self, transfer_id: str, amount: int) -> None:
-        self.raw = f"{transfer_id}|{amount}".encode()
+class Host(FakeHost):
+    """The allocator tests' in-memory host, with a rival's rate and a price in bid replies."""
 
-
-class Bank:
-    def __init__(self, balance: int) -> None:
-        self.money = balance
-        self.settled: dict[str, Receipt] = {}
-
-    async def transfer(self, payee: str, amount: int, *, transfer_id: str,
-                       memo: str = "") -> Receipt:
-        if transfer_id not in self.settled:
-            if amount > self.money:
-                raise Rejected("overdraft", "not enough")
-            self.money -= amount
-            self.settled[transfer_id] = Receipt(transfer_id, amount)
-        return self.settled[transfer_id]
-
-    async def balance(self) -> int:
-        return self.money
-
-
-class Host:
-    """One auctioneer's account of ours, and the others' rate there."""
-
-    def __init__(self, bank: Bank, capacity: float) -> None:
-        self.bank, self.capacity = bank, capacity
-        self.balance, self.expires, self.at = 0, 0.0, time.time()
+    def __init__(self, bank: FakeBank, capacity: float) -> None:
+        super().__init__(time.time, bank)  # type: ignore[arg-type]
+        self.capacity = capacity
         self.others = 0.0
-        self.redeemed: set[str] = set()
-
-    def _spend(self) -> None:
-        now = time.time()
-        if self.expires > self.at:
-            end = min(now, self.expires)
-            self.balance -= int(self.balance * (end - self.at) / (self.expires - self.at))
-        self.at = now
 
     def price(self) -> float:
-        self._spend()
-        ours = self.balance / (self.expires - self.at) if self.expires > self.at else 0.0
-        return self.others + ours
-
-    async def account(self) -> dict[str, Any]:
-        self._spend()
-        return {"balance": self.balance, "bid": {"expires_ns": int(self.expires * NS)}}
-
-    async def fund(self, receipt: bytes) -> dict[str, Any]:
-        transfer_id, amount = receipt.decode().split("|")
-        if transfer_id in self.redeemed:
-            raise Rejected("already_redeemed", transfer_id)
-        self._spend()
-        self.redeemed.add(transfer_id)
-        self.balance += int(amount)
-        return {"balance": self.balance}
+        return self.others + self.rate()
 
     async def bid(self, spec: str, duration: str) -> dict[str, Any]:
-        self._spend()
-        self.expires = self.at + int(duration.removesuffix("s"))
-        return {"allocation": {"balance": self.balance}, "expires_ns": int(self.expires * NS),
-                "prices": {"cpu": self.price()}}
-
-    async def refund(self) -> dict[str, Any]:
-        self._spend()
-        amount, self.balance, self.expires = self.balance, 0, 0.0
-        self.bank.money += amount
-        return {"refunds": [{"amount": amount}]}
-
-    async def status(self) -> dict[str, Any]:
-        return await self.account()
+        reply = await super().bid(spec, duration)
+        return {**reply, "prices": {"cpu": self.price()}}
 
 
 async def run_local(hosts: int, jumps: int, width: int) -> dict[str, list[float] | float | int]:
     """Acquire ``hosts`` from nothing, then answer ``jumps`` rival jumps of ``width`` hosts;
     times in seconds (acquire) and milliseconds (the rest)."""
     config = AgentConfig(budget=5_000 * MICRO, deadline_s=600, candidates=hosts)
-    bank = Bank(10_000 * MICRO)
+    bank = FakeBank(10_000 * MICRO)
     keys = [Identity.generate().public_key for _ in range(hosts)]
     ids = [subject_id(k) for k in keys]
     market = {h: Host(bank, 1_000.0 * (1 + i % 4)) for i, h in enumerate(ids)}
+    for key, host in zip(keys, market.values(), strict=True):
+        host.key = key
     with tempfile.TemporaryDirectory() as tmp:
         journal = Journal(Path(tmp) / "agent.db")
         allocator = Allocator("agent", bank, market.__getitem__, journal,  # type: ignore[arg-type]
@@ -118,7 +65,7 @@ async def run_local(hosts: int, jumps: int, width: int) -> dict[str, list[float]
             evaluation = core.evaluate(allocator.holdings, time.time())
             if exact:
                 held = await allocator.balances(sorted(allocator.holdings))
-                allocator.bank_balance = await bank.balance()
+                allocator.bank_balance = bank.balance
             else:
                 held = allocator.held()
             assert allocator.bank_balance is not None
