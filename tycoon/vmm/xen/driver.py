@@ -14,6 +14,11 @@ with ``other_config:tycoon_account``) and started. Shares map to:
 Usage: ``VM_metrics.VCPUs_utilisation`` (or, where XAPI no longer fills it, the ``cpuN``
 RRD data sources through ``VM.query_data_source``) summed over vCPUs / host pCPUs; memory
 ``VM_metrics.memory_actual`` / host memory. All int64 values go on the wire as strings.
+
+Jobs (docs/jobs.md): this driver runs none — ``host.exec`` needs ``--jobs``, which it
+refuses. A VM's owner runs work inside the VM; a Xen host that ran jobs would start them
+inside the account's VM (an agent in the template, enrolled with a key of its own, taking
+``host.exec`` for that VM on the bus; or XAPI guest-agent calls), never in dom0.
 """
 
 from __future__ import annotations
