@@ -11,11 +11,25 @@ from tycoon.bus.keys import Identity
 from tycoon.log import configure_logging
 from tycoon.natsserver import NatsServer, nats_server_binary
 
+SERVER_MARKS = ("nats", "hostile", "faults")
+"""A test that runs a nats-server carries one of these; pure tests carry none and run
+without the binary (``make test-fast``)."""
 
-@pytest.fixture(scope="session", autouse=True)
+
+@pytest.fixture(scope="session")
 def _nats_server_installed() -> None:
     # CI must fail, not skip, when the binary is missing.
     nats_server_binary()
+
+
+def _needs_server(request: pytest.FixtureRequest) -> bool:
+    return any(request.node.get_closest_marker(mark) for mark in SERVER_MARKS)
+
+
+@pytest.fixture(autouse=True)
+def _server_tests_need_the_binary(request: pytest.FixtureRequest) -> None:
+    if _needs_server(request):
+        request.getfixturevalue("_nats_server_installed")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,8 +46,11 @@ def _restore_logging() -> Iterator[None]:
 
 
 @pytest.fixture
-async def nats_server() -> AsyncIterator[NatsServer]:
+async def nats_server(request: pytest.FixtureRequest) -> AsyncIterator[NatsServer]:
     """A started nats-server on loopback, stopped after the test."""
+    if not _needs_server(request):
+        pytest.fail(f"{request.node.nodeid} starts a nats-server: mark it "
+                    f"{' or '.join(SERVER_MARKS)} so the pure selection leaves it out")
     async with NatsServer() as server:
         yield server
 
