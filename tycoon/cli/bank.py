@@ -195,6 +195,14 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     pub.write_text(bank.public_key + "\n")
     log = get_logger("bank")
     bus = await open_bus(args.nats, bank, name="tycoon-bank")
+    if not args.no_settlement_log:  # a restored backup must not reuse the log's seqs
+        from tycoon.cli.bankguard import behind_message, log_seq
+
+        logged = await log_seq(bus.nc.jetstream(timeout=5.0), bank.public_key)
+        if logged is not None and logged > ledger.seq:
+            await bus.close()
+            store.close()
+            return fail(behind_message(ledger.seq, logged, str(path)))
     settlements = None if args.no_settlement_log else \
         SettlementLog(bus.nc, bank.public_key, sqlite_source(path))
     service = BankService(bus, ledger, max_batch=args.max_batch, settlement_log=settlements,
