@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml setup.py tycoon/bus/_batchverify.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# Pure tests only: no nats-server, no cgroups, nothing slow (well under a minute).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not nats and not cgroups and not slow and not faults and not hostile"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import signal
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nats.aio.client import Client
+from polling import until
 
 from tycoon.bank.audit import audit
 from tycoon.bank.client import BankClient
@@ -120,15 +120,8 @@ class Flood:
 
 
 async def eventually(check, timeout: float = 20.0, every: float = 0.1) -> None:  # type: ignore[no-untyped-def]
-    """Wait until ``await check()`` is true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        with contextlib.suppress(Exception):
-            if await check():
-                return
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(every)
+    """Wait until ``await check()`` is true (an exception counts as not yet)."""
+    await until(check, timeout=timeout, every=every, ignore=(Exception,))
 
 
 # -- a cluster on loopback -------------------------------------------------------------

@@ -26,6 +26,7 @@ import msgpack
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
+from polling import until
 
 from tycoon.bus.envelope import MAGIC, VERSION, Message, open_envelope, seal
 from tycoon.bus.keys import Identity, subject_id
@@ -364,9 +365,5 @@ def assert_no_success_except(items: list[tuple[str, bytes]], replies: list[Messa
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     """Poll ``predicate`` until true (fails after ``timeout`` s)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
+    await until(predicate, timeout=timeout, every=0.02)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
+from polling import until
 
 from tycoon.agent.agent import Agent, AgentConfig
 from tycoon.auctioneer.client import AuctioneerClient
@@ -20,11 +22,8 @@ pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
 
 async def wait_for_hosts(market, n: int, timeout: float = 10.0) -> None:
-    async def ready() -> None:
-        while len(market.sls.registry.live_hosts(__import__("time").time_ns())) < n:
-            await asyncio.sleep(0.1)
-
-    await asyncio.wait_for(ready(), timeout)
+    await until(lambda: len(market.sls.registry.live_hosts(time.time_ns())) >= n,
+                timeout=timeout, every=0.1, what=f"{n} live hosts")
 
 
 async def host_money(market) -> int:

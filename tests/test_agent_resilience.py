@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from polling import until
 
 from tycoon.agent.broker import Broker, enroll
 from tycoon.bank.client import BankClient
@@ -22,11 +23,8 @@ pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
 
 async def wait_for_hosts(market, n: int) -> None:
-    for _ in range(100):
-        if len(market.sls.registry.live_hosts(time.time_ns())) >= n:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("hosts did not register")
+    await until(lambda: len(market.sls.registry.live_hosts(time.time_ns())) >= n,
+                timeout=10.0, every=0.1, what=f"{n} live hosts")
 
 
 async def test_broker_runs_a_paid_job_and_returns_the_rest(nats_url: str, tmp_path: Path) -> None:

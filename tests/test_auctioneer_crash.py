@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from polling import until
 
 from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.bank.client import BankClient
@@ -38,11 +39,8 @@ def spawn(url: str, home: Path, bank_key: str, store: Path) -> subprocess.Popen[
 
 
 async def wait_ready(client: AuctioneerClient) -> dict:
-    for _ in range(200):
-        with contextlib.suppress(Rejected):
-            return await client.status()
-        await asyncio.sleep(0.05)
-    raise AssertionError("the auctioneer did not come up")
+    return await until(client.status, timeout=10.0, ignore=(Rejected,),
+                       what="the auctioneer's status")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from hostile_kit import forged
+from polling import until as poll_until
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -61,14 +62,12 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 async def until(server: MetricsServer, check: Callable[[Samples], bool],
                 timeout: float = 10.0) -> Samples:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
+    async def moved() -> Samples | None:
         samples = await scrape(server)
-        if check(samples):
-            return samples
-        assert loop.time() < end, "metric did not move in time"
-        await asyncio.sleep(0.05)
+        return samples if check(samples) else None
+
+    found: Samples = await poll_until(moved, timeout=timeout, what="the metric's move")
+    return found
 
 
 @dataclass

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import until
 
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
@@ -52,11 +53,7 @@ async def publish_price(bus: Bus, host: Identity, seq: int, price: float, **kw: 
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
+    await until(check, timeout=timeout, every=0.02)
 
 
 @asynccontextmanager

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from polling import until_blocking
 
 from tycoon.bus import subjects
 from tycoon.bus.envelope import seal
@@ -186,13 +187,7 @@ def browser(chromium: tuple[str, str]) -> Iterator[object]:
 
 
 def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
+    return until_blocking(predicate, timeout=timeout, what=what)
 
 
 def read_until(proc: subprocess.Popen[str], pattern: str, seen: list[str],

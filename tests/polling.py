@@ -1,0 +1,53 @@
+"""Waiting for a condition in tests: one helper, async (:func:`until`) and blocking
+(:func:`until_blocking`), instead of a hand-rolled loop per file.
+
+Both call ``check`` until it returns something truthy and return that value; after
+``timeout`` seconds they fail the test with ``AssertionError`` naming ``what``. Exceptions of
+the types in ``ignore`` count as "not yet" (a service still starting, a connection refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def until(check: Callable[[], Any], *, timeout: float = 10.0, every: float = 0.05,
+                what: str = "condition", ignore: tuple[type[BaseException], ...] = ()) -> Any:
+    """Await (or call) ``check()`` every ``every`` seconds until it is truthy; return it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            value = check()
+            if inspect.isawaitable(value):
+                value = await value
+        except ignore:
+            value = None
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        await asyncio.sleep(every)
+
+
+def until_blocking(check: Callable[[], T], *, timeout: float = 10.0, every: float = 0.25,
+                   what: str = "condition",
+                   ignore: tuple[type[BaseException], ...] = ()) -> T:
+    """:func:`until` for code outside an event loop (sleeps the thread)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+        except ignore:
+            value = None  # type: ignore[assignment]
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(every)
