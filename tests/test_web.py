@@ -6,6 +6,7 @@ real headless Chromium against a real ``tycoon up --web``, with forged messages 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from tycoon.bus import subjects
 from tycoon.bus.envelope import seal
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.bus.kinds import KINDS
+from tycoon.web.history import history_json
 from tycoon.web.server import DashboardServer, PageConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +125,77 @@ def test_the_browser_verifier_agrees_with_the_protocol_vectors(tmp_path: Path) -
         assert got == want, name
 
 
+NODE_HISTORY = r"""
+const V = require(process.argv[2] + "/verify.js");
+const cases = JSON.parse(require("fs").readFileSync(process.argv[3]));
+const h2b = (h) => Uint8Array.from(Buffer.from(h, "hex"));
+const r = new V.Receiver(null), out = [];
+for (const c of cases.stored) {  // one host's history, in the order the server gave it
+  try { r.acceptStored(h2b(c.raw), cases.host, BigInt(cases.now_ns)); out.push([c.name, "ok"]); }
+  catch (e) { if (!(e instanceof V.Refused)) throw e; out.push([c.name, e.code]); }
+}
+try {
+  r.accept(h2b(cases.stored[0].raw), "tycoon.price." + cases.host, BigInt(cases.now_ns));
+  out.push(["live", "ok"]);
+} catch (e) { out.push(["live", e.code]); }
+console.log(JSON.stringify(out));
+"""
+
+
+def price_body(host: Identity, seq: int, price: float) -> dict[str, object]:
+    return {"host": subject_id(host.public_key), "seq": seq, "heartbeat_s": 5.0,
+            "name": "node", "driver": "sim",
+            "resources": {"cpu": {"capacity": 2000, "price": price, "unit_price": price / 2000,
+                                  "utilization": 0.5, "bidders": 1}}}
+
+
+def test_the_browser_history_rule_accepts_old_signed_updates_only_in_order(
+        tmp_path: Path) -> None:
+    """History is old by nature: no age limit, but the exact bytes and signature, the
+    subject binding, the host's own key, nothing from the future, and strictly rising
+    timestamps per host (a server may cut the history, never repeat or reorder it)."""
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("node is not installed")
+    host, other, stranger = Identity.generate(), Identity.generate(), Identity.generate()
+    hid, subject = subject_id(host.public_key), subjects.price(subject_id(host.public_key))
+    now = time.time_ns()
+    day = 86_400 * 10**9
+
+    def env(who: Identity, seq: int, ts: int, on: str = subject,
+            body_of: Identity | None = None) -> bytes:
+        return seal(who, "price", price_body(body_of or who, seq, 1.0 + seq), subject=on,
+                    ts_ns=ts)
+
+    first = env(host, 1, now - day)
+    tampered = bytearray(env(host, 3, now - day + 3 * 10**9))
+    tampered[-1] ^= 1
+    stored = [
+        ("old", first),
+        ("old2", env(host, 2, now - day + 2 * 10**9)),
+        ("tampered", bytes(tampered)),
+        ("other_host", env(other, 4, now - day + 4 * 10**9,
+                           on=subjects.price(subject_id(other.public_key)))),
+        ("stranger", env(stranger, 5, now - day + 5 * 10**9, body_of=host)),
+        ("repeated", first),
+        ("reordered", env(host, 6, now - day + 10**9)),
+        ("future", env(host, 7, now + 600 * 10**9)),
+        ("newer", env(host, 8, now - 10**9)),
+    ]
+    cases = tmp_path / "history.json"
+    cases.write_text(json.dumps({"host": hid, "now_ns": str(now), "stored": [
+        {"name": name, "raw": raw.hex()} for name, raw in stored]}))
+    script = tmp_path / "history.js"
+    script.write_text(NODE_HISTORY)
+    done = subprocess.run([node, str(script), str(STATIC), str(cases)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert dict(json.loads(done.stdout)) == {
+        "old": "ok", "old2": "ok", "tampered": "bad_signature", "other_host": "wrong_subject",
+        "stranger": "forbidden", "repeated": "stale", "reordered": "stale", "future": "stale",
+        "newer": "ok", "live": "stale"}  # the live rule would refuse the day-old update
+
+
 # ------------------------------------------------------------------ the web server
 
 
@@ -145,6 +218,35 @@ def test_the_server_hands_out_its_files_and_config_only() -> None:
         for path in ("../pyproject.toml", "%2e%2e/pyproject.toml", "vendor/", "server.py",
                      "/etc/passwd", "vendor/../../server.py"):
             assert get(path)[0] == 404, path
+        status, body = get("history?host=abcdefghijklmnop")
+        assert status == 200 and json.loads(body)["envelopes"] == []  # no history source
+    finally:
+        server.stop()
+
+
+def test_history_is_handed_out_exactly_as_stored() -> None:
+    """``/history`` passes the stored bytes through unchanged — a corrupted one too, for
+    the browser to refuse — and asks its source only about well-formed host ids."""
+    host = Identity.generate()
+    hid = subject_id(host.public_key)
+    good = seal(host, "price", price_body(host, 1, 2.0), subject=subjects.price(hid))
+    bad = bytearray(good)
+    bad[40] ^= 0xFF
+    asked: list[str] = []
+
+    def fetch(h: str) -> tuple[str, list[bytes]]:
+        asked.append(h)
+        return "sls", [good, bytes(bad)]
+
+    server = DashboardServer(PageConfig("ws://127.0.0.1:1", Identity.generate().seed,
+                                        Identity.generate().public_key, hosts=[hid]),
+                             history=fetch).start()
+    try:
+        with urllib.request.urlopen(server.url + f"history?host={hid}", timeout=5) as reply:
+            body = json.loads(reply.read())
+        assert body["source"] == "sls"
+        assert [base64.b64decode(e) for e in body["envelopes"]] == [good, bytes(bad)]
+        assert history_json(fetch, "../../etc")["error"] and asked == [hid]
     finally:
         server.stop()
 

@@ -40,7 +40,7 @@ from tycoon.cli.init import write_nats_config
 from tycoon.cli.status import discover, healthy
 from tycoon.cli.top import MarketView
 from tycoon.cli.upstate import StateLock, last_port, port_is_free, ready_offsets, said
-from tycoon.cli.web import page_config
+from tycoon.cli.web import dashboard
 from tycoon.deploy import Deployment
 from tycoon.metrics import targets
 from tycoon.money import format_credits, parse_amount
@@ -305,7 +305,7 @@ async def run_market(args: argparse.Namespace, state: Path, lock: StateLock) -> 
 def start_web(deployment: Deployment, port: int) -> DashboardServer | None:
     """The dashboard on localhost (``--web``), its URL printed; None if it cannot run."""
     try:
-        server = DashboardServer(page_config(deployment), "127.0.0.1", port).start()
+        server = dashboard(deployment, "127.0.0.1", port).start()
     except (RuntimeError, OSError) as error:
         console.print(f"[red]dashboard not started:[/] {error}")
         return None

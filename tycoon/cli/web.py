@@ -3,7 +3,10 @@
 Serves a static page on localhost; the browser connects straight to nats-server's
 WebSocket listener as the home's read-only ``viewer`` and verifies every envelope's
 signature itself, so neither this server nor the NATS relay can make it show a price a
-host did not sign.
+host did not sign. The page's price history comes from ``/history``: this process, under
+the deployment's operator key (which may send ``sls.history`` and read PRICES; the page
+never sees it), fetches each host's stored envelopes and hands them over unchanged for the
+browser to verify (tycoon.web.history).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import argparse
 import asyncio
 import contextlib
 
+from tycoon.bus.keys import subject_id
 from tycoon.cli.common import home_of, names_of
 from tycoon.deploy import Deployment
 from tycoon.money import parse_amount
 from tycoon.web.config import VIEWER_KEY, websocket_url
+from tycoon.web.history import HistorySource
 from tycoon.web.server import DashboardServer, PageConfig
 
 
@@ -43,7 +48,24 @@ def page_config(deployment: Deployment, ws_url: str | None = None) -> PageConfig
             budgets[deployment.public_key(spec.key)] = parse_amount(spec.budget)
     return PageConfig(ws_url=url, viewer_seed=viewer.seed,
                       bank_key=deployment.public_key(deployment.bank_key),
-                      names=names, budgets=budgets)
+                      names=names, budgets=budgets,
+                      hosts=[subject_id(deployment.public_key(h.key)) for h in deployment.hosts])
+
+
+def dashboard(deployment: Deployment, bind: str, port: int, *, ws_url: str | None = None,
+              nats_url: str | None = None) -> DashboardServer:
+    """The dashboard's server (not started), with ``/history`` fetched under the operator
+    key from ``nats_url`` (default: the deployment's)."""
+    config = page_config(deployment, ws_url)
+    url = nats_url or deployment.nats_url
+    if not url:
+        return DashboardServer(config, bind, port)
+    source = HistorySource(url, deployment.store.load(deployment.operator_key))
+    try:
+        return DashboardServer(config, bind, port, history=source.fetch, on_stop=source.close)
+    except OSError:
+        source.close()
+        raise
 
 
 async def cmd_web(args: argparse.Namespace) -> int:
@@ -52,12 +74,12 @@ async def cmd_web(args: argparse.Namespace) -> int:
         print(f"error: no deployment in {home} (tycoon init, or tycoon up --state DIR)")
         return 1
     try:
-        config = page_config(Deployment.load(home), args.ws_url)
-    except RuntimeError as error:
+        server = dashboard(Deployment.load(home), args.bind, args.port, ws_url=args.ws_url,
+                           nats_url=getattr(args, "nats", None)).start()
+    except (RuntimeError, OSError) as error:
         print(f"error: {error}")
         return 1
-    server = DashboardServer(config, args.bind, args.port).start()
-    print(f"dashboard at {server.url} (NATS WebSocket {config.ws_url}); Ctrl-C stops it",
+    print(f"dashboard at {server.url} (NATS WebSocket {server.config.ws_url}); Ctrl-C stops it",
           flush=True)
     try:
         await asyncio.Event().wait()

@@ -4,18 +4,24 @@
 The page trusts nothing it is told about the market: it connects to nats-server's
 WebSocket listener itself and verifies every envelope. ``config.json`` tells it only where
 to connect, the read-only viewer's seed (it may read the public feeds and publish
-nothing: see docs/security.md), the bank's public key and display names and budgets.
+nothing: see docs/security.md), the bank's public key, the deployment's host ids and
+display names and budgets. ``/history?host=<id>`` hands out a host's stored price
+envelopes exactly as stored (tycoon.web.history); the page verifies each one itself.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs
+
+from tycoon.web.history import Fetch, history_json
 
 STATIC = resources.files("tycoon.web") / "static"
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -34,12 +40,14 @@ class PageConfig:
     bank_key: str
     names: dict[str, str] = field(default_factory=dict)
     budgets: dict[str, int] = field(default_factory=dict)
+    hosts: list[str] = field(default_factory=list)
+    """Host ids whose history the page fetches before it goes live."""
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__).encode()
 
 
-def _handler(config: PageConfig) -> type[BaseHTTPRequestHandler]:
+def _handler(config: PageConfig, history: Fetch | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "tycoon-web"
 
@@ -47,6 +55,10 @@ def _handler(config: PageConfig) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?", 1)[0].split("#", 1)[0].lstrip("/") or "index.html"
             if path == "config.json":
                 self._send(config.to_json(), "application/json")
+            elif path == "history":
+                query = parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
+                host = (query.get("host") or [""])[0]
+                self._send(json.dumps(history_json(history, host)).encode(), "application/json")
             elif path in _FILES:
                 suffix = path[path.rfind("."):]
                 self._send(STATIC.joinpath(path).read_bytes(), _TYPES[suffix])
@@ -71,8 +83,13 @@ def _handler(config: PageConfig) -> type[BaseHTTPRequestHandler]:
 class DashboardServer:
     """Serves the dashboard on ``host:port`` (0: any free port) from a daemon thread."""
 
-    def __init__(self, config: PageConfig, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.httpd = ThreadingHTTPServer((host, port), _handler(config))
+    def __init__(self, config: PageConfig, host: str = "127.0.0.1", port: int = 0,
+                 history: Fetch | None = None,
+                 on_stop: Callable[[], None] | None = None) -> None:
+        """``history``: fetches a host's stored price envelopes for ``/history`` (None:
+        the page draws live data only); ``on_stop`` runs after the server stops."""
+        self.config, self.on_stop = config, on_stop
+        self.httpd = ThreadingHTTPServer((host, port), _handler(config, history))
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="tycoon-web",
                                        daemon=True)
@@ -89,3 +106,5 @@ class DashboardServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        if self.on_stop is not None:
+            self.on_stop()

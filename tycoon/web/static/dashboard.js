@@ -5,7 +5,7 @@
   const FEEDS = ["tycoon.price.*", "tycoon.alloc.*", "tycoon.bank.settled", "tycoon.sls.snapshot", "tycoon.agent.>"];
   const HISTORY = 60, TAIL = 40;
   const $ = (id) => document.getElementById(id);
-  const state = { verified: 0, refused: 0, hosts: new Map(), agents: new Map(), flow: 0n,
+  const state = { verified: 0, refused: 0, history: 0, hosts: new Map(), agents: new Map(), flow: 0n,
     transfers: [], tail: [], refusals: [], names: {}, budgets: {}, snapshot: null };
   window.tycoonDashboard = state;
 
@@ -25,7 +25,7 @@
   }
   function host(id) {
     let h = state.hosts.get(id);
-    if (!h) state.hosts.set(id, h = { id, name: "", prices: [], utils: [], resources: {}, accounts: {} });
+    if (!h) state.hosts.set(id, h = { id, name: "", points: [], resources: {}, accounts: {} });
     return h;
   }
   function agent(key) {
@@ -34,16 +34,20 @@
     return a;
   }
 
+  function point(msg, past) {  // a verified price's cpu point, or null
+    const cpu = msg.body.resources && msg.body.resources.cpu;
+    if (!cpu || num(cpu.price) === null) return null;
+    return { ts: msg.ts_ns, price: num(cpu.price), util: num(cpu.utilization) ?? 0, past };
+  }
   function take(msg) {  // a verified message into the state
     const b = msg.body, parts = msg.subject.split(".");
     if (msg.kind === "price") {
-      const h = host(parts[2]), cpu = b.resources && b.resources.cpu;
+      const h = host(parts[2]), p = point(msg, false);
       h.name = typeof b.name === "string" ? b.name : h.name;
       h.resources = b.resources && typeof b.resources === "object" ? b.resources : {};
-      if (cpu && num(cpu.price) !== null) {
-        h.prices.push(num(cpu.price)); h.utils.push(num(cpu.utilization) ?? 0);
-        if (h.prices.length > HISTORY) { h.prices.shift(); h.utils.shift(); }
-      }
+      h.live = true;
+      if (p) { h.points.push(p); if (h.points.length > HISTORY) h.points.shift(); }
+      if (!asked.has(parts[2])) loadHistory(parts[2]);  // a host the config did not list
     } else if (msg.kind === "alloc") {
       if (b.accounts && typeof b.accounts === "object") host(parts[2]).accounts = b.accounts;
     } else if (msg.kind === "bank.settled") {
@@ -71,6 +75,7 @@
 
   function render() {
     $("verified").textContent = state.verified; $("refused").textContent = state.refused;
+    $("history").textContent = state.history;
     const rows = [...state.hosts.values()].sort((a, b) => (a.name || a.id).localeCompare(b.name || b.id));
     $("hosts").innerHTML = rows.map((h) => {
       const cpu = h.resources.cpu || {}, price = num(cpu.price), util = num(cpu.utilization);
@@ -78,8 +83,8 @@
       const bar = shares.map(([acct, s], i) => `<span class="share c${i % 6}" style="width:${(s * 100).toFixed(1)}%" title="${esc(nameOf(acct))} ${(s * 100).toFixed(1)}%"></span>`).join("");
       const legend = shares.map(([acct, s]) => `${esc(nameOf(acct))} ${(s * 100).toFixed(0)}%`).join(", ");
       return `<tr id="host-${esc(h.id)}"><td>${esc(h.name || "?")}</td><td class="mono">${esc(h.id.slice(0, 10))}</td>
-        <td class="num price">${price === null ? "" : rate(price)}</td><td>${spark(h.prices)}</td>
-        <td class="num">${util === null ? "" : (util * 100).toFixed(0) + "%"}</td><td>${spark(h.utils, [0, 1])}</td>
+        <td class="num price">${price === null ? "" : rate(price)}</td><td>${spark(h.points.map((p) => p.price))}</td>
+        <td class="num">${util === null ? "" : (util * 100).toFixed(0) + "%"}</td><td>${spark(h.points.map((p) => p.util), [0, 1])}</td>
         <td><div class="bar">${bar}</div><div class="legend">${legend}</div></td></tr>`;
     }).join("");
     $("flow").textContent = credits(state.flow);
@@ -100,6 +105,48 @@
   }
 
   let receiver = null, dirty = false;
+  const asked = new Set();
+  function refuse(time, code, subject, why) {
+    state.refused += 1;
+    state.refusals.unshift({ time, code, subject, why: why.slice(0, 120) });
+    state.refusals.length = Math.min(state.refusals.length, 20);
+  }
+  // A host's stored price envelopes, from `tycoon web`'s /history (which fetched them from
+  // the SLS or PRICES): each verified here like a live message, under the stored rule
+  // (verify.js acceptStored); drawn before the host's live points, never after them.
+  async function loadHistory(id) {
+    asked.add(id);
+    let reply;
+    try {
+      reply = await (await fetch("history?host=" + encodeURIComponent(id), { cache: "no-store" })).json();
+    } catch (e) { return; }
+    const time = new Date().toLocaleTimeString(), subject = "history of tycoon.price." + id;
+    const now = BigInt(Date.now()) * 1000000n, past = [];
+    let newest = null;
+    for (const b64 of Array.isArray(reply.envelopes) ? reply.envelopes : []) {
+      try {
+        if (typeof b64 !== "string") throw new V.Refused("malformed", "not base64");
+        let bin;
+        try { bin = atob(b64); } catch (e) { throw new V.Refused("malformed", "not base64"); }
+        const msg = receiver.acceptStored(Uint8Array.from(bin, (c) => c.charCodeAt(0)), id, now);
+        state.history += 1; newest = msg;
+        const p = point(msg, true);
+        if (p) past.push(p);
+      } catch (e) {
+        if (!(e instanceof V.Refused)) throw e;
+        refuse(time, e.code, subject, e.message);
+      }
+    }
+    if (newest === null) { dirty = true; return; }
+    const h = host(id), first = h.points.length ? h.points[0].ts : null;
+    h.points = [...past.filter((p) => first === null || p.ts < first), ...h.points].slice(-HISTORY);
+    if (!h.live) {  // no live update yet: show the newest stored one
+      h.name = typeof newest.body.name === "string" ? newest.body.name : h.name;
+      h.resources = newest.body.resources && typeof newest.body.resources === "object" ? newest.body.resources : {};
+    }
+    dirty = true;
+  }
+
   function onMsg(subject, raw) {
     const time = new Date().toLocaleTimeString();
     try {
@@ -110,9 +157,7 @@
       state.tail.length = Math.min(state.tail.length, TAIL);
     } catch (e) {
       if (!(e instanceof V.Refused)) throw e;
-      state.refused += 1;
-      state.refusals.unshift({ time, code: e.code, subject, why: e.message.slice(0, 120) });
-      state.refusals.length = Math.min(state.refusals.length, 20);
+      refuse(time, e.code, subject, e.message);
     }
     dirty = true;
   }
@@ -128,9 +173,11 @@
     const keyPair = V.seedKeyPair(cfg.viewer_seed);
     const client = new NatsWS(cfg.ws_url, V.publicKeyFromRaw(keyPair.publicKey), keyPair,
       { status: (t) => { $("status").textContent = t; } });
+    setInterval(() => { if (dirty) { dirty = false; render(); } }, 250);
+    $("status").textContent = "loading history";
+    await Promise.all((cfg.hosts || []).map(loadHistory));  // the past first, then live
     for (const feed of FEEDS) client.subscribe(feed, onMsg);
     client.connect();
-    setInterval(() => { if (dirty) { dirty = false; render(); } }, 250);
   }
   start().catch((e) => { $("status").textContent = "error: " + e.message; });
 })();

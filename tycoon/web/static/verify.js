@@ -186,6 +186,24 @@
       this.windowNs = windowNs;
       this.seen = new Map();  // "sender/nonce" -> ts_ns, kept while it could be fresh
       this.floor = -1n;  // a full cache refuses what is not newer than it evicted fresh
+      this.stored = new Map();  // host id -> ts_ns of its newest accepted stored update
+    }
+    // acceptStored(raw, host, nowNs) -> message, or throws Refused: one stored price
+    // envelope of `host` (the page's history, docs/dashboard.md), oldest first. Stored
+    // messages are old by nature, so there is no age limit; instead: the exact bytes and
+    // signature (open), the subject binding (signed for tycoon.price.<host>), the signer
+    // and body pinned to that host, nothing from the future (beyond the window), and
+    // timestamps that strictly rise per host, so a server can omit or cut the history but
+    // not replay, reorder or repeat a signed update in it.
+    acceptStored(raw, host, nowNs) {
+      const msg = open(raw), subject = "tycoon.price." + host;
+      if (msg.subject !== subject) throw new Refused("wrong_subject", "signed for " + msg.subject.slice(0, 80) + ", not " + subject);
+      if (msg.ts_ns - nowNs > this.windowNs) throw new Refused("stale", "a stored update from the future");
+      this.pin(msg);
+      const last = this.stored.get(host);
+      if (last !== undefined && msg.ts_ns <= last) throw new Refused("stale", "not newer than the host's previous stored update");
+      this.stored.set(host, msg.ts_ns);
+      return msg;
     }
     // accept(raw, receivedOn, nowNs) -> message, or throws Refused
     accept(raw, receivedOn, nowNs) {
