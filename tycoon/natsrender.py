@@ -68,6 +68,9 @@ class ServerSettings:
     max_file_store: int = 0
     """Bytes; 0: sized from the streams (their max_bytes plus a quarter)."""
     max_memory_store: str = "256MB"
+    store_dir: str = ""
+    """JetStream's directory on the server's machine (a node's in ``<store_dir>/<node>``);
+    empty: ``<home>/jetstream``."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -151,10 +154,11 @@ def render_deployment(deployment: Deployment, *, url: str = "",
         max_file_store=str(settings.max_file_store or file_store_needed()),
         max_memory_store=settings.max_memory_store, title=f"deployment {deployment.home}")
     nodes = settings.nodes()
+    store = Path(settings.store_dir) if settings.store_dir else deployment.home / "jetstream"
     if not nodes:
         return {CONFIG_NAME: render_principals(
             principals, port=port, host=host, websocket_port=websocket_port,
-            jetstream_dir=str(deployment.home / "jetstream"), **common)}
+            jetstream_dir=str(store), **common)}
     out = {}
     for node in nodes:
         routes = [f'    "nats-route://{o.host}:{o.route_port}",' for o in nodes if o != node]
@@ -164,7 +168,7 @@ def render_deployment(deployment: Deployment, *, url: str = "",
                  "}"]
         out[node.config_name] = render_principals(
             principals, port=node.port, host=node.host, server_name=node.name, cluster=block,
-            jetstream_dir=str(deployment.home / "jetstream" / node.name), **common)
+            jetstream_dir=str(store / node.name), **common)
     return out
 
 

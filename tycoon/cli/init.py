@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--cluster", default=None, metavar="NODE,NODE,...",
                       help="render one config per node, NODE = HOST[:PORT[:ROUTE_PORT]] "
                            "(ports default 4222 and 6222; kept in tycoon.toml)")
+    init.add_argument("--store-dir", default=None, metavar="DIR",
+                      help="JetStream's directory on the server's machine (a cluster node "
+                           "uses DIR/<node>; default <home>/jetstream; kept in tycoon.toml)")
     init.add_argument("--max-file-store", type=int, default=None, metavar="BYTES",
                       help="JetStream file store per node (default: sized from the streams)")
     init.add_argument("--rotate", action="store_true",
@@ -191,6 +194,8 @@ def settings_from(args: argparse.Namespace, server: dict) -> dict:
         out["cluster"] = [n.strip() for n in args.cluster.split(",") if n.strip()]
     if args.max_file_store is not None:
         out["max_file_store"] = args.max_file_store
+    if args.store_dir is not None:
+        out["store_dir"] = args.store_dir
     return ServerSettings.from_dict(out).to_dict()  # a bad value is refused here
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from tycoon import __version__
 from tycoon.cli.common import resolve_url
 from tycoon.cli.examples import EXAMPLES
+from tycoon.config import apply_config, load_config
 from tycoon.errors import Rejected
 from tycoon.log import configure_logging
 
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--as", dest="as_name", default=os.environ.get("TYCOON_KEY", "default"),
         help="name of the key that signs (env TYCOON_KEY)",
     )
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="options from a TOML file (keys: the long options, e.g. db, "
+                             "operator_key, log_file; see deploy/); the command line wins")
     parser.add_argument("--log-level", default=os.environ.get("TYCOON_LOG", "").lower() or None,
                         type=str.lower, choices=LOG_LEVELS,
                         help="env TYCOON_LOG (default: warning for services, error for the "
@@ -95,6 +99,19 @@ def _decorate(parser: argparse.ArgumentParser, path: str) -> None:
                 _decorate(child, f"{path} {name}".strip())
 
 
+def split_config(argv: list[str]) -> tuple[list[str], str | None]:
+    """``--config FILE`` taken out wherever it stands (``tycoon bank serve --config
+    bank.toml`` as well as ``tycoon --config bank.toml bank serve``)."""
+    for i, word in enumerate(argv):
+        if word == "--":
+            break
+        if word == "--config" and i + 1 < len(argv):
+            return argv[:i] + argv[i + 2:], argv[i + 1]
+        if word.startswith("--config="):
+            return argv[:i] + argv[i + 1:], word.split("=", 1)[1]
+    return argv, None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tycoon`` console script."""
     parser = build_parser()
@@ -102,7 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: TYCOON_LOG={os.environ['TYCOON_LOG']!r} is not a log level "
               f"({', '.join(LOG_LEVELS)})", file=sys.stderr)
         return 2
+    argv, config = split_config(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
+    args.config = config or args.config
+    if args.config:
+        try:
+            extra = apply_config(parser, args, load_config(args.config), args.config)
+        except Rejected as error:
+            print(f"error: {error.message}", file=sys.stderr)
+            return 2
+        if extra.get("log_file"):
+            os.environ["TYCOON_LOG_FILE"] = str(extra["log_file"])
     if args.log_level is None:  # a service logs its warnings; a command speaks for itself
         serves = getattr(args.func, "__name__", "") == "cmd_serve"
         args.log_level = "warning" if serves else "error"
