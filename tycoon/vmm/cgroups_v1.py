@@ -25,7 +25,9 @@ class V1Backend(Backend):
 
     version = "v1"
 
-    def __init__(self, mounts: cgroupfs.Mounts, root: str, parent: str = "/") -> None:
+    def __init__(self, mounts: cgroupfs.Mounts, root: str, parent: str = "/",
+                 cpus: str | None = None) -> None:
+        """``cpus``: pin every sandbox to these CPUs (``0``, ``2-3``) with a cpuset."""
         super().__init__(root, parent)
         missing = [c for c in ("cpu", "cpuacct") if c not in mounts.v1]
         if missing:
@@ -38,6 +40,11 @@ class V1Backend(Backend):
             if c in mounts.v1
         }
         self._io_file: str | None = None
+        self.cpus = cpus
+        if cpus is not None:
+            if "cpuset" not in mounts.v1:
+                raise Rejected("driver_failed", "cpus given but no cgroup v1 cpuset is mounted")
+            self.bases["cpuset"] = self._base(mounts.v1["cpuset"], "cpuset")
 
     def _dir(self, controller: str, name: str) -> Path:
         return self.bases[controller] / name
@@ -65,6 +72,19 @@ class V1Backend(Backend):
     def setup(self) -> None:
         for path in self._unique_bases():
             cgroupfs.make_dir(path)
+        if self.cpus is not None:
+            self._setup_cpuset(self.bases["cpuset"], self.cpus)
+
+    def _setup_cpuset(self, root: Path, cpus: str) -> None:
+        """The root's CPUs, its parent's memory nodes, and ``clone_children`` so that every
+        sandbox created under it starts with the same cpuset (a v1 cpuset starts empty)."""
+        mems = cgroupfs.read_text(root.parent / "cpuset.mems")
+        cgroupfs.write(root / "cpuset.cpus", cpus)
+        cgroupfs.write(root / "cpuset.mems", mems)
+        cgroupfs.write(root / "cgroup.clone_children", 1)
+        for sandbox in (p for p in root.iterdir() if p.is_dir()):  # adopted from a last run
+            cgroupfs.write(sandbox / "cpuset.cpus", cpus)
+            cgroupfs.write(sandbox / "cpuset.mems", mems)
 
     def root_dirs(self) -> list[Path]:
         return self._unique_bases()
