@@ -91,6 +91,7 @@ def test_proportional_among_unconstrained(path: str, case: tuple[np.ndarray, ...
 @settings(max_examples=200, deadline=None)
 @given(bidders())
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.slow  # seconds: left out of make test-fast
 def test_matches_reference(path: str, case: tuple[np.ndarray, ...]) -> None:
     rates, lo, hi = case
     with solver(path):

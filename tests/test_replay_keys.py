@@ -114,6 +114,7 @@ def test_keystore_files_are_private(tmp_path) -> None:
         store.load("../etc/passwd")
 
 
+@pytest.mark.slow  # seconds: left out of make test-fast
 def test_keys_cli(tmp_path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -49,6 +49,7 @@ def assert_nash(market: Game, bids: np.ndarray, gap: float = 1e-8) -> None:
         assert now >= best * (1 - gap), (i, now, best)
 
 
+@pytest.mark.slow  # seconds: left out of make test-fast
 def test_balanced_games_are_approximately_envy_free() -> None:
     rng = np.random.default_rng(2005)
     worst = np.inf
@@ -63,6 +64,7 @@ def test_balanced_games_are_approximately_envy_free() -> None:
     assert worst < 1.0  # the check is not vacuous: some users do envy a little
 
 
+@pytest.mark.slow  # seconds: left out of make test-fast
 def test_two_player_balanced_games_are_three_quarters_efficient() -> None:
     rng = np.random.default_rng(34)
     for _ in range(200):
