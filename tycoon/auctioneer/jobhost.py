@@ -37,6 +37,9 @@ from tycoon.vmm import jobs as runner
 from tycoon.vmm.driver import Driver
 
 OPS = ("exec", "signal", "jobs")
+DRAIN_PAUSE_S = 0.05
+"""After dropping output, the next read waits this long: a job writing without end costs
+the auctioneer at most one read of a chunk per pause, not a busy loop."""
 
 
 @dataclass(frozen=True)
@@ -244,13 +247,16 @@ class JobHost:
 
     async def _pump(self, job: Job, pipe: Any, stream: str) -> None:
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=1 << 20)
+        reader = asyncio.StreamReader(limit=self.config.limits.chunk)  # backpressure: the pipe
         transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), pipe)
         try:
             while data := await reader.read(self.config.limits.chunk):
+                dropped = job.dropped
                 for chunk in self.table.output(job.id, stream, data, self.clock()):
                     await self._publish(chunk, job)
+                if job.dropped > dropped:  # over a cap: let the pipe fill and the job wait,
+                    await asyncio.sleep(DRAIN_PAUSE_S)  # so dropping costs the host little
         finally:
             transport.close()
 
