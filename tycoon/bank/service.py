@@ -32,7 +32,7 @@ OPEN_RATE = 100.0
 OPEN_BURST = 2000
 """The default opening budget, for all keys together: a cluster of 1,000 hosts and a few
 hundred users opens its accounts at once (benchmarks/scale.py: 1,200); an attacker with
-free keys then opens 100 a second at most (20,000 took 3.2 s before, now over 3 minutes),
+free keys then opens 100 a second at most (20,000 take over 3 minutes),
 and with an opening fee pays for each one."""
 
 
