@@ -206,3 +206,36 @@ async def test_refusals_start_nothing(setup: Setup) -> None:
         assert bad.value.code == "malformed"
     assert setup.market.jobhost.table.jobs == {}
     assert setup.driver.procs(owner.key) == []
+
+
+async def test_a_job_cannot_leave_its_sandbox_thaw_itself_or_touch_another(
+        setup: Setup) -> None:
+    victim, attacker = await setup.market.user(), await setup.market.user()
+    await victim.fund_and_bid(10)
+    await attacker.fund_and_bid(10)
+    reply, _, sub = await victim.jobs.start([PY, "-c", "import time; time.sleep(60)"])
+    driver = setup.driver
+    own = driver.backend.bases  # type: ignore[attr-defined]
+    name = driver.sandbox(attacker.key)
+    code = (
+        "import os, signal\n"
+        "def attempt(what, act):\n"
+        "    try:\n        act(); print('DID', what)\n"
+        "    except (PermissionError, ProcessLookupError): print('REFUSED', what)\n"
+        f"attempt('leave', lambda: open('{own['cpu'].parent}/cgroup.procs', 'w')"
+        ".write(str(os.getpid())))\n"
+        f"attempt('thaw', lambda: open('{own['freezer'] / name}/freezer.state', 'w')"
+        ".write('THAWED'))\n"
+        f"attempt('weight', lambda: open('{own['cpu'] / name}/cpu.shares', 'w')"
+        ".write('262144'))\n"
+        f"attempt('kill', lambda: os.kill({reply['pid']}, signal.SIGKILL))\n"
+        f"attempt('read', lambda: os.listdir('{setup.root / victim.key}'))\n"
+        "attempt('root', lambda: os.setuid(0))\n"
+    )
+    chunks, done = await attacker.jobs.run([PY, "-c", code])
+    out = _text(chunks)
+    assert done.status == 0, _text(chunks, "stderr")
+    assert "DID" not in out and out.count("REFUSED") == 6, out
+    assert Path(f"/proc/{reply['pid']}").exists()
+    await victim.jobs.signal(reply["job"], "KILL")
+    await sub.unsubscribe()
