@@ -5,7 +5,7 @@ Every service gets :class:`CommonCollector` (requests, handler latency, refusals
 event-loop lag) and one domain collector. Label values are bounded: ``service`` is one of
 four names, ``kind`` one of the service's endpoint kinds, ``code`` and ``outcome`` keys of
 :data:`tycoon.errors.CODES` (plus ``ok``, ``accepted``, ``out_of_order``), ``resource``
-one of :data:`tycoon.vmm.driver.RESOURCES`, ``host`` the auctioneer's own host id (one
+one of :data:`tycoon.resources.RESOURCES`, ``host`` the auctioneer's own host id (one
 process serves one host). No account, key or agent id is ever a label value.
 """
 

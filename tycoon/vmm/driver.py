@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from tycoon.resources import RESOURCES, Capacity, Shares, Usage
-
-__all__ = ["RESOURCES", "Capacity", "Driver", "Shares", "Usage"]
-"""The values are :mod:`tycoon.resources`'; re-exported here for imports not yet moved."""
+from tycoon.resources import Capacity, Shares, Usage
 
 
 class Driver(Protocol):
