@@ -177,6 +177,13 @@ def test_the_cores_do_not_import_the_vmm() -> None:
     assert not found
 
 
+def test_the_fakes_serve_only_tests() -> None:
+    """Nothing in the package imports tycoon/testing (fakes for tests, never shipped in use)."""
+    found = sorted(f"{a} -> {b}" for a, b, _ in edges(modules())
+                   if package(b) == "tycoon.testing" and package(a) != "tycoon.testing")
+    assert not found
+
+
 @pytest.mark.parametrize("graph, expected", [
     ({"a": {"b"}, "b": {"a"}}, [["a", "b"]]),
     ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c"]]),
