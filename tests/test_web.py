@@ -23,15 +23,19 @@ from collections.abc import Iterator
 from fnmatch import fnmatch
 from pathlib import Path
 
+import msgpack
 import nats
 import pytest
-from polling import until_blocking
+from polling import until, until_blocking
 
 from tycoon.bus import subjects
+from tycoon.bus.connection import open_bus
 from tycoon.bus.envelope import seal
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.bus.kinds import KINDS
-from tycoon.web.history import history_json
+from tycoon.natsserver import NatsServer
+from tycoon.sls.service import SLSConfig, SLSService
+from tycoon.web.history import HistorySource, history_json
 from tycoon.web.server import DashboardServer, PageConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -251,6 +255,39 @@ def test_history_is_handed_out_exactly_as_stored() -> None:
         server.stop()
 
 
+@pytest.mark.nats
+async def test_history_source_reads_through_the_sls_else_prices(tmp_path: Path) -> None:
+    """The server side of ``/history``: a host's stored envelopes, byte for byte as the host
+    signed them, through ``sls.history``; with no SLS, by direct gets from PRICES."""
+    async with NatsServer(jetstream=True, store_dir=tmp_path / "js") as server:
+        sls = SLSService(await open_bus(server.url, Identity.generate()), SLSConfig())
+        await sls.start()  # creates PRICES
+        host = Identity.generate()
+        hid = subject_id(host.public_key)
+        sent = [seal(host, "price", price_body(host, seq, 1.0 + seq), subject=subjects.price(hid))
+                for seq in range(1, 6)]
+        nc = await nats.connect(server.url)
+        for raw in sent:
+            await nc.publish(subjects.price(hid), raw)
+        await nc.flush()
+        await nc.close()
+        source = HistorySource(server.url, Identity.generate(), newest=4)
+        try:
+            got = await until(lambda: _full(asyncio.to_thread(source.fetch, hid), 4),
+                              what="four stored prices")
+            assert got == ("sls", sent[-4:])
+            await sls.stop()
+            await sls.bus.close()
+            assert await asyncio.to_thread(source.fetch, hid) == ("jetstream", sent[-4:])
+        finally:
+            await asyncio.to_thread(source.close)
+
+
+async def _full(fetching, n: int):
+    source, envelopes = await fetching
+    return (source, envelopes) if len(envelopes) == n else None
+
+
 # ------------------------------------------------------------------ a real browser
 
 
@@ -289,7 +326,11 @@ def browser(chromium: tuple[str, str]) -> Iterator[object]:
 
 
 def wait_for(predicate, timeout: float, what: str):
-    return until_blocking(predicate, timeout=timeout, what=what)
+    """Poll the page; an element the page re-rendered meanwhile counts as "not yet"."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    return until_blocking(predicate, timeout=timeout, what=what,
+                          ignore=(StaleElementReferenceException,))
 
 
 def read_until(proc: subprocess.Popen[str], pattern: str, seen: list[str],
@@ -334,6 +375,48 @@ async def publish(url: str, intruder: Identity, messages: list[tuple[str, bytes]
         await nc.close()
 
 
+PAST_POINTS = ("return [...window.tycoonDashboard.hosts.values()].flatMap((h) => "
+               "h.points.filter((p) => p.past).map((p) => p.ts.toString()))")
+
+
+def check_tampered_history(browser, state: Path, nats_url: str, artifacts: Path) -> None:
+    """A second dashboard on the same market whose history path corrupts one envelope per
+    host (as a tampering SLS or server would): each is refused and not drawn, the rest are."""
+    from tycoon.cli.web import page_config
+    from tycoon.deploy import Deployment
+
+    deployment = Deployment.load(state)
+    source = HistorySource(nats_url, deployment.store.load(deployment.operator_key))
+    tampered: list[int] = []
+
+    def corrupt(host: str) -> tuple[str, list[bytes]]:
+        where, envelopes = source.fetch(host)
+        if len(envelopes) >= 2:
+            i = len(envelopes) // 2
+            raw = bytearray(envelopes[i])
+            raw[-10] ^= 0x40  # a signature byte: the bytes no longer verify
+            envelopes[i] = bytes(raw)
+            tampered.append(msgpack.unpackb(raw[35:-64])[3])
+        return where, envelopes
+
+    server = DashboardServer(page_config(deployment), history=corrupt,
+                             on_stop=source.close).start()
+    try:
+        browser.get(server.url)
+        wait_for(lambda: browser.find_element("id", "status").text == "connected", 30,
+                 "the second page to connect")
+        assert tampered, "no host had two stored prices"
+        refusals = browser.find_element("id", "refusals").text
+        assert refusals.count("bad_signature") >= len(tampered), refusals
+        assert "history of tycoon.price." in refusals
+        drawn = set(browser.execute_script(PAST_POINTS))
+        assert drawn and not drawn & {str(ts) for ts in tampered}
+        assert int(browser.find_element("id", "refused").text) >= len(tampered)
+        browser.save_screenshot(str(artifacts / "tampered-history.png"))
+    finally:
+        server.stop()
+
+
 @pytest.mark.slow
 @pytest.mark.nats
 @pytest.mark.timeout(420)
@@ -365,6 +448,14 @@ def test_the_dashboard_verifies_a_live_market_in_chromium(browser, tmp_path: Pat
         names = browser.find_element("id", "hosts").text
         assert "host-1" in names and "host-2" in names
         assert count("refused") == 0
+        # the history, loaded from /history before the page went live, verified and drawn
+        assert count("history") > 0
+        assert browser.find_element("id", "history-from").text == "(from sls)"
+        assert browser.execute_script(PAST_POINTS), "no history point drawn"
+        check_tampered_history(browser, state, nats_url, artifacts)
+        browser.get(page)
+        wait_for(lambda: browser.find_element("id", "status").text == "connected", 30,
+                 "the page to reconnect")
 
         asyncio.run(publish(nats_url, intruder, forge(intruder)))
         wait_for(lambda: count("refused") >= 2, 30, "the forgeries to be refused")

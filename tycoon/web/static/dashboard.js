@@ -5,7 +5,7 @@
   const FEEDS = ["tycoon.price.*", "tycoon.alloc.*", "tycoon.bank.settled", "tycoon.sls.snapshot", "tycoon.agent.>"];
   const HISTORY = 60, TAIL = 40;
   const $ = (id) => document.getElementById(id);
-  const state = { verified: 0, refused: 0, history: 0, hosts: new Map(), agents: new Map(), flow: 0n,
+  const state = { verified: 0, refused: 0, history: 0, historyFrom: new Set(), hosts: new Map(), agents: new Map(), flow: 0n,
     transfers: [], tail: [], refusals: [], names: {}, budgets: {}, snapshot: null };
   window.tycoonDashboard = state;
 
@@ -76,6 +76,7 @@
   function render() {
     $("verified").textContent = state.verified; $("refused").textContent = state.refused;
     $("history").textContent = state.history;
+    $("history-from").textContent = state.historyFrom.size ? `(from ${[...state.historyFrom].join(", ")})` : "";
     const rows = [...state.hosts.values()].sort((a, b) => (a.name || a.id).localeCompare(b.name || b.id));
     $("hosts").innerHTML = rows.map((h) => {
       const cpu = h.resources.cpu || {}, price = num(cpu.price), util = num(cpu.utilization);
@@ -120,6 +121,7 @@
     try {
       reply = await (await fetch("history?host=" + encodeURIComponent(id), { cache: "no-store" })).json();
     } catch (e) { return; }
+    if (typeof reply.source === "string" && reply.source !== "none") state.historyFrom.add(reply.source.slice(0, 16));
     const time = new Date().toLocaleTimeString(), subject = "history of tycoon.price." + id;
     const now = BigInt(Date.now()) * 1000000n, past = [];
     let newest = null;
