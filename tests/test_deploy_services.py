@@ -112,3 +112,26 @@ async def test_bank_serve_as_documented_and_a_stranger_bank_exits(tmp_path: Path
         assert stranger.returncode == 1
         assert b"forbidden" in err and b"Authorization Violation" in err
         assert b"Traceback" not in err
+
+
+@pytest.mark.nats
+async def test_a_health_check_per_service(nats_url: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`status --check --service bank` is the bank's own health check: it does not fail
+    because no SLS or auctioneer runs (the market-wide `--check` does)."""
+    from tycoon.localmarket import LocalMarket
+
+    market = LocalMarket(nats_url, tmp_path / "m", Identity.generate(), Identity.generate())
+    await market.start_bank()
+    try:
+        home = str(tmp_path / "home")
+
+        def check(*extra: str) -> int:
+            return main(["--home", home, "--nats", nats_url, "status", "--check", *extra])
+
+        assert await asyncio.to_thread(check, "--service", "bank") == 0
+        assert await asyncio.to_thread(check, "--service", "sls") == 1
+        assert await asyncio.to_thread(check) == 1
+        assert "missing: tycoon-sls, tycoon-auctioneer" in capsys.readouterr().out
+    finally:
+        await market.close()

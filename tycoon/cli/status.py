@@ -33,6 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     status = sub.add_parser("status", help="list live services and their stats")
     status.add_argument("--check", action="store_true",
                         help="exit 0 if the bank, an SLS and an auctioneer answer, else 1")
+    status.add_argument("--service", action="append", default=[],
+                        choices=("bank", "sls", "auctioneer"),
+                        help="with --check: require only these (repeatable): one service's "
+                             "health check, e.g. for its systemd unit or monitoring")
     status.add_argument("--json", action="store_true")
     status.add_argument("--wait", type=float, default=0.5, help="seconds to gather answers")
     status.set_defaults(func=cmd_status)
@@ -77,10 +81,11 @@ async def discover(nc: Client, wait: float = 0.5) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (str(r["name"]), str(r["id"])))
 
 
-def healthy(rows: list[dict[str, Any]]) -> bool:
-    """True when a bank, an SLS and at least one auctioneer answered."""
+def healthy(rows: list[dict[str, Any]], required: tuple[str, ...] = REQUIRED) -> bool:
+    """True when each ``required`` service (default: a bank, an SLS and at least one
+    auctioneer) answered."""
     names = {r["name"] for r in rows}
-    return all(name in names for name in REQUIRED)
+    return all(name in names for name in required)
 
 
 def errors_of(row: dict[str, Any]) -> int:
@@ -122,8 +127,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
         rows = await discover(bus.nc, args.wait)
     finally:
         await bus.close()
-    ok = healthy(rows)
-    missing = [n for n in REQUIRED if n not in {r["name"] for r in rows}]
+    required = tuple(f"tycoon-{n}" for n in args.service) or REQUIRED
+    ok = healthy(rows, required)
+    missing = [n for n in required if n not in {r["name"] for r in rows}]
     if args.json:
         print_json({"healthy": ok, "missing": missing, "using": used, "services": [
             {**r, "error_count": errors_of(r)} for r in rows]})
