@@ -18,6 +18,7 @@ import contextlib
 from tycoon.bus.keys import subject_id
 from tycoon.cli.common import home_of, names_of
 from tycoon.deploy import Deployment
+from tycoon.errors import Rejected
 from tycoon.money import parse_amount
 from tycoon.web.config import VIEWER_KEY, websocket_url
 from tycoon.web.history import HistorySource
@@ -31,6 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="HTTP address (the page hands out the viewer's seed: keep it local)")
     web.add_argument("--ws-url", default=None,
                      help="nats-server's WebSocket URL (default: from <home>/nats.conf)")
+    web.add_argument("--history-key", default=None, metavar="NAME",
+                     help="the key (in the store) that fetches price history for the page: "
+                          "one that may send sls.history (default: the operator's)")
+    web.add_argument("--no-history", action="store_true",
+                     help="draw live data only (fetch no price history)")
     web.set_defaults(func=cmd_web)
 
 
@@ -46,21 +52,32 @@ def page_config(deployment: Deployment, ws_url: str | None = None) -> PageConfig
     for spec in deployment.agents:
         with contextlib.suppress(ValueError, OSError):
             budgets[deployment.public_key(spec.key)] = parse_amount(spec.budget)
+    hosts = []  # the page fetches these hosts' history first (others when they speak)
+    for h in deployment.hosts:
+        with contextlib.suppress(Rejected):
+            hosts.append(subject_id(deployment.public_key(h.key)))
     return PageConfig(ws_url=url, viewer_seed=viewer.seed,
                       bank_key=deployment.public_key(deployment.bank_key),
-                      names=names, budgets=budgets,
-                      hosts=[subject_id(deployment.public_key(h.key)) for h in deployment.hosts])
+                      names=names, budgets=budgets, hosts=hosts)
 
 
 def dashboard(deployment: Deployment, bind: str, port: int, *, ws_url: str | None = None,
-              nats_url: str | None = None) -> DashboardServer:
-    """The dashboard's server (not started), with ``/history`` fetched under the operator
-    key from ``nats_url`` (default: the deployment's)."""
+              nats_url: str | None = None, history_key: str | None = None,
+              history: bool = True) -> DashboardServer:
+    """The dashboard's server (not started), with ``/history`` fetched from ``nats_url``
+    (default: the deployment's) under ``history_key`` (default: the operator key, which
+    may send ``sls.history`` and read PRICES); without that key's seed, live data only."""
     config = page_config(deployment, ws_url)
     url = nats_url or deployment.nats_url
-    if not url:
+    try:
+        identity = deployment.store.load(history_key or deployment.operator_key)
+    except (OSError, ValueError) as error:
+        if history_key:
+            raise RuntimeError(f"cannot load the history key {history_key!r}: {error}") from error
+        identity = None  # no operator seed here: the page draws live data only
+    if not url or not history or identity is None:
         return DashboardServer(config, bind, port)
-    source = HistorySource(url, deployment.store.load(deployment.operator_key))
+    source = HistorySource(url, identity)
     try:
         return DashboardServer(config, bind, port, history=source.fetch, on_stop=source.close)
     except OSError:
@@ -75,12 +92,13 @@ async def cmd_web(args: argparse.Namespace) -> int:
         return 1
     try:
         server = dashboard(Deployment.load(home), args.bind, args.port, ws_url=args.ws_url,
-                           nats_url=getattr(args, "nats", None)).start()
+                           nats_url=getattr(args, "nats", None),
+                           history_key=args.history_key, history=not args.no_history).start()
     except (RuntimeError, OSError) as error:
         print(f"error: {error}")
         return 1
-    print(f"dashboard at {server.url} (NATS WebSocket {server.config.ws_url}); Ctrl-C stops it",
-          flush=True)
+    print(f"dashboard at {server.url} (NATS WebSocket {server.config.ws_url}; price history "
+          f"{'on' if server.history else 'off'}); Ctrl-C stops it", flush=True)
     try:
         await asyncio.Event().wait()
     except asyncio.CancelledError:

@@ -88,7 +88,7 @@ class DashboardServer:
                  on_stop: Callable[[], None] | None = None) -> None:
         """``history``: fetches a host's stored price envelopes for ``/history`` (None:
         the page draws live data only); ``on_stop`` runs after the server stops."""
-        self.config, self.on_stop = config, on_stop
+        self.config, self.history, self.on_stop = config, history, on_stop
         self.httpd = ThreadingHTTPServer((host, port), _handler(config, history))
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="tycoon-web",
