@@ -1,6 +1,7 @@
-"""Bank restore, scripted on a real server with JetStream: a restored backup does not serve
-(it would reuse the sequence numbers already on receipts in SETTLEMENTS) until the
-receipts after the backup are re-entered with `tycoon bank restore-from-log`."""
+"""Bank restore, scripted on a real server with JetStream: a restored backup never serves a
+write at a sequence number already on a receipt in SETTLEMENTS. It re-enters the receipts
+after the backup at start; when an event with no receipt (a mint) is missing first it
+serves in maintenance (reads only, code `maintenance`) until the operator enters it again."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tycoon.bank.client import BankClient
 from tycoon.bank.receipt import verify_receipt
 from tycoon.bus.connection import open_bus
 from tycoon.bus.keys import Identity, KeyStore
+from tycoon.errors import Rejected
 from tycoon.natsserver import NatsServer
 from tycoon.streams.config import SETTLEMENTS
 from tycoon.streams.reader import read_stream
@@ -31,16 +33,21 @@ async def tycoon(url: str, home: Path, *argv: str) -> asyncio.subprocess.Process
         env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-async def start_bank(url: str, home: Path, db: Path) -> asyncio.subprocess.Process:
+async def start_bank(url: str, home: Path, db: Path,
+                     want: bytes = b"ready") -> asyncio.subprocess.Process:
+    """``bank serve`` until its ready (or maintenance) line."""
     proc = await tycoon(url, home, "bank", "serve", "--db", str(db), "--operator-key",
                         "operator")
     assert proc.stdout is not None and proc.stderr is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 60)
-    if b"ready" not in line:
-        err = await proc.stderr.read()
-        await proc.wait()
-        raise AssertionError(err.decode())
-    return proc
+    while True:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        if not line:
+            err = await proc.stderr.read()
+            await proc.wait()
+            raise AssertionError(err.decode())
+        if b"bank U" in line:
+            assert want in line, line
+            return proc
 
 
 async def stop(proc: asyncio.subprocess.Process) -> None:
@@ -48,7 +55,22 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
     await proc.wait()
 
 
-async def test_a_restored_bank_waits_for_its_log(tmp_path: Path) -> None:
+def restore(tmp_path: Path, backup: Path, db: Path) -> None:
+    for name in ("bank.db", "bank.db-wal", "bank.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    backup.rename(db)
+
+
+async def unique_receipts(js: object, bank_key: str) -> dict[int, bytes]:
+    seqs: dict[int, bytes] = {}
+    async for msg in read_stream(js, SETTLEMENTS):
+        receipt = verify_receipt(msg.data, bank_key)
+        assert seqs.setdefault(receipt.seq, receipt.raw) == receipt.raw, receipt.seq
+    return seqs
+
+
+async def test_a_restored_bank_re_enters_its_log_or_waits_in_maintenance(
+        tmp_path: Path) -> None:
     home, db, backup = tmp_path / "home", tmp_path / "bank.db", tmp_path / "backup.db"
     keys = KeyStore(home)
     bank_key = keys.create("bank").public_key
@@ -57,45 +79,50 @@ async def test_a_restored_bank_waits_for_its_log(tmp_path: Path) -> None:
         url = server.url
         buses = [await open_bus(url, i, deadline=5.0) for i in (operator, alice, bob)]
         op, a, b = (BankClient(bus, bank_key, timeout=5.0) for bus in buses)
+        js = buses[0].nc.jetstream(timeout=5.0)
+
+        # 1. transfers only after the backup: the bank re-enters them and serves
         proc = await start_bank(url, home, db)
         await a.open()
         await b.open()
         await op.mint(a.account, 100_000_000, "m1")
-        for i in range(3):
-            await a.transfer(b.account, 1_000_000, transfer_id=f"before-{i}")
+        await a.transfer(b.account, 1_000_000, transfer_id="before")
         with sqlite3.connect(db) as src, sqlite3.connect(backup) as dst:
             src.backup(dst)  # the nightly backup, taken while the bank runs
         after = [await a.transfer(b.account, 2_000_000, transfer_id=f"after-{i}")
-                 for i in range(4)]
+                 for i in range(3)]
         await asyncio.sleep(0.5)  # the settlement log publishes them
         await stop(proc)
+        restore(tmp_path, backup, db)
+        proc = await start_bank(url, home, db)
         top = max(r.seq for r in after)
+        assert await b.balance() == 7_000_000  # the re-entered transfers
+        new = await a.transfer(b.account, 1, transfer_id="after-restore")
+        assert new.seq == top + 1  # never a sequence number twice
 
-        for name in ("bank.db", "bank.db-wal", "bank.db-shm"):  # the restore
-            (tmp_path / name).unlink(missing_ok=True)
-        backup.rename(db)
-        refused = await tycoon(url, home, "bank", "serve", "--db", str(db),
-                               "--operator-key", "operator")
-        _, err = await asyncio.wait_for(refused.communicate(), 60)
-        assert refused.returncode == 1, err
-        assert b"maintenance" in err and b"restore-from-log" in err
-        assert f"up to seq {top}".encode() in err
-
-        fix = await tycoon(url, home, "bank", "restore-from-log", "--db", str(db),
-                           "--operator-key", "operator")
-        out, err = await asyncio.wait_for(fix.communicate(), 60)
-        assert fix.returncode == 0, out + err
+        # 2. a mint (no receipt) after the backup: maintenance until the operator re-mints
+        with sqlite3.connect(db) as src, sqlite3.connect(backup) as dst:
+            src.backup(dst)
+        await op.mint(b.account, 5_000_000, "m2")
+        await b.transfer(a.account, 6_000_000, transfer_id="needs-m2")
+        await asyncio.sleep(0.5)
+        await stop(proc)
+        restore(tmp_path, backup, db)
+        proc = await start_bank(url, home, db, want=b"in MAINTENANCE")
+        with pytest.raises(Rejected) as refused:
+            await a.transfer(b.account, 1, transfer_id="during-maintenance")
+        assert refused.value.code == "maintenance"
+        assert "operator enters it again" in refused.value.message
+        assert await b.balance() == 7_000_001  # reads work
+        await op.mint(b.account, 5_000_000, "m2")  # the operator re-enters the gap event
+        await stop(proc)
         proc = await start_bank(url, home, db)
         try:
-            assert (await b.balance()) == 3_000_000 + 8_000_000  # the re-entered transfers
-            new = await a.transfer(b.account, 1, transfer_id="after-restore")
-            assert new.seq == top + 1  # never a sequence number twice
+            assert await b.balance() == 7_000_001 + 5_000_000 - 6_000_000
+            last = await a.transfer(b.account, 1, transfer_id="after-maintenance")
         finally:
             await stop(proc)
-        js = buses[0].nc.jetstream(timeout=5.0)
-        seqs: dict[int, bytes] = {}
-        async for msg in read_stream(js, SETTLEMENTS):
-            receipt = verify_receipt(msg.data, bank_key)
-            assert seqs.setdefault(receipt.seq, receipt.raw) == receipt.raw, receipt.seq
+        seqs = await unique_receipts(js, bank_key)
+        assert last.seq == max(seqs) and len(seqs) == len(set(seqs))
         for bus in buses:
             await bus.close()

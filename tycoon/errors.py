@@ -24,6 +24,8 @@ CODES: dict[str, str] = {
     "unavailable": "no service answered",
     "internal": "the service failed while handling the request",
     "rate_limited": "the sender exceeded its request rate or pending limit; retry later",
+    "maintenance": "the service is in maintenance (a restored bank re-entering its log); "
+                   "reads work, retry writes later",
     # authorization
     "forbidden": "the sender may not do this",
     # money and accounts

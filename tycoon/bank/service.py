@@ -73,17 +73,20 @@ class BankService:
         self.bus = bus
         self.ledger = ledger
         self.settlement_log = settlement_log  # JetStream copy of receipts, best effort
+        self.maintenance: str | None = None
+        """Why writes are refused (``maintenance``) while reads are served; only the
+        operator may write, to re-enter what a restored ledger lost (docs/operations.md)."""
         self.committed: collections.Counter[str] = collections.Counter()
         """Ledger events committed by this process, by kind (open, mint, transfer, close)."""
         self.committer = GroupCommitter(ledger, max_batch=max_batch,
                                         on_commit=self._publish_settled)
         handlers = {
-            "open": self._open,
-            "mint": self._mint,
-            "transfer": self._transfer,
+            "open": self._writing(self._open),
+            "mint": self._writing(self._mint),
+            "transfer": self._writing(self._transfer),
             "balance": self._balance,
             "history": self._history,
-            "close": self._close,
+            "close": self._writing(self._close),
             "info": self._info,
         }
         endpoints = [Endpoint(subjects.bank(op), f"bank.{op}", handlers[op]) for op in OPS]
@@ -123,6 +126,17 @@ class BankService:
         if batch.receipts:
             await self.bus.publish(subjects.BANK_SETTLED, "bank.settled",
                                    {"receipts": batch.receipts})
+
+    def _writing(self, handler: Any) -> Any:
+        """``handler``, refused with ``maintenance`` while the bank is in maintenance
+        (the operator excepted); it then changes nothing."""
+
+        async def guarded(msg: Message) -> dict[str, Any]:
+            if self.maintenance is not None and msg.sender != self.ledger.operator:
+                raise Rejected("maintenance", self.maintenance)
+            return dict(await handler(msg))
+
+        return guarded
 
     # -- handlers ----------------------------------------------------------------
 

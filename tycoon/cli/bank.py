@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -195,27 +196,36 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     pub.write_text(bank.public_key + "\n")
     log = get_logger("bank")
     bus = await open_bus(args.nats, bank, name="tycoon-bank")
-    if not args.no_settlement_log:  # a restored backup must not reuse the log's seqs
-        from tycoon.cli.bankguard import behind_message, log_seq
+    maintenance = None  # a restored backup must not reuse the log's sequence numbers
+    if not args.no_settlement_log:
+        from tycoon.cli.bankguard import behind_message, log_seq, reenter_from_log
 
-        logged = await log_seq(bus.nc.jetstream(timeout=5.0), bank.public_key)
+        js = bus.nc.jetstream(timeout=10.0)
+        logged = await log_seq(js, bank.public_key)
         if logged is not None and logged > ledger.seq:
-            await bus.close()
-            store.close()
-            return fail(behind_message(ledger.seq, logged, str(path)))
+            entered, stopped = await reenter_from_log(ledger, js)
+            get_logger("bank").warning("restored ledger behind SETTLEMENTS", re_entered=entered,
+                                       seq=ledger.seq, log_seq=logged)
+            print(f"re-entered {entered} transfers from SETTLEMENTS; seq {ledger.seq}",
+                  flush=True)
+            if stopped is not None:
+                maintenance = behind_message(ledger.seq, logged, str(path), stopped)
+                print(maintenance, file=sys.stderr, flush=True)
     settlements = None if args.no_settlement_log else \
         SettlementLog(bus.nc, bank.public_key, sqlite_source(path))
     service = BankService(bus, ledger, max_batch=args.max_batch, settlement_log=settlements,
                           open_fee=parse_amount(args.open_fee) if args.open_fee != "0" else 0,
                           open_rate=args.open_rate, open_burst=args.open_burst,
                           rate_limit=args.rate_limit)
+    service.maintenance = maintenance
     metrics = None
     try:
         await service.start()
         metrics = await serve_from_args(args, service)
         log.info("bank ready", bank=bank.public_key, operator=operator, db=str(path),
                  seq=ledger.seq, accounts=len(ledger.accounts))
-        print(f"bank {bank.public_key} ready: db {path}, seq {ledger.seq}", flush=True)
+        print(f"bank {bank.public_key} {'in MAINTENANCE' if maintenance else 'ready'}: "
+              f"db {path}, seq {ledger.seq}", flush=True)
         await run_until_signal(bus, service)
     finally:
         await stop_server(metrics)

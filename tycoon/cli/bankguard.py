@@ -1,16 +1,20 @@
-"""The bank refuses to serve a ledger behind its own settlement log (a restored backup).
+"""A bank never serves writes on a ledger behind its own settlement log (a restored backup).
 
 A backup taken at ledger seq *B* restored in place of a ledger at seq *S* > *B*: serving at
 once would hand out seqs B+1, B+2, ... again, each already on a receipt in SETTLEMENTS
-(and maybe redeemed by a host). ``bank serve`` therefore looks at the stream's tail first
-and, while it holds a receipt of this bank past the ledger's seq, does not start: the
-receipts must be re-entered (``tycoon bank restore-from-log``). See docs/operations.md.
+(and maybe redeemed by a host). ``bank serve`` therefore looks at the stream's tail first;
+when it holds a receipt of this bank past the ledger's seq, the bank re-enters the receipts
+(as ``tycoon bank restore-from-log``) before serving. If an event with no receipt (an open,
+a mint, a close) is missing first, it serves in maintenance: reads answer, writes are
+refused with ``maintenance`` except the operator's, who enters the missing events again;
+a restart then re-enters the rest. See docs/operations.md, "Backups of the bank".
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from tycoon.bank.ledger import Ledger
 from tycoon.bank.receipt import verify_receipt
 from tycoon.errors import Rejected
 from tycoon.streams.config import JS_ERRORS, SETTLEMENTS
@@ -40,9 +44,25 @@ async def log_seq(js: Any, bank_key: str, tail: int = TAIL) -> int | None:
         return None
 
 
-def behind_message(ledger_seq: int, stream_seq: int, db: str) -> str:
-    """What the operator reads when the ledger is behind its log."""
+async def reenter_from_log(ledger: Ledger, js: Any) -> tuple[int, str | None]:
+    """Re-enter every receipt SETTLEMENTS holds past ``ledger``'s seq, in order; return
+    how many, and why it stopped short (None: the ledger caught up with its log)."""
+    from tycoon.cli.verifylog import _receipts_after
+
+    receipts, _ = await _receipts_after(js, ledger.bank.public_key, ledger.seq)
+    entered = 0
+    for receipt in receipts:
+        try:
+            ledger.apply(lambda b, r=receipt: b.reenter(r.raw))
+        except Rejected as error:
+            return entered, f"seq {receipt.seq} ({receipt.transfer_id}): {error.message}"
+        entered += 1
+    return entered, None
+
+
+def behind_message(ledger_seq: int, stream_seq: int, db: str, why: str) -> str:
+    """Why a restored bank is in maintenance, and what the operator does about it."""
     return (f"maintenance: the ledger {db} is at seq {ledger_seq} but SETTLEMENTS holds this "
-            f"bank's receipts up to seq {stream_seq} (a restored backup?). Serving now would "
-            f"reuse their sequence numbers. Re-enter them first: tycoon bank restore-from-log "
-            f"--db {db} (then start the bank again)")
+            f"bank's receipts up to seq {stream_seq}; re-entering stopped at {why}. An event "
+            f"with no receipt (open, mint, close) came first: the operator enters it again "
+            f"(same mint id), then restart the bank; until then writes are refused")
