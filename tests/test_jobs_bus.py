@@ -160,3 +160,19 @@ async def test_stop_ends_running_jobs(market: JobMarket) -> None:
     await market.jobhost.stop()
     await asyncio.sleep(0)
     assert not Path(f"/proc/{reply['pid']}").exists()
+
+
+async def test_a_job_started_after_funding_runs_even_if_the_last_one_ended_frozen(
+        market: JobMarket) -> None:
+    user = await market.user()
+    await user.fund_and_bid(1, duration="1s")
+    reply, stream, sub = await user.jobs.start([PY, "-c", "import time; time.sleep(60)"])
+    await until(lambda: user.key in market.jobhost.frozen, timeout=15)
+    await user.jobs.signal(reply["job"], "KILL")  # it ends while frozen
+    events = [e async for e in stream.events(timeout=10)]
+    assert isinstance(events[-1], JobExit) and events[-1].status == -9
+    await sub.unsubscribe()
+    await user.fund_and_bid(1)
+    chunks, done = await user.jobs.run([PY, "-c", "print('ran')"])
+    assert done.status == 0 and b"".join(c.data for c in chunks) == b"ran\n"
+    assert user.key not in market.jobhost.frozen

@@ -90,6 +90,9 @@ class JobHost:
         request = check_exec(msg.body)
         if account not in self.market.accounts:
             raise Rejected("unknown_account", "fund an account at this host before running jobs")
+        frozen = self._share(account) <= 0.0
+        if not frozen and account in self.frozen:
+            self._freeze(account, False)  # left frozen while it had no job: thaw first
         job = self.table.admit(account, request, self.clock())
         try:
             uid = self.uids.uid(account) if self.uids is not None else None
@@ -105,11 +108,10 @@ class JobHost:
         except BaseException:
             self.table.failed(job.id)
             raise
-        frozen = account in self.frozen or self._share(account) <= 0.0
         self.table.started(job.id, started.pid, frozen)
-        if frozen:
-            self.frozen.add(account)
-            self.confine.freeze(account, True, [started.pid])
+        if frozen:  # no share now: it starts frozen, with the account's other jobs
+            self.frozen.discard(account)
+            self._freeze(account, True)
         self._tasks[job.id] = asyncio.create_task(self._run(job, started), name=f"job-{job.id}")
         self.log.info("job started", job=job.id, account=account[:12], pid=started.pid,
                       uid=uid if uid is not None else -1, frozen=frozen)
@@ -145,18 +147,20 @@ class JobHost:
 
     def enforce(self, shares: dict[str, Shares]) -> None:
         """Freeze the jobs of accounts whose CPU share is zero; thaw those funded again."""
-        for account in {j.account for j in self.table.running()}:
+        for account in {j.account for j in self.table.running()} | set(self.frozen):
             want = shares.get(account, Shares()).cpu <= 0.0
-            if want == (account in self.frozen):
-                continue
-            try:
-                self.confine.freeze(account, want, [j.pid for j in self.table.running(account)])
-            except Rejected as error:
-                self.log.warning("freeze failed", account=account[:12], error=error.message)
-                continue
-            (self.frozen.add if want else self.frozen.discard)(account)
-            self.table.set_frozen(account, want)
-            self.log.info("jobs frozen" if want else "jobs thawed", account=account[:12])
+            if want != (account in self.frozen):
+                self._freeze(account, want)
+
+    def _freeze(self, account: str, want: bool) -> None:
+        try:
+            self.confine.freeze(account, want, [j.pid for j in self.table.running(account)])
+        except Rejected as error:
+            self.log.warning("freeze failed", account=account[:12], error=error.message)
+            return
+        (self.frozen.add if want else self.frozen.discard)(account)
+        self.table.set_frozen(account, want)
+        self.log.info("jobs frozen" if want else "jobs thawed", account=account[:12])
 
     def refunded(self, account: str) -> None:
         """After a refund: an account left with nothing (no balance, no bid) has its jobs
@@ -194,6 +198,7 @@ class JobHost:
     async def account_gone(self, account: str) -> None:
         """The account left the host: end its jobs, remove its directory, free its uid."""
         await self.end_account(account)
+        self.frozen.discard(account)
         self.table.forget(account)
         shutil.rmtree(Path(self.config.root) / runner.sandbox_name(account), ignore_errors=True)
         if self.uids is not None:
