@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-# Pure tests only: no nats-server, no cgroups, nothing slow (well under a minute).
+# Pure tests only: no nats-server, no cgroups, nothing slow (~54 s on a shared 2-core VM).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not nats and not cgroups and not slow and not faults and not hostile"
 
