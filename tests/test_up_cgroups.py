@@ -3,6 +3,7 @@ on its own CPU, and runs a user's job over the bus (root and cgroup v1 cpu + cpu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import pytest
 
 from tycoon.bus.keys import subject_id
 from tycoon.vmm.cgroupfs import find_mounts
+from tycoon.vmm.cgroups import CgroupsDriver
 
 pytestmark = [pytest.mark.cgroups, pytest.mark.nats, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -92,3 +94,28 @@ def test_up_with_cgroups_runs_jobs_on_pinned_hosts(nats_url: str, tmp_path: Path
         except subprocess.TimeoutExpired:
             up.kill()
         shutil.rmtree(jobs, ignore_errors=True)
+        for host in ("host-1", "host-2"):  # the hosts keep their sandboxes for a restart
+            shown = tycoon("keys", "show", host, "--json", home=state)
+            if shown.returncode == 0:
+                _remove_root(f"tycoon-{subject_id(json.loads(shown.stdout)['public_key'])[:8]}")
+
+
+def _remove_root(root: str) -> None:
+    """Kill what is left in a host's cgroup root and remove it in every hierarchy."""
+    for mount in {*find_mounts().v1.values()}:
+        base = mount / root
+        if not base.is_dir():
+            continue
+        for sandbox in [p for p in base.iterdir() if p.is_dir()]:
+            for pid in (sandbox / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        CgroupsDriver(root=root, version="v1", state_dir=None, strict=False).teardown()
+        break
+    for mount in {*find_mounts().v1.values()}:
+        base = mount / root
+        for sandbox in [p for p in base.iterdir() if p.is_dir()] if base.is_dir() else []:
+            with contextlib.suppress(OSError):
+                sandbox.rmdir()
+        with contextlib.suppress(OSError):
+            base.rmdir()
