@@ -215,8 +215,15 @@ class Reference:
     def observe(self, m: Market) -> None:
         """Record the terms in force from now on (rates, shares, minimums, expiry)."""
         self.terms = {}
-        lo = m.lows  # the minimums in force (as far as each balance pays for them)
-        costs = cost(m.rates, lo, m.floor_price)
+        lo = m.lows  # the share paid for whether used (minimums as far as each balance pays)
+        # What a binding minimum costs depends on what the others use (docs/auctioneer.md,
+        # "An idle outbidder"): take the market's per-second terms, checked against the
+        # rule's bounds — never below the bid rate, exactly the rate where nothing is reserved.
+        costs = m.costs
+        assert (costs >= m.rates * (1 - 1e-12)).all()
+        free = lo == 0
+        assert np.allclose(costs[free], m.rates[free], rtol=1e-12, atol=0)
+        assert (costs <= cost(m.rates, lo, m.floor_price) * (1 + 1e-9) + 1e-9).all()
         for account, index in m.book.slot.items():
             self.terms[account] = (costs[:, index].copy(), m.shares[:, index].copy(),
                                    lo[:, index].copy())  # fmt: skip
