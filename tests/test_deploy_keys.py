@@ -214,9 +214,19 @@ async def test_admitted_key_connects_and_revoked_key_is_shut_out(
                 nc = await nats.connect(server.url, nkeys_seed_str=dave.seed,
                                         allow_reconnect=False, max_reconnect_attempts=0,
                                         connect_timeout=2)
-            except nats.errors.Error:
+            except (nats.errors.Error, OSError):  # refused: an error or a reset
                 break
             await nc.close()
             await asyncio.sleep(0.1)
         else:
             pytest.fail("a revoked key still connects after the reload")
+
+
+def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    assert run(box, "init", "--dry-run") == 1
+    assert not box.exists() or not any(box.iterdir())
+    assert run(box, "init") == 0
+    before = {p: p.read_bytes() for p in box.rglob("*") if p.is_file()}
+    assert run(box, "init", "--dry-run", "--http-port", "8222", "--cluster", "a,b,c") == 0
+    assert {p: p.read_bytes() for p in box.rglob("*") if p.is_file()} == before

@@ -77,7 +77,7 @@ async def test_host_key_rotation_strands_no_money(tmp_path: Path) -> None:
                     nc = await nats.connect(server.url, nkeys_seed_str=old.seed,
                                             allow_reconnect=False, max_reconnect_attempts=0,
                                             connect_timeout=2)
-                except nats.errors.Error:
+                except (nats.errors.Error, OSError):  # refused: an error or a reset
                     break
                 await nc.close()
                 await asyncio.sleep(0.1)

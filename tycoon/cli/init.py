@@ -223,6 +223,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise args.nats_error  # a bad URL is refused before it is saved
     home = home_of(args)[0]
     existing = (home / "tycoon.toml").exists()
+    if args.dry_run and (not existing or args.force):
+        raise Rejected("malformed", "--dry-run shows what a re-render of an existing "
+                                    "deployment changes (a first init makes keys)")
     made: list[str] = []
     if existing:
         deployment = Deployment.load(home)
