@@ -147,6 +147,7 @@ async def test_cpu_time_follows_the_shares_on_one_core(setup: Setup) -> None:
     got = (after[0] - before[0]) / (after[1] - before[1])
     shares = driver.shares()
     want = shares[rich.key].cpu / shares[poor.key].cpu
+    print(f"cpu seconds ratio {got:.3f} for a share ratio of {want:.3f}")  # shown with -s
     assert abs(got / want - 1) < 0.10, (got, want)
     for reply, _, sub in started:
         await (rich if reply["account"] == rich.key else poor).jobs.signal(reply["job"], "KILL")
