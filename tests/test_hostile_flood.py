@@ -183,6 +183,7 @@ async def test_a_refusal_says_when_to_retry_and_the_key_is_served_after(
     async with world(tmp_path) as w:
         w.bank.service.set_rate_limit(RateLimit(rate=4, burst=3, max_pending=4, parallel=1))
         alice = await w.funded(Identity.generate())
+        alice.retries = 0  # to see the refusal itself: clients retry rate_limited by default
         await asyncio.sleep(1.0)  # the bucket refills after opening and funding
         for _ in range(3):
             await alice.balance()
@@ -193,6 +194,8 @@ async def test_a_refusal_says_when_to_retry_and_the_key_is_served_after(
                          refused.value.message), refused.value.message
         await asyncio.sleep(0.3)
         assert await alice.balance() == 1000 * MICRO
+        alice.retries = 3  # a refusal means nothing was done: the client waits and sends again
+        assert [await alice.balance() for _ in range(6)] == [1000 * MICRO] * 6
 
 
 async def test_forged_requests_in_a_victims_name_do_not_spend_its_tokens(

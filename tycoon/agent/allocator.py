@@ -38,10 +38,11 @@ from tycoon.bank.client import BankClient
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
 
-RETRYABLE = ("timeout", "unavailable", "internal")
+RETRYABLE = ("timeout", "unavailable", "internal", "rate_limited")
 NOTHING_THERE = ("no_funds", "unknown_account")
 """A host's answer to a refund when it holds nothing of ours (any refund already paid)."""
-UNREACHABLE = ("unavailable", "timeout")
+UNREACHABLE = ("unavailable", "timeout", "rate_limited")
+"""A host that gave no answer now: what we hold there is unknown, not zero."""
 NS = 1_000_000_000
 MIN_DURATION_S = 2
 """A raised rate never spends a balance in less than this: until the top-up arrives, a

@@ -55,9 +55,10 @@ class BankClient:
             try:
                 return await self._call_once(op, body)
             except Rejected as error:
-                # "unavailable" means no bank received the request (no responders), so any
-                # operation may be sent again; after a timeout only idempotent ones may.
-                undelivered = error.code == "unavailable"
+                # "unavailable" (no responders) and "rate_limited" (refused before any work)
+                # mean nothing was done, so any operation may be sent again; after a
+                # timeout only idempotent ones may.
+                undelivered = error.code in ("unavailable", "rate_limited")
                 if attempt >= self.retries or not (
                     undelivered or (retry and error.code in RETRYABLE)
                 ):
