@@ -92,3 +92,19 @@ def test_systemd_units(unit: Path) -> None:
                     if unit.name in line and "Command" not in line and "executable" not in line
                     and "User" not in line and "Group" not in line]
         assert not problems, problems
+
+
+def test_cgroups_driver_settings_from_a_config(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """parent, cpu_cap and state_dir were not exposed (only --cgroup-root)."""
+    import tycoon.vmm.cgroups
+    from tycoon.cli.auctioneer import _driver
+
+    made: dict[str, object] = {}
+    monkeypatch.setattr(tycoon.vmm.cgroups, "CgroupsDriver", lambda **kw: made.update(kw))
+    path = tmp_path / "auctioneer.toml"
+    path.write_text('driver = "cgroups"\ncgroup_root = "tycoon"\ncgroup_parent = "self"\n'
+                    'cpu_cap = true\ndriver_state_dir = "/var/lib/tycoon/cg"\n')
+    _driver(configured(["auctioneer", "serve"], path))
+    assert made["root"] == "tycoon" and made["parent"] == "self"
+    assert made["cpu_cap"] is True and made["state_dir"] == "/var/lib/tycoon/cg"

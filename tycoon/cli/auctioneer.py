@@ -75,6 +75,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     cg.add_argument("--cgroup-root", default=None, help="the driver's cgroup root")
     cg.add_argument("--cpus", default=None,
                     help="pin the sandboxes to these CPUs with a cpuset (0, 0,2-3; v1)")
+    cg.add_argument("--cgroup-parent", default=None,
+                    help="cgroup the root lives under ('/' or 'self': this process's own)")
+    cg.add_argument("--cpu-cap", action="store_true",
+                    help="also cap each share's CPU time (quota), not only weight it")
+    cg.add_argument("--driver-state-dir", default=None,
+                    help="where the cgroups driver keeps its state across restarts")
     xen = serve.add_argument_group("xen driver")
     xen.add_argument("--xen-url", default=os.environ.get("TYCOON_XEN_URL", ""))
     xen.add_argument("--xen-user", default="root")
@@ -136,6 +142,12 @@ def _driver(args: argparse.Namespace) -> Driver:
             options["root"] = args.cgroup_root
         if args.cpus:
             options["cpus"] = args.cpus
+        if args.cgroup_parent:
+            options["parent"] = args.cgroup_parent
+        if args.cpu_cap:
+            options["cpu_cap"] = True
+        if args.driver_state_dir:
+            options["state_dir"] = args.driver_state_dir
         return CgroupsDriver(**options)
     from tycoon.vmm.xen.driver import XenDriver
 
