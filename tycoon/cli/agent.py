@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tycoon.bus.keys import default_home, is_public_key, subject_id
 from tycoon.bus.runner import run_until_signal
 from tycoon.cli.bank import resolve_account, resolve_bank_key
 from tycoon.cli.common import bus_for, identity, print_json
+from tycoon.cli.progress import start_progress
 from tycoon.errors import Rejected
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
 from tycoon.metrics.server import serve_from_args, stop_server
@@ -107,6 +109,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
           f"{config.resource} before {args.deadline}; events on "
           f"{subjects.agent_all(agent.id)}", flush=True)
     metrics = await serve_from_args(args, agent)
+    stop_progress = start_progress(agent, config.budget, sys.stdout.isatty() and not args.json)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run())
     waiter = asyncio.create_task(run_until_signal(stop_event=stop))
@@ -114,6 +117,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     if task not in done:  # interrupted: the journal keeps the job; a rerun resumes it
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        await stop_progress()
         await stop_server(metrics)
         await bus.close()
         print(f"interrupted; run it again with --job {job} to resume this job")
@@ -121,6 +125,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     stop.set()
     await waiter
     summary = task.result()
+    await stop_progress()
     await stop_server(metrics)
     await bus.close()
     result = {"agent": summary.agent, "plans": summary.plans, "rebids": summary.rebids,

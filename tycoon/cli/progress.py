@@ -29,13 +29,17 @@ class AgentProgress:
 
         async def publish_and_note(event: str, body: dict[str, Any]) -> None:
             detail = body.get("summary") or body.get("message") or ""
-            self.last = f"{time.strftime('%H:%M:%S')} {event} {detail}".strip()
+            self.last = f"{event} {detail}".strip()
             await publish(event, body)
 
         agent.publish = publish_and_note  # every event the agent publishes passes here
 
     def paid_out(self) -> int:
-        """Net paid to hosts so far (funded less refunded, from the agent's journal)."""
+        """Net paid to hosts so far (funded less refunded, from the agent's journal); once
+        the agent is done, what the hosts charged."""
+        spent = getattr(getattr(self.agent, "summary", None), "spent", 0)
+        if isinstance(spent, int) and spent > 0:
+            return spent
         with contextlib.suppress(Exception):
             return int(self.agent.journal.net_paid_out())
         return 0
@@ -46,14 +50,14 @@ class AgentProgress:
         paid = self.paid_out()
         left = max(0.0, float(self.agent.seconds_left))
         line = Table.grid(padding=(0, 1))
-        line.add_column(width=24)
-        line.add_column()
+        line.add_column(width=16)
+        line.add_column(no_wrap=True, overflow="ellipsis")
         line.add_row(
-            ProgressBar(total=max(1, self.budget), completed=min(paid, self.budget), width=24),
+            ProgressBar(total=max(1, self.budget), completed=min(paid, self.budget), width=16),
             f"{format_credits(paid)} / {format_credits(self.budget)} credits · "
             f"{len(plan.hosts) if plan else 0} hosts · "
             f"{format_rate(plan.spend_rate) if plan else '0.0000'} credits/s · "
-            f"{_duration(left)} left · {self.last[:60]}",
+            f"{_duration(left)} left · {self.last}",
         )
         return line
 
