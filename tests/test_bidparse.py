@@ -282,3 +282,10 @@ def test_whatever_parses_is_printable_ascii(text: str) -> None:
     except Rejected:
         return
     assert all(" " <= c <= "~" for c in text)
+
+
+@pytest.mark.parametrize("weight", ["-1", "0", "0.0", "2e9", "-0"])
+def test_a_weight_out_of_range_gets_one_message_whatever_its_sign(weight: str) -> None:
+    """Issue 19: `-1` was "not a plain non-negative number" while `0` was "must be > 0"."""
+    with pytest.raises(Rejected, match=r"weight '.*' is not a positive number up to 1e\+09"):
+        parse_bid(f"1h cpu:{weight}")

@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 """
 
+STOP_SETTLE_S = 5.0
+"""How long a stopping broker lets its jobs settle before interrupting them."""
 RESETTLE_S = 30.0
 """A job whose money is not all home at the end of its grace period settles again after
 this long, until it is."""
@@ -89,12 +91,19 @@ class Broker:
             self._launch(transfer_id)
 
     async def stop(self) -> None:
+        """Stop taking requests; each running job settles for up to ``STOP_SETTLE_S``, and
+        is then interrupted (its journal resumes the settling when the broker restarts)."""
         await self.service.stop()
-        for task in self.tasks.values():
-            task.cancel()
-        for task in self.tasks.values():
-            with contextlib.suppress(BaseException):
-                await task
+        tasks = [t for t in self.tasks.values() if not t.done()]
+        for task in tasks:
+            task.cancel()  # an agent's run settles its money home on the way out...
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=STOP_SETTLE_S)
+            for task in late:
+                task.cancel()  # ...but a stop is not held for the agent's whole grace
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
         self.db.close()
 
     async def enroll(self, msg: Message) -> dict[str, Any]:

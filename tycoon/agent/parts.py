@@ -17,6 +17,7 @@ from tycoon.agent.journal import Journal
 from tycoon.bank.client import BankClient
 from tycoon.bus.connection import Bus
 from tycoon.bus.keys import subject_id
+from tycoon.money import format_credits
 from tycoon.sls.client import SLSClient
 
 
@@ -62,7 +63,8 @@ class Summary:
     def done_body(self) -> dict[str, Any]:
         """The body of the ``agent.done`` event."""
         return {
-            "summary": f"spent {self.spent} µc, refunded {self.refunded} µc, "
+            "summary": f"spent {format_credits(self.spent)} credits, refunded "
+                       f"{format_credits(self.refunded)} credits, "
                        f"outstanding {len(self.outstanding)}",
             "spent": self.spent, "refunded": self.refunded, "funded": self.funded,
             "outstanding": self.outstanding, "plans": self.plans,

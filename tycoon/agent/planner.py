@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tycoon.agent.best_response import best_response, shares
+from tycoon.money import format_rate
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Plan:
     def summary(self) -> str:
         top = sorted(self.shares.items(), key=lambda kv: -kv[1])[:3]
         parts = " ".join(f"{h[:6]}={s:.0%}" for h, s in top)
-        return (f"{len(self.hosts)} hosts, {self.spend_rate:.1f} µc/s,"
+        return (f"{len(self.hosts)} hosts, {format_rate(self.spend_rate)} credits/s,"
                 f" utility {self.utility:.4g}; {parts}")
 
 

@@ -218,9 +218,9 @@ def parse_amount(text: str, resource: str, token: str) -> Amount:
 
 def parse_weight(text: str, token: str) -> float:
     """A weight: a positive plain number."""
+    if text.startswith("-") or not _WEIGHT.match(text) or not 0 < float(text) <= MAX_WEIGHT:
+        raise _bad(token, f"weight {text!r} is not a positive number up to {MAX_WEIGHT:g}")
     weight = _number(text, token, "weight")
-    if not 0 < weight <= MAX_WEIGHT:
-        raise _bad(token, f"weight must be > 0 and <= {MAX_WEIGHT:g}")
     return weight
 
 

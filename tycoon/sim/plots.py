@@ -68,6 +68,8 @@ def plot_dynamic(runs: dict[str, Run], directory: Path) -> list[Path]:
         ax.set_title(name)
         ax.set_xlabel("time (s)")
     axes[0][0].set_ylabel("share of the cluster")
+    if any(ax.get_lines() for ax in axes[0]):
+        axes[0][-1].legend(fontsize=7, ncol=2, title="tracked jobs", title_fontsize=7)
     span = runs[next(iter(runs))].tracked
     if span.size and np.isfinite(span).any():
         rows = np.nonzero(np.isfinite(span).any(axis=1))[0]
