@@ -59,7 +59,8 @@ def test_up_with_cgroups_runs_jobs_on_pinned_hosts(nats_url: str, tmp_path: Path
         while time.monotonic() < deadline and not (state / "pids" / "host-2.pid").exists():
             time.sleep(0.5)
         while time.monotonic() < deadline and \
-                tycoon("--nats", nats_url, "status", "--check", home=state).returncode != 0:
+                tycoon("--nats", nats_url, "--as", "operator", "status", "--check",
+                       home=state).returncode != 0:
             time.sleep(0.5)
         home = ["--nats", nats_url, "--as", "alice"]
         assert tycoon("keys", "new", "alice", home=state).returncode == 0
