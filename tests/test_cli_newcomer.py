@@ -527,3 +527,16 @@ async def test_the_progress_line_starts_and_stops_with_the_agent() -> None:
     await asyncio.sleep(0.05)
     assert agent.publish is not publish
     await asyncio.wait_for(finish(), 5)
+
+
+@pytest.mark.parametrize("op", [["bid", "host-1"], ["fund"], ["signal", "host-1"]])
+def test_tycoon_pub_errors_name_the_command_the_user_typed(
+        op: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19 item 7: argparse named `tycoon host bid`, which a tycoon-pub user never typed."""
+    from tycoon.cli.pub import main as pub_main
+
+    with pytest.raises(SystemExit) as exited:
+        pub_main(op)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"tycoon-pub {op[0]}: error:" in err and "tycoon host" not in err, err

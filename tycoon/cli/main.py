@@ -112,9 +112,11 @@ def split_config(argv: list[str]) -> tuple[list[str], str | None]:
     return argv, None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tycoon`` console script."""
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None,
+         parser: argparse.ArgumentParser | None = None) -> int:
+    """Entry point of the ``tycoon`` console script (``parser``: one built by
+    :func:`build_parser` and adapted, as ``tycoon-pub`` does)."""
+    parser = parser or build_parser()
     if os.environ.get("TYCOON_LOG") and os.environ["TYCOON_LOG"].lower() not in LOG_LEVELS:
         print(f"error: TYCOON_LOG={os.environ['TYCOON_LOG']!r} is not a log level "
               f"({', '.join(LOG_LEVELS)})", file=sys.stderr)

@@ -16,10 +16,12 @@ Global options (``--nats``, ``--home``, ``--as``) may come first.
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from collections.abc import Sequence
 
+from tycoon.cli.main import build_parser
 from tycoon.cli.main import main as tycoon_main
 
 OPS = ("bid", "fund", "refund", "account", "status", "settle", "exec", "jobs", "signal")
@@ -37,7 +39,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: bad_bid: a bid lasts a positive time (30s, 2h, 1d), not {args[at + 2]!r}",
               file=sys.stderr)
         return 2
-    return tycoon_main([*args[:at], "host", *args[at:]])
+    return tycoon_main([*args[:at], "host", *args[at:]], parser=_pub_parser())
+
+
+def _pub_parser() -> argparse.ArgumentParser:
+    """``tycoon``'s parser with each ``host OP`` named ``tycoon-pub OP`` in usage and errors
+    (argparse names a subcommand by its parents, which a tycoon-pub user never typed)."""
+    parser = build_parser()
+    for action in parser._actions:  # argparse has no public walk of its subcommands
+        if isinstance(action, argparse._SubParsersAction) and "host" in action.choices:
+            for inner in action.choices["host"]._actions:
+                if isinstance(inner, argparse._SubParsersAction):
+                    for name, op in inner.choices.items():
+                        op.prog = f"tycoon-pub {name}"
+    return parser
 
 
 if __name__ == "__main__":
