@@ -9,6 +9,7 @@ with ``--replicas 3`` on a cluster.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -143,15 +144,41 @@ def drift(config: StreamConfig, spec: StreamSpec, fields: Iterable[str]) -> dict
     return out
 
 
+TRANSIENT = ("peer offline", "temporarily unavailable")
+"""JetStream refusals of a cluster still forming (a node's JetStream not yet joined, no
+meta leader yet): worth asking again. 'insufficient storage' is not among them."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for a refusal that a cluster still coming up gives (see :data:`TRANSIENT`)."""
+    return isinstance(exc, nats.js.errors.APIError) and any(
+        t in str(getattr(exc, "description", "") or "") for t in TRANSIENT)
+
+
 async def ensure_stream(js: Any, spec: StreamSpec, *, update: bool = False,
-                        reconcile: Iterable[str] = ()) -> StreamInfo:
+                        reconcile: Iterable[str] = (), settle_s: float = 20.0) -> StreamInfo:
     """Create the stream if missing; return its info. An existing stream is left alone
     (an operator may have raised its limits on purpose) except for the ``reconcile``
     fields (see :data:`RECONCILED`), which are brought to ``spec``'s values (e.g. replicas
-    1 -> 3 on a cluster); ``update`` applies the whole spec.
+    1 -> 3 on a cluster); ``update`` applies the whole spec. A cluster still forming
+    (:func:`is_transient`) is asked again for up to ``settle_s`` seconds.
 
     Raises ``Rejected("unavailable")`` when JetStream does not answer.
     """
+    deadline = asyncio.get_running_loop().time() + settle_s
+    while True:
+        try:
+            return await _ensure_once(js, spec, update=update, reconcile=reconcile)
+        except Rejected as error:
+            cause = error.__cause__
+            if cause is None or not is_transient(cause) or \
+                    asyncio.get_running_loop().time() >= deadline:
+                raise
+        await asyncio.sleep(0.5)
+
+
+async def _ensure_once(js: Any, spec: StreamSpec, *, update: bool,
+                       reconcile: Iterable[str]) -> StreamInfo:
     try:
         try:
             info = await js.stream_info(spec.name)
