@@ -216,6 +216,7 @@ def exact_reference(budget: float, w: np.ndarray, y: np.ndarray) -> float:
 @example((0.0, [0.0, 0.0, 14.0, 0.0], [0.0, 0.0, 14.0, -1.0]))  # rescaling moved bids: 1e-5
 @example((9.0, [8.0, 0.0], [25.0, 0.0]))  # a host within 1e-16 of the threshold, left out
 @example((229.0, [88.0, -227.0], [-95.0, -89.0]))  # subnormal prices at unit scale: inf·0
+@example((111.0, [119.0, 0.0], [-198.0, 300.0]))  # a near 1e-198 beside a far 1e300: inf·0
 def test_best_response_over_wide_ranges(case: tuple[float, list[float], list[float]]) -> None:
     """Utility equals a log-domain reference; the bound holds; the budget is spent."""
     budget = 10.0 ** case[0]

@@ -115,7 +115,10 @@ def _far_split(
             spend_gain = root_lam * math.sqrt(budget / s)
             return bids, _lam(2 * math.log(root_lam), ws, s), (
                 bound + spend_gain * spend_gain + float(gains.sum())) * ws
-        take = np.maximum(yu * (sr / root_rf - 1.0), 0.0) if root_rf > 0 else np.zeros(near.size)
+        # sqrt(w·y)/sqrt(r_f) − y, not y·(sr/sqrt(r_f) − 1): sr/sqrt(r_f) overflows for a near
+        # price at the bottom of float range (y = 1e-198 beside a far 1e300, budget 1e111)
+        take = (np.maximum(np.sqrt(wu[near]) * np.sqrt(yu) / root_rf - yu, 0.0) if root_rf > 0
+                else np.zeros(near.size))
         spent = float(take.sum())
         if spent > x_u:  # rounding: λ = r_f spends all of it
             take *= x_u / spent
