@@ -182,7 +182,7 @@ def test_random_bytes_only_raise_rejected(data: bytes, header: bytes) -> None:
     body=bodies,
     edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4),
 )
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @pytest.mark.slow
 def test_mutated_envelopes_only_raise_rejected(body: dict, edits: list[tuple[int, int]]) -> None:
     """Any changed byte is refused: a bad magic or version by the layout checks, anything

@@ -89,7 +89,7 @@ async def attack(state: Path) -> tuple[list[int], list[int], list[str]]:
 def test_a_fresh_market_survives_every_reproduction(tmp_path: Path) -> None:
     state = tmp_path / "market"
     up = subprocess.Popen(
-        [sys.executable, "-m", "tycoon.cli.main", "up", "--duration", "20", "--hosts", "2",
+        [sys.executable, "-m", "tycoon.cli.main", "up", "--duration", "15", "--hosts", "2",
          "--agents", "1", "--state", str(state)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "TYCOON_LOG": "error"})
