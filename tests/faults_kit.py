@@ -193,7 +193,7 @@ class Proc:
         """SIGKILL this process (it must be running) and reap it."""
         assert self.proc is not None and self.proc.returncode is None, self.name
         self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
+        assert await self.proc.wait() == -signal.SIGKILL
 
     async def stop(self, timeout: float = 20.0) -> int | None:
         if self.proc is None or self.proc.returncode is not None:

@@ -16,15 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import sqlite3
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from faults_kit import Flood, check_bank, check_host_store, check_journal, eventually
+from faults_kit import Flood, Proc, check_bank, check_host_store, check_journal, eventually
 
 from tycoon.bank.client import BankClient
 from tycoon.bank.sqlite_store import SqliteStore
@@ -42,54 +39,6 @@ pytestmark = [pytest.mark.nats, pytest.mark.faults, pytest.mark.slow, pytest.mar
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = 20 * MICRO
-
-
-class Proc:
-    """One ``tycoon`` command as a child process, logging to a file."""
-
-    def __init__(self, name: str, url: str, home: Path, *args: str) -> None:
-        self.name, self.home = name, home
-        self.argv = [sys.executable, "-m", "tycoon.cli.main", "--nats", url,
-                     "--home", str(home), *args]
-        self.log = home / "logs" / f"{name}.log"
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self, ready: str, timeout: float = 60.0) -> None:
-        """Start and wait for ``ready`` in what this run writes to the log."""
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
-                cwd=ROOT, start_new_session=True,
-                env={**os.environ, "PYTHONPATH": str(ROOT), "TYCOON_LOG": "info"},
-            )
-        deadline = time.monotonic() + timeout
-        while ready not in self.text(offset):
-            assert self.proc.returncode is None, f"{self.name} exited:\n{self.text(offset)}"
-            assert time.monotonic() < deadline, f"{self.name} not ready:\n{self.text(offset)}"
-            await asyncio.sleep(0.1)
-
-    def text(self, offset: int = 0) -> str:
-        with open(self.log, "rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
-
-    async def kill(self) -> None:
-        assert self.proc is not None and self.proc.returncode is None, self.name
-        self.proc.send_signal(signal.SIGKILL)
-        assert await self.proc.wait() == -signal.SIGKILL
-
-    async def stop(self, timeout: float = 20.0) -> int | None:
-        if self.proc is None or self.proc.returncode is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-            return None
 
 
 def fund_moves_done(journal: Path) -> int:
