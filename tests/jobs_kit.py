@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bank_kit import funded_user
+
 from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.auctioneer.jobclient import JobClient
 from tycoon.auctioneer.jobhost import JobConfig, JobHost
@@ -61,14 +63,8 @@ class JobMarket:
         return jobs
 
     async def user(self, credits: int = 1000) -> User:
-        ident = Identity.generate()
-        bus = await open_bus(self.url, ident)
-        self.buses.append(bus)
-        bank = BankClient(bus, self.bank_id.public_key, timeout=3.0)
-        await bank.open()
-        op_bus = await open_bus(self.url, self.operator)
-        self.buses.append(op_bus)
-        await BankClient(op_bus, self.bank_id.public_key).mint(ident.public_key, credits * MICRO)
+        ident, bus, bank = await funded_user(self.url, self.bank_id.public_key, self.operator,
+                                             self.buses, credits)
         return User(ident, bank, AuctioneerClient(bus, self.host, timeout=5.0),
                     JobClient(bus, self.host, timeout=5.0))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bank_kit import funded_user
 
 from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.auctioneer.launch import RunningAuctioneer, start_auctioneer
@@ -48,14 +49,8 @@ class Market:
 
     async def user(self, credits: int = 1000) -> tuple[BankClient, AuctioneerClient]:
         """A new user with a bank account holding ``credits``, and its auctioneer client."""
-        ident = Identity.generate()
-        bus = await open_bus(self.url, ident)
-        self.buses.append(bus)
-        bank = BankClient(bus, self.bank_id.public_key, timeout=3.0)
-        await bank.open()
-        op_bus = await open_bus(self.url, self.operator)
-        self.buses.append(op_bus)
-        await BankClient(op_bus, self.bank_id.public_key).mint(ident.public_key, credits * MICRO)
+        _, bus, bank = await funded_user(self.url, self.bank_id.public_key, self.operator,
+                                         self.buses, credits)
         return bank, AuctioneerClient(bus, self.host, timeout=3.0)
 
     def state(self) -> tuple[Any, ...]:

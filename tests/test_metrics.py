@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from bank_kit import funded_user
 from hostile_kit import forged
 from polling import until as poll_until
 from prometheus_client import REGISTRY
@@ -83,14 +84,8 @@ class Market:
     buses: list[Bus] = field(default_factory=list)
 
     async def user(self, credits: int = 100) -> tuple[Bus, BankClient]:
-        ident = Identity.generate()
-        bus = await open_bus(self.url, ident)
-        self.buses.append(bus)
-        bank = BankClient(bus, self.bank_id.public_key, timeout=3.0)
-        await bank.open()
-        op_bus = await open_bus(self.url, self.operator)
-        self.buses.append(op_bus)
-        await BankClient(op_bus, self.bank_id.public_key).mint(ident.public_key, credits * MICRO)
+        _, bus, bank = await funded_user(self.url, self.bank_id.public_key, self.operator,
+                                         self.buses, credits)
         return bus, bank
 
 
