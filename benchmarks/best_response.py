@@ -14,13 +14,13 @@ subset of at most m hosts on small instances (n <= 7). Goal: ms["100000"] <= 50.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 
 import numpy as np
 
-from tycoon.agent.best_response import best_response, utility
+from tycoon.agent.best_response import ZERO_PRICE_FRACTION, best_response
+from tycoon.agent.best_response_cap import capped_exhaustive
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
 
@@ -82,15 +82,8 @@ def gap_vs_solver(rng: np.random.Generator, instances: int = 200) -> float:
 
 
 def brute_capped(budget: float, w: np.ndarray, y: np.ndarray, cap: int) -> float:
-    """The best utility over every subset of at most ``cap`` hosts (closed form on each)."""
-    best = 0.0
-    for size in range(1, cap + 1):
-        for subset in itertools.combinations(range(w.size), size):
-            chosen = list(subset)
-            bids = np.zeros(w.size)
-            bids[chosen] = best_response(budget, w[chosen], y[chosen]).bids
-            best = max(best, float(utility(bids, w, y)))
-    return best
+    """Best utility over every subset of at most ``cap`` hosts, each solved exactly."""
+    return capped_exhaustive(budget, w, y, cap, ZERO_PRICE_FRACTION)
 
 
 def capped_gap(rng: np.random.Generator, instances: int) -> float:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import decimal
-import itertools
 import math
 import os
 from collections.abc import Iterator
@@ -19,7 +18,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tycoon.agent.best_response import best_response, best_response_batch, utility
+from tycoon.agent.best_response import (
+    ZERO_PRICE_FRACTION,
+    best_response,
+    best_response_batch,
+    utility,
+)
+from tycoon.agent.best_response_cap import capped_exhaustive
 from tycoon.auctioneer import allocation
 from tycoon.auctioneer.allocation import water_fill
 
@@ -161,15 +166,8 @@ def test_tiny_budget_uses_every_cheap_host() -> None:
 
 
 def brute_capped(budget: float, w: np.ndarray, y: np.ndarray, cap: int) -> float:
-    """Best utility over every subset of at most ``cap`` hosts (closed form on each)."""
-    best = 0.0
-    for size in range(1, cap + 1):
-        for subset in itertools.combinations(range(w.size), size):
-            chosen = list(subset)
-            bids = np.zeros(w.size)
-            bids[chosen] = best_response(budget, w[chosen], y[chosen]).bids
-            best = max(best, float(utility(bids, w, y)))
-    return best
+    """Best utility over every subset of at most ``cap`` hosts, each solved exactly."""
+    return capped_exhaustive(budget, w, y, cap, ZERO_PRICE_FRACTION)
 
 
 def test_capped_swap_finds_the_better_pair() -> None:

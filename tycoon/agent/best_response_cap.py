@@ -7,6 +7,7 @@ form of :mod:`tycoon.agent.best_response`, keeping the best and reporting the du
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -167,3 +168,14 @@ def _swap(
             break
         bids, value, lam = trial, trial_u, trial_lam
     return bids, value, lam
+
+
+def capped_exhaustive(budget: float, w: np.ndarray, y: np.ndarray, cap: int,
+                      eps: float) -> float:
+    """The best utility over every subset of at most ``cap`` hosts, each solved exactly: the
+    reference :func:`capped` is measured against (exponential in the hosts; small cases)."""
+    best = 0.0
+    for size in range(1, cap + 1):
+        for subset in itertools.combinations(range(w.size), size):
+            best = max(best, _on_subset(budget, w, y, np.array(subset), eps)[1])
+    return best
