@@ -5,15 +5,18 @@ retries, and is restarted. Nobody asks again: the auctioneer pays on its own, on
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from faults_kit import Proc, check_bank, check_host_store, eventually
 
 from tycoon.auctioneer.client import AuctioneerClient
-from tycoon.auctioneer.launch import start_auctioneer
+from tycoon.auctioneer.launch import RunningAuctioneer, start_auctioneer
 from tycoon.bank.client import BankClient
-from tycoon.bus.connection import open_bus
+from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.keys import Identity, KeyStore, subject_id
 from tycoon.errors import Rejected
 from tycoon.money import MICRO
@@ -22,49 +25,73 @@ from tycoon.vmm.simulated import SimulatedDriver
 pytestmark = [pytest.mark.nats, pytest.mark.faults, pytest.mark.timeout(120)]
 
 
-async def test_pending_refund_is_paid_when_the_bank_returns(nats_url: str,
-                                                            tmp_path: Path) -> None:
+@dataclass
+class BankAndHost:
+    """A real bank process (to SIGKILL and restart) and an in-process auctioneer."""
+
+    url: str
+    bank: Proc
+    bank_key: str
+    operator: Identity
+    host_id: Identity
+    auctioneer: RunningAuctioneer
+    buses: list[Bus] = field(default_factory=list)
+
+    async def user(self, minted: int, funded: int) -> tuple[BankClient, AuctioneerClient]:
+        """A user with ``minted`` µcredits at the bank, ``funded`` of them paid to the host."""
+        ident = Identity.generate()
+        bus, op_bus = await open_bus(self.url, ident), await open_bus(self.url, self.operator)
+        self.buses += [bus, op_bus]
+        user_bank = BankClient(bus, self.bank_key, timeout=2.0)
+        await eventually(lambda: _opened(user_bank), 20)
+        await BankClient(op_bus, self.bank_key).mint(ident.public_key, minted)
+        client = AuctioneerClient(bus, subject_id(self.host_id.public_key), timeout=3.0)
+        await client.fund(await user_bank.transfer(self.host_id.public_key, funded))
+        return user_bank, client
+
+
+@contextlib.asynccontextmanager
+async def bank_and_host(nats_url: str, tmp_path: Path) -> AsyncIterator[BankAndHost]:
     home = tmp_path / "home"
     keys = KeyStore(home)
     bank_key = keys.create("bank").public_key
     operator = keys.create("operator")
-    db = tmp_path / "bank.db"
-    bank = Proc("bank", nats_url, home, "--as", "bank", "bank", "serve", "--db", str(db),
-                "--operator-key", "operator", "--no-settlement-log")
+    bank = Proc("bank", nats_url, home, "--as", "bank", "bank", "serve", "--db",
+                str(tmp_path / "bank.db"), "--operator-key", "operator", "--no-settlement-log")
     host_id = Identity.generate()
-    buses = []
-    auctioneer = None
+    auctioneer: RunningAuctioneer | None = None
+    world: BankAndHost | None = None
     try:
         await bank.start("ready")
         auctioneer = await start_auctioneer(
             nats_url, host_id, bank_key=bank_key, driver=SimulatedDriver(preset="small"),
             store_path=tmp_path / "host.db", name="h1", tick_s=0.1, heartbeat_s=0.5,
         )  # fmt: skip
-        users = []
-        for _ in range(3):
-            ident = Identity.generate()
-            bus = await open_bus(nats_url, ident)
-            op_bus = await open_bus(nats_url, operator)
-            buses += [bus, op_bus]
-            user_bank = BankClient(bus, bank_key, timeout=2.0)
-            await eventually(lambda b=user_bank: _opened(b), 20)
-            await BankClient(op_bus, bank_key).mint(ident.public_key, 10 * MICRO)
-            client = AuctioneerClient(bus, subject_id(host_id.public_key), timeout=3.0)
-            receipt = await user_bank.transfer(host_id.public_key, 4 * MICRO)
-            await client.fund(receipt)
-            users.append((user_bank, client))
+        world = BankAndHost(nats_url, bank, bank_key, operator, host_id, auctioneer)
+        yield world
+    finally:
+        if auctioneer is not None:
+            await auctioneer.stop()
+        for bus in world.buses if world is not None else []:
+            await bus.close()
+        await bank.stop(5)
 
-        await bank.kill()
+
+async def test_pending_refund_is_paid_when_the_bank_returns(nats_url: str,
+                                                            tmp_path: Path) -> None:
+    async with bank_and_host(nats_url, tmp_path) as w:
+        users = [await w.user(10 * MICRO, 4 * MICRO) for _ in range(3)]
+        await w.bank.kill()
         for _, client in users:
             with pytest.raises(Rejected) as refused:
                 await client.refund()
             assert refused.value.code == "unavailable"
-        market = auctioneer.market
+        market = w.auctioneer.market
         assert len(market.pending) == 3
         assert sum(r.amount for r in market.pending.values()) == 12 * MICRO
         await asyncio.sleep(5)  # down across several retries (the cap is 2 s)
         assert len(market.pending) == 3
-        await bank.start("ready")
+        await w.bank.start("ready")
 
         async def all_paid() -> bool:
             return not market.pending
@@ -77,15 +104,10 @@ async def test_pending_refund_is_paid_when_the_bank_returns(nats_url: str,
             with pytest.raises(Rejected) as nothing:
                 await client.refund()  # nothing left, and nothing is paid twice
             assert nothing.value.code == "no_funds"
-    finally:
-        if auctioneer is not None:
-            await auctioneer.stop()
-        for bus in buses:
-            await bus.close()
-        await bank.stop(5)
+    db = tmp_path / "bank.db"
     transfers = check_bank(db)
     assert sum(1 for t in transfers if t.startswith("refund")) == 3
-    assert check_host_store(tmp_path / "host.db", host_id.public_key, db) == 12 * MICRO
+    assert check_host_store(tmp_path / "host.db", w.host_id.public_key, db) == 12 * MICRO
 
 
 async def _opened(bank: BankClient) -> bool:
@@ -165,50 +187,19 @@ async def test_a_refund_the_bank_refuses_does_not_hold_up_the_others(nats_url: s
                                                                       tmp_path: Path) -> None:
     """A refund to a closed bank account is refused (and stays pending, never dropped);
     the refunds queued behind it are paid all the same."""
-    home = tmp_path / "home"
-    keys = KeyStore(home)
-    bank_key = keys.create("bank").public_key
-    operator = keys.create("operator")
-    db = tmp_path / "bank.db"
-    bank = Proc("bank", nats_url, home, "--as", "bank", "bank", "serve", "--db", str(db),
-                "--operator-key", "operator", "--no-settlement-log")
-    host_id = Identity.generate()
-    buses = []
-    auctioneer = None
-    try:
-        await bank.start("ready")
-        auctioneer = await start_auctioneer(
-            nats_url, host_id, bank_key=bank_key, driver=SimulatedDriver(preset="small"),
-            store_path=tmp_path / "host.db", name="h1", tick_s=0.1, heartbeat_s=0.5,
-        )  # fmt: skip
-        users = []
-        for _ in range(2):
-            ident = Identity.generate()
-            bus, op_bus = await open_bus(nats_url, ident), await open_bus(nats_url, operator)
-            buses += [bus, op_bus]
-            user_bank = BankClient(bus, bank_key, timeout=2.0)
-            await eventually(lambda b=user_bank: _opened(b), 20)
-            await BankClient(op_bus, bank_key).mint(ident.public_key, 4 * MICRO)
-            await AuctioneerClient(bus, subject_id(host_id.public_key), timeout=3.0).fund(
-                await user_bank.transfer(host_id.public_key, 4 * MICRO))
-            users.append((user_bank, AuctioneerClient(bus, subject_id(host_id.public_key))))
+    async with bank_and_host(nats_url, tmp_path) as w:
+        users = [await w.user(4 * MICRO, 4 * MICRO) for _ in range(2)]
         closer, _ = users[0]
         await closer.close()  # its refund will have nowhere to go
-        await bank.kill()
+        await w.bank.kill()
         for _, client in users:  # the closed account's refund is first in line
             with pytest.raises(Rejected):
                 await client.refund()
-        await bank.start("ready")
-        market = auctioneer.market
+        await w.bank.start("ready")
+        market = w.auctioneer.market
 
         async def only_the_refused_one_left() -> bool:
             return [r.account for r in market.pending.values()] == [closer.account]
 
         await eventually(only_the_refused_one_left, 30)
         assert await users[1][0].balance() == 4 * MICRO
-    finally:
-        if auctioneer is not None:
-            await auctioneer.stop()
-        for bus in buses:
-            await bus.close()
-        await bank.stop(5)
