@@ -51,3 +51,17 @@ def until_blocking(check: Callable[[], T], *, timeout: float = 10.0, every: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout} s")
         time.sleep(every)
+
+
+async def refused(url: str, seed: str) -> bool:
+    """True once nats-server refuses a connection with this nkey seed (a revoked key, after
+    the server reloaded its config): an error or a reset."""
+    import nats  # only the tests that revoke keys need a client here
+
+    try:
+        nc = await nats.connect(url, nkeys_seed_str=seed, allow_reconnect=False,
+                                max_reconnect_attempts=0, connect_timeout=2)
+    except (nats.errors.Error, OSError):
+        return True
+    await nc.close()
+    return False
