@@ -305,3 +305,29 @@ async def test_without_a_fee_only_the_operator_opens_another_keys_account(
         with pytest.raises(Rejected) as refused:
             await mallory.open(account=Identity.generate().public_key)
         assert refused.value.code == "forbidden"
+
+
+async def test_transfers_sent_again_after_rate_limited_pay_exactly_once(
+        tmp_path: Path) -> None:
+    """A rate_limited refusal means nothing was done, so the client sends the transfer
+    again: the best a hostile timing can make of it is a second payment. Payments fired
+    together through a tight limit (with retries racing the refill) each pay once, and a
+    retried id answers with the first receipt."""
+    async with world(tmp_path) as w:
+        w.bank.service.set_rate_limit(RateLimit(rate=5, burst=2, max_pending=8, parallel=1))
+        alice = await w.funded(Identity.generate())
+        # a refusal past the key's refusal budget is dropped unanswered: a timeout, sent
+        # again like a rate_limited one (a transfer id makes either safe)
+        alice.retries, alice.retry_wait, alice.timeout = 8, 0.1, 1.0
+        bob_id = Identity.generate()
+        await (await w.client(bob_id)).open()
+        bob = bob_id.public_key
+        await asyncio.sleep(1.0)  # the bucket refills after opening and funding
+        ids = [f"pay-{k}" for k in range(6)]
+        receipts = await asyncio.gather(*(alice.transfer(bob, MICRO, transfer_id=t)
+                                          for t in ids))
+        assert sorted(r.transfer_id for r in receipts) == ids
+        again = await alice.transfer(bob, MICRO, transfer_id=ids[0])
+        assert again.raw == next(r.raw for r in receipts if r.transfer_id == ids[0])
+        assert await alice.balance() == 1000 * MICRO - 6 * MICRO
+        assert w.bank.service.stats.rate_limited > 0  # the limit really refused some
