@@ -30,9 +30,9 @@ from tycoon.auctioneer.events import Account, Bid
 from tycoon.auctioneer.market import Market
 from tycoon.bus.keys import Identity
 from tycoon.log import configure_logging
+from tycoon.units import NS
 from tycoon.vmm.simulated import SimulatedDriver, capacity_from_config
 
-NS = 1_000_000_000
 COUNTS = (10, 1_000, 10_000, 100_000)
 BIDS = 1_000
 

@@ -55,8 +55,7 @@ from tycoon.natscluster import start_cluster
 from tycoon.natsserver import NatsServer
 from tycoon.sls.service import SLSConfig, SLSService
 from tycoon.streams.settlements import SettlementLog, sqlite_source
-
-NS = 1_000_000_000
+from tycoon.units import NS
 
 
 def arguments() -> argparse.Namespace:

@@ -34,8 +34,8 @@ from tycoon.bus.kinds import KINDS
 from tycoon.errors import CODES
 from tycoon.natsconf import Principal, render_principals
 from tycoon.natsserver import NatsServer, free_port
+from tycoon.units import NS
 
-NS = 1_000_000_000
 PER_RECIPE = 10
 RECIPES = 1000  # x PER_RECIPE = 10,000 messages per service
 

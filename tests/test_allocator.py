@@ -18,8 +18,7 @@ from tycoon.agent.allocator import MIN_DURATION_S, PARK_S, Allocator
 from tycoon.agent.journal import Journal
 from tycoon.agent.planner import Plan
 from tycoon.errors import Rejected
-
-NS = 1_000_000_000
+from tycoon.units import NS
 
 
 class Clock:

@@ -18,8 +18,8 @@ from tycoon.auctioneer.jobs import (
     check_signal,
 )
 from tycoon.errors import Rejected
+from tycoon.units import NS
 
-NS = 1_000_000_000
 A, B = "UA" + "A" * 54, "UB" + "B" * 54
 
 

@@ -26,8 +26,8 @@ from tycoon.bus.keys import Identity
 from tycoon.errors import Rejected
 from tycoon.money import MAX_AMOUNT, MICRO
 from tycoon.resources import RESOURCES, Capacity, Usage
+from tycoon.units import NS
 
-NS = 1_000_000_000
 T0 = 1_750_000_000 * NS
 BANK = Identity.generate()
 HOST = Identity.generate()

@@ -15,8 +15,7 @@ from tycoon.bus.replay import ReplayGuard
 from tycoon.sls.ingest import CHUNK, PriceIngest, Raw
 from tycoon.sls.query import Query
 from tycoon.sls.registry import Registry
-
-NS = 1_000_000_000
+from tycoon.units import NS
 
 
 def update(host: Identity, seq: int, price: float = 1.0, **over: object) -> dict:

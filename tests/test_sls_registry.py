@@ -12,8 +12,8 @@ from tycoon.errors import Rejected
 from tycoon.sls.query import Query, host_request
 from tycoon.sls.registry import Registry
 from tycoon.sls.update import PriceUpdate, parse_update
+from tycoon.units import NS
 
-NS = 1_000_000_000
 T0 = 1_800_000_000 * NS
 
 

@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from tycoon.errors import Rejected
 from tycoon.sls.stats import Moments, PriceStatistics, ProbabilityDistribution, WindowStatistics
 from tycoon.sls.tables import WINDOWS, HistogramTable, MomentTable
-
-NS = 1_000_000_000
+from tycoon.units import NS
 
 
 def expected_window(ts_ns: np.ndarray, now_ns: int, span_s: int, buckets: int) -> np.ndarray:

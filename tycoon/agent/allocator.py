@@ -37,13 +37,13 @@ from tycoon.agent.planner import Plan
 from tycoon.bank.client import BankClient
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
+from tycoon.units import NS
 
 RETRYABLE = ("timeout", "unavailable", "internal", "rate_limited")
 NOTHING_THERE = ("no_funds", "unknown_account")
 """A host's answer to a refund when it holds nothing of ours (any refund already paid)."""
 UNREACHABLE = ("unavailable", "timeout", "rate_limited")
 """A host that gave no answer now: what we hold there is unknown, not zero."""
-NS = 1_000_000_000
 MIN_DURATION_S = 2
 """A raised rate never spends a balance in less than this: until the top-up arrives, a
 host with little money gets what the money buys rather than a burst."""

@@ -20,9 +20,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from tycoon.auctioneer.book import NS, Book
+from tycoon.auctioneer.book import Book
 from tycoon.auctioneer.events import Account, Changes
 from tycoon.resources import Usage
+from tycoon.units import NS
 
 
 def others_paying(rates: np.ndarray, use: np.ndarray) -> np.ndarray:

@@ -44,6 +44,7 @@ from tycoon.bus.keys import is_public_key, subject_id
 from tycoon.errors import Rejected
 from tycoon.money import MAX_AMOUNT
 from tycoon.resources import RESOURCES, Capacity, Shares, Usage
+from tycoon.units import NS
 
 ALLOC_EPS = 1e-4
 """A recompute on the tick publishes the allocation only if a share moved by more than this."""
@@ -80,7 +81,7 @@ class Market(charging.Ledger):
         self.capacity = capacity
         self.name, self.driver = name or self.host_id, driver
         self.floor_price, self.deposit = float(floor_price), int(deposit)
-        self.idle_ns = int(idle_s * 1e9)
+        self.idle_ns = int(idle_s * NS)
         self.accounts = {}
         self.redeemed: set[str] = set()
         self.pending: dict[str, Refund] = {}
@@ -336,7 +337,7 @@ class Market(charging.Ledger):
         book = self.book
         self._settle(now_ns)
         assert self._read is not None
-        span = max(now_ns - self._read, 0) / 1e9
+        span = max(now_ns - self._read, 0) / NS
         self._read = max(self._read, now_ns)
         self.utilization = np.clip(
             np.array([sum(u.of(r) for u in usage.values()) for r in RESOURCES]), 0.0, 1.0

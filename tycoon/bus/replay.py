@@ -14,8 +14,9 @@ import time
 
 from tycoon.bus.envelope import Message
 from tycoon.errors import Rejected
+from tycoon.units import NS
 
-DEFAULT_WINDOW_NS = 60 * 1_000_000_000
+DEFAULT_WINDOW_NS = 60 * NS
 
 
 class ReplayGuard:

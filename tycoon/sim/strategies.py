@@ -6,7 +6,8 @@ spend less; "just before" a tick is 99 % of the way to it, "just after" 1 %.
 
 from __future__ import annotations
 
-from tycoon.sim.strategic import BOTH, NS, Setup, Sim, Strategy
+from tycoon.sim.strategic import BOTH, Setup, Sim, Strategy
+from tycoon.units import NS
 
 EARLY, LATE = 0.01, 0.99
 
