@@ -144,9 +144,9 @@ def _fill_rows(rates: np.ndarray, lo: np.ndarray, hi: np.ndarray, cap: np.ndarra
 
 SMALL = 12
 """Books with at most this many bids (rows × bidders with a rate) are solved in plain
-Python: there numpy's fixed cost per call (some 40 calls) is most of the time (a host's
-4×16 book with 3 cpu bids: 196 µs in numpy, 25 µs in Python). Beyond it, and with
-minimums and maximums to clip, numpy's vectorised rows win (see :func:`_fill_row`)."""
+Python: there numpy's fixed cost per call (some 40 calls) is most of the time (figures in
+docs/performance.md). Beyond it, and with minimums and maximums to clip, numpy's
+vectorised rows win (see :func:`_fill_row`)."""
 
 
 def _fill_row_scaled(
