@@ -91,6 +91,8 @@ def test_every_refusal_is_counted(ingest: PriceIngest, rejected: list[str]) -> N
     )
     rows = ingest.registry.query(Query(), time.time_ns())["rows"]
     assert [(r["seq"], r["price"]) for r in rows] == [(17, 2.0)]
+    registry_counts = ingest.registry.snapshot(time.time_ns())["counters"]
+    assert registry_counts["malformed"] == 1 and registry_counts["out_of_order"] == 1
 
 
 def test_refusals_in_parallel_chunks(ingest: PriceIngest) -> None:

@@ -147,7 +147,7 @@ class PriceIngest:
             if parsed.__class__ is not tuple:
                 registry.counters["malformed"] += 1
                 raise parsed
-            applied = registry.ingest_parsed(parsed, sender=sender, ts_ns=ts_ns, now_ns=now_ns)
+            applied = registry.ingest(parsed, sender=sender, ts_ns=ts_ns, now_ns=now_ns)
         except Rejected as error:
             self.counters[error.code] += 1
             if self.on_reject is not None:

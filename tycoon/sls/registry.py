@@ -27,7 +27,7 @@ from tycoon.resources import RESOURCES
 from tycoon.sls.columns import Columns
 from tycoon.sls.query import Query
 from tycoon.sls.tables import DEFAULT_BINS, DEFAULT_BUCKETS, HistogramTable, MomentTable
-from tycoon.sls.update import OfferTuple, ParsedUpdate, PriceUpdate, parse_update
+from tycoon.sls.update import OfferTuple, ParsedUpdate
 from tycoon.units import NS
 
 NR = len(RESOURCES)
@@ -126,22 +126,7 @@ class Registry:
             self._key_host[public_key] = host
         return host
 
-    def ingest_body(self, body: Any, *, sender: str, ts_ns: int, now_ns: int) -> bool:
-        """Parse and apply one price update body (``malformed`` is counted and raised)."""
-        try:
-            parsed = parse_update(body)
-        except Rejected:
-            self.counters["malformed"] += 1
-            raise
-        return self.ingest_parsed(parsed, sender=sender, ts_ns=ts_ns, now_ns=now_ns)
-
-    def ingest(self, update: PriceUpdate, *, sender: str, ts_ns: int, now_ns: int) -> bool:
-        """Apply one verified update signed by ``sender`` at ``ts_ns`` (see ingest_parsed)."""
-        return self.ingest_parsed(update.parsed(), sender=sender, ts_ns=ts_ns, now_ns=now_ns)
-
-    def ingest_parsed(
-        self, update: ParsedUpdate, *, sender: str, ts_ns: int, now_ns: int
-    ) -> bool:
+    def ingest(self, update: ParsedUpdate, *, sender: str, ts_ns: int, now_ns: int) -> bool:
         """Apply one verified, parsed update signed by ``sender`` at ``ts_ns``.
 
         Returns False (and counts ``out_of_order``) for an update whose seq is not above the one
@@ -189,12 +174,6 @@ class Registry:
         return True
 
     # ---------------------------------------------------------------- liveness
-    def is_live(self, host: str, now_ns: int) -> bool:
-        """True while ``host`` has not missed its heartbeats."""
-        self.flush()
-        rec = self._by_host.get(host)
-        return rec is not None and bool(self.cols.live_until[rec.slot] > now_ns)
-
     def live_hosts(self, now_ns: int) -> list[str]:
         """The ids of every live host, sorted."""
         self.flush()
