@@ -173,7 +173,7 @@ def test_configs_hold_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.chdir(tmp_path)
     assert Deployment(Path(".x")).home == tmp_path / ".x"
     monkeypatch.setenv("TYCOON_HOME", ".tycoon")
-    assert main(["--nats", "nats://127.0.0.1:4333", "init", "--hosts", "1"]) == 0
+    assert main(["--nats", "nats://127.0.0.1:4333", "init", "--local", "--hosts", "1"]) == 0
     conf = (tmp_path / ".tycoon" / "nats.conf").read_text()
     store_dir = re.search(r'store_dir: "([^"]+)"', conf)
     assert store_dir and store_dir.group(1) == str(tmp_path / ".tycoon" / "jetstream")

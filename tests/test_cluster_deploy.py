@@ -24,7 +24,7 @@ def cluster_box(tmp_path: Path) -> tuple[Path, list[tuple[int, int]]]:
     ports = [(free_port(), free_port()) for _ in range(3)]
     nodes = ",".join(f"127.0.0.1:{c}:{r}" for c, r in ports)
     urls = ",".join(f"nats://127.0.0.1:{c}" for c, _ in ports)
-    assert main(["--home", str(box), "--nats", urls, "init", "--cluster", nodes]) == 0
+    assert main(["--home", str(box), "--nats", urls, "init", "--local", "--cluster", nodes]) == 0
     return box, ports
 
 

@@ -68,7 +68,7 @@ def test_render_never_makes_a_key(tmp_path: Path, capsys: pytest.CaptureFixture[
     """A host key handed out and deleted on the operator box: a re-render kept a brand-new
     host-1 key (locking the real host out). Now the pinned public key is rendered."""
     box = tmp_path / "box"
-    assert run(box, "init", "--hosts", "1") == 0
+    assert run(box, "init", "--local", "--hosts", "1") == 0
     handed_out = KeyStore(box).load("host-1").public_key
     (KeyStore(box).keys_dir / "host-1.nk").unlink()
     assert not KeyStore(box).exists("host-1")
@@ -77,10 +77,36 @@ def test_render_never_makes_a_key(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert f"nkey: {handed_out}" in (box / "nats.conf").read_text()
 
 
+def files(home: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in home.rglob("*") if p.is_file()} if home.exists() else {}
+
+
+def test_operator_box_lacking_a_key_renders_nothing(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A render never makes a key, not even the box's own CLI (`default`) or dashboard
+    (`viewer`) key: a missing one is an error naming the commands that make and admit it,
+    and nothing is written (no key, no principals.conf line, no config)."""
+    box = tmp_path / "box"
+    assert run(box, "init") == 1  # a fresh box: nothing admitted, no --local
+    err = capsys.readouterr().err
+    assert "tycoon admit bank bank" in err and "tycoon init --local" in err
+    assert files(box) == {}
+    for name, role in (("bank", "bank"), ("sls", "sls"), ("host-1", "host")):
+        assert admit_line(box, show(tmp_path / name, name, role, capsys)) == 0
+    before = files(box)
+    assert run(box, "init", "--user", "carol", "--http-port", "8222", "--cluster", "a,b,c") == 1
+    err = capsys.readouterr().err
+    assert "tycoon key show operator --role operator" in err
+    assert "tycoon admit operator operator" in err
+    assert files(box) == before and KeyStore(box).names() == []
+    assert run(box, "init", "--hosts", "2") == 1  # making keys is --local's job only
+    assert files(box) == before
+
+
 def test_missing_key_is_an_error_naming_admit(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     box = tmp_path / "box"
-    assert run(box, "init") == 0
+    assert run(box, "init", "--local") == 0
     text = (box / "tycoon.toml").read_text()
     (box / "tycoon.toml").write_text(text + '\n[[hosts]]\nkey = "host-9"\n')
     capsys.readouterr()
@@ -93,7 +119,7 @@ def test_missing_key_is_an_error_naming_admit(tmp_path: Path,
 def test_bank_and_operator_keys_are_pinned(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     box, real = tmp_path / "box", tmp_path / "bank"
-    assert run(box, "init") == 0
+    assert run(box, "init", "--local") == 0
     pinned = Deployment.load(box).pins["bank"]
     line = show(real, "bank", "bank", capsys)
     before = (box / "tycoon.toml").read_text()
@@ -112,7 +138,7 @@ def test_bank_and_operator_keys_are_pinned(tmp_path: Path,
 
 def test_edited_public_key_is_honoured(tmp_path: Path) -> None:
     box = tmp_path / "box"
-    assert run(box, "init", "--hosts", "1") == 0
+    assert run(box, "init", "--local", "--hosts", "1") == 0
     old = Deployment.load(box).pins["host-1"]
     (KeyStore(box).keys_dir / "host-1.nk").unlink()
     other = KeyStore(tmp_path / "other").create("x").public_key
@@ -126,7 +152,7 @@ def test_edited_public_key_is_honoured(tmp_path: Path) -> None:
 
 def test_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     box = tmp_path / "box"
-    assert run(box, "init") == 0
+    assert run(box, "init", "--local") == 0
     assert admit_line(box, show(tmp_path / "lap", "carol", "user", capsys)) == 0
     carol = KeyStore(tmp_path / "lap").load("carol").public_key
     assert f"nkey: {carol}" in (box / "nats.conf").read_text()
@@ -144,8 +170,8 @@ def test_renders_keep_tls_monitoring_and_listen(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """`init --user carol` dropped the tls {} block and the monitoring port."""
     box = tmp_path / "box"
-    assert run(box, "init", "--listen", "0.0.0.0:4333", "--http-port", "8222", "--tls-cert",
-               "/etc/c.pem", "--tls-key", "/etc/k.pem") == 0
+    assert run(box, "init", "--local", "--listen", "0.0.0.0:4333", "--http-port", "8222",
+               "--tls-cert", "/etc/c.pem", "--tls-key", "/etc/k.pem") == 0
     first = (box / "nats.conf").read_text()
     assert 'listen: "0.0.0.0:4333"' in first
     assert 'http: "127.0.0.1:8222"' in first  # monitoring stays on loopback
@@ -164,7 +190,7 @@ def test_renders_keep_tls_monitoring_and_listen(tmp_path: Path,
 def test_render_refuses_to_drop_tls_silently(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     box = tmp_path / "box"
-    assert run(box, "init") == 0
+    assert run(box, "init", "--local") == 0
     conf = box / "nats.conf"  # TLS added by hand (or by an older tycoon)
     conf.write_text(conf.read_text() + '\ntls {\n  cert_file: "/c"\n  key_file: "/k"\n}\n')
     before = conf.read_text()
@@ -182,13 +208,13 @@ def test_comma_separated_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     saved into tycoon.toml, so every later init crashed too."""
     monkeypatch.setenv("TYCOON_NATS", "nats://n1:4222,nats://n2:4222")
     box = tmp_path / "box"
-    assert run(box, "init") == 0
+    assert run(box, "init", "--local") == 0
     assert Deployment.load(box).nats_url == "nats://n1:4222,nats://n2:4222"
     assert 'listen: "n1:4222"' in (box / "nats.conf").read_text()
     assert run(box, "init") == 0
     bad = tmp_path / "bad"
     monkeypatch.setenv("TYCOON_NATS", "nats://n1:4222,nats:")
-    assert run(bad, "init") == 1
+    assert run(bad, "init", "--local") == 1
     assert not (bad / "tycoon.toml").exists()
     assert run(box, "init", "--listen", "n1:port") == 1
     assert 'listen: "n1:4222"' in (box / "nats.conf").read_text()
@@ -199,7 +225,8 @@ async def test_admitted_key_connects_and_revoked_key_is_shut_out(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     box, lap = tmp_path / "box", tmp_path / "lap"
     port = free_port()
-    assert await asyncio.to_thread(run, box, "--nats", f"nats://127.0.0.1:{port}", "init") == 0
+    assert await asyncio.to_thread(run, box, "--nats", f"nats://127.0.0.1:{port}", "init",
+                                   "--local") == 0
     line = await asyncio.to_thread(show, lap, "dave", "user", capsys)
     assert await asyncio.to_thread(admit_line, box, line) == 0
     dave = KeyStore(lap).load("dave")
@@ -217,7 +244,7 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     box = tmp_path / "box"
     assert run(box, "init", "--dry-run") == 1
     assert not box.exists() or not any(box.iterdir())
-    assert run(box, "init") == 0
+    assert run(box, "init", "--local") == 0
     before = {p: p.read_bytes() for p in box.rglob("*") if p.is_file()}
     assert run(box, "init", "--dry-run", "--http-port", "8222", "--cluster", "a,b,c") == 0
     assert {p: p.read_bytes() for p in box.rglob("*") if p.is_file()} == before

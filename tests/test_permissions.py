@@ -541,7 +541,7 @@ def test_tycoon_init_writes_a_valid_server_config(tmp_path: Path) -> None:
     home.mkdir()
     watcher = key()
     (home / "principals.conf").write_text(f"operator {watcher} watcher\n")
-    assert main(["--home", str(home), "--nats", "nats://127.0.0.1:4333", "init",
+    assert main(["--home", str(home), "--nats", "nats://127.0.0.1:4333", "init", "--local",
                  "--hosts", "2", "--agents", "1"]) == 0
     conf = home / "nats.conf"
     text = conf.read_text()
@@ -624,8 +624,8 @@ def test_tycoon_init_tls_options(tmp_path: Path) -> None:
     from tycoon.cli.main import main
 
     home = tmp_path / "home"
-    assert main(["--home", str(home), "init", "--tls-cert", "/etc/c.pem", "--tls-key",
-                 "/etc/k.pem", "--tls-ca", "/etc/ca.pem", "--http-port", "8222"]) == 0
+    assert main(["--home", str(home), "init", "--local", "--tls-cert", "/etc/c.pem",
+                 "--tls-key", "/etc/k.pem", "--tls-ca", "/etc/ca.pem", "--http-port", "8222"]) == 0
     text = (home / "nats.conf").read_text()
     assert 'cert_file: "/etc/c.pem"' in text and "verify: true" in text
     assert 'http: "127.0.0.1:8222"' in text

@@ -16,6 +16,8 @@ from tycoon.errors import Rejected
 
 CONFIG_NAME = "tycoon.toml"
 HOST_PRESETS = ("small", "medium", "large", "tiny")
+LOCAL_KEYS = ("default", "viewer")
+"""The home's own keys a market on one machine also needs: the CLI's and the dashboard's."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,12 @@ class Deployment:
         return [n for n, pk in self.pins.items()
                 if self.store.exists(n) and self.store.load(n).public_key != pk]
 
-    def ensure_keys(self) -> list[str]:
-        """Create every key this deployment names that does not exist yet; return those made."""
+    def ensure_keys(self, local: tuple[str, ...] = LOCAL_KEYS) -> list[str]:
+        """Create every key this deployment names (and ``local``) that has no public key
+        yet; return those made. Only the explicit single-machine steps call this
+        (``tycoon init --local``, ``tycoon up``): a render never makes a key."""
         made = []
-        names = [self.bank_key, self.operator_key, self.sls_key]
+        names = [self.bank_key, self.operator_key, self.sls_key, *local]
         names += [h.key for h in self.hosts] + [a.key for a in self.agents]
         for name in names:
             if name not in self.pins and not self.store.exists(name):

@@ -189,7 +189,7 @@ def _render(deployment: Deployment, what: str) -> int:
         print(f"{what}\n  recorded in {deployment.config_path}; not rendered yet: {exc.message}")
         return 0
     deployment.save()
-    conf = write_nats_config(deployment, create_local=False)
+    conf = write_nats_config(deployment)
     print(f"{what}\nnats:   {conf}")
     if reload_server(deployment.home):
         print("  reloaded the running nats-server (tycoon up)")

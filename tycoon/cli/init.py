@@ -28,9 +28,16 @@ __all__ = ["CLI_KEY", "admit", "write_nats_config"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    init = sub.add_parser("init", help="create keys and a config for a deployment")
-    init.add_argument("--hosts", type=int, default=0, help="also make this many host keys")
-    init.add_argument("--agents", type=int, default=0, help="also make this many agent keys")
+    init = sub.add_parser("init", help="render a deployment's server config (--local: "
+                                       "make the keys of a market on this one machine)")
+    init.add_argument("--local", action="store_true",
+                      help="a market on this one machine: make every key it names that has "
+                           "no public key yet (bank, operator, sls, hosts, agents, the CLI's "
+                           "'default' and the dashboard's 'viewer'); without it no key is made")
+    init.add_argument("--hosts", type=int, default=0,
+                      help="with --local: also make this many host keys")
+    init.add_argument("--agents", type=int, default=0,
+                      help="with --local: also make this many agent keys")
     init.add_argument("--force", action="store_true", help="rewrite an existing config")
     init.add_argument("--tls-cert", default=None, help="server certificate (PEM): turn on TLS")
     init.add_argument("--tls-key", default=None, help="the certificate's private key (PEM)")
@@ -61,8 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--dry-run", action="store_true",
                       help="show what the render would change and write nothing")
     init.add_argument("--user", action="append", default=[], metavar="NAME",
-                      help="admit a principal: make key NAME (if new), list it in "
-                           "principals.conf, and reload a running server (repeatable)")
+                      help="admit a principal of this machine: make key NAME here (if "
+                           "new), list it in principals.conf, and reload a running server "
+                           "(repeatable; another machine's key: tycoon admit)")
     init.add_argument("--role", default="agent",
                       choices=("user", "agent", "broker", "operator"),
                       help="role of the --user principals: agent may also publish its own "
@@ -102,31 +110,28 @@ def reload_server(home: Path) -> bool:
 
 
 def write_nats_config(deployment: Deployment, url: str = "", *, tls: TLS | None = None,
-                      http_port: int | None = None, create_local: bool = True) -> Path:
+                      http_port: int | None = None) -> Path:
     """Write the server config(s) of ``deployment`` (tycoon.natsrender): every key it
-    names, principals.conf, the home's own CLI key; a server listening at ``url`` if given
-    (``tycoon up``), else as tycoon.toml's ``[server]`` says. ``create_local`` makes the
-    home's own CLI and viewer keys if missing (never a principal's key). Returns the
-    first config written."""
+    names, principals.conf, the home's own CLI and viewer keys if it holds them; a server
+    listening at ``url`` if given (``tycoon up``), else as tycoon.toml's ``[server]``
+    says. Never makes a key (a missing one is ``unknown_account`` naming the fix).
+    Returns the first config written."""
     if tls is not None:
         deployment.server.update(tls_cert=tls.cert_file, tls_key=tls.key_file,
                                  tls_ca=tls.ca_file or "")
     if http_port is not None:
         deployment.server["http_port"] = http_port
-    rendered = render_all(deployment, url, create_local=create_local)
+    rendered = render_all(deployment, url)
     paths = [write_config(deployment.home / name, text) for name, text in rendered.items()]
     return paths[0]
 
 
-def render_all(deployment: Deployment, url: str = "", *,
-               create_local: bool = False) -> dict[str, str]:
-    """What :func:`write_nats_config` writes, by file name."""
-    if create_local:
-        deployment.store.load_or_create(CLI_KEY)
+def render_all(deployment: Deployment, url: str = "") -> dict[str, str]:
+    """What :func:`write_nats_config` writes, by file name (reads public keys only)."""
     extra = []
     # The web dashboard's read-only key and WebSocket listener (docs/dashboard.md).
-    if create_local or deployment.store.exists(VIEWER_KEY):
-        extra.append(viewer_principal(deployment.store.load_or_create(VIEWER_KEY).public_key))
+    if deployment.store.exists(VIEWER_KEY):
+        extra.append(viewer_principal(deployment.store.load(VIEWER_KEY).public_key))
     host, _ = listen_of(url or deployment.nats_url)
     ws_port = deployment.server.get("websocket_port")
     if url or not isinstance(ws_port, int):  # `tycoon up` picks a free one each start
@@ -218,6 +223,31 @@ def pin_check(deployment: Deployment, rotate: bool) -> list[str]:
     return notes
 
 
+NO_KEYS = ("or, for a market on this one machine, `tycoon init --local` makes every key "
+           "here")
+
+
+def layout(args: argparse.Namespace, home: Path, existing: bool) -> Deployment:
+    """The deployment to render: tycoon.toml's, or a new one (``--force``, a first init)."""
+    if existing and not args.force:
+        deployment = Deployment.load(home)
+        print(f"{home / 'tycoon.toml'} exists (use --force to rewrite); rendering it")
+    else:
+        deployment = Deployment.default(home, args.hosts, args.agents, args.nats)
+        if existing:  # --force: a new layout that keeps the pinned service keys and [server]
+            old = Deployment.load(home)
+            deployment.pins = {k: v for k, v in old.pins.items()
+                               if k in (old.bank_key, old.operator_key, old.sls_key)}
+            deployment.server = old.server
+    if existing and args.nats_source == "--nats" and args.nats != deployment.nats_url:
+        deployment.nats_url = args.nats  # an explicit --nats is the market's URL now
+    if (args.hosts or args.agents) and not args.local:
+        raise Rejected("malformed", "--hosts and --agents make keys here: add --local (a "
+                                    "market on this one machine), or admit each machine's "
+                                    "key with tycoon admit")
+    return deployment
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     if getattr(args, "nats_error", None) is not None:
         raise args.nats_error  # a bad URL is refused before it is saved
@@ -225,42 +255,33 @@ def cmd_init(args: argparse.Namespace) -> int:
     existing = (home / "tycoon.toml").exists()
     if args.dry_run and (not existing or args.force):
         raise Rejected("malformed", "--dry-run shows what a re-render of an existing "
-                                    "deployment changes (a first init makes keys)")
-    made: list[str] = []
-    if existing:
-        deployment = Deployment.load(home)
-        if args.force:
-            old, deployment = deployment, Deployment.default(home, args.hosts, args.agents,
-                                                              args.nats)
-            deployment.pins = {k: v for k, v in old.pins.items()
-                               if k in (old.bank_key, old.operator_key, old.sls_key)}
-            deployment.server = old.server
-            made = deployment.ensure_keys()
-        else:
-            print(f"{home / 'tycoon.toml'} exists (use --force to rewrite); rendering it")
-        if args.nats_source == "--nats" and args.nats != deployment.nats_url:
-            deployment.nats_url = args.nats  # an explicit --nats is the market's URL now
-    else:
-        deployment = Deployment.default(home, args.hosts, args.agents, args.nats)
-        made = deployment.ensure_keys()
-    notes = pin_check(deployment, args.rotate)
-    deployment.server = settings_from(args, deployment.server)
-    for name in deployment.pins:
-        deployment.public_key(name)
-    before = set(deployment.store.names())
+                                    "deployment changes, and makes no key")
+    if args.dry_run and args.local:
+        raise Rejected("malformed", "--dry-run makes no key: drop --local")
+    try:
+        deployment = layout(args, home, existing)
+        notes = pin_check(deployment, args.rotate)
+        deployment.server = settings_from(args, deployment.server)
+        made = deployment.ensure_keys() if args.local else []  # the one step that makes keys
+        rendered = render_all(deployment)  # every key known, before anything is written
+    except Rejected as exc:
+        if exc.code == "unknown_account" and not args.local:
+            exc = Rejected(exc.code, f"{exc.message}; {NO_KEYS}")
+        raise exc from None
     if args.dry_run:
         return show_diff(deployment)
-    admitted = [name for name in args.user if admit(deployment, name, args.role)]
-    made += [name for name in args.user if name not in before and name not in made]
     if existing and not args.no_tls:
-        gone = drops_tls(home, render_all(deployment))
+        gone = drops_tls(home, rendered)
         if gone:
             raise Rejected("conflict", f"{', '.join(gone)} has TLS that this render would "
                                        "drop: give --tls-cert/--tls-key (kept in tycoon.toml "
                                        "from then on) or --no-tls")
+    before = set(deployment.store.names())
+    admitted = [name for name in args.user if admit(deployment, name, args.role)]
+    made += [name for name in args.user if name not in before and name not in made]
     if existing:
         show_diff(deployment)
-    conf = write_nats_config(deployment, create_local=not existing)
+    conf = write_nats_config(deployment)
     path = deployment.save()  # after the render: it keeps what the render settled
     print(f"config: {path}")
     print(f"nats:   {conf} (one nkey per principal; start: nats-server -c {conf})")
