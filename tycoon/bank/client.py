@@ -18,6 +18,22 @@ from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.keys import decode_public_key
 from tycoon.errors import Rejected
+from tycoon.messages.bank import (
+    BankBalance,
+    BankBalanceReply,
+    BankClose,
+    BankCloseReply,
+    BankHistory,
+    BankHistoryReply,
+    BankInfo,
+    BankInfoReply,
+    BankMint,
+    BankMintReply,
+    BankOpen,
+    BankOpenReply,
+    BankTransfer,
+    BankTransferReply,
+)
 
 RETRYABLE = ("timeout", "unavailable")
 
@@ -70,11 +86,11 @@ class BankClient:
                    account: str | None = None) -> dict[str, Any]:
         """Open this key's account (or, as its sponsor, ``account``'s: the operator, or
         anyone paying the bank's opening fee); ``exist_ok`` accepts an already open one."""
-        body: dict[str, Any] = {} if name is None else {"name": name}
-        if account is not None:
-            body["account"] = account
+        body = BankOpen(name, account).to_body()
         try:
-            return await self._call("open", body, retry=False)
+            reply = await self._call("open", body, retry=False)
+            BankOpenReply.from_body(reply)
+            return reply
         except Rejected as error:
             if exist_ok and error.code == "account_exists":
                 return {"account": account or self.account, "name": name or "", "seq": None}
@@ -83,17 +99,18 @@ class BankClient:
     async def mint(self, account: str, amount: int, mint_id: str | None = None, *,
                    memo: str = "") -> dict[str, Any]:
         """Credit ``account`` with ``amount`` micro-credits (operator key only)."""
-        body = {"account": account, "amount": amount, "mint_id": mint_id or new_id(),
-                "memo": memo}
-        return await self._call("mint", body, retry=True)
+        body = BankMint(account, amount, mint_id or new_id(), memo).to_body()
+        reply = await self._call("mint", body, retry=True)
+        BankMintReply.from_body(reply)
+        return reply
 
     async def transfer(self, payee: str, amount: int, *, transfer_id: str | None = None,
                        memo: str = "") -> Receipt:
         """Pay ``amount`` to ``payee``; returns the verified receipt (same id -> same receipt)."""
         tid = transfer_id or new_id()
-        body = {"payee": payee, "amount": amount, "transfer_id": tid, "memo": memo}
-        reply = await self._call("transfer", body, retry=True)
-        receipt = verify_receipt(reply.get("receipt"), self.bank_key)  # type: ignore[arg-type]
+        body = BankTransfer(payee, amount, tid, memo).to_body()
+        reply = BankTransferReply.from_body(await self._call("transfer", body, retry=True))
+        receipt = verify_receipt(reply.receipt, self.bank_key)
         if (receipt.transfer_id, receipt.payer, receipt.payee, receipt.amount,
                 receipt.memo) != (tid, self.account, payee, amount, memo):
             raise Rejected("bad_receipt", "the receipt does not match the transfer asked for")
@@ -101,29 +118,25 @@ class BankClient:
 
     async def balance(self, account: str | None = None) -> int:
         """The balance of ``account`` (default: this client's own) in micro-credits."""
-        body = {} if account is None else {"account": account}
+        body = BankBalance(account).to_body()
         reply = await self._call("balance", body, retry=True)
-        balance = reply.get("balance")
-        if not isinstance(balance, int) or isinstance(balance, bool):
-            raise Rejected("malformed", "balance reply without an integer balance")
-        return balance
+        return BankBalanceReply.from_body(reply).balance
 
     async def history(self, offset: int = 0, limit: int = 100, *,
                       account: str | None = None) -> list[dict[str, Any]]:
         """One page of the account's history, oldest first."""
-        body: dict[str, Any] = {"offset": offset, "limit": limit}
-        if account is not None:
-            body["account"] = account
+        body = BankHistory(account, offset, limit).to_body()
         reply = await self._call("history", body, retry=True)
-        entries = reply.get("entries")
-        if not isinstance(entries, list):
-            raise Rejected("malformed", "history reply without entries")
-        return entries
+        return BankHistoryReply.from_body(reply).entries
 
     async def close(self) -> dict[str, Any]:
         """Close this key's account (only with a zero balance)."""
-        return await self._call("close", {}, retry=False)
+        reply = await self._call("close", BankClose().to_body(), retry=False)
+        BankCloseReply.from_body(reply)
+        return reply
 
     async def info(self) -> dict[str, Any]:
         """The bank's public key, operator key, ledger sequence and account count."""
-        return await self._call("info", {}, retry=True)
+        reply = await self._call("info", BankInfo().to_body(), retry=True)
+        BankInfoReply.from_body(reply)
+        return reply

@@ -15,17 +15,27 @@ import time
 from typing import Any, Protocol
 
 from tycoon.bank.committer import GroupCommitter
-from tycoon.bank.ledger import MAX_HISTORY_PAGE, MAX_NAME, Batch, Ledger
-from tycoon.bank.receipt import MAX_MEMO, MAX_TRANSFER_ID
+from tycoon.bank.ledger import MAX_HISTORY_PAGE, Batch, Ledger
 from tycoon.bus import ratelimit, subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
 from tycoon.bus.keys import is_public_key
 from tycoon.bus.ratelimit import Bucket, RateLimit, retry_text
-from tycoon.bus.schema import get_int, get_str
 from tycoon.bus.service import Endpoint, Service
 from tycoon.errors import Rejected
-from tycoon.money import check_amount, format_amount
+from tycoon.messages.bank import (
+    BankBalance,
+    BankBalanceReply,
+    BankHistory,
+    BankHistoryReply,
+    BankInfoReply,
+    BankMint,
+    BankOpen,
+    BankSettled,
+    BankTransfer,
+    BankTransferReply,
+)
+from tycoon.money import format_amount
 
 OPS = ("open", "mint", "transfer", "balance", "history", "close", "info")
 OPEN_RATE = 100.0
@@ -34,10 +44,6 @@ OPEN_BURST = 2000
 hundred users opens its accounts at once (benchmarks/scale.py: 1,200); an attacker with
 free keys then opens 100 a second at most (20,000 take over 3 minutes),
 and with an opening fee pays for each one."""
-
-
-def _amount(body: dict[str, Any]) -> int:
-    return check_amount(body.get("amount"))
 
 
 class ReceiptLog(Protocol):
@@ -125,7 +131,7 @@ class BankService:
             self.settlement_log.offer(batch)  # non-blocking; publishes in the background
         if batch.receipts:
             await self.bus.publish(subjects.BANK_SETTLED, "bank.settled",
-                                   {"receipts": batch.receipts})
+                                   BankSettled(batch.receipts).to_body())
 
     def _writing(self, handler: Any) -> Any:
         """``handler``, refused with ``maintenance`` while the bank is in maintenance
@@ -146,9 +152,10 @@ class BankService:
         The operator opens any account, free and outside the opening budget. Others open
         their own only while there is no fee; with a fee, a funded sponsor opens an
         account for a key and pays the fee into the bank's account, in one batch."""
-        name = get_str(msg.body, "name", optional=True, max_len=MAX_NAME) or ""
+        req = BankOpen.from_body(msg.body)
+        name = req.name or ""
         sender = msg.sender
-        target = get_str(msg.body, "account", optional=True, max_len=64) or sender
+        target = req.account or sender
         if not is_public_key(target):
             raise Rejected("malformed", "an account id is a user public key")
         row = self.ledger.accounts.get(target)
@@ -173,52 +180,44 @@ class BankService:
             lambda b: b.open(sender, name, account=target, fee=fee, fee_to=fee_to))
 
     async def _mint(self, msg: Message) -> dict[str, Any]:
-        body, sender = msg.body, msg.sender
+        sender = msg.sender
         if sender != self.ledger.operator:
             raise Rejected("forbidden", "only the operator key may mint")
-        account = get_str(body, "account", max_len=64) or ""
-        amount = _amount(body)
-        mint_id = get_str(body, "mint_id", max_len=MAX_TRANSFER_ID) or ""
-        memo = get_str(body, "memo", optional=True, max_len=MAX_MEMO) or ""
+        req = BankMint.from_body(msg.body)
+        account, amount, mint_id, memo = req.account, req.amount, req.mint_id, req.memo or ""
         return await self.committer.submit(
             lambda b: b.mint(sender, account, amount, mint_id, memo), ("mint", mint_id))
 
     async def _transfer(self, msg: Message) -> dict[str, Any]:
-        body, payer = msg.body, msg.sender
-        payee = get_str(body, "payee", max_len=64) or ""
-        amount = _amount(body)
-        transfer_id = get_str(body, "transfer_id", max_len=MAX_TRANSFER_ID) or ""
-        memo = get_str(body, "memo", optional=True, max_len=MAX_MEMO) or ""
+        payer, req = msg.sender, BankTransfer.from_body(msg.body)
+        payee, amount, transfer_id, memo = req.payee, req.amount, req.transfer_id, req.memo or ""
         receipt = await self.committer.submit(
             lambda b: b.transfer(payer, payee, amount, transfer_id, memo),
             ("transfer", transfer_id))
-        return {"receipt": receipt.raw}
+        return BankTransferReply(receipt.raw).to_body()
 
     async def _balance(self, msg: Message) -> dict[str, Any]:
-        account = get_str(msg.body, "account", optional=True, max_len=64) or msg.sender
+        account = BankBalance.from_body(msg.body).account or msg.sender
         row = self.ledger.balance(msg.sender, account)
-        return {"account": row.account, "name": row.name, "balance": row.balance}
+        return BankBalanceReply(row.account, row.name, row.balance).to_body()
 
     async def _history(self, msg: Message) -> dict[str, Any]:
-        body, sender = msg.body, msg.sender
-        account = get_str(body, "account", optional=True, max_len=64) or sender
-        offset = get_int(body, "offset", optional=True)
-        limit = get_int(body, "limit", optional=True)
-        offset = 0 if offset is None else offset
-        limit = 100 if limit is None else limit
+        sender, req = msg.sender, BankHistory.from_body(msg.body)
+        account = req.account or sender
+        offset = 0 if req.offset is None else req.offset
+        limit = 100 if req.limit is None else req.limit
         if not 1 <= limit <= MAX_HISTORY_PAGE or not 0 <= offset < 2**63:  # SQLite int64
             raise Rejected("malformed", f"offset 0..2**63-1 and limit 1..{MAX_HISTORY_PAGE}")
         self.ledger.may_read(sender, account)
         entries = await self.committer.submit(
             lambda _b: self.ledger.history(sender, account, offset, limit))
-        return {"account": account, "offset": offset, "entries": entries,
-                "more": len(entries) == limit}
+        return BankHistoryReply(account, offset, entries, len(entries) == limit).to_body()
 
     async def _close(self, msg: Message) -> dict[str, Any]:
         sender = msg.sender
         return await self.committer.submit(lambda b: b.close(sender))
 
     async def _info(self, msg: Message) -> dict[str, Any]:
-        return {"bank": self.ledger.bank.public_key, "operator": self.ledger.operator,
-                "seq": self.ledger.seq, "accounts": len(self.ledger.accounts),
-                "open_fee": self.open_fee}
+        return BankInfoReply(self.ledger.bank.public_key, self.ledger.operator,
+                             self.ledger.seq, len(self.ledger.accounts),
+                             self.open_fee).to_body()

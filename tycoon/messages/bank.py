@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from tycoon.messages.base import Body, meta
+from tycoon.money import check_amount
 
 ID = 128
 """Transfer and mint ids: at most 128 characters of the id charset (docs/protocol.md §6)."""
@@ -34,7 +35,8 @@ class BankMint(Body):
     KINDS: ClassVar[tuple[str, ...]] = ("bank.mint",)
     SUMMARY: ClassVar[str] = "create money (operator key only)"
     account: str = field(metadata=meta(max_len=64))
-    amount: int = field(metadata=meta(doc="µcredits, 1..2^63-1"))
+    amount: int = field(metadata=meta(doc="µcredits, 1..2^63-1 (else `bad_amount`)",
+                                      check=check_amount))
     mint_id: str = field(metadata=meta(max_len=ID))
     memo: str | None = field(default=None, metadata=meta(max_len=256))
 
@@ -52,7 +54,8 @@ class BankTransfer(Body):
     KINDS: ClassVar[tuple[str, ...]] = ("bank.transfer",)
     SUMMARY: ClassVar[str] = "pay `payee` from the sender's account; idempotent by transfer id"
     payee: str = field(metadata=meta(max_len=64))
-    amount: int = field(metadata=meta(doc="µcredits, 1..2^63-1"))
+    amount: int = field(metadata=meta(doc="µcredits, 1..2^63-1 (else `bad_amount`)",
+                                      check=check_amount))
     transfer_id: str = field(metadata=meta(max_len=ID, doc="unique per payer"))
     memo: str | None = field(default=None, metadata=meta(max_len=256))
 

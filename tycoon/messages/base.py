@@ -4,8 +4,12 @@ A body class lists its fields with types; :meth:`Body.from_body` checks a receiv
 against them (``malformed`` naming the field otherwise) and :meth:`Body.to_body` writes
 one. Fields typed ``X | None`` are optional (absent or nil on the wire). Fields a reader
 does not know are ignored, so a publisher can add some without breaking older readers.
-Bodies with rules of their own (the price update's hot path, the bid grammar) override
-``from_body`` and keep the declared fields as their documentation.
+A field may name its own ``check`` (``meta(check=...)``): it then owns the field's whole
+validation, absent value (``None``) included, so a service keeps its own codes (an amount
+is ``bad_amount``, an id is checked against the id charset). Bodies with rules of their own
+(the price update's hot path, the bid grammar, the SLS query) override ``from_body`` and
+keep the declared fields as their documentation. The wording of ``malformed`` is that of
+:mod:`tycoon.bus.schema`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,11 +31,19 @@ WIRE_TYPES: dict[Any, str] = {
 """Python field type → the msgpack type written in docs/protocol.md."""
 
 
-def meta(doc: str = "", *, max_len: int | None = None, wire: str = "") -> dict[str, Any]:
+WIRE_WORDS: dict[str, str] = {
+    "str": "a string", "bin": "binary", "map": "a map", "array": "an array", "bool": "a boolean",
+}
+"""How a ``malformed`` message names a wire type (as :mod:`tycoon.bus.schema` does)."""
+
+
+def meta(doc: str = "", *, max_len: int | None = None, wire: str = "",
+         check: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """A field's metadata (``dataclasses.field(metadata=meta(...))``): its documentation,
-    its length bound (str, bin, array, map) and, if it is not the plain msgpack type of
-    its annotation, its wire type (``wire``)."""
-    return {"doc": doc, "max_len": max_len, "wire": wire}
+    its length bound (str, bin, array, map), its wire type if it is not the plain msgpack
+    type of its annotation (``wire``), and a ``check`` that replaces the type check: called
+    with the received value (``None`` when absent), it returns the value or raises."""
+    return {"doc": doc, "max_len": max_len, "wire": wire, "check": check}
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,8 @@ class Spec:
     max_len: int | None
     attr: str
     """The dataclass attribute."""
+    check: Callable[[Any], Any] | None = None
+    """The field's own validation, if it has one (see :func:`meta`)."""
 
 
 def _origin(annotation: Any) -> tuple[Any, bool]:
@@ -80,7 +95,7 @@ class Body:
                 or f.default_factory is not dataclasses.MISSING
             wire = f.metadata.get("wire") or WIRE_TYPES.get(base, "any")
             out.append(Spec(f.name.rstrip("_"), base, optional, wire, f.metadata.get("doc", ""),
-                            f.metadata.get("max_len"), f.name))
+                            f.metadata.get("max_len"), f.name, f.metadata.get("check")))
         specs = tuple(out)
         type.__setattr__(cls, "_specs_cache", specs)
         return specs
@@ -89,10 +104,13 @@ class Body:
     def from_body(cls, body: Any) -> Any:
         """The typed body, or ``Rejected("malformed")`` naming the first bad field."""
         if not isinstance(body, dict):
-            raise Rejected("malformed", f"{cls.__name__}: body must be a map")
+            raise Rejected("malformed", "body must be a map")
         values: dict[str, Any] = {}
         for spec in cls.specs():
             value = body.get(spec.name)
+            if spec.check is not None:
+                values[spec.attr] = spec.check(value)
+                continue
             if value is None:
                 if not spec.optional:
                     raise Rejected("malformed", f"missing field {spec.name!r}")
@@ -125,7 +143,9 @@ def _checked(spec: Spec, value: Any) -> Any:
     if isinstance(base, type) and issubclass(base, Body):
         return base.from_body(value)
     if isinstance(base, type) and base is not int and not isinstance(value, base):
-        raise Rejected("malformed", f"field {name!r} must be {spec.wire}")
+        word = WIRE_WORDS.get(spec.wire, spec.wire)
+        raise Rejected("malformed", f"field {name!r} must be {word}")
     if spec.max_len is not None and len(value) > spec.max_len:
-        raise Rejected("malformed", f"field {name!r} is longer than {spec.max_len}")
+        unit = " bytes" if base is bytes else ""
+        raise Rejected("malformed", f"field {name!r} is longer than {spec.max_len}{unit}")
     return value

@@ -9,6 +9,7 @@ from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.keys import is_key_of
 from tycoon.errors import Rejected
+from tycoon.messages.sls import SlsHost, SlsHostReply, SlsQueryReply
 from tycoon.sls.query import DEFAULT_LIMIT, Query
 from tycoon.sls.stats import PriceStatistics
 
@@ -109,15 +110,12 @@ class SLSClient:
         reply = await self.bus.request(
             subjects.sls("query"), "sls.query", query.to_body(), timeout=self.timeout
         )
-        body = reply.body
-        if not isinstance(body.get("rows"), list) or not isinstance(body.get("total"), int):
-            raise Rejected("malformed", "an SLS query reply needs 'rows' and 'total'")
-        return body
+        SlsQueryReply.from_body(reply.body)
+        return dict(reply.body)
 
     async def query(self, resource: str = "cpu", **filters: Any) -> list[dict[str, Any]]:
         """The rows matching a query (see :meth:`page` for the filters), as dicts."""
-        rows: list[dict[str, Any]] = (await self.page(resource, **filters))["rows"]
-        return rows
+        return list(SlsQueryReply.from_body(await self.page(resource, **filters)).rows)
 
     async def rows(self, resource: str = "cpu", **filters: Any) -> list[HostRow]:
         """The rows matching a query, typed."""
@@ -126,7 +124,7 @@ class SLSClient:
     async def host(self, host_id: str) -> dict[str, Any]:
         """Everything about one live host (``unknown_host`` if it is not live)."""
         reply = await self.bus.request(
-            subjects.sls("host"), "sls.host", {"host": host_id}, timeout=self.timeout
+            subjects.sls("host"), "sls.host", SlsHost(host_id).to_body(), timeout=self.timeout
         )
-        body: dict[str, Any] = reply.body
-        return body
+        SlsHostReply.from_body(reply.body)
+        return dict(reply.body)

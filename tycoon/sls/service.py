@@ -23,8 +23,9 @@ from tycoon.bus.keys import subject_id
 from tycoon.bus.service import Endpoint, Service
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
+from tycoon.messages.sls import SlsHost, SlsSnapshot
 from tycoon.sls.ingest import PriceIngest, Raw
-from tycoon.sls.query import Query, host_request
+from tycoon.sls.query import Query
 from tycoon.sls.registry import Registry
 from tycoon.sls.tables import DEFAULT_BINS, DEFAULT_BUCKETS
 from tycoon.sls.warm import warm_start
@@ -173,9 +174,9 @@ class SLSService:
 
     def snapshot(self) -> dict[str, Any]:
         """The market summary published on ``tycoon.sls.snapshot``."""
-        body = self.registry.snapshot(time.time_ns())
-        body["counters"] = dict(sorted(self.ingest.counters.items()))
-        return body
+        summary = self.registry.snapshot(time.time_ns())
+        counters = dict(sorted(self.ingest.counters.items()))
+        return SlsSnapshot(summary["hosts"], summary["resources"], counters).to_body()
 
     async def publish_snapshot(self) -> None:
         """Publish one market summary now."""
@@ -190,7 +191,7 @@ class SLSService:
         return self.registry.query(Query.from_body(msg.body), time.time_ns())
 
     async def _on_host(self, msg: Message) -> dict[str, Any]:
-        return self.registry.host(host_request(msg.body), time.time_ns())
+        return self.registry.host(SlsHost.from_body(msg.body).host, time.time_ns())
 
     async def _on_history(self, msg: Message) -> dict[str, Any]:
         """A page of one host's stored price envelopes (users hold no JetStream right)."""
