@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from policy_kit import may_publish, may_subscribe
 
 from tests.jobs_kit import JobMarket, job_market, until
 from tycoon.auctioneer.jobhost import JobConfig
@@ -144,12 +145,12 @@ def test_job_subjects_are_readable_by_their_account_only() -> None:
     host = Identity.generate().public_key
     own = subjects.job(subject_id(a), "abc1", "out")
     for role in ("user", "agent", "broker"):
-        assert permissions(Principal(a, role)).may_subscribe(subjects.job_all(subject_id(a)))
-        assert not permissions(Principal(b, role)).may_subscribe(own)
-        assert not permissions(Principal(b, role)).may_subscribe(subjects.JOBS_ALL)
-        assert not permissions(Principal(a, role)).may_publish(own)  # no forged output
-    assert permissions(Principal(host, "host")).may_publish(own)
-    assert not permissions(Principal(host, "viewer")).may_subscribe(own)
+        assert may_subscribe(permissions(Principal(a, role)), subjects.job_all(subject_id(a)))
+        assert not may_subscribe(permissions(Principal(b, role)), own)
+        assert not may_subscribe(permissions(Principal(b, role)), subjects.JOBS_ALL)
+        assert not may_publish(permissions(Principal(a, role)), own)  # no forged output
+    assert may_publish(permissions(Principal(host, "host")), own)
+    assert not may_subscribe(permissions(Principal(host, "viewer")), own)
 
 
 async def test_stop_ends_running_jobs(market: JobMarket) -> None:

@@ -29,7 +29,6 @@ from tycoon.natspolicy import (  # the pure policy; re-exported here
     Principal,
     inbox,
     permissions,
-    subject_matches,
 )
 
 __all__ = [
@@ -49,7 +48,6 @@ __all__ = [
     "permissions",
     "render_config",
     "render_principals",
-    "subject_matches",
     "write_config",
 ]
 

@@ -121,14 +121,6 @@ class Permissions:
     subscribe_deny: tuple[str, ...]
     allow_responses: bool
 
-    def may_publish(self, subject: str) -> bool:
-        """Whether the server lets this principal publish on ``subject`` (not replies)."""
-        return _permitted(subject, self.publish_allow, self.publish_deny)
-
-    def may_subscribe(self, subject: str) -> bool:
-        """Whether the server lets this principal subscribe to exactly ``subject``."""
-        return _permitted(subject, self.subscribe_allow, self.subscribe_deny)
-
 
 def inbox(principal_id: str) -> str:
     """The reply-inbox subjects of one principal (the Bus's ``inbox_prefix``)."""
@@ -202,20 +194,3 @@ def permissions(p: Principal) -> Permissions:
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS wildcard matching: ``*`` one token, ``>`` one or more trailing tokens."""
-    pat, sub = pattern.split("."), subject.split(".")
-    for i, token in enumerate(pat):
-        if token == ">":
-            return len(sub) > i
-        if i >= len(sub) or (token != "*" and token != sub[i]):
-            return False
-    return len(pat) == len(sub)
-
-
-def _permitted(subject: str, allow: tuple[str, ...], deny: tuple[str, ...]) -> bool:
-    if any(subject_matches(d, subject) for d in deny):
-        return False
-    return any(subject_matches(a, subject) for a in allow)

@@ -27,10 +27,10 @@ from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
 from tycoon.bus.keys import KeyStore, subject_id
-from tycoon.bus.schema import get_bytes, get_int, get_str
 from tycoon.bus.service import Endpoint, Service
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
+from tycoon.messages.agent import BrokerEnroll, BrokerEnrollReply, BrokerStatusReply
 from tycoon.money import check_amount
 from tycoon.resources import RESOURCES
 
@@ -107,15 +107,13 @@ class Broker:
         self.db.close()
 
     async def enroll(self, msg: Message) -> dict[str, Any]:
-        receipt = verify_receipt(get_bytes(msg.body, "receipt", max_len=4096) or b"",
-                                 self.bank_key)
+        req = BrokerEnroll.from_body(msg.body)
+        receipt = verify_receipt(req.receipt, self.bank_key)
         if receipt.payee != self.bus.identity.public_key:
             raise Rejected("wrong_host", "the receipt does not pay this broker")
         if receipt.payer != msg.sender:
             raise Rejected("forbidden", "only the payer of the receipt may enroll with it")
-        deadline = get_str(msg.body, "deadline", max_len=32) or ""
-        resource = get_str(msg.body, "resource", optional=True, max_len=16) or "cpu"
-        max_hosts = get_int(msg.body, "max_hosts", optional=True)
+        deadline, resource, max_hosts = req.deadline, req.resource or "cpu", req.max_hosts
         if resource not in RESOURCES:
             raise Rejected("bad_bid", f"resource must be one of {', '.join(RESOURCES)}")
         if max_hosts is not None and max_hosts < 1:
@@ -144,15 +142,15 @@ class Broker:
             raise Rejected("already_redeemed", "this receipt already enrolled a job")
         job = self.keys.load_or_create(key_name)
         self._launch(job_id)
-        return {"job": job.public_key, "budget": budget, "fee": fee, "deadline_s": seconds}
+        return BrokerEnrollReply(job.public_key, budget, fee, seconds).to_body()
 
     async def status(self, msg: Message) -> dict[str, Any]:
         rows = self.db.execute(
             "SELECT transfer_id, key_name, budget, fee, status, refunded FROM jobs "
             "WHERE user = ?", (msg.sender,)).fetchall()
-        return {"jobs": [
+        return BrokerStatusReply([
             {"transfer_id": t, "job": self.keys.load(k).public_key, "budget": b, "fee": f,
-             "status": s, "refunded": r} for t, k, b, f, s, r in rows]}
+             "status": s, "refunded": r} for t, k, b, f, s, r in rows]).to_body()
 
     def _launch(self, transfer_id: str) -> None:
         if transfer_id not in self.tasks or self.tasks[transfer_id].done():
@@ -204,8 +202,9 @@ async def enroll(bus: Bus, bank_key: str, broker_key: str, amount: int, deadline
     receipt: Receipt = await bank.transfer(broker_key, amount, transfer_id=transfer_id,
                                            memo="broker enrollment")
     reply = await bus.request(subjects.broker(subject_id(broker_key), "enroll"),
-                              "broker.enroll", {"receipt": receipt.raw, "deadline": deadline,
-                                                "resource": resource})
+                              "broker.enroll", BrokerEnroll(receipt.raw, deadline,
+                                                            resource).to_body())
+    BrokerEnrollReply.from_body(reply.body)
     return dict(reply.body)
 
 

@@ -21,6 +21,7 @@ from tycoon.cli.bank import resolve_account, resolve_bank_key
 from tycoon.cli.common import bus_for, identity, print_json
 from tycoon.cli.progress import start_progress
 from tycoon.errors import Rejected
+from tycoon.messages.agent import BrokerStatus, BrokerStatusReply
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
 from tycoon.metrics.server import serve_from_args, stop_server
 from tycoon.money import format_amount, parse_amount
@@ -186,8 +187,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
     bus = await bus_for(args)
     try:
         reply = await bus.request(subjects.broker(subject_id(_broker_key(args)), "status"),
-                                  "broker.status", {})
+                                  "broker.status", BrokerStatus().to_body())
     finally:
         await bus.close()
+    BrokerStatusReply.from_body(reply.body)
     print_json(reply.body)
     return 0
