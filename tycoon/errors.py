@@ -50,6 +50,11 @@ CODES: dict[str, str] = {
     "driver_failed": "the VMM driver could not apply the change on the host",
     "unknown_job": "no such job of this account on this host",
     "job_limit": "the account runs as many jobs as a host allows at once",
+    "unknown_bundle": "no bundle of this digest in the account's object-store bucket",
+    "bad_digest": "the bundle's bytes do not hash to the digest that names it",
+    "bundle_unsafe": "a bundle member escapes the destination, links out of it or is a "
+                     "device or other special file",
+    "bundle_too_large": "a bundle, one of its members or all of them together exceed a limit",
     "bad_input": "the input to a computation (solver, predictor, simulator) is not valid",
 }
 
