@@ -340,25 +340,6 @@ async def test_top_quits_on_q_and_shows_its_keys(nats_url: str, tmp_path: Path) 
         os.close(main_fd)
 
 
-async def test_an_old_ready_line_does_not_count(tmp_path: Path) -> None:
-    """A resumed market's logs hold the last run's "ready": only new output counts, and
-    only from a child still running (a bank that exits at once is not ready)."""
-    from types import SimpleNamespace
-
-    from tycoon.cli.upstate import said
-
-    out, log = tmp_path / "bank.out", tmp_path / "bank.log"
-    out.write_text("bank UX ready: db bank.db\n")
-    child = SimpleNamespace(out_path=out, log_path=log, running=True)
-    offsets = {out: out.stat().st_size, log: 0}
-    assert not await said(child, "ready", offsets, 0.3)  # type: ignore[arg-type]
-    with out.open("a") as f:
-        f.write("bank UX ready: db bank.db\n")
-    assert await said(child, "ready", offsets, 0.3)  # type: ignore[arg-type]
-    child.running = False
-    assert not await said(child, "ready", offsets, 0.3)  # type: ignore[arg-type]
-
-
 async def test_the_agent_progress_line_shows_money_hosts_rate_time_and_last_event() -> None:
     from types import SimpleNamespace
 

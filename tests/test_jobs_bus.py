@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from jobs_kit import JobMarket, job_market, until
 from policy_kit import may_publish, may_subscribe
 
-from tests.jobs_kit import JobMarket, job_market, until
 from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.auctioneer.jobs import Limits
 from tycoon.bus import subjects

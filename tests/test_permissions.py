@@ -90,7 +90,7 @@ def test_each_role_holds_only_what_it_needs() -> None:
                        "$SYS.REQ.SERVER.PING", "$JS.ACK.PRICES.x.1.1.1.1.1"):
             assert not may_publish(perms, danger), (role, danger)
     for role in ("bank", "sls", "host", "broker"):
-        assert permissions(Principal(key(), role)).may_publish("_INBOX.abcdefghijklmnop.x")
+        assert may_publish(permissions(Principal(key(), role)), "_INBOX.abcdefghijklmnop.x")
     for role in ("host", "agent", "broker", "user", "operator"):
         assert not any(s.startswith("$JS") for s in permissions(
             Principal(key(), role)).publish_allow), role

@@ -1,4 +1,9 @@
-"""Start one auctioneer: bus, market, store, bank client and service, in one call."""
+"""Start one auctioneer: bus, market, store, bank client and service, in one call.
+
+``start_auctioneer`` returns a :class:`RunningAuctioneer`; ``launch`` is the same as an
+async context manager. ``tycoon auctioneer serve``, the tests and the benchmarks start
+auctioneers only this way (see ``tycoon/bus/launch.py``).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,11 @@ from tycoon.auctioneer.market import Market
 from tycoon.auctioneer.service import AuctioneerService
 from tycoon.auctioneer.store import MarketStore
 from tycoon.bank.client import BankClient
-from tycoon.bus.connection import Bus, open_bus
-from tycoon.bus.keys import Identity
+from tycoon.bus import ratelimit
+from tycoon.bus.connection import Bus
+from tycoon.bus.keys import Identity, host_id
+from tycoon.bus.launch import Where, as_context, bus_for, close_owned, stop_quietly
+from tycoon.bus.ratelimit import RateLimit
 from tycoon.vmm.driver import Driver
 
 
@@ -26,24 +34,28 @@ class RunningAuctioneer:
     service: AuctioneerService
     bus: Bus
     store: MarketStore
+    owns_bus: bool = True
 
     @property
     def market(self) -> Market:
         return self.service.market
 
+    @property
+    def driver(self) -> Driver:
+        return self.service.driver
+
     async def stop(self) -> None:
-        """Drain requests, stop the loops, close the bus and the store."""
+        """Drain requests, stop the loops, close the bus (if it opened it) and the store."""
         try:
             await self.service.stop()
         finally:
-            with contextlib.suppress(Exception):
-                await self.bus.close()
+            await close_owned(self.bus, self.owns_bus)
             self.store.close()
 
 
 async def start_auctioneer(
-    url: str,
-    identity: Identity,
+    where: Where,
+    identity: Identity | None = None,
     *,
     bank_key: str,
     driver: Driver,
@@ -56,32 +68,38 @@ async def start_auctioneer(
     clock: Callable[[], int] = time.time_ns,
     market_options: Mapping[str, Any] | None = None,
     jobs: JobConfig | None = None,
+    rate_limit: RateLimit | None = ratelimit.AUCTIONEER,
+    bank_timeout: float = 5.0,
 ) -> RunningAuctioneer:
-    """Connect as the host's key, load the market from ``store_path`` and start serving.
+    """Connect as the host's key (or run on the open bus ``where``), load the market from
+    ``store_path`` and start serving.
 
     ``market_options``: ``floor_price``, ``deposit``, ``idle_s`` of :class:`Market`;
-    ``jobs``: run users' processes (docs/jobs.md)."""
+    ``jobs``: run users' processes (docs/jobs.md); ``rate_limit``: per signer key (None:
+    off)."""
+    key = identity.public_key if identity is not None else \
+        where.identity.public_key if isinstance(where, Bus) else ""
     market = Market(
-        host_key=identity.public_key, bank_key=bank_key, capacity=driver.capacity(),
+        host_key=key, bank_key=bank_key, capacity=driver.capacity(),
         name=name, driver=getattr(driver, "name", type(driver).__name__), tick_s=tick_s,
         **(market_options or {}),
     )  # fmt: skip
-    store = MarketStore(store_path, durability=durability)
-    try:
-        bus = await open_bus(url, identity, name=f"tycoon-auctioneer-{market.host_id}")
-    except BaseException:
-        store.close()
-        raise
-    bank = BankClient(bus, bank_key)
-    service = AuctioneerService(
-        bus, market, store, driver, bank, tick_s=tick_s, heartbeat_s=heartbeat_s,
-        alloc_every_s=alloc_every_s, clock=clock, jobs=jobs,
-    )
-    try:
+    async with contextlib.AsyncExitStack() as undo:  # unwound only if starting fails
+        store = MarketStore(store_path, durability=durability)
+        undo.callback(store.close)
+        bus, owned = await bus_for(where, identity, f"tycoon-auctioneer-{host_id(key)}")
+        undo.push_async_callback(close_owned, bus, owned)
+        service = AuctioneerService(
+            bus, market, store, driver, BankClient(bus, bank_key, timeout=bank_timeout),
+            tick_s=tick_s, heartbeat_s=heartbeat_s, alloc_every_s=alloc_every_s, clock=clock,
+            jobs=jobs,
+        )  # fmt: skip
+        service.service.set_rate_limit(rate_limit)
+        undo.push_async_callback(stop_quietly, service)
         await service.start()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await bus.close()
-        store.close()
-        raise
-    return RunningAuctioneer(service, bus, store)
+        undo.pop_all()
+    return RunningAuctioneer(service, bus, store, owned)
+
+
+launch = as_context(start_auctioneer)
+"""``async with launch(url, identity, bank_key=…, driver=…, store_path=…) as running:``"""

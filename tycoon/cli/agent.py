@@ -9,9 +9,12 @@ import time
 from pathlib import Path
 
 from tycoon.agent.agent import Agent, AgentConfig
-from tycoon.agent.broker import Broker, enroll
+from tycoon.agent.bag import TaskRunner
+from tycoon.agent.broker import enroll
 from tycoon.agent.journal import choose_job, finished_job, mark_finished
+from tycoon.agent.launch import launch as launch_broker
 from tycoon.agent.parts import AgentParts
+from tycoon.agent.tasks import Bag, TaskFileError, check_command, parse_tasks
 from tycoon.auctioneer.bidparse import parse_duration
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
@@ -53,6 +56,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="journal directory (default <home>/agents), one journal per job")
     run.add_argument("--bank", default=None, help="the bank's public key or key name")
     run.add_argument("--json", action="store_true")
+    work = run.add_mutually_exclusive_group()
+    work.add_argument("--tasks", default=None, metavar="FILE",
+                      help="run the command after -- once per line of FILE ({} is the line) "
+                           "on the hosts held (docs/jobs.md)")
+    work.add_argument("--each-host", action="store_true",
+                      help="run the command after -- once on each host held ({}: its id)")
+    run.add_argument("--out", default=None, metavar="DIR",
+                     help="task outputs: DIR/<task>/{stdout,stderr,exit.json} "
+                          "(default ./<job>.out)")
+    run.add_argument("command", nargs="*", help="with --tasks or --each-host: -- CMD {}")
     add_metrics_arguments(run)
     run.set_defaults(func=cmd_run)
 
@@ -103,8 +116,16 @@ async def cmd_run(args: argparse.Namespace) -> int:
         if args.json:
             print_json({**finished, "finished": True})
         return 0
+    bag = read_bag(args)
+    out = Path(args.out) if args.out else Path(f"{job}.out")
     bus = await bus_for(args)
     agent = make_agent(bus, resolve_bank_key(args), config, path, choice.prefix)
+    if bag is not None:
+        agent.tasks = TaskRunner(bus, agent.journal, bag, list(args.command), out)
+        agent.core.bag = bag
+        kept = agent.tasks.resume()
+        print(f"{len(bag.tasks) if not bag.each_host else 'each host:'} tasks, outputs in "
+              f"{out}/<task>/" + (f"; {kept} done before" if kept else ""), flush=True)
     what = "resuming unfinished job" if choice.resumed else "job"
     print(f"agent {agent.id} {what} {job}: {format_amount(config.budget)} credits of "
           f"{config.resource} before {args.deadline}; events on "
@@ -133,6 +154,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
               "funded": summary.funded, "spent": summary.spent, "refunded": summary.refunded,
               "outstanding": summary.outstanding, "warnings": summary.warnings[-5:]}
     result["job"] = job
+    if bag is not None:
+        result["tasks"], result["out"] = summary.tasks, str(out)
     if not summary.outstanding:  # over: the name is not silently reattached later
         mark_finished(path, result)
     if args.json:
@@ -143,9 +166,47 @@ async def cmd_run(args: argparse.Namespace) -> int:
         for item in summary.outstanding:
             print(f"  outstanding: {format_amount(item['amount'])} credits, {item['what']} at "
                   f"host {item['host']} {item['detail']}".rstrip())
+        if summary.tasks is not None:
+            t = summary.tasks
+            print(f"tasks: {t['done']} done ({t['failed']} failed), {t['running']} running, "
+                  f"{t['queued']} queued; outputs in {out}")
     # money still away at the end of the grace period: a rerun (it only settles) or an
     # operator must see to it
-    return 3 if summary.outstanding else 0
+    if summary.outstanding:
+        return 3
+    return task_status(summary.tasks)
+
+
+def task_status(tasks: dict[str, int] | None) -> int:
+    """The exit status of a job: 4 when tasks are left undone, 1 when one failed."""
+    if tasks is None:
+        return 0
+    if tasks["running"] or tasks["queued"]:
+        return 4
+    return 1 if tasks["failed"] else 0
+
+
+def read_bag(args: argparse.Namespace) -> Bag | None:
+    """The job's bag of tasks (None: no --tasks, no --each-host); refused before anything
+    runs when the file or command cannot make one."""
+    if args.tasks is None and not args.each_host:
+        if args.command:
+            raise Rejected("malformed", "a command after -- needs --tasks FILE or --each-host")
+        return None
+    try:
+        if args.each_host:
+            check_command(list(args.command), ["x" * 16])
+            return Bag(each_host=True)
+        data = sys.stdin.buffer.read() if args.tasks == "-" else Path(args.tasks).read_bytes()
+        tasks = parse_tasks(data)
+        check_command(list(args.command), (arg for _, arg in tasks))
+    except OSError as exc:
+        raise Rejected("malformed", f"cannot read the task file: {exc.strerror}") from exc
+    except TaskFileError as exc:
+        raise Rejected("malformed", str(exc)) from exc
+    if not tasks:
+        raise Rejected("malformed", f"no task in {args.tasks} (one argument per line)")
+    return Bag.of(tasks)
 
 
 def make_agent(bus: Bus, bank_key: str, config: AgentConfig, journal: Path,
@@ -159,12 +220,17 @@ def make_agent(bus: Bus, bank_key: str, config: AgentConfig, journal: Path,
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
-    bus = await bus_for(args)
     state = Path(args.state) if args.state else _home(args) / "broker"
-    broker = Broker(bus, resolve_bank_key(args), state, fee_percent=args.fee_percent)
-    await broker.start()
-    print(f"broker {broker.id} serving on {subjects.broker(broker.id, 'enroll')}", flush=True)
-    await run_until_signal(broker, bus)
+    bus = await bus_for(args)
+    try:
+        async with launch_broker(bus, bank_key=resolve_bank_key(args), state=state,
+                                 fee_percent=args.fee_percent) as running:
+            broker = running.broker
+            print(f"broker {broker.id} serving on {subjects.broker(broker.id, 'enroll')}",
+                  flush=True)
+            await run_until_signal()
+    finally:
+        await bus.close()
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tycoon.auctioneer.client import AuctioneerClient
-from tycoon.auctioneer.launch import start_auctioneer
+from tycoon.auctioneer.launch import launch as launch_auctioneer
 from tycoon.auctioneer.market import FLOOR_PRICE, IDLE_S
 from tycoon.bus import ratelimit
 from tycoon.bus.keys import subject_id
@@ -27,9 +27,10 @@ from tycoon.cli.sls import format_capacity
 from tycoon.errors import Rejected
 from tycoon.messages.price import Offer, offers_from_body
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
-from tycoon.metrics.server import serve_from_args
+from tycoon.metrics.server import serve_from_args, stop_server
 from tycoon.money import MICRO, format_amount, format_credits, format_rate, parse_amount
 from tycoon.resources import RESOURCES
+from tycoon.supervisor import add_ready_argument, notify_ready
 from tycoon.vmm.driver import Driver
 
 DRIVERS = ("simulated", "cgroups", "xen")
@@ -87,6 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     xen.add_argument("--xen-password", default=os.environ.get("TYCOON_XEN_PASSWORD", ""))
     add_job_arguments(serve)
     add_metrics_arguments(serve)
+    add_ready_argument(serve)
     serve.set_defaults(func=cmd_serve)
     key = cmds.add_parser("key", help="print the host's public key and host id")
     key.add_argument("--host-key", default=None, help="name of the host's key (default --as)")
@@ -176,18 +178,22 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     host = subject_id(ident.public_key)
     store = Path(args.store) if args.store else keystore(args).home / f"auctioneer-{host}.db"
     driver = _driver(args)
-    running = await start_auctioneer(
+    async with launch_auctioneer(
         args.nats, ident, bank_key=bank_key, driver=driver, store_path=store,
         name=args.name, tick_s=args.tick, heartbeat_s=args.heartbeat,
         alloc_every_s=args.alloc_every, durability=args.durability,
         market_options={"floor_price": args.floor_price * 1e6, "deposit": args.deposit,
                         "idle_s": args.idle},
-        jobs=job_config(args, driver.name, store),
-    )  # fmt: skip
-    running.service.service.set_rate_limit(args.rate_limit)
-    metrics = await serve_from_args(args, running.service)
-    print(f"auctioneer of host {host} ({driver.name}) serving on {args.nats}", flush=True)
-    await run_until_signal(running, *([metrics] if metrics else []))
+        jobs=job_config(args, driver.name, store), rate_limit=args.rate_limit,
+    ) as running:  # fmt: skip
+        metrics = await serve_from_args(args, running.service)
+        try:
+            print(f"auctioneer of host {host} ({driver.name}) serving on {args.nats}",
+                  flush=True)
+            notify_ready(args.ready_fd)
+            await run_until_signal()
+        finally:
+            await stop_server(metrics)
     return 0
 
 

@@ -4,6 +4,7 @@ print its key and audit its database. Amounts on the command line are decimal cr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -11,12 +12,14 @@ from typing import Any
 
 from tycoon.bank.audit import audit
 from tycoon.bank.client import BankClient
+from tycoon.bank.launch import Guard
+from tycoon.bank.launch import launch as launch_bank
 from tycoon.bank.ledger import Ledger
 from tycoon.bank.receipt import Receipt
-from tycoon.bank.service import OPEN_BURST, OPEN_RATE, BankService
+from tycoon.bank.service import OPEN_BURST, OPEN_RATE
 from tycoon.bank.sqlite_store import SqliteStore, StoreLocked
 from tycoon.bus import ratelimit
-from tycoon.bus.connection import open_bus
+from tycoon.bus.connection import Bus
 from tycoon.bus.keys import is_public_key
 from tycoon.bus.ratelimit import rate_limit_arg
 from tycoon.bus.runner import run_until_signal
@@ -45,6 +48,7 @@ from tycoon.metrics.server import add_arguments as add_metrics_arguments
 from tycoon.metrics.server import serve_from_args, stop_server
 from tycoon.money import format_amount, format_credits, parse_amount
 from tycoon.streams.settlements import SettlementLog, sqlite_source
+from tycoon.supervisor import add_ready_argument, notify_ready
 
 PUB_NAME = "bank.pub"
 
@@ -81,6 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        default=ratelimit.BANK, help="requests/s per signer key, "
                        "RATE[/BURST] or 'off' (default 400/2000; the operator is exempt)")
     add_metrics_arguments(serve)
+    add_ready_argument(serve)
     serve.set_defaults(func=cmd_serve)
 
     key = cmds.add_parser("key", help="print the bank's public key")
@@ -177,61 +182,59 @@ def resolve_bank_key(args: argparse.Namespace) -> str:
 
 
 
+def restore_guard(path: Path) -> Guard:
+    """Before serving: re-enter what SETTLEMENTS holds past a restored ledger; the reason
+    for maintenance if an event with no receipt is missing first (tycoon.cli.bankguard)."""
+
+    async def guard(ledger: Ledger, bus: Bus) -> str | None:
+        from tycoon.cli.bankguard import behind_message, log_seq, reenter_from_log
+
+        js = bus.nc.jetstream(timeout=10.0)
+        logged = await log_seq(js, ledger.bank.public_key)
+        if logged is None or logged <= ledger.seq:
+            return None
+        entered, stopped = await reenter_from_log(ledger, js)
+        get_logger("bank").warning("restored ledger behind SETTLEMENTS", re_entered=entered,
+                                   seq=ledger.seq, log_seq=logged)
+        print(f"re-entered {entered} transfers from SETTLEMENTS; seq {ledger.seq}", flush=True)
+        if stopped is None:
+            return None
+        maintenance = behind_message(ledger.seq, logged, str(path), stopped)
+        print(maintenance, file=sys.stderr, flush=True)
+        return maintenance
+
+    return guard
+
+
 async def cmd_serve(args: argparse.Namespace) -> int:
     """Run the bank until SIGTERM/SIGINT (requests in flight are answered first)."""
     operator = operator_key(args)
     bank = keystore(args).load_or_create(bank_key_name(args))
     path = db_path(args)
-    try:
-        store = SqliteStore(path)
-    except StoreLocked as error:
-        return fail(str(error))
-    try:
-        ledger = Ledger(store, bank, operator=operator)
-    except ValueError as error:
-        store.close()
-        return fail(str(error))
-    pub = home_dir(args) / PUB_NAME
-    pub.parent.mkdir(parents=True, exist_ok=True)
-    pub.write_text(bank.public_key + "\n")
-    log = get_logger("bank")
-    bus = await open_bus(args.nats, bank, name="tycoon-bank")
-    maintenance = None  # a restored backup must not reuse the log's sequence numbers
-    if not args.no_settlement_log:
-        from tycoon.cli.bankguard import behind_message, log_seq, reenter_from_log
-
-        js = bus.nc.jetstream(timeout=10.0)
-        logged = await log_seq(js, bank.public_key)
-        if logged is not None and logged > ledger.seq:
-            entered, stopped = await reenter_from_log(ledger, js)
-            get_logger("bank").warning("restored ledger behind SETTLEMENTS", re_entered=entered,
-                                       seq=ledger.seq, log_seq=logged)
-            print(f"re-entered {entered} transfers from SETTLEMENTS; seq {ledger.seq}",
-                  flush=True)
-            if stopped is not None:
-                maintenance = behind_message(ledger.seq, logged, str(path), stopped)
-                print(maintenance, file=sys.stderr, flush=True)
-    settlements = None if args.no_settlement_log else \
-        SettlementLog(bus.nc, bank.public_key, sqlite_source(path))
-    service = BankService(bus, ledger, max_batch=args.max_batch, settlement_log=settlements,
-                          open_fee=parse_amount(args.open_fee) if args.open_fee != "0" else 0,
-                          open_rate=args.open_rate, open_burst=args.open_burst,
-                          rate_limit=args.rate_limit)
-    service.maintenance = maintenance
-    metrics = None
-    try:
-        await service.start()
-        metrics = await serve_from_args(args, service)
-        log.info("bank ready", bank=bank.public_key, operator=operator, db=str(path),
-                 seq=ledger.seq, accounts=len(ledger.accounts))
-        print(f"bank {bank.public_key} {'in MAINTENANCE' if maintenance else 'ready'}: "
-              f"db {path}, seq {ledger.seq}", flush=True)
-        await run_until_signal(bus, service)
-    finally:
-        await stop_server(metrics)
-        await service.stop()
-        await bus.close()
-        store.close()
+    journal = not args.no_settlement_log  # a restored backup must not reuse its seqs
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            running = await stack.enter_async_context(launch_bank(
+                args.nats, bank, db=path, operator=operator, max_batch=args.max_batch,
+                settlement_log=(lambda bus: SettlementLog(
+                    bus.nc, bank.public_key, sqlite_source(path))) if journal else None,
+                guard=restore_guard(path) if journal else None,
+                open_fee=parse_amount(args.open_fee) if args.open_fee != "0" else 0,
+                open_rate=args.open_rate, open_burst=args.open_burst,
+                rate_limit=args.rate_limit))
+        except (StoreLocked, ValueError) as error:  # another bank holds it, or owns it
+            return fail(str(error))
+        pub = home_dir(args) / PUB_NAME
+        pub.parent.mkdir(parents=True, exist_ok=True)
+        pub.write_text(bank.public_key + "\n")
+        stack.push_async_callback(stop_server, await serve_from_args(args, running.service))
+        ledger = running.ledger
+        get_logger("bank").info("bank ready", bank=bank.public_key, operator=operator,
+                                db=str(path), seq=ledger.seq, accounts=len(ledger.accounts))
+        print(f"bank {bank.public_key} {'in MAINTENANCE' if running.maintenance else 'ready'}"
+              f": db {path}, seq {ledger.seq}", flush=True)
+        notify_ready(args.ready_fd)
+        await run_until_signal()
     return 0
 
 

@@ -10,18 +10,19 @@ import sys
 from typing import Any
 
 from tycoon.bus import ratelimit
-from tycoon.bus.connection import open_bus
 from tycoon.bus.ratelimit import rate_limit_arg
 from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import bus_for, fail, host_id_of, identity, print_json
 from tycoon.errors import Rejected
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
-from tycoon.metrics.server import serve_from_args
+from tycoon.metrics.server import serve_from_args, stop_server
 from tycoon.money import format_rate
 from tycoon.resources import RESOURCES
 from tycoon.sls.client import SLSClient
+from tycoon.sls.launch import launch as launch_sls
 from tycoon.sls.query import DEFAULT_LIMIT, MAX_LIMIT_WITH_STATISTICS, SORTS, TIES
-from tycoon.sls.service import SLSConfig, SLSService
+from tycoon.sls.service import SLSConfig
+from tycoon.supervisor import add_ready_argument, notify_ready
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmMgGtT]i?)?[bB]?$")
 _POWERS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -60,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--rate-limit", type=rate_limit_arg(ratelimit.SLS), default=ratelimit.SLS,
                        help="requests/s per signer key, RATE[/BURST] or 'off' (default 50/100)")
     add_metrics_arguments(serve)
+    add_ready_argument(serve)
     serve.set_defaults(func=cmd_serve)
     host = ops.add_parser("host", help="show one live host in full")
     host.add_argument("host", help="host id, or the name of a host key in the key store")
@@ -94,13 +96,16 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         queue=args.queue,
     )
-    bus = await open_bus(args.nats, identity(args), name="tycoon-sls")
-    sls = SLSService(bus, config)
-    sls.service.set_rate_limit(args.rate_limit)
-    await sls.start()
-    metrics = await serve_from_args(args, sls)
-    print(f"sls serving on {args.nats} (queue {config.queue!r}); Ctrl-C stops", flush=True)
-    await run_until_signal(bus, sls, *([metrics] if metrics else []))
+    async with launch_sls(args.nats, identity(args), config,
+                          rate_limit=args.rate_limit) as sls:
+        metrics = await serve_from_args(args, sls.service)
+        try:
+            print(f"sls serving on {args.nats} (queue {config.queue!r}); Ctrl-C stops",
+                  flush=True)
+            notify_ready(args.ready_fd)
+            await run_until_signal()
+        finally:
+            await stop_server(metrics)
     return 0
 
 

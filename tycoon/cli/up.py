@@ -42,7 +42,7 @@ from tycoon.cli.common import names_of
 from tycoon.cli.init import write_nats_config
 from tycoon.cli.status import discover, healthy
 from tycoon.cli.top import MarketView
-from tycoon.cli.upstate import StateLock, last_port, port_is_free, ready_offsets, said
+from tycoon.cli.upstate import StateLock, last_port, port_is_free
 from tycoon.cli.web import dashboard
 from tycoon.deploy import Deployment
 from tycoon.metrics import targets
@@ -53,6 +53,8 @@ from tycoon.supervisor import Child, stop_all
 from tycoon.web.server import DashboardServer
 
 console = Console(stderr=False, highlight=False, soft_wrap=True)
+READY_TIMEOUT_S = 60.0
+"""How long a service child may take to write ``READY=1`` to its ready pipe."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -103,9 +105,9 @@ class Processes:
         d = self.deployment
         bank = self.child("bank", "--as", d.bank_key, "bank", "serve",
                           "--db", str(self.state / "bank.db"), "--operator-key", d.operator_key)
-        await self._start(bank, "ready", "bank")
+        await self._start(bank, "bank")
         sls = self.child("sls", "--as", d.sls_key, "sls", "serve", "--snapshot-s", "5")
-        await self._start(sls, "sls serving", "service location service")
+        await self._start(sls, "service location service")
         for spec in d.hosts:
             args = ["--as", spec.key, "auctioneer", "serve", "--driver", spec.driver,
                     "--bank", d.bank_key, "--name", spec.key,
@@ -117,15 +119,15 @@ class Processes:
                 args += ["--cgroup-root", f"tycoon-{host_id(d.public_key(spec.key))[:8]}",
                          "--jobs", str(JOBS_ROOT / host_id(d.public_key(spec.key))),
                          *cpuset_args(d.hosts.index(spec), len(d.hosts))]
-            await self._start(self.child(spec.key, *args), "serving on",
+            await self._start(self.child(spec.key, *args),
                               f"auctioneer {spec.key} ({spec.driver}, {spec.preset})")
 
-    async def _start(self, child: Child, ready: str, label: str) -> None:
-        # The logs of earlier runs stay: only what this run writes may say "ready".
-        offsets = ready_offsets(child)
-        await child.start()
+    async def _start(self, child: Child, label: str) -> None:
+        """Start ``child`` and wait for its ready pipe (tycoon.supervisor): what it prints or
+        logs, this run or an earlier one, never counts."""
+        await child.start(notify=True)
         self.services.append(child)
-        if not await said(child, ready, offsets, 60):
+        if not await child.ready(READY_TIMEOUT_S):
             raise RuntimeError(f"{label} did not start; its log says:\n{child.tail()}")
         step(f"{label} [green]ready[/]")
 

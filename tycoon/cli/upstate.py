@@ -1,21 +1,18 @@
-"""``tycoon up``'s hold on its state directory: one market at a time (a ``flock``), the
-port it used last, and readiness read from what this run wrote."""
+"""``tycoon up``'s hold on its state directory: one market at a time (a ``flock``), and
+the port it used last. (Readiness is a pipe per child: tycoon.supervisor.)"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import json
 import os
 import socket
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from tycoon.deploy import Deployment
-from tycoon.supervisor import Child
 
 LOCK_NAME = "up.lock"
 
@@ -77,30 +74,3 @@ def last_port(state: Path) -> int | None:
         if url.startswith("nats://127.0.0.1:"):
             return urlsplit(url).port
     return None
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def ready_offsets(child: Child) -> dict[Path, int]:
-    """Where this run's output will start in the child's output and log files."""
-    return {path: _size(path) for path in (child.out_path, child.log_path)}
-
-
-async def said(child: Child, text: str, offsets: dict[Path, int], timeout: float) -> bool:
-    """Whether ``child`` wrote ``text`` past ``offsets`` while running, within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for path, start in offsets.items():
-            with contextlib.suppress(FileNotFoundError), path.open("rb") as f:
-                f.seek(start if _size(path) >= start else 0)  # rotated: read it all
-                if text.encode() in f.read():
-                    return child.running
-        if not child.running:
-            return False
-        await asyncio.sleep(0.1)
-    return False
