@@ -20,6 +20,8 @@ from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.keys import subject_id
 from tycoon.errors import Rejected
+from tycoon.messages import REPLIES
+from tycoon.messages.market import HostAccount, HostBid, HostFund, HostRefund, HostStatus
 
 
 class AuctioneerClient:
@@ -32,13 +34,14 @@ class AuctioneerClient:
         self._host_key: str | None = None
 
     async def _call(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Send ``body`` (a ``host.<op>`` body's ``to_body()``); the reply, checked against
+        its message class (``malformed`` naming the bad field), as the host sent it."""
         reply = await self.bus.request(
             subjects.host_op(self.host, op), f"host.{op}", body, timeout=self.timeout
         )
         if subject_id(reply.sender) != self.host:
             raise Rejected("wrong_reply", "the reply is not signed by this host's key")
-        if not isinstance(reply.body, dict):
-            raise Rejected("malformed", "reply body is not a map")
+        REPLIES[f"host.{op}"].from_body(reply.body)
         self._host_key = reply.sender
         return dict(reply.body)
 
@@ -51,41 +54,41 @@ class AuctioneerClient:
 
     async def account(self) -> dict[str, Any]:
         """Open (idempotently) this key's host account; returns its details."""
-        return await self._call("account", {})
+        return await self._call("account", HostAccount().to_body())
 
     async def fund(self, receipt: bytes | Receipt) -> dict[str, Any]:
         """Redeem a bank receipt payable to this host; returns the credited balance."""
         raw = receipt.raw if isinstance(receipt, Receipt) else bytes(receipt)
-        return await self._call("fund", {"receipt": raw})
+        return await self._call("fund", HostFund(raw).to_body())
 
     async def bid(
         self, spec: str | dict[str, Any] | BidSpec, duration: str | int | None = None
     ) -> dict[str, Any]:
         """Place a bid: ``"1h cpu:1,0.1,1 memory:1,512MB"``, resources text plus ``duration``,
         a structured body (see docs/auctioneer.md) or a :class:`BidSpec`."""
-        body: dict[str, Any]
+        bid: HostBid
         if isinstance(spec, BidSpec):
-            body = {"duration": spec.duration_ns // 1_000_000_000, "resources": spec.text()}
+            bid = HostBid(spec.duration_ns // 1_000_000_000, spec.text())
             if spec.duration_ns % 1_000_000_000:
                 raise Rejected("bad_bid", "a BidSpec duration is sent in whole seconds")
         elif isinstance(spec, dict):
-            body = dict(spec)
-            if duration is not None:
-                body["duration"] = duration
+            fields = spec if duration is None else {**spec, "duration": duration}
+            bid = HostBid(fields.get("duration"), fields.get("resources"),
+                          fields.get("ports"), fields.get("ips"))  # the host checks them
         elif duration is None:
             head, _, rest = spec.strip().partition(" ")
-            body = {"duration": head, "resources": rest}
+            bid = HostBid(head, rest)
         else:
-            body = {"duration": duration, "resources": spec}
-        return await self._call("bid", body)
+            bid = HostBid(duration, spec)
+        return await self._call("bid", bid.to_body())
 
     async def refund(self) -> dict[str, Any]:
         """Return the unspent balance to this key's bank account (retry-safe)."""
-        return await self._call("refund", {})
+        return await self._call("refund", HostRefund().to_body())
 
     async def status(self, account: str | None = None) -> dict[str, Any]:
         """The host's market summary, with this key's account details if it has one."""
-        return await self._call("status", {} if account is None else {"account": account})
+        return await self._call("status", HostStatus(account).to_body())
 
 
 # -- paying a host, and redeeming what was paid -----------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,14 +39,20 @@ from tycoon.bus import ratelimit, subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
 from tycoon.bus.keys import is_public_key
-from tycoon.bus.schema import get_bytes, get_str
 from tycoon.bus.service import Endpoint, Service
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
+from tycoon.messages.market import (
+    HostBidReply,
+    HostFund,
+    HostFundReply,
+    HostRefundReply,
+    HostStatus,
+    HostStatusReply,
+)
 from tycoon.vmm.driver import Driver
 
 OPS = ("account", "fund", "bid", "refund", "status")
-MAX_RECEIPT = 4096
 REFUND_RETRY_S = (0.25, 2.0)
 """Pending refunds are retried from the first to the second wait, doubling: the retry is
 also the probe that sees the bank again, so the cap bounds how long a refund waits once
@@ -244,18 +251,13 @@ class AuctioneerService:
         return views.account_detail(self.market, msg.sender)
 
     async def _fund(self, msg: Message) -> dict[str, Any]:
-        raw = get_bytes(msg.body, "receipt", max_len=MAX_RECEIPT)
-        assert raw is not None
+        raw = HostFund.from_body(msg.body).receipt  # ≤ 4096 bytes (HostFund)
         events = self.market.fund(raw, self.clock())
         self._commit()  # redemption and credit in one transaction, before the reply
         funded = next(e for e in events if isinstance(e, Funded))
         await self._act(events)
-        return {
-            "account": funded.account,
-            "transfer_id": funded.transfer_id,
-            "amount": funded.amount,
-            "balance": funded.balance,
-        }
+        return HostFundReply(funded.account, funded.transfer_id, funded.amount,
+                             funded.balance).to_body()
 
     async def _bid(self, msg: Message) -> dict[str, Any]:
         now = self.clock()
@@ -265,13 +267,9 @@ class AuctioneerService:
         await self._act(events)  # shares are applied to the driver before the reply
         account = self.market.accounts[msg.sender]
         assert account.bid is not None
-        return {
-            "account": msg.sender,
-            "resources": account.bid.text,
-            "expires_ns": account.bid.expires_ns,
-            "allocation": views.account_view(self.market, msg.sender),
-            "prices": views.prices(self.market),
-        }
+        return HostBidReply(msg.sender, account.bid.text, account.bid.expires_ns,
+                            views.account_view(self.market, msg.sender),
+                            views.prices(self.market)).to_body()
 
     async def _refund(self, msg: Message) -> dict[str, Any]:
         account = self.market.accounts.get(msg.sender)
@@ -295,13 +293,11 @@ class AuctioneerService:
         finally:
             if self.market.pending:
                 self._refunds_due.set()  # the payer loop retries until the bank pays it
-        return {
-            "account": msg.sender,
-            "refunds": [
-                {"refund_id": r.refund_id, "amount": r.amount, "receipt": r.receipt} for r in paid
-            ],
-            "balance": self.market.accounts[msg.sender].balance,
-        }
+        return HostRefundReply(
+            msg.sender,
+            [{"refund_id": r.refund_id, "amount": r.amount, "receipt": r.receipt} for r in paid],
+            self.market.accounts[msg.sender].balance,
+        ).to_body()
 
     async def _pay(self, refund: Refund, *, quiet: bool = False) -> Refund:
         """Pay one refund by a bank transfer whose id is the refund id (a retry pays once).
@@ -378,15 +374,13 @@ class AuctioneerService:
                 delay = min(delay * 2, cap)
 
     async def _status(self, msg: Message) -> dict[str, Any]:
-        account = get_str(msg.body, "account", optional=True, max_len=64)
+        account = HostStatus.from_body(msg.body).account
         if account is not None and not is_public_key(account):  # e.g. the key plus a space
             raise Rejected("malformed", "an account id is a user public key")
         if account is not None and account != msg.sender:
             raise Rejected("forbidden", "only the owner may see a host account's details")
         if account is None and msg.sender in self.market.accounts:
             account = msg.sender
-        body = views.status(self.market, account)
-        body["seq"] = self.market.seq
-        body["heartbeat_s"] = self.heartbeat_s
-        body["tick_s"] = self.tick_s
-        return body
+        summary = HostStatusReply.from_body(views.status(self.market, account))
+        return dataclasses.replace(summary, seq=self.market.seq, heartbeat_s=self.heartbeat_s,
+                                   tick_s=self.tick_s).to_body()
