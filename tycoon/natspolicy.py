@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tycoon.bundles import names as bundles
 from tycoon.bus import subjects
 from tycoon.bus.keys import is_public_key, subject_id
 
@@ -150,13 +151,18 @@ def permissions(p: Principal) -> Permissions:
         # talks to the bank (its own account, refunds) — nothing else, no JetStream at all
         # (PRICES captures its price updates).
         pub += [INBOXES, subjects.price(pid), subjects.alloc(pid), f"{subjects.PREFIX}.bank.*",
-                JOB_EVENTS]
-        pub_deny += [subjects.BANK_SETTLED, SETTLEMENTS_ALL, "$JS.>", *NEVER_FROM_SERVICES]
+                JOB_EVENTS, *bundles.host_publish()]  # reads bundles, writes results back
+        pub_deny += [subjects.BANK_SETTLED, SETTLEMENTS_ALL, *bundles.JS_DENIED,
+                     *(d for d in NEVER_FROM_SERVICES if d != "$O.>")]
         sub += [subjects.host_all(pid), SRV_ALL]
     elif p.role in ("agent", "broker", "user"):
         pub += [*CLIENT_REQUESTS]  # no JetStream right at all: see PRICES_STREAM above
         pub_deny += NEVER_FROM_CLIENTS
         sub += [*PUBLIC_FEEDS, subjects.job_all(pid)]  # its own jobs' output only
+        if p.role in ("agent", "user"):  # its own bundle bucket: put, and get by MSG.GET
+            pub += bundles.user_publish(pid)
+            pub_deny = [*(d for d in pub_deny if d not in ("$JS.>", "$O.>")),
+                        *bundles.JS_DENIED]
         if p.role == "agent":
             pub += [subjects.agent_all(pid)]
         if p.role == "broker":

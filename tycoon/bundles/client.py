@@ -30,11 +30,11 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
+from tycoon.bundles.names import bucket, msg_get, stream
 from tycoon.bundles.pack import LIMITS, Limits, check_digest, digest_of, pack, unpack
 from tycoon.bus.keys import subject_id
 from tycoon.errors import Rejected
 
-BUCKET_PREFIX = "bundles-"
 CHUNK = 128 * 1024
 """Bytes per chunk message (the object store's default)."""
 BUCKET_BYTES = 256 << 20
@@ -42,16 +42,6 @@ BUCKET_BYTES = 256 << 20
 WINDOW = 16
 """Chunks published before waiting for their acknowledgements."""
 TIMEOUT = 5.0
-
-
-def bucket(account_id: str) -> str:
-    """The object-store bucket of an account (its 16-character subject id)."""
-    return f"{BUCKET_PREFIX}{account_id}"
-
-
-def stream(account_id: str) -> str:
-    """The JetStream stream that holds an account's bucket."""
-    return f"OBJ_{bucket(account_id)}"
 
 
 def _nc(nc_or_bus: Any) -> Client:
@@ -207,7 +197,7 @@ class _Store:
 
     async def get(self, request: dict[str, Any]) -> dict[str, Any] | None:
         """One stored message (``$JS.API.STREAM.MSG.GET``), or None if there is none."""
-        api = f"$JS.API.STREAM.MSG.GET.{stream(self.account)}"
+        api = msg_get(self.account)
         body = await self.answer(await self.send(api, json.dumps(request).encode()), "get")
         error = body.get("error")
         if error:
