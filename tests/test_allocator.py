@@ -152,7 +152,9 @@ def plan(rates: dict[str, float], seconds: float) -> Plan:
 
 async def start(m: Market, rates: dict[str, float], horizon: float = 1_000.0) -> float:
     end = m.clock() + horizon
-    await m.allocator.execute(plan(rates, horizon), 1, m.payees, end, budget=10**9)
+    p = plan(rates, horizon)
+    outcome = await m.allocator.retarget(p, 1, m.payees, end, budget=10**9)
+    await m.allocator.settle(p, 1, m.payees, end, budget=10**9, outcome=outcome)
     return end
 
 

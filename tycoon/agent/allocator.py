@@ -56,7 +56,7 @@ class Allocator:
         self,
         agent_id: str,
         bank: BankClient,
-        hosts: Callable[[str], HostClient],
+        host_client: Callable[[str], HostClient],
         journal: Journal,
         *,
         resource: str = "cpu",
@@ -69,7 +69,8 @@ class Allocator:
     ) -> None:
         self.agent_id = agent_id
         self.bank = bank
-        self.hosts = hosts
+        self.host_client = host_client
+        """The client of one host, by id."""
         self.journal = journal
         self.resource = resource
         self.slack = slack
@@ -146,7 +147,7 @@ class Allocator:
         async def one(host: str) -> tuple[str, int | None]:
             async with self.lock(host):
                 try:
-                    info = await self.hosts(host).account()
+                    info = await self.host_client(host).account()
                 except Rejected as error:
                     if error.code in UNREACHABLE:
                         return host, None
@@ -171,13 +172,6 @@ class Allocator:
         if self.bank_balance is not None:
             left = self.bank_balance if left is None else min(left, self.bank_balance)
         return left
-
-    async def execute(self, plan: Plan, epoch: int, payees: Mapping[str, str], end: float, *,
-                      budget: int | None = None) -> Outcome:
-        """Apply ``plan`` fully: :meth:`retarget`, then :meth:`settle`."""
-        outcome = await self.retarget(plan, epoch, payees, end, budget=budget)
-        await self.settle(plan, epoch, payees, end, budget=budget, outcome=outcome)
-        return outcome
 
     async def retarget(self, plan: Plan, epoch: int, payees: Mapping[str, str], end: float, *,
                        budget: int | None = None) -> Outcome:
@@ -293,7 +287,7 @@ class Allocator:
         duration = f"{max(MIN_DURATION_S, math.ceil(seconds))}s"
         self.bidding.add(host)
         try:
-            reply = await self.hosts(host).bid(self.spec, duration)
+            reply = await self.host_client(host).bid(self.spec, duration)
         finally:
             self.bidding.discard(host)
         if self.on_bid is not None:
@@ -356,7 +350,7 @@ class Allocator:
             return 0
         async with self.lock(move.host):
             try:
-                reply = await self.hosts(move.host).fund(raw)
+                reply = await self.host_client(move.host).fund(raw)
             except Rejected as error:
                 if error.code != "already_redeemed":
                     # The money sits in the host's bank account, not yet in our host
@@ -382,7 +376,7 @@ class Allocator:
         own: the bank's history of payments from the host tells, and those are recorded."""
         async with self.lock(move.host):
             try:
-                reply = await self.hosts(move.host).refund()
+                reply = await self.host_client(move.host).refund()
                 refunds = [(str(r.get("refund_id") or f"{move.id}.{i}"), r["amount"],
                             r.get("receipt") if isinstance(r.get("receipt"), bytes) else None)
                            for i, r in enumerate(reply.get("refunds", []))

@@ -63,7 +63,7 @@ async def check_host(allocator: Allocator, journal: Journal, host: str,
                      totals: dict[str, tuple[int, int]]) -> list[Outstanding]:
     """What of ours ``host`` still holds, by its own word (``unknown`` if it is silent)."""
     try:
-        info = await allocator.hosts(host).status()
+        info = await allocator.host_client(host).status()
     except Rejected as error:
         # silent (or busy: rate_limited) or refusing: either way we cannot tell what it
         # holds; it is asked again next round
