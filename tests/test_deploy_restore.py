@@ -1,12 +1,14 @@
 """Bank restore, scripted on a real server with JetStream: a restored backup never serves a
 write at a sequence number already on a receipt in SETTLEMENTS. It re-enters the receipts
 after the backup at start; when an event with no receipt (a mint) is missing first it
-serves in maintenance (reads only, code `maintenance`) until the operator enters it again."""
+serves in maintenance (reads only, transfers refused with code `maintenance`) until the
+operator enters it again, then re-enters the rest and lifts maintenance by itself."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
 import sys
 from pathlib import Path
@@ -103,26 +105,42 @@ async def test_a_restored_bank_re_enters_its_log_or_waits_in_maintenance(
         # 2. a mint (no receipt) after the backup: maintenance until the operator re-mints
         with sqlite3.connect(db) as src, sqlite3.connect(backup) as dst:
             src.backup(dst)
+        shutil.copy(backup, tmp_path / "backup-2.db")
         await op.mint(b.account, 5_000_000, "m2")
-        await b.transfer(a.account, 6_000_000, transfer_id="needs-m2")
+        await b.transfer(a.account, 10_000_000, transfer_id="needs-m2")
+        await a.transfer(b.account, 3, transfer_id="after-needs-m2")
         await asyncio.sleep(0.5)
         await stop(proc)
         restore(tmp_path, backup, db)
         proc = await start_bank(url, home, db, want=b"in MAINTENANCE")
-        with pytest.raises(Rejected) as refused:
-            await a.transfer(b.account, 1, transfer_id="during-maintenance")
-        assert refused.value.code == "maintenance"
-        assert "operator enters it again" in refused.value.message
+        # attack: transfers during maintenance, a user's and the operator's
+        for client, payee in ((a, b.account), (op, a.account)):
+            with pytest.raises(Rejected) as refused:
+                await client.transfer(payee, 1, transfer_id="during-maintenance")
+            assert refused.value.code == "maintenance"
+            assert "operator enters it again" in refused.value.message
         assert await b.balance() == 7_000_001  # reads work
-        await op.mint(b.account, 5_000_000, "m2")  # the operator re-enters the gap event
+        # attack: the operator enters another event in the lost mint's place; the receipt
+        # after it no longer fits (overdraft), and the next seq is that receipt's: nothing
+        # may take it, not even the right mint now
+        await op.mint(b.account, 1, "wrong")
+        with pytest.raises(Rejected) as refused:
+            await op.mint(b.account, 5_000_000, "m2")
+        assert refused.value.code == "maintenance" and "nothing may take it" in \
+            refused.value.message
         await stop(proc)
-        proc = await start_bank(url, home, db)
+        # the procedure: the backup again, the operator re-mints m2 (same id, same seq); the
+        # bank re-enters the rest and serves again by itself, without a restart
+        restore(tmp_path, tmp_path / "backup-2.db", db)
+        proc = await start_bank(url, home, db, want=b"in MAINTENANCE")
         try:
-            assert await b.balance() == 7_000_001 + 5_000_000 - 6_000_000
+            await op.mint(b.account, 5_000_000, "m2")
             last = await a.transfer(b.account, 1, transfer_id="after-maintenance")
+            assert await b.balance() == 2_000_005
         finally:
             await stop(proc)
         seqs = await unique_receipts(js, bank_key)
         assert last.seq == max(seqs) and len(seqs) == len(set(seqs))
+        assert sorted(seqs)[-3:] == [last.seq - 2, last.seq - 1, last.seq]
         for bus in buses:
             await bus.close()

@@ -103,6 +103,9 @@ class Batch:
             self.ops[(event.kind, event.payer or "", event.op_id)] = event
 
     def _next(self) -> tuple[int, int]:
+        if self.seq + 1 in self._ledger.pending:  # a restored ledger: never a seq twice
+            raise Rejected("maintenance", f"seq {self.seq + 1} is on a receipt in SETTLEMENTS "
+                                          "that is not re-entered yet")
         self.seq += 1
         return self.seq, self._ledger.clock()
 
@@ -256,6 +259,9 @@ class Ledger:
         self.accounts: dict[str, AccountRow] = store.load_accounts()
         self.seq = store.last_seq()
         self.minted = store.total_minted()
+        self.pending: dict[int, bytes] = {}
+        """Receipts (by seq) a restored ledger found in SETTLEMENTS past its seq and has
+        not re-entered yet: no new event may take their seqs (tycoon.bank.maintenance)."""
 
     def batch(self) -> Batch:
         """Start a batch on the committed state."""

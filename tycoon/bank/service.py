@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from tycoon.bank.committer import GroupCommitter
 from tycoon.bank.ledger import MAX_HISTORY_PAGE, Batch, Ledger
+from tycoon.bank.maintenance import write as write_in_maintenance
 from tycoon.bus import ratelimit, subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
@@ -81,7 +82,8 @@ class BankService:
         self.settlement_log = settlement_log  # JetStream copy of receipts, best effort
         self.maintenance: str | None = None
         """Why writes are refused (``maintenance``) while reads are served; only the
-        operator may write, to re-enter what a restored ledger lost (docs/operations.md)."""
+        operator may open and mint, to re-enter what a restored ledger lost; lifts by itself
+        once the ledger's pending receipts are re-entered (tycoon.bank.maintenance)."""
         self.committed: collections.Counter[str] = collections.Counter()
         """Ledger events committed by this process, by kind (open, mint, transfer, close)."""
         self.committer = GroupCommitter(ledger, max_batch=max_batch,
@@ -135,11 +137,12 @@ class BankService:
 
     def _writing(self, handler: Any) -> Any:
         """``handler``, refused with ``maintenance`` while the bank is in maintenance
-        (the operator excepted); it then changes nothing."""
+        (but the operator's opens and mints, which it re-enters its log after:
+        tycoon.bank.maintenance); a refused write changes nothing."""
 
         async def guarded(msg: Message) -> dict[str, Any]:
-            if self.maintenance is not None and msg.sender != self.ledger.operator:
-                raise Rejected("maintenance", self.maintenance)
+            if self.maintenance is not None:
+                return dict(await write_in_maintenance(self, msg, handler))
             return dict(await handler(msg))
 
         return guarded
