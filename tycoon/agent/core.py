@@ -278,9 +278,9 @@ class AgentCore:
         target = make_plan(quotes, money, seconds, self.planner_config)
         if self.plan is not None and target.hosts - self.plan.hosts:
             held_quotes = [q for q in quotes if q.host in self.plan.hosts]
-            held = make_plan(held_quotes, money, seconds, self.planner_config)
+            stay = make_plan(held_quotes, money, seconds, self.planner_config)
             dwelling = at - self.switched_at < self.config.switch_dwell_s
-            target = switch_or_stay(target, held, self.config.switch_gain, dwelling=dwelling)
+            target = switch_or_stay(target, stay, self.config.switch_gain, dwelling=dwelling)
         go, why = should_replan(self.plan, target, quotes, self.planner_config)
         if not (go or force):
             return Decision(None, why, warnings=tuple(warnings))
