@@ -118,11 +118,11 @@ def make_plan(
     return Plan(rates, balances, expected, value, sum(rates.values()), seconds_left)
 
 
-def switch_or_stay(target: Plan, held: Plan, gain: float, *, dwelling: bool = False) -> Plan:
-    """``target`` (which takes on new hosts) if it buys more than ``gain`` over ``held``
-    (the best plan on the hosts already held) and no dwell is running, else ``held``."""
-    if dwelling or target.utility <= held.utility * (1 + gain):
-        return held
+def switch_or_stay(target: Plan, stay: Plan, gain: float, *, dwelling: bool = False) -> Plan:
+    """``target`` (which takes on new hosts) if it buys more than ``gain`` over ``stay``
+    (the best plan on the hosts already held) and no dwell is running, else ``stay``."""
+    if dwelling or target.utility <= stay.utility * (1 + gain):
+        return stay
     return target
 
 
