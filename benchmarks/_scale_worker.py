@@ -129,7 +129,7 @@ class Worker:
             driver = SimulatedDriver(preset=preset, seed=cfg.index * 100_000 + i)
             market = Market(host_key=ident.public_key, bank_key=cfg.bank_key,
                             capacity=driver.capacity(), name=f"w{cfg.index}-{i}",
-                            driver="simulated")
+                            driver_name="simulated")
             store = MarketStore(tmp / f"host-{i}.db", durability="normal")
             bus = Bus(nc, ident)
             service = AuctioneerService(bus, market, store, driver,

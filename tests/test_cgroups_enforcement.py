@@ -105,7 +105,7 @@ def test_bids_3_to_1_give_cpu_3_to_1_then_1_to_1(driver: CgroupsDriver) -> None:
     bank, host = Identity.generate(), Identity.generate()
     alice, bob = Identity.generate().public_key, Identity.generate().public_key
     market = Market(host_key=host.public_key, bank_key=bank.public_key,
-                    capacity=driver.capacity(), driver=driver.name)
+                    capacity=driver.capacity(), driver_name=driver.name)
     now = time.time_ns()
     for seq, payer in enumerate((alice, bob), start=1):
         receipt = make_receipt(bank, transfer_id=f"t{seq}", payer=payer, payee=host.public_key,

@@ -81,7 +81,7 @@ async def start_auctioneer(
         where.identity.public_key if isinstance(where, Bus) else ""
     market = Market(
         host_key=key, bank_key=bank_key, capacity=driver.capacity(),
-        name=name, driver=getattr(driver, "name", type(driver).__name__), tick_s=tick_s,
+        name=name, driver_name=getattr(driver, "name", type(driver).__name__), tick_s=tick_s,
         **(market_options or {}),
     )  # fmt: skip
     async with contextlib.AsyncExitStack() as undo:  # unwound only if starting fails

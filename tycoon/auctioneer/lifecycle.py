@@ -66,7 +66,7 @@ def restore(market: Market, now_ns: int) -> list[Event]:
         else:
             account.bid = None
     market._changes = Changes()
-    market._settled = market._read = None
+    market._accrued_to = market._read = None
     return market.recompute(now_ns, force=True)
 
 

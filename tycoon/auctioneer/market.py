@@ -70,7 +70,7 @@ class Market(charging.Ledger):
 
     def __init__(
         self, *, host_key: str, bank_key: str, capacity: Capacity, name: str = "",
-        driver: str = "", floor_price: float = FLOOR_PRICE, deposit: int = DEPOSIT,
+        driver_name: str = "", floor_price: float = FLOOR_PRICE, deposit: int = DEPOSIT,
         idle_s: float = IDLE_S, tick_s: float = 1.0,
     ) -> None:  # fmt: skip
         """``tick_s``: the longest time between the adapter's usage readings (its tick)."""
@@ -79,7 +79,7 @@ class Market(charging.Ledger):
         self.host_key, self.bank_key = host_key, bank_key
         self.host_id = subject_id(host_key)
         self.capacity = capacity
-        self.name, self.driver = name or self.host_id, driver
+        self.name, self.driver_name = name or self.host_id, driver_name
         self.floor_price, self.deposit = float(floor_price), int(deposit)
         self.idle_ns = int(idle_s * NS)
         self.accounts = {}

@@ -100,7 +100,7 @@ class AuctioneerService:
         self.service = Service(
             bus, "tycoon-auctioneer", endpoints, queue=f"auctioneer-{self.host}",
             description=f"Tycoon auctioneer of host {market.name}",
-            metadata={"host": self.host, "driver": market.driver},
+            metadata={"host": self.host, "driver": market.driver_name},
             rate_limit=ratelimit.AUCTIONEER,
         )  # fmt: skip
         self._tasks: list[asyncio.Task[None]] = []

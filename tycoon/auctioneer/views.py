@@ -24,7 +24,7 @@ def price_update(market: Market, seq: int, heartbeat_s: float) -> PriceUpdate:
     caps, utilization = market.caps.tolist(), market.utilization.tolist()
     offers = {r: Offer(int(caps[i]), totals[r], float(utilization[i]), int(bidders[i]))
               for i, r in enumerate(RESOURCES)}
-    return PriceUpdate(market.host_id, seq, float(heartbeat_s), market.name, market.driver,
+    return PriceUpdate(market.host_id, seq, float(heartbeat_s), market.name, market.driver_name,
                        offers)
 
 
@@ -78,7 +78,7 @@ def status(market: Market, account: str | None = None) -> dict[str, Any]:
     return HostStatusReply(
         host=market.host_id,
         name=market.name,
-        driver=market.driver,
+        driver=market.driver_name,
         resources=price_body(market, market.seq, 0.0)["resources"],
         accounts=len(market.accounts),
         bids=len(market.book),
