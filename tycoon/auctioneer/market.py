@@ -97,7 +97,7 @@ class Market(charging.Ledger):
         self._unique_prices = np.zeros(self.book.size)
         self._use: dict[str, np.ndarray] = {}  # an account's last use ratio, across its bids
         self._ended = {}
-        self._settled: int | None = None  # the time up to which every bid has accrued
+        self._accrued_to: int | None = None  # the time up to which every bid has accrued
         self._read: int | None = None  # the time of the last usage reading
         self._swept = 0
         self._published = self.shares.copy()
@@ -141,7 +141,7 @@ class Market(charging.Ledger):
                 f"a host account opens with a first funding of at least {self.deposit}"
                 " µcredits; this receipt stays unredeemed (present it once the account is open)",
             )
-        self._settle(now_ns)
+        self._accrue(now_ns)
         events = self._open(receipt.payer, now_ns)
         account = self.accounts[receipt.payer]
         account.balance += receipt.amount
@@ -162,7 +162,7 @@ class Market(charging.Ledger):
         due = [r for r in self.pending.values() if r.account == owner]
         if account.balance <= 0 and account.bid is None and not due:
             raise Rejected("no_funds", "the host account holds nothing to refund")
-        self._settle(now_ns)
+        self._accrue(now_ns)
         events = self._end_bid(account, "refund")  # pays for the time since the last tick
         self._pay_ended(owner, None)  # an ended bid's time since then too
         created = account.balance > 0
@@ -223,7 +223,7 @@ class Market(charging.Ledger):
         else:
             expires = now_ns + spec.duration_ns
         bid = resolve(spec, self.capacity, now_ns, expires)
-        self._settle(now_ns)
+        self._accrue(now_ns)
         own = self.book.slot.get(owner)
         paying = self.rates * self.book.use[:, : self.rates.shape[1]]  # as a minimum is charged
         admit(bid, self.book, paying, own, float(account.balance), now_ns, self.floor_price)
@@ -274,14 +274,14 @@ class Market(charging.Ledger):
         self._changes.accounts.add(owner)
         return [BidEnded(owner, reason)]
 
-    def _settle(self, now_ns: int) -> None:
-        """Accrue the time since the last settlement at the terms in force during it."""
-        if self._settled is None:
-            self._settled = self._read = now_ns
-        elif now_ns > self._settled:
+    def _accrue(self, now_ns: int) -> None:
+        """Accrue the time since the last accrual at the terms in force during it."""
+        if self._accrued_to is None:
+            self._accrued_to = self._read = now_ns
+        elif now_ns > self._accrued_to:
             charging.accrue(self.book, self.costs, self.shares, self.lows,
-                            self._unique_prices, self._settled, now_ns)  # fmt: skip
-            self._settled = now_ns
+                            self._unique_prices, self._accrued_to, now_ns)  # fmt: skip
+            self._accrued_to = now_ns
 
     def account(self, owner: str) -> Account:
         account = self.accounts.get(owner)
@@ -293,7 +293,7 @@ class Market(charging.Ledger):
 
     def recompute(self, now_ns: int, *, force: bool = False) -> list[Event]:
         """End expired and empty bids, recompute rates, shares and port holders."""
-        self._settle(now_ns)
+        self._accrue(now_ns)
         events: list[Event] = []
         book = self.book
         ended = np.nonzero(book.live & ((book.expires <= now_ns) | (book.balance <= 0)))[0]
@@ -335,7 +335,7 @@ class Market(charging.Ledger):
         reading at the share it used (at least the share it reserved), then recompute and
         remove accounts empty and idle for ``idle_s``."""
         book = self.book
-        self._settle(now_ns)
+        self._accrue(now_ns)
         assert self._read is not None
         span = max(now_ns - self._read, 0) / NS
         self._read = max(self._read, now_ns)
