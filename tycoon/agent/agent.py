@@ -34,6 +34,7 @@ from tycoon.bus.envelope import Message
 from tycoon.bus.keys import subject_id
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
+from tycoon.messages.agent import AgentPlan, AgentRebid, AgentSettled, AgentWarning
 from tycoon.messages.price import PriceUpdate
 
 __all__ = ["WATCHED", "Agent", "AgentConfig", "AgentParts", "Summary", "sls_candidate"]
@@ -120,7 +121,7 @@ class Agent:
     async def warn(self, message: str, **detail: Any) -> None:
         self.summary.warnings.append(message)
         self.log.warning("warning", message=message, **detail)
-        await self.publish("warning", {"message": message, **detail})
+        await self.publish("warning", AgentWarning(message, detail).to_body())
 
     async def run(self) -> Summary:
         """Plan, follow the market and rebid until the deadline; then refund."""
@@ -291,13 +292,13 @@ class Agent:
         epoch = self.journal.next_epoch()
         self._settling_epoch = epoch  # a settlement still running for an older plan stops
         self.summary.plans += 1
-        await self.publish("plan", {
-            "epoch": epoch, "summary": candidate.summary(), "reason": why,
-            "utility": candidate.utility, "spend_rate": candidate.spend_rate,
-            "probability": self.config.probability, "cushion": self.core.cushion(candidate),
-            "hosts": {h: {"balance": candidate.balances[h], "rate": candidate.rates[h],
-                          "share": candidate.shares.get(h, 0.0)} for h in candidate.hosts},
-        })
+        await self.publish("plan", AgentPlan(
+            epoch=epoch, summary=candidate.summary(), reason=why,
+            utility=candidate.utility, spend_rate=candidate.spend_rate,
+            probability=self.config.probability, cushion=self.core.cushion(candidate),
+            hosts={h: {"balance": candidate.balances[h], "rate": candidate.rates[h],
+                       "share": candidate.shares.get(h, 0.0)} for h in candidate.hosts},
+        ).to_body())
         outcome = await self.allocator.retarget(candidate, epoch, self.payees, evaluation.end,
                                                 budget=self.config.budget)
         answered_at = self.timer()
@@ -309,13 +310,13 @@ class Agent:
             latency = (outcome.placed_at - changed_at) * 1000
             self.summary.rebid_latencies_ms.append(latency)
             self.summary.answer_latencies_ms.append((answered_at - changed_at) * 1000)
-        await self.publish("rebid", {
-            "epoch": epoch, "reason": f"{reason}: {why}",
-            "summary": f"{len(outcome.bids)} bids, funded {len(outcome.funded)}",
-            "funded": outcome.funded, "refunded": outcome.refunded, "errors": outcome.errors,
-            "latency_ms": latency,
-            "answer_ms": self.summary.answer_latencies_ms[-1] if latency is not None else None,
-        })
+        await self.publish("rebid", AgentRebid(
+            epoch=epoch, reason=f"{reason}: {why}",
+            summary=f"{len(outcome.bids)} bids, funded {len(outcome.funded)}",
+            funded=outcome.funded, refunded=outcome.refunded, errors=outcome.errors,
+            latency_ms=latency,
+            answer_ms=self.summary.answer_latencies_ms[-1] if latency is not None else None,
+        ).to_body())
         await self._follow_prices()
         task = asyncio.create_task(self._settle(candidate, epoch, evaluation.end))
         self._settling.add(task)
@@ -340,11 +341,10 @@ class Agent:
         if self._settling_epoch == epoch and (outcome.funded or outcome.refunded):
             self.summary.settle_ms.append((self.timer() - started) * 1000)
         if outcome.funded or outcome.refunded or outcome.errors:
-            await self.publish("settled", {
-                "epoch": epoch, "funded": outcome.funded, "refunded": outcome.refunded,
-                "errors": outcome.errors,
-                "superseded": self._settling_epoch != epoch,
-            })
+            await self.publish("settled", AgentSettled(
+                epoch=epoch, funded=outcome.funded, refunded=outcome.refunded,
+                errors=outcome.errors, superseded=self._settling_epoch != epoch,
+            ).to_body())
 
     async def _settled(self, *, supersede: bool = False) -> None:
         """Settle the last plan's money now and wait until it is done (or, with
