@@ -19,6 +19,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,6 @@ from tycoon.bus.envelope import Message
 from tycoon.bus.keys import subject_id
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
-from tycoon.messages.agent import AgentPlan, AgentRebid, AgentSettled, AgentWarning
 from tycoon.messages.price import PriceUpdate
 
 __all__ = ["WATCHED", "Agent", "AgentConfig", "AgentParts", "Summary", "sls_candidate"]
@@ -88,7 +88,9 @@ class Agent:
         started = float(self.journal.setdefault("started", repr(clock())))
         deadline = float(self.journal.setdefault("deadline", repr(started + config.deadline_s)))
         self.journal.setdefault("budget", config.budget)
-        self.core = AgentCore(config, deadline)
+        self.tasks = parts.tasks
+        self._driving: asyncio.Task[None] | None = None
+        self.core = AgentCore(config, deadline, self.tasks.bag if self.tasks else None)
 
     @property
     def deadline(self) -> float:
@@ -121,7 +123,7 @@ class Agent:
     async def warn(self, message: str, **detail: Any) -> None:
         self.summary.warnings.append(message)
         self.log.warning("warning", message=message, **detail)
-        await self.publish("warning", AgentWarning(message, detail).to_body())
+        await self.publish("warning", {"message": message, **detail})
 
     async def run(self) -> Summary:
         """Plan, follow the market and rebid until the deadline; then refund."""
@@ -136,13 +138,16 @@ class Agent:
         try:
             await self._discover()
             await self._replan("start", force=True)
-            while self.seconds_left > self.config.refund_margin_s:
+            self._run_tasks()
+            while self.seconds_left > self.config.refund_margin_s \
+                    and not self.core.tasks_finished:
                 timeout = min(self.config.replan_every_s,
                               self.seconds_left - self.config.refund_margin_s)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(timeout, 0.01))
                 self._wake.clear()
-                if self.seconds_left <= self.config.refund_margin_s:
+                if self.seconds_left <= self.config.refund_margin_s \
+                        or self.core.tasks_finished:
                     break
                 reason, self._wake_reason = self._wake_reason or "periodic", ""
                 # Agents hear the same price update (and start their clocks) together; a
@@ -155,6 +160,22 @@ class Agent:
         finally:
             await self._finish()
         return self.summary
+
+    def _run_tasks(self) -> None:
+        """Run the job's tasks on the hosts held (their runner wakes us when all are done)."""
+        if self.tasks is None:
+            return
+        runner = self.tasks
+
+        def changed() -> None:
+            self.summary.tasks = asdict(runner.bag.progress(self.clock()))
+            if self.core.tasks_finished:
+                self._wake_reason = "tasks done"
+                self._wake.set()
+
+        runner.on_change = changed
+        self._driving = asyncio.create_task(runner.drive(
+            lambda cores: self.core.task_moves(self.allocator.holdings, cores, self.clock())))
 
     async def _open_bank_account(self) -> None:
         """Open our bank account (idempotent), waiting for the bank while it is down, up
@@ -292,13 +313,13 @@ class Agent:
         epoch = self.journal.next_epoch()
         self._settling_epoch = epoch  # a settlement still running for an older plan stops
         self.summary.plans += 1
-        await self.publish("plan", AgentPlan(
-            epoch=epoch, summary=candidate.summary(), reason=why,
-            utility=candidate.utility, spend_rate=candidate.spend_rate,
-            probability=self.config.probability, cushion=self.core.cushion(candidate),
-            hosts={h: {"balance": candidate.balances[h], "rate": candidate.rates[h],
-                       "share": candidate.shares.get(h, 0.0)} for h in candidate.hosts},
-        ).to_body())
+        await self.publish("plan", {
+            "epoch": epoch, "summary": candidate.summary(), "reason": why,
+            "utility": candidate.utility, "spend_rate": candidate.spend_rate,
+            "probability": self.config.probability, "cushion": self.core.cushion(candidate),
+            "hosts": {h: {"balance": candidate.balances[h], "rate": candidate.rates[h],
+                          "share": candidate.shares.get(h, 0.0)} for h in candidate.hosts},
+        })
         outcome = await self.allocator.retarget(candidate, epoch, self.payees, evaluation.end,
                                                 budget=self.config.budget)
         answered_at = self.timer()
@@ -310,13 +331,13 @@ class Agent:
             latency = (outcome.placed_at - changed_at) * 1000
             self.summary.rebid_latencies_ms.append(latency)
             self.summary.answer_latencies_ms.append((answered_at - changed_at) * 1000)
-        await self.publish("rebid", AgentRebid(
-            epoch=epoch, reason=f"{reason}: {why}",
-            summary=f"{len(outcome.bids)} bids, funded {len(outcome.funded)}",
-            funded=outcome.funded, refunded=outcome.refunded, errors=outcome.errors,
-            latency_ms=latency,
-            answer_ms=self.summary.answer_latencies_ms[-1] if latency is not None else None,
-        ).to_body())
+        await self.publish("rebid", {
+            "epoch": epoch, "reason": f"{reason}: {why}",
+            "summary": f"{len(outcome.bids)} bids, funded {len(outcome.funded)}",
+            "funded": outcome.funded, "refunded": outcome.refunded, "errors": outcome.errors,
+            "latency_ms": latency,
+            "answer_ms": self.summary.answer_latencies_ms[-1] if latency is not None else None,
+        })
         await self._follow_prices()
         task = asyncio.create_task(self._settle(candidate, epoch, evaluation.end))
         self._settling.add(task)
@@ -341,10 +362,11 @@ class Agent:
         if self._settling_epoch == epoch and (outcome.funded or outcome.refunded):
             self.summary.settle_ms.append((self.timer() - started) * 1000)
         if outcome.funded or outcome.refunded or outcome.errors:
-            await self.publish("settled", AgentSettled(
-                epoch=epoch, funded=outcome.funded, refunded=outcome.refunded,
-                errors=outcome.errors, superseded=self._settling_epoch != epoch,
-            ).to_body())
+            await self.publish("settled", {
+                "epoch": epoch, "funded": outcome.funded, "refunded": outcome.refunded,
+                "errors": outcome.errors,
+                "superseded": self._settling_epoch != epoch,
+            })
 
     async def _settled(self, *, supersede: bool = False) -> None:
         """Settle the last plan's money now and wait until it is done (or, with
@@ -380,6 +402,12 @@ class Agent:
 
     async def _finish(self) -> None:
         """Bring every credit home (up to ``grace_s`` past the deadline) and report."""
+        if self.tasks is not None:
+            if self._driving is not None:
+                self._driving.cancel()
+                await asyncio.gather(self._driving, return_exceptions=True)
+            await self.tasks.stop()
+            self.summary.tasks = asdict(self.tasks.bag.progress(self.clock()))
         await self._settled(supersede=True)
         try:
             accounting = await bring_home(

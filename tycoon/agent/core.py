@@ -11,6 +11,10 @@ A replan is three calls, because reading balances is I/O: :meth:`AgentCore.take_
 (the market move this replan answers), :meth:`AgentCore.evaluate` (today's quotes, the
 new baseline for move detection), then, with the balances read, :meth:`AgentCore.decide`;
 a plan carried out is :meth:`AgentCore.adopt`-ed.
+
+A job that runs a bag of tasks gives the core its :class:`~tycoon.agent.tasks.Bag`:
+:meth:`AgentCore.seats` says which hosts its tasks may use (planned, and holding our
+money), :meth:`AgentCore.task_moves` what to start and kill there.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from tycoon.agent.planner import (
     switch_or_stay,
 )
 from tycoon.agent.prediction import Prediction, predict
+from tycoon.agent.tasks import Bag, Move, Seat
 from tycoon.bus.envelope import is_finite_number
 from tycoon.bus.keys import is_key_of
 from tycoon.errors import Rejected
@@ -138,8 +143,10 @@ def sls_candidate(row: Any) -> tuple[str, str, float, float] | None:
 class AgentCore:
     """One agent's market knowledge and replan policy (no I/O, no clock)."""
 
-    def __init__(self, config: AgentConfig, deadline: float) -> None:
+    def __init__(self, config: AgentConfig, deadline: float, bag: Bag | None = None) -> None:
         self.config = config
+        self.bag = bag
+        """The job's tasks, if it runs any."""
         self.deadline = deadline
         self.planner_config = PlannerConfig(max_hosts=config.max_hosts,
                                             threshold=config.threshold)
@@ -297,6 +304,30 @@ class AgentCore:
     def adopt(self, plan: Plan) -> None:
         """``plan`` is carried out: it is the current plan from now on."""
         self.plan = plan
+
+    # -- tasks -------------------------------------------------------------------------
+
+    def seats(self, books: Mapping[str, Holding], cores: Mapping[str, int],
+              now: float) -> dict[str, Seat]:
+        """The hosts tasks may run on: in the plan and holding money of ours now, with
+        their cores (1 until known) and our planned share there."""
+        if self.plan is None:
+            return {}
+        return {h: Seat(cores.get(h, 1), self.plan.shares.get(h, 0.0))
+                for h in sorted(self.plan.hosts)
+                if (held := books.get(h)) is not None and held.left(now) > 0}
+
+    def task_moves(self, books: Mapping[str, Holding], cores: Mapping[str, int],
+                   now: float) -> list[Move]:
+        """The bag's moves for the hosts held now: kills on hosts left, then starts."""
+        if self.bag is None:
+            return []
+        return self.bag.hold(self.seats(books, cores, now), now) + self.bag.place(now)
+
+    @property
+    def tasks_finished(self) -> bool:
+        """The job runs a bag of tasks and every one is done."""
+        return self.bag is not None and self.bag.finished
 
     def pessimistic(self, quote: Quote) -> Quote:
         """With ``probability`` set: price the others' bids at that quantile of the host's

@@ -6,8 +6,10 @@ with the same ids: the bank returns the same receipt for a repeated transfer id 
 an auctioneer refuses a second redemption, so nothing is paid twice. A funding's bank
 receipt is recorded the moment it is paid, before it is presented to the host, so a
 receipt the host could not take is presented again (never lost, never paid again).
-Every refund received is recorded by its bank transfer id, wherever it was learnt (the
-host's reply, or the bank's history when the host paid it on its own), so each counts once.
+Every refund received is recorded by its host and id, wherever it was learnt (the
+host's reply, or the bank's history when the host paid it on its own), so each counts once
+(and one host cannot hide another's refund by reusing its id). A bag of tasks keeps each
+task's state here too (:mod:`tycoon.agent.tasks`), so a restart reruns no finished task.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tycoon.agent.tasks import DONE, RUNNING, STATES, STOPPING, Task
+from tycoon.errors import Rejected
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,13 +43,40 @@ CREATE TABLE IF NOT EXISTS moves (
 );
 CREATE INDEX IF NOT EXISTS moves_status ON moves (status);
 CREATE TABLE IF NOT EXISTS refunds (
-    refund_id TEXT PRIMARY KEY,
+    refund_id TEXT NOT NULL,
     host TEXT NOT NULL,
     amount INTEGER NOT NULL,
     move_id TEXT NOT NULL,
-    receipt BLOB
+    receipt BLOB,
+    PRIMARY KEY (host, refund_id)
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    idx INTEGER PRIMARY KEY,
+    arg TEXT NOT NULL,
+    pin TEXT,
+    state TEXT NOT NULL,
+    host TEXT,
+    job TEXT,
+    status INTEGER,
+    runs INTEGER NOT NULL DEFAULT 0
 );
 """
+
+REFUNDS_BY_ID = """
+ALTER TABLE refunds RENAME TO refunds_by_id;
+CREATE TABLE refunds (
+    refund_id TEXT NOT NULL,
+    host TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    move_id TEXT NOT NULL,
+    receipt BLOB,
+    PRIMARY KEY (host, refund_id)
+);
+INSERT INTO refunds SELECT refund_id, host, amount, move_id, receipt FROM refunds_by_id;
+DROP TABLE refunds_by_id;
+"""
+"""A journal of an older release keyed refunds by their id alone: a host could then hide
+another host's refund by reusing its id. Its rows move to the (host, id) key."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +101,9 @@ class Journal:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        keys = [r[1] for r in self.db.execute("PRAGMA table_info(refunds)") if r[5]]
+        if keys == ["refund_id"]:
+            self.db.executescript(f"BEGIN; {REFUNDS_BY_ID} COMMIT;")
 
     def close(self) -> None:
         self.db.close()
@@ -150,8 +185,42 @@ class Journal:
             new += amount if cur.rowcount else 0
         return new
 
-    def refund_ids(self) -> set[str]:
-        return {str(r[0]) for r in self.db.execute("SELECT refund_id FROM refunds")}
+    def refund_ids(self) -> set[tuple[str, str]]:
+        """``(host, refund id)`` of every refund recorded."""
+        return {(str(h), str(r)) for h, r in self.db.execute(
+            "SELECT host, refund_id FROM refunds")}
+
+    # -- a bag of tasks ------------------------------------------------------------------
+
+    def save_task(self, task: Task) -> None:
+        """Record one task's state (fsynced: a start is recorded before it is asked)."""
+        self.db.execute(
+            "INSERT INTO tasks (idx, arg, pin, state, host, job, status, runs) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idx) DO UPDATE SET "
+            "state = excluded.state, host = excluded.host, job = excluded.job, "
+            "status = excluded.status, runs = excluded.runs",
+            (task.index, task.arg, task.pin, task.state, task.host, task.job, task.status,
+             task.runs))
+
+    def tasks(self) -> list[Task]:
+        """Every task recorded, checked: a row no agent writes (an unknown state, a job or
+        host id that is not one, a done task without a status) is refused as tampered."""
+        out = []
+        for row in self.db.execute("SELECT idx, arg, pin, state, host, job, status, runs "
+                                   "FROM tasks ORDER BY idx"):
+            idx, arg, pin, state, host, job, status, runs = row
+            ok = (type(idx) is int and idx > 0 and isinstance(arg, str)
+                  and state in STATES and type(runs) is int and runs >= 0
+                  and all(v is None or (isinstance(v, str) and TASK_ID.fullmatch(v))
+                          for v in (pin, host, job))
+                  and (status is None or type(status) is int)
+                  and (state != DONE or status is not None)
+                  and (state not in (RUNNING, STOPPING, DONE) or host is not None))
+            if not ok:
+                raise Rejected("malformed", f"journal {self.path}: task row {str(idx)[:20]} "
+                               "is not one an agent writes (tampered?)")
+            out.append(Task(idx, arg, pin, state, host, job, status, runs))
+        return out
 
     def totals(self) -> dict[str, tuple[int, int]]:
         """``{host: (funded, refunded)}`` over the whole job (finished moves only)."""
@@ -202,6 +271,9 @@ class Journal:
                                (pending,)).fetchall()
         return {str(r[0]) for r in rows}
 
+
+TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""A host's subject id or a job id as a task row may hold them."""
 
 JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 """A job name: it goes into every transfer id of the job (letters, digits, '_', '-')."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tycoon.agent.allocator import Allocator
+from tycoon.agent.bag import TaskRunner
 from tycoon.agent.books import HostClient
 from tycoon.agent.core import AgentConfig
 from tycoon.agent.finish import Accounting
@@ -44,6 +45,8 @@ class Summary:
     """From a price move to the whole answer: the plan's bids and the parks after them."""
     settle_ms: list[float] = field(default_factory=list)
     """How long each plan's money moves took, once started (after ``settle_delay_s``)."""
+    tasks: dict[str, Any] | None = None
+    """A bag of tasks: how many are done, failed, running, queued (None: no tasks)."""
 
     def account(self, journal: Journal, accounting: Accounting | None) -> None:
         """Take the job's totals from ``journal`` and what is still away from
@@ -68,6 +71,7 @@ class Summary:
                        f"outstanding {len(self.outstanding)}",
             "spent": self.spent, "refunded": self.refunded, "funded": self.funded,
             "outstanding": self.outstanding, "plans": self.plans,
+            **({"tasks": self.tasks} if self.tasks is not None else {}),
         }
 
 
@@ -79,6 +83,8 @@ class AgentParts:
     bank: BankClient
     sls: SLSClient
     allocator: Allocator
+    tasks: TaskRunner | None = None
+    """Runs the job's bag of tasks, if any (:mod:`tycoon.agent.bag`)."""
 
     @classmethod
     def default(cls, bus: Bus, bank_key: str, config: AgentConfig, journal_path: Path | str,

@@ -81,24 +81,38 @@ class JobClient:
         self.host = self.auctioneer.host
 
     async def start(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
-                    cwd: str | None = None) -> tuple[dict[str, Any], JobStream, Any]:
+                    cwd: str | None = None, bundle: str | None = None,
+                    collect: Sequence[str] | None = None,
+                    ) -> tuple[dict[str, Any], JobStream, Any]:
         """Start a job; (the host's reply, its stream, the subscription to unsubscribe)."""
         stream = JobStream(self.host)
         own = subject_id(self.bus.identity.public_key)
         sub = await self.bus.subscribe(subjects.job_all(own), stream.on_message)
         await self.bus.flush()
-        body: dict[str, Any] = {"argv": list(argv)}
-        if env:
-            body["env"] = dict(env)
-        if cwd:
-            body["cwd"] = cwd
         try:
-            reply = await self.auctioneer._call("exec", body)
+            reply = await self.exec(argv, env=env, cwd=cwd, bundle=bundle, collect=collect)
             await stream.named(str(reply["job"]))
         except BaseException:
             await sub.unsubscribe()
             raise
         return reply, stream, sub
+
+    async def exec(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
+                   cwd: str | None = None, bundle: str | None = None,
+                   collect: Sequence[str] | None = None) -> dict[str, Any]:
+        """Only send ``host.exec`` (the caller already follows ``tycoon.job.<own id>.>``
+        with one subscription: a second one on the same bus would drop each message as a
+        replay of the first's); the host's reply."""
+        body: dict[str, Any] = {"argv": list(argv)}
+        if env:
+            body["env"] = dict(env)
+        if cwd:
+            body["cwd"] = cwd
+        if bundle:  # a digest from tycoon.bundles.client.push: unpacked before it starts
+            body["bundle"] = bundle
+        if collect:  # packed into this key's bucket at exit: JobExit.result names them
+            body["collect"] = list(collect)
+        return await self.auctioneer._call("exec", body)
 
     async def run(self, argv: Sequence[str], **options: Any) -> tuple[list[JobOutput], JobExit]:
         """Start a job and wait for its end: (its chunks in order, its exit)."""

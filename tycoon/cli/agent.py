@@ -131,7 +131,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
           f"{config.resource} before {args.deadline}; events on "
           f"{subjects.agent_all(agent.id)}", flush=True)
     metrics = await serve_from_args(args, agent)
-    stop_progress = start_progress(agent, config.budget, sys.stdout.isatty() and not args.json)
+    stop_progress = start_progress(agent, config.budget, sys.stdout.isatty() and not args.json,
+                                   plain=not args.json)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run())
     waiter = asyncio.create_task(run_until_signal(stop_event=stop))

@@ -1,5 +1,7 @@
 """A live progress line for ``tycoon agent run`` on a terminal (rich): paid out of the
-budget, hosts held, the planned spending rate, time left and the agent's last event."""
+budget, hosts held, the planned spending rate, time left and the agent's last event; for a
+bag of tasks, tasks done/running/queued and the ETA (off a terminal: a plain line each
+time those counts change)."""
 
 from __future__ import annotations
 
@@ -57,9 +59,34 @@ class AgentProgress:
             f"{format_credits(paid)} / {format_credits(self.budget)} credits · "
             f"{len(plan.hosts) if plan else 0} hosts · "
             f"{format_rate(plan.spend_rate) if plan else '0.0000'} credits/s · "
-            f"{_duration(left)} left · {self.last}",
+            f"{_duration(left)} left · " + (f"{self.tasks_text()} · " if self.bag() else "")
+            + self.last,
         )
         return line
+
+    def bag(self) -> Any:
+        runner = getattr(self.agent, "tasks", None)
+        return None if runner is None else runner.bag
+
+    def tasks_text(self) -> str:
+        """``tasks 3/6 done (1 failed) · 2 running · 1 queued · ETA 12s``."""
+        bag = self.bag()
+        p = bag.progress(time.time())
+        failed = f" ({p.failed} failed)" if p.failed else ""
+        eta = "?" if p.eta_s is None else _duration(p.eta_s)
+        return (f"tasks {p.done}/{len(bag.tasks)} done{failed} · {p.running} running · "
+                f"{p.queued} queued · ETA {eta}")
+
+    async def lines(self, stop: asyncio.Event) -> None:
+        """Off a terminal: print the task counts and credits paid whenever they change."""
+        last = ""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+            text = self.tasks_text()
+            if text.split(" · ETA")[0] != last.split(" · ETA")[0]:
+                print(f"{text} · paid {format_credits(self.paid_out())} credits", flush=True)
+                last = text
 
     async def show(self, stop: asyncio.Event, console: Console | None = None) -> None:
         """Redraw twice a second until ``stop`` is set (then leave the last line)."""
@@ -81,15 +108,18 @@ def _duration(seconds: float) -> str:
     return f"{s}s"
 
 
-def start_progress(agent: Any, budget: int, enabled: bool) -> Callable[[], Awaitable[None]]:
-    """Show ``agent``'s progress line now (when ``enabled``: a terminal, not ``--json``);
-    returns the coroutine function that stops it and leaves its last line."""
-    if not enabled:
+def start_progress(agent: Any, budget: int, enabled: bool, *,
+                   plain: bool = False) -> Callable[[], Awaitable[None]]:
+    """Show ``agent``'s progress line now (when ``enabled``: a terminal, not ``--json``;
+    with ``plain`` and a bag of tasks, plain lines instead); returns the coroutine function
+    that stops it and leaves its last line."""
+    progress = AgentProgress(agent, budget) if enabled or plain else None
+    if progress is None or (not enabled and progress.bag() is None):
         async def nothing() -> None:
             return None
         return nothing
     stop = asyncio.Event()
-    task = asyncio.create_task(AgentProgress(agent, budget).show(stop))
+    task = asyncio.create_task(progress.show(stop) if enabled else progress.lines(stop))
 
     async def finish() -> None:
         stop.set()

@@ -1,0 +1,185 @@
+"""The task runner and the journal's task and refund rows, without a server: a fake job
+client plays the host (including a hostile one)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tycoon.agent.bag import TaskRunner
+from tycoon.agent.journal import Journal
+from tycoon.agent.tasks import DONE, QUEUED, RUNNING, Bag, Seat, Task
+from tycoon.bus.keys import Identity
+from tycoon.errors import Rejected
+from tycoon.messages.jobs import JobExit
+
+ME = Identity.generate().public_key
+OTHER = Identity.generate().public_key
+
+
+def bus() -> Any:
+    return SimpleNamespace(identity=SimpleNamespace(public_key=ME))
+
+
+class FakeHost:
+    """A host's job endpoints: ``account`` is whom its replies name (ours, unless hostile)."""
+
+    def __init__(self, account: str = ME) -> None:
+        self.account = account
+        self.started: list[list[str]] = []
+        self.signals: list[tuple[str, str]] = []
+        self.listed: list[dict[str, Any]] = []
+
+    async def exec(self, argv: list[str], **_: Any) -> dict[str, Any]:
+        self.started.append(argv)
+        return {"job": f"j{len(self.started)}", "account": self.account}
+
+    async def jobs(self) -> dict[str, Any]:
+        return {"account": self.account, "jobs": self.listed, "cores": 2}
+
+    async def signal(self, job: str, sig: str) -> dict[str, Any]:
+        self.signals.append((job, sig))
+        return {"job": job, "signal": 9, "state": "running"}
+
+
+def exit_job(run: TaskRunner, job: str, status: int) -> None:
+    """The host's ``job.exit`` reaching the runner's stream for ``job``."""
+    run._streams[job]._ready.put_nowait(
+        JobExit(job=job, seq=1, status=status, cpu_s=0.1, peak_memory=1000, dropped=0))
+
+
+def runner(tmp_path: Path, host: FakeHost, bag: Bag, journal: Journal | None = None) -> TaskRunner:
+    return TaskRunner(bus(), journal or Journal(tmp_path / "j.db"), bag, ["echo", "{}"],
+                      tmp_path / "out", client=lambda _b, _h: host)  # type: ignore[arg-type,return-value]
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+# -- the journal ------------------------------------------------------------------------------
+
+
+def test_refunds_are_keyed_by_host_and_id(tmp_path: Path) -> None:
+    """Attack: a host reuses the refund id another host paid us under. Keyed by the id
+    alone, that real refund would not count; keyed by (host, id) both count once."""
+    journal = Journal(tmp_path / "j.db")
+    assert journal.record_refunds("a", "m1", [("r1", 100, None)]) == 100
+    assert journal.record_refunds("b", "m2", [("r1", 70, None)]) == 70
+    assert journal.record_refunds("a", "m3", [("r1", 100, None)]) == 0  # learnt twice
+    assert journal.refund_ids() == {("a", "r1"), ("b", "r1")}
+
+
+def test_a_journal_keyed_by_refund_id_alone_is_moved_to_the_new_key(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE refunds (refund_id TEXT PRIMARY KEY, host TEXT NOT NULL, "
+                     "amount INTEGER NOT NULL, move_id TEXT NOT NULL, receipt BLOB);"
+                     "INSERT INTO refunds VALUES ('r1', 'a', 5, 'm1', NULL);")
+    db.close()
+    journal = Journal(path)
+    assert journal.refund_ids() == {("a", "r1")}
+    assert journal.record_refunds("b", "m2", [("r1", 7, None)]) == 7
+
+
+def test_task_rows_round_trip_and_tampered_ones_are_refused(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db")
+    journal.save_task(Task(3, "x y", state=RUNNING, host="h1", job="j1", runs=2))
+    assert journal.tasks() == [Task(3, "x y", None, RUNNING, "h1", "j1", None, 2)]
+    for sql in ("UPDATE tasks SET state = 'bogus'",
+                "UPDATE tasks SET state = 'done', status = NULL",
+                "UPDATE tasks SET job = '../../etc'",
+                "UPDATE tasks SET idx = -1"):
+        journal.db.execute("DELETE FROM tasks")
+        journal.save_task(Task(3, "x y", state=RUNNING, host="h1", job="j1", runs=2))
+        journal.db.execute(sql)
+        with pytest.raises(Rejected, match="tampered"):
+            journal.tasks()
+
+
+def test_a_resume_refuses_another_task_file_and_reruns_a_done_task_without_its_exit(
+        tmp_path: Path) -> None:
+    bag = Bag.of([(1, "a"), (2, "b")])
+    first = runner(tmp_path, FakeHost(), bag)
+    assert first.resume() == 0
+    for index in (1, 2):
+        first.journal.save_task(Task(index, bag.tasks[index].arg, state=DONE, host="h",
+                                     job=f"j{index}", status=0, runs=1))
+    (tmp_path / "out" / "1").mkdir(parents=True)
+    (tmp_path / "out" / "1" / "exit.json").write_text(json.dumps({"status": 0, "job": "j1"}))
+    # tampering: task 2 is marked done but nothing was collected: it runs again
+    again = runner(tmp_path, FakeHost(), Bag.of([(1, "a"), (2, "b")]), first.journal)
+    assert again.resume() == 1
+    assert again.bag.tasks[1].state == DONE and again.bag.tasks[2].state == QUEUED
+    # another task list (or a journal whose argument was edited) is refused
+    with pytest.raises(Rejected, match="another command or task file"):
+        runner(tmp_path, FakeHost(), Bag.of([(1, "a"), (2, "c")]), first.journal).resume()
+    first.journal.db.execute("UPDATE tasks SET arg = 'rm -rf' WHERE idx = 2")
+    with pytest.raises(Rejected, match="tampered"):
+        runner(tmp_path, FakeHost(), Bag.of([(1, "a"), (2, "b")]), first.journal).resume()
+
+
+# -- the runner ---------------------------------------------------------------------------------
+
+
+async def test_outputs_are_collected_and_a_done_task_is_journalled(tmp_path: Path) -> None:
+    host = FakeHost()
+    bag = Bag.of([(1, "a")])
+    run = runner(tmp_path, host, bag)
+    run.carry(bag.hold({"h": Seat(1, 1.0)}, 0.0) + bag.place(0.0))
+    await settle()
+    assert host.started == [["echo", "a"]] and bag.tasks[1].state == RUNNING
+    exit_job(run, "j1", 0)
+    await settle()
+    record = json.loads((tmp_path / "out" / "1" / "exit.json").read_text())
+    assert record["status"] == 0 and record["host"] == "h" and record["job"] == "j1"
+    assert run.journal.tasks()[0].state == DONE and bag.finished
+
+
+async def test_a_host_answering_with_another_accounts_job_gets_no_task(tmp_path: Path) -> None:
+    """Attack: the exec reply names a job of another account (whose exit and output the
+    host could then feed us). The task is not taken as running there, nothing is
+    collected, and the host cools down."""
+    host = FakeHost(account=OTHER)
+    bag = Bag.of([(1, "a")])
+    run = runner(tmp_path, host, bag)
+    run.carry(bag.hold({"h": Seat(1, 1.0)}, 0.0) + bag.place(0.0))
+    await settle()
+    assert bag.tasks[1].state == QUEUED and "h" in bag.cooling
+    assert not (tmp_path / "out" / "1" / "exit.json").exists()
+    # and its job listing is not taken for ours either
+    with pytest.raises(Rejected):
+        await run._listed("h")
+
+
+async def test_a_task_in_flight_at_a_crash_is_looked_for_killed_then_queued(
+        tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.db")
+    bag = Bag.of([(1, "a"), (2, "b")])
+    journal.set("tasks_digest", "")  # (replaced below by the first resume's)
+    journal.db.execute("DELETE FROM meta WHERE key = 'tasks_digest'")
+    journal.save_task(Task(1, "a", state=RUNNING, host="h", job="j7", runs=1))
+    journal.save_task(Task(2, "b", state="starting", host="h", runs=1))
+    host = FakeHost()
+    host.listed = [{"job": "j7", "state": "running", "argv": ["echo", "a"]},
+                   {"job": "j8", "state": "running", "argv": ["echo", "b"]},
+                   {"job": "j9", "state": "running", "argv": ["other", "work"]}]
+    run = runner(tmp_path, host, bag, journal)
+    run.resume()
+    run.carry(run._restored)
+    await asyncio.sleep(0.05)
+    # j7 by its id, j8 by its argv (a start whose reply was lost); j9 is not ours to touch
+    assert sorted(host.signals) == [("j7", "KILL"), ("j8", "KILL")]
+    assert all(t.state == "stopping" for t in bag.tasks.values())
+    host.listed = [{"job": "j7", "state": "exited"}, {"job": "j8", "state": "exited"},
+                   {"job": "j9", "state": "running", "argv": ["other", "work"]}]
+    await asyncio.sleep(0.5)
+    assert all(t.state == QUEUED for t in bag.tasks.values())
+    await run.stop()
