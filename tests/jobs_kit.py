@@ -17,10 +17,8 @@ from tycoon.auctioneer.jobclient import JobClient
 from tycoon.auctioneer.jobhost import JobConfig, JobHost
 from tycoon.auctioneer.launch import RunningAuctioneer, start_auctioneer
 from tycoon.bank.client import BankClient
-from tycoon.bank.ledger import Ledger
-from tycoon.bank.service import BankService
-from tycoon.bank.sqlite_store import SqliteStore
-from tycoon.bus.connection import Bus, open_bus
+from tycoon.bank.launch import start_bank
+from tycoon.bus.connection import Bus
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.money import MICRO
 
@@ -74,10 +72,7 @@ async def job_market(url: str, tmp: Path, driver: Any, jobs: JobConfig,
                      tick_s: float = 0.1, **market_options: Any) -> AsyncIterator[JobMarket]:
     """Bank + one auctioneer with ``driver`` running jobs as ``jobs`` says."""
     bank_id, operator, host_id = Identity.generate(), Identity.generate(), Identity.generate()
-    ledger = Ledger(SqliteStore(tmp / "bank.db"), bank_id, operator=operator.public_key)
-    bank_bus = await open_bus(url, bank_id)
-    bank_service = BankService(bank_bus, ledger)
-    await bank_service.start()
+    bank = await start_bank(url, bank_id, db=tmp / "bank.db", operator=operator.public_key)
     auctioneer = await start_auctioneer(
         url, host_id, bank_key=bank_id.public_key, driver=driver, store_path=tmp / "host.db",
         name="h1", tick_s=tick_s, heartbeat_s=0.5, jobs=jobs, market_options=market_options,
@@ -89,11 +84,11 @@ async def job_market(url: str, tmp: Path, driver: Any, jobs: JobConfig,
     finally:
         for bus in market.buses:
             await bus.close()
+        with contextlib.suppress(Exception):  # a stop leaves jobs running (re-adopted later)
+            await market.jobhost.end_all()
         with contextlib.suppress(Exception):
             await auctioneer.stop()
-        await bank_service.stop()
-        await bank_bus.close()
-        ledger.store.close()
+        await bank.stop()
 
 
 async def until(check: Any, timeout: float = 10.0, step: float = 0.05) -> Any:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from jobs_kit import JobMarket, job_market, until
 
-from tests.jobs_kit import JobMarket, job_market, until
 from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.auctioneer.jobs import Limits
 from tycoon.errors import Rejected

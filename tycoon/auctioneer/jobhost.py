@@ -2,10 +2,12 @@
 
 Thin: the job table (:mod:`tycoon.auctioneer.jobs`) decides ids, states and output caps;
 :mod:`tycoon.vmm.jobs` starts processes in the account's sandbox as its own uid. This
-module reads their pipes, waits for their exit (a pidfd, no thread), publishes signed
-``job.output`` / ``job.exit`` on ``tycoon.job.<account id>.<job id>.{out,exit}``, freezes an
-account whose CPU share is zero and thaws it when funded, and ends an account's jobs
-(SIGTERM, grace, SIGKILL) when it is refunded or removed. docs/jobs.md.
+module tails their output files (:mod:`tycoon.auctioneer.jobfiles`), watches their exit
+(a pidfd, no thread), publishes signed ``job.output`` / ``job.exit`` on
+``tycoon.job.<account id>.<job id>.{out,exit}``, freezes an account whose CPU share is zero
+and thaws it when funded, and ends an account's jobs (SIGTERM, grace, SIGKILL) when it is
+refunded or removed. Stopping leaves the jobs running; the next start re-adopts them
+(:mod:`tycoon.auctioneer.jobstate` decides who is still the job). docs/jobs.md.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import select
 import shutil
 import signal
 import time
@@ -22,7 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tycoon.auctioneer.jobs import FROZEN, Chunk, Job, JobTable, Limits, check_exec, check_signal
+from tycoon.auctioneer.jobfiles import Output, StateDir
+from tycoon.auctioneer.jobs import (
+    EXITED,
+    FROZEN,
+    Chunk,
+    Job,
+    JobTable,
+    Limits,
+    check_exec,
+    check_signal,
+)
+from tycoon.auctioneer.jobstate import STREAMS, Pending, from_record, refusal, to_record
 from tycoon.auctioneer.market import Market
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
@@ -37,9 +51,10 @@ from tycoon.vmm import jobs as runner
 from tycoon.vmm.driver import Driver
 
 OPS = ("exec", "signal", "jobs")
-DRAIN_PAUSE_S = 0.05
-"""After dropping output, the next read waits this long: a job writing without end costs
-the auctioneer at most one read of a chunk per pause, not a busy loop."""
+POLL_S = 0.02
+"""A live job's output files are read this often (chunk latency ≤ this plus publishing)."""
+SAMPLE_S = 1.0
+"""An adopted job's CPU and memory are sampled this often (its exit has no rusage)."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +81,17 @@ class JobHost:
         self.table = JobTable(secrets.token_hex(3), config.limits)
         self.frozen: set[str] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._outputs: dict[str, Output] = {}
+        self._pending: dict[str, list[Pending]] = {}
         self.log = get_logger("auctioneer.jobs", host=market.host_id)
         root = Path(config.root).absolute()
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o711)  # users reach their own directory, list nobody's
+        self.state = StateDir(root)
+        saved = self.state.load("host") or {}
+        if isinstance(saved.get("prefix"), str) and isinstance(saved.get("counter"), int):
+            with contextlib.suppress(ValueError):  # job ids go on where the last run stopped
+                self.table = JobTable(saved["prefix"], config.limits, counter=saved["counter"])
         closed = [str(p) for p in root.parents if not os.stat(p).st_mode & 0o001]
         if self.uids is not None and closed:
             raise Rejected("driver_failed", f"jobs run as their own uids cannot reach {root}: "
@@ -103,16 +125,32 @@ class JobHost:
                                "in the sandbox")
             self.confine.prepare(account, self.config.limits.pids_per_account)
             env = runner.base_env(account, job.id, home, request.env)
-            started = runner.spawn(request.argv, env=env, cwd=cwd, uid=uid,
-                                   procs_files=self.confine.procs_files(account))
+            output, theirs = self.state.create_output(job.id)
+            try:
+                started = runner.spawn(request.argv, env=env, cwd=cwd, uid=uid,
+                                       procs_files=self.confine.procs_files(account),
+                                       stdout=theirs["stdout"], stderr=theirs["stderr"])
+            except BaseException:
+                output.close()
+                self.state.remove(job.id)
+                raise
+            finally:
+                for fd in theirs.values():
+                    os.close(fd)
         except BaseException:
             self.table.failed(job.id)
             raise
         self.table.started(job.id, started.pid, frozen)
+        job.start_ticks, job.uid = started.start_ticks, uid if uid is not None else -1
+        self._outputs[job.id] = output
+        self._save(job)
+        self._save_host()  # the id counter
+        pidfd = os.pidfd_open(started.pid)
         if frozen:  # no share now: it starts frozen, with the account's other jobs
             self.frozen.discard(account)
             self._freeze(account, True)
-        self._tasks[job.id] = asyncio.create_task(self._run(job, started), name=f"job-{job.id}")
+        self._tasks[job.id] = asyncio.create_task(self._watch(job, started.process, pidfd),
+                                                  name=f"job-{job.id}")
         self.log.info("job started", job=job.id, account=account[:12], pid=started.pid,
                       uid=uid if uid is not None else -1, frozen=frozen)
         return {"job": job.id, "account": account, "subject": self._subject(job, "out"),
@@ -141,7 +179,7 @@ class JobHost:
                 else 0.0,
                 "memory": self.confine.memory_bytes(account) if account in self.market.accounts
                 else 0,
-                "frozen": account in self.frozen, "cores": self.market.capacity.cores}
+                "frozen": account in self.frozen}
 
     # ------------------------------------------------------------------ market events
 
@@ -160,6 +198,7 @@ class JobHost:
             return
         (self.frozen.add if want else self.frozen.discard)(account)
         self.table.set_frozen(account, want)
+        self._save_host()
         self.log.info("jobs frozen" if want else "jobs thawed", account=account[:12])
 
     def refunded(self, account: str) -> None:
@@ -205,14 +244,89 @@ class JobHost:
             self.uids.release(account)
 
     async def stop(self) -> None:
-        """End every job (they are not re-adopted by a restarted auctioneer yet)."""
+        """Stop watching; the jobs keep running (their records and output files stay, and
+        the next start of this host adopts them: :meth:`adopt`)."""
+        await self._cancel_all()
+        for job in self.table.running():
+            self._save(job)
+        self._save_host()
+
+    async def end_all(self) -> None:
+        """End every job (SIGTERM, grace, SIGKILL) and wait for their exits (tests, a host
+        taken down for good)."""
         for account in {j.account for j in self.table.running()}:
             await self.end_account(account)
+
+    async def _cancel_all(self) -> None:
         for task in list(self._tasks.values()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+
+    # ------------------------------------------------------------------ restart
+
+    async def adopt(self) -> None:
+        """Take back the jobs an earlier run of this host left: republish their last chunks,
+        watch the ones that are provably still the process started (same boot, same start
+        time, same session, uid and sandbox: :func:`~tycoon.auctioneer.jobstate.refusal`),
+        and end the others with an unknown status — their pid is never signalled."""
+        saved = self.state.load("host") or {}
+        boot = runner.boot_id()
+        same_boot = bool(boot) and saved.get("boot") == boot
+        frozen = {a for a in saved.get("frozen", []) if isinstance(a, str)}
+        for name in self.state.records():
+            try:
+                job, pending = from_record(self.state.load(name) or {})
+            except ValueError as error:
+                self.log.warning("job record ignored", record=name[:40], error=str(error))
+                continue
+            if job.id != name or job.id in self.table.jobs:
+                continue
+            self.table.jobs[job.id] = job
+            self._pending[job.id] = pending
+            if job.state == EXITED:
+                if not job.exit_sent:  # it ended, the exit was not published yet
+                    self._tasks[job.id] = asyncio.create_task(self._watch(job, None, None))
+                continue
+            output = self._outputs[job.id] = self.state.open_output(job.id)
+            await self._republish(job, pending, output)
+            pidfd, reason = self._verify(job) if same_boot else (None, "another boot")
+            job.adopted = True
+            self.log.info("job adopted" if pidfd is not None else "job not adopted: ended",
+                          job=job.id, pid=job.pid, reason=reason or "")
+            self._tasks[job.id] = asyncio.create_task(self._watch(job, None, pidfd),
+                                                      name=f"job-{job.id}")
+        self.frozen = {a for a in frozen if self.table.running(a)}
+        self._save_host()
+        for account in {j.account for j in self.table.running()}:
+            self.refunded(account)  # its account was refunded or removed meanwhile: end them
+
+    def _verify(self, job: Job) -> tuple[int | None, str | None]:
+        """(a pidfd of the job's process, None) or (None, why the pid is not the job)."""
+        fd = None
+        if job.pid > 1:
+            with contextlib.suppress(OSError):
+                fd = os.pidfd_open(job.pid)
+        stat = runner.proc_stat(job.pid) if fd is not None else None
+        alive = stat is not None and fd is not None and not _readable(fd)
+        reason = refusal(job, alive=alive, start_ticks=stat.start_ticks if stat else -1,
+                         sid=stat.sid if stat else -1, uid=stat.uid if stat else -1,
+                         job_env=stat.job_env if stat else None,
+                         in_sandbox=self.confine.holds(job.account, job.pid) if alive else None,
+                         confined=self.confine.confined)
+        if reason is None and fd is not None and not _readable(fd):
+            return fd, None  # alive after the checks: the pidfd is that very process
+        if fd is not None:
+            os.close(fd)
+        return None, reason or "gone"
+
+    def _save(self, job: Job) -> None:
+        self.state.save(job.id, to_record(job, self._pending.get(job.id, [])))
+
+    def _save_host(self) -> None:
+        self.state.save("host", {"prefix": self.table.prefix, "counter": self.table.counter,
+                                 "boot": runner.boot_id(), "frozen": sorted(self.frozen)})
 
     # ------------------------------------------------------------------ one job
 
@@ -222,67 +336,113 @@ class JobHost:
     def _subject(self, job: Job, event: str) -> str:
         return subjects.job(subject_id(job.account), job.id, event)
 
-    async def _run(self, job: Job, started: runner.Started) -> None:
-        process = started.process
-        assert process.stdout is not None and process.stderr is not None
-        pumps = [asyncio.create_task(self._pump(job, process.stdout, "stdout")),
-                 asyncio.create_task(self._pump(job, process.stderr, "stderr"))]
+    async def _watch(self, job: Job, process: Any, pidfd: int | None) -> None:
+        """Publish the job's output until it ends, then its exit. ``process``: the Popen of
+        a job this run started (its exit status and rusage come from ``wait4``); None for
+        an adopted one (status unknown, CPU and memory as last sampled)."""
+        loop = asyncio.get_running_loop()
+        ended = [pidfd is None]
+        if pidfd is not None:
+            loop.add_reader(pidfd, ended.__setitem__, 0, True)
+        sampled = 0.0
         try:
-            raw, usage = await _wait(started.pid)
-            process.returncode = os.waitstatus_to_exitcode(raw)
-            _, pending = await asyncio.wait(pumps, timeout=2.0)  # a daemon may hold the pipes
-            for task in pending:
-                task.cancel()
-            status = process.returncode
-            done = self.table.exited(job.id, status, -status if status < 0 else None,
-                                     usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024,
-                                     self.clock())
-            body = JobExit(done.id, done.seq, status, done.cpu_s, done.peak_memory, done.dropped)
-            await self.bus.publish(self._subject(job, "exit"), "job.exit", body.to_body())
-            self.log.info("job exited", job=job.id, status=status, cpu_s=round(done.cpu_s, 3))
+            while not ended[0]:
+                await self._drain(job)
+                if process is None and loop.time() - sampled >= SAMPLE_S:
+                    sampled = loop.time()
+                    job.cpu_s = max(job.cpu_s, runner.cpu_seconds(job.pid))
+                    job.peak_memory = max(job.peak_memory, runner.rss_bytes(job.pid))
+                await asyncio.sleep(POLL_S)
+            await self._ended(job, process)
+        except asyncio.CancelledError:
+            raise
         except Exception:
             self.log.exception("job watch failed", job=job.id)
         finally:
-            for task in pumps:
-                task.cancel()
-            for pipe in (process.stdout, process.stderr):
-                with contextlib.suppress(OSError):
-                    pipe.close()
+            if pidfd is not None:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+            output = self._outputs.pop(job.id, None)
+            if output is not None:
+                output.close()
             self._tasks.pop(job.id, None)
 
-    async def _pump(self, job: Job, pipe: Any, stream: str) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=self.config.limits.chunk)  # backpressure: the pipe
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe)
-        try:
-            while data := await reader.read(self.config.limits.chunk):
-                dropped = job.dropped
-                for chunk in self.table.output(job.id, stream, data, self.clock()):
-                    await self._publish(chunk, job)
-                if job.dropped > dropped:  # over a cap: let the pipe fill and the job wait,
-                    await asyncio.sleep(DRAIN_PAUSE_S)  # so dropping costs the host little
-        finally:
-            transport.close()
+    async def _ended(self, job: Job, process: Any) -> None:
+        if job.state != EXITED:
+            status, cpu_s, peak = None, job.cpu_s, job.peak_memory
+            if process is not None:
+                with contextlib.suppress(ChildProcessError):
+                    pid, raw, usage = os.wait4(job.pid, os.WNOHANG)
+                    if pid == job.pid:
+                        status = process.returncode = os.waitstatus_to_exitcode(raw)
+                        cpu_s, peak = usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+            if job.id in self._outputs:
+                await self._drain(job)  # what it wrote last
+            sig = -status if status is not None and status < 0 else None
+            self.table.exited(job.id, status, sig, cpu_s, peak, self.clock())
+            self._save(job)
+        else:  # ended in an earlier run, its exit not yet published: its last chunks first
+            output = self._outputs[job.id] = self.state.open_output(job.id)
+            await self._republish(job, self._pending.get(job.id, []), output)
+        body = JobExit(job.id, job.seq, job.cpu_s, job.peak_memory, job.dropped,
+                       status=job.status)
+        await self.bus.publish(self._subject(job, "exit"), "job.exit", body.to_body())
+        job.exit_sent = True
+        self._pending[job.id] = []
+        self._save(job)
+        self.state.remove(job.id)
+        for name in self.state.records():  # records of jobs the table no longer lists
+            if name not in self.table.jobs:
+                self.state.remove(name, record=True)
+        self.log.info("job exited", job=job.id, status=job.status, cpu_s=round(job.cpu_s, 3))
+
+    async def _drain(self, job: Job) -> None:
+        """Publish what the job wrote since the last read (as the caps allow). The record,
+        with the chunks about to go out, is written first: a crash in between republishes
+        the same chunks, so readers see neither a gap nor two versions of a ``seq``."""
+        output = self._outputs[job.id]
+        now = self.clock()
+        batch: list[Chunk] = []
+        pending: list[Pending] = []
+        begun = dict(job.offsets)
+        for stream in STREAMS:
+            offset = min(job.offsets[stream], output.size(stream))  # it truncated its own
+            available = output.size(stream) - offset
+            if available <= 0:
+                job.offsets[stream] = offset
+                continue
+            read, skip = self.table.plan(job.id, available, now)
+            data = output.read(stream, offset, read)
+            chunks = self.table.emit(job.id, stream, data, skip if len(data) == read else 0)
+            at = offset
+            for chunk in chunks:
+                pending.append(Pending(chunk.seq, stream, at, len(chunk.data), chunk.dropped))
+                at += len(chunk.data)
+            job.offsets[stream] = offset + len(data) + (skip if len(data) == read else 0)
+            batch += chunks
+        if not batch:
+            return
+        self._pending[job.id] = pending
+        self._save(job)
+        for chunk in batch:
+            await self._publish(chunk, job)
+        for stream in STREAMS:  # published before this batch: free its disk blocks
+            runner.punch(output.fds[stream], begun[stream])
+
+    async def _republish(self, job: Job, pending: list[Pending], output: Output) -> None:
+        for p in pending:
+            data = output.read(p.stream, p.offset, p.length)
+            await self.bus.publish(self._subject(job, "out"), "job.output", JobOutput(
+                job.id, p.seq, p.stream, data, p.dropped or None).to_body())
 
     async def _publish(self, chunk: Chunk, job: Job) -> None:
         body = JobOutput(chunk.job, chunk.seq, chunk.stream, chunk.data, chunk.dropped or None)
         await self.bus.publish(self._subject(job, "out"), "job.output", body.to_body())
 
 
-async def _wait(pid: int) -> tuple[int, Any]:
-    """Wait for a child to exit without blocking the loop; its (wait status, rusage)."""
-    loop = asyncio.get_running_loop()
-    fd = os.pidfd_open(pid)
-    done: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
-    try:
-        await done
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-    _, status, usage = os.wait4(pid, 0)
-    return status, usage
+def _readable(fd: int) -> bool:
+    """Whether a pidfd says its process has ended."""
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 __all__ = ["FROZEN", "JobConfig", "JobHost"]

@@ -4,8 +4,8 @@ Pure (no I/O, time passed in): the adapter (:mod:`tycoon.auctioneer.jobhost`) sp
 processes through :mod:`tycoon.vmm.jobs` and tells this table what happened. It checks an
 exec request (argv, environment, working directory), assigns job ids, numbers every
 message of a job (``job.output`` chunks and the final ``job.exit`` share one ``seq``), and
-caps each job's output by rate (a token bucket) and in total, with a marker chunk when
-output was dropped. See docs/jobs.md.
+caps each job's output by rate (a token bucket: what is over waits, up to a burst) and in
+total, with a marker chunk when output was dropped. See docs/jobs.md.
 """
 
 from __future__ import annotations
@@ -76,6 +76,11 @@ class Job:
     argv: tuple[str, ...]
     started_ns: int
     pid: int = 0
+    start_ticks: int = 0
+    """The process's start time (``/proc/<pid>/stat``, clock ticks since boot): a re-used pid
+    has another, so a restarted host never adopts a stranger."""
+    uid: int = -1
+    """The uid it runs as (-1: this host's own user, unconfined)."""
     state: str = RUNNING
     seq: int = 0
     sent: int = 0
@@ -84,16 +89,24 @@ class Job:
     tokens: float = 0.0
     refilled_ns: int = 0
     status: int | None = None
+    """Exit code (−N: signal N); None once exited: unknown (re-adopted after a restart)."""
     signal: int | None = None
     cpu_s: float = 0.0
     peak_memory: int = 0
     ended_ns: int = 0
+    offsets: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
+    """Bytes of each output file read so far (the adapter's)."""
+    adopted: bool = False
+    """Re-adopted by a restarted host (its exit status will be unknown)."""
+    exit_sent: bool = False
 
     def view(self) -> dict[str, Any]:
         """The job as ``host.jobs`` lists it (CPU and memory added by the adapter)."""
         out: dict[str, Any] = {"job": self.id, "state": self.state, "argv": list(self.argv[:8]),
                                "pid": self.pid, "started_ns": self.started_ns,
                                "dropped": self.dropped}
+        if self.adopted:
+            out["adopted"] = True
         if self.state == EXITED:
             out.update(status=self.status, cpu_s=self.cpu_s, peak_memory=self.peak_memory)
             if self.signal is not None:
@@ -226,33 +239,49 @@ class JobTable:
         for job in self.running(account):
             job.state = FROZEN if frozen else RUNNING
 
-    def output(self, job_id: str, stream: str, data: bytes, now_ns: int) -> list[Chunk]:
-        """The chunks to publish for ``data`` read from a job's stdout/stderr.
-
-        What the rate or the total cap does not admit is dropped and counted; the first
-        drop since output last went out adds one marker chunk (empty, ``dropped`` = total)."""
+    def plan(self, job_id: str, available: int, now_ns: int) -> tuple[int, int]:
+        """(read, skip) for ``available`` unread bytes of a job's output file: read the first
+        ``read`` bytes now (the bucket and the total admit them), then drop ``skip`` bytes;
+        the rest waits for the bucket (at most a burst's worth: older bytes over it are
+        dropped). Past the total, everything is dropped."""
         job = self.jobs[job_id]
         lim = self.limits
         elapsed = max(0, now_ns - job.refilled_ns) / 1e9
         job.tokens = min(float(lim.output_burst), job.tokens + elapsed * lim.output_rate)
         job.refilled_ns = now_ns
-        keep = min(len(data), int(job.tokens), max(0, lim.output_total - job.sent))
-        job.tokens -= keep
-        job.sent += keep
+        left = max(0, lim.output_total - job.sent)
+        read = max(0, min(available, int(job.tokens), left))
+        rest = available - read
+        skip = rest if read >= left else max(0, rest - lim.output_burst)
+        return read, skip
+
+    def emit(self, job_id: str, stream: str, data: bytes, skipped: int = 0) -> list[Chunk]:
+        """The chunks for ``data`` (admitted by :meth:`plan`) and, for ``skipped`` dropped
+        bytes, the marker: the first drop since output last went out adds one (empty,
+        ``dropped`` = total so far)."""
+        job = self.jobs[job_id]
+        job.tokens -= len(data)
+        job.sent += len(data)
         out: list[Chunk] = []
-        for start in range(0, keep, lim.chunk):
-            piece = data[start:min(keep, start + lim.chunk)]
+        for start in range(0, len(data), self.limits.chunk):
+            piece = data[start:start + self.limits.chunk]
             out.append(Chunk(job.id, job.account, self._next(job), stream, piece))
-        if keep:
+        if data:
             job.marked = False
-        if keep < len(data):
-            job.dropped += len(data) - keep
+        if skipped > 0:
+            job.dropped += skipped
             if not job.marked:
                 job.marked = True
                 out.append(Chunk(job.id, job.account, self._next(job), stream, b"", job.dropped))
         return out
 
-    def exited(self, job_id: str, status: int, sig: int | None, cpu_s: float,
+    def output(self, job_id: str, stream: str, data: bytes, now_ns: int) -> list[Chunk]:
+        """The chunks to publish for ``data`` read at once (nothing waits: what the rate or
+        the total does not admit is dropped and counted, with one marker)."""
+        read, _ = self.plan(job_id, len(data), now_ns)
+        return self.emit(job_id, stream, data[:read], len(data) - read)
+
+    def exited(self, job_id: str, status: int | None, sig: int | None, cpu_s: float,
                peak_memory: int, now_ns: int) -> Job:
         """Record the exit; returns the job with the ``seq`` of its ``job.exit``."""
         job = self.jobs[job_id]

@@ -125,6 +125,8 @@ class AuctioneerService:
         self._commit()
         for account in self.market.accounts:
             self.driver.create(account)
+        if self.jobs is not None:
+            await self.jobs.adopt()  # jobs a previous run left running (docs/jobs.md)
         self._apply_pending = True
         await self._act(events)
         await self.service.start()

@@ -119,8 +119,12 @@ async def cmd_exec(args: argparse.Namespace) -> int:
     finally:
         await bus.close()
     assert done is not None
-    print(f"job {done.job} exited {done.status}: cpu {done.cpu_s:.2f} s, peak memory "
+    status = "with an unknown status (re-adopted after a host restart)" \
+        if done.status is None else str(done.status)
+    print(f"job {done.job} exited {status}: cpu {done.cpu_s:.2f} s, peak memory "
           f"{done.peak_memory // 1024} KiB, dropped {done.dropped} bytes", file=sys.stderr)
+    if done.status is None:
+        return 1
     return done.status if done.status >= 0 else 128 - done.status
 
 

@@ -66,8 +66,6 @@ class HostJobsReply(Body):
     cpu_s: float = field(metadata=meta(doc="the account's sandbox, from the cgroup"))
     memory: int = field(metadata=meta(doc="bytes the sandbox holds now, from the cgroup"))
     frozen: bool
-    cores: int = field(default=1, metadata=meta(doc="the host's CPU cores (an agent runs "
-                                                    "cores × share tasks there)"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +86,13 @@ class JobExit(Body):
     SUMMARY: ClassVar[str] = "a job ended: the last message of its sequence"
     job: str = field(metadata=meta(max_len=40))
     seq: int
-    status: int = field(metadata=meta(doc="exit code, or -N if killed by signal N"))
-    cpu_s: float = field(metadata=meta(doc="user + system seconds (getrusage)"))
-    peak_memory: int = field(metadata=meta(doc="largest resident set, bytes (getrusage)"))
+    status: int | None = field(default=None, kw_only=True, metadata=meta(
+        doc="exit code, or -N if killed by signal N; null: unknown (the job was re-adopted "
+            "by a restarted host, which is not its parent)"))
+    cpu_s: float = field(metadata=meta(doc="user + system seconds (getrusage; re-adopted: "
+                                           "as last sampled)"))
+    peak_memory: int = field(metadata=meta(doc="largest resident set, bytes (getrusage; "
+                                               "re-adopted: as last sampled)"))
     dropped: int = field(metadata=meta(doc="output bytes dropped by the caps"))
 
 

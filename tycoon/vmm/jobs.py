@@ -15,6 +15,8 @@ work inside the VM (docs/drivers.md). See docs/jobs.md.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
@@ -89,15 +91,29 @@ def _system_user(uid: int) -> bool:
 
 @dataclass(frozen=True)
 class Started:
-    """A spawned job process and its output pipes."""
+    """A spawned job process."""
 
     process: subprocess.Popen[bytes]
     pid: int
+    start_ticks: int
+    """Its start time (clock ticks since boot): the pid's identity."""
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """What ``/proc`` says of a live process (for re-adopting it after a restart)."""
+
+    start_ticks: int
+    sid: int
+    uid: int
+    job_env: str | None
+    """Its ``TYCOON_JOB`` (None: absent, or its environment is unreadable)."""
 
 
 def spawn(argv: Sequence[str], *, env: dict[str, str], cwd: Path, uid: int | None,
-          procs_files: Sequence[Path] = ()) -> Started:
-    """Start ``argv`` with stdin from /dev/null and stdout/stderr piped, in its own
+          procs_files: Sequence[Path] = (), stdout: int, stderr: int) -> Started:
+    """Start ``argv`` with stdin from /dev/null and stdout/stderr on the given descriptors
+    (the host's output files, so the job outlives the host's process), in its own
     session, inside the cgroups whose ``cgroup.procs`` files are given, as ``uid`` (gid
     the same, no supplementary groups; None: as this process's user, unconfined).
 
@@ -124,8 +140,8 @@ def spawn(argv: Sequence[str], *, env: dict[str, str], cwd: Path, uid: int | Non
 
     try:
         process = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=env, close_fds=True, start_new_session=True,
+            list(argv), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env,
+            close_fds=True, start_new_session=True,
             preexec_fn=enter,  # the cgroup and the uid are set before exec
         )
     except FileNotFoundError as error:
@@ -134,7 +150,48 @@ def spawn(argv: Sequence[str], *, env: dict[str, str], cwd: Path, uid: int | Non
         raise Rejected("forbidden", f"cannot run {argv[0][:200]}: {error.strerror}") from error
     except (OSError, subprocess.SubprocessError) as error:
         raise Rejected("driver_failed", f"cannot start the job: {error}") from error
-    return Started(process, process.pid)
+    stat = proc_stat(process.pid)
+    return Started(process, process.pid, stat.start_ticks if stat else 0)
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """Start time, session, real uid and ``TYCOON_JOB`` of a live process; None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = text[text.rfind(")") + 2:].split()
+    uid = next((int(line.split()[1]) for line in status.splitlines()
+                if line.startswith("Uid:")), -1)
+    job_env = None
+    with contextlib.suppress(OSError):
+        for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            if item.startswith(b"TYCOON_JOB="):
+                job_env = item[len(b"TYCOON_JOB="):].decode("ascii", "replace")
+    return ProcStat(int(fields[19]), int(fields[3]), uid, job_env)  # starttime, session
+
+
+def boot_id() -> str:
+    """This boot's id: start times count from boot, so a record of another boot adopts
+    nothing."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
+
+
+def punch(fd: int, length: int) -> bool:
+    """Free the disk blocks of a file's first ``length`` bytes (already published), keeping
+    its size and offsets; False where the file system cannot."""
+    if length <= 0:
+        return True
+    result = _LIBC.fallocate(fd, _PUNCH, ctypes.c_long(0), ctypes.c_long(length))
+    return bool(result == 0)
 
 
 def base_env(account: str, job: str, home: Path, extra: dict[str, str]) -> dict[str, str]:
@@ -186,6 +243,10 @@ class Confinement:
     def kill_rest(self, account: str) -> None:
         """SIGKILL whatever of the account still runs (after the grace)."""
 
+    def holds(self, account: str, pid: int) -> bool | None:
+        """Whether ``pid`` is in the account's sandbox (None: no sandbox to ask)."""
+        return None
+
     def cpu_seconds(self, account: str) -> float:
         return 0.0
 
@@ -218,6 +279,11 @@ class CgroupConfinement(Confinement):
     def kill_rest(self, account: str) -> None:
         if self.driver.exists(account):
             self.driver.backend.kill(self._name(account))
+
+    def holds(self, account: str, pid: int) -> bool | None:
+        if not self.driver.exists(account):
+            return False
+        return pid in self.driver.procs(account)
 
     def cpu_seconds(self, account: str) -> float:
         try:

@@ -1,0 +1,122 @@
+"""An auctioneer restart keeps its jobs running and re-adopts them (simulated driver: real,
+UNCONFINED processes of this user); a record pointing at someone else's pid adopts nothing.
+The same on the real kernel: tests/test_jobs_restart_cgroups.py."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jobs_kit import JobMarket, job_market, until
+
+from tycoon.auctioneer.jobhost import JobConfig
+from tycoon.auctioneer.jobs import Job, Limits
+from tycoon.auctioneer.jobstate import to_record
+from tycoon.auctioneer.launch import start_auctioneer
+from tycoon.messages.jobs import JobExit, JobOutput
+from tycoon.vmm import jobs as runner
+from tycoon.vmm.simulated import SimulatedDriver
+
+pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
+PY = sys.executable
+
+
+@pytest.fixture
+async def market(nats_url: str, tmp_path: Path) -> AsyncIterator[JobMarket]:
+    config = JobConfig(root=tmp_path / "jobs", limits=Limits(grace_s=0.5))
+    async with job_market(nats_url, tmp_path, SimulatedDriver(preset="small"), config) as m:
+        yield m
+
+
+async def restart(market: JobMarket, tmp: Path, between: Callable[[], Any] | None = None,
+                  driver: Any = None) -> None:
+    """Stop the auctioneer (its jobs keep running), then start it again on the same store
+    (with ``driver``: a new driver object, as a new process would make)."""
+    old = market.auctioneer
+    await old.stop()
+    if between is not None:
+        between()
+    market.auctioneer = await start_auctioneer(
+        market.url, market.host_id, bank_key=market.bank_id.public_key,
+        driver=driver or old.service.driver, store_path=tmp / "host.db", name="h1", tick_s=0.1,
+        heartbeat_s=0.5, jobs=old.service.jobs.config if old.service.jobs else None)
+
+
+def fake_record(market: JobMarket, account: str, job_id: str, pid: int, uid: int = -1) -> None:
+    """A record of a 'running job' whose pid is someone else's — with that process's true
+    start time, as an attacker who could write the record would give it."""
+    stat = runner.proc_stat(pid)
+    assert stat is not None
+    job = Job(job_id, account, ("sleep", "60"), 1, pid=pid, start_ticks=stat.start_ticks,
+              uid=uid)
+    market.jobhost.state.save(job_id, to_record(job, []))
+
+
+async def test_a_running_job_survives_a_restart_without_losing_output(
+        market: JobMarket, tmp_path: Path) -> None:
+    user = await market.user()
+    await user.fund_and_bid(10)
+    code = "import time\nfor i in range(40):\n print(i, flush=True); time.sleep(0.03)\n"
+    reply, stream, sub = await user.jobs.start([PY, "-c", code])
+    events: list[Any] = []
+    iterator = stream.events(timeout=15).__aiter__()
+    events.append(await iterator.__anext__())  # some output went out before the restart
+    await restart(market, tmp_path, between=lambda: time.sleep(0.2))  # it writes on
+    listed = (await user.jobs.jobs())["jobs"]
+    assert [(j["job"], j.get("adopted")) for j in listed] == [(reply["job"], True)]
+    async for event in iterator:
+        events.append(event)
+    await sub.unsubscribe()
+    chunks = [e for e in events if isinstance(e, JobOutput)]
+    done = events[-1]
+    assert isinstance(done, JobExit) and done.status is None  # not our child any more
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert b"".join(c.data for c in chunks).split() == [str(i).encode() for i in range(40)]
+    assert not list(market.jobhost.state.path.glob(f"{reply['job']}.std*"))  # files gone
+
+
+async def test_a_job_that_ended_while_the_host_was_down_is_reported(
+        market: JobMarket, tmp_path: Path) -> None:
+    user = await market.user()
+    await user.fund_and_bid(10)
+    _, stream, sub = await user.jobs.start([PY, "-c", "import time; time.sleep(0.3); "
+                                            "print('late')"])
+    await restart(market, tmp_path, between=lambda: time.sleep(0.6))
+    events = [e async for e in stream.events(timeout=10)]
+    await sub.unsubscribe()
+    assert b"".join(e.data for e in events if isinstance(e, JobOutput)) == b"late\n"
+    assert isinstance(events[-1], JobExit) and events[-1].status is None
+
+
+async def test_a_record_pointing_at_a_foreign_pid_is_never_adopted_or_signalled(
+        market: JobMarket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user = await market.user()
+    await user.fund_and_bid(10)
+    await user.jobs.run([PY, "-c", "pass"])  # the host's state exists, from this boot
+    fake_record(market, user.key, "zz1", 1)  # init
+    fake_record(market, user.key, "zz2", os.getpid())  # this test: same uid, alive
+    strangers, signalled = (1, os.getpid()), []
+
+    def guard(real: Callable[[int, int], None]) -> Callable[[int, int], None]:
+        def send(pid: int, sig: int) -> None:  # a stranger is recorded, never signalled
+            signalled.append(pid) if pid in strangers else real(pid, sig)
+        return send
+
+    for name in ("kill", "killpg"):
+        monkeypatch.setattr(os, name, guard(getattr(os, name)))
+    await restart(market, tmp_path)
+    for fake in ("zz1", "zz2"):
+        await until(lambda fake=fake: market.jobhost.table.jobs[fake].state == "exited")
+    listed = {j["job"]: j for j in (await user.jobs.jobs())["jobs"]}
+    assert listed["zz1"]["state"] == listed["zz2"]["state"] == "exited"
+    assert listed["zz1"]["status"] is None and listed["zz2"]["status"] is None
+    result = await user.jobs.signal("zz2", "KILL")  # an exited job: nothing is sent
+    assert result["state"] == "exited"
+    await user.host.refund()  # ends the account's jobs: none of them is a stranger
+    await until(lambda: not market.jobhost.table.running(user.key))
+    assert signalled == []
