@@ -38,6 +38,7 @@ from tycoon.auctioneer.jobs import (
 )
 from tycoon.auctioneer.jobstate import STREAMS, Pending, from_record, refusal, to_record
 from tycoon.auctioneer.market import Market
+from tycoon.bundles import host as bundles
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
@@ -115,11 +116,16 @@ class JobHost:
         frozen = self._share(account) <= 0.0
         if not frozen and account in self.frozen:
             self._freeze(account, False)  # left frozen while it had no job: thaw first
+        bundle = (await bundles.fetch(self.bus, subject_id(account), request.bundle)
+                  if request.bundle else None)  # unknown, bad or unsafe: nothing starts
         job = self.table.admit(account, request, self.clock())
         try:
             uid = self.uids.uid(account) if self.uids is not None else None
             home = runner.workdir(Path(self.config.root), account, uid)
             cwd = home / request.cwd if request.cwd else home
+            if bundle is not None:  # as the job's uid, never through a link (bundles.host)
+                await bundles.unpack_into(bundle, home, cwd, uid)
+            job.collect, job.workdir = request.collect, str(cwd.absolute())
             if request.cwd and not cwd.is_dir():
                 raise Rejected("malformed", f"cwd {request.cwd!r} is not a directory "
                                "in the sandbox")
@@ -333,6 +339,17 @@ class JobHost:
     def _share(self, account: str) -> float:
         return self.market.shares_map().get(account, Shares()).cpu
 
+    async def _collect(self, job: Job) -> dict[str, Any]:
+        """``collect``: the job's named outputs, packed into its account's bucket; the
+        ``job.exit`` fields naming them (``result``) or why not (``result_error``)."""
+        if not job.collect or not job.workdir:
+            return {}
+        uid = self.uids.uid(job.account) if self.uids is not None else None
+        home = Path(self.config.root).absolute() / runner.sandbox_name(job.account)
+        digest, error = await bundles.collect_results(
+            self.bus, subject_id(job.account), home, Path(job.workdir), job.collect, uid)
+        return {"result": digest} if digest else {"result_error": error} if error else {}
+
     def _subject(self, job: Job, event: str) -> str:
         return subjects.job(subject_id(job.account), job.id, event)
 
@@ -385,7 +402,7 @@ class JobHost:
             output = self._outputs[job.id] = self.state.open_output(job.id)
             await self._republish(job, self._pending.get(job.id, []), output)
         body = JobExit(job.id, job.seq, job.cpu_s, job.peak_memory, job.dropped,
-                       status=job.status)
+                       status=job.status, **(await self._collect(job)))
         await self.bus.publish(self._subject(job, "exit"), "job.exit", body.to_body())
         job.exit_sent = True
         self._pending[job.id] = []

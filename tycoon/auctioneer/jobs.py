@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from tycoon.bundles.pack import check_collect, check_digest
 from tycoon.errors import Rejected
 
 MAX_ARGS = 256
@@ -65,6 +66,10 @@ class ExecRequest:
     env: dict[str, str]
     cwd: str
     """Relative to the account's working directory; ``""`` for the directory itself."""
+    bundle: str = ""
+    """A bundle's digest to unpack into the working directory first (``""``: none)."""
+    collect: tuple[str, ...] = ()
+    """Outputs (relative to the working directory) packed into the account's bucket at exit."""
 
 
 @dataclass
@@ -94,6 +99,10 @@ class Job:
     cpu_s: float = 0.0
     peak_memory: int = 0
     ended_ns: int = 0
+    collect: tuple[str, ...] = ()
+    """``--collect``: its outputs, packed into the account's bucket when it exits."""
+    workdir: str = ""
+    """Its working directory (absolute), where the outputs are collected from."""
     offsets: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
     """Bytes of each output file read so far (the adapter's)."""
     adopted: bool = False
@@ -157,7 +166,10 @@ def check_exec(body: dict[str, Any]) -> ExecRequest:
         if not isinstance(value, str) or "\x00" in value or len(value) > MAX_ENV_VALUE:
             raise Rejected("malformed", f"env {name}: a string without NUL, "
                            f"at most {MAX_ENV_VALUE} characters")
-    return ExecRequest(tuple(argv), dict(env), check_cwd(body.get("cwd")))
+    bundle = body.get("bundle")
+    return ExecRequest(tuple(argv), dict(env), check_cwd(body.get("cwd")),
+                       check_digest(bundle) if bundle is not None else "",
+                       check_collect(body.get("collect")))
 
 
 def check_cwd(cwd: Any) -> str:

@@ -23,6 +23,12 @@ class HostExec(Body):
     account: str | None = field(
         default=None, metadata=meta("if given, the sender's own key (`forbidden` otherwise)",
                                     max_len=64))
+    bundle: str | None = field(default=None, metadata=meta(
+        "SHA-256 (hex) of a bundle in the sender's bucket, unpacked into the working "
+        "directory before the job starts", max_len=64))
+    collect: list[Any] | None = field(default=None, metadata=meta(
+        "paths (relative to the working directory) packed into the sender's bucket when "
+        "the job exits; `job.exit` names the result", max_len=32))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +100,10 @@ class JobExit(Body):
     peak_memory: int = field(metadata=meta(doc="largest resident set, bytes (getrusage; "
                                                "re-adopted: as last sampled)"))
     dropped: int = field(metadata=meta(doc="output bytes dropped by the caps"))
+    result: str | None = field(default=None, kw_only=True, metadata=meta(
+        doc="digest of the collected outputs in the account's bucket (`tycoon-pub pull`)"))
+    result_error: str | None = field(default=None, kw_only=True, metadata=meta(
+        doc="the error code when the outputs could not be collected"))
 
 
 REPLIES: dict[str, type[Body]] = {
