@@ -44,12 +44,23 @@ def options_of(parser: argparse.ArgumentParser, args: argparse.Namespace
         for action in current._actions:
             if isinstance(action, argparse._SubParsersAction):
                 chosen = getattr(args, action.dest, None)
-                nxt = action.choices.get(chosen) if chosen else None
+                nxt = action.choices.get(chosen) if isinstance(chosen, str) else None
+                if nxt is None:  # the dest was reused by an argument of the command
+                    nxt = next((p for p in action.choices.values()
+                                if _leads_to(p, getattr(args, "func", None))), None)
             for opt in action.option_strings:
                 if opt.startswith("--") and action.dest != "help":
                     out[opt[2:].replace("-", "_")] = action
         current = nxt
     return out
+
+
+def _leads_to(parser: argparse.ArgumentParser, func: Any) -> bool:
+    """Whether ``parser`` or one of its subcommands runs ``func``."""
+    if func is not None and parser._defaults.get("func") is func:
+        return True
+    return any(_leads_to(p, func) for a in parser._actions
+               if isinstance(a, argparse._SubParsersAction) for p in a.choices.values())
 
 
 def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
