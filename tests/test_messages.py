@@ -114,6 +114,8 @@ RAW_NATS_ALLOWED = {
     "tycoon/natscluster.py": "a cluster probe of opaque tokens (test support)",
     "tycoon/streams/reader.py": "the JetStream pull consumer: turns stored messages into "
                                 "StoredMsg (subject, bytes, headers) for the verify path",
+    "tycoon/bundles/client.py": "JetStream answers (JSON) and object-store chunks: bytes "
+                                "checked against their SHA-256 name, not envelopes",
 }
 
 
