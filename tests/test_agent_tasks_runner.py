@@ -4,6 +4,7 @@ client plays the host (including a hostile one)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 from pathlib import Path
@@ -36,8 +37,9 @@ class FakeHost:
         self.signals: list[tuple[str, str]] = []
         self.listed: list[dict[str, Any]] = []
 
-    async def exec(self, argv: list[str], **_: Any) -> dict[str, Any]:
+    async def exec(self, argv: list[str], **options: Any) -> dict[str, Any]:
         self.started.append(argv)
+        self.options = options
         return {"job": f"j{len(self.started)}", "account": self.account}
 
     async def jobs(self) -> dict[str, Any]:
@@ -119,7 +121,7 @@ def test_a_resume_refuses_another_task_file_and_reruns_a_done_task_without_its_e
     assert again.resume() == 1
     assert again.bag.tasks[1].state == DONE and again.bag.tasks[2].state == QUEUED
     # another task list (or a journal whose argument was edited) is refused
-    with pytest.raises(Rejected, match="another command or task file"):
+    with pytest.raises(Rejected, match="another command, task file or bundle"):
         runner(tmp_path, FakeHost(), Bag.of([(1, "a"), (2, "c")]), first.journal).resume()
     first.journal.db.execute("UPDATE tasks SET arg = 'rm -rf' WHERE idx = 2")
     with pytest.raises(Rejected, match="tampered"):
@@ -183,3 +185,30 @@ async def test_a_task_in_flight_at_a_crash_is_looked_for_killed_then_queued(
     await asyncio.sleep(0.5)
     assert all(t.state == QUEUED for t in bag.tasks.values())
     await run.stop()
+
+
+async def test_every_task_starts_with_the_bundle_and_its_result_is_pulled(
+        tmp_path: Path) -> None:
+    if "result" not in {f.name for f in dataclasses.fields(JobExit)}:
+        pytest.skip("job.exit has no result field in this tree")
+    host, pulled = FakeHost(), []
+
+    async def pull(_bus: Any, digest: str, dest: Path) -> Path:
+        pulled.append((digest, dest))
+        dest.mkdir(parents=True)
+        return dest
+
+    bag = Bag.of([(1, "a")])
+    run = TaskRunner(bus(), Journal(tmp_path / "j.db"), bag, ["run.sh", "{}"], tmp_path / "out",
+                     client=lambda _b, _h: host, bundle="ab" * 32, collect=["out.txt"],  # type: ignore[arg-type,return-value]
+                     pull=pull)
+    run.carry(bag.hold({"h": Seat(1, 1.0)}, 0.0) + bag.place(0.0))
+    await settle()
+    assert host.options["bundle"] == "ab" * 32 and host.options["collect"] == ["out.txt"]
+    run._streams["j1"]._ready.put_nowait(JobExit(
+        job="j1", seq=1, status=0, cpu_s=0.1, peak_memory=1, dropped=0,
+        result="cd" * 32))  # type: ignore[call-arg]
+    await settle()
+    assert pulled == [("cd" * 32, tmp_path / "out" / "1" / "result")]
+    record = json.loads((tmp_path / "out" / "1" / "exit.json").read_text())
+    assert record["result"] == "cd" * 32 and bag.finished

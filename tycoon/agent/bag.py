@@ -14,9 +14,10 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from tycoon.agent.tasks import (
     task_argv,
 )
 from tycoon.auctioneer.jobclient import JobClient, JobStream
+from tycoon.bundles import client as bundles
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
@@ -48,10 +50,13 @@ QUIET_S = 30.0
 """A running task silent this long is looked up with ``host.jobs`` (gone: queued again)."""
 
 
-def bag_digest(command: list[str], bag: Bag) -> str:
-    """What a resumed job must run again: the command and every task's argument."""
+def bag_digest(command: list[str], bag: Bag, bundle: str | None = None,
+               collect: list[str] | None = None) -> str:
+    """What a resumed job must run again: the command, every task's argument, the code
+    bundle and the paths collected."""
     text = json.dumps([command, bag.each_host,
-                       sorted((t.index, t.arg) for t in bag.tasks.values() if t.pin is None)])
+                       sorted((t.index, t.arg) for t in bag.tasks.values() if t.pin is None),
+                       bundle, collect or []])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -60,9 +65,13 @@ class TaskRunner:
 
     def __init__(self, bus: Bus, journal: Journal, bag: Bag, command: list[str], out: Path,
                  *, clock: Callable[[], float] = time.time,
-                 client: Callable[[Bus, str], JobClient] | None = None) -> None:
+                 client: Callable[[Bus, str], JobClient] | None = None,
+                 bundle: str | None = None, collect: list[str] | None = None,
+                 pull: Callable[[Bus, str, Path], Awaitable[Any]] = bundles.pull) -> None:
         self.bus, self.journal, self.bag, self.command = bus, journal, bag, command
         self.out = Path(out)
+        self.bundle, self.collect, self.pull = bundle, collect or [], pull
+        """The code bundle every task starts with (its digest); the paths collected."""
         self.clock = clock
         self._make = client or (lambda b, h: JobClient(b, h, timeout=5.0))
         self._clients: dict[str, JobClient] = {}
@@ -82,10 +91,10 @@ class TaskRunner:
     def resume(self) -> int:
         """Take the journal's task states (checked against the task file); returns how
         many finished tasks are kept. Refuses a journal of another command or task list."""
-        digest = bag_digest(self.command, self.bag)
+        digest = bag_digest(self.command, self.bag, self.bundle, self.collect)
         if self.journal.setdefault("tasks_digest", digest) != digest:
-            raise Rejected("conflict", "this job began with another command or task file; "
-                           "start another job (--job NAME) for these tasks")
+            raise Rejected("conflict", "this job began with another command, task file or "
+                           "bundle; start another job (--job NAME) for these tasks")
         kept = 0
         now = self.clock()
         for task in self.journal.tasks():
@@ -217,8 +226,9 @@ class TaskRunner:
         index = task.index
         folder = self.out / str(index)
         try:
-            reply = await self._client(host).exec(self.argv(task),
-                                                  env={"JOB_TASK": str(index)})
+            reply = await self._client(host).exec(
+                self.argv(task), env={"JOB_TASK": str(index)}, bundle=self.bundle,
+                collect=self.collect)
         except (Rejected, TimeoutError) as error:
             code = getattr(error, "code", "timeout")
             self.log.warning("task start failed", task=index, host=host, code=code)
@@ -236,9 +246,10 @@ class TaskRunner:
         self.carry(self.bag.started(index, host, job))
         self._changed(task)
         folder.mkdir(parents=True, exist_ok=True)
-        for name in ("stdout", "stderr", "exit.json"):
+        for name in ("stdout", "stderr", "exit.json", "result.error"):
             with contextlib.suppress(FileNotFoundError):
                 (folder / name).unlink()
+        shutil.rmtree(folder / "result", ignore_errors=True)
         try:
             await self._collect(task, host, job, await self._follow(host, job), folder)
         finally:
@@ -262,6 +273,7 @@ class TaskRunner:
                     self._changed(task)
                     return
                 if isinstance(event, JobExit):
+                    await self._results(task, event, folder)
                     self._exited(task, host, job, event, folder)
                     return
                 out = files.get(event.stream)
@@ -271,6 +283,20 @@ class TaskRunner:
         finally:
             for f in files.values():
                 f.close()
+
+    async def _results(self, task: Task, event: JobExit, folder: Path) -> None:
+        """``--collect``: fetch the job's result bundle into ``<out>/<task>/result`` (its
+        digest checked, unpacked safely); a failure is written down, not retried."""
+        digest = getattr(event, "result", None)
+        if task.state != RUNNING or not isinstance(digest, str):
+            return
+        with contextlib.suppress(FileNotFoundError):
+            (folder / "result.error").unlink()
+        try:
+            await self.pull(self.bus, digest, folder / "result")
+        except (Rejected, OSError, TimeoutError) as error:
+            (folder / "result.error").write_text(f"{getattr(error, 'code', 'error')}: "
+                                                 f"{error}\n")
 
     async def _still_there(self, host: str, job: str) -> bool:
         """Whether ``job`` still runs on ``host`` (a silent host: assume so)."""
@@ -286,7 +312,8 @@ class TaskRunner:
             record = {"task": task.index, "arg": task.arg, "host": host, "job": job,
                       "status": event.status, "cpu_s": event.cpu_s,
                       "peak_memory": event.peak_memory, "dropped": event.dropped,
-                      "runs": task.runs}
+                      "runs": task.runs, "result": getattr(event, "result", None),
+                      "result_error": getattr(event, "result_error", None)}
             tmp = folder / "exit.json.tmp"
             tmp.write_text(json.dumps(record, indent=1) + "\n")
             tmp.replace(folder / "exit.json")  # written before the journal says done

@@ -65,6 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--out", default=None, metavar="DIR",
                      help="task outputs: DIR/<task>/{stdout,stderr,exit.json} "
                           "(default ./<job>.out)")
+    run.add_argument("--bundle", default=None, metavar="DIR",
+                     help="push DIR (or a file) once; every task starts with it unpacked in "
+                          "its working directory")
+    run.add_argument("--collect", action="append", default=[], metavar="PATH",
+                     help="a path each task leaves in its working directory, fetched into "
+                          "DIR/<task>/result (repeatable)")
     run.add_argument("command", nargs="*", help="with --tasks or --each-host: -- CMD {}")
     add_metrics_arguments(run)
     run.set_defaults(func=cmd_run)
@@ -121,7 +127,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
     bus = await bus_for(args)
     agent = make_agent(bus, resolve_bank_key(args), config, path, choice.prefix)
     if bag is not None:
-        agent.tasks = TaskRunner(bus, agent.journal, bag, list(args.command), out)
+        bundle = await push_bundle(bus, args.bundle)
+        agent.tasks = TaskRunner(bus, agent.journal, bag, list(args.command), out,
+                                 bundle=bundle, collect=list(args.collect))
         agent.core.bag = bag
         kept = agent.tasks.resume()
         print(f"{len(bag.tasks) if not bag.each_host else 'each host:'} tasks, outputs in "
@@ -187,12 +195,24 @@ def task_status(tasks: dict[str, int] | None) -> int:
     return 1 if tasks["failed"] else 0
 
 
+async def push_bundle(bus: Bus, path: str | None) -> str | None:
+    """``--bundle``: pushed once (its digest, printed); a bundle pushed before costs nothing."""
+    if path is None:
+        return None
+    from tycoon.bundles.client import push
+
+    digest = await push(bus, path)
+    print(f"bundle {path}: {digest}", flush=True)
+    return digest
+
+
 def read_bag(args: argparse.Namespace) -> Bag | None:
     """The job's bag of tasks (None: no --tasks, no --each-host); refused before anything
     runs when the file or command cannot make one."""
     if args.tasks is None and not args.each_host:
-        if args.command:
-            raise Rejected("malformed", "a command after -- needs --tasks FILE or --each-host")
+        if args.command or args.bundle or args.collect:
+            raise Rejected("malformed", "a command after --, --bundle and --collect need "
+                           "--tasks FILE or --each-host")
         return None
     try:
         if args.each_host:
