@@ -190,3 +190,12 @@ def _print_streams(rows: list[dict[str, Any]], as_json: bool) -> None:
               f"seq {r['first_seq']}..{r['last_seq']}  R{r['replicas']}  "
               f"max_age {r['max_age_s']:.0f}s max_bytes {r['max_bytes']} "
               f"dup_window {r['duplicate_window_s']:.0f}s")
+        cluster = r.get("cluster")
+        if cluster:  # the leader and each other replica: current, behind or offline
+            peers = ", ".join(f"{p['name']} {_peer_state(p)} lag {p['lag']}"
+                              for p in cluster["replicas"])
+            print(f"{'':<12} leader {cluster['leader']}; replicas: {peers or 'none'}")
+
+
+def _peer_state(peer: dict[str, Any]) -> str:
+    return "offline" if peer["offline"] else "current" if peer["current"] else "behind"

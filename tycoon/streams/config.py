@@ -212,5 +212,9 @@ def describe(info: StreamInfo) -> dict[str, Any]:
         "storage": str(getattr(cfg.storage, "value", cfg.storage)),
         "cluster": None if info.cluster is None else {
             "name": info.cluster.name, "leader": info.cluster.leader,
+            "replicas": [{"name": p.name, "current": bool(p.current),
+                          "offline": bool(p.offline), "lag": p.lag or 0,
+                          "active_s": p.active or 0}
+                         for p in info.cluster.replicas or []],
         },
     }
