@@ -11,6 +11,7 @@ from typing import Any
 from tycoon.auctioneer.jobclient import JobClient
 from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.auctioneer.jobs import Limits
+from tycoon.bundles import cli as bundles_cli
 from tycoon.cli.common import bus_for, host_id_of, print_json
 from tycoon.errors import Rejected
 from tycoon.messages.jobs import JobExit, JobOutput
@@ -21,6 +22,14 @@ EXEC_OPTIONS.add_argument("--env", action="append", default=[], metavar="NAME=VA
                           help="an allowed variable (LANG, LC_ALL, TZ, TERM, JOB_*)")
 EXEC_OPTIONS.add_argument("--cwd", default=None, help="directory inside your sandbox")
 EXEC_OPTIONS.add_argument("--detach", action="store_true", help="print the job id and return")
+EXEC_OPTIONS.add_argument("--bundle", default=None, metavar="DIGEST|PATH",
+                          help="unpack this bundle into the working directory first (a path "
+                               "is pushed to your bucket first: tycoon-pub push)")
+EXEC_OPTIONS.add_argument("--collect", action="append", default=[], metavar="PATH",
+                          help="at exit, pack PATH (relative to the working directory) into "
+                               "your bucket; the digest is printed (tycoon-pub pull)")
+EXEC_OPTIONS.add_argument("--results", default=None, metavar="DIR", type=Path,
+                          help="with --collect: pull the results into DIR when the job exits")
 
 
 def register(ops: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -36,6 +45,7 @@ def register(ops: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     sig.add_argument("job")
     sig.add_argument("signal", help="TERM, KILL, INT, HUP, USR1, USR2, STOP, CONT, QUIT")
     sig.set_defaults(func=cmd_signal)
+    bundles_cli.register(ops)  # push, pull: bundles in your own bucket
 
 
 def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
@@ -90,6 +100,8 @@ async def cmd_exec(args: argparse.Namespace) -> int:
         late = extra.parse_args(argv[:at])
         args.env = [*args.env, *late.env]
         args.cwd, args.detach = late.cwd or args.cwd, late.detach or args.detach
+        args.bundle, args.collect = late.bundle or args.bundle, [*args.collect, *late.collect]
+        args.results = late.results or args.results
         args.json = late.json or args.json
         args.timeout = late.timeout or args.timeout
         argv = argv[at + 1:]
@@ -98,7 +110,9 @@ async def cmd_exec(args: argparse.Namespace) -> int:
     bus = await bus_for(args)
     try:
         client = JobClient(bus, host_id_of(args, str(args.host)), timeout=args.timeout)
-        reply, stream, sub = await client.start(argv, env=_env(args.env), cwd=args.cwd)
+        reply, stream, sub = await client.start(argv, env=_env(args.env), cwd=args.cwd,
+                                                bundle=await bundles_cli.bundle_of(args, bus),
+                                                collect=args.collect or None)
         if args.detach:
             await sub.unsubscribe()
             print_json(reply) if args.json else print(reply["job"])
@@ -116,6 +130,12 @@ async def cmd_exec(args: argparse.Namespace) -> int:
             else:
                 done = event
         await sub.unsubscribe()
+        if done is not None and done.result:
+            print(f"results {done.result} (tycoon-pub pull {done.result} DIR)", file=sys.stderr)
+            if args.results:
+                await bundles_cli.pull(bus, done.result, args.results)
+        elif done is not None and done.result_error:
+            print(f"results not collected: {done.result_error}", file=sys.stderr)
     finally:
         await bus.close()
     assert done is not None

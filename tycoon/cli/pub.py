@@ -6,6 +6,9 @@
     tycoon-pub status HOST
     tycoon-pub settle          (redeem receipts no host redeemed yet, e.g. a host was down)
     tycoon-pub exec HOST -- CMD ARGS...   (run in your sandbox there; streams, exits with it)
+    tycoon-pub exec HOST --bundle DIR --collect out --results got -- CMD ARGS...
+    tycoon-pub push DIR|FILE              (upload a bundle to your bucket; prints its digest)
+    tycoon-pub pull DIGEST DIR            (fetch a bundle or a job's results into DIR)
     tycoon-pub jobs HOST
     tycoon-pub signal HOST JOB SIG
 
@@ -24,7 +27,8 @@ from collections.abc import Sequence
 from tycoon.cli.main import build_parser
 from tycoon.cli.main import main as tycoon_main
 
-OPS = ("bid", "fund", "refund", "account", "status", "settle", "exec", "jobs", "signal")
+OPS = ("bid", "fund", "refund", "account", "status", "settle", "exec", "jobs", "signal", "push",
+       "pull")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
