@@ -15,6 +15,7 @@ from test_allocator import Clock, FakeHost, FakeReceipt
 
 from tycoon.agent import core as core_module
 from tycoon.agent import moves as moves_module
+from tycoon.agent import tasks as tasks_module
 from tycoon.agent.agent import Agent
 from tycoon.agent.allocator import Allocator
 from tycoon.agent.books import Holding
@@ -53,7 +54,7 @@ def replan(agent: AgentCore, at: float, *, money: int = BUDGET, force: bool = Fa
 
 
 def test_the_core_does_no_io_and_reads_no_clock() -> None:
-    for module in (core_module, moves_module):
+    for module in (core_module, moves_module, tasks_module):
         tree = ast.parse(inspect.getsource(module))
         imported = {alias.name.split(".")[0] for node in ast.walk(tree)
                     if isinstance(node, ast.Import) for alias in node.names}

@@ -274,6 +274,7 @@ def test_a_task_file_is_one_argument_per_non_blank_line() -> None:
     assert parse_tasks(b"a b\n\n  \nc\r\n\xc3\xa9") == [(1, "a b"), (4, "c"), (5, "é")]
     assert task_argv(["python3", "w.py", "--in={}"], "a b") == ["python3", "w.py", "--in=a b"]
     assert task_argv(["echo"], "x") == ["echo", "x"]
+    assert task_argv(["hostname"], "h1", append=False) == ["hostname"]  # --each-host
 
 
 @pytest.mark.parametrize("data, says", [

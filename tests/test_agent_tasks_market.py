@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,13 +21,13 @@ from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.auctioneer.jobs import Limits
 from tycoon.auctioneer.launch import start_auctioneer
 from tycoon.bank.client import BankClient
-from tycoon.bus.keys import Identity
+from tycoon.bus.keys import Identity, KeyStore, subject_id
 from tycoon.cli.agent import make_agent
 from tycoon.money import MICRO
 from tycoon.testing.localmarket import start_market
 from tycoon.vmm.simulated import SimulatedDriver
 
-pytestmark = [pytest.mark.nats, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.nats, pytest.mark.slow, pytest.mark.timeout(90)]
 
 TASKS = 6
 CODE = ("import os, sys, time\n"
@@ -38,13 +39,12 @@ CODE = ("import os, sys, time\n"
         "sys.exit(n % 2)\n")
 
 
-def agent_for(bus, market, journal: Path, out: Path, hold: Path) -> Agent:
+def agent_for(bus, market, journal: Path, out: Path, tasks: list[str], prefix: str) -> Agent:
     config = AgentConfig(budget=20 * MICRO, deadline_s=60.0, replan_every_s=5,
                          refund_margin_s=1.0, grace_s=10.0)
-    agent = make_agent(bus, market.bank_key, config, journal, "test.bag")
+    agent = make_agent(bus, market.bank_key, config, journal, prefix)
     bag = Bag.of((i, str(i)) for i in range(1, TASKS + 1))
-    agent.tasks = TaskRunner(bus, agent.journal, bag,
-                             [sys.executable, "-c", CODE, "{}", str(hold)], out)
+    agent.tasks = TaskRunner(bus, agent.journal, bag, tasks, out)
     agent.core.bag = bag
     agent.tasks.resume()
     return agent
@@ -73,10 +73,14 @@ async def test_six_tasks_on_two_hosts_outputs_collected_and_a_restart_reruns_non
             await BankClient(hosts[-1].bus, market.bank_key).open(exist_ok=True)
         await until(lambda: len(market.sls.registry.live_hosts(time.time_ns())) >= 2,
                     timeout=10, every=0.1, what="2 live hosts")
-        user = await market.fund_user(100 * MICRO)
-        journal, out, hold = tmp_path / "agent.db", tmp_path / "out", tmp_path / "hold"
+        home = tmp_path / "home"
+        user = await market.fund_user(100 * MICRO, KeyStore(home).create("user"))
+        me = subject_id(user.identity.public_key)
+        out, hold, state = tmp_path / "out", tmp_path / "hold", home / "agents"
+        journal = state / me / "bag.db"
+        command = [sys.executable, "-c", CODE, "{}", str(hold)]
         hold.write_text("")
-        first = agent_for(user, market, journal, out, hold)
+        first = agent_for(user, market, journal, out, command, f"{me}.bag")
         began = time.perf_counter()
         run = asyncio.create_task(first.run())
         await until(lambda: any(t.state == "running" for t in first.tasks.bag.tasks.values()),
@@ -92,11 +96,20 @@ async def test_six_tasks_on_two_hosts_outputs_collected_and_a_restart_reruns_non
         assert all(before.get(str(i)) == 1 for i in (1, 2, 3)), before
 
         hold.unlink()  # tasks 4-6 now end at once
+        (tmp_path / "tasks.txt").write_text("".join(f"{i}\n" for i in range(1, TASKS + 1)))
         restarted = time.perf_counter()
-        second = agent_for(user, market, journal, out, hold)
-        assert sum(t.state == "done" for t in second.tasks.bag.tasks.values()) == 3
-        summary = await asyncio.wait_for(second.run(), 30)
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tycoon.cli.main", "--nats", nats_url, "--home", str(home),
+            "--as", "user", "agent", "run", "--budget", "20", "--deadline", "1m",
+            "--bank", market.bank_key, "--state", str(state), "--job", "bag", "--json",
+            "--out", str(out), "--tasks", str(tmp_path / "tasks.txt"), "--", *command,
+            env={**os.environ, "TYCOON_LOG": "error"}, stdout=asyncio.subprocess.PIPE)
+        stdout, _ = await asyncio.wait_for(cli.communicate(), 40)
         resumed = time.perf_counter() - restarted
+        text = stdout.decode()
+        assert "3 done before" in text, text
+        summary = json.loads(text[text.index("\n{") + 1:])
+        assert cli.returncode == 1, text  # three tasks exit 1: the job says so
         after = host_jobs(hosts)
         for i in range(1, TASKS + 1):
             record = json.loads((out / str(i) / "exit.json").read_text())
@@ -104,14 +117,14 @@ async def test_six_tasks_on_two_hosts_outputs_collected_and_a_restart_reruns_non
             assert (out / str(i) / "stdout").read_text() == f"task {i} of {i}\n"
             assert (out / str(i) / "stderr").read_text() == f"e{i}"
         assert all(after[str(i)] == 1 for i in (1, 2, 3)), after  # finished: never rerun
-        assert summary.tasks == {"done": 6, "failed": 3, "running": 0, "queued": 0,
-                                 "eta_s": 0.0}
-        assert not summary.outstanding and summary.refunded > 0  # the rest came home
+        assert summary["tasks"] == {"done": 6, "failed": 3, "running": 0, "queued": 0,
+                                    "eta_s": 0.0}
+        assert not summary["outstanding"] and summary["refunded"] > 0  # the rest came home
         assert Journal(journal).tasks()[5].state == "done"
         print(f"\nbag of {TASKS} on 2 hosts: first task running {first_running:.2f} s after "
-              f"start; resumed bag done {resumed:.2f} s after restart; jobs per task "
-              f"{dict(sorted(after.items()))}; spent {summary.spent} µcr, refunded "
-              f"{summary.refunded}")
+              f"start; resumed (CLI process) and done {resumed:.2f} s after restart; jobs per "
+              f"task {dict(sorted(after.items()))}; spent {summary['spent']} µcr, refunded "
+              f"{summary['refunded']}")
     finally:
         for running in hosts:
             await running.stop()

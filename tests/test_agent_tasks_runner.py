@@ -212,3 +212,26 @@ async def test_every_task_starts_with_the_bundle_and_its_result_is_pulled(
     assert pulled == [("cd" * 32, tmp_path / "out" / "1" / "result")]
     record = json.loads((tmp_path / "out" / "1" / "exit.json").read_text())
     assert record["result"] == "cd" * 32 and bag.finished
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"ok\nbad\x00arg\n", "NUL"),
+    (b"x" * (70 * 1024), "bytes"),
+    (b"\n\n", "no task"),
+])
+def test_agent_run_refuses_a_hostile_task_file_before_connecting(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, says: str) -> None:
+    from tycoon.cli.main import main
+
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_bytes(content)
+    code = main(["--nats", "nats://127.0.0.1:1", "--home", str(tmp_path / "home"), "agent",
+                 "run", "--budget", "1", "--deadline", "1m", "--bank", Identity.generate()
+                 .public_key, "--state", str(tmp_path / "agents"), "--tasks", str(tasks),
+                 "--", "echo", "{}"])
+    err = capsys.readouterr().err
+    assert code != 0 and says in err and "connect" not in err.lower(), err
+    assert not (tmp_path / "tasks.txt.out").exists()

@@ -220,7 +220,7 @@ class TaskRunner:
     # -- a task's run ------------------------------------------------------------------------
 
     def argv(self, task: Task) -> list[str]:
-        return task_argv(self.command, task.arg)
+        return task_argv(self.command, task.arg, append=task.pin is None)
 
     async def _run(self, task: Task, host: str) -> None:
         index = task.index

@@ -315,10 +315,11 @@ def parse_tasks(data: bytes) -> list[tuple[int, str]]:
     return out
 
 
-def task_argv(command: list[str], arg: str) -> list[str]:
-    """``command`` with every ``{}`` replaced by ``arg`` (appended when there is none)."""
+def task_argv(command: list[str], arg: str, *, append: bool = True) -> list[str]:
+    """``command`` with every ``{}`` replaced by ``arg`` (appended when there is none,
+    unless not ``append``: ``--each-host`` runs the command as it is)."""
     if not any("{}" in part for part in command):
-        return [*command, arg]
+        return [*command, arg] if append else list(command)
     return [part.replace("{}", arg) for part in command]
 
 
