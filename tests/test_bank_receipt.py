@@ -79,3 +79,24 @@ def test_any_flipped_byte_is_refused(index: int, flip: int) -> None:
     raw = bytearray(RAW)
     raw[index] ^= flip
     assert bad(bytes(raw)) == "bad_receipt"
+
+
+def test_a_strangers_receipt_under_the_banks_key_is_refused() -> None:
+    """A receipt made by another key, its header rewritten to name the bank: the pinned
+    signer matches, the signature does not."""
+    stranger = Identity.generate()
+    forged = bytearray(make_receipt(stranger, **FIELDS))
+    forged[3:35] = bytes(RAW[3:35])
+    assert bad(bytes(forged)) == "bad_receipt"
+    assert bad(make_receipt(stranger, **FIELDS)) == "bad_receipt"  # honest header: not the bank
+
+
+def test_a_receipt_is_durable() -> None:
+    """No freshness or replay window: a receipt settled years ago verifies, again and again."""
+    old = make_receipt(BANK, **{**FIELDS, "settled_ns": 1_000_000_000_000_000_000})
+    assert verify_receipt(old, BANK.public_key).settled_ns == 1_000_000_000_000_000_000
+    assert verify_receipt(old, BANK.public_key) == verify_receipt(old, BANK.public_key)
+
+
+def test_a_malformed_bank_key_refuses_rather_than_crashes() -> None:
+    assert bad(RAW, "not-a-key") == "bad_receipt"

@@ -1,4 +1,5 @@
-"""The package's structure: no import cycles between modules or between packages.
+"""The package's structure: no import cycles between modules or between packages, and one
+verification path (only tycoon/bus opens envelopes or checks signatures).
 
 The graph is built from the source with ``ast`` (nothing is imported):
 
@@ -202,3 +203,51 @@ def test_lazy_and_type_checking_imports_are_edges(tmp_path: Path) -> None:
     mods = {"tycoon.x.a": (path, False), "tycoon.b": (path, False), "tycoon.c": (path, False)}
     found = {(a, b, t) for a, b, t in edges(mods) if a == "tycoon.x.a"}
     assert found == {("tycoon.x.a", "tycoon.b", True), ("tycoon.x.a", "tycoon.c", False)}
+
+
+# -- the one verification path: nothing outside tycoon/bus verifies by itself -------------
+# (the rule that no module outside tycoon/bus touches a raw NATS message: test_messages.py)
+
+SELF_VERIFYING = {"open_envelope", "open_envelopes", "verify_signature", "verify_raw",
+                  "crypto_sign_open", "crypto_sign_verify_detached", "verify_batch"}
+"""Opening an envelope or checking a signature directly: tycoon/bus/verify.py's job."""
+
+
+def _self_verifying(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [f"{node.lineno}: imports {a.name}" for a in node.names
+                      if a.name.split(".")[0] == "nacl" or a.name == "tycoon.bus.batch"]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if module.split(".")[0] == "nacl" or module == "tycoon.bus.batch" or (
+                    module == "tycoon.bus" and any(a.name == "batch" for a in node.names)):
+                found.append(f"{node.lineno}: imports from {module}")
+            found += [f"{node.lineno}: imports {a.name}" for a in node.names
+                      if a.name in SELF_VERIFYING]
+        elif isinstance(node, ast.Attribute) and node.attr in SELF_VERIFYING:
+            found.append(f"{node.lineno}: calls .{node.attr}")
+    return found
+
+
+def test_only_the_bus_opens_envelopes_and_checks_signatures() -> None:
+    """Receivers go through tycoon.bus.verify (live, batch, stored, reply, token): a module
+    opening envelopes itself (as bank/receipt.py did) would skip or repeat its checks."""
+    offenders = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT.parent).as_posix()
+        if not rel.startswith("tycoon/bus/") and (uses := _self_verifying(path)):
+            offenders[rel] = uses
+    assert not offenders, offenders
+
+
+def test_the_verification_rule_catches_what_it_forbids(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("import nacl.signing\n"
+                   "from tycoon.bus.envelope import open_envelope\n"
+                   "from tycoon.bus import batch, envelope\n"
+                   "from tycoon.bus.keys import verify_signature\n"
+                   "def f(raw):\n"
+                   "    return envelope.open_envelopes([raw]), batch.verify_batch([raw])\n")
+    assert len(_self_verifying(bad)) == 6

@@ -6,8 +6,10 @@ sealed for subject ``tycoon.bank.receipt`` by the bank's key, with the body::
     {"transfer_id": str, "payer": str, "payee": str, "amount": int,
      "memo": str, "seq": int, "settled_ns": int}
 
-Whoever holds the bank's public key can verify it with :func:`verify_receipt`; no
-freshness check applies (a receipt is a durable token). :func:`make_receipt` is
+Whoever holds the bank's public key can verify it with :func:`verify_receipt`, through
+the bus's one verification path (:func:`tycoon.bus.verify.verify_token`); no freshness
+check applies (a receipt is a durable token). The body is the message model's
+:class:`~tycoon.messages.bank.BankReceipt`. :func:`make_receipt` is
 deterministic: the envelope timestamp is ``settled_ns`` and the nonce is derived
 from the bank key, transfer id and sequence, and Ed25519 signatures are
 deterministic, so the same inputs always give the same bytes.
@@ -20,16 +22,20 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from tycoon.bus.envelope import NONCE_SIZE, open_envelope, seal
+from tycoon.bus.envelope import NONCE_SIZE, Limits, seal
 from tycoon.bus.keys import Identity, is_public_key
 from tycoon.bus.subjects import BANK_RECEIPT
+from tycoon.bus.verify import verify_token
 from tycoon.errors import Rejected
+from tycoon.messages.bank import BankReceipt
 from tycoon.money import MAX_AMOUNT
 
 RECEIPT_KIND = "bank.receipt"
 MAX_TRANSFER_ID = 128
 MAX_MEMO = 256
 MAX_RECEIPT_SIZE = 4096
+_LIMITS = Limits(max_size=MAX_RECEIPT_SIZE)
+_BODY_FIELDS = tuple(spec.attr for spec in BankReceipt.specs())
 
 _is_key = functools.lru_cache(maxsize=1 << 14)(is_public_key)
 
@@ -55,15 +61,7 @@ class Receipt:
 
     def to_body(self) -> dict[str, Any]:
         """The receipt's body fields (without ``raw``)."""
-        return {
-            "transfer_id": self.transfer_id,
-            "payer": self.payer,
-            "payee": self.payee,
-            "amount": self.amount,
-            "memo": self.memo,
-            "seq": self.seq,
-            "settled_ns": self.settled_ns,
-        }
+        return {name: getattr(self, name) for name in _BODY_FIELDS}
 
 
 def split_key(key: str) -> tuple[str | None, str]:
@@ -91,15 +89,7 @@ def make_receipt(
     settled_ns: int,
 ) -> bytes:
     """Seal a receipt for one settled transfer with the bank's key (pure, deterministic)."""
-    body = {
-        "transfer_id": transfer_id,
-        "payer": payer,
-        "payee": payee,
-        "amount": amount,
-        "memo": memo,
-        "seq": seq,
-        "settled_ns": settled_ns,
-    }
+    body = BankReceipt(transfer_id, payer, payee, amount, memo, seq, settled_ns).to_body()
     return seal(
         bank_identity,
         RECEIPT_KIND,
@@ -110,19 +100,8 @@ def make_receipt(
     )
 
 
-_FIELDS = (("transfer_id", str), ("payer", str), ("payee", str), ("amount", int),
-           ("memo", str), ("seq", int), ("settled_ns", int))
-
-
-def _fields(body: dict[str, Any]) -> list[Any]:
-    """The body's fields in ``_FIELDS`` order, each of exactly its type (no bool for int:
-    the decoder yields only exact builtin types)."""
-    values = [body.get(name) for name, _ in _FIELDS]
-    for value, (name, kind) in zip(values, _FIELDS, strict=True):
-        if type(value) is not kind:
-            raise Rejected("bad_receipt",
-                           f"receipt field {name!r} is missing or not {kind.__name__}")
-    return values
+_WHY = {"forbidden": "not signed by this bank", "wrong_subject": "not a receipt",
+        "unknown_kind": "not a receipt"}
 
 
 def verify_receipt(raw: bytes, bank_key: str) -> Receipt:
@@ -130,23 +109,18 @@ def verify_receipt(raw: bytes, bank_key: str) -> Receipt:
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise Rejected("bad_receipt", "a receipt is bytes")
     raw = bytes(raw)
-    if len(raw) > MAX_RECEIPT_SIZE:
-        raise Rejected("bad_receipt", f"receipt larger than {MAX_RECEIPT_SIZE} bytes")
     try:
-        msg = open_envelope(raw)
+        msg = verify_token(raw, bank_key, BANK_RECEIPT, RECEIPT_KIND, limits=_LIMITS)
+        body = BankReceipt.from_body(msg.body)
     except Rejected as error:
-        raise Rejected("bad_receipt", f"not a valid envelope ({error.code})") from error
-    if msg.sender != bank_key:
-        raise Rejected("bad_receipt", "not signed by this bank")
-    if msg.kind != RECEIPT_KIND or msg.subject != BANK_RECEIPT:
-        raise Rejected("bad_receipt", f"a {msg.kind!r} envelope is not a receipt")
-    transfer_id, payer, payee, amount, memo, seq, settled_ns = _fields(msg.body)
-    if not transfer_id or len(transfer_id) > MAX_TRANSFER_ID:
+        why = _WHY.get(error.code) or f"not a valid receipt ({error.code}: {error.message})"
+        raise Rejected("bad_receipt", why) from error
+    if not body.transfer_id:
         raise Rejected("bad_receipt", "bad transfer id")
-    if not (_is_key(payer) and _is_key(payee)) or payer == payee:
+    if not (_is_key(body.payer) and _is_key(body.payee)) or body.payer == body.payee:
         raise Rejected("bad_receipt", "payer and payee must be two account keys")
-    if not 1 <= amount <= MAX_AMOUNT:
+    if not 1 <= body.amount <= MAX_AMOUNT:
         raise Rejected("bad_receipt", "amount out of range")
-    if len(memo) > MAX_MEMO or seq < 1 or settled_ns < 0:
-        raise Rejected("bad_receipt", "memo, seq or settled time out of range")
-    return Receipt(transfer_id, payer, payee, amount, memo, seq, settled_ns, raw)
+    if body.seq < 1 or body.settled_ns < 0:
+        raise Rejected("bad_receipt", "seq or settled time out of range")
+    return Receipt(*(getattr(body, name) for name in _BODY_FIELDS), raw)

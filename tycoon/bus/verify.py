@@ -6,20 +6,25 @@ readers for stored messages (durable: no freshness or replay check) — so the c
 docs/protocol.md §3 are written once:
 
 1. :func:`open_batch` / :func:`open_one`: size, layout, signature (checked before any
-   decoding; a batch's signatures in one C call that releases the GIL), bounded decode,
-   field types, kind (steps 1–5);
+   decoding; a batch's signatures in one C call that releases the GIL, which a pool thread
+   may make first with :func:`check_signatures`), bounded decode, field types, kind
+   (steps 1–5);
 2. :func:`check_live`: the subject binding, freshness and replay (step 6) of a live
    message, or :func:`check_stored` for a durable one (binding and kind only);
-3. :func:`check_signer`: a reply or token pinned to a key known beforehand.
+3. :func:`check_signer`: a reply or token pinned to a key known beforehand;
+   :func:`verify_token` for a durable token (a bank receipt): pinned signer, steps 1–5,
+   bound to its subject and kind, no freshness.
 
 Functions take and return plain values (no NATS types), so they run in any thread.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
+from tycoon.bus import batch
 from tycoon.bus.envelope import (
     DEFAULT_LIMITS,
     HEADER_SIZE,
@@ -41,12 +46,24 @@ def open_one(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
     return open_envelope(data, limits=limits)
 
 
+def signatures_in_c() -> bool:
+    """Whether :func:`check_signatures` checks batches in C (the helper was built at
+    install); else envelopes are checked one by one when opened, with the same outcome."""
+    return batch.available()
+
+
+def check_signatures(datas: Sequence[bytes]) -> bytes | None:
+    """Step 3 of a batch, in one C call that releases the GIL (for a pool thread): one
+    verdict byte per envelope for :func:`open_batch`; None without the C helper."""
+    return batch.verify_batch(datas)
+
+
 def open_batch(datas: Sequence[bytes], *, limits: Limits = DEFAULT_LIMITS,
                verdicts: bytes | None = None) -> list[Message | Rejected]:
     """Steps 1–5 of each envelope, in order, refusals returned (not raised).
 
     ``verdicts``: the batch's signature checks when already made (in a pool thread, by
-    :func:`tycoon.bus.batch.verify_batch`); else they are made here."""
+    :func:`check_signatures`); else they are made here."""
     return open_envelopes(list(datas), limits=limits, verdicts=verdicts)
 
 
@@ -105,17 +122,32 @@ def verify_stored(data: bytes, subject: str, kind: str | None = None, *,
     return check_stored(open_envelope(data, limits=limits), subject, kind)
 
 
+@functools.lru_cache(maxsize=1024)
 def signer_raw(key: str) -> bytes:
-    """The raw 32 bytes of a pinned public key (for :func:`check_signer`)."""
+    """The raw 32 bytes of a pinned public key (for :func:`check_signer`); ``ValueError``
+    if ``key`` is not a user public key."""
     return decode_public_key(key)
 
 
-def check_signer(data: bytes, pinned_raw: bytes) -> None:
-    """Refuse (``wrong_reply``) an envelope not claiming ``pinned_raw`` as its signer;
-    checked before its signature, so a stranger's reply costs no verification. The
-    signature itself is checked when the envelope is opened."""
+def check_signer(data: bytes, pinned_raw: bytes, code: str = "wrong_reply") -> None:
+    """Refuse (``code``) an envelope not claiming ``pinned_raw`` as its signer; checked
+    before its signature, so a stranger's envelope costs no verification. The signature
+    itself is checked when the envelope is opened."""
     if data[3:HEADER_SIZE] != pinned_raw:
-        raise Rejected("wrong_reply", "the reply is not signed by the expected key")
+        raise Rejected(code, "not signed by the expected key")
+
+
+def verify_token(data: bytes, signer: str, subject: str, kind: str, *,
+                 limits: Limits = DEFAULT_LIMITS) -> Message:
+    """A durable token (a bank receipt): signed by ``signer`` (``forbidden``, before any
+    signature check), steps 1–5, and :func:`check_stored` (bound to ``subject``, of
+    ``kind``). No freshness or replay check: a token is presented again and again."""
+    try:
+        pinned = signer_raw(signer)
+    except ValueError as error:
+        raise Rejected("forbidden", f"the expected signer is not a key: {error}") from error
+    check_signer(data, pinned, "forbidden")
+    return check_stored(open_envelope(data, limits=limits), subject, kind)
 
 
 def reply_subject(request: Any) -> str:

@@ -16,8 +16,9 @@ from typing import Any
 from tycoon.bank.receipt import verify_receipt
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
-from tycoon.bus.envelope import Message, open_envelope
+from tycoon.bus.envelope import Message
 from tycoon.bus.keys import subject_id
+from tycoon.bus.verify import open_one
 from tycoon.cli.common import bus_for, keystore, names_of
 from tycoon.cli.top import settled_receipts
 from tycoon.errors import Rejected
@@ -92,7 +93,7 @@ def line_for(subject: str, data: bytes, bus: Bus, *, as_json: bool, raw: bool) -
     try:
         if subjects.is_settlement(subject):
             # A logged receipt: a durable token bound to the receipt subject, old by design.
-            receipt = verify_receipt(data, open_envelope(data).sender)
+            receipt = verify_receipt(data, open_one(data).sender)
             if as_json:
                 return json.dumps({"time": now, "subject": subject, "kind": "bank.receipt",
                                    "receipt": _jsonable(receipt.to_body())}, sort_keys=True)

@@ -26,12 +26,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-from tycoon.bus.batch import available as batch_available
-from tycoon.bus.batch import verify_batch
 from tycoon.bus.envelope import DEFAULT_LIMITS, Limits
 from tycoon.bus.replay import ReplayGuard
 from tycoon.bus.subjects import host_of
-from tycoon.bus.verify import Raw, check_live, open_batch
+from tycoon.bus.verify import Raw, check_live, check_signatures, open_batch, signatures_in_c
 from tycoon.errors import Rejected
 from tycoon.messages.price import ParsedUpdate, parse_update
 from tycoon.sls.registry import Registry
@@ -45,7 +43,7 @@ CHUNK = 64
 
 
 def _verify_chunk(chunk: list[Raw]) -> bytes:
-    verdicts = verify_batch([data for _subject, data in chunk])
+    verdicts = check_signatures([data for _subject, data in chunk])
     assert verdicts is not None  # only submitted when the C verifier is there
     return verdicts
 
@@ -56,7 +54,7 @@ def open_chunk(chunk: list[Raw], limits: Limits = DEFAULT_LIMITS,
 
     Refusals are returned, not raised; nothing here depends on state, so chunks can be
     opened in any thread and in any order. ``verdicts``: the chunk's signatures, checked
-    already by :func:`verify_batch` (in a pool thread).
+    already by :func:`~tycoon.bus.verify.check_signatures` (in a pool thread).
     """
     out: list[Opened] = []
     append = out.append
@@ -116,7 +114,7 @@ class PriceIngest:
         """
         if self._pool is None or len(batch) <= CHUNK:
             return [open_chunk(batch, self.limits)]
-        work = _verify_chunk if batch_available() else partial(open_chunk, limits=self.limits)
+        work = _verify_chunk if signatures_in_c() else partial(open_chunk, limits=self.limits)
         return [self._pool.submit(work, batch[i : i + CHUNK])
                 for i in range(0, len(batch), CHUNK)]
 
