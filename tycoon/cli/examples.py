@@ -114,6 +114,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                   "tycoon --as alice host exec host-1 --env JOB_N=4 --detach -- ./run.sh"),
     "host jobs": ("tycoon-pub --as alice jobs host-1",),
     "host signal": ("tycoon-pub --as alice signal host-1 a1b2c31 TERM",),
+    "host push": ("tycoon-pub --as alice push ./mycode      # prints the bundle's digest",),
+    "host pull": ("tycoon-pub --as alice pull 3f5c…e1 ./results",),
     "streams": ("tycoon --as operator streams info",),
     "streams ensure": ("tycoon --as operator streams ensure --replicas 3",),
     "streams info": ("tycoon --as operator streams info --json",),
