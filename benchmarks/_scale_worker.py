@@ -27,9 +27,7 @@ from nats.aio.client import Client
 
 from tycoon.agent.agent import Agent, AgentConfig
 from tycoon.auctioneer.client import AuctioneerClient
-from tycoon.auctioneer.market import Market
-from tycoon.auctioneer.service import AuctioneerService
-from tycoon.auctioneer.store import MarketStore
+from tycoon.auctioneer.launch import RunningAuctioneer, start_auctioneer
 from tycoon.bank.client import BankClient
 from tycoon.bus.connection import Bus, inbox_prefix
 from tycoon.bus.keys import Identity
@@ -103,7 +101,7 @@ async def connect(urls: list[str], home: int, identity: Identity, name: str) -> 
 class Worker:
     cfg: WorkerConfig
     conns: list[Client] = field(default_factory=list)
-    hosts: list[AuctioneerService] = field(default_factory=list)
+    hosts: list[RunningAuctioneer] = field(default_factory=list)
     agents: list[Agent] = field(default_factory=list)
     runs: list[asyncio.Task[Any]] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
@@ -126,17 +124,12 @@ class Worker:
                 self.conns.append(nc)
             assert nc is not None
             preset = PRESETS[(cfg.index + i) % len(PRESETS)]
-            driver = SimulatedDriver(preset=preset, seed=cfg.index * 100_000 + i)
-            market = Market(host_key=ident.public_key, bank_key=cfg.bank_key,
-                            capacity=driver.capacity(), name=f"w{cfg.index}-{i}",
-                            driver_name="simulated")
-            store = MarketStore(tmp / f"host-{i}.db", durability="normal")
-            bus = Bus(nc, ident)
-            service = AuctioneerService(bus, market, store, driver,
-                                        BankClient(bus, cfg.bank_key, timeout=10.0),
-                                        tick_s=cfg.tick_s, heartbeat_s=cfg.heartbeat_s)
-            await service.start()
-            self.hosts.append(service)
+            self.hosts.append(await start_auctioneer(
+                Bus(nc, ident), bank_key=cfg.bank_key,
+                driver=SimulatedDriver(preset=preset, seed=cfg.index * 100_000 + i),
+                store_path=tmp / f"host-{i}.db", name=f"w{cfg.index}-{i}",
+                tick_s=cfg.tick_s, heartbeat_s=cfg.heartbeat_s, durability="normal",
+                bank_timeout=10.0))
             if i % 20 == 19:
                 await asyncio.sleep(0.05)  # let the heartbeats of the first ones out
 
@@ -205,9 +198,9 @@ class Worker:
                 self.count(f"mover {error.code}")
 
     def _host_key(self, host: str) -> str | None:
-        for service in self.hosts:
-            if service.host == host:
-                return service.bus.identity.public_key
+        for running in self.hosts:
+            if running.service.host == host:
+                return running.bus.identity.public_key
         return None
 
     def mark_latencies(self) -> None:

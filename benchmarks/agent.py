@@ -35,10 +35,10 @@ from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.bank.client import BankClient
 from tycoon.bus.connection import open_bus
 from tycoon.bus.keys import Identity
-from tycoon.localmarket import PRESETS, LocalMarket
 from tycoon.log import configure_logging
 from tycoon.money import MICRO
 from tycoon.natsserver import NatsServer
+from tycoon.testing.localmarket import PRESETS, LocalMarket
 
 HOSTS = 100
 HOST_PROCESSES = 2

@@ -45,16 +45,15 @@ from _common import emit_json, parser, percentile, table
 from _scale_worker import WorkerConfig, connect, rss_mb, run_worker
 
 from tycoon.agent.agent import AgentConfig
-from tycoon.bank.ledger import Ledger
-from tycoon.bank.service import BankService
-from tycoon.bank.sqlite_store import SqliteStore
+from tycoon.bank.launch import start_bank
 from tycoon.bus.connection import Bus
 from tycoon.bus.keys import Identity
 from tycoon.log import configure_logging
-from tycoon.natscluster import start_cluster
 from tycoon.natsserver import NatsServer
-from tycoon.sls.service import SLSConfig, SLSService
+from tycoon.sls.launch import start_sls
+from tycoon.sls.service import SLSConfig
 from tycoon.streams.settlements import SettlementLog, sqlite_source
+from tycoon.testing.natscluster import start_cluster
 from tycoon.units import NS
 
 
@@ -119,14 +118,18 @@ async def _run(topology: str, args: argparse.Namespace, urls: list[str],
                servers: list[NatsServer], tmp: Path) -> dict[str, Any]:
     bank_id, operator, sls_id = Identity.generate(), Identity.generate(), Identity.generate()
     bank_bus = Bus(await connect(urls, 0, bank_id, "scale-bank"), bank_id)
-    ledger = Ledger(SqliteStore(tmp / "bank.db"), bank_id, operator=operator.public_key)
-    log = SettlementLog(bank_bus.nc, bank_id.public_key, sqlite_source(tmp / "bank.db")) \
-        if not args.no_jetstream else None
-    bank = BankService(bank_bus, ledger, settlement_log=log)
-    await bank.start()
+    logs: list[SettlementLog] = []
+
+    def settlement_log(bus: Bus) -> SettlementLog:
+        logs.append(SettlementLog(bus.nc, bank_id.public_key, sqlite_source(tmp / "bank.db")))
+        return logs[0]
+
+    bank = await start_bank(bank_bus, db=tmp / "bank.db", operator=operator.public_key,
+                            settlement_log=None if args.no_jetstream else settlement_log)
+    ledger, log = bank.ledger, (logs[0] if logs else None)
     sls_bus = Bus(await connect(urls, 1, sls_id, "scale-sls"), sls_id)
-    sls = SLSService(sls_bus, SLSConfig(warm_start_s=0 if args.no_jetstream else 60.0))
-    await sls.start()
+    sls = await start_sls(sls_bus, config=SLSConfig(
+        warm_start_s=0 if args.no_jetstream else 60.0))
     counter = {"n": 0}
 
     async def count(_msg: Any) -> None:
@@ -195,7 +198,7 @@ async def _run(topology: str, args: argparse.Namespace, urls: list[str],
                          "central": rss_mb(),
                          "nats_max": max(rss_mb(s.process.pid) for s in servers if s.process)}
         out["rss_mb_max"] = max(out["rss_mb"].values())
-        out["sls_counters"] = sls.counters()
+        out["sls_counters"] = sls.service.counters()
         out["settlement_log"] = dict(log.counters) if log else None
     finally:
         for pipe in pipes:
@@ -207,10 +210,9 @@ async def _run(topology: str, args: argparse.Namespace, urls: list[str],
                 proc.kill()
         await watch_nc.close()
         await sls.stop()
-        await bank.stop()
+        await bank.stop()  # closes the ledger's store
         await sls_bus.close()
         await bank_bus.close()
-        ledger.store.close()
     return out
 
 

@@ -128,7 +128,7 @@ async def test_bring_home_reports_what_is_away_at_the_end_of_grace(tmp_path: Pat
 
 
 async def _market(nats_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
-    from tycoon.localmarket import start_market
+    from tycoon.testing.localmarket import start_market
 
     market = await start_market(nats_url, tmp_path / "m", hosts=2, presets=("small",),
                                 heartbeat_s=0.5)

@@ -15,8 +15,8 @@ from tycoon.auctioneer.views import account_view
 from tycoon.bank.client import BankClient
 from tycoon.bus import subjects
 from tycoon.bus.envelope import Message
-from tycoon.localmarket import start_market
 from tycoon.money import MICRO
+from tycoon.testing.localmarket import start_market
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 

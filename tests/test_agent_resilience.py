@@ -16,8 +16,8 @@ from tycoon.agent.broker import Broker, enroll
 from tycoon.bank.client import BankClient
 from tycoon.bus.keys import KeyStore
 from tycoon.errors import Rejected
-from tycoon.localmarket import start_market
 from tycoon.money import MICRO
+from tycoon.testing.localmarket import start_market
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 

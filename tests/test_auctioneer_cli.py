@@ -10,9 +10,7 @@ import pytest
 
 from tycoon.auctioneer.launch import start_auctioneer
 from tycoon.bank.client import BankClient
-from tycoon.bank.ledger import Ledger
-from tycoon.bank.service import BankService
-from tycoon.bank.sqlite_store import SqliteStore
+from tycoon.bank.launch import start_bank
 from tycoon.bus.connection import open_bus
 from tycoon.bus.keys import Identity, KeyStore
 from tycoon.cli.main import main
@@ -26,10 +24,8 @@ async def test_host_commands(
     nats_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bank_id, operator = Identity.generate(), Identity.generate()
-    ledger = Ledger(SqliteStore(tmp_path / "bank.db"), bank_id, operator=operator.public_key)
-    bank_bus = await open_bus(nats_url, bank_id)
-    bank = BankService(bank_bus, ledger)
-    await bank.start()
+    bank = await start_bank(nats_url, bank_id, db=tmp_path / "bank.db",
+                            operator=operator.public_key)
     home = tmp_path / "home"
     keys = KeyStore(home)
     host = keys.create("h1")
@@ -77,8 +73,6 @@ async def test_host_commands(
         await alice_bus.close()
         await auctioneer.stop()
         await bank.stop()
-        await bank_bus.close()
-        ledger.store.close()
 
 
 def test_serve_refuses_a_bad_allocation_period(capsys: pytest.CaptureFixture[str]) -> None:

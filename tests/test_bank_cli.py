@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from tycoon.bank.launch import launch as launch_bank
 from tycoon.bank.ledger import Ledger
 from tycoon.bank.receipt import verify_receipt
-from tycoon.bank.service import BankService
 from tycoon.bank.sqlite_store import SqliteStore
-from tycoon.bus.connection import open_bus
 from tycoon.bus.keys import KeyStore
 from tycoon.cli.main import main
 
@@ -64,10 +63,11 @@ def test_key_and_audit_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[
 async def test_client_commands(nats_url: str, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     home = str(tmp_path)
-    ledger = make_ledger(tmp_path, tmp_path / "bank.db")
-    bus = await open_bus(nats_url, ledger.bank)
+    keys = KeyStore(tmp_path)
     base = ("--nats", nats_url, "--home", home)
-    async with BankService(bus, ledger):
+    async with launch_bank(nats_url, keys.load_or_create("bank"), db=tmp_path / "bank.db",
+                           operator=keys.load_or_create("operator").public_key) as bank:
+        ledger = bank.ledger
         for who in ("alice", "bob"):
             code, out, err = await arun(capsys, *base, "--as", who, "bank", "open", "--name", who)
             assert code == 0, err
@@ -95,5 +95,3 @@ async def test_client_commands(nats_url: str, tmp_path: Path,
         assert code == 1 and "bad_amount" in err
         code, _, err = await arun(capsys, *base, "--as", "alice", "bank", "transfer", "bob", "99")
         assert code == 1 and "overdraft" in err
-    await bus.close()
-    ledger.store.close()

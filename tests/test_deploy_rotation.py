@@ -16,10 +16,10 @@ from polling import refused, until
 from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.bank.client import BankClient
 from tycoon.bus.keys import Identity, subject_id
-from tycoon.localmarket import LocalMarket
 from tycoon.money import MICRO
 from tycoon.natsconf import OPERATOR_CAPABILITIES, Principal, render_principals, write_config
 from tycoon.natsserver import NatsServer, free_port
+from tycoon.testing.localmarket import LocalMarket
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow, pytest.mark.timeout(120)]
 

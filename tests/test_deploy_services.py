@@ -119,7 +119,7 @@ async def test_a_health_check_per_service(nats_url: str, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     """`status --check --service bank` is the bank's own health check: it does not fail
     because no SLS or auctioneer runs (the market-wide `--check` does)."""
-    from tycoon.localmarket import LocalMarket
+    from tycoon.testing.localmarket import LocalMarket
 
     market = LocalMarket(nats_url, tmp_path / "m", Identity.generate(), Identity.generate())
     await market.start_bank()

@@ -24,25 +24,24 @@ from faults_kit import (
 
 from tycoon.agent.agent import Agent, AgentConfig
 from tycoon.auctioneer.client import AuctioneerClient
-from tycoon.auctioneer.market import Market
+from tycoon.auctioneer.launch import RunningAuctioneer, start_auctioneer
 from tycoon.auctioneer.service import AuctioneerService
-from tycoon.auctioneer.store import MarketStore
 from tycoon.bank.client import BankClient
-from tycoon.bank.ledger import Ledger
-from tycoon.bank.service import BankService
+from tycoon.bank.launch import RunningBank, start_bank
 from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.envelope import Message
 from tycoon.bus.keys import Identity, host_id
-from tycoon.localmarket import LocalMarket
 from tycoon.log import configure_logging
 from tycoon.money import MICRO
-from tycoon.natscluster import start_cluster
 from tycoon.natsserver import NatsServer
-from tycoon.sls.service import SLSConfig, SLSService
+from tycoon.sls.launch import RunningSLS, start_sls
+from tycoon.sls.service import SLSConfig
 from tycoon.streams.settlements import SettlementLog, sqlite_source
 from tycoon.streams.verify import verify_log
+from tycoon.testing.localmarket import LocalMarket
+from tycoon.testing.natscluster import start_cluster
 from tycoon.vmm.simulated import SimulatedDriver
 
 pytestmark = [pytest.mark.nats, pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(120)]
@@ -62,14 +61,16 @@ def agent_config(budget: int, deadline_s: float) -> AgentConfig:
 
 async def start_bank_with_log(market: LocalMarket) -> SettlementLog:
     """The market's bank, with its receipts copied to JetStream (as ``bank serve`` does)."""
-    db = market.state / "bank.db"
-    market.ledger = Ledger(SqliteStore(db), market.bank_identity,
-                           operator=market.operator.public_key)
-    bus = await market.bus(market.bank_identity)
-    log = SettlementLog(bus.nc, market.bank_key, sqlite_source(db), retry_s=(0.2, 1.0))
-    market.bank = BankService(bus, market.ledger, settlement_log=log)
-    await market.bank.start()
-    return log
+    logs: list[SettlementLog] = []
+
+    def settlement_log(bus: Bus) -> SettlementLog:
+        logs.append(SettlementLog(bus.nc, market.bank_key, sqlite_source(market.state /
+                                                                         "bank.db"),
+                                  retry_s=(0.2, 1.0)))
+        return logs[0]
+
+    await market.start_bank(settlement_log)
+    return logs[0]
 
 
 async def test_nats_restart_under_a_running_market(tmp_path: Path) -> None:
@@ -161,12 +162,8 @@ async def test_cluster_node_killed_market_carries_on(tmp_path: Path) -> None:
     servers = await start_cluster(tmp_path)
     urls = [s.url for s in servers]
     buses: list[Bus] = []
-    hosts: list[AuctioneerService] = []
-    stores: list[MarketStore] = []
+    running: list[RunningAuctioneer | RunningSLS | RunningBank] = []  # stopped in reverse
     bank_id, operator = Identity.generate(), Identity.generate()
-    ledger = Ledger(SqliteStore(tmp_path / "bank.db"), bank_id, operator=operator.public_key)
-    bank: BankService | None = None
-    sls: SLSService | None = None
 
     async def bus_on(node: int, identity: Identity | None = None) -> Bus:
         bus = await cluster_bus(urls, identity or Identity.generate(), node)
@@ -176,24 +173,23 @@ async def test_cluster_node_killed_market_carries_on(tmp_path: Path) -> None:
     try:
         # node 0: the bank and host 0; node 1: the SLS and host 1; node 2: host 2 and the
         # agents
-        bank = BankService(await bus_on(0, bank_id), ledger)
-        await bank.start()
-        sls = SLSService(await bus_on(1), FAST_SLS)
-        await sls.start()
+        bank = await start_bank(await bus_on(0, bank_id), db=tmp_path / "bank.db",
+                                operator=operator.public_key)
+        running.append(bank)
+        sls = await start_sls(await bus_on(1), config=FAST_SLS)
+        running.append(sls)
         host_ids = [Identity.generate() for _ in range(3)]
+        hosts: list[AuctioneerService] = []
         for node, ident in enumerate(host_ids):
-            driver = SimulatedDriver(preset="medium", seed=node)
-            market = Market(host_key=ident.public_key, bank_key=bank_id.public_key,
-                            capacity=driver.capacity(), name=f"h{node}", driver="simulated")
-            store = MarketStore(tmp_path / f"host-{node}.db")
-            stores.append(store)
             hbus = await bus_on(node, ident)
             await BankClient(hbus, bank_id.public_key).open()
-            service = AuctioneerService(hbus, market, store, driver,
-                                        BankClient(hbus, bank_id.public_key),
-                                        tick_s=0.2, heartbeat_s=0.5)
-            await service.start()
-            hosts.append(service)
+            host = await start_auctioneer(
+                hbus, bank_key=bank_id.public_key,
+                driver=SimulatedDriver(preset="medium", seed=node),
+                store_path=tmp_path / f"host-{node}.db", name=f"h{node}", tick_s=0.2,
+                heartbeat_s=0.5)
+            running.append(host)
+            hosts.append(host.service)
         assert {b.nc.connected_url.port for b in buses} == {s.port for s in servers}
         seen: dict[str, list[int]] = {"alloc": [], "bank.settled": []}
 
@@ -243,17 +239,10 @@ async def test_cluster_node_killed_market_carries_on(tmp_path: Path) -> None:
                 account = service.market.accounts.get(agent.bus.identity.public_key)
                 assert account is None or account.balance == 0
     finally:
-        for service in hosts:
-            await service.stop()
-        if sls is not None:
-            await sls.stop()
-        if bank is not None:
-            await bank.stop()
+        for part in reversed(running):
+            await part.stop()
         for bus in buses:
             await bus.close()
-        ledger.store.close()
-        for store in stores:
-            store.close()
         for server in servers:
             await server.stop()
     check_bank(tmp_path / "bank.db")

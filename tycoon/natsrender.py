@@ -11,6 +11,7 @@ One config for a single server (``nats.conf``), one per node for a cluster
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ class Node:
     host: str
     port: int = CLIENT_PORT
     route_port: int = ROUTE_PORT
+    http_port: int | None = None
+    """This node's monitoring port; None: ``[server] http_port``."""
 
     @property
     def config_name(self) -> str:
@@ -63,8 +66,11 @@ class ServerSettings:
     tls_key: str = ""
     tls_ca: str = ""
     cluster: tuple[str, ...] = ()
-    """Nodes as ``HOST[:PORT[:ROUTE_PORT]]``; empty: a single server."""
+    """Nodes as ``HOST[:PORT[:ROUTE_PORT[:HTTP_PORT]]]``; empty: a single server."""
     cluster_name: str = "tycoon"
+    cluster_ca: str = ""
+    """CA of the nodes' certificates: with TLS on, routes use TLS too and verify each
+    other against it (empty: routes are plain)."""
     max_file_store: int = 0
     """Bytes; 0: sized from the streams (their max_bytes plus a quarter)."""
     max_memory_store: str = "256MB"
@@ -104,15 +110,16 @@ class ServerSettings:
         parsed = []
         for spec in self.cluster:
             parts = spec.strip().split(":")
-            if not parts[0] or len(parts) > 3 or not all(p.isdigit() for p in parts[1:]):
+            if not parts[0] or len(parts) > 4 or not all(p.isdigit() for p in parts[1:]):
                 raise Rejected("malformed", f"cluster node {spec!r}: expected "
-                                            "HOST[:PORT[:ROUTE_PORT]]")
+                                            "HOST[:PORT[:ROUTE_PORT[:HTTP_PORT]]]")
             ports = [int(p) for p in parts[1:]] + [CLIENT_PORT, ROUTE_PORT][len(parts) - 1:]
-            parsed.append((parts[0], ports[0], ports[1]))
-        hosts = [h for h, _, _ in parsed]
+            http = ports[2] if len(ports) > 2 else None
+            parsed.append((parts[0], ports[0], ports[1], http))
+        hosts = [h for h, _, _, _ in parsed]
         unique = len(set(hosts)) == len(hosts)
-        return [Node(h if unique else f"n{i + 1}", h, p, r)
-                for i, (h, p, r) in enumerate(parsed)]
+        return [Node(h if unique else f"n{i + 1}", h, p, r, w)
+                for i, (h, p, r, w) in enumerate(parsed)]
 
 
 def listen_of(url: str) -> tuple[str, int]:
@@ -162,14 +169,26 @@ def render_deployment(deployment: Deployment, *, url: str = "",
     out = {}
     for node in nodes:
         routes = [f'    "nats-route://{o.host}:{o.route_port}",' for o in nodes if o != node]
-        block = ["# Routes to every other node (docs/operations.md, 'A three-node cluster').",
+        block = ["# Routes to every other node (docs/operations.md, 'The runbook').",
                  "cluster {", f'  name: "{settings.cluster_name}"',
                  f'  listen: "{node.host}:{node.route_port}"', "  routes: [", *routes, "  ]",
-                 "}"]
+                 *route_tls(settings), "}"]
+        per_node = {**common, "http_port": node.http_port or settings.http_port}
         out[node.config_name] = render_principals(
             principals, port=node.port, host=node.host, server_name=node.name, cluster=block,
-            jetstream_dir=str(store / node.name), **common)
+            jetstream_dir=str(store / node.name), **per_node)
     return out
+
+
+def route_tls(settings: ServerSettings) -> list[str]:
+    """A cluster block's ``tls { }``: the node's certificate, peers verified against
+    ``cluster_ca`` (nats-server asks a route's peer for its certificate too)."""
+    if not (settings.tls_cert and settings.cluster_ca):
+        return []
+    return ["  # Routes over TLS: each node presents its certificate, verified against the CA.",
+            "  tls {", f"    cert_file: {json.dumps(settings.tls_cert)}",
+            f"    key_file: {json.dumps(settings.tls_key)}",
+            f"    ca_file: {json.dumps(settings.cluster_ca)}", "    timeout: 5", "  }"]
 
 
 def diff(home: Path, rendered: dict[str, str]) -> str:

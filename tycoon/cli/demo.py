@@ -18,9 +18,9 @@ from tycoon.bus.connection import connect
 from tycoon.bus.envelope import Message
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.bus.runner import run_until_signal
-from tycoon.bus.schema import get_str
 from tycoon.bus.service import Endpoint, Service
 from tycoon.errors import Rejected
+from tycoon.messages import DemoEcho, DemoEchoReply
 from tycoon.natsserver import NatsServer
 
 
@@ -36,10 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 async def echo(msg: Message) -> dict[str, object]:
     """Echo a text back; refuse an empty one (to show a signed error reply)."""
-    text = get_str(msg.body, "text", max_len=1024) or ""
+    text = DemoEcho.from_body(msg.body).text
     if not text:
         raise Rejected("malformed", "text must not be empty")
-    return {"text": text, "from": subject_id(msg.sender), "length": len(text)}
+    return DemoEchoReply(text, subject_id(msg.sender), len(text)).to_body()
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
@@ -70,7 +70,8 @@ async def cmd_demo(args: argparse.Namespace) -> int:
                 print(f"client {subject_id(bus.identity.public_key)} sends three signed requests")
                 for text in ("hello, market", "bids are signed", ""):
                     try:
-                        reply = await bus.request(subjects.DEMO_ECHO, "demo.echo", {"text": text})
+                        reply = await bus.request(subjects.DEMO_ECHO, "demo.echo",
+                                                  DemoEcho(text).to_body())
                         _show("verified reply:", reply)
                     except Rejected as error:
                         print(f"verified error reply: code={error.code} message={error.message}")

@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--cluster", default=None, metavar="NODE,NODE,...",
                       help="render one config per node, NODE = HOST[:PORT[:ROUTE_PORT]] "
                            "(ports default 4222 and 6222; kept in tycoon.toml)")
+    init.add_argument("--cluster-ca", default=None, metavar="PEM",
+                      help="CA of the nodes' certificates: with TLS on, routes between nodes "
+                           "use TLS and verify each other against it (kept in tycoon.toml)")
     init.add_argument("--store-dir", default=None, metavar="DIR",
                       help="JetStream's directory on the server's machine (a cluster node "
                            "uses DIR/<node>; default <home>/jetstream; kept in tycoon.toml)")
@@ -197,6 +200,8 @@ def settings_from(args: argparse.Namespace, server: dict) -> dict:
         out["listen"] = args.listen
     if args.cluster is not None:
         out["cluster"] = [n.strip() for n in args.cluster.split(",") if n.strip()]
+    if args.cluster_ca is not None:
+        out["cluster_ca"] = args.cluster_ca
     if args.max_file_store is not None:
         out["max_file_store"] = args.max_file_store
     if args.store_dir is not None:
@@ -290,6 +295,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"  made {name:<12} {deployment.public_key(name)}")
     if not made:
         print("  no key made (tycoon admit adds a principal's public key)")
+    settings = ServerSettings.from_dict(deployment.server)
+    if settings.cluster and settings.tls_cert and not settings.cluster_ca:
+        notes.append("  note: routes between the nodes are plain TCP: --cluster-ca PEM (the CA "
+                     "of the nodes' certificates) puts them on TLS")
     for note in notes:
         print(note)
     for name in admitted:

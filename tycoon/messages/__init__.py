@@ -41,8 +41,8 @@ class DemoEcho(Body):
 @dataclass(frozen=True, slots=True)
 class DemoEchoReply(Body):
     text: str
-    length: int
     from_: str = field(metadata=meta("the sender's subject id", wire="str"))
+    length: int
 
 
 def _registry(*classes: type[Body]) -> dict[str, type[Body]]:
@@ -76,7 +76,8 @@ REPLIES: dict[str, type[Body]] = {
 
 
 def _fields(cls: type[Body]) -> str:
-    parts = [f"`{s.name}`{'?' if s.optional else ''}: {s.wire}" for s in cls.specs()]
+    parts = [f"+ any other fields (`{s.name}`)" if s.wire == "fields"
+             else f"`{s.name}`{'?' if s.optional else ''}: {s.wire}" for s in cls.specs()]
     return ", ".join(parts) if parts else "`{}`"
 
 
@@ -91,4 +92,5 @@ def doc_table() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["MESSAGES", "REPLIES", "Body", "Error", "Offer", "PriceUpdate", "doc_table"]
+__all__ = ["MESSAGES", "REPLIES", "Body", "DemoEcho", "DemoEchoReply", "Error", "Offer",
+           "PriceUpdate", "doc_table"]

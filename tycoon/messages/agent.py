@@ -17,7 +17,10 @@ class AgentPlan(Body):
     reason: str
     utility: float
     spend_rate: float
+    cushion: int = field(metadata=meta("µcredits kept to hold the shares with `probability`"))
     hosts: dict[str, Any] = field(metadata=meta("host → {`balance`, `rate`, `share`}"))
+    probability: float | None = field(
+        default=None, metadata=meta("the agent's share-keeping probability, if set"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +30,9 @@ class AgentRebid(Body):
     epoch: int
     reason: str
     summary: str
-    funded: Any
-    refunded: Any
-    errors: Any
+    funded: dict[str, int] = field(metadata=meta("host → µcredits paid in"))
+    refunded: dict[str, int] = field(metadata=meta("host → µcredits brought home"))
+    errors: dict[str, str] = field(metadata=meta("host → what failed"))
     latency_ms: float | None = field(default=None, metadata=meta("price move → bids placed"))
     answer_ms: float | None = field(default=None, metadata=meta("price move → parks too"))
 
@@ -39,16 +42,33 @@ class AgentSettled(Body):
     KINDS: ClassVar[tuple[str, ...]] = ("agent.settled",)
     SUMMARY: ClassVar[str] = "the money moves of a plan, done"
     epoch: int
-    funded: Any
-    refunded: Any
-    errors: Any
+    funded: dict[str, int] = field(metadata=meta("host → µcredits paid in"))
+    refunded: dict[str, int] = field(metadata=meta("host → µcredits brought home"))
+    errors: dict[str, str] = field(metadata=meta("host → what failed"))
     superseded: bool
 
 
 @dataclass(frozen=True, slots=True)
 class AgentWarning(Body):
+    """``detail`` travels as fields of the body itself, beside ``message``."""
+
     KINDS: ClassVar[tuple[str, ...]] = ("agent.warning",)
     SUMMARY: ClassVar[str] = "something the owner should know (+ detail fields)"
+    message: str = field(metadata=meta(max_len=1024))
+    detail: dict[str, Any] = field(default_factory=dict, metadata=meta(
+        "not a field: the body's other fields (host, code, …)", wire="fields"))
+
+    def to_body(self) -> dict[str, Any]:
+        return {"message": self.message, **self.detail}
+
+    @classmethod
+    def from_body(cls, body: Any) -> AgentWarning:
+        plain = _Message.from_body(body)
+        return cls(plain.message, {k: v for k, v in body.items() if k != "message"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Message(Body):
     message: str = field(metadata=meta(max_len=1024))
 
 
@@ -56,12 +76,14 @@ class AgentWarning(Body):
 class AgentDone(Body):
     KINDS: ClassVar[tuple[str, ...]] = ("agent.done",)
     SUMMARY: ClassVar[str] = "the agent's final report"
-    summary: Any
+    summary: str
     spent: int
     refunded: int
     funded: int
-    outstanding: Any
+    outstanding: list[Any] = field(metadata=meta("[{`host`, `what`, `amount`}]: money away"))
     plans: int
+    tasks: dict[str, Any] | None = field(
+        default=None, metadata=meta("a bag of tasks' progress: done, failed, running, queued"))
 
 
 @dataclass(frozen=True, slots=True)

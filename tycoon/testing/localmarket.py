@@ -1,25 +1,26 @@
 """A whole market in one process: bank, SLS and simulated auctioneers on one NATS server.
 
-Tests, benchmarks and the scale run use it to stand up the real services (the same
-classes the daemons run) without a process each. ``tycoon up`` runs them as separate
-processes instead.
+Tests and benchmarks use it to stand up the real services through their launches (the
+same wiring the ``serve`` commands run) without a process each. ``tycoon up`` runs them as
+separate processes instead and does not use this module.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tycoon.auctioneer.market import Market
+from tycoon.auctioneer.launch import RunningAuctioneer, start_auctioneer
 from tycoon.auctioneer.service import AuctioneerService
-from tycoon.auctioneer.store import MarketStore
 from tycoon.bank.client import BankClient
+from tycoon.bank.launch import RunningBank, start_bank
 from tycoon.bank.ledger import Ledger
-from tycoon.bank.service import BankService
-from tycoon.bank.sqlite_store import SqliteStore
+from tycoon.bank.service import BankService, ReceiptLog
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.keys import Identity, host_id
+from tycoon.sls.launch import RunningSLS, start_sls
 from tycoon.sls.service import SLSConfig, SLSService
 from tycoon.vmm.simulated import SimulatedDriver
 
@@ -29,8 +30,12 @@ PRESETS = ("small", "medium", "large")
 @dataclass
 class LocalHost:
     identity: Identity
-    service: AuctioneerService
+    running: RunningAuctioneer
     driver: SimulatedDriver
+
+    @property
+    def service(self) -> AuctioneerService:
+        return self.running.service
 
     @property
     def id(self) -> str:
@@ -45,15 +50,26 @@ class LocalMarket:
     state: Path
     bank_identity: Identity
     operator: Identity
-    ledger: Ledger | None = None
-    bank: BankService | None = None
-    sls: SLSService | None = None
+    running_bank: RunningBank | None = None
+    running_sls: RunningSLS | None = None
     hosts: list[LocalHost] = field(default_factory=list)
     buses: list[Bus] = field(default_factory=list)
 
     @property
     def bank_key(self) -> str:
         return self.bank_identity.public_key
+
+    @property
+    def ledger(self) -> Ledger | None:
+        return self.running_bank.ledger if self.running_bank else None
+
+    @property
+    def bank(self) -> BankService | None:
+        return self.running_bank.service if self.running_bank else None
+
+    @property
+    def sls(self) -> SLSService | None:
+        return self.running_sls.service if self.running_sls else None
 
     async def bus(self, identity: Identity | None = None) -> Bus:
         """A bus for a new (or given) principal, closed with the market."""
@@ -70,15 +86,17 @@ class LocalMarket:
             await operator.mint(bus.identity.public_key, amount)
         return bus
 
-    async def start_bank(self) -> None:
-        self.ledger = Ledger(SqliteStore(self.state / "bank.db"), self.bank_identity,
-                             operator=self.operator.public_key)
-        self.bank = BankService(await self.bus(self.bank_identity), self.ledger)
-        await self.bank.start()
+    async def start_bank(self, settlement_log: Callable[[Bus], ReceiptLog] | None = None,
+                         ) -> RunningBank:
+        """The bank, its ledger in ``<state>/bank.db``."""
+        self.running_bank = await start_bank(
+            self.url, self.bank_identity, db=self.state / "bank.db",
+            operator=self.operator.public_key, settlement_log=settlement_log)
+        return self.running_bank
 
-    async def start_sls(self, config: SLSConfig | None = None) -> None:
-        self.sls = SLSService(await self.bus(), config)
-        await self.sls.start()
+    async def start_sls(self, config: SLSConfig | None = None) -> RunningSLS:
+        self.running_sls = await start_sls(self.url, None, config)
+        return self.running_sls
 
     async def add_host(self, preset: str = "medium", *, identity: Identity | None = None,
                        tick_s: float = 0.2, heartbeat_s: float = 1.0,
@@ -87,17 +105,13 @@ class LocalMarket:
         but shares that bus's NATS connection (as a dense simulation does)."""
         ident = identity or Identity.generate()
         driver = SimulatedDriver(preset=preset, seed=len(self.hosts))
-        market = Market(host_key=ident.public_key, bank_key=self.bank_key,
-                        capacity=driver.capacity(), name=f"{preset}-{len(self.hosts) + 1}",
-                        driver="simulated")
-        store = MarketStore(self.state / f"host-{host_id(ident.public_key)}.db")
-        bus = Bus(connection.nc, ident) if connection is not None else await self.bus(ident)
-        bank = BankClient(bus, self.bank_key)
-        await bank.open(exist_ok=True)
-        service = AuctioneerService(bus, market, store, driver, bank, tick_s=tick_s,
-                                    heartbeat_s=heartbeat_s)
-        await service.start()
-        host = LocalHost(ident, service, driver)
+        where: str | Bus = Bus(connection.nc, ident) if connection is not None else self.url
+        running = await start_auctioneer(
+            where, ident, bank_key=self.bank_key, driver=driver,
+            store_path=self.state / f"host-{host_id(ident.public_key)}.db",
+            name=f"{preset}-{len(self.hosts) + 1}", tick_s=tick_s, heartbeat_s=heartbeat_s)
+        await BankClient(running.bus, self.bank_key).open(exist_ok=True)  # open on return
+        host = LocalHost(ident, running, driver)
         self.hosts.append(host)
         return host
 
@@ -107,20 +121,14 @@ class LocalMarket:
         return {"minted": self.ledger.minted, "balances": self.ledger.total_balances()}
 
     async def close(self) -> None:
-        for host in reversed(self.hosts):
-            with contextlib.suppress(Exception):
-                await host.service.stop()
-        if self.sls is not None:
-            with contextlib.suppress(Exception):
-                await self.sls.stop()
-        if self.bank is not None:
-            with contextlib.suppress(Exception):
-                await self.bank.stop()
+        parts = [*(h.running for h in reversed(self.hosts)), self.running_sls, self.running_bank]
+        for part in parts:
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    await part.stop()
         for bus in self.buses:
             with contextlib.suppress(Exception):
                 await bus.close()
-        if self.ledger is not None:
-            self.ledger.store.close()
 
 
 async def start_market(url: str, state: Path, hosts: int = 5, *,
