@@ -10,7 +10,6 @@ to SQLite (synchronous=FULL) and the new shares were applied to the driver.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -88,27 +87,22 @@ async def bench_bids(count: int) -> list[float]:
     from tycoon.auctioneer.client import AuctioneerClient
     from tycoon.auctioneer.launch import start_auctioneer
     from tycoon.bank.client import BankClient
-    from tycoon.bank.ledger import Ledger
-    from tycoon.bank.service import BankService
-    from tycoon.bank.sqlite_store import SqliteStore
+    from tycoon.bank.launch import start_bank
     from tycoon.bus.connection import open_bus
     from tycoon.natsserver import NatsServer
 
     with tempfile.TemporaryDirectory() as tmp:
         async with NatsServer() as server:
             bank_id, operator, host, user = (Identity.generate() for _ in range(4))
-            ledger = Ledger(SqliteStore(Path(tmp) / "bank.db"), bank_id,
-                            operator=operator.public_key)  # fmt: skip
-            bank_bus = await open_bus(server.url, bank_id)
-            bank_service = BankService(bank_bus, ledger)
-            await bank_service.start()
+            bank = await start_bank(server.url, bank_id, db=Path(tmp) / "bank.db",
+                                    operator=operator.public_key)
             driver = SimulatedDriver(preset="medium")
+            # one user bids back to back (~300/s): latency, not the per-key limit (flood.py)
             auctioneer = await start_auctioneer(
                 server.url, host, bank_key=bank_id.public_key, driver=driver,
                 store_path=Path(tmp) / "host.db", tick_s=1.0, heartbeat_s=5.0,
+                rate_limit=None,
             )  # fmt: skip
-            # one user bids back to back (~300/s): latency, not the per-key limit (flood.py)
-            auctioneer.service.service.set_rate_limit(None)
             buses = [await open_bus(server.url, i) for i in (operator, user)]
             try:
                 await BankClient(auctioneer.bus, bank_id.public_key).open(exist_ok=True)
@@ -131,10 +125,7 @@ async def bench_bids(count: int) -> list[float]:
                 for bus in buses:
                     await bus.close()
                 await auctioneer.stop()
-                await bank_service.stop()
-                await bank_bus.close()
-                with contextlib.suppress(Exception):
-                    ledger.store.close()
+                await bank.stop()
 
 
 def main() -> None:

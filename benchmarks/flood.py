@@ -49,18 +49,13 @@ ATTACK = {"duration": "1h", "resources": "cpu:5 memory:5"}
 async def serve(url: str, state: Path) -> None:
     """Bank and auctioneer until killed (keys from <state>/keys.json)."""
     from tycoon.auctioneer.launch import start_auctioneer
-    from tycoon.bank.ledger import Ledger
-    from tycoon.bank.service import BankService
-    from tycoon.bank.sqlite_store import SqliteStore
+    from tycoon.bank.launch import start_bank
     from tycoon.vmm.simulated import SimulatedDriver
 
     configure_logging("error")
     keys = json.loads((state / "keys.json").read_text())
     bank_id, host = Identity.from_seed(keys["bank"]), Identity.from_seed(keys["host"])
-    ledger = Ledger(SqliteStore(state / "bank.db"), bank_id, operator=keys["operator"])
-    bank_bus = await open_bus(url, bank_id)
-    bank = BankService(bank_bus, ledger)
-    await bank.start()
+    await start_bank(url, bank_id, db=state / "bank.db", operator=keys["operator"])
     auctioneer = await start_auctioneer(
         url, host, bank_key=bank_id.public_key, driver=SimulatedDriver(preset="medium"),
         store_path=state / "host.db", tick_s=1.0, heartbeat_s=5.0)

@@ -110,14 +110,15 @@ async def over_nats(hosts: list[tuple[Identity, str]], rounds: int) -> dict[str,
     from tycoon.bus.connection import open_bus
     from tycoon.natsserver import NatsServer
     from tycoon.sls.client import SLSClient
-    from tycoon.sls.service import SLSConfig, SLSService
+    from tycoon.sls.launch import launch as launch_sls
+    from tycoon.sls.service import SLSConfig
 
     rng = np.random.default_rng(2)
     out: dict[str, float] = {}
     async with NatsServer() as server:
-        sls_bus = await open_bus(server.url, Identity.generate(), name="bench-sls")
         pub = await open_bus(server.url, Identity.generate(), name="bench-pub")
-        async with SLSService(sls_bus, SLSConfig(snapshot_s=3600)) as sls:
+        async with launch_sls(server.url, None, SLSConfig(snapshot_s=3600)) as running:
+            sls = running.service
             rates = []
             for seq in range(1, rounds + 1):
                 batch = seal_round(hosts, seq, rng)
@@ -142,7 +143,6 @@ async def over_nats(hosts: list[tuple[Identity, str]], rounds: int) -> dict[str,
             out["nats_query_p50_ms"] = float(np.percentile(ms, 50))
             out["nats_query_p99_ms"] = float(np.percentile(ms, 99))
         await pub.close()
-        await sls_bus.close()
     return out
 
 
