@@ -77,8 +77,13 @@ class World:
         i = choice % pending
         if i < len(self.starts):
             index, host = self.starts.pop(i)
-            if not ok:
+            if not ok and status % 2:  # refused: nothing started
                 self.bag.start_failed(index, host, self.now)
+                return
+            if not ok:  # the answer was lost, the job runs all the same
+                self.next_job += 1
+                self.alive[f"j{self.next_job}"] = (index, host)
+                self.carry(self.bag.start_lost(index, host, self.now))
                 return
             self.next_job += 1
             job = f"j{self.next_job}"
@@ -104,7 +109,7 @@ class World:
                 del self.alive[job]
                 self.killed.add(job)
                 self.exits.append((kill.task, job, -9))
-            if not gone or ok:  # the host's word that it is gone (or the exit comes first)
+            if not gone or ok or kill.job is None:  # the host says gone (a lost start: polled)
                 self.bag.stopped(kill.task, kill.host, kill.job)
             return
         i -= len(self.kills)

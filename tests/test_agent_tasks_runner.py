@@ -235,3 +235,23 @@ def test_agent_run_refuses_a_hostile_task_file_before_connecting(
     err = capsys.readouterr().err
     assert code != 0 and says in err and "connect" not in err.lower(), err
     assert not (tmp_path / "tasks.txt.out").exists()
+
+
+async def test_a_start_whose_answer_timed_out_is_found_and_killed_before_a_rerun(
+        tmp_path: Path) -> None:
+    host = FakeHost()
+
+    async def exec_lost(argv: list[str], **_: Any) -> dict[str, Any]:
+        host.listed.append({"job": "j1", "state": "running", "argv": argv})
+        raise Rejected("timeout", "no reply in time")  # ...but the host started it
+
+    host.exec = exec_lost  # type: ignore[method-assign]
+    bag = Bag.of([(1, "a")])
+    run = runner(tmp_path, host, bag)
+    run.carry(bag.hold({"h": Seat(1, 1.0)}, 0.0) + bag.place(0.0))
+    await settle()
+    assert host.signals == [("j1", "KILL")] and bag.tasks[1].state == "stopping"
+    host.listed[0]["state"] = "exited"
+    await asyncio.sleep(0.4)
+    assert bag.tasks[1].state == QUEUED  # gone: now it may run again
+    await run.stop()

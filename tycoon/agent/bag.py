@@ -232,7 +232,10 @@ class TaskRunner:
         except (Rejected, TimeoutError) as error:
             code = getattr(error, "code", "timeout")
             self.log.warning("task start failed", task=index, host=host, code=code)
-            self.bag.start_failed(index, host, self.clock())
+            if code == "timeout":  # it may have started: found and killed before a rerun
+                self.carry(self.bag.start_lost(index, host, self.clock()))
+            else:
+                self.bag.start_failed(index, host, self.clock())
             self._changed(task)
             return
         job = reply.get("job")

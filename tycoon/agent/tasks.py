@@ -172,6 +172,17 @@ class Bag:
                 and task.state in (STARTING, STOPPING):
             self._queue(task)
 
+    def start_lost(self, index: int, host: str, now: float) -> list[Move]:
+        """A start whose answer never came (a timeout): the job may run there all the same.
+        It is looked for (by its argv) and killed before the task is queued again."""
+        self.cooling[host] = now + self.retry_s
+        task = self.tasks.get(index)
+        if task is None or task.host != host or task.job is not None \
+                or task.state not in (STARTING, STOPPING):
+            return []
+        task.state = STOPPING
+        return [Kill(index, host, None)]
+
     def exited(self, index: int, job: str, status: int, now: float) -> None:
         """``job`` of ``index`` ended with ``status``: the task is done, unless we were
         stopping it (then it is queued again)."""
