@@ -35,6 +35,7 @@ from hostile_kit import (
     secure_server,
     tally,
 )
+from world_kit import World, running_bank
 
 from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.auctioneer.launch import RunningAuctioneer, start_auctioneer
@@ -42,14 +43,11 @@ from tycoon.bank.client import BankClient
 from tycoon.bank.ledger import Ledger
 from tycoon.bank.receipt import make_receipt
 from tycoon.bank.service import BankService
-from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus import subjects
-from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.envelope import seal
 from tycoon.bus.keys import Identity
 from tycoon.errors import Rejected
 from tycoon.money import MAX_AMOUNT, MICRO
-from tycoon.natsserver import NatsServer
 from tycoon.vmm.simulated import SimulatedDriver
 
 pytestmark = [pytest.mark.nats, pytest.mark.hostile, pytest.mark.timeout(120)]
@@ -59,22 +57,11 @@ HOUR = 3600.0
 
 
 @dataclass
-class HostWorld:
-    cast: Cast
-    server: NatsServer
+class HostWorld(World):
     ledger: Ledger
     bank: BankService
     hosts: list[RunningAuctioneer] = field(default_factory=list)
-    buses: dict[str, Bus] = field(default_factory=dict)
     receipts: dict[str, bytes] = field(default_factory=dict)
-
-    @property
-    def alice(self) -> Identity:
-        return self.cast.users[0]
-
-    @property
-    def mallory(self) -> Identity:
-        return self.cast.users[2]
 
     @property
     def host(self) -> RunningAuctioneer:
@@ -86,14 +73,6 @@ class HostWorld:
 
     def subject(self, op: str, i: int = 0) -> str:
         return subjects.host_op(self.cast.host_id(i), op)
-
-    async def bus(self, identity: Identity) -> Bus:
-        if identity.public_key not in self.buses:
-            self.buses[identity.public_key] = await open_bus(self.server.url, identity)
-        return self.buses[identity.public_key]
-
-    async def bank_client(self, identity: Identity) -> BankClient:
-        return BankClient(await self.bus(identity), self.cast.bank.public_key)
 
     async def host_client(self, identity: Identity, i: int = 0) -> AuctioneerClient:
         return AuctioneerClient(await self.bus(identity), self.cast.host_id(i))
@@ -114,11 +93,8 @@ class HostWorld:
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[HostWorld]:
     cast = Cast()
-    async with secure_server(tmp_path, cast) as server:
-        ledger = Ledger(SqliteStore(tmp_path / "bank.db"), cast.bank,
-                        operator=cast.operator.public_key)
-        bank = BankService(await open_bus(server.url, cast.bank), ledger)
-        await bank.start()
+    async with secure_server(tmp_path, cast) as server, \
+            running_bank(server, cast, tmp_path / "bank.db") as (ledger, bank):
         w = HostWorld(cast, server, ledger, bank)
         try:
             for i in range(2):  # no ticks or heartbeats during a test: state moves only by requests
@@ -128,10 +104,7 @@ async def world(tmp_path: Path) -> AsyncIterator[HostWorld]:
                     store_path=tmp_path / f"host{i}.db", name=f"h{i}", tick_s=HOUR,
                     heartbeat_s=HOUR))  # fmt: skip
                 await BankClient(w.hosts[i].bus, cast.bank.public_key).open(exist_ok=True)
-            operator = await w.bank_client(cast.operator)
-            for user in (w.alice, w.mallory):
-                await (await w.bank_client(user)).open()
-                await operator.mint(user.public_key, 1000 * MICRO)
+            await w.open_accounts([(w.alice, 1000), (w.mallory, 1000)])
             alice_bank = await w.bank_client(w.alice)
             # alice: a funded host account with a live bid on host 0
             receipt = await alice_bank.transfer(cast.hosts[0].public_key, 100 * MICRO)
@@ -147,15 +120,10 @@ async def world(tmp_path: Path) -> AsyncIterator[HostWorld]:
                 w.mallory.public_key, 3 * MICRO)).raw
             yield w
         finally:
-            for bus in w.buses.values():
-                with contextlib.suppress(Exception):
-                    await bus.close()
+            await w.close_buses()
             for host in w.hosts:
                 with contextlib.suppress(Exception):
                     await host.stop()
-            await bank.stop()
-            await bank.bus.close()
-            ledger.store.close()
 
 
 def fake_receipt(signer: Identity, payer: str, payee: str, amount: int = 50 * MICRO,

@@ -7,10 +7,9 @@ bank still answers normally.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +36,16 @@ from hostile_kit import (
     wait_for,
 )
 from structlog.testing import capture_logs
+from world_kit import World, running_bank
 
 from tycoon.bank.audit import audit
 from tycoon.bank.client import BankClient
 from tycoon.bank.ledger import Ledger
 from tycoon.bank.service import BankService
-from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus import subjects
-from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.envelope import seal
 from tycoon.bus.keys import Identity
 from tycoon.money import MAX_AMOUNT, MICRO
-from tycoon.natsserver import NatsServer
 
 pytestmark = [pytest.mark.nats, pytest.mark.hostile, pytest.mark.timeout(120)]
 
@@ -56,36 +53,16 @@ MIB = 1024 * 1024
 
 
 @dataclass
-class BankWorld:
-    cast: Cast
-    server: NatsServer
+class BankWorld(World):
     ledger: Ledger
     service: BankService
-    buses: dict[str, Bus] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
         return self.cast.bank.public_key
 
-    @property
-    def alice(self) -> Identity:
-        return self.cast.users[0]
-
-    @property
-    def bob(self) -> Identity:
-        return self.cast.users[1]
-
-    @property
-    def mallory(self) -> Identity:
-        return self.cast.users[2]
-
-    async def bus(self, identity: Identity) -> Bus:
-        if identity.public_key not in self.buses:
-            self.buses[identity.public_key] = await open_bus(self.server.url, identity)
-        return self.buses[identity.public_key]
-
     async def client(self, identity: Identity) -> BankClient:
-        return BankClient(await self.bus(identity), self.key, timeout=5.0)
+        return await self.bank_client(identity, timeout=5.0)
 
     def state(self) -> tuple[Any, ...]:
         report = audit(self.ledger.store)
@@ -97,26 +74,14 @@ class BankWorld:
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[BankWorld]:
     cast = Cast()
-    async with secure_server(tmp_path, cast) as server:
-        ledger = Ledger(SqliteStore(tmp_path / "bank.db"), cast.bank,
-                        operator=cast.operator.public_key)
-        service = BankService(await open_bus(server.url, cast.bank), ledger)
-        await service.start()
+    async with secure_server(tmp_path, cast) as server, \
+            running_bank(server, cast, tmp_path / "bank.db") as (ledger, service):
         w = BankWorld(cast, server, ledger, service)
         try:
-            operator = await w.client(cast.operator)
-            for user, credits in ((w.alice, 1000), (w.bob, 100), (w.mallory, 0)):
-                await (await w.client(user)).open()
-                if credits:
-                    await operator.mint(user.public_key, credits * MICRO)
+            await w.open_accounts([(w.alice, 1000), (w.bob, 100), (w.mallory, 0)])
             yield w
         finally:
-            for bus in w.buses.values():
-                with contextlib.suppress(Exception):
-                    await bus.close()
-            await service.stop()
-            await service.bus.close()
-            ledger.store.close()
+            await w.close_buses()
 
 
 def transfer_body(payee: str, amount: Any, transfer_id: str = "t-1") -> dict[str, Any]:

@@ -9,10 +9,9 @@ moves, and the broker still answers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +33,17 @@ from hostile_kit import (
     secure_server,
     tally,
 )
+from world_kit import World, running_bank
 
 from tycoon.agent.broker import Broker
-from tycoon.bank.client import BankClient
 from tycoon.bank.ledger import Ledger
 from tycoon.bank.receipt import make_receipt
 from tycoon.bank.service import BankService
-from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus import subjects
-from tycoon.bus.connection import Bus, open_bus
+from tycoon.bus.connection import open_bus
 from tycoon.bus.envelope import seal
 from tycoon.bus.keys import Identity
 from tycoon.money import MAX_AMOUNT, MICRO
-from tycoon.natsserver import NatsServer
 
 pytestmark = [pytest.mark.nats, pytest.mark.hostile, pytest.mark.timeout(120)]
 
@@ -55,21 +52,10 @@ MIN_FEE = 2
 
 
 @dataclass
-class BrokerWorld:
-    cast: Cast
-    server: NatsServer
+class BrokerWorld(World):
     ledger: Ledger
     bank: BankService
     broker: Broker
-    buses: dict[str, Bus] = field(default_factory=dict)
-
-    @property
-    def alice(self) -> Identity:
-        return self.cast.users[0]
-
-    @property
-    def mallory(self) -> Identity:
-        return self.cast.users[2]
 
     @property
     def key(self) -> str:
@@ -78,13 +64,8 @@ class BrokerWorld:
     def subject(self, op: str) -> str:
         return subjects.broker(self.broker.id, op)
 
-    async def bus(self, identity: Identity) -> Bus:
-        if identity.public_key not in self.buses:
-            self.buses[identity.public_key] = await open_bus(self.server.url, identity)
-        return self.buses[identity.public_key]
-
     async def pay(self, payer: Identity, payee: str, amount: int) -> bytes:
-        client = BankClient(await self.bus(payer), self.cast.bank.public_key)
+        client = await self.bank_client(payer)
         return (await client.transfer(payee, amount, memo="broker enrollment")).raw
 
     def state(self) -> tuple[Any, ...]:
@@ -97,30 +78,19 @@ class BrokerWorld:
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[BrokerWorld]:
     cast = Cast()
-    async with secure_server(tmp_path, cast) as server:
-        ledger = Ledger(SqliteStore(tmp_path / "bank.db"), cast.bank,
-                        operator=cast.operator.public_key)
-        bank = BankService(await open_bus(server.url, cast.bank), ledger)
-        await bank.start()
+    async with secure_server(tmp_path, cast) as server, \
+            running_bank(server, cast, tmp_path / "bank.db") as (ledger, bank):
         broker = Broker(await open_bus(server.url, cast.broker), cast.bank.public_key,
                         tmp_path / "broker", fee_percent=5, min_fee=MIN_FEE)
         await broker.start()
         w = BrokerWorld(cast, server, ledger, bank, broker)
         try:
-            operator = BankClient(await w.bus(cast.operator), cast.bank.public_key)
-            for user in cast.users:  # alice, bob, mallory
-                await BankClient(await w.bus(user), cast.bank.public_key).open()
-                await operator.mint(user.public_key, 1000 * MICRO)
+            await w.open_accounts((user, 1000) for user in cast.users)  # alice, bob, mallory
             yield w
         finally:
-            for bus in w.buses.values():
-                with contextlib.suppress(Exception):
-                    await bus.close()
+            await w.close_buses()
             await broker.stop()
             await broker.bus.close()
-            await bank.stop()
-            await bank.bus.close()
-            ledger.store.close()
 
 
 async def settled(w: BrokerWorld) -> tuple[Any, ...]:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import unicodedata
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hostile_kit import Cast, call, code, expect
+from world_kit import World
 
 from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.auctioneer.launch import RunningAuctioneer, start_auctioneer
@@ -33,7 +34,7 @@ from tycoon.bank.receipt import verify_receipt
 from tycoon.bank.service import BankService
 from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus import subjects
-from tycoon.bus.connection import Bus, open_bus
+from tycoon.bus.connection import open_bus
 from tycoon.bus.envelope import seal
 from tycoon.bus.keys import Identity
 from tycoon.money import MICRO
@@ -49,35 +50,16 @@ HOUR = 3600.0
 
 
 @dataclass
-class World:
-    cast: Cast
-    server: NatsServer
+class IdsWorld(World):
     db: Path
     ledger: Ledger
     bank: BankService
     log: SettlementLog
     host: RunningAuctioneer | None = None
-    buses: dict[str, Bus] = field(default_factory=dict)
-
-    @property
-    def alice(self) -> Identity:
-        return self.cast.users[0]
-
-    @property
-    def mallory(self) -> Identity:
-        return self.cast.users[2]
 
     @property
     def host_key(self) -> str:
         return self.cast.hosts[0].public_key
-
-    async def bus(self, identity: Identity) -> Bus:
-        if identity.public_key not in self.buses:
-            self.buses[identity.public_key] = await open_bus(self.server.url, identity)
-        return self.buses[identity.public_key]
-
-    async def bank_client(self, identity: Identity) -> BankClient:
-        return BankClient(await self.bus(identity), self.cast.bank.public_key)
 
     async def host_client(self, identity: Identity) -> AuctioneerClient:
         return AuctioneerClient(await self.bus(identity), self.cast.host_id(0))
@@ -91,7 +73,7 @@ class World:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
+async def world(tmp_path: Path) -> AsyncIterator[IdsWorld]:
     cast = Cast()
     port = free_port()
     conf = tmp_path / "nats.conf"
@@ -105,22 +87,17 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
                             retry_s=(0.1, 0.5))
         bank = BankService(bank_bus, ledger, settlement_log=log)
         await bank.start()
-        w = World(cast, server, db, ledger, bank, log)
+        w = IdsWorld(cast, server, db, ledger, bank, log)
         try:
             w.host = await start_auctioneer(
                 server.url, cast.hosts[0], bank_key=cast.bank.public_key,
                 driver=SimulatedDriver(preset="small", seed=0), store_path=tmp_path / "h.db",
                 name="h0", tick_s=HOUR, heartbeat_s=HOUR)  # fmt: skip
             await BankClient(w.host.bus, cast.bank.public_key).open(exist_ok=True)
-            operator = await w.bank_client(cast.operator)
-            for user in (w.alice, w.mallory):
-                await (await w.bank_client(user)).open()
-                await operator.mint(user.public_key, 1000 * MICRO)
+            await w.open_accounts([(w.alice, 1000), (w.mallory, 1000)])
             yield w
         finally:
-            for bus in w.buses.values():
-                with contextlib.suppress(Exception):
-                    await bus.close()
+            await w.close_buses()
             if w.host is not None:
                 with contextlib.suppress(Exception):
                     await w.host.stop()
@@ -129,7 +106,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             ledger.store.close()
 
 
-async def test_refund_id_squatting_leaves_the_victims_refunds_payable(world: World) -> None:
+async def test_refund_id_squatting_leaves_the_victims_refunds_payable(world: IdsWorld) -> None:
     """Mallory pays 1 µcredit under each of Alice's next refund ids (public inputs: the
     host key, Alice's key, a counter). It was `unavailable: … pending (conflict)` forever."""
     w = world
@@ -163,7 +140,7 @@ async def test_refund_id_squatting_leaves_the_victims_refunds_payable(world: Wor
     assert {payer for _, payer in found} == {w.mallory.public_key, w.host_key}
 
 
-async def test_msg_id_collision_cannot_drop_the_victims_receipt(world: World) -> None:
+async def test_msg_id_collision_cannot_drop_the_victims_receipt(world: IdsWorld) -> None:
     """A transfer id equal to the victim's next refund id plus a trailing space collided in
     SETTLEMENTS' duplicate window (nats-server trims header values): the victim's receipt
     was dropped and verify-log said MISSING."""
@@ -191,7 +168,7 @@ async def test_msg_id_collision_cannot_drop_the_victims_receipt(world: World) ->
     assert report.matched == report.ledger_transfers == report.stream_messages
 
 
-async def test_redeeming_first_a_receipt_with_the_victims_transfer_id(world: World) -> None:
+async def test_redeeming_first_a_receipt_with_the_victims_transfer_id(world: IdsWorld) -> None:
     """With ids per payer, a host that knew receipts by transfer id alone would let Mallory
     redeem 1 µcredit under Alice's next id first, and refuse Alice's receipt."""
     w = world
@@ -213,7 +190,7 @@ LOOK_ALIKES = [
 ]
 
 
-async def test_look_alike_transfer_and_mint_ids_are_malformed(world: World) -> None:
+async def test_look_alike_transfer_and_mint_ids_are_malformed(world: IdsWorld) -> None:
     w = world
     nc = (await w.bus(w.mallory)).nc
     op_nc = (await w.bus(w.cast.operator)).nc
@@ -231,7 +208,7 @@ async def test_look_alike_transfer_and_mint_ids_are_malformed(world: World) -> N
     assert (dict(w.ledger.accounts), w.ledger.seq) == before
 
 
-async def test_look_alike_bids_and_unsellable_addresses_are_refused(world: World) -> None:
+async def test_look_alike_bids_and_unsellable_addresses_are_refused(world: IdsWorld) -> None:
     w = world
     alice_bank, alice = await w.bank_client(w.alice), await w.host_client(w.alice)
     await alice.fund(await alice_bank.transfer(w.host_key, 5 * MICRO))
@@ -260,7 +237,7 @@ async def test_look_alike_bids_and_unsellable_addresses_are_refused(world: World
 
 
 async def test_enrolling_first_at_a_broker_under_the_victims_transfer_id(
-    world: World, tmp_path: Path
+    world: IdsWorld, tmp_path: Path
 ) -> None:
     """A broker that knew jobs by transfer id alone would let Mallory enroll first under
     Alice's (predictable) id and refuse Alice's paid receipt as already enrolled."""

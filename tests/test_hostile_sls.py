@@ -8,7 +8,6 @@ the SLS still answers normally.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -36,12 +35,12 @@ from hostile_kit import (
     wait_for,
 )
 from structlog.testing import capture_logs
+from world_kit import World
 
 from tycoon.bus import subjects
-from tycoon.bus.connection import Bus, open_bus
+from tycoon.bus.connection import open_bus
 from tycoon.bus.envelope import seal
 from tycoon.bus.keys import Identity, subject_id
-from tycoon.natsserver import NatsServer
 from tycoon.sls.client import SLSClient
 from tycoon.sls.service import SLSConfig, SLSService
 
@@ -59,11 +58,8 @@ def price_body(host: str, seq: int, price: Any = 5.0, **offer: Any) -> dict[str,
 
 
 @dataclass
-class SLSWorld:
-    cast: Cast
-    server: NatsServer
+class SLSWorld(World):
     sls: SLSService
-    buses: dict[str, Bus] = field(default_factory=dict)
     honest: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -73,11 +69,6 @@ class SLSWorld:
     @property
     def rogue_subject(self) -> str:
         return subjects.price(subject_id(self.rogue.public_key))
-
-    async def bus(self, identity: Identity) -> Bus:
-        if identity.public_key not in self.buses:
-            self.buses[identity.public_key] = await open_bus(self.server.url, identity)
-        return self.buses[identity.public_key]
 
     def outcomes(self) -> int:
         return sum(self.sls.ingest.counters.values())
@@ -125,9 +116,7 @@ async def world(tmp_path: Path) -> AsyncIterator[SLSWorld]:
             assert w.sls.ingest.counters["accepted"] == 2
             yield w
         finally:
-            for bus in w.buses.values():
-                with contextlib.suppress(Exception):
-                    await bus.close()
+            await w.close_buses()
             await sls.stop()
             await sls.bus.close()
 
