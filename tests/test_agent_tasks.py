@@ -176,6 +176,7 @@ def test_no_task_twice_at_once_none_rerun_slots_kept_and_all_done_when_hosts_sta
                                          max_size=4))
 def test_each_host_runs_once_on_every_host_held(program: list, last: dict[str, Seat]) -> None:
     world = World(Bag(each_host=True, stop_grace_s=math.inf))
+    assert not world.bag.finished  # no host held yet: nothing has run
     drive(world, program)
     finish(world, last)
     pins = [t.pin for t in world.bag.tasks.values()]

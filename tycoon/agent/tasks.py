@@ -268,8 +268,9 @@ class Bag:
 
     @property
     def finished(self) -> bool:
-        """Every task done (``--each-host``: every task of a held host, none in flight)."""
-        return all(t.state == DONE or (t.pin is not None and t.state == QUEUED
+        """Every task done (``--each-host``: every task of a held host, none in flight;
+        not before a first host is held)."""
+        return bool(self.tasks) and all(t.state == DONE or (t.pin is not None and t.state == QUEUED
                                        and t.pin not in self.seats)
                    for t in self.tasks.values())
 
