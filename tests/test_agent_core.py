@@ -292,5 +292,5 @@ async def test_the_runner_carries_out_the_cores_plan_with_injected_parts(
     assert sum(h.balance for h in hosts.values()) <= config.budget
     kinds = [kind for _, kind, _ in bus.published]
     assert kinds[:2] == ["agent.plan", "agent.rebid"]
-    await agent._settled(supersede=True)
+    await agent._settle_now_and_wait(supersede=True)
     journal.close()

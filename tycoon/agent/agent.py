@@ -283,13 +283,13 @@ class Agent:
 
     async def _replan(self, reason: str, *, force: bool = False) -> None:
         """Ask the core for a plan and carry it out: publish it, bid its rates (the
-        allocator's retarget), and leave its money moves to :meth:`_settle`."""
+        allocator's retarget), and leave its money moves to :meth:`_settle_later`."""
         changed_at = self.core.take_change()
         exact = reason in ("start", "periodic")
         if exact:
             # Exact readings and recovery need the money at rest: the last plan's money
-            # moves are made now (a price move does not wait for them: see _settle).
-            await self._settled()
+            # moves are made now (a price move does not wait for them: see _settle_later).
+            await self._settle_now_and_wait()
             if self.journal.pending():
                 # A funding whose host was down (or a refund that failed) is finished on
                 # the periodic round, with the ids it had.
@@ -339,13 +339,13 @@ class Agent:
             "answer_ms": self.summary.answer_latencies_ms[-1] if latency is not None else None,
         })
         await self._follow_prices()
-        task = asyncio.create_task(self._settle(candidate, epoch, evaluation.end))
+        task = asyncio.create_task(self._settle_later(candidate, epoch, evaluation.end))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, plan: Plan, epoch: int, end: float) -> None:
+    async def _settle_later(self, plan: Plan, epoch: int, end: float) -> None:
         """Move the money of plan ``epoch`` behind its bids, once ``settle_delay_s`` passed
-        without a newer plan (or at once when :meth:`_settled` asks)."""
+        without a newer plan (or at once when :meth:`_settle_now_and_wait` asks)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._settle_now.wait(), self.config.settle_delay_s)
         if self._settling_epoch != epoch:
@@ -368,7 +368,7 @@ class Agent:
                 "superseded": self._settling_epoch != epoch,
             })
 
-    async def _settled(self, *, supersede: bool = False) -> None:
+    async def _settle_now_and_wait(self, *, supersede: bool = False) -> None:
         """Settle the last plan's money now and wait until it is done (or, with
         ``supersede``, drop what has not started and wait for what has)."""
         if not self._settling:
@@ -408,7 +408,7 @@ class Agent:
                 await asyncio.gather(self._driving, return_exceptions=True)
             await self.tasks.stop()
             self.summary.tasks = asdict(self.tasks.bag.progress(self.clock()))
-        await self._settled(supersede=True)
+        await self._settle_now_and_wait(supersede=True)
         try:
             accounting = await bring_home(
                 self.allocator, self.journal, self._funded_hosts,
