@@ -17,7 +17,12 @@ from pathlib import Path
 import pytest
 from nats.js.api import StreamConfig
 
+from tycoon.bank.client import BankClient
+from tycoon.bank.ledger import Ledger
+from tycoon.bank.service import BankService
+from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bundles import client, names
+from tycoon.bundles.buckets import BucketKeeper
 from tycoon.bundles.pack import pack
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.keys import Identity, subject_id
@@ -222,3 +227,38 @@ async def test_oversized_uploads_are_refused_and_leave_little(market: Market,
     small.write_text("fits")
     digest = await client.push(m.mallory, small)
     assert (await client.pull(m.mallory, digest, tmp_path / "o") / "small").read_text() == "fits"
+
+
+async def test_the_bank_makes_the_bucket_when_it_opens_the_account(tmp_path: Path) -> None:
+    ids = {n: Identity.generate() for n in ("bank", "operator", "carol")}
+    principals = [Principal(ids["bank"].public_key, "bank", "bank"),
+                  Principal(ids["operator"].public_key, "operator", "operator",
+                            frozenset({"jetstream"})),
+                  Principal(ids["carol"].public_key, "user", "carol")]
+    port = free_port()
+    conf = tmp_path / "nats.conf"
+    conf.write_text(render_principals(principals, port=port, jetstream_dir=str(tmp_path / "js")))
+    async with NatsServer(port=port, config=conf) as server:
+        buses = [await open_bus(server.url, ids[n]) for n in ("bank", "operator", "carol")]
+        bank_bus, operator, carol = buses
+        ledger = Ledger(SqliteStore(tmp_path / "bank.db"), ids["bank"],
+                        operator=ids["operator"].public_key)
+        service = BankService(bank_bus, ledger,
+                              buckets=BucketKeeper(bank_bus.nc, max_bytes=MAX_BYTES))
+        await service.start()
+        try:
+            with pytest.raises(Rejected, match="unknown_bundle"):  # no account, no bucket
+                await client.get_bytes(carol, "0" * 64)
+            await BankClient(carol, ids["bank"].public_key).open()
+            info = await operator.nc.jetstream().stream_info(
+                names.stream(subject_id(ids["carol"].public_key)))
+            assert info.config.max_bytes == MAX_BYTES and not info.config.allow_direct
+            (tmp_path / "f").write_text("x")
+            digest = await client.push(carol, tmp_path / "f")
+            assert (await client.get_bytes(carol, digest))
+            await BankClient(carol, ids["bank"].public_key).open(exist_ok=True)  # harmless
+        finally:
+            await service.stop()
+            for bus in buses:
+                await bus.close()
+            ledger.store.close()

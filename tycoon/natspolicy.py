@@ -137,7 +137,8 @@ def permissions(p: Principal) -> Permissions:
     sub_deny: list[str] = []
     responds = False
     if p.role == "bank":
-        pub += [INBOXES, subjects.BANK_SETTLED, SETTLEMENTS_ALL, *js_owner(SETTLEMENTS_STREAM)]
+        pub += [INBOXES, subjects.BANK_SETTLED, SETTLEMENTS_ALL, *js_owner(SETTLEMENTS_STREAM),
+                bundles.BANK_CREATES]  # each account's bundle bucket, made at its opening
         pub_deny += NEVER_FROM_SERVICES
         sub += [f"{subjects.PREFIX}.bank.*", SRV_ALL]
         sub_deny += [subjects.BANK_SETTLED]

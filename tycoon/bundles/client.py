@@ -124,21 +124,28 @@ async def get_bytes(nc_or_bus: Any, digest: str, *, account: str | None = None,
 
 async def ensure_bucket(nc_or_bus: Any, account: str, *, max_bytes: int = BUCKET_BYTES,
                         replicas: int = 1) -> str:
-    """Create the account's bucket if missing (a privileged key: the JetStream capability
-    or the bank); its stream name. Users cannot: they hold no STREAM.CREATE right."""
+    """Create the account's bucket if missing (a privileged key: the operator's JetStream
+    capability; the bank uses :class:`tycoon.bundles.buckets.BucketKeeper`); its stream
+    name. Users cannot: they hold no STREAM.CREATE right."""
     name = stream(account)
     js = _nc(nc_or_bus).jetstream(timeout=TIMEOUT)
-    config = StreamConfig(
-        name=name, subjects=[f"$O.{bucket(account)}.C.>", f"$O.{bucket(account)}.M.>"],
+    with contextlib.suppress(Exception):
+        await js.stream_info(name)
+        return name
+    await js.add_stream(bucket_config(account, max_bytes=max_bytes, replicas=replicas))
+    return name
+
+
+def bucket_config(account: str, *, max_bytes: int = BUCKET_BYTES,
+                  replicas: int = 1) -> StreamConfig:
+    """The stream of an account's bucket: the object store's layout, a size limit (new
+    objects refused when full: nothing stored is ever dropped), no direct gets."""
+    return StreamConfig(
+        name=stream(account), subjects=[f"$O.{bucket(account)}.C.>", f"$O.{bucket(account)}.M.>"],
         description=f"Tycoon bundles of account {account}", max_bytes=max_bytes,
         storage=StorageType.FILE, num_replicas=replicas, allow_rollup_hdrs=True,
         allow_direct=False, discard=DiscardPolicy.NEW, max_msg_size=CHUNK + 4096,
     )
-    with contextlib.suppress(Exception):
-        await js.stream_info(name)
-        return name
-    await js.add_stream(config)
-    return name
 
 
 def _nats_digest(data: bytes) -> str:

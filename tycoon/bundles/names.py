@@ -52,3 +52,8 @@ JS_DENIED = (
 """Denied to every key that holds bundle rights (deny wins): every JetStream API but
 STREAM.MSG.GET. A direct get is denied above all: its answer, steered by a reply subject
 onto ``$JS.API.STREAM.PURGE.<stream>`` or ``.DELETE.``, is executed by the server."""
+
+
+BANK_CREATES = "$JS.API.STREAM.CREATE.*"
+"""The bank's right to make a bucket when it opens an account (stream names are one token:
+NATS cannot narrow it to ``OBJ_bundles-*``; the bank may not update, purge or delete)."""

@@ -18,6 +18,8 @@ from tycoon.bank.ledger import Ledger
 from tycoon.bank.receipt import Receipt
 from tycoon.bank.service import OPEN_BURST, OPEN_RATE
 from tycoon.bank.sqlite_store import SqliteStore, StoreLocked
+from tycoon.bundles.buckets import BucketKeeper
+from tycoon.bundles.client import BUCKET_BYTES
 from tycoon.bus import ratelimit
 from tycoon.bus.connection import Bus
 from tycoon.bus.keys import is_public_key
@@ -84,6 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--rate-limit", type=rate_limit_arg(ratelimit.BANK),
                        default=ratelimit.BANK, help="requests/s per signer key, "
                        "RATE[/BURST] or 'off' (default 400/2000; the operator is exempt)")
+    serve.add_argument("--bucket-bytes", type=int, default=BUCKET_BYTES,
+                       help="size limit of the bundle bucket made for each account opened "
+                            "(docs/jobs.md, Bundles; 0: make none)")
     add_metrics_arguments(serve)
     add_ready_argument(serve)
     serve.set_defaults(func=cmd_serve)
@@ -221,7 +226,9 @@ async def cmd_serve(args: argparse.Namespace) -> int:
                 guard=restore_guard(path) if journal else None,
                 open_fee=parse_amount(args.open_fee) if args.open_fee != "0" else 0,
                 open_rate=args.open_rate, open_burst=args.open_burst,
-                rate_limit=args.rate_limit))
+                rate_limit=args.rate_limit,
+                buckets=(lambda bus: BucketKeeper(bus.nc, max_bytes=args.bucket_bytes))
+                if args.bucket_bytes > 0 else None))
         except (StoreLocked, ValueError) as error:  # another bank holds it, or owns it
             return fail(str(error))
         pub = home_dir(args) / PUB_NAME

@@ -18,6 +18,7 @@ from tycoon.bank.client import BankClient
 from tycoon.bank.launch import RunningBank, start_bank
 from tycoon.bank.ledger import Ledger
 from tycoon.bank.service import BankService, ReceiptLog
+from tycoon.bundles.buckets import BucketKeeper
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.keys import Identity, host_id
 from tycoon.sls.launch import RunningSLS, start_sls
@@ -91,7 +92,8 @@ class LocalMarket:
         """The bank, its ledger in ``<state>/bank.db``."""
         self.running_bank = await start_bank(
             self.url, self.bank_identity, db=self.state / "bank.db",
-            operator=self.operator.public_key, settlement_log=settlement_log)
+            operator=self.operator.public_key, settlement_log=settlement_log,
+            buckets=lambda bus: BucketKeeper(bus.nc))  # bundles, where JetStream runs
         return self.running_bank
 
     async def start_sls(self, config: SLSConfig | None = None) -> RunningSLS:

@@ -1,0 +1,50 @@
+"""The bank makes each account's bundle bucket when it opens the account (docs/jobs.md,
+"Bundles"): users and agents never hold a right to create, change or remove a stream.
+
+:class:`BucketKeeper` is the bank's hook: best effort (a bank without JetStream opens
+accounts as before; the bucket is made at the next ``open``, which agents send at every
+start and ``tycoon bank open`` repeats harmlessly), quick (one bounded request), and made
+once per account per process.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tycoon.bundles.client import BUCKET_BYTES, bucket_config
+from tycoon.bundles.names import stream
+from tycoon.bus.keys import subject_id
+from tycoon.log import get_logger
+
+ALREADY = 10058
+"""JetStream: a stream of that name exists (with another config: the operator changed it)."""
+
+
+class BucketKeeper:
+    """``await keeper(account public key)``: make the account's bucket if missing."""
+
+    def __init__(self, nc: Any, *, max_bytes: int = BUCKET_BYTES, replicas: int = 1,
+                 timeout: float = 2.0) -> None:
+        self.nc, self.max_bytes, self.replicas, self.timeout = nc, max_bytes, replicas, timeout
+        self.made: set[str] = set()
+        self.log = get_logger("bank.buckets")
+
+    async def __call__(self, account_key: str) -> None:
+        account = subject_id(account_key)
+        if account in self.made:
+            return
+        config = bucket_config(account, max_bytes=self.max_bytes, replicas=self.replicas)
+        try:  # STREAM.CREATE only: the one JetStream right this needs (no info, no update)
+            msg = await self.nc.request(f"$JS.API.STREAM.CREATE.{stream(account)}",
+                                        json.dumps(config.as_dict()).encode(),
+                                        timeout=self.timeout)
+            error = json.loads(msg.data).get("error")
+        except Exception as exc:  # a timeout; no responders: JetStream is off
+            self.log.warning("bundle bucket not made", account=account, error=repr(exc))
+            return
+        if error and error.get("err_code") != ALREADY:
+            self.log.warning("bundle bucket not made", account=account,
+                             error=error.get("description", str(error)))
+            return
+        self.made.add(account)
