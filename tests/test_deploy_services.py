@@ -106,12 +106,15 @@ async def test_bank_serve_as_documented_and_a_stranger_bank_exits(tmp_path: Path
         finally:
             proc.terminate()
             await proc.wait()
-        stranger = await _serve(rogue, url, "bank", "serve", "--operator-key", "operator",
-                                "--db", str(tmp_path / "rogue.db"))
-        _, err = await asyncio.wait_for(stranger.communicate(), 60)
-        assert stranger.returncode == 1
-        assert b"forbidden" in err and b"Authorization Violation" in err
-        assert b"Traceback" not in err
+        strangers = [await _serve(rogue, url, "bank", "serve", "--operator-key", "operator",
+                                  "--db", str(tmp_path / "rogue.db")),
+                     await _serve(rogue, url, "--as", "bank", "sls", "serve")]
+        outs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in strangers)),
+                                      60)
+        for stranger, (_, err) in zip(strangers, outs, strict=True):
+            assert stranger.returncode == 1, err
+            assert b"forbidden" in err and b"Authorization Violation" in err
+            assert b"Traceback" not in err
 
 
 @pytest.mark.nats
