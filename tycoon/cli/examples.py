@@ -70,6 +70,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "agent run": (
         "tycoon --as alice agent run --budget 50 --deadline 30m   # Ctrl-C pauses; rerun resumes",
         "tycoon --as alice agent run --budget 10 --deadline 2m --json",
+        "tycoon --as alice agent run --budget 50 --deadline 2h --tasks inputs.txt --out res "
+        "-- python3 work.py {}",
+        "tycoon --as alice agent run --budget 50 --deadline 2h --tasks inputs.txt --bundle "
+        "./code --collect out.csv -- python3 work.py {}",
+        "tycoon --as alice agent run --budget 5 --deadline 10m --each-host -- uname -a",
     ),
     "history": ("tycoon history host-1 --since 10m", "tycoon history host-1 --plot price.png"),
     "sim": ("tycoon sim equilibrium --users 10 --hosts 50",
