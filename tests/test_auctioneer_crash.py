@@ -16,9 +16,7 @@ from polling import until
 
 from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.bank.client import BankClient
-from tycoon.bank.ledger import Ledger
-from tycoon.bank.service import BankService
-from tycoon.bank.sqlite_store import SqliteStore
+from tycoon.bank.launch import launch as launch_bank
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.keys import Identity, KeyStore, subject_id
 from tycoon.errors import Rejected
@@ -46,14 +44,9 @@ async def wait_ready(client: AuctioneerClient) -> dict:
 @pytest.fixture
 async def bank(nats_url: str, tmp_path: Path) -> AsyncIterator[tuple[Identity, Identity]]:
     ident, operator = Identity.generate(), Identity.generate()
-    ledger = Ledger(SqliteStore(tmp_path / "bank.db"), ident, operator=operator.public_key)
-    bus = await open_bus(nats_url, ident)
-    service = BankService(bus, ledger)
-    await service.start()
-    yield ident, operator
-    await service.stop()
-    await bus.close()
-    ledger.store.close()
+    async with launch_bank(nats_url, ident, db=tmp_path / "bank.db",
+                           operator=operator.public_key):
+        yield ident, operator
 
 
 async def test_sigkill_keeps_every_balance(

@@ -15,10 +15,8 @@ from bank_kit import funded_user
 from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.auctioneer.launch import RunningAuctioneer, start_auctioneer
 from tycoon.bank.client import BankClient
-from tycoon.bank.ledger import Ledger
+from tycoon.bank.launch import RunningBank, start_bank
 from tycoon.bank.receipt import make_receipt
-from tycoon.bank.service import BankService
-from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.envelope import Message, open_envelope, seal
@@ -37,8 +35,7 @@ class Market:
     bank_id: Identity
     operator: Identity
     host_id: Identity
-    ledger: Ledger
-    bank_service: BankService
+    bank: RunningBank
     auctioneer: RunningAuctioneer
     driver: SimulatedDriver
     buses: list[Bus] = field(default_factory=list)
@@ -64,10 +61,8 @@ class Market:
 @pytest.fixture
 async def market(nats_url: str, tmp_path: Path) -> AsyncIterator[Market]:
     bank_id, operator, host_id = Identity.generate(), Identity.generate(), Identity.generate()
-    ledger = Ledger(SqliteStore(tmp_path / "bank.db"), bank_id, operator=operator.public_key)
-    bank_bus = await open_bus(nats_url, bank_id)
-    bank_service = BankService(bank_bus, ledger)
-    await bank_service.start()
+    bank = await start_bank(nats_url, bank_id, db=tmp_path / "bank.db",
+                            operator=operator.public_key)
     driver = SimulatedDriver(preset="small")
     auctioneer = await start_auctioneer(
         nats_url, host_id, bank_key=bank_id.public_key, driver=driver,
@@ -75,16 +70,13 @@ async def market(nats_url: str, tmp_path: Path) -> AsyncIterator[Market]:
     )  # fmt: skip
     # the host's own bank account (users pay into it; refunds come from it)
     await BankClient(auctioneer.bus, bank_id.public_key).open(exist_ok=True)
-    state = Market(nats_url, tmp_path, bank_id, operator, host_id, ledger, bank_service,
-                   auctioneer, driver)  # fmt: skip
+    state = Market(nats_url, tmp_path, bank_id, operator, host_id, bank, auctioneer, driver)
     yield state
     for bus in state.buses:
         await bus.close()
     with contextlib.suppress(Exception):
         await state.auctioneer.stop()
-    await bank_service.stop()
-    await bank_bus.close()
-    ledger.store.close()
+    await state.bank.stop()
 
 
 async def pay(bank: BankClient, host_key: str, credits: float) -> bytes:
@@ -255,14 +247,14 @@ async def test_pending_refund_is_paid_after_the_bank_returns(market: Market) -> 
     bank, client = await market.user(100)
     await client.fund(await pay(bank, market.host_id.public_key, 40))
     before = await bank.balance()
-    await market.bank_service.stop()  # the bank goes away
+    await market.bank.stop()  # the bank goes away
     with pytest.raises(Rejected) as info:
         await client.refund()
     assert info.value.code == "unavailable"
     assert market.auctioneer.market.accounts[bank.account].balance == 0
     assert len(market.auctioneer.market.pending) == 1
-    market.bank_service = BankService(market.bank_service.bus, market.ledger)
-    await market.bank_service.start()
+    market.bank = await start_bank(market.url, market.bank_id, db=market.tmp / "bank.db",
+                                   operator=market.operator.public_key)  # and comes back
     refund = await client.refund()  # the retry pays the same refund, once
     assert [r["amount"] for r in refund["refunds"]] == [40 * MICRO]
     assert await bank.balance() == before + 40 * MICRO

@@ -24,14 +24,14 @@ from tycoon.agent.agent import Agent, AgentConfig
 from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.auctioneer.launch import RunningAuctioneer, start_auctioneer
 from tycoon.bank.client import BankClient
-from tycoon.bank.ledger import Ledger
+from tycoon.bank.launch import start_bank
 from tycoon.bank.service import BankService
-from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus import subjects
-from tycoon.bus.connection import Bus, open_bus
+from tycoon.bus.connection import Bus
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.metrics.server import MetricsServer
 from tycoon.money import MICRO
+from tycoon.sls.launch import start_sls
 from tycoon.sls.service import SLSConfig, SLSService
 from tycoon.vmm.simulated import SimulatedDriver
 
@@ -92,13 +92,11 @@ class Market:
 @pytest.fixture
 async def market(nats_url: str, tmp_path: Path) -> AsyncIterator[Market]:
     bank_id, operator, host_id = Identity.generate(), Identity.generate(), Identity.generate()
-    ledger = Ledger(SqliteStore(tmp_path / "bank.db"), bank_id, operator=operator.public_key)
-    bank_bus = await open_bus(nats_url, bank_id)
-    bank = BankService(bank_bus, ledger)
-    await bank.start()
-    sls_bus = await open_bus(nats_url, Identity.generate())
-    sls = SLSService(sls_bus, SLSConfig(sweep_s=0.05, snapshot_s=0.5, warm_start_s=0))
-    await sls.start()
+    running_bank = await start_bank(nats_url, bank_id, db=tmp_path / "bank.db",
+                                    operator=operator.public_key)
+    running_sls = await start_sls(nats_url, None, SLSConfig(sweep_s=0.05, snapshot_s=0.5,
+                                                            warm_start_s=0))
+    bank, sls = running_bank.service, running_sls.service
     auctioneer = await start_auctioneer(
         nats_url, host_id, bank_key=bank_id.public_key, driver=SimulatedDriver(preset="small"),
         store_path=tmp_path / "host.db", name="h1", tick_s=0.1, heartbeat_s=0.2)
@@ -115,11 +113,8 @@ async def market(nats_url: str, tmp_path: Path) -> AsyncIterator[Market]:
         await bus.close()
     with contextlib.suppress(Exception):
         await auctioneer.stop()
-    await sls.stop()
-    await sls_bus.close()
-    await bank.stop()
-    await bank_bus.close()
-    ledger.store.close()
+    await running_sls.stop()
+    await running_bank.stop()
 
 
 async def test_a_transfer_moves_the_banks_metrics(market: Market) -> None:

@@ -28,9 +28,7 @@ from tycoon import natsconf
 from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.auctioneer.launch import RunningAuctioneer, start_auctioneer
 from tycoon.bank.client import BankClient
-from tycoon.bank.ledger import Ledger
-from tycoon.bank.service import BankService
-from tycoon.bank.sqlite_store import SqliteStore
+from tycoon.bank.launch import start_bank
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, inbox_prefix, open_bus
 from tycoon.bus.envelope import seal
@@ -49,7 +47,8 @@ from tycoon.natsconf import (
 )
 from tycoon.natsserver import NatsServer, free_port, nats_server_binary
 from tycoon.sls.client import SLSClient
-from tycoon.sls.service import SLSConfig, SLSService
+from tycoon.sls.launch import start_sls
+from tycoon.sls.service import SLSConfig
 from tycoon.streams.reader import read_stream
 from tycoon.vmm.simulated import SimulatedDriver
 
@@ -278,8 +277,8 @@ async def test_unknown_principals_cannot_connect(secured: Secured) -> None:
 @pytest.mark.nats
 async def test_agent_cannot_publish_prices_and_the_sls_never_sees_it(secured: Secured) -> None:
     s = secured
-    sls = SLSService(await s.bus(s.ident(s.deployment.sls_key)), SLSConfig(snapshot_s=3600))
-    await sls.start()
+    sls = await start_sls(await s.bus(s.ident(s.deployment.sls_key)),
+                          config=SLSConfig(snapshot_s=3600))
     try:
         watcher = await s.bus(s.watcher)
         seen = Recorder()
@@ -295,11 +294,11 @@ async def test_agent_cannot_publish_prices_and_the_sls_never_sees_it(secured: Se
         host = await s.bus(s.ident(s.deployment.hosts[0].key))
         await host.publish(target, "price", {**body, "seq": 2})
         for _ in range(250):
-            if seen.seen and sum(sls.ingest.counters.values()):
+            if seen.seen and sum(sls.service.ingest.counters.values()):
                 break
             await asyncio.sleep(0.02)
         assert seen.seen == [target]
-        assert dict(sls.ingest.counters) == {"accepted": 1}
+        assert dict(sls.service.ingest.counters) == {"accepted": 1}
     finally:
         await sls.stop()
 
@@ -359,10 +358,8 @@ async def test_watching_operator_cannot_publish_at_all(secured: Secured) -> None
 async def test_no_one_reads_another_principals_replies(secured: Secured, tmp_path: Path) -> None:
     s = secured
     bank_ident, operator = s.ident(s.deployment.bank_key), s.ident(s.deployment.operator_key)
-    ledger = Ledger(SqliteStore(tmp_path / "bank.db"), bank_ident,
-                    operator=operator.public_key)
-    bank = BankService(await s.bus(bank_ident), ledger)
-    await bank.start()
+    bank = await start_bank(await s.bus(bank_ident), db=tmp_path / "bank.db",
+                            operator=operator.public_key)
     try:
         alice, mallory = await s.bus(s.users[0]), await s.bus(s.users[1])
         stolen = Recorder()
@@ -381,7 +378,6 @@ async def test_no_one_reads_another_principals_replies(secured: Secured, tmp_pat
         assert info.body["bank"] == bank_ident.public_key
     finally:
         await bank.stop()
-        ledger.store.close()
 
 
 @pytest.mark.nats
@@ -389,11 +385,9 @@ async def test_a_whole_market_works_under_the_config(secured: Secured, tmp_path:
     s = secured
     d = s.deployment
     bank_ident, operator = s.ident(d.bank_key), s.ident(d.operator_key)
-    ledger = Ledger(SqliteStore(tmp_path / "bank.db"), bank_ident, operator=operator.public_key)
-    bank = BankService(await s.bus(bank_ident), ledger)
-    await bank.start()
-    sls = SLSService(await s.bus(s.ident(d.sls_key)), SLSConfig(snapshot_s=0.5))
-    await sls.start()
+    bank = await start_bank(await s.bus(bank_ident), db=tmp_path / "bank.db",
+                            operator=operator.public_key)
+    sls = await start_sls(await s.bus(s.ident(d.sls_key)), config=SLSConfig(snapshot_s=0.5))
     hosts: list[RunningAuctioneer] = []
     try:
         for i, spec in enumerate(d.hosts):
@@ -444,7 +438,6 @@ async def test_a_whole_market_works_under_the_config(secured: Secured, tmp_path:
             await h.stop()
         await sls.stop()
         await bank.stop()
-        ledger.store.close()
 
 
 def test_stream_names_match_the_streams_module() -> None:

@@ -122,16 +122,12 @@ async def test_a_payment_to_a_host_that_is_down_is_redeemed_by_settle(
     import json
 
     from tycoon.auctioneer.client import pay_and_fund, wallet_dir
-    from tycoon.bank.ledger import Ledger
-    from tycoon.bank.service import BankService
-    from tycoon.bank.sqlite_store import SqliteStore
+    from tycoon.bank.launch import start_bank
     from tycoon.cli.main import main
 
     bank_id, operator = Identity.generate(), Identity.generate()
-    ledger = Ledger(SqliteStore(tmp_path / "bank.db"), bank_id, operator=operator.public_key)
-    bank_bus = await open_bus(nats_url, bank_id)
-    bank_service = BankService(bank_bus, ledger)
-    await bank_service.start()
+    bank_service = await start_bank(nats_url, bank_id, db=tmp_path / "bank.db",
+                                    operator=operator.public_key)
     home = tmp_path / "home"
     keys = KeyStore(home)
     host, alice = keys.create("h1"), keys.create("alice")
@@ -180,7 +176,6 @@ async def test_a_payment_to_a_host_that_is_down_is_redeemed_by_settle(
         for bus in (alice_bus, op_bus):
             await bus.close()
         await bank_service.stop()
-        await bank_bus.close()
 
 
 async def test_a_refund_the_bank_refuses_does_not_hold_up_the_others(nats_url: str,
