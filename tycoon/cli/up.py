@@ -190,8 +190,12 @@ directory, which holds keys and must stay closed to the jobs' uids."""
 
 def cpuset_args(index: int, hosts: int) -> list[str]:
     """``--cpus`` for the ``index``-th of ``hosts`` cgroups hosts: its own share of this
-    machine's CPUs when each gets at least one (so hosts do not compete), else none."""
-    cpus = sorted(os.sched_getaffinity(0))
+    machine's CPUs when each gets at least one (so hosts do not compete), else none.
+    ``TYCOON_UP_CPUS`` (e.g. ``0`` or ``0,1``) names the CPUs to share out instead of all of
+    this process's (benchmarks/jobs.py: one host on one core)."""
+    listed = os.environ.get("TYCOON_UP_CPUS", "").strip()
+    cpus = sorted({int(c) for c in listed.split(",")}) if listed else \
+        sorted(os.sched_getaffinity(0))
     per = len(cpus) // hosts if hosts else 0
     if per < 1:
         return []
