@@ -169,3 +169,21 @@ async def test_bundles_belong_to_the_jobs_uid(js_url: str, tmp_path: Path) -> No
     finally:
         driver.teardown()
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_a_job_adopted_after_a_restart_still_sends_its_results(
+        market: JobMarket, tmp_path: Path) -> None:
+    from test_jobs_restart import restart
+
+    user = await market.user()
+    await user.fund_and_bid(10)
+    await bucket_for(market.url, user)
+    script = "import os, time\ntime.sleep(0.6)\nos.mkdir('out')\nopen('out/r', 'w').write('late')\n"
+    _, stream, sub = await user.jobs.start([PY, "-c", script], collect=["out"])
+    await restart(market, tmp_path)
+    async for _ in stream.events(timeout=15):
+        pass
+    await sub.unsubscribe()
+    assert stream.exit is not None and stream.exit.result, stream.exit
+    got = await client.pull(user.jobs.bus, stream.exit.result, tmp_path / "got")
+    assert (got / "out" / "r").read_text() == "late"

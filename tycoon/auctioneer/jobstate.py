@@ -48,7 +48,7 @@ def to_record(job: Job, pending: list[Pending]) -> dict[str, Any]:
         "dropped": job.dropped, "marked": job.marked, "status": job.status,
         "signal": job.signal, "cpu_s": job.cpu_s, "peak_memory": job.peak_memory,
         "ended_ns": job.ended_ns, "offsets": dict(job.offsets), "adopted": job.adopted,
-        "exit_sent": job.exit_sent,
+        "exit_sent": job.exit_sent, "collect": list(job.collect), "workdir": job.workdir,
         "pending": [[p.seq, p.stream, p.offset, p.length, p.dropped] for p in pending],
     }
 
@@ -69,7 +69,9 @@ def from_record(data: dict[str, Any]) -> tuple[Job, list[Pending]]:
                   cpu_s=float(data["cpu_s"]), peak_memory=_int(data["peak_memory"]),
                   ended_ns=_int(data["ended_ns"]),
                   offsets={s: _int(data["offsets"][s]) for s in STREAMS},
-                  adopted=bool(data["adopted"]), exit_sent=bool(data["exit_sent"]))
+                  adopted=bool(data["adopted"]), exit_sent=bool(data["exit_sent"]),
+                  collect=tuple(_text(p, 255) for p in _list(data.get("collect", []))),
+                  workdir=_text(data.get("workdir", ""), 4096))  # bundles: collect at exit
         pending = [Pending(_int(seq), _stream(stream), _int(offset), _int(length), _int(drop))
                    for seq, stream, offset, length, drop in _list(data["pending"])]
     except (KeyError, TypeError, ValueError, AttributeError) as error:
