@@ -19,6 +19,7 @@ from tycoon.bank.client import BankClient
 from tycoon.bank.receipt import verify_receipt
 from tycoon.bus.connection import open_bus
 from tycoon.bus.keys import Identity, KeyStore
+from tycoon.cli.main import main
 from tycoon.errors import Rejected
 from tycoon.natsserver import NatsServer
 from tycoon.streams.config import SETTLEMENTS
@@ -58,9 +59,22 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
 
 
 def restore(tmp_path: Path, backup: Path, db: Path) -> None:
+    """docs/operations.md's restore: the backup in place, its WAL gone, then audited."""
     for name in ("bank.db", "bank.db-wal", "bank.db-shm"):
         (tmp_path / name).unlink(missing_ok=True)
     backup.rename(db)
+    assert main(["bank", "audit", "--db", str(db)]) == 0
+
+
+async def verify_log(url: str, home: Path, db: Path) -> None:
+    """`tycoon --as operator bank verify-log --db …`: exit 0, the ledger is whole again."""
+    argv = ["--nats", url, "--home", str(home), "--as", "operator", "bank", "verify-log",
+            "--db", str(db)]
+    for _ in range(20):  # the settlement log publishes the newest receipt in the background
+        if await asyncio.to_thread(main, argv) == 0:
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError("verify-log never exited 0")
 
 
 async def unique_receipts(js: object, bank_key: str) -> dict[int, bytes]:
@@ -101,6 +115,7 @@ async def test_a_restored_bank_re_enters_its_log_or_waits_in_maintenance(
         assert await b.balance() == 7_000_000  # the re-entered transfers
         new = await a.transfer(b.account, 1, transfer_id="after-restore")
         assert new.seq == top + 1  # never a sequence number twice
+        await verify_log(url, home, db)
 
         # 2. a mint (no receipt) after the backup: maintenance until the operator re-mints
         with sqlite3.connect(db) as src, sqlite3.connect(backup) as dst:
@@ -137,6 +152,7 @@ async def test_a_restored_bank_re_enters_its_log_or_waits_in_maintenance(
             await op.mint(b.account, 5_000_000, "m2")
             last = await a.transfer(b.account, 1, transfer_id="after-maintenance")
             assert await b.balance() == 2_000_005
+            await verify_log(url, home, db)
         finally:
             await stop(proc)
         seqs = await unique_receipts(js, bank_key)
