@@ -22,8 +22,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "init": (
         "tycoon init --user alice                  # make alice's key, admit it, reload",
         "tycoon init --user bob --role user        # bob may not run an agent",
-        "tycoon init --hosts 4 --agents 2          # keys and tycoon.toml for a deployment",
+        "tycoon init --local --hosts 4 --agents 2  # a market on this machine: its keys",
         "tycoon init --cluster n1,n2,n3 --dry-run  # one config per node; show the diff",
+        "tycoon init                               # re-render from admitted public keys",
     ),
     "key": ("tycoon key show laptop --role user --create",),
     "key show": ("tycoon key show bank --role bank      # on the bank's machine",),
