@@ -294,9 +294,9 @@ async def main() -> None:
         run = await priced(market, base, args.tasks, n, args.budget, args.deadline)
     finally:
         market.stop()
+        shutil.rmtree(base, ignore_errors=True)
     fight = contest(run["samples"], args.tasks)
     plain = unpriced(args.tasks, n)
-    shutil.rmtree(base, ignore_errors=True)
     ms = {k: [1000 * x for x in v] for k, v in lat.items()}
     rows = [
         ("CPU received alice/bob (both bags running)", f"{fight['cpu_ratio']:.3f}", "", ""),
