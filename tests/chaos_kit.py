@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faults_kit import Proc, check_bank, check_host_store
+from faults_kit import Proc, check_bank, check_host_store, pending_moves
 
 from tycoon.auctioneer.client import AuctioneerClient, pay_and_fund, settle_receipts
 from tycoon.bank.client import BankClient
@@ -446,7 +446,7 @@ async def check_money_home(chaos: Chaos) -> dict[str, Any]:
                 if row is not None:
                     held += row[0]
                     spent += row[1]
-            pending = _pending_moves(journal)
+            pending = pending_moves(journal)
             summary = _summary(chaos.procs[name])
             outstanding += held + sum(o["amount"] for o in summary.get("outstanding", []))
             agents[name] = {"budget": budget, "spent": spent, "held_at_hosts": held,
@@ -477,14 +477,6 @@ async def check_money_home(chaos: Chaos) -> dict[str, Any]:
         await asyncio.sleep(1)
     assert report is not None and report.ok, report.to_dict() if report else None
     return {"outstanding_uc": outstanding, "agents": agents, "pending_refunds": pending_refunds}
-
-
-def _pending_moves(journal: Path) -> list[str]:
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        return [r[0] for r in db.execute("SELECT id FROM moves WHERE status = 'pending'")]
-    finally:
-        db.close()
 
 
 def _summary(proc: Proc) -> dict[str, Any]:

@@ -58,6 +58,15 @@ def check_host_store(path: Path, host_key: str, bank_db: Path) -> int:
     return funded
 
 
+def pending_moves(journal: Path) -> list[str]:
+    """The ids of an agent journal's moves still pending (read-only)."""
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in db.execute("SELECT id FROM moves WHERE status = 'pending'")]
+    finally:
+        db.close()
+
+
 def check_journal(journal: Path, agent_key: str, bank_db: Path, budget: int) -> None:
     """The agent repeated no money move: each of its bank payments is one journalled move
     (same id, same amount), and it paid out no more than its budget."""

@@ -21,7 +21,15 @@ import time
 from pathlib import Path
 
 import pytest
-from faults_kit import Flood, Proc, check_bank, check_host_store, check_journal, eventually
+from faults_kit import (
+    Flood,
+    Proc,
+    check_bank,
+    check_host_store,
+    check_journal,
+    eventually,
+    pending_moves,
+)
 
 from tycoon.bank.client import BankClient
 from tycoon.bank.sqlite_store import SqliteStore
@@ -143,7 +151,7 @@ async def test_kill_agent_auctioneer_and_bank_processes(tmp_path: Path) -> None:
         # the agent's job runs to its deadline and refunds what is left
         assert agent.proc is not None
         assert await asyncio.wait_for(agent.proc.wait(), 90) == 0, agent.text()
-        pending_after_run = _pending(journal)
+        pending_after_run = pending_moves(journal)
         summary = json.loads([ln for ln in agent.text().splitlines()
                               if ln.startswith('{"agent"')][-1])
         assert 0 < summary["spent"] <= BUDGET
@@ -176,17 +184,9 @@ async def test_kill_agent_auctioneer_and_bank_processes(tmp_path: Path) -> None:
         store.close()
         assert row is None or row[0] == 0  # the agent's leftovers came back
     check_journal(journal, agent_id.public_key, db, BUDGET)
-    assert not _pending(journal), "moves still pending after the re-run"
+    assert not pending_moves(journal), "moves still pending after the re-run"
     if pending_after_run:  # a known gap of the agent: reported, recovered by a restart
         print(f"moves left pending by the first run: {pending_after_run}")
-
-
-def _pending(journal: Path) -> list[str]:
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        return [r[0] for r in db.execute("SELECT id FROM moves WHERE status = 'pending'")]
-    finally:
-        db.close()
 
 
 async def _true(value: bool) -> bool:
