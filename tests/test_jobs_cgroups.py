@@ -232,11 +232,13 @@ async def test_a_job_cannot_leave_its_sandbox_thaw_itself_or_touch_another(
         f"attempt('kill', lambda: os.kill({reply['pid']}, signal.SIGKILL))\n"
         f"attempt('read', lambda: os.listdir('{setup.root / victim.key}'))\n"
         "attempt('root', lambda: os.setuid(0))\n"
+        "attempt('reopen', lambda: open('/proc/self/fd/1', 'r'))\n"  # its output file
+        f"attempt('state', lambda: os.listdir('{setup.root}/.host'))\n"
     )
     chunks, done = await attacker.jobs.run([PY, "-c", code])
     out = _text(chunks)
     assert done.status == 0, _text(chunks, "stderr")
-    assert "DID" not in out and out.count("REFUSED") == 6, out
+    assert "DID" not in out and out.count("REFUSED") == 8, out
     assert Path(f"/proc/{reply['pid']}").exists()
     await victim.jobs.signal(reply["job"], "KILL")
     await sub.unsubscribe()
