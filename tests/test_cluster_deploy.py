@@ -48,6 +48,20 @@ def test_one_config_per_node(tmp_path: Path) -> None:
     assert main(["--home", str(box), "init", "--cluster", "n1:x"]) == 1
 
 
+def test_tls_routes_and_a_monitoring_port_per_node(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    box = tmp_path / "box"
+    assert main(["--home", str(box), "init", "--local", "--cluster", "a:4222:6222:8222,b,c",
+                 "--tls-cert", "/c.pem", "--tls-key", "/k.pem", "--http-port", "8300"]) == 0
+    assert "routes between the nodes are plain" in capsys.readouterr().out  # said, not hidden
+    assert main(["--home", str(box), "init", "--cluster-ca", "/ca.pem"]) == 0
+    a, b = ((box / f"nats-{n}.conf").read_text() for n in "ab")
+    assert 'http: "127.0.0.1:8222"' in a and 'http: "127.0.0.1:8300"' in b  # loopback
+    route = b[b.index("cluster {"):]
+    assert 'cert_file: "/c.pem"' in route and 'ca_file: "/ca.pem"' in route
+    assert main(["--home", str(box), "init", "--cluster", "a:1:2:3:4"]) == 1
+
+
 def test_storage_is_sized_from_the_streams() -> None:
     """1 GiB left the bank looping on 'insufficient storage': the two streams reserve
     3 GiB on every node holding a replica."""
