@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from polling import until
 
-from tycoon.agent.broker import Broker, enroll
+from tycoon.agent.broker import enroll
+from tycoon.agent.launch import start_broker
 from tycoon.bank.client import BankClient
 from tycoon.bus.keys import KeyStore
 from tycoon.errors import Rejected
@@ -32,8 +33,9 @@ async def test_broker_runs_a_paid_job_and_returns_the_rest(nats_url: str, tmp_pa
     try:
         await wait_for_hosts(market, 2)
         broker_bus = await market.fund_user(0)
-        broker = Broker(broker_bus, market.bank_key, tmp_path / "broker", fee_percent=5)
-        await broker.start()
+        running = await start_broker(broker_bus, bank_key=market.bank_key,
+                                     state=tmp_path / "broker", fee_percent=5)
+        broker = running.broker
         user = await market.fund_user(100 * MICRO)
         reply = await enroll(user, market.bank_key, broker_bus.identity.public_key,
                              20 * MICRO, "6s", transfer_id="job-1")
@@ -63,7 +65,7 @@ async def test_broker_runs_a_paid_job_and_returns_the_rest(nats_url: str, tmp_pa
         assert await BankClient(broker_bus, market.bank_key).balance() == MICRO  # the fee
         money = market.money()
         assert money["minted"] == money["balances"]
-        await broker.stop()
+        await running.stop()
     finally:
         await market.close()
 

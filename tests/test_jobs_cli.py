@@ -13,9 +13,7 @@ import pytest
 from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.auctioneer.launch import start_auctioneer
 from tycoon.bank.client import BankClient
-from tycoon.bank.ledger import Ledger
-from tycoon.bank.service import BankService
-from tycoon.bank.sqlite_store import SqliteStore
+from tycoon.bank.launch import start_bank
 from tycoon.bus.connection import open_bus
 from tycoon.bus.keys import Identity, KeyStore
 from tycoon.cli.pub import main
@@ -28,10 +26,8 @@ pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
 async def test_exec_jobs_signal(nats_url: str, tmp_path: Path,
                                 capfd: pytest.CaptureFixture[str]) -> None:
     bank_id, operator = Identity.generate(), Identity.generate()
-    ledger = Ledger(SqliteStore(tmp_path / "bank.db"), bank_id, operator=operator.public_key)
-    bank_bus = await open_bus(nats_url, bank_id)
-    bank = BankService(bank_bus, ledger)
-    await bank.start()
+    bank = await start_bank(nats_url, bank_id, db=tmp_path / "bank.db",
+                            operator=operator.public_key)
     home = tmp_path / "home"
     keys = KeyStore(home)
     host, alice = keys.create("h1"), keys.create("alice")
@@ -76,5 +72,3 @@ async def test_exec_jobs_signal(nats_url: str, tmp_path: Path,
         await alice_bus.close()
         await auctioneer.stop()
         await bank.stop()
-        await bank_bus.close()
-        ledger.store.close()

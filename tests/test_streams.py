@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 
 from tycoon.bank.client import BankClient
-from tycoon.bank.ledger import Ledger
+from tycoon.bank.launch import RunningBank, start_bank
 from tycoon.bank.receipt import make_receipt
-from tycoon.bank.service import BankService
 from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bank.store import EventRow
 from tycoon.bus import subjects
@@ -23,7 +22,9 @@ from tycoon.bus.keys import Identity, KeyStore, subject_id
 from tycoon.cli.main import main
 from tycoon.log import configure_logging
 from tycoon.natsserver import NatsServer
-from tycoon.sls.service import SLSConfig, SLSService
+from tycoon.sls.launch import launch as launch_sls
+from tycoon.sls.launch import start_sls
+from tycoon.sls.service import SLSConfig
 from tycoon.streams.config import MSG_ID, PRICES, SETTLEMENTS, settlement_subject
 from tycoon.streams.reader import StoredMsg, read_stream
 from tycoon.streams.settlements import SettlementLog, msg_id, sqlite_source
@@ -102,26 +103,26 @@ class Bank:
     def __init__(self, url: str, db: Path, bank: Identity, operator: Identity) -> None:
         self.url, self.db, self.identity, self.operator = url, db, bank, operator
         self.buses: list[Bus] = []
-        self.service: BankService | None = None
+        self.running: RunningBank | None = None
         self.log: SettlementLog | None = None
 
-    async def start(self, *, with_log: bool = True) -> None:
-        self.ledger = Ledger(SqliteStore(self.db), self.identity,
-                             operator=self.operator.public_key)
-        bus = await open_bus(self.url, self.identity)
-        self.buses.append(bus)
+    def _log(self, bus: Bus) -> SettlementLog:
         self.log = SettlementLog(bus.nc, self.identity.public_key, sqlite_source(self.db),
-                                 window=8, retry_s=(0.1, 0.5)) if with_log else None
-        self.service = BankService(bus, self.ledger, settlement_log=self.log)
-        await self.service.start()
+                                 window=8, retry_s=(0.1, 0.5))
+        return self.log
+
+    async def start(self, *, with_log: bool = True) -> None:
+        self.log = None
+        self.running = await start_bank(self.url, self.identity, db=self.db,
+                                        operator=self.operator.public_key,
+                                        settlement_log=self._log if with_log else None)
 
     async def stop(self) -> None:
-        assert self.service is not None
-        await self.service.stop()
+        assert self.running is not None
+        await self.running.stop()
         for bus in self.buses:
             await bus.close()
         self.buses = []
-        self.ledger.store.close()
 
     async def client(self, identity: Identity) -> BankClient:
         bus = await open_bus(self.url, identity)
@@ -283,11 +284,8 @@ def price_body(host: Identity, seq: int, price: float, hb: float = 5.0) -> dict[
 async def test_sls_warm_starts_from_prices_and_history_reads_them(
     js_server: NatsServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    first = SLSService(await open_bus(js_server.url, Identity.generate()), SLSConfig())
-    await first.start()  # creates PRICES
-    assert first.warm.get("accepted", 0) == 0
-    await first.stop()
-    await first.bus.close()
+    async with launch_sls(js_server.url, None, SLSConfig()) as first:  # creates PRICES
+        assert first.service.warm.get("accepted", 0) == 0
     hosts = [Identity.generate() for _ in range(2)]
     buses = [await open_bus(js_server.url, h) for h in hosts]
     for seq in range(1, 11):
@@ -310,8 +308,8 @@ async def test_sls_warm_starts_from_prices_and_history_reads_them(
     assert [m.seq async for m in read_stream(js, PRICES, start_seq=20)] == [20, 21]
     await probe.close()
 
-    sls = SLSService(await open_bus(js_server.url, Identity.generate()), SLSConfig())
-    await sls.start()
+    running = await start_sls(js_server.url, None, SLSConfig())
+    sls = running.service
     try:
         assert sls.warm["accepted"] == 20 and sls.warm["forbidden"] == 1, sls.warm
         now = time.time_ns()
@@ -321,8 +319,7 @@ async def test_sls_warm_starts_from_prices_and_history_reads_them(
         minute = detail["resources"]["cpu"]["statistics"]["windows"]["minute"]
         assert minute["count"] == 10 and minute["mean"] == pytest.approx(550.0)
     finally:
-        await sls.stop()
-        await sls.bus.close()
+        await running.stop()
 
     home = tmp_path / "home"
     png = tmp_path / "plot.png"

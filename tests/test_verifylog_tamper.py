@@ -21,8 +21,7 @@ from hostile_kit import Cast
 
 from tycoon.bank.audit import audit
 from tycoon.bank.client import BankClient
-from tycoon.bank.ledger import Ledger
-from tycoon.bank.service import BankService
+from tycoon.bank.launch import RunningBank, start_bank
 from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.keys import Identity, KeyStore
@@ -50,29 +49,27 @@ class World:
     cast: Cast
     server: NatsServer
     buses: list[Bus] = field(default_factory=list)
-    service: BankService | None = None
+    bank: RunningBank | None = None
     log: SettlementLog | None = None
 
     @property
     def url(self) -> str:
         return self.server.url
 
-    async def start_bank(self) -> None:
-        self.ledger = Ledger(SqliteStore(self.db), self.cast.bank,
-                             operator=self.cast.operator.public_key)
-        bus = await open_bus(self.url, self.cast.bank)
-        self.buses.append(bus)
+    def _log(self, bus: Bus) -> SettlementLog:
         self.log = SettlementLog(bus.nc, self.cast.bank.public_key, sqlite_source(self.db),
                                  window=8, retry_s=(0.1, 0.5))
-        self.service = BankService(bus, self.ledger, settlement_log=self.log)
-        await self.service.start()
+        return self.log
+
+    async def start_bank(self) -> None:
+        self.bank = await start_bank(self.url, self.cast.bank, db=self.db,
+                                     operator=self.cast.operator.public_key,
+                                     settlement_log=self._log)
 
     async def stop_bank(self) -> None:
-        if self.service is not None:
-            await self.service.stop()
-            await self.service.bus.close()
-            self.ledger.store.close()
-            self.service = None
+        if self.bank is not None:
+            await self.bank.stop()
+            self.bank = None
 
     async def client(self, identity: Identity) -> BankClient:
         bus = await open_bus(self.url, identity)

@@ -29,12 +29,12 @@ import pytest
 from polling import until, until_blocking
 
 from tycoon.bus import subjects
-from tycoon.bus.connection import open_bus
 from tycoon.bus.envelope import seal
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.bus.kinds import KINDS
 from tycoon.natsserver import NatsServer
-from tycoon.sls.service import SLSConfig, SLSService
+from tycoon.sls.launch import start_sls
+from tycoon.sls.service import SLSConfig
 from tycoon.web.history import HistorySource, history_json
 from tycoon.web.server import DashboardServer, PageConfig
 
@@ -260,8 +260,7 @@ async def test_history_source_reads_through_the_sls_else_prices(tmp_path: Path) 
     """The server side of ``/history``: a host's stored envelopes, byte for byte as the host
     signed them, through ``sls.history``; with no SLS, by direct gets from PRICES."""
     async with NatsServer(jetstream=True, store_dir=tmp_path / "js") as server:
-        sls = SLSService(await open_bus(server.url, Identity.generate()), SLSConfig())
-        await sls.start()  # creates PRICES
+        sls = await start_sls(server.url, None, SLSConfig())  # creates PRICES
         host = Identity.generate()
         hid = subject_id(host.public_key)
         sent = [seal(host, "price", price_body(host, seq, 1.0 + seq), subject=subjects.price(hid))
@@ -277,7 +276,6 @@ async def test_history_source_reads_through_the_sls_else_prices(tmp_path: Path) 
                               what="four stored prices")
             assert got == ("sls", sent[-4:])
             await sls.stop()
-            await sls.bus.close()
             assert await asyncio.to_thread(source.fetch, hid) == ("jetstream", sent[-4:])
         finally:
             await asyncio.to_thread(source.close)
