@@ -6,8 +6,10 @@ scripts on PATH (this interpreter's bin directory), ``tycoon up`` runs in the ba
 until it prints ``market ready at nats://127.0.0.1:PORT``, ``export`` lines set the
 environment of the lines after them, and ``PORT`` is replaced by the port ``up`` printed.
 The two interactive commands (``top``, ``agent run``) run a few seconds and are stopped
-with Ctrl-C (SIGINT), as the README says. Every other line must exit 0, and no line may
-print a traceback, a refusal by the server or an ``error:``.
+with Ctrl-C (SIGINT), as the README says; an agent given a bag of tasks (``--tasks``) runs
+until its bag is done. Every other line must exit 0, and no line may print a traceback, a
+refusal by the server or an ``error:``. The "Run your work" section runs the same way on a
+``tycoon up --driver cgroups`` market where the kernel has cgroups (root, v1 controllers).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TOUR = "## A five-minute tour"
+WORK = "## Run your work"
 INTERACTIVE = (("top",), ("agent", "run"))
 """Commands that run until stopped: run for a while, then Ctrl-C."""
 BAD = ("Traceback", "Violation", "violation", "error:")
@@ -38,11 +43,11 @@ class TourError(AssertionError):
     """A line of the README did not do what the README says."""
 
 
-def tour_lines(text: str) -> list[str]:
-    """The command lines of the tour's ``sh`` blocks, in order (comment lines dropped)."""
-    if TOUR not in text:
-        raise TourError(f"README has no {TOUR!r} section")
-    section = text.split(TOUR, 1)[1].split("\n## ", 1)[0]
+def tour_lines(text: str, title: str = TOUR) -> list[str]:
+    """The command lines of a section's ``sh`` blocks, in order (comment lines dropped)."""
+    if title not in text:
+        raise TourError(f"README has no {title!r} section")
+    section = text.split(title, 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"^```sh\n(.*?)^```", section, re.S | re.M)
     lines = [ln.strip() for block in blocks for ln in block.splitlines()]
     return [ln for ln in lines if ln and not ln.startswith("#")]
@@ -74,11 +79,12 @@ class Tour:
                 self.env[name] = value.replace("$PWD", str(self.cwd))
         elif argv[:2] == ["tycoon", "up"]:
             self.start_market(line)
-        elif any(_has(argv, w) for w in INTERACTIVE):
+        elif any(_has(argv, w) for w in INTERACTIVE) and "--tasks" not in argv:
             self.interactive(line)
-        else:
+        else:  # a bag of tasks ends when it is done
             result = subprocess.run(["bash", "-c", self.substitute(line)], cwd=self.cwd,
-                                    env=self.env, capture_output=True, text=True, timeout=45)
+                                    env=self.env, capture_output=True, text=True,
+                                    timeout=240 if "--tasks" in argv else 45)
             self.check(line, result.returncode, result.stdout, result.stderr)
         self.ran.append(line)
 
@@ -212,3 +218,63 @@ def test_every_command_in_the_readme_parses() -> None:
         parser.parse_args([a.replace("PORT", "4222") for a in argv[1:]])
     with pytest.raises(SystemExit):
         parser.parse_args(["--as", "bank", "bank", "serve", "--db-path", "x"])
+
+
+def _cgroups_missing() -> str | None:
+    from tycoon.vmm.cgroupfs import find_mounts
+
+    if os.geteuid() != 0:
+        return "needs root (cgroups and per-account uids)"
+    lacking = [c for c in ("cpu", "cpuacct", "freezer", "pids") if c not in find_mounts().v1]
+    if lacking:
+        return f"needs the cgroup v1 controllers {lacking}"
+    if not os.access("/usr/bin/python3", os.X_OK):
+        return "needs /usr/bin/python3 (the jobs' python3, reachable by their uids)"
+    return None
+
+
+@pytest.mark.cgroups
+@pytest.mark.timeout(420)
+def test_the_readme_runs_your_work_on_cgroups() -> None:
+    """The "Run your work" section word for word: a cgroups market, a bag of tasks through
+    an agent with a bundle, every task's output back; then one job by hand."""
+    reason = _cgroups_missing()
+    if reason:
+        pytest.skip(reason)
+    base = Path(tempfile.mkdtemp(prefix="tycoon-readme-", dir="/tmp"))
+    base.chmod(0o755)
+    (base / "jobs").mkdir(mode=0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TYCOON_")}
+    env.update(TYCOON_LOG="warning", TYCOON_JOBS_ROOT=str(base / "jobs"))
+    tour = Tour(base / "reader", env)
+    tour.cwd.mkdir()
+    try:
+        for line in tour_lines(README.read_text(), WORK):
+            tour.run(line)
+        exits = sorted((tour.cwd / "results").glob("*/exit.json"))
+        tasks = (tour.cwd / "tasks.txt").read_text().split()
+        assert len(exits) == len(tasks) and all('"status": 0' in e.read_text() for e in exits)
+        outputs = sorted(int(out.read_text().split()[0])
+                         for out in (tour.cwd / "results").glob("*/stdout"))
+        assert outputs == sorted(int(t) for t in tasks)
+    finally:
+        output = tour.stop()
+        _remove_cgroup_roots(tour.cwd / ".tycoon-real")
+        shutil.rmtree(base, ignore_errors=True)
+    assert tour.up is not None and tour.up.returncode == 0, output[-3000:]
+    assert "bank audit passes" in output, output[-3000:]
+
+
+def _remove_cgroup_roots(state: Path) -> None:
+    """The hosts keep their cgroup subtrees for a restart: remove them after the test."""
+    from tycoon.bus.keys import KeyStore, subject_id
+    from tycoon.vmm.cgroups import CgroupsDriver
+
+    for host in ("host-1", "host-2"):
+        try:
+            key = KeyStore(state).load(host).public_key
+        except (OSError, ValueError):
+            continue
+        driver = CgroupsDriver(root=f"tycoon-{subject_id(key)[:8]}", version="v1",
+                               state_dir=None, strict=False)
+        driver.teardown()
