@@ -185,7 +185,7 @@ class JobHost:
                 else 0.0,
                 "memory": self.confine.memory_bytes(account) if account in self.market.accounts
                 else 0,
-                "frozen": account in self.frozen}
+                "frozen": account in self.frozen, "cores": self.market.capacity.cores}
 
     # ------------------------------------------------------------------ market events
 

@@ -72,6 +72,8 @@ class HostJobsReply(Body):
     cpu_s: float = field(metadata=meta(doc="the account's sandbox, from the cgroup"))
     memory: int = field(metadata=meta(doc="bytes the sandbox holds now, from the cgroup"))
     frozen: bool
+    cores: int = field(default=1, metadata=meta(doc="the host's CPU cores (an agent runs "
+                                                    "cores × share tasks there)"))
 
 
 @dataclass(frozen=True, slots=True)
