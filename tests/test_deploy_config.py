@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import os
 import shlex
 import shutil
 import subprocess
@@ -36,6 +37,18 @@ def test_every_sample_applies_to_its_command(name: str) -> None:
     if name == "bank.toml":
         assert str(args.db) == "/var/lib/tycoon/bank.db" and args.operator_key == "operator"
         assert args.as_name == "bank" and args.log_level == "info"
+
+
+def test_tls_ca_and_log_file_reach_the_environment(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service's TLS trust comes from its config file: tls_ca is the servers' CA."""
+    monkeypatch.setenv("SSL_CERT_FILE", "")  # restored after the test, whatever main sets
+    monkeypatch.setenv("TYCOON_LOG_FILE", "")
+    path = tmp_path / "c.toml"
+    path.write_text(f'tls_ca = "{tmp_path}/ca.pem"\nlog_file = "{tmp_path}/x.log"\n')
+    assert main(["--home", str(tmp_path), "--config", str(path), "keys", "list"]) == 0
+    assert os.environ["SSL_CERT_FILE"] == f"{tmp_path}/ca.pem"
+    assert os.environ["TYCOON_LOG_FILE"] == f"{tmp_path}/x.log"
 
 
 def test_command_line_wins_and_typos_are_refused(tmp_path: Path) -> None:

@@ -132,6 +132,8 @@ def main(argv: Sequence[str] | None = None,
             return 2
         if extra.get("log_file"):
             os.environ["TYCOON_LOG_FILE"] = str(extra["log_file"])
+        if extra.get("tls_ca"):  # the NATS servers' CA (docs/operations.md, step 5)
+            os.environ["SSL_CERT_FILE"] = str(extra["tls_ca"])
     if args.log_level is None:  # a service logs its warnings; a command speaks for itself
         serves = getattr(args.func, "__name__", "") == "cmd_serve"
         args.log_level = "warning" if serves else "error"
