@@ -16,9 +16,10 @@ import pytest
 from tycoon.agent.bag import TaskRunner
 from tycoon.agent.journal import Journal
 from tycoon.agent.tasks import DONE, QUEUED, RUNNING, Bag, Seat, Task
-from tycoon.bus.keys import Identity
+from tycoon.bus.envelope import Message
+from tycoon.bus.keys import Identity, subject_id
 from tycoon.errors import Rejected
-from tycoon.messages.jobs import JobExit
+from tycoon.messages.jobs import JobExit, JobOutput
 
 ME = Identity.generate().public_key
 OTHER = Identity.generate().public_key
@@ -52,7 +53,7 @@ class FakeHost:
 
 def exit_job(run: TaskRunner, job: str, status: int) -> None:
     """The host's ``job.exit`` reaching the runner's stream for ``job``."""
-    run._streams[job]._ready.put_nowait(
+    run._streams[("h", job)]._ready.put_nowait(
         JobExit(job=job, seq=1, status=status, cpu_s=0.1, peak_memory=1000, dropped=0))
 
 
@@ -205,7 +206,7 @@ async def test_every_task_starts_with_the_bundle_and_its_result_is_pulled(
     run.carry(bag.hold({"h": Seat(1, 1.0)}, 0.0) + bag.place(0.0))
     await settle()
     assert host.options["bundle"] == "ab" * 32 and host.options["collect"] == ["out.txt"]
-    run._streams["j1"]._ready.put_nowait(JobExit(
+    run._streams[("h", "j1")]._ready.put_nowait(JobExit(
         job="j1", seq=1, status=0, cpu_s=0.1, peak_memory=1, dropped=0,
         result="cd" * 32))  # type: ignore[call-arg]
     await settle()
@@ -255,3 +256,55 @@ async def test_a_start_whose_answer_timed_out_is_found_and_killed_before_a_rerun
     await asyncio.sleep(0.4)
     assert bag.tasks[1].state == QUEUED  # gone: now it may run again
     await run.stop()
+
+
+def job_msg(host: Identity, job: str, kind: str, body: dict[str, Any]) -> Message:
+    event = "exit" if kind == "job.exit" else "out"
+    return Message(kind, f"tycoon.job.{subject_id(ME)}.{job}.{event}", b"", host.public_key,
+                   0, b"", body, b"")
+
+
+async def test_a_host_naming_another_hosts_job_id_takes_nothing_from_it(
+        tmp_path: Path) -> None:
+    """Attack: host B answers exec with the job id host A gave another task (and sends an
+    exit for it). Each task's output and exit come only from its own host."""
+    a, b = Identity.generate(), Identity.generate()
+    ha, hb = subject_id(a.public_key), subject_id(b.public_key)
+    hosts = {ha: FakeHost(), hb: FakeHost()}  # both number their jobs j1, j2, ...
+    bag = Bag.of([(1, "x"), (2, "y")])
+    run = TaskRunner(bus(), Journal(tmp_path / "j.db"), bag, ["echo", "{}"], tmp_path / "out",
+                     client=lambda _b, h: hosts[h])  # type: ignore[arg-type,return-value]
+    run.carry(bag.hold({ha: Seat(1, 1.0), hb: Seat(1, 1.0)}, 0.0) + bag.place(0.0))
+    await settle()
+    assert {t.job for t in bag.tasks.values()} == {"j1"}
+    on_a = next(t for t in bag.tasks.values() if t.host == ha)
+    await run._on_job(job_msg(b, "j1", "job.output",
+                              {"job": "j1", "seq": 1, "stream": "stdout", "data": b"forged"}))
+    await run._on_job(job_msg(a, "j1", "job.output",
+                              {"job": "j1", "seq": 1, "stream": "stdout", "data": b"real"}))
+    await run._on_job(job_msg(a, "j1", "job.exit", {"job": "j1", "seq": 2, "status": 0,
+                                                    "cpu_s": 0.0, "peak_memory": 0,
+                                                    "dropped": 0}))
+    await settle()
+    assert (tmp_path / "out" / str(on_a.index) / "stdout").read_bytes() == b"real"
+    assert on_a.state == DONE
+    assert next(t for t in bag.tasks.values() if t.host == hb).state == RUNNING
+
+
+async def test_a_host_flooding_output_fills_no_disk(tmp_path: Path) -> None:
+    host = FakeHost()
+    bag = Bag.of([(1, "a")])
+    run = runner(tmp_path, host, bag)
+    run.max_output = 10_000
+    run.carry(bag.hold({"h": Seat(1, 1.0)}, 0.0) + bag.place(0.0))
+    await settle()
+    stream = run._streams[("h", "j1")]
+    for seq in range(1, 51):
+        stream._ready.put_nowait(JobOutput(job="j1", seq=seq, stream="stdout", data=b"x" * 4096))
+    exit_job(run, "j1", 0)
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        if bag.finished:
+            break
+    assert (tmp_path / "out" / "1" / "stdout").stat().st_size == 10_000
+    assert json.loads((tmp_path / "out" / "1" / "exit.json").read_text())["truncated"]

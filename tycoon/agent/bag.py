@@ -46,6 +46,10 @@ from tycoon.messages.jobs import JobExit
 EARLY = 1024
 """Job messages kept while the exec reply naming their job is on its way."""
 
+MAX_OUTPUT = 64 << 20
+"""Bytes of stdout and stderr kept per task (beyond: dropped, ``truncated`` in exit.json):
+a host's caps bound what an honest host sends; this bounds a hostile one."""
+
 QUIET_S = 30.0
 """A running task silent this long is looked up with ``host.jobs`` (gone: queued again)."""
 
@@ -60,6 +64,14 @@ def bag_digest(command: list[str], bag: Bag, bundle: str | None = None,
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _key(msg: Message) -> tuple[str, str] | None:
+    """(signing host, job id) of a message on ``tycoon.job.<account>.<job>.<event>``."""
+    parts = msg.subject.split(".")
+    if len(parts) != 5 or not msg.sender:
+        return None
+    return subject_id(msg.sender), parts[3]
+
+
 class TaskRunner:
     """Runs one bag's moves on the hosts of one agent and collects its outputs."""
 
@@ -67,10 +79,12 @@ class TaskRunner:
                  *, clock: Callable[[], float] = time.time,
                  client: Callable[[Bus, str], JobClient] | None = None,
                  bundle: str | None = None, collect: list[str] | None = None,
-                 pull: Callable[[Bus, str, Path], Awaitable[Any]] = bundles.pull) -> None:
+                 pull: Callable[[Bus, str, Path], Awaitable[Any]] = bundles.pull,
+                 max_output: int = MAX_OUTPUT) -> None:
         self.bus, self.journal, self.bag, self.command = bus, journal, bag, command
         self.out = Path(out)
         self.bundle, self.collect, self.pull = bundle, collect or [], pull
+        self.max_output = max_output
         """The code bundle every task starts with (its digest); the paths collected."""
         self.clock = clock
         self._make = client or (lambda b, h: JobClient(b, h, timeout=5.0))
@@ -79,7 +93,9 @@ class TaskRunner:
         self._asked: set[str] = set()
         self._work: set[asyncio.Task[None]] = set()
         self._restored: list[Move] = []
-        self._streams: dict[str, JobStream] = {}
+        self._streams: dict[tuple[str, str], JobStream] = {}
+        """(host, job) → the stream of a task's job: job ids are a host's own, so a host
+        naming another host's job id takes nothing from it."""
         self._early: deque[Message] = deque(maxlen=EARLY)
         self._sub: Any = None
         self.wake = asyncio.Event()
@@ -142,8 +158,7 @@ class TaskRunner:
     async def _on_job(self, msg: Message) -> None:
         """A job's output or exit: to its task's stream (which checks the signer is the
         host that runs it), or kept until the exec reply names the job."""
-        parts = msg.subject.split(".")
-        stream = self._streams.get(parts[3]) if len(parts) == 5 else None
+        stream = self._streams.get(_key(msg))
         if stream is None:
             self._early.append(msg)
         else:
@@ -151,9 +166,9 @@ class TaskRunner:
 
     async def _follow(self, host: str, job: str) -> JobStream:
         stream = JobStream(host)
-        self._streams[job] = stream
+        self._streams[(host, job)] = stream
         await stream.named(job)
-        for msg in [m for m in self._early if m.subject.split(".")[3:4] == [job]]:
+        for msg in [m for m in self._early if _key(m) == (host, job)]:
             await stream.on_message(msg)
         return stream
 
@@ -256,11 +271,12 @@ class TaskRunner:
         try:
             await self._collect(task, host, job, await self._follow(host, job), folder)
         finally:
-            self._streams.pop(job, None)
+            self._streams.pop((host, job), None)
 
     async def _collect(self, task: Task, host: str, job: str, stream: JobStream,
                        folder: Path) -> None:
         files = {name: open(folder / name, "ab") for name in ("stdout", "stderr")}  # noqa: SIM115
+        written, truncated = 0, False
         try:
             events = stream.events(QUIET_S)
             while True:
@@ -277,12 +293,15 @@ class TaskRunner:
                     return
                 if isinstance(event, JobExit):
                     await self._results(task, event, folder)
-                    self._exited(task, host, job, event, folder)
+                    self._exited(task, host, job, event, folder, truncated)
                     return
                 out = files.get(event.stream)
-                if out is not None and event.data:
-                    out.write(event.data)
+                if out is not None and event.data and written < self.max_output:
+                    data = event.data[:self.max_output - written]
+                    out.write(data)
                     out.flush()
+                    written += len(data)
+                truncated = truncated or written >= self.max_output
         finally:
             for f in files.values():
                 f.close()
@@ -309,14 +328,16 @@ class TaskRunner:
             return True
         return any(j["job"] == job and j.get("state") != "exited" for j in listed)
 
-    def _exited(self, task: Task, host: str, job: str, event: JobExit, folder: Path) -> None:
+    def _exited(self, task: Task, host: str, job: str, event: JobExit, folder: Path,
+                truncated: bool = False) -> None:
         was = task.state
         if was == RUNNING:
             record = {"task": task.index, "arg": task.arg, "host": host, "job": job,
                       "status": event.status, "cpu_s": event.cpu_s,
                       "peak_memory": event.peak_memory, "dropped": event.dropped,
                       "runs": task.runs, "result": getattr(event, "result", None),
-                      "result_error": getattr(event, "result_error", None)}
+                      "result_error": getattr(event, "result_error", None),
+                      "truncated": truncated}
             tmp = folder / "exit.json.tmp"
             tmp.write_text(json.dumps(record, indent=1) + "\n")
             tmp.replace(folder / "exit.json")  # written before the journal says done
