@@ -100,3 +100,22 @@ def test_a_receipt_is_durable() -> None:
 
 def test_a_malformed_bank_key_refuses_rather_than_crashes() -> None:
     assert bad(RAW, "not-a-key") == "bad_receipt"
+
+
+def test_a_strangers_receipt_costs_no_signature_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signer is compared before the signature (a flood of strangers' receipts at a
+    host costs a byte comparison each), and a receipt naming the bank is checked."""
+    from tycoon.bus import envelope
+
+    checks: list[bytes] = []
+    real = envelope.crypto_sign_open
+
+    def counted(signed: bytes, key: bytes) -> bytes:
+        checks.append(key)
+        return real(signed, key)
+
+    monkeypatch.setattr(envelope, "crypto_sign_open", counted)
+    assert bad(make_receipt(Identity.generate(), **FIELDS)) == "bad_receipt"
+    assert checks == []
+    verify_receipt(RAW, BANK.public_key)
+    assert checks == [RAW[3:35]]
