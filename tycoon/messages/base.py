@@ -101,32 +101,64 @@ class Body:
         return specs
 
     @classmethod
+    def _plan(cls) -> tuple[tuple[str, str, bool, bool, Callable[[Any], Any], bool], ...]:
+        """Per field, once per class: (wire name, attribute, optional, has its own check,
+        reader, nested body)."""
+        plan = _PLANS.get(cls)
+        if plan is not None:
+            return plan
+        plan = _PLANS[cls] = tuple(
+            (s.name, s.attr, s.optional, s.check is not None, s.check or _reader(s),
+             isinstance(s.type, type) and issubclass(s.type, Body))
+            for s in cls.specs())
+        return plan
+
+    @classmethod
     def from_body(cls, body: Any) -> Any:
         """The typed body, or ``Rejected("malformed")`` naming the first bad field."""
         if not isinstance(body, dict):
             raise Rejected("malformed", "body must be a map")
         values: dict[str, Any] = {}
-        for spec in cls.specs():
-            value = body.get(spec.name)
-            if spec.check is not None:
-                values[spec.attr] = spec.check(value)
+        for name, attr, optional, own, read, _ in _PLANS.get(cls) or cls._plan():
+            value = body.get(name)
+            if value is None and not own:
+                if not optional:
+                    raise Rejected("malformed", f"missing field {name!r}")
                 continue
-            if value is None:
-                if not spec.optional:
-                    raise Rejected("malformed", f"missing field {spec.name!r}")
-                continue
-            values[spec.attr] = _checked(spec, value)
+            values[attr] = read(value)
         return cls(**values)
 
     def to_body(self) -> dict[str, Any]:
         """The wire body: every field, optional ones only when set."""
         out: dict[str, Any] = {}
-        for spec in self.specs():
-            value = getattr(self, spec.attr)
-            if value is None and spec.optional:
-                continue
-            out[spec.name] = value.to_body() if isinstance(value, Body) else value
+        for name, attr, optional, _, _, nested in _PLANS.get(type(self)) or self._plan():
+            value = getattr(self, attr)
+            if value is None:
+                if optional:
+                    continue
+            elif nested:
+                value = value.to_body()
+            out[name] = value
         return out
+
+
+_PLANS: dict[type, tuple[tuple[str, str, bool, bool, Callable[[Any], Any], bool], ...]] = {}
+"""Each body class's :meth:`Body._plan`."""
+
+
+def _reader(spec: Spec) -> Callable[[Any], Any]:
+    """The check of one field's received value (not None): a fast path for a value of
+    exactly the declared type, :func:`_checked` for every other (and its refusals)."""
+    base, max_len = spec.type, spec.max_len
+    if base is Any:
+        return lambda value: value
+    if base is float:
+        return lambda value: value if value.__class__ is float and math.isfinite(value) \
+            else _checked(spec, value)
+    if max_len is None:
+        return lambda value: value if value.__class__ is base else _checked(spec, value)
+    return lambda value: value if value.__class__ is base and len(value) <= max_len \
+        else _checked(spec, value)
 
 
 def _checked(spec: Spec, value: Any) -> Any:
