@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import select
 import shutil
 import signal
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tycoon.auctioneer import jobadopt
 from tycoon.auctioneer.jobfiles import Output, StateDir
 from tycoon.auctioneer.jobs import (
     EXITED,
@@ -36,7 +36,7 @@ from tycoon.auctioneer.jobs import (
     check_exec,
     check_signal,
 )
-from tycoon.auctioneer.jobstate import STREAMS, Pending, from_record, refusal, to_record
+from tycoon.auctioneer.jobstate import STREAMS, Pending, to_record
 from tycoon.auctioneer.market import Market
 from tycoon.bundles import host as bundles
 from tycoon.bus import subjects
@@ -273,59 +273,8 @@ class JobHost:
     # ------------------------------------------------------------------ restart
 
     async def adopt(self) -> None:
-        """Take back the jobs an earlier run of this host left: republish their last chunks,
-        watch the ones that are provably still the process started (same boot, same start
-        time, same session, uid and sandbox: :func:`~tycoon.auctioneer.jobstate.refusal`),
-        and end the others with an unknown status — their pid is never signalled."""
-        saved = self.state.load("host") or {}
-        boot = runner.boot_id()
-        same_boot = bool(boot) and saved.get("boot") == boot
-        frozen = {a for a in saved.get("frozen", []) if isinstance(a, str)}
-        for name in self.state.records():
-            try:
-                job, pending = from_record(self.state.load(name) or {})
-            except ValueError as error:
-                self.log.warning("job record ignored", record=name[:40], error=str(error))
-                continue
-            if job.id != name or job.id in self.table.jobs:
-                continue
-            self.table.jobs[job.id] = job
-            self._pending[job.id] = pending
-            if job.state == EXITED:
-                if not job.exit_sent:  # it ended, the exit was not published yet
-                    self._tasks[job.id] = asyncio.create_task(self._watch(job, None, None))
-                continue
-            output = self._outputs[job.id] = self.state.open_output(job.id)
-            await self._republish(job, pending, output)
-            pidfd, reason = self._verify(job) if same_boot else (None, "another boot")
-            job.adopted = True
-            self.log.info("job adopted" if pidfd is not None else "job not adopted: ended",
-                          job=job.id, pid=job.pid, reason=reason or "")
-            self._tasks[job.id] = asyncio.create_task(self._watch(job, None, pidfd),
-                                                      name=f"job-{job.id}")
-        self.frozen = {a for a in frozen if self.table.running(a)}
-        self._save_host()
-        for account in {j.account for j in self.table.running()}:
-            self.refunded(account)  # its account was refunded or removed meanwhile: end them
-
-    def _verify(self, job: Job) -> tuple[int | None, str | None]:
-        """(a pidfd of the job's process, None) or (None, why the pid is not the job)."""
-        fd = None
-        if job.pid > 1:
-            with contextlib.suppress(OSError):
-                fd = os.pidfd_open(job.pid)
-        stat = runner.proc_stat(job.pid) if fd is not None else None
-        alive = stat is not None and fd is not None and not _readable(fd)
-        reason = refusal(job, alive=alive, start_ticks=stat.start_ticks if stat else -1,
-                         sid=stat.sid if stat else -1, uid=stat.uid if stat else -1,
-                         job_env=stat.job_env if stat else None,
-                         in_sandbox=self.confine.holds(job.account, job.pid) if alive else None,
-                         confined=self.confine.confined)
-        if reason is None and fd is not None and not _readable(fd):
-            return fd, None  # alive after the checks: the pidfd is that very process
-        if fd is not None:
-            os.close(fd)
-        return None, reason or "gone"
+        """Take back the jobs an earlier run of this host left (:mod:`.jobadopt`)."""
+        await jobadopt.adopt(self)
 
     def _save(self, job: Job) -> None:
         self.state.save(job.id, to_record(job, self._pending.get(job.id, [])))
@@ -455,11 +404,6 @@ class JobHost:
     async def _publish(self, chunk: Chunk, job: Job) -> None:
         body = JobOutput(chunk.job, chunk.seq, chunk.stream, chunk.data, chunk.dropped or None)
         await self.bus.publish(self._subject(job, "out"), "job.output", body.to_body())
-
-
-def _readable(fd: int) -> bool:
-    """Whether a pidfd says its process has ended."""
-    return bool(select.select([fd], [], [], 0)[0])
 
 
 __all__ = ["FROZEN", "JobConfig", "JobHost"]
