@@ -180,16 +180,6 @@ class PriceUpdate(Body):
             "resources": {r: o.to_body() for r, o in self.resources.items()},
         }
 
-    def parsed(self) -> ParsedUpdate:
-        """The tuple form of :func:`parse_update`."""
-        offers = tuple(
-            None
-            if (o := self.resources.get(r)) is None
-            else (o.capacity, o.price, o.utilization, o.bidders)
-            for r in RESOURCES
-        )
-        return self.host, self.seq, self.heartbeat_s, self.name, self.driver, offers
-
     @classmethod
     def from_body(cls, body: Any) -> PriceUpdate:
         """Parse a price update body, or raise ``malformed`` naming the bad field."""
