@@ -17,10 +17,10 @@ from polling import until
 
 from tycoon.bank.audit import audit
 from tycoon.bank.client import BankClient
-from tycoon.bank.receipt import Receipt, split_key
+from tycoon.bank.receipt import Receipt
 from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus.connection import Bus, inbox_prefix
-from tycoon.bus.keys import Identity
+from tycoon.bus.keys import Identity, is_public_key
 from tycoon.errors import Rejected
 
 
@@ -56,6 +56,14 @@ def check_host_store(path: Path, host_key: str, bank_db: Path) -> int:
     assert funded == sum(a for _, a in redeemed)
     assert funded == int(meta.get("earnings", 0)) + balances + int(meta.get("refunded", 0))
     return funded
+
+
+def split_key(key: str) -> tuple[str | None, str]:
+    """(payer, transfer id) of a host's redemption key (:attr:`Receipt.key`); (None, key)
+    for a bare transfer id (as stored before transfer ids were scoped to their payer)."""
+    if key[56:57] == ":" and is_public_key(key[:56]):
+        return key[:56], key[57:]
+    return None, key
 
 
 def pending_moves(journal: Path) -> list[str]:

@@ -8,15 +8,16 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from faults_kit import split_key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tycoon.auctioneer.market import Market, refund_id
 from tycoon.bank.ledger import Ledger
-from tycoon.bank.receipt import make_receipt, split_key, verify_receipt
+from tycoon.bank.receipt import make_receipt, verify_receipt
 from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus.keys import Identity
-from tycoon.bus.schema import ID_CHARS, check_id, check_name, get_id, get_name
+from tycoon.bus.schema import ID_CHARS, check_id, check_name
 from tycoon.errors import Rejected
 from tycoon.resources import Capacity
 from tycoon.sls.query import host_request
@@ -39,7 +40,7 @@ def malformed(fn, *args, **kw) -> None:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("good", ["t1", "refund-0a1b", "agent.3.h0.f", "a:b@c+d=e_f", "x" * 128,
                                   "9f2c" * 8])
 def test_ids_of_the_charset_pass(good: str) -> None:
-    assert check_id(good) == good and get_id({"i": good}, "i") == good
+    assert check_id(good) == good
 
 
 LOOK_ALIKE_IDS = [
@@ -52,7 +53,6 @@ LOOK_ALIKE_IDS = [
 @pytest.mark.parametrize("bad", LOOK_ALIKE_IDS)
 def test_look_alike_ids_are_malformed(bad: str) -> None:
     malformed(check_id, bad)
-    malformed(get_id, {"i": bad}, "i")
 
 
 @pytest.mark.parametrize("bad", [None, 5, b"t1", ["t1"]])
@@ -75,7 +75,7 @@ def test_an_accepted_id_is_ascii_of_the_charset_and_its_own_normal_forms(text: s
 
 @pytest.mark.parametrize("good", ["", "host h0", "k0", "bank: opening fees", "A-b_c.d"])
 def test_names_pass(good: str) -> None:
-    assert check_name(good) == good and get_name({"n": good}, "n") == good
+    assert check_name(good) == good
 
 
 @pytest.mark.parametrize("bad", [" h0", "h0 ", "host  h0", "h\u00a00", "caf\u00e9", "h\t0",
@@ -147,7 +147,7 @@ def test_a_bare_id_redeemed_before_ids_were_scoped_still_counts() -> None:
 
 def test_receipt_key_round_trips() -> None:
     r = verify_receipt(receipt(ALICE, "a:b", 5, 1), BANK.public_key)
-    assert r.key == f"{ALICE}:a:b" and split_key(r.key) == (ALICE, "a:b")
+    assert r.key == f"{ALICE}:a:b" and split_key(r.key) == (ALICE, "a:b")  # faults_kit's reader
     assert split_key("a:b") == (None, "a:b")
 
 

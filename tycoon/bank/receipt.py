@@ -64,14 +64,6 @@ class Receipt:
         return {name: getattr(self, name) for name in _BODY_FIELDS}
 
 
-def split_key(key: str) -> tuple[str | None, str]:
-    """(payer, transfer id) of a :attr:`Receipt.key`; (None, key) for a bare transfer id (as
-    stored before transfer ids were scoped to their payer)."""
-    if key[56:57] == ":" and _is_key(key[:56]):
-        return key[:56], key[57:]
-    return None, key
-
-
 def _nonce(bank_key: str, transfer_id: str, seq: int) -> bytes:
     material = f"{bank_key}\x00{transfer_id}\x00{seq}".encode()
     return hashlib.sha256(b"tycoon.bank.receipt.nonce\x00" + material).digest()[:NONCE_SIZE]

@@ -88,20 +88,3 @@ def check_name(value: Any, what: str = "name", *, max_len: int = MAX_NAME,
     if value != value.strip(" ") or "  " in value:
         raise Rejected("malformed", f"{what} has a leading, trailing or doubled space")
     return value
-
-
-def get_id(body: Any, name: str, *, optional: bool = False, max_len: int = MAX_ID) -> str | None:
-    """An id field (see :func:`check_id`)."""
-    value = _get(body, name, optional)
-    if value is _MISSING:
-        return None
-    return check_id(value, f"field {name!r}", max_len=max_len)
-
-
-def get_name(body: Any, name: str, *, optional: bool = False,
-             max_len: int = MAX_NAME) -> str | None:
-    """A display-name field (see :func:`check_name`)."""
-    value = _get(body, name, optional)
-    if value is _MISSING:
-        return None
-    return check_name(value, f"field {name!r}", max_len=max_len)
