@@ -79,7 +79,7 @@ def test_limits_are_validated() -> None:
             RateLimit(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         KeyedLimiter(rate=-1, burst=1)
-    assert RateLimit(rate=0.5, burst=1).interval_ns == 2 * NS
+    assert KeyedLimiter(rate=0.5, burst=1).interval == 2 * NS  # rounded up: never above rate
     assert retry_text(1) == "retry in 0.001 s"
 
 

@@ -47,11 +47,6 @@ class RateLimit:
         if min(self.burst, self.max_pending, self.parallel, self.max_keys) < 1:
             raise ValueError("burst, max_pending, parallel and max_keys must be at least 1")
 
-    @property
-    def interval_ns(self) -> int:
-        """Time to earn one token, rounded up (so the rate is never exceeded)."""
-        return max(1, math.ceil(NS / self.rate))
-
     def describe(self) -> str:
         return f"{self.rate:g} requests/s per key (burst {self.burst})"
 
@@ -76,7 +71,7 @@ class KeyedLimiter:
     def __init__(self, rate: float, burst: int, *, max_keys: int = 100_000) -> None:
         if not (math.isfinite(rate) and rate > 0) or burst < 1 or max_keys < 1:
             raise ValueError("rate > 0, burst >= 1 and max_keys >= 1")
-        self.interval = max(1, math.ceil(NS / rate))
+        self.interval = max(1, math.ceil(NS / rate))  # rounded up: the rate is never exceeded
         self.tolerance = (burst - 1) * self.interval
         self.max_keys = max_keys
         self._tat: OrderedDict[Hashable, int] = OrderedDict()  # least recently admitted first
