@@ -18,6 +18,9 @@ from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.auctioneer.jobs import Job, Limits
 from tycoon.auctioneer.jobstate import to_record
 from tycoon.auctioneer.launch import start_auctioneer
+from tycoon.bus import subjects
+from tycoon.bus.connection import open_bus
+from tycoon.bus.keys import subject_id
 from tycoon.messages.jobs import JobExit, JobOutput
 from tycoon.vmm import jobs as runner
 from tycoon.vmm.simulated import SimulatedDriver
@@ -120,3 +123,31 @@ async def test_a_record_pointing_at_a_foreign_pid_is_never_adopted_or_signalled(
     await user.host.refund()  # ends the account's jobs: none of them is a stranger
     await until(lambda: not market.jobhost.table.running(user.key))
     assert signalled == []
+
+
+async def test_the_last_chunks_are_republished_with_their_seq_and_bytes(
+        market: JobMarket, tmp_path: Path) -> None:
+    """A host killed after writing a record and before publishing its chunks sends them on
+    its next start: the record's last batch goes out again, same seq, same bytes (a reader
+    that had them drops the copies)."""
+    user = await market.user()
+    await user.fund_and_bid(10)
+    _, stream, sub = await user.jobs.start([PY, "-c", "import time; print('one', flush=True); "
+                                            "time.sleep(30)"])
+    first = await stream.events(timeout=10).__anext__()
+    assert isinstance(first, JobOutput) and first.data == b"one\n"
+    seen: list[JobOutput] = []
+
+    async def raw(msg: Any) -> None:
+        if msg.kind == "job.output":
+            seen.append(JobOutput.from_body(msg.body))
+
+    spy_bus = await open_bus(market.url, user.ident)  # one subscription per bus
+    market.buses.append(spy_bus)
+    spy = await spy_bus.subscribe(subjects.job_all(subject_id(user.key)), raw)
+    await spy_bus.flush()
+    await restart(market, tmp_path)
+    await until(lambda: seen)
+    assert [(c.seq, c.data) for c in seen] == [(first.seq, first.data)]
+    await spy.unsubscribe()
+    await sub.unsubscribe()
