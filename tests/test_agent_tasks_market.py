@@ -103,8 +103,15 @@ async def test_six_tasks_on_two_hosts_outputs_collected_and_a_restart_reruns_non
             "--as", "user", "agent", "run", "--budget", "20", "--deadline", "1m",
             "--bank", market.bank_key, "--state", str(state), "--job", "bag", "--json",
             "--out", str(out), "--tasks", str(tmp_path / "tasks.txt"), "--", *command,
-            env={**os.environ, "TYCOON_LOG": "error"}, stdout=asyncio.subprocess.PIPE)
-        stdout, _ = await asyncio.wait_for(cli.communicate(), 40)
+            env={**os.environ, "TYCOON_LOG": "error"}, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        try:
+            stdout, stderr = await asyncio.wait_for(cli.communicate(), 40)
+        except TimeoutError:
+            cli.kill()
+            stdout, stderr = await cli.communicate()
+            raise AssertionError(f"agent run did not end: {stdout!r} {stderr[-2000:]!r}") from None
+        assert cli.returncode in (0, 1), stderr[-2000:]
         resumed = time.perf_counter() - restarted
         text = stdout.decode()
         assert "3 done before" in text, text

@@ -100,6 +100,7 @@ class TaskRunner:
         self._sub: Any = None
         self.wake = asyncio.Event()
         self.on_change: Callable[[], None] = lambda: None
+        self._driving: asyncio.Task[None] | None = None
         self.log = get_logger("agent.tasks")
 
     # -- resume ----------------------------------------------------------------------------
@@ -133,6 +134,13 @@ class TaskRunner:
             and record.get("job") == task.job
 
     # -- the loop ----------------------------------------------------------------------------
+
+    def start(self, moves: Callable[[Mapping[str, int]], list[Move]],
+              on_change: Callable[[], None]) -> None:
+        """:meth:`drive` in the background (:meth:`stop` ends it); ``on_change`` after each
+        round."""
+        self.on_change = on_change
+        self._driving = asyncio.create_task(self.drive(moves))
 
     async def drive(self, moves: Callable[[Mapping[str, int]], list[Move]],
                     every_s: float = 0.5) -> None:
@@ -193,6 +201,9 @@ class TaskRunner:
     async def stop(self) -> None:
         """Stop collecting and kill every job still running (the journal keeps their
         tasks in flight: a rerun looks for them)."""
+        if self._driving is not None:
+            self._driving.cancel()
+            await asyncio.gather(self._driving, return_exceptions=True)
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
