@@ -89,7 +89,6 @@ class Agent:
         deadline = float(self.journal.setdefault("deadline", repr(started + config.deadline_s)))
         self.journal.setdefault("budget", config.budget)
         self.tasks = parts.tasks
-        self._driving: asyncio.Task[None] | None = None
         self.core = AgentCore(config, deadline, self.tasks.bag if self.tasks else None)
 
     @property
@@ -163,19 +162,16 @@ class Agent:
 
     def _run_tasks(self) -> None:
         """Run the job's tasks on the hosts held (their runner wakes us when all are done)."""
-        if self.tasks is None:
-            return
-        runner = self.tasks
+        if self.tasks is not None:
+            self.tasks.start(lambda cores: self.core.task_moves(
+                self.allocator.holdings, cores, self.clock()), self._tasks_changed)
 
-        def changed() -> None:
-            self.summary.tasks = asdict(runner.bag.progress(self.clock()))
-            if self.core.tasks_finished:
-                self._wake_reason = "tasks done"
-                self._wake.set()
-
-        runner.on_change = changed
-        self._driving = asyncio.create_task(runner.drive(
-            lambda cores: self.core.task_moves(self.allocator.holdings, cores, self.clock())))
+    def _tasks_changed(self) -> None:
+        assert self.tasks is not None
+        self.summary.tasks = asdict(self.tasks.bag.progress(self.clock()))
+        if self.core.tasks_finished:
+            self._wake_reason = "tasks done"
+            self._wake.set()
 
     async def _open_bank_account(self) -> None:
         """Open our bank account (idempotent), waiting for the bank while it is down, up
@@ -403,11 +399,8 @@ class Agent:
     async def _finish(self) -> None:
         """Bring every credit home (up to ``grace_s`` past the deadline) and report."""
         if self.tasks is not None:
-            if self._driving is not None:
-                self._driving.cancel()
-                await asyncio.gather(self._driving, return_exceptions=True)
-            await self.tasks.stop()
-            self.summary.tasks = asdict(self.tasks.bag.progress(self.clock()))
+            await self.tasks.stop()  # what still runs is killed; the journal keeps it
+            self._tasks_changed()
         await self._settle_now_and_wait(supersede=True)
         try:
             accounting = await bring_home(
