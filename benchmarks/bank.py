@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nacl.bindings import crypto_sign_open
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -33,7 +35,7 @@ from tycoon.bank.sqlite_store import SqliteStore  # noqa: E402
 from tycoon.bus import subjects  # noqa: E402
 from tycoon.bus.connection import Bus, open_bus  # noqa: E402
 from tycoon.bus.envelope import seal  # noqa: E402
-from tycoon.bus.keys import Identity, KeyStore, verify_raw  # noqa: E402
+from tycoon.bus.keys import Identity, KeyStore  # noqa: E402
 from tycoon.natsserver import NatsServer  # noqa: E402
 
 LEVELS = (1, 16, 64)
@@ -54,8 +56,7 @@ def crypto_bound(seconds: float = 1.0) -> float:
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         for _ in range(200):
-            if not verify_raw(key, signed, sig):
-                raise AssertionError("verify failed")
+            crypto_sign_open(sig + signed, key)  # what opening an envelope calls
             bank.sign(to_sign)
         n += 200
     return n / (time.perf_counter() - start)

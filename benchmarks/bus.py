@@ -19,11 +19,12 @@ from typing import Any, cast
 
 import nats
 from _common import emit_json, parser, table
+from nacl.bindings import crypto_sign_open
 from nats.aio.msg import Msg
 
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import HEADER_SIZE, SIGNATURE_SIZE, seal
-from tycoon.bus.keys import Identity, verify_raw
+from tycoon.bus.keys import Identity
 from tycoon.natsserver import NatsServer
 
 SUBJECT = "tycoon.price.bench"
@@ -99,7 +100,7 @@ def crypto_rate(n: int, payload: bytes) -> float:
     start = time.perf_counter()
     for _ in range(n):
         sig = ident.sign(signed)
-        verify_raw(key, signed, sig)
+        crypto_sign_open(sig + signed, key)  # what opening an envelope calls
     return n / (time.perf_counter() - start)
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import nacl.exceptions
 import nacl.signing
 import nkeys
-from nacl.bindings import crypto_sign_open
 
 SIGNATURE_SIZE = 64
 PUBLIC_KEY_SIZE = 32
@@ -116,35 +115,6 @@ class Identity:
     def sign(self, data: bytes) -> bytes:
         """The 64-byte Ed25519 signature of ``data``."""
         return self._signing.sign(data).signature
-
-
-def verify_raw(raw_public_key: bytes, data: bytes, signature: bytes) -> bool:
-    """Check an Ed25519 signature made by a raw 32-byte public key.
-
-    The same libsodium call as ``VerifyKey(key).verify(data, signature)`` (with its
-    length checks), without building a key object and a wrapper per call: this is
-    the hot path of every received message.
-    """
-    if not isinstance(raw_public_key, bytes) or not isinstance(signature, bytes):
-        raise nacl.exceptions.TypeError("key and signature must be bytes")
-    if len(raw_public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
-        raise nacl.exceptions.ValueError("key must be 32 bytes and signature 64 bytes")
-    try:
-        crypto_sign_open(signature + data, raw_public_key)
-    except nacl.exceptions.BadSignatureError:
-        return False
-    return True
-
-
-def verify_signature(public_key: str, data: bytes, signature: bytes) -> bool:
-    """Check an Ed25519 signature made by the holder of ``public_key`` (``U…``)."""
-    try:
-        raw = decode_public_key(public_key)
-    except ValueError:
-        return False
-    if len(signature) != SIGNATURE_SIZE:
-        return False
-    return verify_raw(raw, data, signature)
 
 
 @functools.lru_cache(maxsize=65536)
