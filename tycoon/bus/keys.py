@@ -15,7 +15,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nacl.exceptions
 import nacl.signing
 import nkeys
 
