@@ -1,12 +1,12 @@
 """Bundles on a real, permissioned nats-server with JetStream: owners put and get their own
-objects, hosts read them and write results back, and every attack the permissions must stop
-(another account's bucket, stream administration, steered server answers, oversized uploads)
-is refused or harmless (docs/security.md, "Bundles")."""
+objects through the hosts' bundle service, hosts read them and write results back, and
+every attack is refused or harmless: another account's bucket, any JetStream right for a
+user (stream administration, steered server answers), a lying digest, oversized uploads
+(docs/security.md, "Bundles")."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -24,6 +24,7 @@ from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bundles import client, names
 from tycoon.bundles.buckets import BucketKeeper
 from tycoon.bundles.pack import pack
+from tycoon.bundles.service import BundleService
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.errors import Rejected
@@ -32,31 +33,34 @@ from tycoon.natsserver import NatsServer, free_port
 
 pytestmark = pytest.mark.nats
 MAX_BYTES = 1 << 20
+ROLES = {"operator": "operator", "host": "host", "alice": "user", "mallory": "user",
+         "agent": "agent", "bank": "bank"}
 
 
 @dataclass
 class Market:
     server: NatsServer
-    operator: Bus
-    host: Bus
-    alice: Bus
-    mallory: Bus
-    agent: Bus
-    buses: list[Bus] = field(default_factory=list)
+    bus: dict[str, Bus]
+    service: BundleService
+    ids: dict[str, Identity] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Bus:
+        return self.bus[name]
 
     def id(self, bus: Bus) -> str:
         return subject_id(bus.identity.public_key)
 
     async def messages(self, stream: str) -> int:
-        return (await self.operator.nc.jetstream().stream_info(stream)).state.messages
+        return (await self.bus["operator"].nc.jetstream().stream_info(stream)).state.messages
+
+    async def streams(self) -> list[str]:
+        return [s.config.name for s in await self.bus["operator"].nc.jetstream().streams_info()]
 
 
 @pytest.fixture
 async def market(tmp_path: Path) -> AsyncIterator[Market]:
-    ids = {n: Identity.generate() for n in ("operator", "host", "alice", "mallory", "agent")}
-    roles = {"operator": "operator", "host": "host", "alice": "user", "mallory": "user",
-             "agent": "agent"}
-    principals = [Principal(i.public_key, roles[n], n,
+    ids = {n: Identity.generate() for n in ROLES}
+    principals = [Principal(i.public_key, ROLES[n], n,
                             frozenset({"jetstream"}) if n == "operator" else frozenset())
                   for n, i in ids.items()]
     port = free_port()
@@ -64,19 +68,22 @@ async def market(tmp_path: Path) -> AsyncIterator[Market]:
     conf.write_text(render_principals(principals, port=port, jetstream_dir=str(tmp_path / "js")))
     async with NatsServer(port=port, config=conf) as server:
         buses = {n: await open_bus(server.url, i) for n, i in ids.items()}
-        m = Market(server, buses["operator"], buses["host"], buses["alice"], buses["mallory"],
-                   buses["agent"], list(buses.values()))
+        m = Market(server, buses, BundleService(buses["host"]), ids)
         try:
-            for who in (m.alice, m.mallory, m.agent):  # the privileged key makes the buckets
-                await client.ensure_bucket(m.operator, m.id(who), max_bytes=MAX_BYTES)
+            for who in ("alice", "mallory", "agent"):  # as the bank makes them at open
+                await client.ensure_bucket(m.operator, m.id(buses[who]), max_bytes=MAX_BYTES)
             js = m.operator.nc.jetstream()
-            await js.add_stream(StreamConfig(name="PRICES", subjects=["tycoon.price.>"]))
+            for name, subject in (("PRICES", "tycoon.price.>"),
+                                  ("SETTLEMENTS", "tycoon.settlement.>")):
+                await js.add_stream(StreamConfig(name=name, subjects=[subject]))
             for _ in range(3):
                 await m.host.nc.publish(f"tycoon.price.{m.id(m.host)}", b"a price")
             await m.host.nc.flush()
+            await m.service.start()
             yield m
         finally:
-            for bus in m.buses:
+            await m.service.stop()
+            for bus in buses.values():
                 with contextlib.suppress(Exception):
                     await bus.close()
 
@@ -105,6 +112,7 @@ async def test_owners_put_and_get_hosts_read_and_write_back(market: Market,
     m = market
     digest = await client.push(m.alice, tree(tmp_path / "src"))
     assert await client.push(m.alice, tmp_path / "src") == digest  # stored once
+    assert await m.messages(names.stream(m.id(m.alice))) == 4  # three chunks and the meta
     out = await client.pull(m.alice, digest, tmp_path / "back")
     assert (out / "sub" / "a.txt").read_text() == "hello"
     assert (out / "b.bin").read_bytes() == (tmp_path / "src" / "b.bin").read_bytes()
@@ -116,149 +124,121 @@ async def test_owners_put_and_get_hosts_read_and_write_back(market: Market,
     result = await client.put_bytes(m.host, pack(tmp_path / "results"), account=alice)
     assert (await client.pull(m.alice, result, tmp_path / "got") / "out.txt").read_text() == "42"
     assert await client.push(m.agent, tmp_path / "src") == digest  # an agent has its own
+    empty = await client.push_bytes(m.alice, b"")
+    assert await client.fetch_bytes(m.alice, empty) == b""
     with pytest.raises(Rejected, match="unknown_bundle"):
-        await client.get_bytes(m.alice, "0" * 64)
+        await client.fetch_bytes(m.alice, "0" * 64)
 
 
-async def test_another_accounts_bucket_is_out_of_reach(market: Market, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_another_accounts_bucket_is_out_of_reach(market: Market, tmp_path: Path) -> None:
     m = market
-    alice, mallory = m.id(m.alice), m.id(m.mallory)
+    alice = m.id(m.alice)
     digest = await client.push(m.alice, tree(tmp_path / "src"))
     before = await m.messages(names.stream(alice))
-    monkeypatch.setattr(client, "TIMEOUT", 0.5)
-    with pytest.raises(Rejected):  # the request never reaches JetStream
-        await client.get_bytes(m.mallory, digest, account=alice)
-    await refused(m.mallory, names.msg_get(alice))
-    for subject in (names.chunks(alice, "x"), names.metas(alice, "eA==")):
-        await m.mallory.nc.publish(subject, b"overwrite")
+    with pytest.raises(Rejected, match="unknown_bundle"):  # served from mallory's own bucket
+        await client.fetch_bytes(m.mallory, digest)
+    for subject in (names.msg_get(alice), names.chunks(alice, "x"), names.metas(alice, "eA==")):
+        await m.mallory.nc.publish(subject, b"{}")
         await refused(m.mallory, subject)
     assert await m.messages(names.stream(alice)) == before
-    # mallory's own bucket works, alice's data is still hers
-    assert await client.push(m.mallory, tmp_path / "src") == digest
-    assert (await client.get_bytes(m.alice, digest))[:1]
-    assert await m.messages(names.stream(mallory)) > 0
+    assert await client.push(m.mallory, tmp_path / "src") == digest  # mallory's own copy
+    assert await client.fetch_bytes(m.alice, digest)
 
 
-async def test_users_cannot_administer_any_stream(market: Market) -> None:
+async def test_users_hold_no_jetstream_right(market: Market) -> None:
     m = market
     mine, alice = names.stream(m.id(m.mallory)), names.stream(m.id(m.alice))
     api = "$JS.API"
     for subject, body in (
         (f"{api}.STREAM.CREATE.OBJ_bundles-new", {"name": "OBJ_bundles-new"}),
-        (f"{api}.STREAM.CREATE.{names.stream('abcdefghijklmnop')}", {}),
         (f"{api}.STREAM.UPDATE.{mine}", {"name": mine, "max_bytes": -1}),
         (f"{api}.STREAM.PURGE.{mine}", {}),
-        (f"{api}.STREAM.PURGE.{alice}", {}),
         (f"{api}.STREAM.PURGE.PRICES", {}),
-        (f"{api}.STREAM.DELETE.{mine}", {}),
-        (f"{api}.STREAM.DELETE.PRICES", {}),
+        (f"{api}.STREAM.DELETE.{alice}", {}),
         (f"{api}.STREAM.MSG.DELETE.{mine}", {"seq": 1}),
         (f"{api}.STREAM.INFO.{mine}", {}),
         (f"{api}.DIRECT.GET.{mine}", {"seq": 1}),
         (f"{api}.CONSUMER.CREATE.{mine}", {"stream_name": mine}),
-        (f"{api}.STREAM.MSG.GET.PRICES", {"seq": 1}),
-        (f"{api}.INFO", {}),
+        (f"{api}.STREAM.MSG.GET.{mine}", {"seq": 1}),  # not even its own bucket's messages
+        (names.chunks(m.id(m.mallory), "x"), {}),
     ):
-        for bus in (m.mallory, m.host):
-            if bus is m.host and "MSG.GET" in subject:
-                continue  # a host reads any stream's messages: bundles of every account
-            await bus.nc.publish(subject, json.dumps(body).encode(), reply=bus.nc.new_inbox())
+        for bus in (m.mallory, m.agent, m.host):
+            if bus is m.host and (".MSG.GET." in subject or subject.startswith("$O.")):
+                continue  # a host reads and writes every bucket
+            await bus.nc.publish(subject, json.dumps(body).encode(),
+                                 reply="tycoon.settlement.a.b")  # a steered answer, if any
             await refused(bus, subject)
-    js = m.operator.nc.jetstream()
-    assert await m.messages("PRICES") == 3
-    assert await m.messages(mine) == 0 and await m.messages(alice) == 0
-    assert (await js.stream_info(mine)).config.max_bytes == MAX_BYTES
-    assert "OBJ_bundles-new" not in [s.config.name for s in await js.streams_info()]
+    await asyncio.sleep(0.2)
+    assert await m.messages("PRICES") == 3 and await m.messages("SETTLEMENTS") == 0
+    assert (await m.operator.nc.jetstream().stream_info(mine)).config.max_bytes == MAX_BYTES
+    assert "OBJ_bundles-new" not in await m.streams()
 
 
-async def test_steered_server_answers_do_no_harm(market: Market, tmp_path: Path) -> None:
-    """JetStream answers go to whatever reply subject a request names. A user's steered
-    MSG.GET answers and publish acks reach no API; junk steered onto another account's meta
-    subject makes that object unknown until it is pushed again, never wrong."""
+async def test_why_users_hold_none_steered_answers(market: Market) -> None:
+    """A JetStream answer goes to any reply subject the request names: a message get's
+    answer lands in another stream, a direct get's answer is executed as an API request.
+    The operator (who holds the rights) shows it; users cannot do either."""
     m = market
-    alice, mine = m.id(m.alice), names.stream(m.id(m.mallory))
-    digest = await client.push(m.alice, tree(tmp_path / "src"))
-    await client.push(m.mallory, tmp_path / "src")
-    meta = names.metas(alice, base64.urlsafe_b64encode(digest.encode()).decode())
-    steered = ("$JS.API.STREAM.PURGE.PRICES", "$JS.API.STREAM.DELETE.PRICES",
-               f"$JS.API.STREAM.PURGE.{names.stream(alice)}",
-               f"$JS.API.STREAM.DELETE.{names.stream(alice)}",
-               "$JS.API.STREAM.CREATE.OBJ_bundles-new", meta)
-    for reply in steered:
-        await m.mallory.nc.publish(names.msg_get(m.id(m.mallory)),
-                                   json.dumps({"seq": 1}).encode(), reply=reply)
-        await m.mallory.nc.publish(names.chunks(m.id(m.mallory), "junk"), b"x", reply=reply)
-    await m.mallory.nc.flush()
-    await asyncio.sleep(0.3)
     js = m.operator.nc.jetstream()
-    assert await m.messages("PRICES") == 3
-    assert "OBJ_bundles-new" not in [s.config.name for s in await js.streams_info()]
-    assert await m.messages(mine) > 0
-    with pytest.raises(Rejected) as caught:  # alice's meta is now the server's junk
-        await client.get_bytes(m.host, digest, account=alice)
-    assert caught.value.code == "unknown_bundle"
-    assert await client.push(m.alice, tmp_path / "src") == digest  # pushing again heals it
-    assert (await client.pull(m.alice, digest, tmp_path / "back") / "sub" / "a.txt").exists()
-    # why no one holds a direct get: its answer, steered, is executed as an API request
-    scratch = "SCRATCH"
+    await m.host.nc.jetstream().publish(names.chunks(m.id(m.alice), "x"), b"stored")
+    await m.operator.nc.publish(names.msg_get(m.id(m.alice)), b'{"seq": 1}',
+                                reply="tycoon.settlement.junk.junk")
     alloc = f"tycoon.alloc.{m.id(m.host)}"
-    await js.add_stream(StreamConfig(name=scratch, subjects=[alloc], allow_direct=True))
+    await js.add_stream(StreamConfig(name="SCRATCH", subjects=[alloc], allow_direct=True))
     await m.host.nc.publish(alloc, b"{}")
     await m.host.nc.flush()
     await asyncio.sleep(0.1)
-    await m.operator.nc.publish(f"$JS.API.DIRECT.GET.{scratch}", b'{"seq": 1}',
-                                reply=f"$JS.API.STREAM.DELETE.{scratch}")
+    await m.operator.nc.publish("$JS.API.DIRECT.GET.SCRATCH", b'{"seq": 1}',
+                                reply="$JS.API.STREAM.DELETE.SCRATCH")
     await asyncio.sleep(0.3)
-    assert scratch not in [s.config.name for s in await js.streams_info()]
+    assert await m.messages("SETTLEMENTS") == 1  # junk in the bank's log
+    assert "SCRATCH" not in await m.streams()  # deleted by its own answer
 
 
-async def test_oversized_uploads_are_refused_and_leave_little(market: Market,
-                                                              tmp_path: Path) -> None:
+async def test_lying_digests_and_oversized_uploads_store_nothing(market: Market,
+                                                                 tmp_path: Path) -> None:
     m = market
+    mine = names.stream(m.id(m.mallory))
+    body = {"upload": "u" * 22, "index": 0, "data": b"real bytes", "digest": "f" * 64}
+    with pytest.raises(Rejected, match="bad_digest"):
+        await m.mallory.request(names.request("put"), "bundle.put", body)
+    with pytest.raises(Rejected, match="unknown_bundle"):
+        await client.fetch_bytes(m.mallory, "f" * 64)
+    for bad in ({**body, "upload": "../x"}, {**body, "digest": "F" * 64},
+                {**body, "index": -1}):
+        with pytest.raises(Rejected, match="malformed"):
+            await m.mallory.request(names.request("put"), "bundle.put", bad)
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(MAX_BYTES + 1000))
     with pytest.raises(Rejected) as caught:
-        await client.push(m.mallory, big, limits=client.LIMITS)
+        await client.push(m.mallory, big)
     assert caught.value.code == "bundle_too_large"
-    info = await m.operator.nc.jetstream().stream_info(names.stream(m.id(m.mallory)))
-    assert info.state.bytes < 4096  # the chunks sent were rolled up into one empty message
+    info = await m.operator.nc.jetstream().stream_info(mine)
+    assert info.state.bytes < 4096  # what was sent is rolled up into empty messages
     small = tmp_path / "small"
     small.write_text("fits")
     digest = await client.push(m.mallory, small)
     assert (await client.pull(m.mallory, digest, tmp_path / "o") / "small").read_text() == "fits"
 
 
-async def test_the_bank_makes_the_bucket_when_it_opens_the_account(tmp_path: Path) -> None:
-    ids = {n: Identity.generate() for n in ("bank", "operator", "carol")}
-    principals = [Principal(ids["bank"].public_key, "bank", "bank"),
-                  Principal(ids["operator"].public_key, "operator", "operator",
-                            frozenset({"jetstream"})),
-                  Principal(ids["carol"].public_key, "user", "carol")]
-    port = free_port()
-    conf = tmp_path / "nats.conf"
-    conf.write_text(render_principals(principals, port=port, jetstream_dir=str(tmp_path / "js")))
-    async with NatsServer(port=port, config=conf) as server:
-        buses = [await open_bus(server.url, ids[n]) for n in ("bank", "operator", "carol")]
-        bank_bus, operator, carol = buses
-        ledger = Ledger(SqliteStore(tmp_path / "bank.db"), ids["bank"],
-                        operator=ids["operator"].public_key)
-        service = BankService(bank_bus, ledger,
-                              buckets=BucketKeeper(bank_bus.nc, max_bytes=MAX_BYTES))
-        await service.start()
-        try:
-            with pytest.raises(Rejected, match="unknown_bundle"):  # no account, no bucket
-                await client.get_bytes(carol, "0" * 64)
-            await BankClient(carol, ids["bank"].public_key).open()
-            info = await operator.nc.jetstream().stream_info(
-                names.stream(subject_id(ids["carol"].public_key)))
-            assert info.config.max_bytes == MAX_BYTES and not info.config.allow_direct
-            (tmp_path / "f").write_text("x")
-            digest = await client.push(carol, tmp_path / "f")
-            assert (await client.get_bytes(carol, digest))
-            await BankClient(carol, ids["bank"].public_key).open(exist_ok=True)  # harmless
-        finally:
-            await service.stop()
-            for bus in buses:
-                await bus.close()
-            ledger.store.close()
+async def test_the_bank_makes_the_bucket_when_it_opens_the_account(market: Market,
+                                                                   tmp_path: Path) -> None:
+    m = market
+    ledger = Ledger(SqliteStore(tmp_path / "bank.db"), m.ids["bank"],
+                    operator=m.ids["operator"].public_key)
+    service = BankService(m.bank, ledger, buckets=BucketKeeper(m.bank.nc, max_bytes=MAX_BYTES))
+    await service.start()
+    try:  # the agent's account, its bucket not made yet: the bank's open makes it
+        carol = m.agent
+        account = m.id(carol)
+        await m.operator.nc.jetstream().delete_stream(names.stream(account))
+        await BankClient(carol, m.ids["bank"].public_key).open()
+        info = await m.operator.nc.jetstream().stream_info(names.stream(account))
+        assert info.config.max_bytes == MAX_BYTES and not info.config.allow_direct
+        (tmp_path / "f").write_text("x")
+        digest = await client.push(carol, tmp_path / "f")
+        assert await client.fetch_bytes(carol, digest)
+        await BankClient(carol, m.ids["bank"].public_key).open(exist_ok=True)  # harmless
+    finally:
+        await service.stop()
+        ledger.store.close()

@@ -104,12 +104,13 @@ async def test_bad_bundles_are_refused_and_nothing_starts(market: JobMarket,
     await user.fund_and_bid(10)
     await bucket_for(market.url, user)
     bus, account = user.jobs.bus, subject_id(user.key)
-    escaping = await client.put_bytes(bus, crafted("../../escape.py"))
-    link_out = await client.put_bytes(bus, crafted("etc", kind=tarfile.SYMTYPE,
-                                                   linkname="/etc"))
-    big = await client.put_bytes(bus, crafted("big", b"x" * 5000))
+    escaping = await client.push_bytes(bus, crafted("../../escape.py"))  # as a user would
+    link_out = await client.push_bytes(bus, crafted("etc", kind=tarfile.SYMTYPE,
+                                                    linkname="/etc"))
+    big = await client.push_bytes(bus, crafted("big", b"x" * 5000))
     monkeypatch.setattr(bundles_host, "LIMITS", BundleLimits(member=4096))
     # a bad digest: the meta of `forged` names chunks whose bytes hash to something else
+    # (a corrupted store: written here directly, which the test server allows)
     forged = "f" * 64
     meta = {"name": forged, "nuid": "N" * 22, "size": 3, "chunks": 1,
             "digest": "SHA-256=" + base64.urlsafe_b64encode(b"\0" * 32).decode()}

@@ -56,6 +56,7 @@ CLIENT_REQUESTS = (
     f"{subjects.PREFIX}.sls.*",
     f"{subjects.PREFIX}.host.*.*",
     f"{subjects.PREFIX}.broker.*.*",
+    bundles.REQUESTS,  # bundle.put / bundle.get, served by the hosts in the signer's bucket
 )
 SERVICE_EVENTS = (subjects.BANK_SETTLED, subjects.SLS_SNAPSHOT)
 # What anybody may read: the public market feeds.
@@ -155,15 +156,11 @@ def permissions(p: Principal) -> Permissions:
                 JOB_EVENTS, *bundles.host_publish()]  # reads bundles, writes results back
         pub_deny += [subjects.BANK_SETTLED, SETTLEMENTS_ALL, *bundles.JS_DENIED,
                      *(d for d in NEVER_FROM_SERVICES if d != "$O.>")]
-        sub += [subjects.host_all(pid), SRV_ALL]
+        sub += [subjects.host_all(pid), SRV_ALL, bundles.REQUESTS]
     elif p.role in ("agent", "broker", "user"):
         pub += [*CLIENT_REQUESTS]  # no JetStream right at all: see PRICES_STREAM above
         pub_deny += NEVER_FROM_CLIENTS
         sub += [*PUBLIC_FEEDS, subjects.job_all(pid)]  # its own jobs' output only
-        if p.role in ("agent", "user"):  # its own bundle bucket: put, and get by MSG.GET
-            pub += bundles.user_publish(pid)
-            pub_deny = [*(d for d in pub_deny if d not in ("$JS.>", "$O.>")),
-                        *bundles.JS_DENIED]
         if p.role == "agent":
             pub += [subjects.agent_all(pid)]
         if p.role == "broker":

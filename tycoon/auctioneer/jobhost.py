@@ -39,6 +39,7 @@ from tycoon.auctioneer.jobs import (
 from tycoon.auctioneer.jobstate import STREAMS, Pending, to_record
 from tycoon.auctioneer.market import Market
 from tycoon.bundles import host as bundles
+from tycoon.bundles.service import BundleService
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
@@ -85,6 +86,7 @@ class JobHost:
         self._outputs: dict[str, Output] = {}
         self._pending: dict[str, list[Pending]] = {}
         self.log = get_logger("auctioneer.jobs", host=market.host_id)
+        self.bundle_service = BundleService(bus)  # users' bundles: only hosts run jobs serve
         root = Path(config.root).absolute()
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o711)  # users reach their own directory, list nobody's

@@ -9,11 +9,11 @@ once per account per process.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from nats.js.errors import APIError
+
 from tycoon.bundles.client import BUCKET_BYTES, bucket_config
-from tycoon.bundles.names import stream
 from tycoon.bus.keys import subject_id
 from tycoon.log import get_logger
 
@@ -36,15 +36,13 @@ class BucketKeeper:
             return
         config = bucket_config(account, max_bytes=self.max_bytes, replicas=self.replicas)
         try:  # STREAM.CREATE only: the one JetStream right this needs (no info, no update)
-            msg = await self.nc.request(f"$JS.API.STREAM.CREATE.{stream(account)}",
-                                        json.dumps(config.as_dict()).encode(),
-                                        timeout=self.timeout)
-            error = json.loads(msg.data).get("error")
+            await self.nc.jetstream(timeout=self.timeout).add_stream(config)
+        except APIError as error:
+            if error.err_code != ALREADY:
+                self.log.warning("bundle bucket not made", account=account,
+                                 error=error.description or str(error))
+                return
         except Exception as exc:  # a timeout; no responders: JetStream is off
             self.log.warning("bundle bucket not made", account=account, error=repr(exc))
-            return
-        if error and error.get("err_code") != ALREADY:
-            self.log.warning("bundle bucket not made", account=account,
-                             error=error.get("description", str(error)))
             return
         self.made.add(account)

@@ -6,14 +6,19 @@ The stable API (the agent and ``tycoon-pub`` use it)::
     digest = await push(bus, path)          # pack DIR|FILE, upload, return the hex digest
     dest = await pull(bus, digest, dest)    # fetch, check the digest, unpack safely
 
-The bucket ``bundles-<account id>`` (stream ``OBJ_bundles-<account id>``) is made, with its
-size limit, by a privileged key (:func:`ensure_bucket`: the operator, or the bank when it
-opens the account); a user never creates, changes, purges or deletes a stream. Objects are
-stored in the object store's own layout (chunks on ``$O.<bucket>.C.<nuid>``, the meta on
-``$O.<bucket>.M.<base64 name>``, so ``nats object get`` reads them) and read back with
-``$JS.API.STREAM.MSG.GET`` one message at a time: no consumer, no direct get (a direct
+A user's ``push`` and ``pull`` are signed requests (``bundle.put`` / ``bundle.get``) that
+the hosts serve (tycoon.bundles.service) in the signer's own bucket: users hold no
+JetStream right (a JetStream answer goes to any reply subject the request names; with
+any right a user steers the server's answers into other streams). The hosts themselves
+read and write buckets directly (:class:`Store`, :func:`get_bytes`, :func:`put_bytes`).
+
+The bucket ``bundles-<account id>`` (stream ``OBJ_bundles-<account id>``) is made, with
+its size limit, by the bank when it opens the account (tycoon.bundles.buckets). Objects
+are stored in the object store's own layout (chunks on ``$O.<bucket>.C.<nuid>``, the meta
+on ``$O.<bucket>.M.<base64 name>``, so ``nats object get`` reads them) and read back with
+``$JS.API.STREAM.MSG.GET`` one message at a time: no consumer and no direct get (a direct
 get's answer, steered by a reply subject, is taken by the server as an API request: it
-purged and deleted streams in our tests), no other API.
+deleted a stream in our tests).
 """
 
 from __future__ import annotations
@@ -23,97 +28,140 @@ import base64
 import contextlib
 import hashlib
 import json
-from dataclasses import dataclass
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
-from tycoon.bundles.names import bucket, msg_get, stream
+from tycoon.bundles.names import bucket, msg_get, request, stream
 from tycoon.bundles.pack import LIMITS, Limits, check_digest, digest_of, pack, unpack
-from tycoon.bus.keys import subject_id
 from tycoon.errors import Rejected
+from tycoon.messages.bundles import CHUNK
 
-CHUNK = 128 * 1024
-"""Bytes per chunk message (the object store's default)."""
 BUCKET_BYTES = 256 << 20
 """The default size limit of one account's bucket."""
-WINDOW = 16
-"""Chunks published before waiting for their acknowledgements."""
 TIMEOUT = 5.0
+_ALNUM = string.ascii_letters + string.digits
+
+
+# ------------------------------------------------------------------ the stable API (users)
+
+
+async def push(bus: Any, path: Path | str, *, limits: Limits = LIMITS,
+               timeout: float = TIMEOUT) -> str:
+    """Pack ``path`` (a directory or a file) and store it in the signer's bucket through
+    the hosts; its hex SHA-256 digest. Storing it again costs one request."""
+    data = await asyncio.to_thread(pack, Path(path), limits)
+    return await push_bytes(bus, data, timeout=timeout)
+
+
+async def pull(bus: Any, digest: str, dest: Path | str, *, limits: Limits = LIMITS,
+               timeout: float = TIMEOUT) -> Path:
+    """Fetch bundle ``digest`` from the signer's bucket, check it hashes to its name, and
+    unpack it under ``dest`` (refusing anything unsafe: tycoon.bundles.pack); ``dest``."""
+    data = await fetch_bytes(bus, digest, limits=limits, timeout=timeout)
+    await asyncio.to_thread(unpack, data, Path(dest), limits)
+    return Path(dest)
+
+
+async def push_bytes(bus: Any, data: bytes, *, timeout: float = TIMEOUT) -> str:
+    """Store packed bytes in the signer's bucket (``bundle.put``, chunk by chunk, in order);
+    the digest. The host names the object only once every chunk hashes to it."""
+    digest = digest_of(data)
+    with contextlib.suppress(Rejected):
+        first = await _get(bus, digest, None, timeout)
+        if first.get("size") == len(data):
+            return digest  # already there (its chunks were checked when it was named)
+    upload = "".join(secrets.choice(_ALNUM) for _ in range(22))
+    pieces = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
+    for index, piece in enumerate(pieces):
+        body: dict[str, Any] = {"upload": upload, "index": index, "data": piece}
+        if index == len(pieces) - 1:
+            body["digest"] = digest
+        await bus.request(request("put"), "bundle.put", body, timeout=timeout)
+    return digest
+
+
+async def fetch_bytes(bus: Any, digest: str, *, limits: Limits = LIMITS,
+                      timeout: float = TIMEOUT) -> bytes:
+    """The bytes of bundle ``digest`` in the signer's bucket (``bundle.get``, chunk by
+    chunk): ``unknown_bundle``, ``bundle_too_large``, ``bad_digest``."""
+    check_digest(digest)
+    out, after = bytearray(), None
+    while True:
+        reply = await _get(bus, digest, after, timeout)
+        size, data, seq = reply.get("size"), reply.get("data"), reply.get("seq")
+        if not isinstance(size, int) or not isinstance(data, bytes) or not isinstance(seq, int):
+            raise Rejected("malformed", "bundle.get: a reply without size, data and seq")
+        if size > limits.bundle:
+            raise Rejected("bundle_too_large", f"bundle {digest[:12]}… is {size} bytes, over "
+                           f"{limits.bundle}")
+        out += data
+        if len(out) >= size or not data:
+            break
+        after = seq
+    if digest_of(bytes(out)) != digest:
+        raise Rejected("bad_digest", f"bundle {digest[:12]}…: its bytes hash to "
+                       f"{digest_of(bytes(out))[:12]}…")
+    return bytes(out)
+
+
+async def _get(bus: Any, digest: str, after: int | None, timeout: float) -> dict[str, Any]:
+    body: dict[str, Any] = {"digest": digest}
+    if after is not None:
+        body["after"] = after
+    reply = await bus.request(request("get"), "bundle.get", body, timeout=timeout)
+    return dict(reply.body)
+
+
+# ------------------------------------------------------------------ the hosts' direct access
 
 
 def _nc(nc_or_bus: Any) -> Client:
     return nc_or_bus.nc if hasattr(nc_or_bus, "nc") else nc_or_bus
 
 
-def _own(nc_or_bus: Any, account: str | None) -> str:
-    if account is not None:
-        return account
-    identity = getattr(nc_or_bus, "identity", None)
-    if identity is None:
-        raise ValueError("pass account= with a bare NATS connection")
-    return subject_id(identity.public_key)
-
-
-# ------------------------------------------------------------------ the stable API
-
-
-async def push(nc_or_bus: Any, path: Path | str, *, account: str | None = None,
-               limits: Limits = LIMITS) -> str:
-    """Pack ``path`` (a directory or a file) and store it in the account's bucket (the
-    signer's own unless ``account``); its hex SHA-256 digest. Storing twice costs nothing."""
-    data = await asyncio.to_thread(pack, Path(path), limits)
-    return await put_bytes(nc_or_bus, data, account=account)
-
-
-async def pull(nc_or_bus: Any, digest: str, dest: Path | str, *, account: str | None = None,
-               limits: Limits = LIMITS) -> Path:
-    """Fetch bundle ``digest`` from the account's bucket, check it hashes to its name, and
-    unpack it under ``dest`` (refusing anything unsafe: tycoon.bundles.pack); ``dest``."""
-    data = await get_bytes(nc_or_bus, digest, account=account, limits=limits)
-    await asyncio.to_thread(unpack, data, Path(dest), limits)
-    return Path(dest)
-
-
-# ------------------------------------------------------------------ bytes in, bytes out
-
-
-async def put_bytes(nc_or_bus: Any, data: bytes, *, account: str | None = None) -> str:
-    """Store already packed bytes under their digest; the digest."""
-    account = _own(nc_or_bus, account)
+async def put_bytes(nc_or_bus: Any, data: bytes, *, account: str) -> str:
+    """Store packed bytes in ``account``'s bucket directly (a host: collected results);
+    the digest."""
     digest = digest_of(data)
-    store = _Store(_nc(nc_or_bus), account)
+    store = Store(_nc(nc_or_bus), account)
     try:
         meta = await store.meta(digest)
-        if meta is not None and meta.get("digest") == _nats_digest(data) \
-                and meta.get("size") == len(data):
-            return digest  # already there, intact as far as its meta says
-        await store.put(digest, data)
+        if meta is None or meta.get("digest") != nats_digest(data) \
+                or meta.get("size") != len(data):
+            nuid = "".join(secrets.choice(_ALNUM) for _ in range(22))
+            pieces = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)]
+            try:
+                for index, piece in enumerate(pieces):
+                    await store.chunk(nuid, index, piece)
+            except Rejected:
+                await store.drop(nuid)
+                raise
+            await store.name(digest, nuid, len(data), len(pieces), nats_digest(data))
     finally:
         await store.close()
     return digest
 
 
-async def get_bytes(nc_or_bus: Any, digest: str, *, account: str | None = None,
+async def get_bytes(nc_or_bus: Any, digest: str, *, account: str,
                     limits: Limits = LIMITS) -> bytes:
-    """The bytes of bundle ``digest``: ``unknown_bundle`` if absent, ``bad_digest`` if they
-    do not hash to it, ``bundle_too_large`` over the limit (checked before reading)."""
+    """The bytes of bundle ``digest`` in ``account``'s bucket, read directly (a host):
+    ``unknown_bundle`` if absent, ``bad_digest`` if they do not hash to it,
+    ``bundle_too_large`` over the limit (checked before reading)."""
     check_digest(digest)
-    store = _Store(_nc(nc_or_bus), _own(nc_or_bus, account))
+    store = Store(_nc(nc_or_bus), account)
     try:
         meta = await store.meta(digest)
         if meta is None:
-            raise Rejected("unknown_bundle", f"no bundle {digest[:12]}… in "
-                           f"{bucket(store.account)}")
-        size, nuid = meta.get("size"), meta.get("nuid")
-        if not isinstance(size, int) or size < 0 or not isinstance(nuid, str) or not nuid:
-            raise Rejected("bad_digest", f"bundle {digest[:12]}…: its meta is not valid")
-        if size > limits.bundle:
-            raise Rejected("bundle_too_large", f"bundle {digest[:12]}… is {size} bytes, over "
-                           f"{limits.bundle}")
-        data = await store.chunks(nuid, size)
+            raise Rejected("unknown_bundle", f"no bundle {digest[:12]}… in {bucket(account)}")
+        if meta["size"] > limits.bundle:
+            raise Rejected("bundle_too_large", f"bundle {digest[:12]}… is {meta['size']} "
+                           f"bytes, over {limits.bundle}")
+        data = await store.read(meta["nuid"], meta["size"])
     finally:
         await store.close()
     if digest_of(data) != digest:
@@ -124,9 +172,8 @@ async def get_bytes(nc_or_bus: Any, digest: str, *, account: str | None = None,
 
 async def ensure_bucket(nc_or_bus: Any, account: str, *, max_bytes: int = BUCKET_BYTES,
                         replicas: int = 1) -> str:
-    """Create the account's bucket if missing (a privileged key: the operator's JetStream
-    capability; the bank uses :class:`tycoon.bundles.buckets.BucketKeeper`); its stream
-    name. Users cannot: they hold no STREAM.CREATE right."""
+    """Create the account's bucket if missing (the operator's JetStream capability; the
+    bank uses :class:`tycoon.bundles.buckets.BucketKeeper`); its stream name."""
     name = stream(account)
     js = _nc(nc_or_bus).jetstream(timeout=TIMEOUT)
     with contextlib.suppress(Exception):
@@ -148,7 +195,8 @@ def bucket_config(account: str, *, max_bytes: int = BUCKET_BYTES,
     )
 
 
-def _nats_digest(data: bytes) -> str:
+def nats_digest(data: bytes) -> str:
+    """The object store's own digest field of ``data``."""
     return "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
 
 
@@ -156,29 +204,26 @@ def _meta_subject(account: str, name: str) -> str:
     return f"$O.{bucket(account)}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
 
 
-# ------------------------------------------------------------------ the wire
+class Store:
+    """Direct JetStream access to one account's bucket (hosts), on one inbox subscription."""
 
-
-@dataclass
-class _Store:
-    """Requests of one operation on one bucket, answered on one inbox subscription."""
-
-    nc: Client
-    account: str
-
-    def __post_init__(self) -> None:
-        self.inbox = self.nc.new_inbox()
+    def __init__(self, nc: Client, account: str) -> None:
+        self.nc, self.account = nc, account
+        self.inbox = nc.new_inbox()
         self.sub: Any = None
         self.waiting: dict[str, asyncio.Future[Any]] = {}
         self.n = 0
+
+    def chunks_subject(self, nuid: str) -> str:
+        return f"$O.{bucket(self.account)}.C.{nuid}"
 
     async def _on(self, msg: Any) -> None:
         future = self.waiting.pop(msg.subject, None)
         if future is not None and not future.done():
             future.set_result(msg)
 
-    async def send(self, subject: str, payload: bytes,
-                   headers: dict[str, str] | None = None) -> asyncio.Future[Any]:
+    async def _send(self, subject: str, payload: bytes,
+                    headers: dict[str, str] | None = None) -> dict[str, Any]:
         if self.sub is None:
             self.sub = await self.nc.subscribe(f"{self.inbox}.*", cb=self._on)
         self.n += 1
@@ -186,81 +231,94 @@ class _Store:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.waiting[reply] = future
         await self.nc.publish(subject, payload, reply=reply, headers=headers)
-        return future
-
-    async def answer(self, future: asyncio.Future[Any], what: str) -> dict[str, Any]:
         try:
             msg = await asyncio.wait_for(future, TIMEOUT)
         except TimeoutError:
-            raise Rejected("unavailable", f"no answer from JetStream ({what}): no bucket "
-                           f"{bucket(self.account)}, no right to it, or JetStream is off") from None
+            raise Rejected("unavailable", f"no answer from JetStream on {subject}") from None
         if msg.headers and str(msg.headers.get("Status", "")) == "503":
-            raise Rejected("unavailable", f"JetStream is not running ({what})")
+            raise Rejected("unavailable", "JetStream is not running, or the account has no "
+                           f"bucket {bucket(self.account)} (the bank makes it at open)")
         try:
             body = json.loads(msg.data)
         except ValueError:
-            raise Rejected("unavailable", f"JetStream answered {what} with junk") from None
+            raise Rejected("unavailable", f"JetStream answered {subject} with junk") from None
         return body if isinstance(body, dict) else {}
 
-    async def get(self, request: dict[str, Any]) -> dict[str, Any] | None:
+    async def get(self, query: dict[str, Any]) -> dict[str, Any] | None:
         """One stored message (``$JS.API.STREAM.MSG.GET``), or None if there is none."""
-        api = msg_get(self.account)
-        body = await self.answer(await self.send(api, json.dumps(request).encode()), "get")
+        body = await self._send(msg_get(self.account), json.dumps(query).encode())
         error = body.get("error")
         if error:
             if error.get("err_code") == 10037:  # no message found
                 return None
             if error.get("err_code") == 10059:
                 raise Rejected("unknown_bundle", f"no bucket {bucket(self.account)}: the "
-                               "bank or the operator makes it when the account opens")
+                               "bank makes it when the account opens (tycoon bank open)")
             raise Rejected("unavailable", f"JetStream: {error.get('description', error)}")
         message = body.get("message")
         return message if isinstance(message, dict) else None
 
+    @staticmethod
+    def payload(stored: dict[str, Any]) -> bytes:
+        return base64.b64decode(stored.get("data", "") or "")
+
     async def meta(self, name: str) -> dict[str, Any] | None:
+        """The object's meta if it is well formed (junk on its subject counts as absent)."""
         stored = await self.get({"last_by_subj": _meta_subject(self.account, name)})
         if stored is None:
             return None
         try:
-            meta = json.loads(base64.b64decode(stored.get("data", "")))
+            meta = json.loads(self.payload(stored))
         except ValueError:
-            return None  # junk on the meta subject (see docs/security.md): as if absent
-        if not isinstance(meta, dict) or meta.get("name") != name or meta.get("deleted"):
+            return None
+        if not isinstance(meta, dict) or meta.get("name") != name or meta.get("deleted") \
+                or not isinstance(meta.get("size"), int) or meta["size"] < 0 \
+                or not isinstance(meta.get("chunks"), int) \
+                or not isinstance(meta.get("nuid"), str) or not meta["nuid"]:
             return None
         return meta
 
-    async def chunks(self, nuid: str, size: int) -> bytes:
-        subject, seq, out = f"$O.{bucket(self.account)}.C.{nuid}", 1, bytearray()
-        while len(out) < size:
-            stored = await self.get({"seq": seq, "next_by_subj": subject})
+    async def read(self, nuid: str, size: int) -> bytes:
+        """The chunks of object ``nuid`` up to ``size`` bytes (one more shows a bad size)."""
+        seq, out = 1, bytearray()
+        while len(out) <= size:
+            stored = await self.get({"seq": seq, "next_by_subj": self.chunks_subject(nuid)})
             if stored is None:
                 break
-            out += base64.b64decode(stored.get("data", ""))
+            out += self.payload(stored)
             seq = int(stored.get("seq", seq)) + 1
-        return bytes(out[: size + 1])  # one byte over: a wrong size shows as a bad digest
+        return bytes(out[: size + 1])
 
-    async def put(self, name: str, data: bytes) -> None:
-        nuid = self.nc._nuid.next().decode()
-        subject = f"$O.{bucket(self.account)}.C.{nuid}"
-        pending: list[asyncio.Future[Any]] = []
-        chunks = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)]
-        try:
-            for chunk in chunks:
-                pending.append(await self.send(subject, chunk))
-                if len(pending) >= WINDOW:
-                    self._acked(await self.answer(pending.pop(0), "put"))
-            for future in pending:
-                self._acked(await self.answer(future, "put"))
-        except Rejected:  # roll the chunks sent up into one empty message (no purge right)
-            with contextlib.suppress(Rejected):
-                await self.answer(await self.send(subject, b"", {"Nats-Rollup": "sub"}), "put")
-            raise
-        meta = {"name": name, "bucket": bucket(self.account), "nuid": nuid, "size": len(data),
-                "chunks": len(chunks), "digest": _nats_digest(data),
-                "options": {"max_chunk_size": CHUNK}}
-        self._acked(await self.answer(await self.send(
-            _meta_subject(self.account, name), json.dumps(meta).encode(),
-            headers={"Nats-Rollup": "sub"}), "put"))
+    async def read_chunks(self, nuid: str, most: int) -> tuple[bytes, int]:
+        """Every chunk of upload ``nuid`` (``bundle_too_large`` past ``most`` bytes)."""
+        seq, out, count = 1, bytearray(), 0
+        while True:
+            stored = await self.get({"seq": seq, "next_by_subj": self.chunks_subject(nuid)})
+            if stored is None:
+                return bytes(out), count
+            out += self.payload(stored)
+            count += 1
+            if len(out) > most:
+                await self.drop(nuid)
+                raise Rejected("bundle_too_large", f"upload {nuid} is over {most} bytes")
+            seq = int(stored.get("seq", seq)) + 1
+
+    async def chunk(self, nuid: str, index: int, data: bytes) -> None:
+        """Store one chunk (a resent one is kept once: its Nats-Msg-Id)."""
+        self._acked(await self._send(self.chunks_subject(nuid), data,
+                                     {"Nats-Msg-Id": f"{nuid}.{index}"}))
+
+    async def name(self, name: str, nuid: str, size: int, chunks: int, digest: str) -> None:
+        """Write the object's meta (replacing any earlier one of that name)."""
+        meta = {"name": name, "bucket": bucket(self.account), "nuid": nuid, "size": size,
+                "chunks": chunks, "digest": digest, "options": {"max_chunk_size": CHUNK}}
+        self._acked(await self._send(_meta_subject(self.account, name),
+                                     json.dumps(meta).encode(), {"Nats-Rollup": "sub"}))
+
+    async def drop(self, nuid: str) -> None:
+        """Roll an upload's chunks up into one empty message (no purge right needed)."""
+        with contextlib.suppress(Rejected):
+            await self._send(self.chunks_subject(nuid), b"", {"Nats-Rollup": "sub"})
 
     def _acked(self, body: dict[str, Any]) -> None:
         error = body.get("error")
@@ -276,3 +334,7 @@ class _Store:
         if self.sub is not None:
             with contextlib.suppress(Exception):
                 await self.sub.unsubscribe()
+
+
+__all__ = ["Store", "ensure_bucket", "fetch_bytes", "get_bytes", "pull", "push", "push_bytes",
+           "put_bytes"]

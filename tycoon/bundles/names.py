@@ -30,9 +30,14 @@ def msg_get(account_id: str) -> str:
     return f"$JS.API.STREAM.MSG.GET.{stream(account_id)}"
 
 
-def user_publish(account_id: str) -> tuple[str, ...]:
-    """What a key publishes to use its own bucket: put chunks and metas, get messages."""
-    return (chunks(account_id), metas(account_id), msg_get(account_id))
+REQUESTS = "tycoon.bundle.*"
+"""``bundle.put`` / ``bundle.get``: the hosts serve them (queue group), in the signer's
+own bucket. Users and agents use their bucket only this way: they hold no JetStream right."""
+
+
+def request(op: str) -> str:
+    """The subject of one bundle request (``put``, ``get``)."""
+    return f"tycoon.bundle.{op}"
 
 
 def host_publish() -> tuple[str, ...]:
@@ -49,7 +54,7 @@ JS_DENIED = (
     "$JS.API.SERVER.>", "$JS.API.META.>", "$JS.ACK.>", "$JS.FC.>", "$JS.EVENT.>",
     "$JS.API.STREAM.TEMPLATE.>", "$KV.>", "$SYS.>",
 )
-"""Denied to every key that holds bundle rights (deny wins): every JetStream API but
+"""Denied to the hosts, which read and write buckets (deny wins): every JetStream API but
 STREAM.MSG.GET. A direct get is denied above all: its answer, steered by a reply subject
 onto ``$JS.API.STREAM.PURGE.<stream>`` or ``.DELETE.``, is executed by the server."""
 

@@ -34,6 +34,9 @@ KINDS: set[str] = {
     "host.jobs",
     "job.output",
     "job.exit",
+    # bundles (docs/jobs.md, served by the hosts)
+    "bundle.put",
+    "bundle.get",
     # sls
     "sls.query",
     "sls.host",

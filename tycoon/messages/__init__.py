@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from tycoon.messages import agent, bank, jobs, market, sls
+from tycoon.messages import agent, bank, bundles, jobs, market, sls
 from tycoon.messages.base import Body, meta
 from tycoon.messages.price import Offer, PriceUpdate
 
@@ -65,11 +65,13 @@ MESSAGES: dict[str, type[Body]] = _registry(
     agent.AgentPlan, agent.AgentRebid, agent.AgentSettled, agent.AgentWarning,
     agent.AgentDone, agent.BrokerEnroll, agent.BrokerStatus,
     jobs.HostExec, jobs.HostSignal, jobs.HostJobs, jobs.JobOutput, jobs.JobExit,
+    bundles.BundlePut, bundles.BundleGet,
 )
 """kind → its body class."""
 
 REPLIES: dict[str, type[Body]] = {
     **market.REPLIES, **jobs.REPLIES, **bank.REPLIES, **sls.REPLIES, **agent.REPLIES,
+    **bundles.REPLIES,
     "demo.echo": DemoEchoReply,
 }
 """request kind → the body of its ``reply``."""

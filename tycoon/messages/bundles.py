@@ -1,0 +1,51 @@
+"""Bodies of bundles: code and results in the sender's object-store bucket, served by the
+hosts (queue group ``bundles`` on ``tycoon.bundle.<op>``; docs/jobs.md, "Bundles")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from tycoon.messages.base import Body, meta
+
+CHUNK = 128 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BundlePut(Body):
+    KINDS: ClassVar[tuple[str, ...]] = ("bundle.put",)
+    SUMMARY: ClassVar[str] = ("store one chunk of a bundle in the sender's bucket; the one "
+                              "naming `digest` checks every chunk and names the object")
+    upload: str = field(metadata=meta("this push's id: 8–22 letters or digits", max_len=22))
+    index: int = field(metadata=meta("the chunk's number, 0, 1, … (a resent chunk is kept "
+                                     "once)"))
+    data: bytes = field(metadata=meta("at most 128 KiB", max_len=CHUNK))
+    digest: str | None = field(default=None, metadata=meta(
+        "with the last chunk: the hex SHA-256 of the whole bundle", max_len=64))
+
+
+@dataclass(frozen=True, slots=True)
+class BundlePutReply(Body):
+    upload: str
+    index: int
+    digest: str | None = field(default=None, metadata=meta(doc="the object stored"))
+
+
+@dataclass(frozen=True, slots=True)
+class BundleGet(Body):
+    KINDS: ClassVar[tuple[str, ...]] = ("bundle.get",)
+    SUMMARY: ClassVar[str] = "one chunk of a bundle in the sender's own bucket"
+    digest: str = field(metadata=meta("hex SHA-256", max_len=64))
+    after: int | None = field(default=None, metadata=meta(
+        "the `seq` of the chunk before (absent: the first)"))
+
+
+@dataclass(frozen=True, slots=True)
+class BundleGetReply(Body):
+    size: int = field(metadata=meta(doc="bytes of the whole bundle"))
+    chunks: int
+    data: bytes
+    seq: int = field(metadata=meta(doc="pass as `after` for the next chunk"))
+
+
+REPLIES: dict[str, type[Body]] = {"bundle.put": BundlePutReply, "bundle.get": BundleGetReply}
