@@ -14,7 +14,7 @@ import pytest
 from polling import refused, until
 
 from tycoon.bus.connection import open_bus
-from tycoon.bus.keys import KeyStore
+from tycoon.bus.keys import Identity, KeyStore
 from tycoon.cli.main import main
 from tycoon.deploy import Deployment
 from tycoon.natsserver import NatsServer, free_port
@@ -248,3 +248,43 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     before = {p: p.read_bytes() for p in box.rglob("*") if p.is_file()}
     assert run(box, "init", "--dry-run", "--http-port", "8222", "--cluster", "a,b,c") == 0
     assert {p: p.read_bytes() for p in box.rglob("*") if p.is_file()} == before
+
+
+SOMEONE = Identity.generate().public_key
+
+
+@pytest.mark.parametrize(("argv", "name", "role"), [
+    (["bank", "serve", "--operator", SOMEONE, "--db", "b.db"], "bank", "bank"),
+    (["--as", "sls-2", "sls", "serve"], "sls-2", "sls"),
+    (["--as", "host-1", "auctioneer", "serve", "--bank", SOMEONE], "host-1", "host"),
+    (["--as", "host-1", "auctioneer", "key"], "host-1", "host"),
+])
+def test_a_service_without_its_key_writes_none(tmp_path: Path, argv: list[str], name: str,
+                                               role: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Attack: a service started on a machine without its key must not make one (a key made
+    on the spot is admitted nowhere; a bank key made so is one clients do not trust). It
+    exits non-zero naming the two steps, before any connection, and writes nothing."""
+    home = tmp_path / "machine"
+    KeyStore(home).create("someone-else")  # a key store, but not this service's key
+    before = sorted(p.name for p in home.rglob("*"))
+    argv = [str(tmp_path / a) if a == "b.db" else a for a in argv]
+    assert run(home, "--nats", "nats://127.0.0.1:1", *argv) == 1
+    err = capsys.readouterr().err
+    assert f"tycoon key show {name} --role {role} --create" in err
+    assert f"tycoon admit {role} {name} PUBKEY" in err
+    assert not KeyStore(home).exists(name)
+    assert sorted(p.name for p in home.rglob("*")) == before
+    assert not (tmp_path / "b.db").exists()
+
+
+def test_the_dashboard_without_its_viewer_key_makes_none(tmp_path: Path) -> None:
+    from tycoon.cli.web import page_config
+
+    box = tmp_path / "box"
+    for name in ("bank", "operator", "sls"):
+        KeyStore(box).create(name)
+    assert run(box, "init") == 0
+    with pytest.raises(RuntimeError, match="tycoon key show viewer --role viewer --create"):
+        page_config(Deployment.load(box), "ws://127.0.0.1:1")
+    assert not KeyStore(box).exists("viewer")

@@ -19,7 +19,15 @@ from tycoon.bus import ratelimit
 from tycoon.bus.keys import subject_id
 from tycoon.bus.ratelimit import rate_limit_arg
 from tycoon.bus.runner import run_until_signal
-from tycoon.cli.common import bus_for, host_id_of, identity, keystore, local_time, print_json
+from tycoon.cli.common import (
+    bus_for,
+    host_id_of,
+    key_name,
+    keystore,
+    local_time,
+    print_json,
+    service_identity,
+)
 from tycoon.cli.jobs import add_serve_arguments as add_job_arguments
 from tycoon.cli.jobs import job_config
 from tycoon.cli.jobs import register as register_jobs
@@ -173,7 +181,7 @@ def _positive_seconds(text: str) -> float:
 
 async def cmd_serve(args: argparse.Namespace) -> int:
     """Run the auctioneer until SIGTERM/SIGINT."""
-    ident = identity(args, args.host_key)
+    ident = service_identity(args, key_name(args, args.host_key), "host")
     bank_key = _bank_key(args)
     host = subject_id(ident.public_key)
     store = Path(args.store) if args.store else keystore(args).home / f"auctioneer-{host}.db"
@@ -198,7 +206,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_key(args: argparse.Namespace) -> int:
-    ident = identity(args, args.host_key)
+    ident = service_identity(args, key_name(args, args.host_key), "host")
     print_json({"public_key": ident.public_key, "host": subject_id(ident.public_key)})
     return 0
 

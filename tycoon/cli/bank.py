@@ -41,6 +41,7 @@ from tycoon.cli.common import (
     names_of,
     print_json,
     receipt_line,
+    service_identity,
     who,
 )
 from tycoon.cli.verifylog import add_verify_log
@@ -214,7 +215,7 @@ def restore_guard(path: Path) -> Guard:
 async def cmd_serve(args: argparse.Namespace) -> int:
     """Run the bank until SIGTERM/SIGINT (requests in flight are answered first)."""
     operator = operator_key(args)
-    bank = keystore(args).load_or_create(bank_key_name(args))
+    bank = service_identity(args, bank_key_name(args), "bank")
     path = db_path(args)
     journal = not args.no_settlement_log  # a restored backup must not reuse its seqs
     async with contextlib.AsyncExitStack() as stack:

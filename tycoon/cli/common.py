@@ -109,6 +109,23 @@ def identity(args: argparse.Namespace, name: str | None = None) -> Identity:
     return store.load_or_create(who)
 
 
+def service_identity(args: argparse.Namespace, name: str, role: str) -> Identity:
+    """The key a service (``bank``/``sls``/``auctioneer serve``) signs with. A service never
+    makes its key: a key made on the spot is admitted nowhere (and a bank key made so
+    would be one clients do not trust). Missing: ``unknown_account`` naming the two steps."""
+    store = keystore(args)
+    try:
+        return store.load(name)
+    except FileNotFoundError:
+        raise Rejected("unknown_account", f"no key named {name!r} in {store.keys_dir} (a "
+                                          "service never makes its key): on this machine run "
+                                          f"`tycoon key show {name} --role {role} --create`, "
+                                          "then on the operator box the line it prints: "
+                                          f"tycoon admit {role} {name} PUBKEY") from None
+    except ValueError as exc:
+        raise Rejected("malformed", str(exc)) from exc
+
+
 async def probe(url: str, ident: Identity, who: str, timeout: float = 2.0) -> None:
     """Say plainly why a connection cannot work: no server at ``url``, or a server that
     does not admit this key. A quick handshake of the NATS protocol (no reconnect loop,

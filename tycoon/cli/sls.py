@@ -12,7 +12,14 @@ from typing import Any
 from tycoon.bus import ratelimit
 from tycoon.bus.ratelimit import rate_limit_arg
 from tycoon.bus.runner import run_until_signal
-from tycoon.cli.common import bus_for, fail, host_id_of, identity, print_json
+from tycoon.cli.common import (
+    bus_for,
+    fail,
+    host_id_of,
+    key_name,
+    print_json,
+    service_identity,
+)
 from tycoon.errors import Rejected
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
 from tycoon.metrics.server import serve_from_args, stop_server
@@ -96,7 +103,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         queue=args.queue,
     )
-    async with launch_sls(args.nats, identity(args), config,
+    async with launch_sls(args.nats, service_identity(args, key_name(args), "sls"), config,
                           rate_limit=args.rate_limit) as sls:
         metrics = await serve_from_args(args, sls.service)
         try:

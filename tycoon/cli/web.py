@@ -46,7 +46,11 @@ def page_config(deployment: Deployment, ws_url: str | None = None) -> PageConfig
     if url is None:
         raise RuntimeError(f"no websocket listener in {deployment.home / 'nats.conf'}: run "
                            "`tycoon init --force` (or `tycoon up`) to write one")
-    viewer = deployment.store.load_or_create(VIEWER_KEY)
+    if not deployment.store.exists(VIEWER_KEY):  # starting the page never makes a key
+        raise RuntimeError(f"no key named {VIEWER_KEY!r} in {deployment.store.keys_dir}: run "
+                           f"`tycoon key show {VIEWER_KEY} --role viewer --create`, then "
+                           f"`tycoon init` (it admits the viewer key it finds)")
+    viewer = deployment.store.load(VIEWER_KEY)
     names = {k: v for k, v in names_of(deployment.store).items() if len(k) == 56}
     budgets = {}
     for spec in deployment.agents:
