@@ -15,6 +15,7 @@ from tycoon.agent.tasks import (
     DONE,
     IN_FLIGHT,
     QUEUED,
+    REFUSED,
     STOPPING,
     Bag,
     Kill,
@@ -77,8 +78,8 @@ class World:
         i = choice % pending
         if i < len(self.starts):
             index, host = self.starts.pop(i)
-            if not ok and status % 2:  # refused: nothing started
-                self.bag.start_failed(index, host, self.now)
+            if not ok and status % 2:  # refused (for the task itself, or not): nothing started
+                self.bag.start_failed(index, host, self.now, task_fault=status in (-3, 3))
                 return
             if not ok:  # the answer was lost, the job runs all the same
                 self.next_job += 1
@@ -226,6 +227,18 @@ def test_a_silent_host_left_long_ago_gives_its_tasks_back() -> None:
     bag.hold({"b": Seat(1, 1.0)}, 10.0)
     assert bag.place(39.0) == [] and bag.tasks[1].state == STOPPING
     assert bag.place(40.0) == [Start(1, "b")]
+
+
+def test_a_task_every_host_refuses_is_done_as_refused_after_three_tries() -> None:
+    bag = Bag.of([(1, "x")], retry_s=0.0)
+    bag.hold({"a": Seat(1, 1.0), "b": Seat(1, 1.0)}, 0.0)
+    for attempt in range(3):
+        (start,) = bag.place(float(attempt))
+        bag.start_failed(1, start.host, float(attempt), task_fault=attempt != 1)
+    assert bag.tasks[1].state == "queued"  # one refusal was the host's, not the task's
+    (start,) = bag.place(3.0)
+    bag.start_failed(1, start.host, 3.0, task_fault=True)
+    assert (bag.tasks[1].state, bag.tasks[1].status) == (DONE, REFUSED) and bag.finished
 
 
 def test_a_failed_start_cools_the_host_down() -> None:

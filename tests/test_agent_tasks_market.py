@@ -8,8 +8,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import nats
 import pytest
 from polling import until
 
@@ -21,9 +23,11 @@ from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.auctioneer.jobs import Limits
 from tycoon.auctioneer.launch import start_auctioneer
 from tycoon.bank.client import BankClient
+from tycoon.bundles import client as bundles
 from tycoon.bus.keys import Identity, KeyStore, subject_id
-from tycoon.cli.agent import make_agent
+from tycoon.cli.agent import make_agent, push_bundle
 from tycoon.money import MICRO
+from tycoon.natsserver import NatsServer
 from tycoon.testing.localmarket import start_market
 from tycoon.vmm.simulated import SimulatedDriver
 
@@ -135,4 +139,56 @@ async def test_six_tasks_on_two_hosts_outputs_collected_and_a_restart_reruns_non
     finally:
         for running in hosts:
             await running.stop()
+        await market.close()
+
+
+@pytest.fixture
+async def js_url() -> AsyncIterator[str]:
+    async with NatsServer(jetstream=True) as server:
+        yield server.url
+
+
+async def test_a_bundle_is_pushed_once_and_each_tasks_result_comes_back(
+        js_url: str, tmp_path: Path) -> None:
+    market = await start_market(js_url, tmp_path, hosts=0, tick_s=0.2, heartbeat_s=0.5)
+    host = None
+    try:
+        host = await start_auctioneer(
+            js_url, Identity.generate(), bank_key=market.bank_key,
+            driver=SimulatedDriver(preset="small", cores=4), store_path=tmp_path / "h.db",
+            name="h", tick_s=0.2, heartbeat_s=0.5,
+            jobs=JobConfig(root=tmp_path / "jobs", limits=Limits(grace_s=0.5)))
+        await BankClient(host.bus, market.bank_key).open(exist_ok=True)
+        await until(lambda: len(market.sls.registry.live_hosts(time.time_ns())) >= 1,
+                    timeout=10, every=0.1, what="a live host")
+        user = await market.fund_user(100 * MICRO)
+        nc = await nats.connect(js_url)  # the bucket is made as the bank or operator would
+        try:
+            await bundles.ensure_bucket(nc, subject_id(user.identity.public_key))
+        finally:
+            await nc.close()
+        code = tmp_path / "code"
+        (code / "data").mkdir(parents=True)
+        (code / "data" / "in.txt").write_text("forty-two")
+        (code / "job.py").write_text(
+            "import sys\nn = sys.argv[1]\n"
+            "open(f'out-{n}.txt', 'w').write(open('data/in.txt').read().upper() + n)\n")
+        digest = await push_bundle(user, str(code))
+        config = AgentConfig(budget=20 * MICRO, deadline_s=60.0, replan_every_s=5,
+                             refund_margin_s=1.0, grace_s=10.0)
+        agent = make_agent(user, market.bank_key, config, tmp_path / "a.db", "x.bundle")
+        bag = Bag.of((i, str(i)) for i in range(1, 4))
+        agent.tasks = TaskRunner(user, agent.journal, bag, [sys.executable, "job.py", "{}"],
+                                 tmp_path / "out", bundle=digest, collect=["out-{}.txt"])
+        agent.core.bag = bag
+        agent.tasks.resume()
+        summary = await asyncio.wait_for(agent.run(), 30)
+        assert summary.tasks is not None and summary.tasks["done"] == 3
+        for i in range(1, 4):
+            result = tmp_path / "out" / str(i) / "result" / f"out-{i}.txt"
+            assert result.read_text() == f"FORTY-TWO{i}"  # its own copy, its own result
+            assert json.loads((tmp_path / "out" / str(i) / "exit.json").read_text())["result"]
+    finally:
+        if host is not None:
+            await host.stop()
         await market.close()

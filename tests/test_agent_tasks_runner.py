@@ -308,3 +308,25 @@ async def test_a_host_flooding_output_fills_no_disk(tmp_path: Path) -> None:
             break
     assert (tmp_path / "out" / "1" / "stdout").stat().st_size == 10_000
     assert json.loads((tmp_path / "out" / "1" / "exit.json").read_text())["truncated"]
+
+
+async def test_a_task_no_host_will_start_is_reported_not_retried_forever(
+        tmp_path: Path) -> None:
+    host = FakeHost()
+
+    async def refuse(argv: list[str], **_: Any) -> dict[str, Any]:
+        host.started.append(argv)
+        raise Rejected("malformed", "no such program")
+
+    host.exec = refuse  # type: ignore[method-assign]
+    bag = Bag.of([(1, "a")], retry_s=0.0)
+    run = runner(tmp_path, host, bag)
+    for _ in range(5):
+        now = run.clock()
+        run.carry(bag.hold({"h": Seat(1, 1.0)}, now) + bag.place(now))
+        await settle()
+    assert len(host.started) == 3 and bag.finished
+    record = json.loads((tmp_path / "out" / "1" / "exit.json").read_text())
+    assert record["status"] == 127 and record["refused"].startswith("malformed")
+    again = runner(tmp_path, FakeHost(), Bag.of([(1, "a")]), run.journal)
+    assert again.resume() == 1  # kept as done on a restart

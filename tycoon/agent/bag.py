@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import shutil
 import time
@@ -31,6 +30,7 @@ from tycoon.agent.tasks import (
     Move,
     Start,
     Task,
+    bag_digest,
     task_argv,
 )
 from tycoon.auctioneer.jobclient import JobClient, JobStream
@@ -50,18 +50,12 @@ MAX_OUTPUT = 64 << 20
 """Bytes of stdout and stderr kept per task (beyond: dropped, ``truncated`` in exit.json):
 a host's caps bound what an honest host sends; this bounds a hostile one."""
 
+TASK_FAULTS = frozenset({"malformed", "forbidden", "unknown_bundle", "bad_digest",
+                         "bundle_unsafe", "bundle_too_large"})
+"""Refusals of a start for the task itself (any host would refuse it the same way)."""
+
 QUIET_S = 30.0
 """A running task silent this long is looked up with ``host.jobs`` (gone: queued again)."""
-
-
-def bag_digest(command: list[str], bag: Bag, bundle: str | None = None,
-               collect: list[str] | None = None) -> str:
-    """What a resumed job must run again: the command, every task's argument, the code
-    bundle and the paths collected."""
-    text = json.dumps([command, bag.each_host,
-                       sorted((t.index, t.arg) for t in bag.tasks.values() if t.pin is None),
-                       bundle, collect or []])
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _key(msg: Message) -> tuple[str, str] | None:
@@ -254,14 +248,20 @@ class TaskRunner:
         try:
             reply = await self._client(host).exec(
                 self.argv(task), env={"JOB_TASK": str(index)}, bundle=self.bundle,
-                collect=self.collect)
+                # with a bundle, each run has a fresh copy of its own to work in
+                cwd=f"task-{index}-{task.runs}" if self.bundle else None,
+                collect=[p.replace("{}", task.arg) for p in self.collect])
         except (Rejected, TimeoutError) as error:
             code = getattr(error, "code", "timeout")
             self.log.warning("task start failed", task=index, host=host, code=code)
             if code == "timeout":  # it may have started: found and killed before a rerun
                 self.carry(self.bag.start_lost(index, host, self.clock()))
             else:
-                self.bag.start_failed(index, host, self.clock())
+                self.bag.start_failed(index, host, self.clock(), task_fault=code in TASK_FAULTS)
+            if task.state == DONE:  # refused for itself, again and again: reported as such
+                folder.mkdir(parents=True, exist_ok=True)
+                self._record(task, folder, {"host": host, "job": None, "status": task.status,
+                                            "refused": f"{code}: {error}"})
             self._changed(task)
             return
         job = reply.get("job")
@@ -341,19 +341,21 @@ class TaskRunner:
 
     def _exited(self, task: Task, host: str, job: str, event: JobExit, folder: Path,
                 truncated: bool = False) -> None:
-        was = task.state
-        if was == RUNNING:
-            record = {"task": task.index, "arg": task.arg, "host": host, "job": job,
-                      "status": event.status, "cpu_s": event.cpu_s,
-                      "peak_memory": event.peak_memory, "dropped": event.dropped,
-                      "runs": task.runs, "result": getattr(event, "result", None),
-                      "result_error": getattr(event, "result_error", None),
-                      "truncated": truncated}
-            tmp = folder / "exit.json.tmp"
-            tmp.write_text(json.dumps(record, indent=1) + "\n")
-            tmp.replace(folder / "exit.json")  # written before the journal says done
+        if task.state == RUNNING:
+            self._record(task, folder, {
+                "host": host, "job": job, "status": event.status, "cpu_s": event.cpu_s,
+                "peak_memory": event.peak_memory, "dropped": event.dropped,
+                "result": getattr(event, "result", None),
+                "result_error": getattr(event, "result_error", None), "truncated": truncated})
         self.bag.exited(task.index, job, event.status, self.clock())
         self._changed(task)
+
+    def _record(self, task: Task, folder: Path, fields: dict[str, Any]) -> None:
+        """``exit.json``, written whole before the journal says the task is done."""
+        record = {"task": task.index, "arg": task.arg, "runs": task.runs, **fields}
+        tmp = folder / "exit.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(folder / "exit.json")
 
     # -- kills ----------------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ Every time is passed in; nothing here waits or reads a clock.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +31,8 @@ from dataclasses import dataclass, field
 QUEUED, STARTING, RUNNING, STOPPING, DONE = "queued", "starting", "running", "stopping", "done"
 STATES = (QUEUED, STARTING, RUNNING, STOPPING, DONE)
 IN_FLIGHT = (STARTING, RUNNING, STOPPING)
+REFUSED = 127
+"""The status of a task no host would start (its command, its bundle)."""
 
 
 def slots(cores: int, share: float) -> int:
@@ -72,6 +76,8 @@ class Task:
     status: int | None = None
     """The exit status, once done."""
     runs: int = 0
+    refusals: int = 0
+    """Starts refused for the task itself (not journalled: a restart tries again)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,7 @@ class Bag:
     tasks: dict[int, Task] = field(default_factory=dict)
     each_host: bool = False
     retry_s: float = 5.0
+    max_refusals: int = 3
     stop_grace_s: float = 30.0
     seats: dict[str, Seat] = field(default_factory=dict)
     cooling: dict[str, float] = field(default_factory=dict)
@@ -164,13 +171,21 @@ class Bag:
         task.state = RUNNING
         return []
 
-    def start_failed(self, index: int, host: str, now: float) -> None:
-        """The host refused or did not answer a start (nothing started there)."""
+    def start_failed(self, index: int, host: str, now: float, *,
+                     task_fault: bool = False) -> None:
+        """The host refused a start (nothing started there). ``task_fault``: refused for
+        the task itself (its argv, its bundle), which any host would refuse: after
+        ``max_refusals`` such refusals the task is done with status :data:`REFUSED`."""
         self.cooling[host] = now + self.retry_s
         task = self.tasks.get(index)
-        if task is not None and task.host == host and task.job is None \
-                and task.state in (STARTING, STOPPING):
-            self._queue(task)
+        if task is None or task.host != host or task.job is not None \
+                or task.state not in (STARTING, STOPPING):
+            return
+        self._queue(task)
+        task.refusals += task_fault
+        if task.refusals >= self.max_refusals:
+            task.state, task.status, task.host = DONE, REFUSED, host
+            self.ended = now
 
     def start_lost(self, index: int, host: str, now: float) -> list[Move]:
         """A start whose answer never came (a timeout): the job may run there all the same.
@@ -345,3 +360,13 @@ def check_command(command: list[str], args: Iterable[str]) -> None:
         if size > MAX_ARGV_BYTES or any("\x00" in a for a in argv) or len(argv) > 256:
             raise TaskFileError(f"the command for task {arg[:40]!r}… is longer than a host "
                                 f"runs ({MAX_ARGV_BYTES} bytes, 256 arguments) or holds NUL")
+
+
+def bag_digest(command: list[str], bag: Bag, bundle: str | None = None,
+               collect: list[str] | None = None) -> str:
+    """What a resumed job must run again: the command, every task's argument, the code
+    bundle and the paths collected."""
+    text = json.dumps([command, bag.each_host,
+                       sorted((t.index, t.arg) for t in bag.tasks.values() if t.pin is None),
+                       bundle, collect or []])
+    return hashlib.sha256(text.encode()).hexdigest()
