@@ -3,10 +3,12 @@
 A config file is flat TOML whose keys are the long options of the command it runs (and the
 global ones), spelled with ``_`` or ``-``: ``nats``, ``home``, ``as``, ``log_level``,
 ``db``, ``operator_key``, ``driver``, ``cgroup_root``, ... plus ``log_file`` (JSON log lines
-to a size-rotated file, as ``TYCOON_LOG_FILE``) and ``tls_ca`` (the servers' CA, as
-``SSL_CERT_FILE``). Precedence: the command line, then the
-file, then the environment, then the defaults. An unknown key is refused, naming the
-options it could be, so a typo never passes silently. Samples: ``deploy/*.toml``.
+to a size-rotated file, as ``TYCOON_LOG_FILE``), ``tls_ca`` (the servers' CA, as
+``SSL_CERT_FILE``) and ``tls_cert``/``tls_key`` (the client certificate a server that
+verifies its clients asks for, as ``TYCOON_TLS_CERT``/``TYCOON_TLS_KEY``). Precedence:
+the command line, then the file, then the environment, then the defaults. An unknown key
+is refused, naming the options it could be, so a typo never passes silently.
+Samples: ``deploy/*.toml``.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Any
 
 from tycoon.errors import Rejected
 
-EXTRA_KEYS = ("log_file", "tls_ca")
+EXTRA_KEYS = ("log_file", "tls_ca", "tls_cert", "tls_key")
 """Keys that are not options: applied by :func:`apply_config`'s caller (``log_file`` as
 ``TYCOON_LOG_FILE``; ``tls_ca``, the CA that signed the NATS servers' certificates, as
-``SSL_CERT_FILE``, which Python's default TLS context trusts)."""
+``SSL_CERT_FILE``, which Python's default TLS context trusts; ``tls_cert``/``tls_key`` as
+``TYCOON_TLS_CERT``/``TYCOON_TLS_KEY``, tycoon.bus.tls)."""
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import collections
 import contextlib
 import hashlib
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -31,6 +32,7 @@ from tycoon.bus.envelope import (
 )
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.bus.replay import ReplayGuard
+from tycoon.bus.tls import client_tls
 from tycoon.bus.verify import check_signer, signer_raw, verify_live, verify_reply
 from tycoon.errors import CODES, Rejected
 from tycoon.log import LogLimiter, get_logger
@@ -285,6 +287,7 @@ async def open_bus(
     guard: ReplayGuard | None = None,
     deadline: float | None = None,
     auth_refusals: int = AUTH_REFUSALS,
+    tls: ssl.SSLContext | None = None,
 ) -> Bus:
     """Connect ``identity`` to NATS (reconnecting forever) and return its :class:`Bus`.
 
@@ -293,6 +296,8 @@ async def open_bus(
     operator's error to fix, not an outage to wait out.
 
     ``url`` is one server, a list, or a comma-separated list (every node of a cluster).
+    ``tls`` (default :func:`client_tls`, from the environment) presents a client
+    certificate to servers that verify their clients.
 
     A service waits for its server as long as it takes; a command passes ``deadline``
     (seconds) and gets ``Rejected("unavailable")`` when no server answers in time.
@@ -338,6 +343,9 @@ async def open_bus(
         "ping_interval": 5,
         "max_outstanding_pings": 3,
     }
+    context = tls or client_tls()
+    if context is not None:
+        options["tls"] = context
     if creds:
         options["user_credentials"] = creds
     elif use_nkey:

@@ -134,6 +134,9 @@ def main(argv: Sequence[str] | None = None,
             os.environ["TYCOON_LOG_FILE"] = str(extra["log_file"])
         if extra.get("tls_ca"):  # the NATS servers' CA (docs/operations.md, step 5)
             os.environ["SSL_CERT_FILE"] = str(extra["tls_ca"])
+        for key, env in (("tls_cert", "TYCOON_TLS_CERT"), ("tls_key", "TYCOON_TLS_KEY")):
+            if extra.get(key):  # a client certificate (mutual TLS: tycoon.bus.tls)
+                os.environ[env] = str(extra[key])
     if args.log_level is None:  # a service logs its warnings; a command speaks for itself
         serves = getattr(args.func, "__name__", "") == "cmd_serve"
         args.log_level = "warning" if serves else "error"
