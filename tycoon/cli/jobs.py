@@ -11,7 +11,7 @@ from typing import Any
 from tycoon.auctioneer.jobclient import JobClient
 from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.auctioneer.jobs import Limits
-from tycoon.bundles import cli as bundles_cli
+from tycoon.cli import bundles as bundles_cli
 from tycoon.cli.common import bus_for, host_id_of, print_json
 from tycoon.errors import Rejected
 from tycoon.messages.jobs import JobExit, JobOutput
