@@ -129,9 +129,10 @@ class BankClient:
         reply = await self._call("history", body, retry=True)
         return BankHistoryReply.from_body(reply).entries
 
-    async def close(self) -> dict[str, Any]:
-        """Close this key's account (only with a zero balance)."""
-        reply = await self._call("close", BankClose().to_body(), retry=False)
+    async def close(self, account: str | None = None) -> dict[str, Any]:
+        """Close this key's account (only with a zero balance); ``account``: the operator
+        re-entering a close a restored ledger lost (maintenance only)."""
+        reply = await self._call("close", BankClose(account).to_body(), retry=False)
         BankCloseReply.from_body(reply)
         return reply
 

@@ -223,15 +223,21 @@ class Batch:
         self.dirty[receipt.payee] = _with_balance(target, target.balance + receipt.amount)
         return receipt
 
-    def close(self, sender: str) -> dict[str, Any]:
-        """Close the sender's own account; only with a zero balance."""
-        row = self._live(sender, "account")
+    def close(self, sender: str, account: str = "") -> dict[str, Any]:
+        """Close the sender's own account; only with a zero balance. The operator closes
+        ``account`` (another key's) only to re-enter a close a restored ledger lost: while
+        receipts wait in ``pending`` (maintenance), at the seq before them."""
+        target = account or sender
+        if target != sender and (sender != self._ledger.operator or not self._ledger.pending):
+            raise Rejected("forbidden", "only the account's own key closes it (the operator "
+                                        "re-enters a lost close only in maintenance)")
+        row = self._live(target, "account")
         if row.balance != 0:
             raise Rejected("not_empty", f"the account still holds {format_amount(row.balance)}")
         seq, ts = self._next()
-        self._record(EventRow(seq, "close", ts, sender, payer=sender))
-        self.dirty[sender] = dataclasses.replace(row, closed=True)
-        return {"account": sender, "seq": seq}
+        self._record(EventRow(seq, "close", ts, sender, payer=target))
+        self.dirty[target] = dataclasses.replace(row, closed=True)
+        return {"account": target, "seq": seq}
 
 
 class Ledger:

@@ -8,8 +8,10 @@ serves in maintenance (``BankService.maintenance`` holds why):
 
 * reads (balance, history, info) are answered;
 * every transfer is refused with ``maintenance``, and every other write too, except the
-  operator's open and mint, which enter the lost events again (a re-mint with the same mint
-  id takes the same sequence number);
+  operator's open, mint and close, which enter the lost events again (a re-mint with the
+  same mint id takes the same sequence number; a lost close is entered by the operator
+  closing that account, which must hold nothing: the bank logs each close, account and
+  seq, for this);
 * no new event takes the sequence number of a pending receipt (the ledger refuses it), so
   a sequence number is never on two receipts;
 * after each operator write the bank re-enters the pending receipts that now fit, in order,
@@ -31,8 +33,10 @@ from tycoon.errors import Rejected
 from tycoon.log import get_logger
 
 Handler = Callable[[Message], Awaitable[Any]]
-OPERATOR_WRITES = ("bank.open", "bank.mint")
-"""What the operator may do in maintenance: enter again the lost events with no receipt."""
+OPERATOR_WRITES = ("bank.open", "bank.mint", "bank.close")
+"""What the operator may do in maintenance: enter again the lost events with no receipt
+(a lost close: the operator closes that account, ``bank close --for``; the ledger lets the
+operator close another key's account only then, and only at zero balance)."""
 _locks: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
@@ -41,7 +45,8 @@ def reason(db: str, ledger_seq: int, log_seq: int, stopped: str) -> str:
     return (f"maintenance: the ledger {db} is at seq {ledger_seq} but SETTLEMENTS holds this "
             f"bank's receipts up to seq {log_seq}; re-entering stopped at {stopped}. An event "
             "with no receipt (open, mint, close) came first: the operator enters it again "
-            "(same mint id); the bank then re-enters the rest and serves by itself. Until "
+            "(same mint id; a close: bank close --for ACCOUNT); the bank then re-enters "
+            "the rest and serves by itself. Until "
             "then writes are refused")
 
 

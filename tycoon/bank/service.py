@@ -26,9 +26,11 @@ from tycoon.bus.keys import is_public_key
 from tycoon.bus.ratelimit import Bucket, RateLimit, retry_text
 from tycoon.bus.service import Endpoint, Service
 from tycoon.errors import Rejected
+from tycoon.log import get_logger
 from tycoon.messages.bank import (
     BankBalance,
     BankBalanceReply,
+    BankClose,
     BankHistory,
     BankHistoryReply,
     BankInfoReply,
@@ -230,8 +232,11 @@ class BankService:
         return BankHistoryReply(account, offset, entries, len(entries) == limit).to_body()
 
     async def _close(self, msg: Message) -> dict[str, Any]:
-        sender = msg.sender
-        return await self.committer.submit(lambda b: b.close(sender))
+        sender, account = msg.sender, BankClose.from_body(msg.body).account or ""
+        closed = await self.committer.submit(lambda b: b.close(sender, account))
+        get_logger("bank").info("account closed", account=closed["account"],
+                                seq=closed["seq"])  # what a restore needs if it is lost
+        return closed
 
     async def _info(self, msg: Message) -> dict[str, Any]:
         return BankInfoReply(self.ledger.bank.public_key, self.ledger.operator,

@@ -132,6 +132,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     hist.set_defaults(func=cmd_history)
 
     close = cmds.add_parser("close", parents=[common], help="close your (empty) account")
+    close.add_argument("--for", dest="account", default=None,
+                       help="the operator, in maintenance: re-enter the lost close of this "
+                            "(empty) account (public key or key name)")
     close.set_defaults(func=cmd_close)
 
     aud = cmds.add_parser("audit", help="check conservation and that history replays")
@@ -351,8 +354,10 @@ async def cmd_history(args: argparse.Namespace) -> int:
 
 
 async def cmd_close(args: argparse.Namespace) -> int:
+    account = resolve_account(args, args.account) if args.account else None
+
     async def act(c: BankClient) -> int:
-        reply = await c.close()
+        reply = await c.close(account)
         return _out(args, reply, f"closed account {reply['account']}")
     return await _with_client(args, act)
 

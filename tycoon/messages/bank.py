@@ -100,6 +100,10 @@ class BankHistoryReply(Body):
 class BankClose(Body):
     KINDS: ClassVar[tuple[str, ...]] = ("bank.close",)
     SUMMARY: ClassVar[str] = "close the sender's account (balance 0)"
+    account: str | None = field(
+        default=None, metadata=meta(max_len=64, doc="default: sender; another key's: the "
+                                                    "operator, re-entering a lost close in "
+                                                    "maintenance"))
 
 
 @dataclass(frozen=True, slots=True)
