@@ -151,3 +151,22 @@ async def test_the_last_chunks_are_republished_with_their_seq_and_bytes(
     assert [(c.seq, c.data) for c in seen] == [(first.seq, first.data)]
     await spy.unsubscribe()
     await sub.unsubscribe()
+
+
+async def test_a_frozen_job_stays_frozen_across_a_restart_and_thaws_when_funded(
+        market: JobMarket, tmp_path: Path) -> None:
+    user = await market.user()
+    await user.fund_and_bid(1, duration="1s")
+    reply, stream, sub = await user.jobs.start([PY, "-c", "import time; time.sleep(60)"])
+    await until(lambda: user.key in market.jobhost.frozen, timeout=15)
+    await restart(market, tmp_path)
+    state = Path(f"/proc/{reply['pid']}/stat")
+    assert (await user.jobs.jobs())["frozen"] is True
+    assert state.read_text().split(") ")[1][0] == "T"  # still stopped (the simulated freezer)
+    await user.fund_and_bid(1)
+    await until(lambda: user.key not in market.jobhost.frozen, timeout=10)
+    assert state.read_text().split(") ")[1][0] != "T"
+    await user.jobs.signal(reply["job"], "KILL")  # through the restarted host
+    events = [e async for e in stream.events(timeout=10)]
+    await sub.unsubscribe()
+    assert isinstance(events[-1], JobExit) and events[-1].status is None

@@ -59,7 +59,8 @@ async def adopt(host: JobHost) -> None:
     host.frozen = {a for a in frozen if host.table.running(a)}
     host._save_host()
     for account in {j.account for j in host.table.running()}:
-        host.refunded(account)  # its account was refunded or removed meanwhile: end them
+        if account not in host.market.accounts:  # no account here any more: nobody pays
+            host._tasks[f"end-{account}"] = asyncio.create_task(host.end_account(account))
 
 
 def verify(job: Job, confine: Confinement) -> tuple[int | None, str | None]:

@@ -247,6 +247,10 @@ class JobHost:
         await self.end_account(account)
         self.frozen.discard(account)
         self.table.forget(account)
+        for name in self.state.records():  # its jobs' records and output files go with it
+            if name not in self.table.jobs:
+                self.state.remove(name, record=True)
+        self._save_host()
         shutil.rmtree(Path(self.config.root) / runner.sandbox_name(account), ignore_errors=True)
         if self.uids is not None:
             self.uids.release(account)
