@@ -2,18 +2,53 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 import structlog
 
 from tycoon.bus.keys import Identity
 from tycoon.log import configure_logging
-from tycoon.natsserver import NatsServer, nats_server_binary
+from tycoon.natsserver import NatsServer, free_port, nats_server_binary
 
 SERVER_MARKS = ("nats", "hostile", "faults")
 """A test that runs a nats-server carries one of these; pure tests carry none and run
 without the binary (``make test-fast``)."""
+
+TERMINAL_ENV = ("COLUMNS", "LINES")
+"""xdist workers start with COLUMNS=80 and LINES=24 set; the CLIs the tests run size their
+tables by COLUMNS, so a worker gets back exactly what the controller had."""
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Controller side (pytest-xdist): hand each worker the controller's terminal env."""
+    node.workerinput["terminal_env"] = {k: os.environ.get(k) for k in TERMINAL_ENV}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    given = getattr(config, "workerinput", {}).get("terminal_env")
+    for name, value in (given or {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def _first(item: pytest.Item) -> int:
+    """Scheduling rank under xdist: long tests first, pure tests last (they fill the tail)."""
+    if item.get_closest_marker("slow"):
+        return 0
+    if any(item.get_closest_marker(m) for m in (*SERVER_MARKS, "cgroups")):
+        return 1
+    return 2
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput"):  # every worker sorts alike: the collections match
+        items.sort(key=_first)
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +87,17 @@ async def nats_server(request: pytest.FixtureRequest) -> AsyncIterator[NatsServe
         pytest.fail(f"{request.node.nodeid} starts a nats-server: mark it "
                     f"{' or '.join(SERVER_MARKS)} so the pure selection leaves it out")
     async with NatsServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def nats_monitored(request: pytest.FixtureRequest) -> AsyncIterator[NatsServer]:
+    """``nats_server`` with its HTTP monitor on (``-m``): ``polling.subscribed`` asks it
+    whether a client (a CLI the test started) has subscribed yet, instead of a fixed sleep."""
+    if not _needs_server(request):
+        pytest.fail(f"{request.node.nodeid} starts a nats-server: mark it "
+                    f"{' or '.join(SERVER_MARKS)} so the pure selection leaves it out")
+    async with NatsServer(extra_args=["-m", str(free_port())]) as server:
         yield server
 
 

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from tycoon.natsserver import NatsServer
 
 T = TypeVar("T")
 
@@ -65,3 +71,12 @@ async def refused(url: str, seed: str) -> bool:
         return True
     await nc.close()
     return False
+
+
+def subscribed(server: NatsServer, subject: str) -> bool:
+    """True once a client of ``server`` (started with ``-m PORT``, as the ``nats_monitored``
+    fixture does) has a subscription matching ``subject``, read from its /subsz monitor."""
+    port = server.extra_args[server.extra_args.index("-m") + 1]
+    query = urllib.parse.urlencode({"subs": 1, "test": subject})
+    with urllib.request.urlopen(f"http://{server.host}:{port}/subsz?{query}", timeout=2) as r:
+        return json.load(r)["total"] > 0

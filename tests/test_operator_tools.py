@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from polling import subscribed, until
 
 from tycoon.bank.receipt import make_receipt
 from tycoon.bus import subjects
@@ -17,6 +18,7 @@ from tycoon.bus.service import Endpoint, Service
 from tycoon.cli.status import discover, healthy
 from tycoon.cli.tap import line_for
 from tycoon.cli.top import MarketView
+from tycoon.natsserver import NatsServer
 
 pytestmark = pytest.mark.nats
 
@@ -32,11 +34,14 @@ def tycoon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=timeout)
 
 
-async def test_tap_prints_verified_events_and_flags_forgeries(nats_url: str) -> None:
+async def test_tap_prints_verified_events_and_flags_forgeries(
+        nats_monitored: NatsServer) -> None:
+    nats_url = nats_monitored.url
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tycoon.cli.main", "--nats", nats_url, "tap", "--count", "3",
         "--timeout", "30", stdout=asyncio.subprocess.PIPE)
-    await asyncio.sleep(1.5)  # let the tap subscribe
+    await until(lambda: subscribed(nats_monitored, subjects.price(HID)), timeout=30,
+                what="the tap subscribed")
     async with connect(nats_url, HOST) as bus:
         subject = subjects.price(HID)
         await bus.publish(subject, "price", PRICE)
