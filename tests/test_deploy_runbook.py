@@ -9,11 +9,14 @@ temporary directory. `nats-server -c` starts a node from the file the box render
 `nats-server --signal reload` sends that node SIGHUP, `curl` is an HTTP GET, `export` sets
 the variable for every later line. Services (`serve`) run until their ready line. A line
 commented `# refused` must fail. The certificates are made by the runbook's own openssl
-lines (skipped without openssl)."""
+lines (skipped without openssl). The host's auctioneer runs on real cgroups as written
+where the test runs as root with the cgroup v1 controllers (its cgroup root renamed per
+run, removed at the end), else with `--driver simulated` in place of the cgroups options."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -39,6 +42,32 @@ KEY_OF = {"UBANK": ("bank", "bank"), "USLS2": ("sls-2", "sls-2"), "USLS": ("sls-
           "UHOST": ("host-1", "host-1"), "UALICE": ("laptop", "alice"),
           "UOPER": ("box", "operator")}
 URLS = "nats://n1:4222,nats://n2:4222,nats://n3:4222"
+CGROUPS = re.compile(r"--driver cgroups --cgroup-root (\S+) --driver-state-dir \S+")
+
+
+def cgroups_missing() -> str | None:
+    """Why the runbook's host cannot run on cgroups here (None: it can)."""
+    from tycoon.vmm.cgroupfs import find_mounts
+
+    if os.geteuid() != 0:
+        return "needs root"
+    v1 = find_mounts().v1
+    missing = [c for c in ("cpu", "cpuacct", "cpuset", "freezer", "pids") if c not in v1]
+    return f"needs the cgroup v1 controllers {missing}" if missing else None
+
+
+def remove_cgroup_root(root: str) -> None:
+    """What the host's cgroups driver left (it keeps its root for a restart)."""
+    from tycoon.vmm.cgroupfs import find_mounts
+    from tycoon.vmm.cgroups import CgroupsDriver
+
+    if not any((m / root).is_dir() for m in find_mounts().v1.values()):
+        return
+    CgroupsDriver(root=root, version="v1", state_dir=None, strict=False).teardown()
+    for mount in {*find_mounts().v1.values()}:
+        for sandbox in sorted((mount / root).glob("**/"), reverse=True):
+            with contextlib.suppress(OSError):
+                sandbox.rmdir()
 
 
 def runbook() -> list[tuple[str, str, bool]]:
@@ -55,6 +84,7 @@ def runbook() -> list[tuple[str, str, bool]]:
 def test_the_runbook_has_every_step() -> None:
     commands = " ".join(c for _, c, _ in runbook())
     for part in ("openssl", "key show", "admit bank", "admit host", "admit sls sls-2",
+                 "--driver cgroups --cgroup-root",
                  "--cluster n1,n2,n3", "--tls-cert", "--cluster-ca", "--http-port",
                  "--dry-run", "nats-server -c", "/varz", "SSL_CERT_FILE", "streams ensure",
                  "key trust", "bank serve", "sls-2 sls serve", "auctioneer serve",
@@ -80,6 +110,8 @@ class Runbook:
         for name in ("TYCOON_NATS", "SSL_CERT_FILE", "TYCOON_HOME"):
             monkeypatch.delenv(name, raising=False)
         self.outputs: dict[str, str] = {}
+        self.cgroup_root = f"tycoon-runbook-{os.getpid()}"
+        self.cgroups = cgroups_missing() is None
 
     def home(self, machine: str) -> Path:
         return self.tmp / "homes" / machine
@@ -95,7 +127,10 @@ class Runbook:
         command = command.replace("subjectAltName=DNS:n1", "subjectAltName=IP:127.0.0.1")
         for real in ("/etc/", "/var/lib/"):
             command = command.replace(real, f"{self.tmp}{real}")
-        return command
+        if self.cgroups:
+            return CGROUPS.sub(lambda m: m.group(0).replace(m.group(1), self.cgroup_root),
+                               command)
+        return CGROUPS.sub("--driver simulated", command)
 
     async def run(self, machine: str, command: str, refused: bool) -> None:
         argv = shlex.split(self.rewrite(command))
@@ -143,6 +178,7 @@ class Runbook:
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
             assert line, (argv, (await proc.stderr.read()).decode()[-2000:])
             if want in line:
+                self.outputs[f"{machine} serve"] = line.decode()
                 return
 
     async def tycoon(self, machine: str, command: str, argv: list[str],
@@ -163,6 +199,8 @@ class Runbook:
             await proc.wait()
         await asyncio.gather(*(s.stop() for s in self.servers.values()),
                              return_exceptions=True)
+        if self.cgroups:
+            remove_cgroup_root(self.cgroup_root)
 
 
 def fetch(url: str) -> str:
@@ -189,6 +227,13 @@ async def test_the_runbook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
             if command.endswith("alice hosts"):  # the laptop sees host-1 through an SLS
                 host = KeyStore(book.home("host-1")).load("host-1").public_key
                 assert subject_id(host) in out, out
+        # the host on real cgroups where this machine allows it (root, v1 controllers)
+        driver = "cgroups" if book.cgroups else "simulated"
+        assert f"({driver}) serving" in book.outputs["host-1 serve"]
+        if book.cgroups:
+            from tycoon.vmm.cgroupfs import find_mounts
+
+            assert (find_mounts().v1["cpu"] / book.cgroup_root).is_dir()
         # TLS on every node, for clients and routes; monitoring on loopback only
         for i in (1, 2, 3):
             conf = (book.home("box") / f"nats-n{i}.conf").read_text()
