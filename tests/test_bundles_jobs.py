@@ -93,6 +93,8 @@ async def test_a_job_runs_its_bundle_and_its_results_come_back(market: JobMarket
     got = await client.pull(user.jobs.bus, done.result, tmp_path / "results")
     assert (got / "out" / "answer.txt").read_text() == "FORTY-TWO"
     assert not (got / "missing").exists()
+    listed = (await user.jobs.jobs())["jobs"]  # a --detach caller finds it here
+    assert [j.get("result") for j in listed] == [done.result]
     _, plain = await user.jobs.run([PY, "-c", "print(1)"])  # no collect: no result
     assert plain.result is None and plain.result_error is None
 

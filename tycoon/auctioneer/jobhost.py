@@ -303,6 +303,7 @@ class JobHost:
         home = Path(self.config.root).absolute() / runner.sandbox_name(job.account)
         digest, error = await bundles.collect_results(
             self.bus, subject_id(job.account), home, Path(job.workdir), job.collect, uid)
+        job.result = digest  # host.jobs shows it too (a --detach caller never saw job.exit)
         return {"result": digest} if digest else {"result_error": error} if error else {}
 
     def _subject(self, job: Job, event: str) -> str:

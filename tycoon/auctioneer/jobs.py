@@ -103,6 +103,8 @@ class Job:
     """``--collect``: its outputs, packed into the account's bucket when it exits."""
     workdir: str = ""
     """Its working directory (absolute), where the outputs are collected from."""
+    result: str | None = None
+    """The digest of its collected outputs, once it exited (``host.jobs`` lists it)."""
     offsets: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
     """Bytes of each output file read so far (the adapter's)."""
     adopted: bool = False
@@ -116,6 +118,8 @@ class Job:
                                "dropped": self.dropped}
         if self.adopted:
             out["adopted"] = True
+        if self.result:
+            out["result"] = self.result
         if self.state == EXITED:
             out.update(status=self.status, cpu_s=self.cpu_s, peak_memory=self.peak_memory)
             if self.signal is not None:
