@@ -28,7 +28,7 @@ from tycoon.bus.keys import Identity
 from tycoon.errors import Rejected
 from tycoon.vmm.cgroups import CgroupsDriver
 
-pytestmark = [pytest.mark.cgroups, pytest.mark.slow]
+pytestmark = [pytest.mark.cgroups, pytest.mark.slow, pytest.mark.xdist_group("cpu")]
 
 FUNDS = 1_000_000_000  # 1000 credits each, in micro-credits
 TICK_S = 0.25

@@ -132,6 +132,7 @@ async def test_the_pids_controller_caps_the_process_count(setup: Setup) -> None:
     assert read_text(pids_dir / "pids.max") == "32"
 
 
+@pytest.mark.xdist_group("cpu")  # CPU-time ratios on CPU 0: one such test at a time
 async def test_cpu_time_follows_the_shares_on_one_core(setup: Setup) -> None:
     rich, poor = await setup.market.user(), await setup.market.user()
     await rich.fund_and_bid(300)

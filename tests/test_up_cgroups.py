@@ -20,7 +20,8 @@ from tycoon.bus.keys import subject_id
 from tycoon.vmm.cgroupfs import find_mounts
 from tycoon.vmm.cgroups import CgroupsDriver
 
-pytestmark = [pytest.mark.cgroups, pytest.mark.nats, pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.cgroups, pytest.mark.nats, pytest.mark.slow, pytest.mark.timeout(240),
+              pytest.mark.xdist_group("cpu")]
 
 
 def _missing() -> str | None:
