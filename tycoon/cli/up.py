@@ -102,12 +102,14 @@ class Processes:
                      self.state / "logs", dict(self.env))
 
     async def start_services(self) -> None:
+        """The bank and the SLS side by side, then the auctioneers one by one (each ready
+        before the next starts: a host's pid file means the hosts before it serve)."""
         d = self.deployment
-        bank = self.child("bank", "--as", d.bank_key, "bank", "serve",
-                          "--db", str(self.state / "bank.db"), "--operator-key", d.operator_key)
-        await self._start(bank, "bank")
-        sls = self.child("sls", "--as", d.sls_key, "sls", "serve", "--snapshot-s", "5")
-        await self._start(sls, "service location service")
+        await self._start(
+            (self.child("bank", "--as", d.bank_key, "bank", "serve", "--db",
+                        str(self.state / "bank.db"), "--operator-key", d.operator_key), "bank"),
+            (self.child("sls", "--as", d.sls_key, "sls", "serve", "--snapshot-s", "5"),
+             "service location service"))
         for spec in d.hosts:
             args = ["--as", spec.key, "auctioneer", "serve", "--driver", spec.driver,
                     "--bank", d.bank_key, "--name", spec.key,
@@ -119,17 +121,21 @@ class Processes:
                 args += ["--cgroup-root", f"tycoon-{host_id(d.public_key(spec.key))[:8]}",
                          "--jobs", str(JOBS_ROOT / host_id(d.public_key(spec.key))),
                          *cpuset_args(d.hosts.index(spec), len(d.hosts))]
-            await self._start(self.child(spec.key, *args),
-                              f"auctioneer {spec.key} ({spec.driver}, {spec.preset})")
+            await self._start((self.child(spec.key, *args),
+                               f"auctioneer {spec.key} ({spec.driver}, {spec.preset})"))
 
-    async def _start(self, child: Child, label: str) -> None:
-        """Start ``child`` and wait for its ready pipe (tycoon.supervisor): what it prints or
-        logs, this run or an earlier one, never counts."""
-        await child.start(notify=True)
-        self.services.append(child)
-        if not await child.ready(READY_TIMEOUT_S):
-            raise RuntimeError(f"{label} did not start; its log says:\n{child.tail()}")
-        step(f"{label} [green]ready[/]")
+    async def _start(self, *group: tuple[Child, str]) -> None:
+        """Start the ``(child, label)``s of ``group`` together and wait for each one's ready
+        pipe (tycoon.supervisor): what a child prints or logs, this run or an earlier one,
+        never counts."""
+        for child, _ in group:
+            await child.start(notify=True)
+            self.services.append(child)
+        ready = await asyncio.gather(*(child.ready(READY_TIMEOUT_S) for child, _ in group))
+        for (child, label), ok in zip(group, ready, strict=True):
+            if not ok:
+                raise RuntimeError(f"{label} did not start; its log says:\n{child.tail()}")
+            step(f"{label} [green]ready[/]")
 
     async def fund_agents(self, operator_bus: Bus) -> None:
         """Open each agent's account and mint its budget (idempotent across runs)."""
