@@ -341,13 +341,14 @@ def collect(base: Path, cwd: Path, paths: list[str], limits: Limits = LIMITS, *,
     except (OSError, ValueError, Rejected):
         return None  # the working directory is gone or was made a link
     entries: list[tuple[str, bytes | None, os.stat_result, str]] = []
+    left = [limits.total]  # bytes of files still admitted: checked before each read
     try:
         for rel in paths:
             name = _clean(rel)
             parent = None
             try:
                 parent = _open_parents(fd, name, make=False)
-                _gather(parent, posixpath.basename(name), name, entries, owner, limits)
+                _gather(parent, posixpath.basename(name), name, entries, owner, limits, left)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except Rejected as error:
@@ -364,11 +365,17 @@ def collect(base: Path, cwd: Path, paths: list[str], limits: Limits = LIMITS, *,
     return _tar(sorted({e[0]: e for e in entries}.values()), limits)
 
 
+MAX_DEPTH = 64
+"""Directory levels ``collect`` descends (each holds a descriptor while it is read)."""
+
+
 def _gather(parent: int, base: str, name: str, out: list, owner: int | None,
-            limits: Limits) -> None:
+            limits: Limits, left: list[int]) -> None:
     st = os.stat(base, dir_fd=parent, follow_symlinks=False)
     if len(out) >= limits.members:
         raise Rejected("bundle_too_large", f"over {limits.members} members")
+    if name.count("/") >= MAX_DEPTH:
+        raise Rejected("bundle_unsafe", f"{name[:64]}…: over {MAX_DEPTH} directory levels")
     if stat.S_ISLNK(st.st_mode):
         target = os.readlink(base, dir_fd=parent)
         _inside(name, target, f"{name} links out of the working directory ({target})")
@@ -378,7 +385,7 @@ def _gather(parent: int, base: str, name: str, out: list, owner: int | None,
         try:
             out.append((name, None, os.fstat(fd), ""))
             for child in sorted(os.listdir(fd)):
-                _gather(fd, child, f"{name}/{child}", out, owner, limits)
+                _gather(fd, child, f"{name}/{child}", out, owner, limits, left)
         finally:
             os.close(fd)
     elif stat.S_ISREG(st.st_mode):
@@ -387,10 +394,12 @@ def _gather(parent: int, base: str, name: str, out: list, owner: int | None,
             real = os.fstat(f.fileno())
             if not stat.S_ISREG(real.st_mode) or (owner is not None and real.st_uid != owner):
                 raise Rejected("bundle_unsafe", f"{name} is not a file the job owns")
-            if real.st_size > limits.member:
+            if real.st_size > limits.member or real.st_size > left[0]:
                 raise Rejected("bundle_too_large", f"{name} is {real.st_size} bytes, over "
-                               f"{limits.member}")
-            out.append((name, f.read(limits.member + 1), real, ""))
+                               f"{min(limits.member, left[0])} (of {limits.total} in all)")
+            data = f.read(min(limits.member, left[0]) + 1)  # it may grow while read
+            left[0] -= len(data)
+            out.append((name, data, real, ""))
     else:
         raise Rejected("bundle_unsafe", f"{name} is not a file, directory or link")
 

@@ -185,12 +185,12 @@ _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 _PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 
 
-def punch(fd: int, length: int) -> bool:
-    """Free the disk blocks of a file's first ``length`` bytes (already published), keeping
-    its size and offsets; False where the file system cannot."""
-    if length <= 0:
+def punch(fd: int, length: int, start: int = 0) -> bool:
+    """Free the disk blocks of a file's bytes ``start``..``length`` (already published or
+    dropped), keeping its size and offsets; False where the file system cannot."""
+    if length <= start:
         return True
-    result = _LIBC.fallocate(fd, _PUNCH, ctypes.c_long(0), ctypes.c_long(length))
+    result = _LIBC.fallocate(fd, _PUNCH, ctypes.c_long(start), ctypes.c_long(length - start))
     return bool(result == 0)
 
 

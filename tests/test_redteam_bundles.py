@@ -1,0 +1,100 @@
+"""Red team: bundles and the hosts' JetStream rights, on a real permissioned nats-server
+(the fixture of tests/test_bundles_bus.py), and crafted trees for ``--collect`` (pure)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from test_bundles_bus import Market, market  # noqa: F401  (the fixture)
+
+from tycoon.bundles import names
+from tycoon.bundles.pack import Limits, collect
+from tycoon.errors import Rejected
+
+
+@pytest.mark.nats
+@pytest.mark.hostile
+@pytest.mark.xfail(strict=True, reason="OPEN: a host's $JS.API.STREAM.MSG.GET.* answer goes "
+                   "to any reply subject; NATS cannot restrict reply subjects (needs buckets "
+                   "in their own NATS account or reads served by the bank)")
+async def test_a_hostile_host_cannot_steer_a_message_get_answer_into_the_bank(
+        market: Market) -> None:  # noqa: F811
+    """A host reads buckets with STREAM.MSG.GET; the server sends the answer to any reply
+    subject: onto the bank's stream (junk receipts), or onto a JetStream API subject,
+    which the server would then execute (purge, delete)."""
+    m = market
+    alice = m.id(m.alice)
+    await m.host.nc.jetstream().publish(names.chunks(alice, "x"), b"stored")
+    for reply in ("tycoon.settlement.junk.junk", "$JS.API.STREAM.PURGE.PRICES",
+                  "$JS.API.STREAM.DELETE.SETTLEMENTS"):
+        await m.host.nc.publish(names.msg_get(alice), b'{"seq": 1}', reply=reply)
+        await m.host.nc.publish("$JS.API.STREAM.MSG.GET.PRICES", b'{"seq": 1}', reply=reply)
+    await m.host.nc.flush()
+    await asyncio.sleep(0.3)
+    assert "SETTLEMENTS" in await m.streams()
+    assert await m.messages("PRICES") == 3
+    assert await m.messages("SETTLEMENTS") == 0
+
+
+def _deep(root: Path, depth: int) -> None:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir("d", dir_fd=fd)
+        nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    os.close(fd)
+
+
+def _undeep(root: Path, depth: int) -> None:
+    """Remove a chain of ``d`` too deep for shutil.rmtree's recursion."""
+    fds = [os.open(root, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        for _ in range(depth - 1):
+            fds.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+        for fd in reversed(fds):
+            os.rmdir("d", dir_fd=fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_collecting_links_to_a_sparse_file_reads_no_more_than_the_limit(tmp_path: Path) -> None:
+    """A job names a directory of 40 hard links to one sparse 1 MiB file (no disk used):
+    the host must refuse before holding 40 MiB in memory (64 MiB × 10,000 by default)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / "big", "wb") as f:
+        f.truncate(1 << 20)
+    for i in range(40):
+        os.link(out / "big", out / f"l{i}")
+    limits = Limits(bundle=4 << 20, member=1 << 20, total=2 << 20, members=1000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(Rejected) as refused:
+            collect(tmp_path, tmp_path, ["out"], limits, owner=os.getuid())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert refused.value.code == "bundle_too_large"
+    assert peak < 6 << 20, peak
+
+
+def test_collecting_a_very_deep_tree_is_refused_cleanly(tmp_path: Path) -> None:
+    """1,200 nested directories: a clear refusal, not a RecursionError in the host's
+    exit path (which would never publish the job's exit) holding a descriptor per level."""
+    shm = Path("/dev/shm")  # tmpfs: 1,200 levels made and removed in milliseconds
+    root = Path(tempfile.mkdtemp(dir=shm)) if os.access(shm, os.W_OK) else tmp_path
+    _deep(root, 1200)
+    try:
+        with pytest.raises(Rejected) as refused:
+            collect(root, root, ["d"], owner=os.getuid())
+        assert refused.value.code == "bundle_unsafe"
+    finally:
+        _undeep(root, 1200)
+        root.rmdir()

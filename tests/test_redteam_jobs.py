@@ -1,0 +1,98 @@
+"""Red team: a hostile user's jobs against the host (docs/jobs.md, docs/security.md).
+
+A job that daemonises (fork, setsid, fork) and lets its leader exit must still be frozen
+when its account's share is zero and killed when the account is refunded; a job flooding
+its stdout past the output cap must not fill the host's disk."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from jobs_kit import JobMarket, job_market, until
+from test_jobs_cgroups import PY, Setup, setup  # noqa: F401  (the cgroups fixture)
+
+from tycoon.auctioneer.jobhost import JobConfig
+from tycoon.auctioneer.jobs import Limits
+from tycoon.messages.jobs import JobExit
+from tycoon.vmm.cgroupfs import read_text
+from tycoon.vmm.simulated import SimulatedDriver
+
+DAEMON = (
+    "import os\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    if os.fork() == 0:\n"
+    "        open('daemon.pid', 'w').write(str(os.getpid()))\n"
+    "        while True: pass\n"
+    "    os._exit(0)\n"
+    "os.wait()\n"
+)
+
+
+@pytest.mark.cgroups
+@pytest.mark.nats
+@pytest.mark.hostile
+@pytest.mark.timeout(90)
+async def test_a_daemon_left_by_an_exited_job_is_frozen_unpaid_and_killed_at_refund(
+        setup: Setup) -> None:  # noqa: F811
+    user = await setup.market.user()
+    await user.fund_and_bid(1, duration="1s")  # spent within a second: share zero
+    _, stream, sub = await user.jobs.start([PY, "-c", DAEMON])
+    events = [e async for e in stream.events(timeout=15)]
+    await sub.unsubscribe()
+    assert isinstance(events[-1], JobExit) and events[-1].status == 0  # the leader is gone
+    pid_file = setup.root / user.key / "daemon.pid"
+    pid = int(await until(lambda: pid_file.exists() and pid_file.read_text()))
+    driver = setup.driver
+    assert pid in driver.procs(user.key)  # still in the sandbox: cgroups hold it
+    freezer = driver.backend.bases["freezer"] / driver.sandbox(user.key)  # type: ignore
+    await until(lambda: read_text(freezer / "freezer.state") == "FROZEN", timeout=15)
+    held = driver.cpu_seconds(user.key)
+    await asyncio.sleep(0.3)
+    assert driver.cpu_seconds(user.key) - held < 0.01  # unpaid: no CPU
+    await user.host.refund()
+    await until(lambda: not driver.procs(user.key), timeout=10)  # refunded: ended
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for init to reap it does not)."""
+    try:
+        return "\tZ" not in Path(f"/proc/{pid}/status").read_text().split("State:")[1][:4]
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.fixture
+async def market(nats_url: str, tmp_path: Path) -> AsyncIterator[JobMarket]:
+    limits = Limits(output_total=16 * 1024, grace_s=0.5)
+    config = JobConfig(root=tmp_path / "jobs", limits=limits)
+    async with job_market(nats_url, tmp_path, SimulatedDriver(preset="small"), config) as m:
+        yield m
+
+
+@pytest.mark.nats
+@pytest.mark.hostile
+@pytest.mark.timeout(60)
+async def test_output_past_the_cap_does_not_fill_the_hosts_disk(market: JobMarket) -> None:
+    user = await market.user()
+    await user.fund_and_bid(10)
+    code = ("import os, sys, time\nblock = b'x' * (1 << 20)\n"
+            "for _ in range(48): sys.stdout.buffer.write(block); sys.stdout.flush()\n"
+            "open('written', 'w').close()\ntime.sleep(30)\n")
+    reply, stream, sub = await user.jobs.start([sys.executable, "-c", code])
+    home = Path(market.jobhost.config.root) / user.key
+    await until(lambda: (home / "written").exists(), timeout=20)
+    out = Path(market.jobhost.config.root) / ".host" / f"{reply['job']}.stdout"
+    await asyncio.sleep(0.3)  # a few of the host's reads
+    st = os.stat(out)
+    assert st.st_size >= 48 << 20  # the job wrote it all …
+    assert st.st_blocks * 512 < 4 << 20, st.st_blocks * 512  # … the host keeps none of it
+    await user.jobs.signal(reply["job"], "KILL")
+    assert isinstance([e async for e in stream.events(timeout=10)][-1], JobExit)
+    await sub.unsubscribe()
