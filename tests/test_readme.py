@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from polling import until_blocking
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
@@ -41,6 +42,15 @@ BAD = ("Traceback", "Violation", "violation", "error:")
 
 class TourError(AssertionError):
     """A line of the README did not do what the README says."""
+
+
+def _has_socket(pid: int) -> bool:
+    """Whether the process has a socket open (Linux /proc): it is past its imports."""
+    try:
+        return any(os.readlink(fd).startswith("socket:")
+                   for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # it exited, or an fd closed while we looked
+        return False
 
 
 def tour_lines(text: str, title: str = TOUR) -> list[str]:
@@ -128,6 +138,10 @@ class Tour:
         proc = subprocess.Popen(["bash", "-c", f"exec {self.substitute(line)}"], cwd=self.cwd,
                                 env=self.env, text=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
+        # the seconds count from its first connection: on a loaded machine the imports alone
+        # can take longer, and a Ctrl-C while importing is a traceback, not the README's pause
+        until_blocking(lambda: proc.poll() is not None or _has_socket(proc.pid), timeout=60,
+                       every=0.1, what=f"{line!r} connected")
         try:
             out, err = proc.communicate(timeout=seconds)
         except subprocess.TimeoutExpired:
