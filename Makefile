@@ -17,9 +17,14 @@ demo: $(STAMP)
 	rm -rf .tycoon-demo
 	$(BIN)/tycoon up --duration 60 --hosts 4 --agents 3 --state .tycoon-demo
 
+# Three pytest-xdist workers on two cores: most of a test's time is spent waiting on servers
+# and subprocesses. Tests that must not overlap share an xdist_group (loadgroup runs a group
+# on one worker, one test at a time). `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= 3
+
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 # Pure tests only: no nats-server, no cgroups, nothing slow (~54 s on a shared 2-core VM).
 test-fast: $(STAMP)
