@@ -30,6 +30,7 @@ from tycoon.bus.envelope import Message
 from tycoon.bus.keys import subject_id
 from tycoon.cli.common import bus_for, keystore, names_of, print_json
 from tycoon.errors import Rejected
+from tycoon.messages.bank import BankSettled
 from tycoon.messages.price import PriceUpdate
 from tycoon.money import format_credits, format_rate
 from tycoon.sls.client import SLSClient
@@ -146,7 +147,11 @@ class MarketView:
 def settled_receipts(msg: Message) -> list[Receipt]:
     """The receipts of a ``bank.settled`` event that verify under its sender's (the bank's) key."""
     receipts = []
-    for raw in msg.body.get("receipts", []) if isinstance(msg.body, dict) else []:
+    try:
+        raws = BankSettled.from_body(msg.body).receipts
+    except Rejected:
+        raws = []
+    for raw in raws:
         with contextlib.suppress(Rejected):
             receipts.append(verify_receipt(raw, msg.sender))
     return receipts
