@@ -2,7 +2,8 @@
 
 A job that daemonises (fork, setsid, fork) and lets its leader exit must still be frozen
 when its account's share is zero and killed when the account is refunded; a job flooding
-its stdout past the output cap must not fill the host's disk."""
+its stdout past the output cap must not fill the host's disk; an exec whose bundle takes
+longer than its bid lasts must start its job frozen."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ from pathlib import Path
 
 import pytest
 from jobs_kit import JobMarket, job_market, until
+from test_bundles_jobs import bucket_for, js_url  # noqa: F401  (a JetStream server)
 from test_jobs_cgroups import PY, Setup, setup  # noqa: F401  (the cgroups fixture)
 
+from tycoon.auctioneer import jobhost
 from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.auctioneer.jobs import Limits
+from tycoon.bundles import client
 from tycoon.messages.jobs import JobExit
 from tycoon.vmm.cgroupfs import read_text
 from tycoon.vmm.simulated import SimulatedDriver
@@ -96,3 +100,39 @@ async def test_output_past_the_cap_does_not_fill_the_hosts_disk(market: JobMarke
     await user.jobs.signal(reply["job"], "KILL")
     assert isinstance([e async for e in stream.events(timeout=10)][-1], JobExit)
     await sub.unsubscribe()
+
+
+@pytest.mark.nats
+@pytest.mark.hostile
+@pytest.mark.timeout(60)
+async def test_a_share_lost_during_an_execs_bundle_fetch_starts_the_job_frozen(
+        js_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """An exec passes its checks while its bid runs, then waits for its bundle (a big one
+    takes as long as its owner likes) while the bid ends: the job must start frozen, not
+    run unpaid until the next change of shares."""
+    real = jobhost.bundles.fetch
+    holder: list[JobMarket] = []
+
+    async def slow_fetch(*args: object, **kwargs: object) -> bytes:
+        data = await real(*args, **kwargs)  # type: ignore[arg-type]
+        host = holder[0].jobhost
+        await until(lambda: not any(s.cpu > 0 for s in host.market.shares_map().values()),
+                    timeout=15)  # the time a 64 MiB bundle takes: the bid is over
+        return data
+
+    monkeypatch.setattr(jobhost.bundles, "fetch", slow_fetch)
+    config = JobConfig(root=tmp_path / "jobs", limits=Limits(grace_s=0.5))
+    async with job_market(js_url, tmp_path, SimulatedDriver(preset="small"), config) as m:
+        holder.append(m)
+        user = await m.user()
+        await bucket_for(js_url, user)
+        (tmp_path / "src").mkdir()
+        (tmp_path / "src" / "spin.py").write_text("import time\nwhile True: time.sleep(0.01)\n")
+        digest = await client.push(user.jobs.bus, tmp_path / "src")
+        await user.fund_and_bid(10, duration="2s")
+        assert m.jobhost._share(user.key) > 0
+        reply, _, sub = await user.jobs.start([sys.executable, "spin.py"], bundle=digest)
+        await sub.unsubscribe()
+        await asyncio.sleep(0.5)  # ticks: nothing changes shares any more
+        assert m.jobhost.table.jobs[reply["job"]].state == "frozen"
+        assert user.key in m.jobhost.frozen
