@@ -1,8 +1,9 @@
 """Bundles on a real, permissioned nats-server with JetStream: owners put and get their own
-objects through the hosts' bundle service, hosts read them and write results back, and
-every attack is refused or harmless: another account's bucket, any JetStream right for a
-user (stream administration, steered server answers), a lying digest, oversized uploads
-(docs/security.md, "Bundles")."""
+objects through the bank's bundle service, a host reads a job's bundle and writes its
+results back with the account's signed host.exec as proof, and every attack is refused or
+harmless: another account's bucket, forged or misused proofs, any JetStream right for a
+user or a host (stream administration, steered server answers), a lying digest, oversized
+uploads (docs/security.md, "Bundles")."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ from tycoon.bundles import client, names
 from tycoon.bundles.buckets import BucketKeeper
 from tycoon.bundles.pack import pack
 from tycoon.bundles.service import BundleService
+from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
+from tycoon.bus.envelope import seal
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.errors import Rejected
 from tycoon.natsconf import Principal, render_principals
@@ -68,7 +71,7 @@ async def market(tmp_path: Path) -> AsyncIterator[Market]:
     conf.write_text(render_principals(principals, port=port, jetstream_dir=str(tmp_path / "js")))
     async with NatsServer(port=port, config=conf) as server:
         buses = {n: await open_bus(server.url, i) for n, i in ids.items()}
-        m = Market(server, buses, BundleService(buses["host"]), ids)
+        m = Market(server, buses, BundleService(buses["bank"]), ids)
         try:
             for who in ("alice", "mallory", "agent"):  # as the bank makes them at open
                 await client.ensure_bucket(m.operator, m.id(buses[who]), max_bytes=MAX_BYTES)
@@ -100,6 +103,12 @@ async def refused(bus: Bus, subject: str) -> None:
     raise AssertionError(f"no permission error for {subject}; last: {bus.nc.last_error}")
 
 
+def exec_by(account: Identity, host: Bus, **body: object) -> bytes:
+    """The account's signed host.exec to ``host``: a host's proof at the bank."""
+    return seal(account, "host.exec", {"argv": ["true"], **body},
+                subject=subjects.host_op(subject_id(host.identity.public_key), "exec"))
+
+
 def tree(root: Path, text: str = "hello") -> Path:
     (root / "sub").mkdir(parents=True)
     (root / "sub" / "a.txt").write_text(text)
@@ -116,12 +125,14 @@ async def test_owners_put_and_get_hosts_read_and_write_back(market: Market,
     out = await client.pull(m.alice, digest, tmp_path / "back")
     assert (out / "sub" / "a.txt").read_text() == "hello"
     assert (out / "b.bin").read_bytes() == (tmp_path / "src" / "b.bin").read_bytes()
-    alice = m.id(m.alice)
-    data = await client.get_bytes(m.host, digest, account=alice)  # a host reads any bucket
-    assert data == pack(tmp_path / "src")
+    alice = m.ids["alice"]
+    proof = exec_by(alice, m.host, bundle=digest, collect=["out"])
+    data = await client.fetch_bytes(m.host, digest, account=alice.public_key, proof=proof)
+    assert data == pack(tmp_path / "src")  # a host reads the job's bundle with the proof
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "out.txt").write_text("42")
-    result = await client.put_bytes(m.host, pack(tmp_path / "results"), account=alice)
+    result = await client.push_bytes(m.host, pack(tmp_path / "results"),
+                                     account=alice.public_key, proof=proof)
     assert (await client.pull(m.alice, result, tmp_path / "got") / "out.txt").read_text() == "42"
     assert await client.push(m.agent, tmp_path / "src") == digest  # an agent has its own
     empty = await client.push_bytes(m.alice, b"")
@@ -137,15 +148,17 @@ async def test_another_accounts_bucket_is_out_of_reach(market: Market, tmp_path:
     before = await m.messages(names.stream(alice))
     with pytest.raises(Rejected, match="unknown_bundle"):  # served from mallory's own bucket
         await client.fetch_bytes(m.mallory, digest)
-    for subject in (names.msg_get(alice), names.chunks(alice, "x"), names.metas(alice, "eA==")):
-        await m.mallory.nc.publish(subject, b"{}")
-        await refused(m.mallory, subject)
+    for bus in (m.mallory, m.host):
+        for subject in (names.msg_get(alice), names.chunks(alice, "x"),
+                        names.metas(alice, "eA==")):
+            await bus.nc.publish(subject, b"{}")
+            await refused(bus, subject)
     assert await m.messages(names.stream(alice)) == before
     assert await client.push(m.mallory, tmp_path / "src") == digest  # mallory's own copy
     assert await client.fetch_bytes(m.alice, digest)
 
 
-async def test_users_hold_no_jetstream_right(market: Market) -> None:
+async def test_users_and_hosts_hold_no_jetstream_right(market: Market) -> None:
     m = market
     mine, alice = names.stream(m.id(m.mallory)), names.stream(m.id(m.alice))
     api = "$JS.API"
@@ -163,8 +176,6 @@ async def test_users_hold_no_jetstream_right(market: Market) -> None:
         (names.chunks(m.id(m.mallory), "x"), {}),
     ):
         for bus in (m.mallory, m.agent, m.host):
-            if bus is m.host and (".MSG.GET." in subject or subject.startswith("$O.")):
-                continue  # a host reads and writes every bucket
             await bus.nc.publish(subject, json.dumps(body).encode(),
                                  reply="tycoon.settlement.a.b")  # a steered answer, if any
             await refused(bus, subject)
@@ -177,10 +188,10 @@ async def test_users_hold_no_jetstream_right(market: Market) -> None:
 async def test_why_users_hold_none_steered_answers(market: Market) -> None:
     """A JetStream answer goes to any reply subject the request names: a message get's
     answer lands in another stream, a direct get's answer is executed as an API request.
-    The operator (who holds the rights) shows it; users cannot do either."""
+    The operator (who holds the rights) shows it; users and hosts can do neither."""
     m = market
     js = m.operator.nc.jetstream()
-    await m.host.nc.jetstream().publish(names.chunks(m.id(m.alice), "x"), b"stored")
+    await m.bank.nc.jetstream().publish(names.chunks(m.id(m.alice), "x"), b"stored")
     await m.operator.nc.publish(names.msg_get(m.id(m.alice)), b'{"seq": 1}',
                                 reply="tycoon.settlement.junk.junk")
     alloc = f"tycoon.alloc.{m.id(m.host)}"
@@ -242,3 +253,32 @@ async def test_the_bank_makes_the_bucket_when_it_opens_the_account(market: Marke
     finally:
         await service.stop()
         ledger.store.close()
+
+
+async def test_a_host_needs_the_accounts_own_exec_to_it(market: Market, tmp_path: Path) -> None:
+    """A host reaches an account's bucket only with that account's signed host.exec to that
+    very host, naming the bundle (a get) or asking for outputs (a put)."""
+    m = market
+    alice, mallory = m.ids["alice"], m.ids["mallory"]
+    digest = await client.push(m.alice, tree(tmp_path / "src"))
+    results = pack(tree(tmp_path / "out", "results"))
+    for proof, why in (
+        (None, "no proof"),
+        (exec_by(mallory, m.host, bundle=digest, collect=["o"]), "another account's exec"),
+        (exec_by(alice, m.mallory, bundle=digest, collect=["o"]), "an exec to another host"),
+        (exec_by(alice, m.host, bundle="0" * 64), "an exec naming another bundle"),
+        (b"junk", "not an envelope"),
+        (seal(alice, "host.jobs", {}, subject=subjects.host_op(m.id(m.host), "exec")),
+         "another kind"),
+    ):
+        with pytest.raises(Rejected) as caught:
+            await client.fetch_bytes(m.host, digest, account=alice.public_key, proof=proof)
+        assert caught.value.code in ("forbidden", "malformed"), why
+    for proof, why in ((None, "no proof"), (exec_by(alice, m.host, bundle=digest), "no collect"),
+                       (exec_by(mallory, m.host, collect=["o"]), "another account's exec")):
+        with pytest.raises(Rejected) as caught:
+            await client.push_bytes(m.host, results, account=alice.public_key, proof=proof)
+        assert caught.value.code in ("forbidden", "malformed"), why
+    with pytest.raises(Rejected, match="unknown_bundle"):  # mallory's own exec: her bucket
+        await client.fetch_bytes(m.host, digest, account=mallory.public_key,
+                                 proof=exec_by(mallory, m.host, bundle=digest))

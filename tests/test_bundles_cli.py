@@ -11,6 +11,7 @@ from pathlib import Path
 import nats
 import pytest
 from jobs_kit import job_market
+from test_bundles_jobs import bundle_service
 
 from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.bank.client import BankClient
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
 
 
 async def test_push_exec_collect_pull(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    async with NatsServer(jetstream=True) as server, job_market(
+    async with NatsServer(jetstream=True) as server, bundle_service(server.url), job_market(
             server.url, tmp_path, SimulatedDriver(preset="small"),
             JobConfig(root=tmp_path / "jobs")) as m:
         alice = KeyStore(tmp_path / "home").create("alice")

@@ -5,6 +5,7 @@ uid). Refusals carry a clear code and start nothing."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -25,7 +26,9 @@ from tycoon.auctioneer.jobs import Limits
 from tycoon.bundles import client, names
 from tycoon.bundles import host as bundles_host
 from tycoon.bundles.pack import Limits as BundleLimits
-from tycoon.bus.keys import subject_id
+from tycoon.bundles.service import BundleService
+from tycoon.bus.connection import open_bus
+from tycoon.bus.keys import Identity, subject_id
 from tycoon.errors import Rejected
 from tycoon.natsserver import NatsServer
 from tycoon.vmm.simulated import SimulatedDriver
@@ -56,9 +59,22 @@ def crafted(name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE,
     return out.getvalue()
 
 
+@contextlib.asynccontextmanager
+async def bundle_service(url: str) -> AsyncIterator[BundleService]:
+    """What the bank runs beside its own service (an open test server: any key will do)."""
+    bus = await open_bus(url, Identity.generate())
+    service = BundleService(bus)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+        await bus.close()
+
+
 @pytest.fixture
 async def js_url() -> AsyncIterator[str]:
-    async with NatsServer(jetstream=True) as server:
+    async with NatsServer(jetstream=True) as server, bundle_service(server.url):
         yield server.url
 
 

@@ -139,9 +139,9 @@ def permissions(p: Principal) -> Permissions:
     responds = False
     if p.role == "bank":
         pub += [INBOXES, subjects.BANK_SETTLED, SETTLEMENTS_ALL, *js_owner(SETTLEMENTS_STREAM),
-                bundles.BANK_CREATES]  # each account's bundle bucket, made at its opening
-        pub_deny += NEVER_FROM_SERVICES
-        sub += [f"{subjects.PREFIX}.bank.*", SRV_ALL]
+                *bundles.bank_publish()]  # makes each account's bucket, serves bundles
+        pub_deny += [d for d in NEVER_FROM_SERVICES if d != "$O.>"]
+        sub += [f"{subjects.PREFIX}.bank.*", SRV_ALL, bundles.REQUESTS]
         sub_deny += [subjects.BANK_SETTLED]
     elif p.role == "sls":
         pub += [INBOXES, subjects.SLS_SNAPSHOT, *js_owner(PRICES_STREAM)]
@@ -153,10 +153,9 @@ def permissions(p: Principal) -> Permissions:
         # talks to the bank (its own account, refunds) — nothing else, no JetStream at all
         # (PRICES captures its price updates).
         pub += [INBOXES, subjects.price(pid), subjects.alloc(pid), f"{subjects.PREFIX}.bank.*",
-                JOB_EVENTS, *bundles.host_publish()]  # reads bundles, writes results back
-        pub_deny += [subjects.BANK_SETTLED, SETTLEMENTS_ALL, *bundles.JS_DENIED,
-                     *(d for d in NEVER_FROM_SERVICES if d != "$O.>")]
-        sub += [subjects.host_all(pid), SRV_ALL, bundles.REQUESTS]
+                JOB_EVENTS, bundles.REQUESTS]  # a job's bundle and results: through the bank
+        pub_deny += [subjects.BANK_SETTLED, SETTLEMENTS_ALL, "$JS.>", *NEVER_FROM_SERVICES]
+        sub += [subjects.host_all(pid), SRV_ALL]
     elif p.role in ("agent", "broker", "user"):
         pub += [*CLIENT_REQUESTS]  # no JetStream right at all: see PRICES_STREAM above
         pub_deny += NEVER_FROM_CLIENTS

@@ -39,7 +39,6 @@ from tycoon.auctioneer.jobs import (
 from tycoon.auctioneer.jobstate import STREAMS, Pending, to_record
 from tycoon.auctioneer.market import Market
 from tycoon.bundles import host as bundles
-from tycoon.bundles.service import BundleService
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
@@ -86,7 +85,6 @@ class JobHost:
         self._outputs: dict[str, Output] = {}
         self._pending: dict[str, list[Pending]] = {}
         self.log = get_logger("auctioneer.jobs", host=market.host_id)
-        self.bundle_service = BundleService(bus)  # users' bundles: only hosts run jobs serve
         root = Path(config.root).absolute()
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o711)  # users reach their own directory, list nobody's
@@ -118,7 +116,7 @@ class JobHost:
         frozen = self._share(account) <= 0.0
         if not frozen and account in self.frozen:
             self._freeze(account, False)  # left frozen while it had no job: thaw first
-        bundle = (await bundles.fetch(self.bus, subject_id(account), request.bundle)
+        bundle = (await bundles.fetch(self.bus, account, request.bundle, msg.raw)
                   if request.bundle else None)  # unknown, bad or unsafe: nothing starts
         job = self.table.admit(account, request, self.clock())
         try:
@@ -128,6 +126,7 @@ class JobHost:
             if bundle is not None:  # as the job's uid, never through a link (bundles.host)
                 await bundles.unpack_into(bundle, home, cwd, uid)
             job.collect, job.workdir = request.collect, str(cwd.absolute())
+            job.proof = msg.raw if request.collect else b""  # the bank's proof, at exit
             if request.cwd and not cwd.is_dir():
                 raise Rejected("malformed", f"cwd {request.cwd!r} is not a directory "
                                "in the sandbox")
@@ -302,7 +301,7 @@ class JobHost:
         uid = self.uids.uid(job.account) if self.uids is not None else None
         home = Path(self.config.root).absolute() / runner.sandbox_name(job.account)
         digest, error = await bundles.collect_results(
-            self.bus, subject_id(job.account), home, Path(job.workdir), job.collect, uid)
+            self.bus, job.account, job.proof, home, Path(job.workdir), job.collect, uid)
         job.result = digest  # host.jobs shows it too (a --detach caller never saw job.exit)
         return {"result": digest} if digest else {"result_error": error} if error else {}
 

@@ -105,6 +105,9 @@ class Job:
     """Its working directory (absolute), where the outputs are collected from."""
     result: str | None = None
     """The digest of its collected outputs, once it exited (``host.jobs`` lists it)."""
+    proof: bytes = b""
+    """With ``collect``: the account's signed ``host.exec``, the bank's proof that this
+    host may store results in the account's bucket."""
     offsets: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
     """Bytes of each output file read so far (the adapter's)."""
     adopted: bool = False

@@ -17,6 +17,7 @@ never signalled; the job is reported ended with an unknown exit status. docs/job
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,7 @@ def to_record(job: Job, pending: list[Pending]) -> dict[str, Any]:
         "signal": job.signal, "cpu_s": job.cpu_s, "peak_memory": job.peak_memory,
         "ended_ns": job.ended_ns, "offsets": dict(job.offsets), "adopted": job.adopted,
         "exit_sent": job.exit_sent, "collect": list(job.collect), "workdir": job.workdir,
+        "proof": base64.b64encode(job.proof).decode(),
         "pending": [[p.seq, p.stream, p.offset, p.length, p.dropped] for p in pending],
     }
 
@@ -71,7 +73,8 @@ def from_record(data: dict[str, Any]) -> tuple[Job, list[Pending]]:
                   offsets={s: _int(data["offsets"][s]) for s in STREAMS},
                   adopted=bool(data["adopted"]), exit_sent=bool(data["exit_sent"]),
                   collect=tuple(_text(p, 255) for p in _list(data.get("collect", []))),
-                  workdir=_text(data.get("workdir", ""), 4096))  # bundles: collect at exit
+                  workdir=_text(data.get("workdir", ""), 4096),  # bundles: collect at exit
+                  proof=base64.b64decode(_text(data.get("proof", ""), 1 << 19)))
         pending = [Pending(_int(seq), _stream(stream), _int(offset), _int(length), _int(drop))
                    for seq, stream, offset, length, drop in _list(data["pending"])]
     except (KeyError, TypeError, ValueError, AttributeError) as error:

@@ -130,8 +130,6 @@ class AuctioneerService:
         self._apply_pending = True
         await self._act(events)
         await self.service.start()
-        if self.jobs is not None:
-            await self.jobs.bundle_service.start()  # bundle.put / bundle.get (queue group)
         await self._publish_price()
         self._tasks = [
             asyncio.create_task(self._loop(self.tick_s, self.tick), name="auctioneer-tick"),
@@ -145,7 +143,6 @@ class AuctioneerService:
         """Stop taking requests (in-flight ones finish), then stop the loops."""
         await self.service.stop()
         if self.jobs is not None:
-            await self.jobs.bundle_service.stop()
             await self.jobs.stop()
         tasks = [*self._tasks, *([self._alloc_due] if self._alloc_due else [])]
         for task in tasks:

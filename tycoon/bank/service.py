@@ -125,9 +125,13 @@ class BankService:
         if self.settlement_log is not None:
             await self.settlement_log.start()
         await self.service.start()
+        if hasattr(self.buckets, "start"):  # bundle.put / bundle.get (tycoon.bundles)
+            await self.buckets.start()
 
     async def stop(self) -> None:
         """Stop taking requests, answer the ones in flight, flush the last batch."""
+        if hasattr(self.buckets, "stop"):
+            await self.buckets.stop()
         await self.service.stop()
         await self.committer.stop()
         if self.settlement_log is not None:

@@ -6,11 +6,13 @@ The stable API (the agent and ``tycoon-pub`` use it)::
     digest = await push(bus, path)          # pack DIR|FILE, upload, return the hex digest
     dest = await pull(bus, digest, dest)    # fetch, check the digest, unpack safely
 
-A user's ``push`` and ``pull`` are signed requests (``bundle.put`` / ``bundle.get``) that
-the hosts serve (tycoon.bundles.service) in the signer's own bucket: users hold no
-JetStream right (a JetStream answer goes to any reply subject the request names; with
-any right a user steers the server's answers into other streams). The hosts themselves
-read and write buckets directly (:class:`Store`, :func:`get_bytes`, :func:`put_bytes`).
+``push`` and ``pull`` are signed requests (``bundle.put`` / ``bundle.get``) that the bank
+serves (tycoon.bundles.service) in the signer's own bucket; a host fetching a job's bundle
+or storing its results passes ``account`` and ``proof`` (the account's signed
+``host.exec``). Nobody but the bank holds a JetStream right on buckets: a JetStream answer
+goes to any reply subject the request names, so with any right a key steers the server's
+answers into other streams. :class:`Store`, :func:`get_bytes` and :func:`put_bytes` are
+that direct access (the bank's service; the operator).
 
 The bucket ``bundles-<account id>`` (stream ``OBJ_bundles-<account id>``) is made, with
 its size limit, by the bank when it opens the account (tycoon.bundles.buckets). Objects
@@ -67,18 +69,22 @@ async def pull(bus: Any, digest: str, dest: Path | str, *, limits: Limits = LIMI
     return Path(dest)
 
 
-async def push_bytes(bus: Any, data: bytes, *, timeout: float = TIMEOUT) -> str:
+async def push_bytes(bus: Any, data: bytes, *, timeout: float = TIMEOUT,
+                     account: str | None = None, proof: bytes | None = None) -> str:
     """Store packed bytes in the signer's bucket (``bundle.put``, chunk by chunk, in order);
-    the digest. The host names the object only once every chunk hashes to it."""
+    the digest. The object is named only once every chunk hashes to it. A host storing a
+    job's results names the ``account`` (public key) and its signed ``host.exec``."""
     digest = digest_of(data)
-    with contextlib.suppress(Rejected):
-        first = await _get(bus, digest, None, timeout)
-        if first.get("size") == len(data):
-            return digest  # already there (its chunks were checked when it was named)
+    extra: dict[str, Any] = {"account": account, "proof": proof} if account else {}
+    if not account:
+        with contextlib.suppress(Rejected):
+            first = await _get(bus, digest, None, timeout, {})
+            if first.get("size") == len(data):
+                return digest  # already there (its chunks were checked when it was named)
     upload = "".join(secrets.choice(_ALNUM) for _ in range(22))
     pieces = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
     for index, piece in enumerate(pieces):
-        body: dict[str, Any] = {"upload": upload, "index": index, "data": piece}
+        body: dict[str, Any] = {"upload": upload, "index": index, "data": piece, **extra}
         if index == len(pieces) - 1:
             body["digest"] = digest
         await bus.request(request("put"), "bundle.put", body, timeout=timeout)
@@ -86,13 +92,16 @@ async def push_bytes(bus: Any, data: bytes, *, timeout: float = TIMEOUT) -> str:
 
 
 async def fetch_bytes(bus: Any, digest: str, *, limits: Limits = LIMITS,
-                      timeout: float = TIMEOUT) -> bytes:
+                      timeout: float = TIMEOUT, account: str | None = None,
+                      proof: bytes | None = None) -> bytes:
     """The bytes of bundle ``digest`` in the signer's bucket (``bundle.get``, chunk by
-    chunk): ``unknown_bundle``, ``bundle_too_large``, ``bad_digest``."""
+    chunk): ``unknown_bundle``, ``bundle_too_large``, ``bad_digest``. A host fetching a
+    job's bundle names the ``account`` (public key) and its signed ``host.exec``."""
     check_digest(digest)
+    extra: dict[str, Any] = {"account": account, "proof": proof} if account else {}
     out, after = bytearray(), None
     while True:
-        reply = await _get(bus, digest, after, timeout)
+        reply = await _get(bus, digest, after, timeout, extra)
         size, data, seq = reply.get("size"), reply.get("data"), reply.get("seq")
         if not isinstance(size, int) or not isinstance(data, bytes) or not isinstance(seq, int):
             raise Rejected("malformed", "bundle.get: a reply without size, data and seq")
@@ -109,15 +118,16 @@ async def fetch_bytes(bus: Any, digest: str, *, limits: Limits = LIMITS,
     return bytes(out)
 
 
-async def _get(bus: Any, digest: str, after: int | None, timeout: float) -> dict[str, Any]:
-    body: dict[str, Any] = {"digest": digest}
+async def _get(bus: Any, digest: str, after: int | None, timeout: float,
+               extra: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {"digest": digest, **extra}
     if after is not None:
         body["after"] = after
     reply = await bus.request(request("get"), "bundle.get", body, timeout=timeout)
     return dict(reply.body)
 
 
-# ------------------------------------------------------------------ the hosts' direct access
+# ------------------------------------------------------------------ direct access (the bank)
 
 
 def _nc(nc_or_bus: Any) -> Client:
@@ -125,8 +135,7 @@ def _nc(nc_or_bus: Any) -> Client:
 
 
 async def put_bytes(nc_or_bus: Any, data: bytes, *, account: str) -> str:
-    """Store packed bytes in ``account``'s bucket directly (a host: collected results);
-    the digest."""
+    """Store packed bytes in ``account``'s (subject id) bucket directly; the digest."""
     digest = digest_of(data)
     store = Store(_nc(nc_or_bus), account)
     try:
@@ -149,7 +158,7 @@ async def put_bytes(nc_or_bus: Any, data: bytes, *, account: str) -> str:
 
 async def get_bytes(nc_or_bus: Any, digest: str, *, account: str,
                     limits: Limits = LIMITS) -> bytes:
-    """The bytes of bundle ``digest`` in ``account``'s bucket, read directly (a host):
+    """The bytes of bundle ``digest`` in ``account``'s (subject id) bucket, read directly:
     ``unknown_bundle`` if absent, ``bad_digest`` if they do not hash to it,
     ``bundle_too_large`` over the limit (checked before reading)."""
     check_digest(digest)
@@ -205,7 +214,8 @@ def _meta_subject(account: str, name: str) -> str:
 
 
 class Store:
-    """Direct JetStream access to one account's bucket (hosts), on one inbox subscription."""
+    """Direct JetStream access to one account's bucket (the bank), on one inbox
+    subscription."""
 
     def __init__(self, nc: Client, account: str) -> None:
         self.nc, self.account = nc, account

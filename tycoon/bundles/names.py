@@ -31,8 +31,8 @@ def msg_get(account_id: str) -> str:
 
 
 REQUESTS = "tycoon.bundle.*"
-"""``bundle.put`` / ``bundle.get``: the hosts serve them (queue group), in the signer's
-own bucket. Users and agents use their bucket only this way: they hold no JetStream right."""
+"""``bundle.put`` / ``bundle.get``: the bank serves them (queue group ``bundles``). Users,
+agents and hosts reach buckets only this way: they hold no JetStream right."""
 
 
 def request(op: str) -> str:
@@ -40,25 +40,12 @@ def request(op: str) -> str:
     return f"tycoon.bundle.{op}"
 
 
-def host_publish() -> tuple[str, ...]:
-    """What a host publishes to read any account's bundles and write results back."""
-    return ("$O.*.C.*", "$O.*.M.*", "$JS.API.STREAM.MSG.GET.*")
-
-
-JS_DENIED = (
-    "$JS.API.INFO", "$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>",
-    "$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.INFO.>",
-    "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST", "$JS.API.STREAM.MSG.DELETE.>",
-    "$JS.API.STREAM.SNAPSHOT.>", "$JS.API.STREAM.RESTORE.>", "$JS.API.STREAM.PEER.>",
-    "$JS.API.STREAM.LEADER.>", "$JS.API.DIRECT.>", "$JS.API.CONSUMER.>", "$JS.API.ACCOUNT.>",
-    "$JS.API.SERVER.>", "$JS.API.META.>", "$JS.ACK.>", "$JS.FC.>", "$JS.EVENT.>",
-    "$JS.API.STREAM.TEMPLATE.>", "$KV.>", "$SYS.>",
-)
-"""Denied to the hosts, which read and write buckets (deny wins): every JetStream API but
-STREAM.MSG.GET. A direct get is denied above all: its answer, steered by a reply subject
-onto ``$JS.API.STREAM.PURGE.<stream>`` or ``.DELETE.``, is executed by the server."""
-
-
 BANK_CREATES = "$JS.API.STREAM.CREATE.*"
 """The bank's right to make a bucket when it opens an account (stream names are one token:
 NATS cannot narrow it to ``OBJ_bundles-*``; the bank may not update, purge or delete)."""
+
+
+def bank_publish() -> tuple[str, ...]:
+    """What the bank publishes to make buckets and serve bundles (the only key with rights
+    on them): create a stream, put chunks and metas, get messages."""
+    return (BANK_CREATES, "$O.*.C.*", "$O.*.M.*", "$JS.API.STREAM.MSG.GET.*")

@@ -1,13 +1,16 @@
-"""The hosts serve bundles: ``bundle.put`` / ``bundle.get`` on ``tycoon.bundle.<op>``,
-queue group ``bundles`` (any host running jobs answers), always in **the signer's own
-bucket** (docs/jobs.md, "Bundles"; docs/security.md, "Bundles").
+"""The bank serves bundles: ``bundle.put`` / ``bundle.get`` on ``tycoon.bundle.<op>``, queue
+group ``bundles`` (docs/jobs.md, "Bundles"; docs/security.md, "Bundles").
 
-Users and agents hold no JetStream right at all: a JetStream answer goes to whatever reply
-subject the request names, so with any JetStream right a user steers the server's answers
-(publish acks, message gets) into any stream, the bank's SETTLEMENTS included (tested:
-1,000 junk messages in a blink). The hosts, which hold those rights, reply only to the
-signer's own inbox (tycoon.bus.service). A put's last chunk names the digest: the host
-reads every chunk back and writes the object's meta only if they hash to it.
+Nobody else holds a JetStream right on the buckets. A JetStream answer goes to whatever
+reply subject the request names, so any key holding one can steer the server's answers
+(publish acks, message gets) into any stream — the bank's SETTLEMENTS included (tested:
+1,000 junk messages in a blink, from a user; a host could do the same). The bank, which
+owns SETTLEMENTS and holds the money anyway, replies only to the signer's own inbox.
+
+Who reaches which bucket: a key its own; a host an account's only with ``proof``, the
+account's own signed ``host.exec`` to that very host (its subject names the host) — naming
+the bundle for a get, asking for ``collect`` for a put. A put's last chunk names the
+digest: the chunks are read back and the object is named only if they hash to it.
 """
 
 from __future__ import annotations
@@ -18,21 +21,50 @@ from typing import Any
 from tycoon.bundles.client import Store, nats_digest
 from tycoon.bundles.names import request
 from tycoon.bundles.pack import LIMITS, Limits, check_digest, digest_of
+from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
 from tycoon.bus.keys import subject_id
 from tycoon.bus.ratelimit import RateLimit
 from tycoon.bus.service import Endpoint, Service
+from tycoon.bus.verify import verify_stored
 from tycoon.errors import Rejected
 from tycoon.messages.bundles import BundleGet, BundleGetReply, BundlePut, BundlePutReply
+from tycoon.messages.jobs import HostExec
 
 UPLOAD_RE = re.compile(r"^[A-Za-z0-9]{8,22}$")
 RATE = RateLimit(rate=400.0, burst=800, max_pending=32, parallel=1)
 """Per key: 400 chunks/s (50 MiB/s), one at a time (a push's chunks arrive in order)."""
 
 
+def bucket_of(msg: Message, account: str | None, proof: bytes | None,
+              digest: str | None = None) -> str:
+    """The account id whose bucket ``msg`` may use: the signer's own, or (a host) the
+    account whose signed ``host.exec`` to that host is the ``proof`` — naming ``digest``
+    (a get) or asking for outputs (a put, ``digest`` None). ``forbidden`` otherwise."""
+    if account is None or account == msg.sender:
+        return subject_id(msg.sender)
+    if proof is None:
+        raise Rejected("forbidden", "another account's bundles: only a host, with the "
+                       "account's signed host.exec to it as proof")
+    try:  # signed by the account for this very host's exec subject, a host.exec
+        exec_ = verify_stored(proof, subjects.host_op(subject_id(msg.sender), "exec"),
+                              "host.exec")
+        asked = HostExec.from_body(exec_.body)
+    except Rejected as error:
+        raise Rejected("forbidden", f"the proof is not a host.exec to this host: "
+                       f"{error.message}") from None
+    if exec_.sender != account:
+        raise Rejected("forbidden", "the proof is another account's host.exec")
+    if digest is not None and asked.bundle != digest:
+        raise Rejected("forbidden", "the account's host.exec names another bundle")
+    if digest is None and not asked.collect:
+        raise Rejected("forbidden", "the account's host.exec collects nothing")
+    return subject_id(account)
+
+
 class BundleService:
-    """``bundle.put`` and ``bundle.get`` for the signer's own bucket."""
+    """``bundle.put`` and ``bundle.get``, run by the bank beside its own service."""
 
     def __init__(self, bus: Bus, *, limits: Limits = LIMITS,
                  rate_limit: RateLimit | None = RATE) -> None:
@@ -55,7 +87,7 @@ class BundleService:
         if not UPLOAD_RE.match(body.upload) or not 0 <= body.index < 1 << 20:
             raise Rejected("malformed", "upload: 8-22 letters or digits; index: 0..2^20")
         digest = check_digest(body.digest) if body.digest is not None else None
-        store = Store(self.bus.nc, subject_id(msg.sender))
+        store = Store(self.bus.nc, bucket_of(msg, body.account, body.proof))
         try:
             if body.data:
                 try:
@@ -81,11 +113,11 @@ class BundleService:
     async def _get(self, msg: Message) -> dict[str, Any]:
         body = BundleGet.from_body(msg.body)
         digest = check_digest(body.digest)
-        store = Store(self.bus.nc, subject_id(msg.sender))
+        store = Store(self.bus.nc, bucket_of(msg, body.account, body.proof, digest))
         try:
             meta = await store.meta(digest)
             if meta is None:
-                raise Rejected("unknown_bundle", f"no bundle {digest[:12]}… in your bucket")
+                raise Rejected("unknown_bundle", f"no bundle {digest[:12]}… in the bucket")
             size, chunks, nuid = meta["size"], meta["chunks"], meta["nuid"]
             if size == 0:
                 return BundleGetReply(0, 0, b"", 0).to_body()

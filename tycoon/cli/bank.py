@@ -88,8 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        default=ratelimit.BANK, help="requests/s per signer key, "
                        "RATE[/BURST] or 'off' (default 400/2000; the operator is exempt)")
     serve.add_argument("--bucket-bytes", type=int, default=BUCKET_BYTES,
-                       help="size limit of the bundle bucket made for each account opened "
-                            "(docs/jobs.md, Bundles; 0: make none)")
+                       help="make a bundle bucket of this size for each account opened, and "
+                            "serve bundles (docs/jobs.md, Bundles; 0: neither)")
     add_metrics_arguments(serve)
     add_ready_argument(serve)
     serve.set_defaults(func=cmd_serve)
@@ -231,7 +231,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
                 open_fee=parse_amount(args.open_fee) if args.open_fee != "0" else 0,
                 open_rate=args.open_rate, open_burst=args.open_burst,
                 rate_limit=args.rate_limit,
-                buckets=(lambda bus: BucketKeeper(bus.nc, max_bytes=args.bucket_bytes))
+                buckets=(lambda bus: BucketKeeper(bus, max_bytes=args.bucket_bytes))
                 if args.bucket_bytes > 0 else None))
         except (StoreLocked, ValueError) as error:  # another bank holds it, or owns it
             return fail(str(error))

@@ -93,7 +93,7 @@ class LocalMarket:
         self.running_bank = await start_bank(
             self.url, self.bank_identity, db=self.state / "bank.db",
             operator=self.operator.public_key, settlement_log=settlement_log,
-            buckets=lambda bus: BucketKeeper(bus.nc))  # bundles, where JetStream runs
+            buckets=lambda bus: BucketKeeper(bus))  # bundles, where JetStream runs
         return self.running_bank
 
     async def start_sls(self, config: SLSConfig | None = None) -> RunningSLS:
