@@ -19,17 +19,14 @@ from tycoon.errors import Rejected
 
 @pytest.mark.nats
 @pytest.mark.hostile
-@pytest.mark.xfail(strict=True, reason="OPEN: a host's $JS.API.STREAM.MSG.GET.* answer goes "
-                   "to any reply subject; NATS cannot restrict reply subjects (needs buckets "
-                   "in their own NATS account or reads served by the bank)")
 async def test_a_hostile_host_cannot_steer_a_message_get_answer_into_the_bank(
         market: Market) -> None:  # noqa: F811
-    """A host reads buckets with STREAM.MSG.GET; the server sends the answer to any reply
-    subject: onto the bank's stream (junk receipts), or onto a JetStream API subject,
-    which the server would then execute (purge, delete)."""
+    """A host holding STREAM.MSG.GET (as hosts did to read buckets) has the server send
+    the answer to any reply subject: into SETTLEMENTS (2 GiB, discard old: junk evicts
+    receipts) or onto a JetStream API subject. Hosts hold no JetStream right (72bd133)."""
     m = market
     alice = m.id(m.alice)
-    await m.host.nc.jetstream().publish(names.chunks(alice, "x"), b"stored")
+    await m.bus["bank"].nc.jetstream().publish(names.chunks(alice, "x"), b"stored")
     for reply in ("tycoon.settlement.junk.junk", "$JS.API.STREAM.PURGE.PRICES",
                   "$JS.API.STREAM.DELETE.SETTLEMENTS"):
         await m.host.nc.publish(names.msg_get(alice), b'{"seq": 1}', reply=reply)
