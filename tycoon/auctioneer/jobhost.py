@@ -130,6 +130,11 @@ class JobHost:
             if request.cwd and not cwd.is_dir():
                 raise Rejected("malformed", f"cwd {request.cwd!r} is not a directory "
                                "in the sandbox")
+            if account not in self.market.accounts:
+                raise Rejected("unknown_account", "the account left this host meanwhile")
+            frozen = self._share(account) <= 0.0  # again: the bundle took its time, the
+            if not frozen and account in self.frozen:  # share may have changed meanwhile
+                self._freeze(account, False)
             self.confine.prepare(account, self.config.limits.pids_per_account)
             env = runner.base_env(account, job.id, home, request.env)
             output, theirs = self.state.create_output(job.id)
@@ -192,7 +197,9 @@ class JobHost:
 
     def enforce(self, shares: dict[str, Shares]) -> None:
         """Freeze the jobs of accounts whose CPU share is zero; thaw those funded again."""
-        for account in {j.account for j in self.table.running()} | set(self.frozen):
+        # every account that ran a job here: a job's leader may be gone and what it left
+        # (a daemon, still in the account's cgroup) run on
+        for account in {j.account for j in self.table.jobs.values()} | set(self.frozen):
             want = shares.get(account, Shares()).cpu <= 0.0
             if want != (account in self.frozen):
                 self._freeze(account, want)
@@ -213,7 +220,7 @@ class JobHost:
         ended (in the background: SIGTERM, grace, SIGKILL)."""
         held = self.market.accounts.get(account)
         if (held is None or (held.balance <= 0 and held.bid is None)) \
-                and self.table.running(account):
+                and self.table.of(account):  # exited jobs too: what they left is ended
             task = asyncio.create_task(self.end_account(account), name="jobs-end")
             self._tasks[f"end-{account}"] = task
 
@@ -221,6 +228,10 @@ class JobHost:
         """SIGTERM every job of the account, SIGKILL what is left after the grace."""
         live = self.table.running(account)
         if not live:
+            if self.table.of(account):  # no leader left; a daemon of one may be
+                with contextlib.suppress(Rejected):
+                    self.confine.kill_rest(account)
+                self.frozen.discard(account)
             return
         with contextlib.suppress(Rejected):
             self.confine.freeze(account, False, [j.pid for j in live])  # frozen tasks wait
@@ -393,6 +404,11 @@ class JobHost:
             job.offsets[stream] = offset + len(data) + (skip if len(data) == read else 0)
             batch += chunks
         if not batch:
+            if job.sent >= self.table.limits.output_total:  # past the cap, all is dropped:
+                for stream in STREAMS:  # free it but the chunks a restart would republish
+                    kept = max((p.offset + p.length for p in self._pending.get(job.id, [])
+                                if p.stream == stream), default=0)
+                    runner.punch(output.fds[stream], job.offsets[stream], kept)
             return
         self._pending[job.id] = pending
         self._save(job)
