@@ -22,6 +22,7 @@ from tycoon.auctioneer import jobhost
 from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.auctioneer.jobs import Limits
 from tycoon.bundles import client
+from tycoon.errors import Rejected
 from tycoon.messages.jobs import JobExit
 from tycoon.vmm.cgroupfs import read_text
 from tycoon.vmm.simulated import SimulatedDriver
@@ -136,3 +137,36 @@ async def test_a_share_lost_during_an_execs_bundle_fetch_starts_the_job_frozen(
         await asyncio.sleep(0.5)  # ticks: nothing changes shares any more
         assert m.jobhost.table.jobs[reply["job"]].state == "frozen"
         assert user.key in m.jobhost.frozen
+
+
+@pytest.mark.cgroups
+@pytest.mark.nats
+@pytest.mark.hostile
+@pytest.mark.timeout(90)
+async def test_a_planted_link_as_cwd_neither_escapes_nor_probes_the_host(
+        setup: Setup) -> None:  # noqa: F811
+    """A job plants links in its own directory to the host's closed state directory, to
+    another account's directory and to paths that do not exist, then names them as the
+    cwd of the next exec: nothing starts, and the refusal is the same whether the target
+    exists or not (the host, root, must not tell a user what lies in closed places)."""
+    victim, mallory = await setup.market.user(), await setup.market.user()
+    await victim.fund_and_bid(10)
+    await mallory.fund_and_bid(10)
+    assert (await victim.jobs.run([PY, "-c", "open('secret', 'w').write('s')"]))[1].status == 0
+    targets = {"state": setup.secrets / "state", "nostate": setup.secrets / "nothing",
+               "victim": setup.root / victim.key, "novictim": setup.root / "nobody",
+               "host": setup.root / ".host"}
+    plant = "import os\n" + "".join(f"os.symlink({str(t)!r}, {n!r})\n"
+                                    for n, t in targets.items())
+    _, done = await mallory.jobs.run([PY, "-c", plant])
+    assert done.status == 0
+    answers = {}
+    for name in targets:
+        try:
+            await mallory.jobs.start([PY, "-c", "print(1)"], cwd=name)
+        except Rejected as error:
+            answers[name] = (error.code, error.message.replace(name, "NAME"))
+        else:
+            raise AssertionError(f"a job started in {name}")
+    assert len(set(answers.values())) == 1, answers
+    assert len(setup.market.jobhost.table.running(mallory.key)) == 0

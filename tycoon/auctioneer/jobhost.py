@@ -127,9 +127,11 @@ class JobHost:
                 await bundles.unpack_into(bundle, home, cwd, uid)
             job.collect, job.workdir = request.collect, str(cwd.absolute())
             job.proof = msg.raw if request.collect else b""  # the bank's proof, at exit
-            if request.cwd and not cwd.is_dir():
+            parts = request.cwd.split("/") if request.cwd else []
+            if parts and (any(home.joinpath(*parts[:i]).is_symlink()  # root never follows
+                               for i in range(1, len(parts) + 1)) or not cwd.is_dir()):
                 raise Rejected("malformed", f"cwd {request.cwd!r} is not a directory "
-                               "in the sandbox")
+                               "in the sandbox (links are not followed)")
             if account not in self.market.accounts:
                 raise Rejected("unknown_account", "the account left this host meanwhile")
             frozen = self._share(account) <= 0.0  # again: the bundle took its time, the
