@@ -10,10 +10,11 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from test_bundles_bus import Market, market  # noqa: F401  (the fixture)
+from test_bundles_bus import Market, exec_by, market  # noqa: F401  (the fixture)
 
-from tycoon.bundles import names
+from tycoon.bundles import client, names
 from tycoon.bundles.pack import Limits, collect
+from tycoon.bundles.service import BundleService
 from tycoon.errors import Rejected
 
 
@@ -95,3 +96,32 @@ def test_collecting_a_very_deep_tree_is_refused_cleanly(tmp_path: Path) -> None:
     finally:
         _undeep(root, 1200)
         root.rmdir()
+
+
+@pytest.mark.nats
+@pytest.mark.hostile
+async def test_one_proof_lets_a_host_store_one_bundles_worth_not_fill_the_bucket(
+        market: Market) -> None:  # noqa: F811
+    """A hostile host keeps an account's signed host.exec (with collect): its proof for
+    storing that job's results. Re-used for object after object, it would fill the
+    account's bucket (nothing in it expires) so the owner could push nothing more."""
+    m = market
+    await m.service.stop()  # the bank's service, with a 256 KiB bundle limit
+    service = BundleService(m.bus["bank"], limits=Limits(bundle=256 << 10))
+    await service.start()
+    try:
+        alice = m.ids["alice"]
+        proof = exec_by(alice, m.host, collect=["out"])
+        stored, refused = 0, None
+        for _ in range(8):  # 8 × 200 KiB: more than the 1 MiB bucket
+            try:
+                await client.push_bytes(m.host, os.urandom(200 << 10),
+                                        account=alice.public_key, proof=proof)
+                stored += 1
+            except Rejected as error:
+                refused = error.code
+                break
+        assert stored == 1 and refused == "bundle_too_large", (stored, refused)
+        assert await client.push_bytes(m.alice, os.urandom(200 << 10))  # room left
+    finally:
+        await service.stop()

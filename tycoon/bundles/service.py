@@ -15,7 +15,9 @@ digest: the chunks are read back and the object is named only if they hash to it
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections import OrderedDict
 from typing import Any
 
 from tycoon.bundles.client import Store, nats_digest
@@ -35,6 +37,9 @@ from tycoon.messages.jobs import HostExec
 UPLOAD_RE = re.compile(r"^[A-Za-z0-9]{8,22}$")
 RATE = RateLimit(rate=400.0, burst=800, max_pending=32, parallel=1)
 """Per key: 400 chunks/s (50 MiB/s), one at a time (a push's chunks arrive in order)."""
+PROOFS_KEPT = 10_000
+"""Proofs whose stored bytes are remembered (the oldest forgotten first; a bank restart
+forgets them all): one proof stores at most a bundle's worth of results."""
 
 
 def bucket_of(msg: Message, account: str | None, proof: bytes | None,
@@ -69,6 +74,8 @@ class BundleService:
     def __init__(self, bus: Bus, *, limits: Limits = LIMITS,
                  rate_limit: RateLimit | None = RATE) -> None:
         self.bus, self.limits = bus, limits
+        self.spent: OrderedDict[str, tuple[int, tuple[str, int]]] = OrderedDict()
+        """Bytes a host stored with one proof (by its hash), and its last chunk."""
         self.service = Service(
             bus, "tycoon-bundles",
             [Endpoint(request("put"), "bundle.put", self._put),
@@ -88,6 +95,8 @@ class BundleService:
             raise Rejected("malformed", "upload: 8-22 letters or digits; index: 0..2^20")
         digest = check_digest(body.digest) if body.digest is not None else None
         store = Store(self.bus.nc, bucket_of(msg, body.account, body.proof))
+        if body.account is not None and body.account != msg.sender and body.data:
+            self._spend(body.proof or b"", (body.upload, body.index), len(body.data))
         try:
             if body.data:
                 try:
@@ -100,6 +109,20 @@ class BundleService:
         finally:
             await store.close()
         return BundlePutReply(body.upload, body.index, digest).to_body()
+
+    def _spend(self, proof: bytes, chunk: tuple[str, int], size: int) -> None:
+        """Count a host's chunk against its proof: one job's results, one bundle's worth
+        (re-used, a proof would fill the account's bucket, where nothing expires)."""
+        key = hashlib.sha256(proof).hexdigest()
+        spent, last = self.spent.pop(key, (0, ("", -1)))
+        spent += size if chunk != last else 0  # a resent chunk counts once
+        if spent > self.limits.bundle:
+            self.spent[key] = (spent - size, last)
+            raise Rejected("bundle_too_large", "this job's results are stored already: one "
+                           f"host.exec stores at most {self.limits.bundle} bytes")
+        self.spent[key] = (spent, chunk)
+        while len(self.spent) > PROOFS_KEPT:
+            self.spent.popitem(last=False)
 
     async def _commit(self, store: Store, upload: str, digest: str) -> None:
         """Name the object only if its chunks, read back, hash to ``digest``."""
