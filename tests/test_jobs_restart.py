@@ -1,5 +1,6 @@
 """An auctioneer restart keeps its jobs running and re-adopts them (simulated driver: real,
-UNCONFINED processes of this user); a record pointing at someone else's pid adopts nothing.
+UNCONFINED processes of this user), with the exit status their shims wrote; a record
+pointing at someone else's pid adopts nothing.
 The same on the real kernel: tests/test_jobs_restart_cgroups.py."""
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ async def test_a_running_job_survives_a_restart_without_losing_output(
     await sub.unsubscribe()
     chunks = [e for e in events if isinstance(e, JobOutput)]
     done = events[-1]
-    assert isinstance(done, JobExit) and done.status is None  # not our child any more
+    assert isinstance(done, JobExit) and done.status == 0  # its shim's file: the real one
+    assert done.cpu_s > 0.0 and done.peak_memory > 0
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert b"".join(c.data for c in chunks).split() == [str(i).encode() for i in range(40)]
     assert not list(market.jobhost.state.path.glob(f"{reply['job']}.std*"))  # files gone
@@ -93,7 +95,7 @@ async def test_a_job_that_ended_while_the_host_was_down_is_reported(
     events = [e async for e in stream.events(timeout=10)]
     await sub.unsubscribe()
     assert b"".join(e.data for e in events if isinstance(e, JobOutput)) == b"late\n"
-    assert isinstance(events[-1], JobExit) and events[-1].status is None
+    assert isinstance(events[-1], JobExit) and events[-1].status == 0  # as its shim saw it
 
 
 async def test_a_record_pointing_at_a_foreign_pid_is_never_adopted_or_signalled(
@@ -169,4 +171,4 @@ async def test_a_frozen_job_stays_frozen_across_a_restart_and_thaws_when_funded(
     await user.jobs.signal(reply["job"], "KILL")  # through the restarted host
     events = [e async for e in stream.events(timeout=10)]
     await sub.unsubscribe()
-    assert isinstance(events[-1], JobExit) and events[-1].status is None
+    assert isinstance(events[-1], JobExit) and events[-1].status == -9  # the signal

@@ -3,9 +3,12 @@
 Part of the job adapter (:mod:`tycoon.auctioneer.jobhost`): each record in the host's state
 directory is read back; its last published chunks are published again (same ``seq``); its
 pid is adopted only if :func:`~tycoon.auctioneer.jobstate.refusal` finds it is still the
-process started (same boot, start time, session, uid and sandbox); any other record is a
-job that ended while the host was down — its output and ``job.exit`` (no status) go out and
-its pid, whoever has it now, is never signalled. docs/jobs.md "Restarts".
+process started (same boot, start time, session, uid and sandbox), and its shim (the
+parent writing its exit status) if :func:`~tycoon.auctioneer.jobstate.shim_refusal` does;
+the host watches the shim (else the program) and reads the status the shim wrote. Any
+other record is a job that ended while the host was down — its output and ``job.exit`` (the
+status its shim wrote, or none) go out and its pid, whoever has it now, is never signalled.
+docs/jobs.md "Restarts".
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import select
 from typing import TYPE_CHECKING
 
 from tycoon.auctioneer.jobs import EXITED, Job
-from tycoon.auctioneer.jobstate import from_record, refusal
+from tycoon.auctioneer.jobstate import from_record, refusal, shim_refusal
 from tycoon.vmm import jobs as runner
 from tycoon.vmm.jobs import Confinement
 
@@ -50,7 +53,11 @@ async def adopt(host: JobHost) -> None:
             continue
         output = host._outputs[job.id] = host.state.open_output(job.id)
         await host._republish(job, pending, output)
-        pidfd, reason = verify(job, host.confine) if same_boot else (None, "another boot")
+        pidfd, reason = None, "another boot"
+        if same_boot:  # its shim, whose end means its exit status is written; else itself
+            pidfd, reason = verify_shim(job, host.confine)
+            if pidfd is None:
+                pidfd, reason = verify(job, host.confine)
         job.adopted = pidfd is not None
         host.log.info("job adopted" if pidfd is not None else "job not adopted: ended",
                       job=job.id, pid=job.pid, reason=reason or "")
@@ -81,6 +88,25 @@ def verify(job: Job, confine: Confinement) -> tuple[int | None, str | None]:
     if fd is not None:
         os.close(fd)
     return None, reason or "gone"
+
+
+def verify_shim(job: Job, confine: Confinement) -> tuple[int | None, str | None]:
+    """(a pidfd of the job's shim, None) or (None, why that pid is not its shim)."""
+    fd = None
+    if job.shim_pid > 1:
+        with contextlib.suppress(OSError):
+            fd = os.pidfd_open(job.shim_pid)
+    stat = runner.proc_stat(job.shim_pid) if fd is not None else None
+    alive = stat is not None and fd is not None and not _readable(fd)
+    reason = shim_refusal(job, alive=alive, start_ticks=stat.start_ticks if stat else -1,
+                          uid=stat.uid if stat else -1, job_env=stat.job_env if stat else None,
+                          in_sandbox=confine.holds(job.account, job.shim_pid) if alive
+                          else None, confined=confine.confined, host_uid=os.getuid())
+    if reason is None and fd is not None and not _readable(fd):
+        return fd, None
+    if fd is not None:
+        os.close(fd)
+    return None, f"shim: {reason or 'gone'}"
 
 
 def _readable(fd: int) -> bool:

@@ -5,8 +5,10 @@ dot): per job ``<id>.stdout`` and ``<id>.stderr`` — created here and handed to
 its stdout and stderr (append-only descriptors; the job cannot reopen them, they are 0600
 and the directory is closed to it), read by the host and published, their read part freed
 on disk (hole punching) — and ``<id>.json``, the job's record
-(:mod:`tycoon.auctioneer.jobstate`); ``host.json`` holds the id prefix and counter, the
-boot id and the frozen accounts. Records are written atomically (temporary file, rename).
+(:mod:`tycoon.auctioneer.jobstate`); ``<id>.exit``, written once by the job's shim
+(:mod:`tycoon.vmm.jobshim`) when its program ended: status and rusage, the truth a host
+restarted meanwhile reads; ``host.json`` holds the id prefix and counter, the boot id and
+the frozen accounts. Records are written atomically (temporary file, rename).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tycoon.auctioneer.jobstate import STREAMS
+from tycoon.auctioneer.jobstate import STREAMS, exit_fields
 from tycoon.log import get_logger
 
 log = get_logger("auctioneer.jobfiles")
@@ -82,10 +84,24 @@ class StateDir:
                                       | os.O_CLOEXEC, 0o600)
         return Output(fds)
 
+    def exit_path(self, job: str) -> Path:
+        """Where the job's shim writes its exit status."""
+        return self.path / f"{job}.exit"
+
+    def read_exit(self, job: str) -> tuple[int, float, int] | None:
+        """(status, CPU seconds, peak memory) as the job's shim wrote them; None: not
+        (yet) written, or malformed."""
+        try:
+            with open(self.exit_path(job), "rb", opener=_nofollow) as handle:
+                return exit_fields(json.loads(handle.read(4096)))
+        except (OSError, ValueError):
+            return None
+
     def remove(self, job: str, *, record: bool = False) -> None:
-        """Delete a job's output files (and its record)."""
-        for suffix in (*STREAMS, *(("json",) if record else ())):
+        """Delete a job's output files and exit file (and its record)."""
+        for suffix in (*STREAMS, "exit", *(("json",) if record else ())):
             (self.path / f"{job}.{suffix}").unlink(missing_ok=True)
+        (self.path / f".{job}.exit.tmp").unlink(missing_ok=True)
 
     def save(self, name: str, data: dict[str, Any]) -> None:
         """Write ``<name>.json`` atomically (no fsync: a crash of the host's process, not of
@@ -106,3 +122,7 @@ class StateDir:
     def records(self) -> list[str]:
         """Names of the job records here (``host`` excluded)."""
         return sorted(p.stem for p in self.path.glob("*.json") if p.stem != "host")
+
+
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)

@@ -55,7 +55,10 @@ OPS = ("exec", "signal", "jobs")
 POLL_S = 0.02
 """A live job's output files are read this often (chunk latency ≤ this plus publishing)."""
 SAMPLE_S = 1.0
-"""An adopted job's CPU and memory are sampled this often (its exit has no rusage)."""
+"""An adopted job's CPU and memory are sampled this often (used if its shim's exit file is
+missing)."""
+PUBLISH_RETRY_S, PUBLISH_RETRY_MAX_S = 0.05, 2.0
+"""A refused publish is tried again after this, doubling up to the most."""
 
 
 @dataclass(frozen=True)
@@ -141,9 +144,11 @@ class JobHost:
             env = runner.base_env(account, job.id, home, request.env)
             output, theirs = self.state.create_output(job.id)
             try:
-                started = runner.spawn(request.argv, env=env, cwd=cwd, uid=uid,
-                                       procs_files=self.confine.procs_files(account),
-                                       stdout=theirs["stdout"], stderr=theirs["stderr"])
+                started = await runner.spawn(  # through its shim: its exit status is kept
+                    request.argv, env=env, cwd=cwd, uid=uid,
+                    procs_files=self.confine.procs_files(account), stdout=theirs["stdout"],
+                    stderr=theirs["stderr"], exit_file=self.state.exit_path(job.id),
+                    frozen=account in self.frozen)  # its cgroup is: it stops before exec
             except BaseException:
                 output.close()
                 self.state.remove(job.id)
@@ -156,10 +161,11 @@ class JobHost:
             raise
         self.table.started(job.id, started.pid, frozen)
         job.start_ticks, job.uid = started.start_ticks, uid if uid is not None else -1
+        job.shim_pid, job.shim_ticks = started.shim_pid, started.shim_ticks
         self._outputs[job.id] = output
         self._save(job)
         self._save_host()  # the id counter
-        pidfd = os.pidfd_open(started.pid)
+        pidfd = os.pidfd_open(started.shim_pid)  # it ends once the exit file is written
         if frozen:  # no share now: it starts frozen, with the account's other jobs
             self.frozen.discard(account)
             self._freeze(account, True)
@@ -248,6 +254,8 @@ class JobHost:
         for job in self.table.running(account):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(job.pid, signal.SIGKILL)
+        if tasks:  # their shims write the exit status, then what is left goes
+            await asyncio.wait(tasks, timeout=2.0)
         with contextlib.suppress(Rejected):
             self.confine.kill_rest(account)
         if tasks:
@@ -322,9 +330,10 @@ class JobHost:
         return subjects.job(subject_id(job.account), job.id, event)
 
     async def _watch(self, job: Job, process: Any, pidfd: int | None) -> None:
-        """Publish the job's output until it ends, then its exit. ``process``: the Popen of
-        a job this run started (its exit status and rusage come from ``wait4``); None for
-        an adopted one (status unknown, CPU and memory as last sampled)."""
+        """Publish the job's output until it ends, then its exit. ``pidfd``: of its shim
+        (or, adopted without one, of the program). ``process``: the shim's Popen of a job
+        this run started (reaped here); None for an adopted one. The exit status and rusage
+        are the shim's exit file's (missing: status unknown, CPU and memory as sampled)."""
         loop = asyncio.get_running_loop()
         ended = [pidfd is None]
         if pidfd is not None:
@@ -354,13 +363,11 @@ class JobHost:
 
     async def _ended(self, job: Job, process: Any) -> None:
         if job.state != EXITED:
-            status, cpu_s, peak = None, job.cpu_s, job.peak_memory
             if process is not None:
                 with contextlib.suppress(ChildProcessError):
-                    pid, raw, usage = os.wait4(job.pid, os.WNOHANG)
-                    if pid == job.pid:
-                        status = process.returncode = os.waitstatus_to_exitcode(raw)
-                        cpu_s, peak = usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+                    process.poll()  # reap the shim
+            status, cpu_s, peak = self.state.read_exit(job.id) or (
+                None, job.cpu_s, job.peak_memory)
             if job.id in self._outputs:
                 await self._drain(job)  # what it wrote last
             sig = -status if status is not None and status < 0 else None
@@ -371,7 +378,7 @@ class JobHost:
             await self._republish(job, self._pending.get(job.id, []), output)
         body = JobExit(job.id, job.seq, job.cpu_s, job.peak_memory, job.dropped,
                        status=job.status, **(await self._collect(job)))
-        await self.bus.publish(self._subject(job, "exit"), "job.exit", body.to_body())
+        await self._send(self._subject(job, "exit"), "job.exit", body.to_body())
         job.exit_sent = True
         self._pending[job.id] = []
         self._save(job)
@@ -422,12 +429,28 @@ class JobHost:
     async def _republish(self, job: Job, pending: list[Pending], output: Output) -> None:
         for p in pending:
             data = output.read(p.stream, p.offset, p.length)
-            await self.bus.publish(self._subject(job, "out"), "job.output", JobOutput(
+            await self._send(self._subject(job, "out"), "job.output", JobOutput(
                 job.id, p.seq, p.stream, data, p.dropped or None).to_body())
 
     async def _publish(self, chunk: Chunk, job: Job) -> None:
         body = JobOutput(chunk.job, chunk.seq, chunk.stream, chunk.data, chunk.dropped or None)
-        await self.bus.publish(self._subject(job, "out"), "job.output", body.to_body())
+        await self._send(self._subject(job, "out"), "job.output", body.to_body())
+
+    async def _send(self, subject: str, kind: str, body: dict[str, Any]) -> None:
+        """Publish, retrying with backoff while the bus refuses (a full buffer, a
+        disconnect): the watcher lives on, and a chunk sent again has the same ``seq``."""
+        delay = PUBLISH_RETRY_S
+        while True:
+            try:
+                await self.bus.publish(subject, kind, body)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self.log.warning("job event not published, retrying", kind=kind,
+                                 error=str(error)[:200], retry_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, PUBLISH_RETRY_MAX_S)
 
 
 __all__ = ["FROZEN", "JobConfig", "JobHost"]

@@ -86,6 +86,10 @@ class Job:
     has another, so a restarted host never adopts a stranger."""
     uid: int = -1
     """The uid it runs as (-1: this host's own user, unconfined)."""
+    shim_pid: int = 0
+    shim_ticks: int = 0
+    """Its parent, the shim that writes its exit status (``tycoon.vmm.jobshim``), and that
+    process's start time; 0: none (a record of an older version)."""
     state: str = RUNNING
     seq: int = 0
     sent: int = 0
@@ -94,7 +98,7 @@ class Job:
     tokens: float = 0.0
     refilled_ns: int = 0
     status: int | None = None
-    """Exit code (−N: signal N); None once exited: unknown (re-adopted after a restart)."""
+    """Exit code (−N: signal N); None once exited: unknown (its shim's exit file is gone)."""
     signal: int | None = None
     cpu_s: float = 0.0
     peak_memory: int = 0
@@ -111,7 +115,7 @@ class Job:
     offsets: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
     """Bytes of each output file read so far (the adapter's)."""
     adopted: bool = False
-    """Re-adopted by a restarted host (its exit status will be unknown)."""
+    """Re-adopted by a restarted host (its shim reports its exit status)."""
     exit_sent: bool = False
 
     def view(self) -> dict[str, Any]:

@@ -12,7 +12,9 @@ back a pid only if it is still the process it started — same boot, same start 
 the leader of its own session, and (confined) still running as the account's uid inside
 the account's cgroup, or (unconfined, the simulated driver) still carrying
 ``TYCOON_JOB=<id>`` in its environment. Anything else is a stranger that got the pid: it is
-never signalled; the job is reported ended with an unknown exit status. docs/jobs.md.
+never signalled. :func:`shim_refusal` decides the same of the job's shim (its parent, which
+writes its exit status: :func:`exit_fields` reads it), so the job ends with its real status
+— unknown only if the shim's file is missing. docs/jobs.md.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def to_record(job: Job, pending: list[Pending]) -> dict[str, Any]:
     return {
         "id": job.id, "account": job.account, "argv": list(job.argv),
         "started_ns": job.started_ns, "pid": job.pid, "start_ticks": job.start_ticks,
-        "uid": job.uid, "state": job.state, "seq": job.seq, "sent": job.sent,
+        "uid": job.uid, "shim": [job.shim_pid, job.shim_ticks], "state": job.state,
+        "seq": job.seq, "sent": job.sent,
         "dropped": job.dropped, "marked": job.marked, "status": job.status,
         "signal": job.signal, "cpu_s": job.cpu_s, "peak_memory": job.peak_memory,
         "ended_ns": job.ended_ns, "offsets": dict(job.offsets), "adopted": job.adopted,
@@ -64,6 +67,8 @@ def from_record(data: dict[str, Any]) -> tuple[Job, list[Pending]]:
                   _int(data["started_ns"]),
                   pid=_int(data["pid"]), start_ticks=_int(data["start_ticks"]),
                   uid=_int(data["uid"], low=-1), state=_state(data["state"]),
+                  shim_pid=_int(_list(data.get("shim", [0, 0]))[0]),
+                  shim_ticks=_int(_list(data.get("shim", [0, 0]))[1]),
                   seq=_int(data["seq"]), sent=_int(data["sent"]), dropped=_int(data["dropped"]),
                   marked=bool(data["marked"]),
                   status=None if data["status"] is None else _int(data["status"], low=-64),
@@ -106,6 +111,42 @@ def refusal(job: Job, *, alive: bool, start_ticks: int, sid: int, uid: int,
     elif job_env != job.id:
         return "no TYCOON_JOB of this job in its environment"
     return None
+
+
+def shim_refusal(job: Job, *, alive: bool, start_ticks: int, uid: int, job_env: str | None,
+                 in_sandbox: bool | None, confined: bool, host_uid: int) -> str | None:
+    """Why the process now at ``job.shim_pid`` must not be taken as the job's shim (the
+    process whose end means the exit file is written); None: it is. Like :func:`refusal`:
+    same start time, and (confined) still this host's uid (root: the job's uid cannot have
+    replaced it) inside the account's cgroup, or (unconfined) ``TYCOON_JOB`` of this job."""
+    if job.shim_pid <= 1:
+        return "no shim"
+    if not alive:
+        return "gone"
+    if start_ticks != job.shim_ticks:
+        return "pid reused (another start time)"
+    if confined:
+        if uid != host_uid:
+            return "runs as another uid"
+        if in_sandbox is not True:
+            return "not in the account's sandbox"
+    elif job_env != job.id:
+        return "no TYCOON_JOB of this job in its environment"
+    return None
+
+
+def exit_fields(data: Any) -> tuple[int, float, int] | None:
+    """(status, CPU seconds, peak memory) from a shim's exit file; None if malformed."""
+    if not isinstance(data, dict):
+        return None
+    status, cpu_s, peak = data.get("status"), data.get("cpu_s"), data.get("peak_memory")
+    if isinstance(status, bool) or not isinstance(status, int) or not -64 <= status <= 255:
+        return None
+    if isinstance(cpu_s, bool) or not isinstance(cpu_s, int | float) or not 0 <= cpu_s < 1e12:
+        return None
+    if isinstance(peak, bool) or not isinstance(peak, int) or peak < 0:
+        return None
+    return status, float(cpu_s), peak
 
 
 def _int(value: Any, low: int = 0) -> int:

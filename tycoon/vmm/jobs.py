@@ -14,15 +14,18 @@ work inside the VM (docs/drivers.md). See docs/jobs.md.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import hashlib
 import json
 import os
 import pwd
 import signal
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,12 +94,16 @@ def _system_user(uid: int) -> bool:
 
 @dataclass(frozen=True)
 class Started:
-    """A spawned job process."""
+    """A spawned job: its program, and the shim that is its parent (:mod:`.jobshim`)."""
 
     process: subprocess.Popen[bytes]
+    """The shim (this process's child; the program is the shim's)."""
     pid: int
+    """The program: its own session and process group (signals go there)."""
     start_ticks: int
-    """Its start time (clock ticks since boot): the pid's identity."""
+    """The program's start time (clock ticks since boot): the pid's identity."""
+    shim_pid: int = 0
+    shim_ticks: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,50 +115,107 @@ class ProcStat:
     uid: int
     job_env: str | None
     """Its ``TYCOON_JOB`` (None: absent, or its environment is unreadable)."""
+    ppid: int = 0
 
 
-def spawn(argv: Sequence[str], *, env: dict[str, str], cwd: Path, uid: int | None,
-          procs_files: Sequence[Path] = (), stdout: int, stderr: int) -> Started:
-    """Start ``argv`` with stdin from /dev/null and stdout/stderr on the given descriptors
-    (the host's output files, so the job outlives the host's process), in its own
-    session, inside the cgroups whose ``cgroup.procs`` files are given, as ``uid`` (gid
-    the same, no supplementary groups; None: as this process's user, unconfined).
+SHIM = Path(__file__).with_name("jobshim.py")
+SHIM_TIMEOUT_S = 10.0
+"""How long a start may take (the shim's interpreter, the program's exec) before it fails."""
+
+
+async def spawn(argv: Sequence[str], *, env: dict[str, str], cwd: Path, uid: int | None,
+                procs_files: Sequence[Path] = (), stdout: int, stderr: int,
+                exit_file: Path, frozen: bool = False) -> Started:
+    """Start ``argv`` through its shim (:mod:`.jobshim`): stdin /dev/null, stdout/stderr on
+    the given descriptors (the host's output files, so the job outlives the host's
+    process), in its own session, inside the cgroups whose ``cgroup.procs`` files are
+    given, as ``uid`` (gid the same, no supplementary groups; None: as this process's user,
+    unconfined); the shim writes its exit status to ``exit_file``.
 
     A start failure (no such program, no permission, cgroup refused) raises
-    ``Rejected("malformed"|"driver_failed")`` naming it; nothing keeps running then."""
+    ``Rejected("malformed"|"forbidden"|"driver_failed")`` naming it; nothing keeps running
+    then. ``frozen``: the account's cgroup is frozen, the program stops before its exec —
+    this returns once it is forked, and a failed exec ends the job with status 127 (its
+    reason on the job's stderr)."""
     if uid is not None and os.geteuid() != 0:
         raise Rejected("driver_failed", "running jobs as their own uid needs root")
-    files = [str(p) for p in procs_files]
-    workdir = str(cwd)
-
-    def enter() -> None:  # in the child, between fork and exec: no allocation-heavy work
-        pid = str(os.getpid())
-        for name in files:
-            fd = os.open(name, os.O_WRONLY)
-            try:
-                os.write(fd, pid.encode())
-            finally:
-                os.close(fd)
-        if uid is not None:
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-        os.chdir(workdir)
-
+    spec = {"argv": list(argv), "env": env, "cwd": str(cwd),
+            "uid": -1 if uid is None else uid, "procs": [str(p) for p in procs_files],
+            "exit": str(exit_file)}
+    memfd = os.memfd_create("tycoon-job", os.MFD_CLOEXEC)
+    read_end, write_end = os.pipe()
     try:
+        os.write(memfd, json.dumps(spec).encode())
+        os.lseek(memfd, 0, os.SEEK_SET)
         process = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env,
-            close_fds=True, start_new_session=True,
-            preexec_fn=enter,  # the cgroup and the uid are set before exec
-        )
-    except FileNotFoundError as error:
-        raise Rejected("malformed", f"no such program: {argv[0][:200]}") from error
-    except PermissionError as error:
-        raise Rejected("forbidden", f"cannot run {argv[0][:200]}: {error.strerror}") from error
-    except (OSError, subprocess.SubprocessError) as error:
-        raise Rejected("driver_failed", f"cannot start the job: {error}") from error
-    stat = proc_stat(process.pid)
-    return Started(process, process.pid, stat.start_ticks if stat else 0)
+            [sys.executable, "-I", "-S", "-B", str(SHIM), str(write_end)], stdin=memfd,
+            stdout=stdout, stderr=stderr, close_fds=True, pass_fds=(write_end,),
+            start_new_session=True, env={"PATH": PATH, "TYCOON_JOB": env["TYCOON_JOB"]})
+    except OSError as error:
+        os.close(read_end)
+        raise Rejected("driver_failed", f"cannot start the job's shim: {error}") from error
+    finally:
+        os.close(memfd)
+        os.close(write_end)
+    try:
+        lines = await _lines(read_end, 1 if frozen else 2)
+    finally:
+        os.close(read_end)
+    pid = int(lines[0].split()[1]) if lines and lines[0].startswith("pid ") else 0
+    if len(lines) < (1 if frozen else 2) or pid <= 1:
+        _abandon(process, pid)
+        raise Rejected("driver_failed", "the job's shim did not start it in time")
+    if not frozen and lines[1] != "ok":
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=2.0)  # it exits at once (its exit file: status 127)
+        number, stage = [*lines[1].split(), "0", "?"][1:3]
+        reason = os.strerror(int(number)) if number.isdigit() else "?"
+        if stage == "exec" and number == str(errno.ENOENT):
+            raise Rejected("malformed", f"no such program: {argv[0][:200]}")
+        if stage == "exec" and number in (str(errno.EACCES), str(errno.EPERM)):
+            raise Rejected("forbidden", f"cannot run {argv[0][:200]}: {reason}")
+        raise Rejected("driver_failed", f"cannot start the job ({stage}): {reason}")
+    stat, shim = proc_stat(pid), proc_stat(process.pid)
+    return Started(process, pid, stat.start_ticks if stat else 0, process.pid,
+                   shim.start_ticks if shim else 0)
+
+
+async def _lines(fd: int, count: int) -> list[str]:
+    """The first ``count`` lines the shim writes on ``fd`` (fewer: it ended or timed out)."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    data = b""
+    ready = asyncio.Event()
+    loop.add_reader(fd, ready.set)
+    try:
+        deadline = loop.time() + SHIM_TIMEOUT_S
+        while data.count(b"\n") < count:
+            ready.clear()
+            try:
+                part = os.read(fd, 4096)
+            except BlockingIOError:
+                try:
+                    await asyncio.wait_for(ready.wait(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    break
+                continue
+            if not part:
+                break
+            data += part
+    finally:
+        loop.remove_reader(fd)
+    return [line.decode(errors="replace") for line in data.split(b"\n")[:count] if line]
+
+
+def _abandon(process: subprocess.Popen[bytes], pid: int) -> None:
+    """A start that failed half-way: kill the program's group and the shim, reap the shim."""
+    if pid > 1:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        process.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=2.0)
 
 
 def proc_stat(pid: int) -> ProcStat | None:
@@ -169,7 +233,8 @@ def proc_stat(pid: int) -> ProcStat | None:
         for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
             if item.startswith(b"TYCOON_JOB="):
                 job_env = item[len(b"TYCOON_JOB="):].decode("ascii", "replace")
-    return ProcStat(int(fields[19]), int(fields[3]), uid, job_env)  # starttime, session
+    return ProcStat(int(fields[19]), int(fields[3]), uid, job_env,  # starttime, session
+                    int(fields[1]))  # ppid
 
 
 def boot_id() -> str:
