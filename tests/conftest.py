@@ -29,6 +29,8 @@ def pytest_configure_node(node: Any) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # the tests run as root, and some run an auctioneer with --jobs on the simulated driver
+    os.environ.setdefault("TYCOON_UNCONFINED_JOBS", "1")  # tycoon.cli.jobs.UNCONFINED_ENV
     given = getattr(config, "workerinput", {}).get("terminal_env")
     for name, value in (given or {}).items():
         if value is None:

@@ -7,6 +7,7 @@ longer than its bid lasts must start its job frozen."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import sys
@@ -22,6 +23,7 @@ from tycoon.auctioneer import jobhost
 from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.auctioneer.jobs import Limits
 from tycoon.bundles import client
+from tycoon.cli.jobs import UNCONFINED_ENV, add_serve_arguments, job_config
 from tycoon.errors import Rejected
 from tycoon.messages.jobs import JobExit
 from tycoon.vmm.cgroupfs import read_text
@@ -170,3 +172,24 @@ async def test_a_planted_link_as_cwd_neither_escapes_nor_probes_the_host(
             raise AssertionError(f"a job started in {name}")
     assert len(set(answers.values())) == 1, answers
     assert len(setup.market.jobhost.table.running(mallory.key)) == 0
+
+
+def _serve_args(tmp_path: Path, *argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    return parser.parse_args(["--jobs", str(tmp_path / "jobs"), *argv])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the footgun needs root")
+def test_root_never_runs_users_jobs_unconfined_by_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auctioneer serve --jobs DIR`` as root with the default (simulated) driver would run
+    every admitted user's argv as root: refused unless explicitly asked for."""
+    monkeypatch.delenv(UNCONFINED_ENV, raising=False)
+    with pytest.raises(Rejected) as refused:
+        job_config(_serve_args(tmp_path), "simulated", tmp_path / "host.db")
+    assert refused.value.code == "driver_failed" and "root" in refused.value.message
+    config = job_config(_serve_args(tmp_path), "cgroups", tmp_path / "host.db")
+    assert config is not None and config.uid_file is not None  # per-account uids
+    monkeypatch.setenv(UNCONFINED_ENV, "1")  # tests and the demo, knowingly
+    assert job_config(_serve_args(tmp_path), "simulated", tmp_path / "host.db") is not None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,10 +65,19 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help="bytes/s of output published per job")
 
 
+UNCONFINED_ENV = "TYCOON_UNCONFINED_JOBS"
+"""Set to 1 to let root run jobs on a driver that confines nothing (tests, the demo)."""
+
+
 def job_config(args: argparse.Namespace, driver_name: str, store: Path) -> JobConfig | None:
     """The auctioneer's job config from ``serve``'s options (None without ``--jobs``)."""
     if not getattr(args, "jobs", None):
         return None
+    if driver_name != "cgroups" and os.geteuid() == 0 and os.environ.get(UNCONFINED_ENV) != "1":
+        raise Rejected("driver_failed", f"the {driver_name} driver runs jobs unconfined, as "
+                       "this process's user: as root every admitted user would run commands "
+                       "as root here. Use --driver cgroups (per-account uids), run as an "
+                       f"unprivileged user, or set {UNCONFINED_ENV}=1 (tests, the demo)")
     low, _, high = str(args.job_uids).partition("-")
     try:
         uids = (int(low), int(high))
