@@ -10,6 +10,7 @@ import pytest
 
 from tycoon.bus.keys import KeyStore
 from tycoon.cli.main import main
+from tycoon.deploy import Deployment
 from tycoon.natsconf import load_principals
 
 
@@ -41,3 +42,20 @@ def test_an_admitted_name_cannot_smuggle_a_capability_a_role_or_a_line(
     assert not any(p.capabilities for p in load_principals(box / "principals.conf"))
     assert evil not in (box / "nats.conf").read_text()
     assert run(box, "admit", "user", "mallory", mallory) == 0  # a plain name is fine
+
+
+def test_an_admit_naming_anothers_key_leaves_no_poisoned_line(tmp_path: Path) -> None:
+    """A hostile principal's admit line carries the bank's public key under its own name:
+    refused — and nothing is left behind in principals.conf that would make every later
+    admit and render fail until the file is edited by hand."""
+    box = tmp_path / "box"
+    assert run(box, "init", "--local") == 0
+    deployment = Deployment.load(box)
+    bank = deployment.public_key(deployment.bank_key)
+    path = box / "principals.conf"
+    before = path.read_text() if path.exists() else ""
+    assert run(box, "admit", "user", "mallory", bank) == 1
+    assert (path.read_text() if path.exists() else "") == before
+    carol = KeyStore(tmp_path / "lap").create("carol").public_key
+    assert run(box, "admit", "user", "carol", carol) == 0  # the next admit works
+    assert f"nkey: {carol}" in (box / "nats.conf").read_text()

@@ -117,12 +117,21 @@ def cmd_admit(args: argparse.Namespace) -> int:
                                     "copy it from `tycoon key show` on the principal's machine")
     slot = {"bank": deployment.bank_key, "operator": deployment.operator_key,
             "sls": deployment.sls_key}.get(args.role)
-    if (args.role in PINNED_ROLES and args.name == slot) or _is_spec(deployment, args.name):
-        _pin(deployment, args.name, args.public_key, args.role, args.rotate)
-    else:
-        _list(deployment.home / PRINCIPALS_NAME,
-              Principal(args.public_key, args.role, args.name, frozenset(args.cap)), args.rotate)
-    return _render(deployment, f"admitted {args.name} as {args.role}: {args.public_key}")
+    path = deployment.home / PRINCIPALS_NAME
+    before = path.read_text() if path.exists() else None
+    try:
+        if (args.role in PINNED_ROLES and args.name == slot) or _is_spec(deployment, args.name):
+            _pin(deployment, args.name, args.public_key, args.role, args.rotate)
+        else:
+            _list(path, Principal(args.public_key, args.role, args.name, frozenset(args.cap)),
+                  args.rotate)
+        return _render(deployment, f"admitted {args.name} as {args.role}: {args.public_key}")
+    except BaseException:  # e.g. the key is another principal's: leave no line that would
+        if before is None:  # make every later render fail
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(before)
+        raise
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
