@@ -19,7 +19,7 @@ from tycoon.agent.tasks import DONE, QUEUED, RUNNING, Bag, Seat, Task
 from tycoon.bus.envelope import Message
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.errors import Rejected
-from tycoon.messages.jobs import JobExit, JobOutput
+from tycoon.messages.jobs import HostExecReply, HostJobsReply, HostSignalReply, JobExit, JobOutput
 
 ME = Identity.generate().public_key
 OTHER = Identity.generate().public_key
@@ -41,14 +41,16 @@ class FakeHost:
     async def exec(self, argv: list[str], **options: Any) -> dict[str, Any]:
         self.started.append(argv)
         self.options = options
-        return {"job": f"j{len(self.started)}", "account": self.account}
+        job = f"j{len(self.started)}"
+        return HostExecReply(job, self.account, f"tycoon.job.x.{job}.out", 100, -1,
+                             "running").to_body()
 
     async def jobs(self) -> dict[str, Any]:
-        return {"account": self.account, "jobs": self.listed, "cores": 2}
+        return HostJobsReply(self.account, self.listed, 0.0, 0, False, cores=2).to_body()
 
     async def signal(self, job: str, sig: str) -> dict[str, Any]:
         self.signals.append((job, sig))
-        return {"job": job, "signal": 9, "state": "running"}
+        return HostSignalReply(job, 9, "running").to_body()
 
 
 def exit_job(run: TaskRunner, job: str, status: int) -> None:

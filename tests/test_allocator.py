@@ -18,6 +18,7 @@ from tycoon.agent.allocator import MIN_DURATION_S, PARK_S, Allocator
 from tycoon.agent.journal import Journal
 from tycoon.agent.planner import Plan
 from tycoon.errors import Rejected
+from tycoon.messages.market import HostAccountReply, HostBidReply, HostFundReply, HostRefundReply
 from tycoon.units import NS
 
 
@@ -90,8 +91,9 @@ class FakeHost:
 
     async def account(self) -> dict[str, Any]:
         self._spend()
-        return {"balance": self.balance,
-                "bid": {"expires_ns": int(self.expires * NS)} if self.expires else None}
+        return HostAccountReply(
+            "agent", True, self.balance, 0, 0, 0, str(self.balance),
+            bid={"expires_ns": int(self.expires * NS)} if self.expires else None).to_body()
 
     async def fund(self, receipt: bytes) -> dict[str, Any]:
         self.calls += 1
@@ -101,7 +103,7 @@ class FakeHost:
         self._spend()
         self.redeemed.add(transfer_id)
         self.balance += int(amount)
-        return {"balance": self.balance}
+        return HostFundReply("agent", transfer_id, int(amount), self.balance).to_body()
 
     async def bid(self, spec: str, duration: str) -> dict[str, Any]:
         self.calls += 1
@@ -109,7 +111,8 @@ class FakeHost:
         seconds = int(duration.removesuffix("s"))
         self.durations.append(seconds)
         self.expires = self.clock() + seconds
-        return {"expires_ns": int(self.expires * NS), "allocation": {"balance": self.balance}}
+        return HostBidReply("agent", spec, int(self.expires * NS), {"balance": self.balance},
+                            {"cpu": 1.0}).to_body()
 
     async def refund(self) -> dict[str, Any]:
         self.calls += 1
@@ -119,8 +122,8 @@ class FakeHost:
             raise Rejected("no_funds", "the host account holds nothing to refund")
         self.refunds += 1
         self.bank.pay_us(self.key, amount, f"refund-{self.key}-{self.refunds}")
-        return {"refunds": [{"refund_id": f"refund-{self.key}-{self.refunds}",
-                             "amount": amount}]}
+        return HostRefundReply("agent", [{"refund_id": f"refund-{self.key}-{self.refunds}",
+                                          "amount": amount}], 0).to_body()
 
     async def status(self) -> dict[str, Any]:
         self._spend()
@@ -171,7 +174,7 @@ async def test_first_plan_funds_and_bids_every_host_to_the_end(tmp_path: Path) -
 async def test_bids_in_flight_are_marked_and_their_replies_reported(tmp_path: Path) -> None:
     m = Market(tmp_path, 10**6)
     seen: list[set[str]] = []
-    replies: list[tuple[str, dict[str, Any]]] = []
+    replies: list[tuple[str, HostBidReply]] = []
     for host in m.hosts.values():
         bid = host.bid
 
@@ -184,7 +187,7 @@ async def test_bids_in_flight_are_marked_and_their_replies_reported(tmp_path: Pa
     await start(m, {"h0": 100.0, "h1": 50.0})
     assert seen and all(s <= {"h0", "h1"} and s for s in seen)
     assert sorted(h for h, _ in replies) == ["h0", "h1"]
-    assert all("expires_ns" in reply for _, reply in replies)
+    assert all(reply.expires_ns > 0 and reply.prices == {"cpu": 1.0} for _, reply in replies)
     assert not m.allocator.bidding  # nothing in flight once done
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from polling import subscribed, until
@@ -16,8 +17,10 @@ from tycoon.bus.envelope import Message, open_envelope, seal
 from tycoon.bus.keys import Identity, host_id
 from tycoon.bus.service import Endpoint, Service
 from tycoon.cli.status import discover, healthy
-from tycoon.cli.tap import line_for
+from tycoon.cli.tap import line_for, summarize
 from tycoon.cli.top import MarketView
+from tycoon.messages.agent import AgentRebid, AgentWarning
+from tycoon.messages.market import Alloc
 from tycoon.natsserver import NatsServer
 
 pytestmark = pytest.mark.nats
@@ -75,8 +78,8 @@ def test_market_view_folds_events() -> None:
     view = MarketView()
     subject = subjects.price(HID)
     view.feed(open_envelope(seal(HOST, "price", PRICE, subject=subject)))
-    alloc = {"host": HID, "seq": 1, "accounts": {"Uabc": {"cpu": 0.75, "memory": 0.5,
-                                                           "balance": 5_000_000}}}
+    alloc = Alloc(HID, 1, {"Uabc": {"cpu": 0.75, "memory": 0.5, "rate": {"cpu": 7_250_000}}},
+                  {}, {}).to_body()
     view.feed(open_envelope(seal(HOST, "alloc", alloc, subject=subjects.alloc(HID))))
     bank, payer = Identity.generate(), Identity.generate()
     receipt = make_receipt(bank, transfer_id="t1", payer=payer.public_key,
@@ -84,16 +87,29 @@ def test_market_view_folds_events() -> None:
                            settled_ns=1)
     view.feed(open_envelope(seal(bank, "bank.settled", {"receipts": [receipt]},
                                  subject=subjects.BANK_SETTLED)))
-    view.feed(open_envelope(seal(HOST, "agent.rebid", {"summary": "moved 3 bids"},
+    rebid = AgentRebid(epoch=2, reason="price moved", summary="moved 3 bids", funded={},
+                       refunded={}, errors={}).to_body()
+    view.feed(open_envelope(seal(HOST, "agent.rebid", rebid,
                                  subject=subjects.agent("a1", "rebid"))))
+    warning = AgentWarning("host down", {"host": HID}).to_body()
+    view.feed(open_envelope(seal(HOST, "agent.warning", warning,
+                                 subject=subjects.agent("a1", "warning"))))
     assert view.hosts[HID].name == "alpha" and view.hosts[HID].accounts["Uabc"]["cpu"] == 0.75
-    assert "1.5" in view.transfers[0] and "rebid moved 3 bids" in view.decisions[0]
+    assert "1.5" in view.transfers[0] and "rebid moved 3 bids" in view.decisions[1]
+    assert "warning host down" in view.decisions[0]
+    # bodies their class refuses are counted, not shown (nor do they blank a host's rows)
+    events = view.events
+    for kind, body in (("alloc", {"host": HID, "seq": 2, "accounts": {}}),
+                       ("agent.rebid", {"summary": "half a body"})):
+        view.feed(open_envelope(seal(HOST, kind, body, subject=subjects.alloc(HID))))
+    assert view.events == events + 2 and "half a body" not in " ".join(view.decisions)
+    assert view.hosts[HID].accounts
     from rich.console import Console
 
     console = Console(width=160, record=True)
     console.print(view.render())
     text = console.export_text()
-    assert "alpha" in text and "75.0%" in text and "5" in text
+    assert "alpha" in text and "75.0%" in text and "7.2500" in text
 
 
 async def test_status_discovers_micro_services_and_checks(nats_url: str) -> None:
@@ -138,3 +154,20 @@ def test_tap_shows_logged_receipts_as_receipts() -> None:
     forged[-1] ^= 1
     assert "REJECTED bad_signature" in line_for(subject, bytes(forged), bus, as_json=False,
                                                  raw=False)
+
+
+def test_tap_reads_each_body_with_its_class() -> None:
+    def line(kind: str, body: dict[str, Any], subject: str) -> str:
+        return summarize(open_envelope(seal(HOST, kind, body, subject=subject)))
+
+    alloc = Alloc(HID, 3, {"Uabcdefghij": {"cpu": 0.25}}, {}, {}).to_body()
+    assert line("alloc", alloc, subjects.alloc(HID)) == f"host={HID} accounts=1 Uabcdefg:cpu=0.25"
+    assert line("alloc", {"host": HID, "accounts": {}}, subjects.alloc(HID)) \
+        == "malformed alloc: missing field 'seq'"
+    rebid = AgentRebid(2, "moved", "3 bids", {}, {}, {}).to_body()
+    assert line("agent.rebid", rebid, subjects.agent("a1", "rebid")).startswith(
+        "epoch=2 reason=moved summary=3 bids")
+    assert line("agent.rebid", {"summary": "x"}, subjects.agent("a1", "rebid")) \
+        == "malformed agent.rebid: missing field 'epoch'"
+    assert line("price", {**PRICE, "seq": "one"}, subjects.price(HID)).startswith(
+        "malformed price:")

@@ -35,6 +35,8 @@ from tycoon.bus.envelope import Message
 from tycoon.bus.keys import subject_id
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
+from tycoon.messages.agent import AgentPlan, AgentRebid, AgentSettled, AgentWarning
+from tycoon.messages.market import Alloc, HostBidReply
 from tycoon.messages.price import PriceUpdate
 
 __all__ = ["WATCHED", "Agent", "AgentConfig", "AgentParts", "Summary", "sls_candidate"]
@@ -122,7 +124,7 @@ class Agent:
     async def warn(self, message: str, **detail: Any) -> None:
         self.summary.warnings.append(message)
         self.log.warning("warning", message=message, **detail)
-        await self.publish("warning", {"message": message, **detail})
+        await self.publish("warning", AgentWarning(message, detail).to_body())
 
     async def run(self) -> Summary:
         """Plan, follow the market and rebid until the deadline; then refund."""
@@ -233,11 +235,9 @@ class Agent:
         word on the same (the host publishes before replying, on one connection)."""
         return subject.rsplit(".", 1)[-1] in self.allocator.bidding
 
-    def _on_bid_reply(self, host: str, reply: dict[str, Any]) -> None:
+    def _on_bid_reply(self, host: str, reply: HostBidReply) -> None:
         """Take the host's price from its reply to our bid (see _own_bid_in_flight)."""
-        prices = reply.get("prices")
-        self.core.bid_reply(host, prices.get(self.config.resource)
-                            if isinstance(prices, dict) else None)
+        self.core.bid_reply(host, reply.prices.get(self.config.resource))
 
     async def _on_price(self, msg: Message) -> None:
         host = subjects.host_of(msg.subject)  # the subject the bus checked it was signed for
@@ -260,16 +260,19 @@ class Agent:
 
     async def _on_alloc(self, msg: Message) -> None:
         """The host's own word on our bid: its rate and our balance there."""
-        host = msg.body.get("host")
-        if not isinstance(host, str) or subject_id(msg.sender) != host:
+        try:
+            alloc = Alloc.from_body(msg.body)
+        except Rejected:
             return
-        accounts = msg.body.get("accounts")
-        mine = accounts.get(self.bus.identity.public_key) if isinstance(accounts, dict) else None
+        host = alloc.host
+        if subject_id(msg.sender) != host:
+            return
+        mine = alloc.accounts.get(self.bus.identity.public_key)
         if isinstance(mine, dict):
             rate = (mine.get("rate") or {}).get(self.config.resource)
             if isinstance(rate, int | float):
                 self.core.allocation(host, float(rate), self.clock())
-        elif isinstance(accounts, dict) and not msg.body.get("truncated"):
+        elif not alloc.truncated:
             self.core.allocation(host, 0.0, self.clock())
 
     async def _on_snapshot(self, msg: Message) -> None:
@@ -309,13 +312,13 @@ class Agent:
         epoch = self.journal.next_epoch()
         self._settling_epoch = epoch  # a settlement still running for an older plan stops
         self.summary.plans += 1
-        await self.publish("plan", {
-            "epoch": epoch, "summary": candidate.summary(), "reason": why,
-            "utility": candidate.utility, "spend_rate": candidate.spend_rate,
-            "probability": self.config.probability, "cushion": self.core.cushion(candidate),
-            "hosts": {h: {"balance": candidate.balances[h], "rate": candidate.rates[h],
-                          "share": candidate.shares.get(h, 0.0)} for h in candidate.hosts},
-        })
+        await self.publish("plan", AgentPlan(
+            epoch=epoch, summary=candidate.summary(), reason=why,
+            utility=candidate.utility, spend_rate=candidate.spend_rate,
+            probability=self.config.probability, cushion=self.core.cushion(candidate),
+            hosts={h: {"balance": candidate.balances[h], "rate": candidate.rates[h],
+                       "share": candidate.shares.get(h, 0.0)} for h in candidate.hosts},
+        ).to_body())
         outcome = await self.allocator.retarget(candidate, epoch, self.payees, evaluation.end,
                                                 budget=self.config.budget)
         answered_at = self.timer()
@@ -327,13 +330,13 @@ class Agent:
             latency = (outcome.placed_at - changed_at) * 1000
             self.summary.rebid_latencies_ms.append(latency)
             self.summary.answer_latencies_ms.append((answered_at - changed_at) * 1000)
-        await self.publish("rebid", {
-            "epoch": epoch, "reason": f"{reason}: {why}",
-            "summary": f"{len(outcome.bids)} bids, funded {len(outcome.funded)}",
-            "funded": outcome.funded, "refunded": outcome.refunded, "errors": outcome.errors,
-            "latency_ms": latency,
-            "answer_ms": self.summary.answer_latencies_ms[-1] if latency is not None else None,
-        })
+        await self.publish("rebid", AgentRebid(
+            epoch=epoch, reason=f"{reason}: {why}",
+            summary=f"{len(outcome.bids)} bids, funded {len(outcome.funded)}",
+            funded=outcome.funded, refunded=outcome.refunded, errors=outcome.errors,
+            latency_ms=latency,
+            answer_ms=self.summary.answer_latencies_ms[-1] if latency is not None else None,
+        ).to_body())
         await self._follow_prices()
         task = asyncio.create_task(self._settle_later(candidate, epoch, evaluation.end))
         self._settling.add(task)
@@ -358,11 +361,10 @@ class Agent:
         if self._settling_epoch == epoch and (outcome.funded or outcome.refunded):
             self.summary.settle_ms.append((self.timer() - started) * 1000)
         if outcome.funded or outcome.refunded or outcome.errors:
-            await self.publish("settled", {
-                "epoch": epoch, "funded": outcome.funded, "refunded": outcome.refunded,
-                "errors": outcome.errors,
-                "superseded": self._settling_epoch != epoch,
-            })
+            await self.publish("settled", AgentSettled(
+                epoch=epoch, funded=outcome.funded, refunded=outcome.refunded,
+                errors=outcome.errors, superseded=self._settling_epoch != epoch,
+            ).to_body())
 
     async def _settle_now_and_wait(self, *, supersede: bool = False) -> None:
         """Settle the last plan's money now and wait until it is done (or, with

@@ -37,6 +37,7 @@ from tycoon.agent.planner import Plan
 from tycoon.bank.client import BankClient
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
+from tycoon.messages.market import HostAccountReply, HostBidReply, HostFundReply, HostRefundReply
 from tycoon.units import NS
 
 RETRYABLE = ("timeout", "unavailable", "internal", "rate_limited")
@@ -65,7 +66,7 @@ class Allocator:
         refund_slack: float = 0.5,
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.perf_counter,
-        on_bid: Callable[[str, dict[str, Any]], None] | None = None,
+        on_bid: Callable[[str, HostBidReply], None] | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.bank = bank
@@ -154,10 +155,9 @@ class Allocator:
                     if error.code == "unknown_account":
                         return host, 0
                     raise
-                balance = info.get("balance", 0)
-                balance = balance if isinstance(balance, int) else 0
-                bid = info.get("bid")
-                expires = bid.get("expires_ns") if isinstance(bid, dict) else 0
+                reply = HostAccountReply.from_body(info)
+                balance = reply.balance
+                expires = reply.bid.get("expires_ns") if reply.bid is not None else 0
                 self.observe(host, balance, expires if isinstance(expires, int) else 0)
                 return host, balance
 
@@ -287,16 +287,14 @@ class Allocator:
         duration = f"{max(MIN_DURATION_S, math.ceil(seconds))}s"
         self.bidding.add(host)
         try:
-            reply = await self.host_client(host).bid(self.spec, duration)
+            reply = HostBidReply.from_body(await self.host_client(host).bid(self.spec, duration))
         finally:
             self.bidding.discard(host)
         if self.on_bid is not None:
             self.on_bid(host, reply)
-        view = reply.get("allocation")
-        expires = reply.get("expires_ns")
-        if isinstance(view, dict) and isinstance(view.get("balance"), int) \
-                and isinstance(expires, int):
-            self.observe(host, view["balance"], expires)
+        balance = reply.allocation.get("balance")
+        if isinstance(balance, int):
+            self.observe(host, balance, reply.expires_ns)
         outcome.bids[host] = f"{duration} {self.spec}"
 
     def _begin_fund(self, move_id: str, epoch: int, host: str, payee: str, amount: int) -> Move:
@@ -349,19 +347,19 @@ class Allocator:
         if raw is None:
             return 0
         async with self.lock(move.host):
+            balance: int | None = None
             try:
-                reply = await self.host_client(move.host).fund(raw)
+                balance = HostFundReply.from_body(
+                    await self.host_client(move.host).fund(raw)).balance
             except Rejected as error:
                 if error.code != "already_redeemed":
                     # The money sits in the host's bank account, not yet in our host
                     # account; the move stays pending and is presented again later.
                     raise
-                reply = {}
             self.journal.finish(move.id, receipt=raw)
             holding = self.holdings.get(move.host)
             now = self.clock()
-            balance = reply.get("balance")
-            if not isinstance(balance, int):
+            if balance is None:
                 balance = self._left(move.host, now) + move.amount
             self.holdings[move.host] = Holding(
                 balance, 0.0 if holding is None else holding.expires, now)
@@ -376,10 +374,10 @@ class Allocator:
         own: the bank's history of payments from the host tells, and those are recorded."""
         async with self.lock(move.host):
             try:
-                reply = await self.host_client(move.host).refund()
+                reply = HostRefundReply.from_body(await self.host_client(move.host).refund())
                 refunds = [(str(r.get("refund_id") or f"{move.id}.{i}"), r["amount"],
                             r.get("receipt") if isinstance(r.get("receipt"), bytes) else None)
-                           for i, r in enumerate(reply.get("refunds", []))
+                           for i, r in enumerate(reply.refunds)
                            if isinstance(r, dict) and isinstance(r.get("amount"), int)]
             except Rejected as error:
                 if error.code not in NOTHING_THERE or not move.payee:

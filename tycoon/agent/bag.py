@@ -41,7 +41,7 @@ from tycoon.bus.envelope import Message
 from tycoon.bus.keys import subject_id
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
-from tycoon.messages.jobs import JobExit
+from tycoon.messages.jobs import HostExecReply, HostJobsReply, JobExit
 
 EARLY = 1024
 """Job messages kept while the exec reply naming their job is on its way."""
@@ -220,9 +220,8 @@ class TaskRunner:
     async def _ask_cores(self, host: str) -> None:
         """The host's cores (from ``host.jobs``; 1 until it says)."""
         with contextlib.suppress(Rejected, TimeoutError):
-            reply = await self._client(host).jobs()
-            cores = reply.get("cores")
-            if type(cores) is int and 1 <= cores <= 4096:
+            cores = HostJobsReply.from_body(await self._client(host).jobs()).cores
+            if 1 <= cores <= 4096:
                 self.cores[host] = cores
                 self.wake.set()
                 return
@@ -230,11 +229,11 @@ class TaskRunner:
 
     async def _listed(self, host: str) -> list[dict[str, Any]]:
         """Our jobs on ``host`` by its word; a row of another account is not ours."""
-        reply = await self._client(host).jobs()
+        reply = HostJobsReply.from_body(await self._client(host).jobs())
         me = self.bus.identity.public_key
-        if reply.get("account") != me:
+        if reply.account != me:
             raise Rejected("wrong_reply", "host.jobs answered for another account")
-        return [j for j in reply.get("jobs") or [] if isinstance(j, dict)
+        return [j for j in reply.jobs if isinstance(j, dict)
                 and isinstance(j.get("job"), str) and j.get("account", me) == me]
 
     # -- a task's run ------------------------------------------------------------------------
@@ -264,9 +263,13 @@ class TaskRunner:
                                             "refused": f"{code}: {error}"})
             self._changed(task)
             return
-        job = reply.get("job")
-        if reply.get("account") != self.bus.identity.public_key \
-                or not isinstance(job, str) or not TASK_ID.fullmatch(job):
+        try:
+            started: HostExecReply | None = HostExecReply.from_body(reply)
+        except Rejected:
+            started = None
+        job = started.job if started is not None else ""
+        if started is None or started.account != self.bus.identity.public_key \
+                or not TASK_ID.fullmatch(job):
             # Not a job of ours (another account's, or no id): nothing to follow or kill
             self.log.warning("host answered exec with a job not ours", task=index, host=host)
             self.bag.start_failed(index, host, self.clock())

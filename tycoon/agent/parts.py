@@ -18,6 +18,7 @@ from tycoon.agent.journal import Journal
 from tycoon.bank.client import BankClient
 from tycoon.bus.connection import Bus
 from tycoon.bus.keys import subject_id
+from tycoon.messages.agent import AgentDone
 from tycoon.money import format_credits
 from tycoon.sls.client import SLSClient
 
@@ -65,14 +66,13 @@ class Summary:
 
     def done_body(self) -> dict[str, Any]:
         """The body of the ``agent.done`` event."""
-        return {
-            "summary": f"spent {format_credits(self.spent)} credits, refunded "
-                       f"{format_credits(self.refunded)} credits, "
-                       f"outstanding {len(self.outstanding)}",
-            "spent": self.spent, "refunded": self.refunded, "funded": self.funded,
-            "outstanding": self.outstanding, "plans": self.plans,
-            **({"tasks": self.tasks} if self.tasks is not None else {}),
-        }
+        return AgentDone(
+            summary=f"spent {format_credits(self.spent)} credits, refunded "
+                    f"{format_credits(self.refunded)} credits, "
+                    f"outstanding {len(self.outstanding)}",
+            spent=self.spent, refunded=self.refunded, funded=self.funded,
+            outstanding=self.outstanding, plans=self.plans, tasks=self.tasks,
+        ).to_body()
 
 
 @dataclass

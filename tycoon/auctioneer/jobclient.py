@@ -18,7 +18,7 @@ from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
 from tycoon.bus.keys import subject_id
 from tycoon.errors import Rejected
-from tycoon.messages.jobs import JobExit, JobOutput
+from tycoon.messages.jobs import HostExec, HostExecReply, HostJobs, HostSignal, JobExit, JobOutput
 
 Event = JobOutput | JobExit
 
@@ -91,7 +91,7 @@ class JobClient:
         await self.bus.flush()
         try:
             reply = await self.exec(argv, env=env, cwd=cwd, bundle=bundle, collect=collect)
-            await stream.named(str(reply["job"]))
+            await stream.named(HostExecReply.from_body(reply).job)
         except BaseException:
             await sub.unsubscribe()
             raise
@@ -103,16 +103,13 @@ class JobClient:
         """Only send ``host.exec`` (the caller already follows ``tycoon.job.<own id>.>``
         with one subscription: a second one on the same bus would drop each message as a
         replay of the first's); the host's reply."""
-        body: dict[str, Any] = {"argv": list(argv)}
-        if env:
-            body["env"] = dict(env)
-        if cwd:
-            body["cwd"] = cwd
-        if bundle:  # a digest from tycoon.bundles.client.push: unpacked before it starts
-            body["bundle"] = bundle
-        if collect:  # packed into this key's bucket at exit: JobExit.result names them
-            body["collect"] = list(collect)
-        return await self.auctioneer._call("exec", body)
+        body = HostExec(
+            list(argv), dict(env) if env else None, cwd or None,
+            # a digest from tycoon.bundles.client.push: unpacked before it starts
+            bundle=bundle or None,
+            # packed into this key's bucket at exit: JobExit.result names them
+            collect=list(collect) if collect else None)
+        return await self.auctioneer._call("exec", body.to_body())
 
     async def run(self, argv: Sequence[str], **options: Any) -> tuple[list[JobOutput], JobExit]:
         """Start a job and wait for its end: (its chunks in order, its exit)."""
@@ -129,8 +126,8 @@ class JobClient:
 
     async def jobs(self) -> dict[str, Any]:
         """This key's jobs on the host."""
-        return await self.auctioneer._call("jobs", {})
+        return await self.auctioneer._call("jobs", HostJobs().to_body())
 
     async def signal(self, job: str, sig: str) -> dict[str, Any]:
         """Send a signal (``TERM``, ``KILL``, …) to one of this key's jobs."""
-        return await self.auctioneer._call("signal", {"job": job, "signal": sig})
+        return await self.auctioneer._call("signal", HostSignal(job, sig).to_body())

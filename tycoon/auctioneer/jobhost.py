@@ -46,7 +46,15 @@ from tycoon.bus.keys import subject_id
 from tycoon.bus.service import Endpoint
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
-from tycoon.messages.jobs import HostExec, HostSignal, JobExit, JobOutput
+from tycoon.messages.jobs import (
+    HostExec,
+    HostExecReply,
+    HostJobsReply,
+    HostSignal,
+    HostSignalReply,
+    JobExit,
+    JobOutput,
+)
 from tycoon.resources import Shares
 from tycoon.vmm import jobs as runner
 from tycoon.vmm.driver import Driver
@@ -173,9 +181,8 @@ class JobHost:
                                                   name=f"job-{job.id}")
         self.log.info("job started", job=job.id, account=account[:12], pid=started.pid,
                       uid=uid if uid is not None else -1, frozen=frozen)
-        return {"job": job.id, "account": account, "subject": self._subject(job, "out"),
-                "pid": started.pid, "uid": uid if uid is not None else -1,
-                "state": job.state}
+        return HostExecReply(job.id, account, self._subject(job, "out"), started.pid,
+                             uid if uid is not None else -1, job.state).to_body()
 
     async def _signal(self, msg: Message) -> dict[str, Any]:
         body = HostSignal.from_body(msg.body)
@@ -184,7 +191,7 @@ class JobHost:
         if job.state != "exited":
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(job.pid, number)
-        return {"job": job.id, "signal": number, "state": job.state}
+        return HostSignalReply(job.id, number, job.state).to_body()
 
     async def _jobs(self, msg: Message) -> dict[str, Any]:
         account = msg.sender
@@ -194,12 +201,11 @@ class JobHost:
             if job.state != "exited":
                 view.update(cpu_s=runner.cpu_seconds(job.pid), memory=runner.rss_bytes(job.pid))
             listed.append(view)
-        return {"account": account, "jobs": listed,
-                "cpu_s": self.confine.cpu_seconds(account) if account in self.market.accounts
-                else 0.0,
-                "memory": self.confine.memory_bytes(account) if account in self.market.accounts
-                else 0,
-                "frozen": account in self.frozen, "cores": self.market.capacity.cores}
+        known = account in self.market.accounts
+        return HostJobsReply(
+            account, listed, self.confine.cpu_seconds(account) if known else 0.0,
+            self.confine.memory_bytes(account) if known else 0, account in self.frozen,
+            self.market.capacity.cores).to_body()
 
     # ------------------------------------------------------------------ market events
 

@@ -24,6 +24,7 @@ from tycoon.bank.store import AccountRow, EventRow, Store
 from tycoon.bus.keys import Identity, is_public_key
 from tycoon.bus.schema import check_id, check_name
 from tycoon.errors import Rejected
+from tycoon.messages.bank import BankCloseReply, BankMintReply, BankOpenReply
 from tycoon.money import MAX_AMOUNT, check_amount, format_amount
 
 MAX_NAME = 64
@@ -137,10 +138,8 @@ class Batch:
         seq, ts = self._next()
         self._record(EventRow(seq, "open", ts, sender, payee=target, memo=name))
         self.dirty[target] = AccountRow(target, name, 0, False, seq)
-        out: dict[str, Any] = {"account": target, "name": name, "seq": seq}
-        if receipt is not None:
-            out |= {"fee": fee, "receipt": receipt.raw}
-        return out
+        return BankOpenReply(target, name, seq, fee if receipt is not None else None,
+                             receipt.raw if receipt is not None else None).to_body()
 
     def mint(self, sender: str, account: str, amount: int, mint_id: str,
              memo: str = "") -> dict[str, Any]:
@@ -154,8 +153,7 @@ class Batch:
         if previous is not None:
             if (previous.payee, previous.amount, previous.memo) != (account, amount, memo):
                 raise Rejected("conflict", f"mint id {mint_id!r} was used with other fields")
-            return {"mint_id": mint_id, "account": account, "amount": amount,
-                    "seq": previous.seq}
+            return BankMintReply(mint_id, account, amount, previous.seq).to_body()
         row = self._live(account, "account")
         if amount > MAX_AMOUNT - self.minted:
             raise Rejected("bad_amount", "minting this would exceed the ledger's range")
@@ -164,7 +162,7 @@ class Batch:
                               amount=amount, memo=memo))
         self.dirty[account] = _with_balance(row, row.balance + amount)
         self.minted += amount
-        return {"mint_id": mint_id, "account": account, "amount": amount, "seq": seq}
+        return BankMintReply(mint_id, account, amount, seq).to_body()
 
     def transfer(self, payer: str, payee: str, amount: int, transfer_id: str,
                  memo: str = "") -> Receipt:
@@ -237,7 +235,7 @@ class Batch:
         seq, ts = self._next()
         self._record(EventRow(seq, "close", ts, sender, payer=target))
         self.dirty[target] = dataclasses.replace(row, closed=True)
-        return {"account": target, "seq": seq}
+        return BankCloseReply(target, seq).to_body()
 
 
 class Ledger:

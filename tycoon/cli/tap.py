@@ -22,6 +22,8 @@ from tycoon.bus.verify import open_one
 from tycoon.cli.common import bus_for, keystore, names_of
 from tycoon.cli.top import settled_receipts
 from tycoon.errors import Rejected
+from tycoon.messages import MESSAGES
+from tycoon.messages.market import Alloc
 from tycoon.messages.price import PriceUpdate
 from tycoon.money import format_credits, format_rate
 
@@ -38,29 +40,30 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def summarize(msg: Message) -> str:
-    """The key fields of a message, in a few words."""
-    body: dict[str, Any] = msg.body
-    if msg.kind == "price":
-        try:
-            update = PriceUpdate.from_body(body)
-        except Rejected as error:
-            return f"malformed price: {error.message}"
-        parts = [f"{r}={_rate(o.price)}" for r, o in update.resources.items()]
-        return f"host={update.host} seq={update.seq} credits/s " + " ".join(parts)
-    if msg.kind == "alloc":
-        accounts = body.get("accounts", {})
-        shares = " ".join(
-            f"{str(a)[:8]}:cpu={_num(v.get('cpu'))}"
-            for a, v in list(accounts.items())[:4] if isinstance(v, dict)
-        )
-        return f"host={body.get('host')} accounts={len(accounts)} {shares}"
+    """The key fields of a message, in a few words (its body read with its kind's class:
+    one the class refuses is shown as malformed, with why)."""
     if msg.kind == "bank.settled":
         return " ".join(
             f"{_name(r.payer)}→{_name(r.payee)}:{format_credits(r.amount)}"
             for r in settled_receipts(msg)
         )
+    cls = MESSAGES.get(msg.kind)
+    try:
+        body = cls.from_body(msg.body) if cls is not None else None
+    except Rejected as error:
+        return f"malformed {msg.kind}: {error.message}"
+    if isinstance(body, PriceUpdate):
+        parts = [f"{r}={_rate(o.price)}" for r, o in body.resources.items()]
+        return f"host={body.host} seq={body.seq} credits/s " + " ".join(parts)
+    if isinstance(body, Alloc):
+        shares = " ".join(
+            f"{str(a)[:8]}:cpu={_num(v.get('cpu'))}"
+            for a, v in list(body.accounts.items())[:4] if isinstance(v, dict)
+        )
+        return f"host={body.host} accounts={len(body.accounts)} {shares}"
+    fields: dict[str, Any] = msg.body  # checked above; shown as sent, unknown fields too
     scalars = [
-        f"{k}={_short(v)}" for k, v in body.items()
+        f"{k}={_short(v)}" for k, v in fields.items()
         if isinstance(v, str | int | float | bool) and not isinstance(v, bytes)
     ]
     return " ".join(scalars[:8])

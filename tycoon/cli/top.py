@@ -30,7 +30,10 @@ from tycoon.bus.envelope import Message
 from tycoon.bus.keys import subject_id
 from tycoon.cli.common import bus_for, keystore, names_of, print_json
 from tycoon.errors import Rejected
+from tycoon.messages import MESSAGES
+from tycoon.messages.agent import AgentWarning
 from tycoon.messages.bank import BankSettled
+from tycoon.messages.market import Alloc
 from tycoon.messages.price import PriceUpdate
 from tycoon.money import format_credits, format_rate
 from tycoon.sls.client import SLSClient
@@ -86,31 +89,38 @@ class MarketView:
                                            ("price", "unit_price", "utilization", "bidders")}
 
     def feed(self, msg: Message, now: float | None = None) -> None:
-        """Take one verified message into the view."""
+        """Take one verified message into the view (read with its kind's class: a body the
+        class refuses is counted, not shown)."""
         self.events += 1
-        body: dict[str, Any] = msg.body
         stamp = time.strftime("%H:%M:%S", time.localtime(msg.ts_ns / 1e9))
-        host = str(body.get("host", ""))
         if msg.kind == "price":
             try:
-                update = PriceUpdate.from_body(body)
+                update = PriceUpdate.from_body(msg.body)
             except Rejected:
                 return
             row = self.hosts.setdefault(update.host, TopHost(update.host))
             row.name = update.name or row.name
             row.resources = {r: o.to_body() for r, o in update.resources.items()}
             row.seen = time.time() if now is None else now
-        elif msg.kind == "alloc" and host:
-            accounts = body.get("accounts")
-            if isinstance(accounts, dict):
-                self.hosts.setdefault(host, TopHost(host)).accounts = accounts
+        elif msg.kind == "alloc":
+            try:
+                alloc = Alloc.from_body(msg.body)
+            except Rejected:
+                return
+            if alloc.host:
+                self.hosts.setdefault(alloc.host, TopHost(alloc.host)).accounts = alloc.accounts
         elif msg.kind == "bank.settled":
             for receipt in settled_receipts(msg):
                 self.note_transfer(receipt)
         elif msg.kind.startswith("agent."):
-            event = msg.kind.split(".", 1)[1]
-            detail = body.get("summary") or body.get("message") or ""
-            self.decisions.appendleft(f"{stamp} {self.who(msg.sender)} {event} {detail}")
+            try:
+                event = MESSAGES[msg.kind].from_body(msg.body)
+            except (KeyError, Rejected):
+                return
+            detail = event.message if isinstance(event, AgentWarning) \
+                else getattr(event, "summary", "")
+            self.decisions.appendleft(f"{stamp} {self.who(msg.sender)} "
+                                      f"{msg.kind.split('.', 1)[1]} {detail}")
 
     def render(self) -> Group:
         """The current view as rich tables."""

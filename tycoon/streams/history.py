@@ -8,9 +8,10 @@ envelope is the host's own signed message, so the client verifies each one itsel
 SLS can omit messages, never forge one). The SLS's reply goes only to the requester's
 inbox, like any service's.
 
-Request body: ``{"host": <host id>, "since_ns": int, "after_seq": int (0: from
-since_ns), "limit": int (1..PAGE)}``; reply body: ``{"messages": [[seq, stored_ns,
-envelope bytes], ...], "more": bool}`` (at most ``PAGE`` messages and ``PAGE_BYTES``).
+Request body: :class:`~tycoon.messages.sls.SlsHistory` (``host``, ``since_ns``,
+``after_seq`` (0: from since_ns), ``limit`` (1..PAGE)); reply body:
+:class:`~tycoon.messages.sls.SlsHistoryReply` (``messages``: ``[[seq, stored_ns, envelope
+bytes], ...]``, ``more``; at most ``PAGE`` messages and ``PAGE_BYTES``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import collections
 import re
 from typing import Any
 
-from tycoon.bus import schema, subjects
+from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
 from tycoon.errors import Rejected
+from tycoon.messages.sls import SlsHistory, SlsHistoryReply
 from tycoon.streams.config import PRICES
 from tycoon.streams.prices import History, PricePoint, price_point
 from tycoon.streams.reader import StoredMsg, read_stream
@@ -34,13 +36,11 @@ _HOST_ID = re.compile(r"[a-z2-7]{16}")
 
 async def history_page(js: Any, body: Any) -> dict[str, Any]:
     """One page of ``host``'s stored price envelopes (the SLS's ``sls.history`` handler)."""
-    host = schema.get_str(body, "host", max_len=16)
-    since_ns = schema.get_int(body, "since_ns")
-    after_seq = schema.get_int(body, "after_seq", optional=True) or 0
-    limit = schema.get_int(body, "limit", optional=True) or PAGE
-    if host is None or not _HOST_ID.fullmatch(host):
+    request = SlsHistory.from_body(body)
+    host, since_ns = request.host, request.since_ns
+    after_seq, limit = request.after_seq or 0, request.limit or PAGE
+    if not _HOST_ID.fullmatch(host):
         raise Rejected("malformed", "host must be a 16-character host id")
-    assert since_ns is not None
     if since_ns < 0 or after_seq < 0 or not 1 <= limit <= PAGE:
         raise Rejected("malformed", f"since_ns, after_seq >= 0; limit in 1..{PAGE}")
     start = {"start_seq": after_seq + 1} if after_seq else {"since_ns": since_ns}
@@ -49,10 +49,10 @@ async def history_page(js: Any, body: Any) -> dict[str, Any]:
     async for msg in read_stream(js, PRICES, subject=subjects.price(host), limit=limit + 1,
                                  **start):
         if len(out) == limit or size + len(msg.data) > PAGE_BYTES:
-            return {"messages": out, "more": True}
+            return SlsHistoryReply(out, True).to_body()
         out.append([msg.seq, msg.stored_ns, msg.data])
         size += len(msg.data) + 24
-    return {"messages": out, "more": False}
+    return SlsHistoryReply(out, False).to_body()
 
 
 async def price_history_via_sls(bus: Bus, host: str, resource: str, *, since_ns: int,
@@ -65,12 +65,8 @@ async def price_history_via_sls(bus: Bus, host: str, resource: str, *, since_ns:
     after = 0
     subject = subjects.price(host)
     while True:
-        reply = await bus.request(subjects.sls("history"), "sls.history",
-                                  {"host": host, "since_ns": since_ns, "after_seq": after,
-                                   "limit": PAGE}, timeout=timeout)
-        rows, before = reply.body.get("messages"), after
-        if not isinstance(rows, list):
-            raise Rejected("malformed", "an sls.history reply needs 'messages'")
+        page = await history_request(bus, host, since_ns, after, timeout)
+        rows, before = page.messages, after
         for row in rows:
             try:
                 seq, stored_ns, data = _row(row)
@@ -84,10 +80,20 @@ async def price_history_via_sls(bus: Bus, host: str, resource: str, *, since_ns:
                 continue
             if point is not None:
                 points.append(point)
-        if not rows or reply.body.get("more") is not True or after == before:
+        if not rows or not page.more or after == before:
             break  # the end, or a page that did not move forward
     points.sort(key=lambda p: (p.ts_ns, p.seq))
     return (points[-limit:] if limit else points), refused
+
+
+async def history_request(bus: Bus, host: str, since_ns: int, after_seq: int,
+                          timeout: float) -> SlsHistoryReply:
+    """Ask the SLS for one page of ``host``'s stored price envelopes after ``after_seq``
+    (0: from ``since_ns``); the reply, checked (``malformed`` naming the bad field)."""
+    reply = await bus.request(subjects.sls("history"), "sls.history",
+                              SlsHistory(host, since_ns, after_seq, PAGE).to_body(),
+                              timeout=timeout)
+    return SlsHistoryReply.from_body(reply.body)  # type: ignore[no-any-return]
 
 
 def _row(row: Any) -> tuple[int, int, bytes]:

@@ -24,7 +24,7 @@ from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.keys import Identity
 from tycoon.errors import Rejected
 from tycoon.streams.config import PRICES
-from tycoon.streams.history import PAGE
+from tycoon.streams.history import history_request
 from tycoon.streams.reader import read_stream
 from tycoon.units import NS
 
@@ -50,19 +50,14 @@ async def stored_envelopes(bus: Bus, host: str, *, since_ns: int,
     after = 0
     try:
         while True:
-            reply = await bus.request(subjects.sls("history"), "sls.history",
-                                      {"host": host, "since_ns": since_ns,
-                                       "after_seq": after, "limit": PAGE}, timeout=timeout)
-            rows = reply.body.get("messages")
-            if not isinstance(rows, list):
-                raise Rejected("malformed", "an sls.history reply needs 'messages'")
-            before = after
+            page = await history_request(bus, host, since_ns, after, timeout)
+            rows, before = page.messages, after
             for row in rows:
                 if (isinstance(row, list) and len(row) == 3 and isinstance(row[0], int)
                         and isinstance(row[2], bytes) and row[0] > after):
                     after = row[0]
                     out.append(row[2])
-            if not rows or reply.body.get("more") is not True or after == before:
+            if not rows or not page.more or after == before:
                 return "sls", out[-newest:]
     except Rejected as error:
         if error.code != "unavailable":
