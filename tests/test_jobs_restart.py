@@ -5,6 +5,7 @@ The same on the real kernel: tests/test_jobs_restart_cgroups.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -15,6 +16,9 @@ from typing import Any
 import pytest
 from jobs_kit import JobMarket, job_market, until
 
+from tycoon.agent.bag import TaskRunner
+from tycoon.agent.journal import Journal
+from tycoon.agent.tasks import DONE, RUNNING, Bag, Seat
 from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.auctioneer.jobs import Job, Limits
 from tycoon.auctioneer.jobstate import to_record
@@ -172,3 +176,56 @@ async def test_a_frozen_job_stays_frozen_across_a_restart_and_thaws_when_funded(
     events = [e async for e in stream.events(timeout=10)]
     await sub.unsubscribe()
     assert isinstance(events[-1], JobExit) and events[-1].status == -9  # the signal
+
+
+async def test_a_bag_task_whose_host_restarted_mid_run_ends_with_its_real_status(
+        market: JobMarket, tmp_path: Path) -> None:
+    """The agent's side: a task's job re-adopted by a restarted host ends with the status
+    its shim wrote (3 here) — done, not a failure of unknown status."""
+    user = await market.user()
+    await user.fund_and_bid(10)
+    bag = Bag.of([(1, "3")])
+    code = "import sys, time; time.sleep(0.8); sys.exit(int(sys.argv[1]))"
+    run = TaskRunner(user.jobs.bus, Journal(tmp_path / "agent.db"), bag, [PY, "-c", code, "{}"],
+                     tmp_path / "out")
+    run.start(lambda cores: [], lambda: None)  # its one subscription, then the moves
+    await until(lambda: run._sub is not None)
+    run.carry(bag.hold({market.host: Seat(1, 1.0)}, 0.0) + bag.place(0.0))
+    await until(lambda: bag.tasks[1].state == RUNNING)
+    await restart(market, tmp_path)
+    assert [j.adopted for j in market.jobhost.table.jobs.values()] == [True]  # mid-run
+    await until(lambda: bag.tasks[1].state == DONE, timeout=15)
+    assert bag.tasks[1].status == 3
+    assert json.loads((tmp_path / "out" / "1" / "exit.json").read_text())["status"] == 3
+    await run.stop()
+
+
+class FlakyBus:
+    """The host's bus, refusing its first ``fails`` job events (a full buffer, a
+    disconnect), then publishing as the real one."""
+
+    def __init__(self, real: Any, fails: int) -> None:
+        self.real, self.fails, self.refused = real, fails, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    async def publish(self, subject: str, kind: str, body: Any) -> None:
+        if kind.startswith("job.") and self.refused < self.fails:
+            self.refused += 1
+            raise ConnectionError("nats: outbound buffer limit exceeded")
+        await self.real.publish(subject, kind, body)
+
+
+async def test_the_watcher_survives_publish_errors_and_resends_with_the_same_seq(
+        market: JobMarket) -> None:
+    user = await market.user()
+    await user.fund_and_bid(10)
+    flaky = FlakyBus(market.jobhost.bus, fails=4)
+    market.jobhost.bus = flaky  # type: ignore[assignment]
+    code = "import time\nfor i in range(5):\n print(i, flush=True); time.sleep(0.05)\n"
+    chunks, done = await user.jobs.run([PY, "-c", code])
+    assert flaky.refused == 4
+    assert b"".join(c.data for c in chunks).split() == [str(i).encode() for i in range(5)]
+    assert [c.seq for c in chunks] + [done.seq] == list(range(1, len(chunks) + 2))
+    assert done.status == 0

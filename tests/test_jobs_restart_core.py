@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from tycoon.auctioneer.jobs import EXITED, Job, JobTable, Limits
-from tycoon.auctioneer.jobstate import Pending, from_record, refusal, to_record
+from tycoon.auctioneer.jobstate import (
+    Pending,
+    exit_fields,
+    from_record,
+    refusal,
+    shim_refusal,
+    to_record,
+)
+from tycoon.errors import Rejected
+from tycoon.vmm import jobs as runner
+from tycoon.vmm.jobshim import parse
 
 A = "UA" + "A" * 54
 
@@ -21,7 +31,8 @@ def _check(job: Job, **proc: object) -> str | None:
 
 
 def test_a_record_round_trips_with_its_pending_chunks() -> None:
-    job = _job(seq=7, sent=100, dropped=3, status=None, offsets={"stdout": 90, "stderr": 10})
+    job = _job(shim_pid=4241, shim_ticks=776, seq=7, sent=100, dropped=3, status=None,
+               offsets={"stdout": 90, "stderr": 10})
     pending = [Pending(6, "stdout", 80, 10), Pending(7, "stderr", 10, 0, dropped=3)]
     again, chunks = from_record(to_record(job, pending))
     assert again == job and chunks == pending
@@ -30,6 +41,7 @@ def test_a_record_round_trips_with_its_pending_chunks() -> None:
 @pytest.mark.parametrize("change", [
     {"id": "../x"}, {"pid": -1}, {"uid": "0"}, {"state": "zombie"}, {"argv": "sh"},
     {"offsets": {"stdout": 0}}, {"pending": [[1, "stdin", 0, 0, 0]]}, {"seq": True},
+    {"shim": [-1, 0]}, {"shim": [5]}, {"shim": "5"},
 ])
 def test_a_bad_record_is_refused(change: dict[str, object]) -> None:
     data = {**to_record(_job(), []), **change}
@@ -77,3 +89,50 @@ def test_output_over_the_rate_waits_up_to_a_burst_and_past_the_total_is_dropped(
     assert table.plan("x1", 70, 9_000_000_000) == (0, 70)  # the total is reached
     table.exited("x1", None, None, 0.0, 0, 1)
     assert job.state == EXITED and job.status is None
+
+
+def _shim(job: Job, **proc: object) -> str | None:
+    seen: dict[str, object] = {"alive": True, "start_ticks": 776, "uid": 0, "job_env": "ab1",
+                               "in_sandbox": True, "confined": True, "host_uid": 0}
+    return shim_refusal(job, **{**seen, **proc})  # type: ignore[arg-type]
+
+
+def test_the_shim_is_watched_only_if_it_is_still_the_one_started() -> None:
+    job = _job(shim_pid=4241, shim_ticks=776)
+    assert _shim(job) is None
+    assert _shim(job, confined=False, uid=1000, host_uid=1000, in_sandbox=None) is None
+    for proc, words in (({"alive": False}, "gone"), ({"start_ticks": 1}, "pid reused"),
+                        ({"uid": 60001}, "uid"),  # the job's uid has that pid now
+                        ({"in_sandbox": False}, "sandbox"),
+                        ({"confined": False, "job_env": None}, "TYCOON_JOB")):
+        reason = _shim(job, **proc)
+        assert reason is not None and words in reason, proc
+    assert _shim(_job(), start_ticks=0) == "no shim"  # a record of an older version
+    assert _shim(_job(shim_pid=1, shim_ticks=1), start_ticks=1) == "no shim"
+
+
+@pytest.mark.parametrize("data", [
+    None, [], {"status": "0", "cpu_s": 0.1, "peak_memory": 1},
+    {"status": True, "cpu_s": 0.1, "peak_memory": 1}, {"status": 0, "cpu_s": -1.0,
+                                                       "peak_memory": 1},
+    {"status": 0, "cpu_s": float("inf"), "peak_memory": 1},
+    {"status": 999, "cpu_s": 0.1, "peak_memory": 1}, {"status": 0, "cpu_s": 0.1},
+])
+def test_a_malformed_exit_file_gives_no_status(data: object) -> None:
+    assert exit_fields(data) is None
+
+
+def test_an_exit_file_reads_back() -> None:
+    assert exit_fields({"status": -9, "cpu_s": 1, "peak_memory": 4096}) == (-9, 1.0, 4096)
+
+
+def test_the_shims_spec_round_trips_and_refuses_a_nul() -> None:
+    argv = ["prog", "a b", "line\nbreak", "é", "", "x=y"]
+    env = {"PATH": "/bin", "ODD": "a=b\nc", "EMPTY": ""}
+    spec = parse(runner.shim_spec(argv, env, runner.Path("/w"), 60001,
+                                  [runner.Path("/c/p")], runner.Path("/h/j.exit")))
+    assert spec == {"uid": 60001, "cwd": "/w", "exit": "/h/j.exit", "procs": ["/c/p"],
+                    "argv": argv, "env": env}
+    for bad_argv, bad_env in ((["a\0b"], {}), (["a"], {"X": "\0"}), (["a"], {"A=B": "1"})):
+        with pytest.raises(Rejected):
+            runner.shim_spec(bad_argv, bad_env, runner.Path("/w"), None, [], runner.Path("/x"))

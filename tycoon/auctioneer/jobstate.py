@@ -82,7 +82,7 @@ def from_record(data: dict[str, Any]) -> tuple[Job, list[Pending]]:
                   proof=base64.b64decode(_text(data.get("proof", ""), 1 << 19)))
         pending = [Pending(_int(seq), _stream(stream), _int(offset), _int(length), _int(drop))
                    for seq, stream, offset, length, drop in _list(data["pending"])]
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
         raise ValueError(f"bad job record: {error}") from error
     if not _ID.match(job.id):
         raise ValueError(f"bad job id {job.id[:40]!r}")

@@ -139,13 +139,11 @@ async def spawn(argv: Sequence[str], *, env: dict[str, str], cwd: Path, uid: int
     reason on the job's stderr)."""
     if uid is not None and os.geteuid() != 0:
         raise Rejected("driver_failed", "running jobs as their own uid needs root")
-    spec = {"argv": list(argv), "env": env, "cwd": str(cwd),
-            "uid": -1 if uid is None else uid, "procs": [str(p) for p in procs_files],
-            "exit": str(exit_file)}
+    spec = shim_spec(argv, env, cwd, uid, procs_files, exit_file)
     memfd = os.memfd_create("tycoon-job", os.MFD_CLOEXEC)
     read_end, write_end = os.pipe()
     try:
-        os.write(memfd, json.dumps(spec).encode())
+        os.write(memfd, spec)
         os.lseek(memfd, 0, os.SEEK_SET)
         process = subprocess.Popen(
             [sys.executable, "-I", "-S", "-B", str(SHIM), str(write_end)], stdin=memfd,
@@ -178,6 +176,19 @@ async def spawn(argv: Sequence[str], *, env: dict[str, str], cwd: Path, uid: int
     stat, shim = proc_stat(pid), proc_stat(process.pid)
     return Started(process, pid, stat.start_ticks if stat else 0, process.pid,
                    shim.start_ticks if shim else 0)
+
+
+def shim_spec(argv: Sequence[str], env: dict[str, str], cwd: Path, uid: int | None,
+              procs_files: Sequence[Path], exit_file: Path) -> bytes:
+    """What the shim reads on its stdin (:func:`tycoon.vmm.jobshim.parse`): NUL-separated
+    fields (none of them holds a NUL: ``Rejected("malformed")`` if one does)."""
+    procs = [str(p) for p in procs_files]
+    entries = [f"{k}={v}" for k, v in env.items()]
+    items = [str(-1 if uid is None else uid), str(cwd), str(exit_file),
+             str(len(procs)), *procs, str(len(argv)), *argv, str(len(entries)), *entries]
+    if any("\0" in item for item in items) or any("=" in k or not k for k in env):
+        raise Rejected("malformed", "a NUL byte (or a bad name) in argv, env or a path")
+    return "\0".join(items).encode()
 
 
 async def _lines(fd: int, count: int) -> list[str]:
