@@ -20,9 +20,10 @@ PROOF = 256 * 1024
 @dataclass(frozen=True, slots=True)
 class BundlePut(Body):
     KINDS: ClassVar[tuple[str, ...]] = ("bundle.put",)
-    SUMMARY: ClassVar[str] = ("store one chunk of a bundle in the sender's bucket (a host: "
-                              "results, in the account's its `proof` names); the one naming "
-                              "`digest` checks every chunk and names the object")
+    SUMMARY: ClassVar[str] = ("store one chunk of a bundle in the sender's bucket (a host "
+                              "storing results: in the bucket of the account whose `proof` "
+                              "it carries); the one naming `digest` checks every chunk and "
+                              "names the object")
     upload: str = field(metadata=meta("this push's id: 8–22 letters or digits", max_len=22))
     index: int = field(metadata=meta("the chunk's number, 0, 1, … (a resent chunk is kept "
                                      "once)"))
@@ -47,7 +48,7 @@ class BundlePutReply(Body):
 class BundleGet(Body):
     KINDS: ClassVar[tuple[str, ...]] = ("bundle.get",)
     SUMMARY: ClassVar[str] = ("one chunk of a bundle in the sender's bucket (a host: in the "
-                              "account's its `proof` names)")
+                              "bucket of the account whose `proof` it carries)")
     digest: str = field(metadata=meta("hex SHA-256", max_len=64))
     after: int | None = field(default=None, metadata=meta(
         "the `seq` of the chunk before (absent: the first)"))
