@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -193,3 +194,50 @@ def test_root_never_runs_users_jobs_unconfined_by_default(
     assert config is not None and config.uid_file is not None  # per-account uids
     monkeypatch.setenv(UNCONFINED_ENV, "1")  # tests and the demo, knowingly
     assert job_config(_serve_args(tmp_path), "simulated", tmp_path / "host.db") is not None
+
+
+@pytest.mark.nats
+@pytest.mark.hostile
+@pytest.mark.timeout(60)
+async def test_a_frozen_job_cannot_be_thawed_by_its_owners_sigcont(market: JobMarket) -> None:
+    """Where freezing is SIGSTOP (the simulated driver; a host without a freezer), the
+    owner's host.signal CONT would thaw an unpaid job."""
+    user = await market.user()
+    await user.fund_and_bid(1, duration="1s")  # spent within a second: share zero
+    reply, _, sub = await user.jobs.start([sys.executable, "-c",
+                                           "import time\nwhile True: time.sleep(0.01)\n"])
+    await sub.unsubscribe()
+    await until(lambda: user.key in market.jobhost.frozen, timeout=15)
+    state = Path(f"/proc/{reply['pid']}/stat")
+    await until(lambda: state.read_text().rsplit(")", 1)[1].split()[0] == "T")
+    with contextlib.suppress(Rejected):
+        await user.jobs.signal(reply["job"], "CONT")
+    await asyncio.sleep(0.2)
+    assert state.read_text().rsplit(")", 1)[1].split()[0] == "T"  # still stopped
+    await user.jobs.signal(reply["job"], "KILL")
+
+
+@pytest.mark.nats
+@pytest.mark.hostile
+@pytest.mark.timeout(60)
+async def test_a_signal_to_a_stale_job_never_reaches_whoever_has_its_pid_now(
+        market: JobMarket) -> None:
+    """Between a job's end and the host noticing it (its shim's exit, a poll), its pid may
+    be free; an attacker cycling pids (32,768 here) can have another account's new job
+    leader take it, then signal its own stale job: root's killpg would hit the victim.
+    Staged: the attacker's exited job is made to look running with the victim's pid."""
+    victim, mallory = await market.user(), await market.user()
+    await victim.fund_and_bid(10)
+    await mallory.fund_and_bid(10)
+    target, _, vsub = await victim.jobs.start([sys.executable, "-c",
+                                               "import time\nwhile True: time.sleep(0.05)\n"])
+    await vsub.unsubscribe()
+    _, done = await mallory.jobs.run([sys.executable, "-c", "pass"])
+    stale = market.jobhost.table.jobs[done.job]
+    stale.state, stale.pid = "running", target["pid"]  # the window, held open
+    with contextlib.suppress(Rejected):
+        await mallory.jobs.signal(done.job, "KILL")
+    await asyncio.sleep(0.2)
+    assert _alive(target["pid"]), "root killed another account's job"
+    stale.state = "exited"
+    await victim.jobs.signal(target["job"], "KILL")

@@ -188,7 +188,12 @@ class JobHost:
         body = HostSignal.from_body(msg.body)
         job = self.table.get(msg.sender, body.job)
         number = check_signal(body.signal)
-        if job.state != "exited":
+        if number == signal.SIGCONT and msg.sender in self.frozen:  # SIGSTOP-frozen: stay
+            raise Rejected("forbidden", "the account's jobs are frozen (no CPU share): "
+                           "fund it to thaw them")
+        stat = runner.proc_stat(job.pid) if job.state != "exited" else None
+        if stat is not None and stat.start_ticks == (job.start_ticks or stat.start_ticks):
+            # the job's very process, not another's that took its pid since
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(job.pid, number)
         return HostSignalReply(job.id, number, job.state).to_body()
