@@ -95,12 +95,12 @@ class JobExit(Body):
     job: str = field(metadata=meta(max_len=40))
     seq: int
     status: int | None = field(default=None, kw_only=True, metadata=meta(
-        doc="exit code, or -N if killed by signal N; null: unknown (the job was re-adopted "
-            "by a restarted host, which is not its parent)"))
-    cpu_s: float = field(metadata=meta(doc="user + system seconds (getrusage; re-adopted: "
+        doc="exit code, or -N if killed by signal N (from the job's shim, also after a "
+            "host restart); null: unknown (the shim's exit file was lost)"))
+    cpu_s: float = field(metadata=meta(doc="user + system seconds (rusage; status unknown: "
                                            "as last sampled)"))
-    peak_memory: int = field(metadata=meta(doc="largest resident set, bytes (getrusage; "
-                                               "re-adopted: as last sampled)"))
+    peak_memory: int = field(metadata=meta(doc="largest resident set, bytes (rusage; status "
+                                               "unknown: as last sampled)"))
     dropped: int = field(metadata=meta(doc="output bytes dropped by the caps"))
     result: str | None = field(default=None, kw_only=True, metadata=meta(
         doc="digest of the collected outputs in the account's bucket (`tycoon-pub pull`)"))
