@@ -17,13 +17,18 @@ from pathlib import Path
 
 import pytest
 from jobs_kit import JobMarket, job_market, until
+from test_agent_tasks_runner import FakeHost, bus, job_msg, settle
 from test_bundles_jobs import bucket_for, js_url  # noqa: F401  (a JetStream server)
 from test_jobs_cgroups import PY, Setup, setup  # noqa: F401  (the cgroups fixture)
 
+from tycoon.agent.bag import EARLY, TaskRunner
+from tycoon.agent.journal import Journal
+from tycoon.agent.tasks import DONE, Bag, Seat
 from tycoon.auctioneer import jobhost
 from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.auctioneer.jobs import Limits
 from tycoon.bundles import client
+from tycoon.bus.keys import Identity, subject_id
 from tycoon.cli.jobs import UNCONFINED_ENV, add_serve_arguments, job_config
 from tycoon.errors import Rejected
 from tycoon.messages.jobs import JobExit
@@ -241,3 +246,32 @@ async def test_a_signal_to_a_stale_job_never_reaches_whoever_has_its_pid_now(
     assert _alive(target["pid"]), "root killed another account's job"
     stale.state = "exited"
     await victim.jobs.signal(target["job"], "KILL")
+
+
+async def test_a_hostile_hosts_flood_evicts_no_other_hosts_early_output(
+        tmp_path: Path) -> None:
+    """A job's first chunks may reach the agent before the exec reply naming the job (they
+    wait, bounded). Host B floods the agent's job subject with signed junk: host A's early
+    chunk must survive, or A's job stream waits forever for its seq 1 (the task never ends,
+    or is rerun and paid twice)."""
+    a, b = Identity.generate(), Identity.generate()
+    ha = subject_id(a.public_key)
+    hosts = {ha: FakeHost()}
+    bag = Bag.of([(1, "x")])
+    run = TaskRunner(bus(), Journal(tmp_path / "j.db"), bag, ["echo", "{}"], tmp_path / "out",
+                     client=lambda _b, h: hosts[h])  # type: ignore[arg-type,return-value]
+    await run._on_job(job_msg(a, "j1", "job.output",  # before the exec reply
+                              {"job": "j1", "seq": 1, "stream": "stdout", "data": b"real"}))
+    for i in range(EARLY + 10):
+        await run._on_job(job_msg(b, f"z{i}", "job.output",
+                                  {"job": f"z{i}", "seq": 1, "stream": "stdout", "data": b"-"}))
+    run.carry(bag.hold({ha: Seat(1, 1.0)}, 0.0) + bag.place(0.0))
+    await settle()
+    await run._on_job(job_msg(a, "j1", "job.exit", {"job": "j1", "seq": 2, "status": 0,
+                                                    "cpu_s": 0.0, "peak_memory": 0,
+                                                    "dropped": 0}))
+    await settle()
+    task = bag.tasks[1]
+    assert task.state == DONE
+    assert (tmp_path / "out" / str(task.index) / "stdout").read_bytes() == b"real"
+    await run.stop()

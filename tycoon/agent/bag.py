@@ -44,7 +44,8 @@ from tycoon.log import get_logger
 from tycoon.messages.jobs import HostExecReply, HostJobsReply, JobExit
 
 EARLY = 1024
-"""Job messages kept while the exec reply naming their job is on its way."""
+"""Job messages kept per host while the exec reply naming their job is on its way (per
+host: another host's flood must not push out this one's first chunks)."""
 
 MAX_OUTPUT = 64 << 20
 """Bytes of stdout and stderr kept per task (beyond: dropped, ``truncated`` in exit.json):
@@ -90,7 +91,7 @@ class TaskRunner:
         self._streams: dict[tuple[str, str], JobStream] = {}
         """(host, job) → the stream of a task's job: job ids are a host's own, so a host
         naming another host's job id takes nothing from it."""
-        self._early: deque[Message] = deque(maxlen=EARLY)
+        self._early: dict[str, deque[Message]] = {}
         self._sub: Any = None
         self.wake = asyncio.Event()
         self.on_change: Callable[[], None] = lambda: None
@@ -160,9 +161,11 @@ class TaskRunner:
     async def _on_job(self, msg: Message) -> None:
         """A job's output or exit: to its task's stream (which checks the signer is the
         host that runs it), or kept until the exec reply names the job."""
-        stream = self._streams.get(_key(msg))
+        key = _key(msg)
+        stream = self._streams.get(key) if key is not None else None
         if stream is None:
-            self._early.append(msg)
+            if key is not None:
+                self._early.setdefault(key[0], deque(maxlen=EARLY)).append(msg)
         else:
             await stream.on_message(msg)
 
@@ -170,7 +173,7 @@ class TaskRunner:
         stream = JobStream(host)
         self._streams[(host, job)] = stream
         await stream.named(job)
-        for msg in [m for m in self._early if _key(m) == (host, job)]:
+        for msg in [m for m in self._early.get(host, ()) if _key(m) == (host, job)]:
             await stream.on_message(msg)
         return stream
 
