@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import until
 from test_allocator import Market, start
 
 from tycoon.agent.finish import bring_home
@@ -145,6 +146,15 @@ async def _agent_paid(market: Any, key: str) -> list[Any]:
             if e.kind == "transfer" and e.payer == key and e.memo.startswith("fund")]
 
 
+async def _paid_and_redeemed(market: Any, key: str) -> bool:
+    """Two payments or more, each redeemed at its host: no receipt on its way (a host stopped
+    now holds the agent's money; stopped mid-funding it would leave a receipt instead)."""
+    paid = await _agent_paid(market, key)
+    redeemed = sum(h.service.market.accounts[key].funded for h in market.hosts
+                   if key in h.service.market.accounts)
+    return len(paid) >= 2 and sum(e.amount for e in paid) == redeemed
+
+
 def _charged(market: Any, key: str) -> int:
     return sum(h.service.market.accounts[key].spent for h in market.hosts
                if key in h.service.market.accounts)
@@ -165,8 +175,7 @@ async def test_agent_waits_for_a_host_down_at_its_deadline(nats_url: str,
             budget=10 * MICRO, deadline_s=5.0, replan_every_s=1.0, grace_s=60.0),
             tmp_path / "agent.db")
         task = asyncio.create_task(agent.run())
-        while len(await _agent_paid(market, key)) < 2:
-            await asyncio.sleep(0.1)
+        await until(lambda: _paid_and_redeemed(market, key), timeout=60, what="paid twice")
         gone = market.hosts.pop(1)
         await gone.service.stop()  # down across the deadline, back 4 s after it
         await asyncio.sleep(max(agent.deadline - time.time(), 0) + 4)
@@ -199,8 +208,7 @@ async def test_money_away_at_the_end_of_grace_is_reported_and_a_rerun_only_settl
                              grace_s=1.0)
         agent = Agent(bus, market.bank_key, config, tmp_path / "agent.db")
         task = asyncio.create_task(agent.run())
-        while len(await _agent_paid(market, key)) < 2:
-            await asyncio.sleep(0.1)
+        await until(lambda: _paid_and_redeemed(market, key), timeout=60, what="paid twice")
         gone = market.hosts.pop(1)
         await gone.service.stop()
         summary = await asyncio.wait_for(task, 30)
@@ -240,8 +248,8 @@ async def test_agent_run_exits_3_while_money_is_away_and_0_once_home(nats_url: s
                      "--budget", "10", "--deadline", "6s", "--replan", "1", "--grace", "1s",
                      "--state", str(tmp_path / "agents"), "--bank", market.bank_key)
         await agent.start(None)
-        while len(await _agent_paid(market, ident.public_key)) < 2:
-            await asyncio.sleep(0.1)
+        await until(lambda: _paid_and_redeemed(market, ident.public_key), timeout=60,
+                    what="paid twice")
         gone = market.hosts.pop(1)
         await gone.service.stop()
         assert agent.proc is not None
