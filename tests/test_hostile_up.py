@@ -88,8 +88,10 @@ async def attack(state: Path) -> tuple[list[int], list[int], list[str]]:
 
 def test_a_fresh_market_survives_every_reproduction(tmp_path: Path) -> None:
     state = tmp_path / "market"
+    # the market must outlive the attack and verify-log: 15 s (counted from up's start) ran
+    # out mid-attack on a loaded machine, and the attack's bus then waited forever
     up = subprocess.Popen(
-        [sys.executable, "-m", "tycoon.cli.main", "up", "--duration", "15", "--hosts", "2",
+        [sys.executable, "-m", "tycoon.cli.main", "up", "--duration", "30", "--hosts", "2",
          "--agents", "1", "--state", str(state)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "TYCOON_LOG": "error"})
