@@ -25,6 +25,7 @@ from tycoon.agent.bag import EARLY, TaskRunner
 from tycoon.agent.journal import Journal
 from tycoon.agent.tasks import DONE, Bag, Seat
 from tycoon.auctioneer import jobhost
+from tycoon.auctioneer.jobclient import HELD, JobStream
 from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.auctioneer.jobs import Limits
 from tycoon.bundles import client
@@ -275,3 +276,19 @@ async def test_a_hostile_hosts_flood_evicts_no_other_hosts_early_output(
     assert task.state == DONE
     assert (tmp_path / "out" / str(task.index) / "stdout").read_bytes() == b"real"
     await run.stop()
+
+
+async def test_a_hosts_out_of_order_flood_holds_bounded_memory_in_the_reader() -> None:
+    """The host running a job sends chunk after chunk but never seq 1 (and a flood before
+    its exec reply): the reader (an agent, tycoon-pub exec) must not hold them all."""
+    host = Identity.generate()
+    stream = JobStream(subject_id(host.public_key))
+    for seq in range(2, 20_002):
+        await stream.on_message(job_msg(host, "j1", "job.output", {
+            "job": "j1", "seq": seq, "stream": "stdout", "data": b"x"}))
+    assert len(stream._early) <= HELD
+    await stream.named("j1")
+    for seq in range(20_002, 40_002):
+        await stream.on_message(job_msg(host, "j1", "job.output", {
+            "job": "j1", "seq": seq, "stream": "stdout", "data": b"x"}))
+    assert len(stream._held) <= HELD

@@ -21,6 +21,9 @@ from tycoon.errors import Rejected
 from tycoon.messages.jobs import HostExec, HostExecReply, HostJobs, HostSignal, JobExit, JobOutput
 
 Event = JobOutput | JobExit
+HELD = 4096
+"""Messages a stream keeps ahead of the next ``seq`` (and before the reply names the job):
+the host could otherwise fill the reader's memory with chunks that never come in order."""
 
 
 class JobStream:
@@ -39,7 +42,8 @@ class JobStream:
         if subject_id(msg.sender) != self.host:
             return  # another host (or nobody's) message on our subject: not ours
         if self.job is None:
-            self._early.append(msg)
+            if len(self._early) < HELD:
+                self._early.append(msg)
             return
         parts = msg.subject.split(".")
         if len(parts) != 5 or parts[3] != self.job:
@@ -48,7 +52,7 @@ class JobStream:
             event: Event = (JobExit if msg.kind == "job.exit" else JobOutput).from_body(msg.body)
         except Rejected:
             return
-        if event.job != self.job or event.seq < self._next:
+        if event.job != self.job or not self._next <= event.seq < self._next + HELD:
             return
         self._held[event.seq] = event
         while self._next in self._held:
