@@ -26,7 +26,7 @@ async def start(tmp: Path, argv: list[str], frozen: bool = False) -> runner.Star
     try:
         return await runner.spawn(argv, env=runner.base_env("acct", "j1", tmp, {}), cwd=tmp,
                                   uid=None, stdout=fds["stdout"], stderr=fds["stderr"],
-                                  exit_file=tmp / "j1.exit", frozen=frozen)
+                                  exit_file=tmp / "j1.exit", frozen=lambda: frozen)
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -79,3 +79,10 @@ async def test_what_a_shim_costs(tmp_path: Path) -> None:
     os.killpg(started.pid, signal.SIGKILL)
     ended(started, tmp_path)
     assert fields["Private_Dirty"] < 8 * 1024  # a few MB of its own per job
+
+
+def test_freezing_a_job_not_started_yet_never_stops_the_host(tmp_path: Path) -> None:
+    """While a start is awaited the job's pid is 0: killpg(0, SIGSTOP) would stop the
+    auctioneer's own process group (this test's, here)."""
+    runner.Confinement(None).freeze("acct", True, [0, 1])
+    assert "T" not in Path("/proc/self/stat").read_text().split(") ")[1][:1]

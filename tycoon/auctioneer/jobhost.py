@@ -156,7 +156,7 @@ class JobHost:
                     request.argv, env=env, cwd=cwd, uid=uid,
                     procs_files=self.confine.procs_files(account), stdout=theirs["stdout"],
                     stderr=theirs["stderr"], exit_file=self.state.exit_path(job.id),
-                    frozen=account in self.frozen)  # its cgroup is: it stops before exec
+                    frozen=lambda: account in self.frozen)  # it stops before its exec
             except BaseException:
                 output.close()
                 self.state.remove(job.id)
@@ -167,6 +167,7 @@ class JobHost:
         except BaseException:
             self.table.failed(job.id)
             raise
+        frozen = self._share(account) <= 0.0  # again: the start was awaited
         self.table.started(job.id, started.pid, frozen)
         job.start_ticks, job.uid = started.start_ticks, uid if uid is not None else -1
         job.shim_pid, job.shim_ticks = started.shim_pid, started.shim_ticks
@@ -179,6 +180,9 @@ class JobHost:
             self._freeze(account, True)
         self._tasks[job.id] = asyncio.create_task(self._watch(job, started.process, pidfd),
                                                   name=f"job-{job.id}")
+        if account not in self.market.accounts:  # it left while the start was awaited
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(started.pid, signal.SIGKILL)
         self.log.info("job started", job=job.id, account=account[:12], pid=started.pid,
                       uid=uid if uid is not None else -1, frozen=frozen)
         return HostExecReply(job.id, account, self._subject(job, "out"), started.pid,
@@ -245,7 +249,7 @@ class JobHost:
 
     async def end_account(self, account: str) -> None:
         """SIGTERM every job of the account, SIGKILL what is left after the grace."""
-        live = self.table.running(account)
+        live = [j for j in self.table.running(account) if j.pid > 1]  # 0: being started
         if not live:
             if self.table.of(account):  # no leader left; a daemon of one may be
                 with contextlib.suppress(Rejected):
@@ -263,6 +267,8 @@ class JobHost:
         if tasks:
             await asyncio.wait(tasks, timeout=self.config.limits.grace_s)
         for job in self.table.running(account):
+            if job.pid <= 1:  # never killpg(0): this process's own group
+                continue
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(job.pid, signal.SIGKILL)
         if tasks:  # their shims write the exit status, then what is left goes

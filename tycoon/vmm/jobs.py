@@ -26,7 +26,7 @@ import pwd
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +125,7 @@ SHIM_TIMEOUT_S = 10.0
 
 async def spawn(argv: Sequence[str], *, env: dict[str, str], cwd: Path, uid: int | None,
                 procs_files: Sequence[Path] = (), stdout: int, stderr: int,
-                exit_file: Path, frozen: bool = False) -> Started:
+                exit_file: Path, frozen: Callable[[], bool] = lambda: False) -> Started:
     """Start ``argv`` through its shim (:mod:`.jobshim`): stdin /dev/null, stdout/stderr on
     the given descriptors (the host's output files, so the job outlives the host's
     process), in its own session, inside the cgroups whose ``cgroup.procs`` files are
@@ -134,9 +134,9 @@ async def spawn(argv: Sequence[str], *, env: dict[str, str], cwd: Path, uid: int
 
     A start failure (no such program, no permission, cgroup refused) raises
     ``Rejected("malformed"|"forbidden"|"driver_failed")`` naming it; nothing keeps running
-    then. ``frozen``: the account's cgroup is frozen, the program stops before its exec —
-    this returns once it is forked, and a failed exec ends the job with status 127 (its
-    reason on the job's stderr)."""
+    then. ``frozen()``: whether the account's cgroup is frozen now (asked while waiting):
+    the program stops before its exec — this returns once it is forked, and a failed exec
+    ends the job with status 127 (its reason on the job's stderr)."""
     if uid is not None and os.geteuid() != 0:
         raise Rejected("driver_failed", "running jobs as their own uid needs root")
     spec = shim_spec(argv, env, cwd, uid, procs_files, exit_file)
@@ -156,14 +156,14 @@ async def spawn(argv: Sequence[str], *, env: dict[str, str], cwd: Path, uid: int
         os.close(memfd)
         os.close(write_end)
     try:
-        lines = await _lines(read_end, 1 if frozen else 2)
+        lines = await _lines(read_end, frozen)
     finally:
         os.close(read_end)
     pid = int(lines[0].split()[1]) if lines and lines[0].startswith("pid ") else 0
-    if len(lines) < (1 if frozen else 2) or pid <= 1:
+    if not lines or pid <= 1 or (len(lines) < 2 and not frozen()):
         _abandon(process, pid)
         raise Rejected("driver_failed", "the job's shim did not start it in time")
-    if not frozen and lines[1] != "ok":
+    if len(lines) > 1 and lines[1] != "ok":
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=2.0)  # it exits at once (its exit file: status 127)
         number, stage = [*lines[1].split(), "0", "?"][1:3]
@@ -191,8 +191,9 @@ def shim_spec(argv: Sequence[str], env: dict[str, str], cwd: Path, uid: int | No
     return "\0".join(items).encode()
 
 
-async def _lines(fd: int, count: int) -> list[str]:
-    """The first ``count`` lines the shim writes on ``fd`` (fewer: it ended or timed out)."""
+async def _lines(fd: int, frozen: Callable[[], bool]) -> list[str]:
+    """The shim's ``pid`` line and its exec's outcome (only the first while ``frozen()``;
+    fewer: it ended or timed out)."""
     loop = asyncio.get_running_loop()
     os.set_blocking(fd, False)
     data = b""
@@ -200,22 +201,22 @@ async def _lines(fd: int, count: int) -> list[str]:
     loop.add_reader(fd, ready.set)
     try:
         deadline = loop.time() + SHIM_TIMEOUT_S
-        while data.count(b"\n") < count:
+        while data.count(b"\n") < (1 if frozen() else 2):
             ready.clear()
             try:
                 part = os.read(fd, 4096)
             except BlockingIOError:
-                try:
-                    await asyncio.wait_for(ready.wait(), max(0.0, deadline - loop.time()))
-                except TimeoutError:
+                if loop.time() >= deadline:
                     break
+                with contextlib.suppress(TimeoutError):  # frozen() may change meanwhile
+                    await asyncio.wait_for(ready.wait(), 0.1)
                 continue
             if not part:
                 break
             data += part
     finally:
         loop.remove_reader(fd)
-    return [line.decode(errors="replace") for line in data.split(b"\n")[:count] if line]
+    return [line.decode(errors="replace") for line in data.split(b"\n")[:2] if line]
 
 
 def _abandon(process: subprocess.Popen[bytes], pid: int) -> None:
@@ -313,6 +314,8 @@ class Confinement:
     def freeze(self, account: str, frozen: bool, pids: Sequence[int]) -> None:
         """Freeze or thaw the account's processes (``pids``: its job leaders' sessions)."""
         for pid in pids:
+            if pid <= 1:  # a job not started yet: never killpg(0), this process's own group
+                continue
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
 
