@@ -36,11 +36,11 @@ from hostile_kit import (
 from world_kit import World, running_bank
 
 from tycoon.agent.broker import Broker
+from tycoon.agent.launch import launch as launch_broker
 from tycoon.bank.ledger import Ledger
 from tycoon.bank.receipt import make_receipt
 from tycoon.bank.service import BankService
 from tycoon.bus import subjects
-from tycoon.bus.connection import open_bus
 from tycoon.bus.envelope import seal
 from tycoon.bus.keys import Identity
 from tycoon.money import MAX_AMOUNT, MICRO
@@ -79,18 +79,16 @@ class BrokerWorld(World):
 async def world(tmp_path: Path) -> AsyncIterator[BrokerWorld]:
     cast = Cast()
     async with secure_server(tmp_path, cast) as server, \
-            running_bank(server, cast, tmp_path / "bank.db") as (ledger, bank):
-        broker = Broker(await open_bus(server.url, cast.broker), cast.bank.public_key,
-                        tmp_path / "broker", fee_percent=5, min_fee=MIN_FEE)
-        await broker.start()
-        w = BrokerWorld(cast, server, ledger, bank, broker)
+            running_bank(server, cast, tmp_path / "bank.db") as (ledger, bank), \
+            launch_broker(server.url, cast.broker, bank_key=cast.bank.public_key,
+                          state=tmp_path / "broker", fee_percent=5,
+                          min_fee=MIN_FEE) as running:
+        w = BrokerWorld(cast, server, ledger, bank, running.broker)
         try:
             await w.open_accounts((user, 1000) for user in cast.users)  # alice, bob, mallory
             yield w
         finally:
             await w.close_buses()
-            await broker.stop()
-            await broker.bus.close()
 
 
 async def settled(w: BrokerWorld) -> tuple[Any, ...]:

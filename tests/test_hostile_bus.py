@@ -21,9 +21,8 @@ import pytest
 
 from tycoon.auctioneer.launch import RunningAuctioneer, start_auctioneer
 from tycoon.bank.client import BankClient
-from tycoon.bank.ledger import Ledger
+from tycoon.bank.launch import start_bank
 from tycoon.bank.service import BankService
-from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, inbox_prefix, open_bus, reply_allowed
 from tycoon.bus.envelope import Message, open_envelope, seal
@@ -35,6 +34,7 @@ from tycoon.log import LogLimiter, configure_logging
 from tycoon.money import MICRO
 from tycoon.natsconf import Principal, render_config, render_principals, write_config
 from tycoon.natsserver import NatsServer, free_port
+from tycoon.sls.launch import start_sls
 from tycoon.sls.service import SLSConfig, SLSService
 from tycoon.streams.config import PRICES, PRICES_SPEC, SETTLEMENTS, ensure_stream
 from tycoon.streams.history import history_page, price_history_via_sls
@@ -96,21 +96,18 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         extra_users=[Principal(u.public_key, "user", f"user-{i}") for i, u in enumerate(users)]))
     async with NatsServer(port=port, config=config) as server:
         bank_ident = d.store.load(d.bank_key)
-        ledger = Ledger(SqliteStore(tmp_path / "bank.db"), bank_ident,
-                        operator=d.public_key(d.operator_key))
-        bank_bus = await open_bus(server.url, bank_ident)
-        bank = BankService(bank_bus, ledger, settlement_log=SettlementLog(
-            bank_bus.nc, bank_ident.public_key, None))
-        await bank.start()
+        bank = await start_bank(
+            server.url, bank_ident, db=tmp_path / "bank.db",
+            operator=d.public_key(d.operator_key),
+            settlement_log=lambda bus: SettlementLog(bus.nc, bank_ident.public_key, None))
         sls_bus = await open_bus(server.url, d.store.load(d.sls_key))
         await ensure_stream(sls_bus.nc.jetstream(), PRICES_SPEC)
-        sls = SLSService(sls_bus, SLSConfig(snapshot_s=0.5))
-        await sls.start()
+        sls = await start_sls(sls_bus, config=SLSConfig(snapshot_s=0.5))
         host = await start_auctioneer(
             server.url, d.store.load(d.hosts[0].key), bank_key=bank_ident.public_key,
             driver=SimulatedDriver(preset="small", seed=1), store_path=tmp_path / "h.db",
             name=d.hosts[0].key, tick_s=0.2, heartbeat_s=0.2)
-        w = World(d, server, tmp_path, users, bank, sls, host, [bank_bus, sls_bus])
+        w = World(d, server, tmp_path, users, bank.service, sls.service, host, [sls_bus])
         try:
             await _fill(w)
             yield w
@@ -121,7 +118,6 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             for bus in w.buses:
                 with contextlib.suppress(Exception):
                     await bus.close()
-            ledger.store.close()
 
 
 async def _fill(w: World) -> None:

@@ -24,10 +24,10 @@ from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.auctioneer.launch import RunningAuctioneer, start_auctioneer
 from tycoon.bank.audit import audit
 from tycoon.bank.client import BankClient
+from tycoon.bank.launch import launch as launch_bank
 from tycoon.bank.ledger import Ledger
 from tycoon.bank.receipt import verify_receipt
 from tycoon.bank.service import BankService
-from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus import ratelimit, subjects
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.envelope import seal
@@ -37,7 +37,8 @@ from tycoon.errors import Rejected
 from tycoon.money import MICRO
 from tycoon.natsserver import NatsServer
 from tycoon.sls.client import SLSClient
-from tycoon.sls.service import SLSConfig, SLSService
+from tycoon.sls.launch import launch as launch_sls
+from tycoon.sls.service import SLSConfig
 from tycoon.vmm.simulated import SimulatedDriver
 
 pytestmark = [pytest.mark.nats, pytest.mark.hostile, pytest.mark.timeout(120)]
@@ -103,21 +104,16 @@ class World:
 @contextlib.asynccontextmanager
 async def world(tmp_path: Path, **bank_options: Any) -> AsyncIterator[World]:
     bank_id, operator = Identity.generate(), Identity.generate()
-    async with NatsServer() as server:
-        ledger = Ledger(SqliteStore(tmp_path / "bank.db"), bank_id,
-                        operator=operator.public_key)
-        bank = BankService(await open_bus(server.url, bank_id), ledger, **bank_options)
-        await bank.start()
-        w = World(server, bank_id, operator, ledger, bank)
+    async with NatsServer() as server, launch_bank(
+            server.url, bank_id, db=tmp_path / "bank.db", operator=operator.public_key,
+            **bank_options) as bank:
+        w = World(server, bank_id, operator, bank.ledger, bank.service)
         try:
             yield w
         finally:
             for bus in w.buses.values():
                 with contextlib.suppress(Exception):
                     await bus.close()
-            await bank.stop()
-            await bank.bus.close()
-            ledger.store.close()
 
 
 async def host(w: World, tmp_path: Path) -> RunningAuctioneer:
@@ -222,10 +218,9 @@ async def test_forged_requests_in_a_victims_name_do_not_spend_its_tokens(
 
 
 async def test_the_sls_limits_a_flooding_key_too(tmp_path: Path) -> None:
-    async with NatsServer() as server:
-        sls = SLSService(await open_bus(server.url, Identity.generate()),
-                         SLSConfig(warm_start_s=0))
-        await sls.start()
+    async with NatsServer() as server, \
+            launch_sls(server.url, None, SLSConfig(warm_start_s=0)) as running:
+        sls = running.service
         buses = [await open_bus(server.url, Identity.generate()) for _ in range(2)]
         try:
             attacker, victim = buses
@@ -239,8 +234,6 @@ async def test_the_sls_limits_a_flooding_key_too(tmp_path: Path) -> None:
         finally:
             for bus in buses:
                 await bus.close()
-            await sls.stop()
-            await sls.bus.close()
 
 
 async def test_free_keys_cannot_open_accounts_beyond_the_banks_opening_budget(

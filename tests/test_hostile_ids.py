@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 from hostile_kit import Cast, call, code, expect
-from world_kit import World
+from world_kit import World, running_bank
 
+from tycoon.agent.launch import launch as launch_broker
 from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.auctioneer.launch import RunningAuctioneer, start_auctioneer
 from tycoon.auctioneer.market import refund_id
@@ -34,7 +35,7 @@ from tycoon.bank.receipt import verify_receipt
 from tycoon.bank.service import BankService
 from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus import subjects
-from tycoon.bus.connection import open_bus
+from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import seal
 from tycoon.bus.keys import Identity
 from tycoon.money import MICRO
@@ -81,29 +82,29 @@ async def world(tmp_path: Path) -> AsyncIterator[IdsWorld]:
                                       jetstream_dir=str(tmp_path / "js")))
     async with NatsServer(port=port, config=conf) as server:
         db = tmp_path / "bank.db"
-        ledger = Ledger(SqliteStore(db), cast.bank, operator=cast.operator.public_key)
-        bank_bus = await open_bus(server.url, cast.bank)
-        log = SettlementLog(bank_bus.nc, cast.bank.public_key, sqlite_source(db), window=8,
-                            retry_s=(0.1, 0.5))
-        bank = BankService(bank_bus, ledger, settlement_log=log)
-        await bank.start()
-        w = IdsWorld(cast, server, db, ledger, bank, log)
-        try:
-            w.host = await start_auctioneer(
-                server.url, cast.hosts[0], bank_key=cast.bank.public_key,
-                driver=SimulatedDriver(preset="small", seed=0), store_path=tmp_path / "h.db",
-                name="h0", tick_s=HOUR, heartbeat_s=HOUR)  # fmt: skip
-            await BankClient(w.host.bus, cast.bank.public_key).open(exist_ok=True)
-            await w.open_accounts([(w.alice, 1000), (w.mallory, 1000)])
-            yield w
-        finally:
-            await w.close_buses()
-            if w.host is not None:
-                with contextlib.suppress(Exception):
-                    await w.host.stop()
-            await bank.stop()
-            await bank_bus.close()
-            ledger.store.close()
+
+        def settlement_log(bus: Bus) -> SettlementLog:
+            return SettlementLog(bus.nc, cast.bank.public_key, sqlite_source(db), window=8,
+                                 retry_s=(0.1, 0.5))
+
+        async with running_bank(server, cast, db, settlement_log=settlement_log) as (
+                ledger, bank):
+            assert isinstance(bank.settlement_log, SettlementLog)
+            w = IdsWorld(cast, server, db, ledger, bank, bank.settlement_log)
+            try:
+                w.host = await start_auctioneer(
+                    server.url, cast.hosts[0], bank_key=cast.bank.public_key,
+                    driver=SimulatedDriver(preset="small", seed=0),
+                    store_path=tmp_path / "h.db", name="h0", tick_s=HOUR,
+                    heartbeat_s=HOUR)  # fmt: skip
+                await BankClient(w.host.bus, cast.bank.public_key).open(exist_ok=True)
+                await w.open_accounts([(w.alice, 1000), (w.mallory, 1000)])
+                yield w
+            finally:
+                await w.close_buses()
+                if w.host is not None:
+                    with contextlib.suppress(Exception):
+                        await w.host.stop()
 
 
 async def test_refund_id_squatting_leaves_the_victims_refunds_payable(world: IdsWorld) -> None:
@@ -241,13 +242,10 @@ async def test_enrolling_first_at_a_broker_under_the_victims_transfer_id(
 ) -> None:
     """A broker that knew jobs by transfer id alone would let Mallory enroll first under
     Alice's (predictable) id and refuse Alice's paid receipt as already enrolled."""
-    from tycoon.agent.broker import Broker
-
     w = world
-    broker = Broker(await open_bus(w.server.url, w.cast.broker), w.cast.bank.public_key,
-                    tmp_path / "broker", fee_percent=5, min_fee=2)
-    await broker.start()
-    try:
+    async with launch_broker(w.server.url, w.cast.broker, bank_key=w.cast.bank.public_key,
+                             state=tmp_path / "broker", fee_percent=5, min_fee=2) as running:
+        broker = running.broker
         enroll = subjects.broker(broker.id, "enroll")
         key = w.cast.broker.public_key
         jobs = []
@@ -263,6 +261,3 @@ async def test_enrolling_first_at_a_broker_under_the_victims_transfer_id(
                          subject=enroll)
             await expect((await w.bus(who)).nc, enroll, again, key, "already_redeemed")
         assert jobs[0] != jobs[1]  # two jobs, two keys: one per (payer, id)
-    finally:
-        await broker.stop()
-        await broker.bus.close()

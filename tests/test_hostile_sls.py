@@ -38,10 +38,10 @@ from structlog.testing import capture_logs
 from world_kit import World
 
 from tycoon.bus import subjects
-from tycoon.bus.connection import open_bus
 from tycoon.bus.envelope import seal
 from tycoon.bus.keys import Identity, subject_id
 from tycoon.sls.client import SLSClient
+from tycoon.sls.launch import launch as launch_sls
 from tycoon.sls.service import SLSConfig, SLSService
 
 pytestmark = [pytest.mark.nats, pytest.mark.hostile, pytest.mark.timeout(120)]
@@ -103,10 +103,9 @@ class SLSWorld(World):
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[SLSWorld]:
     cast = Cast()
-    async with secure_server(tmp_path, cast) as server:
-        sls = SLSService(await open_bus(server.url, cast.sls), SLSConfig(snapshot_s=3600.0))
-        await sls.start()
-        w = SLSWorld(cast, server, sls)
+    async with secure_server(tmp_path, cast) as server, \
+            launch_sls(server.url, cast.sls, SLSConfig(snapshot_s=3600.0)) as running:
+        w = SLSWorld(cast, server, running.service)
         try:
             for i in (0, 1):  # two honest hosts, registered by signed price updates
                 host = cast.hosts[i]
@@ -117,8 +116,6 @@ async def world(tmp_path: Path) -> AsyncIterator[SLSWorld]:
             yield w
         finally:
             await w.close_buses()
-            await sls.stop()
-            await sls.bus.close()
 
 
 async def test_forged_replayed_stale_and_malformed_prices_are_dropped(world: SLSWorld) -> None:

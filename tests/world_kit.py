@@ -12,9 +12,9 @@ from typing import Any
 from hostile_kit import Cast
 
 from tycoon.bank.client import BankClient
+from tycoon.bank.launch import launch as launch_bank
 from tycoon.bank.ledger import Ledger
 from tycoon.bank.service import BankService
-from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.keys import Identity
 from tycoon.money import MICRO
@@ -67,13 +67,8 @@ class World:
 @contextlib.asynccontextmanager
 async def running_bank(server: NatsServer, cast: Cast, db: Path,
                        **options: Any) -> AsyncIterator[tuple[Ledger, BankService]]:
-    """The cast's bank on ``server`` with its ledger in ``db``; stopped and closed after."""
-    ledger = Ledger(SqliteStore(db), cast.bank, operator=cast.operator.public_key)
-    service = BankService(await open_bus(server.url, cast.bank), ledger, **options)
-    await service.start()
-    try:
-        yield ledger, service
-    finally:
-        await service.stop()
-        await service.bus.close()
-        ledger.store.close()
+    """The cast's bank on ``server`` with its ledger in ``db``, started by its launch
+    (``options``: those of :func:`tycoon.bank.launch.start_bank`); stopped and closed after."""
+    async with launch_bank(server.url, cast.bank, db=db, operator=cast.operator.public_key,
+                           **options) as bank:
+        yield bank.ledger, bank.service
