@@ -251,3 +251,54 @@ def test_the_verification_rule_catches_what_it_forbids(tmp_path: Path) -> None:
                    "def f(raw):\n"
                    "    return envelope.open_envelopes([raw]), batch.verify_batch([raw])\n")
     assert len(_self_verifying(bad)) == 6
+
+
+# -- one way to start a service: its launch ----------------------------------------------
+
+SERVICES = {"BankService", "SLSService", "AuctioneerService", "Broker"}
+"""The service classes; each is built and subscribed only by its package's ``launch.py``."""
+
+BUILDS_BY_HAND = {
+    "tests/test_bank_service.py": "tests the BankService class itself",
+    "tests/test_sls_service.py": "tests the SLSService class itself",
+    "tests/test_bundles_bus.py": "tests BankService's bundle buckets option directly",
+}
+"""Modules allowed to construct a service class outside ``tycoon/*/launch.py``, and why."""
+
+
+def _builds_a_service(path: Path) -> list[str]:
+    """Where ``path`` constructs one of :data:`SERVICES` (``X(...)`` or ``m.X(...)``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name in SERVICES:
+                found.append(f"{node.lineno}: {name}(...)")
+    return found
+
+
+def test_services_are_started_only_by_their_launch() -> None:
+    """The CLI, ``tycoon up`` (through the CLI), tests and benchmarks start the bank, SLS,
+    auctioneers and brokers through ``tycoon/<service>/launch.py``: a hand-wired service
+    (class built, bus opened and subscribed by the caller) drifts from what runs."""
+    repo = ROOT.parent
+    offenders = {}
+    for folder in ("tycoon", "tests", "benchmarks"):
+        for path in sorted((repo / folder).rglob("*.py")):
+            rel = path.relative_to(repo).as_posix()
+            if rel.endswith("/launch.py") or rel in BUILDS_BY_HAND:
+                continue
+            if found := _builds_a_service(path):
+                offenders[rel] = found
+    assert not offenders, offenders
+    assert all(_builds_a_service(repo / rel) for rel in BUILDS_BY_HAND)  # none stale
+
+
+def test_the_launch_rule_catches_what_it_forbids(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("from tycoon.sls import service\n"
+                   "async def f(bus, ledger):\n"
+                   "    await BankService(bus, ledger).start()\n"
+                   "    return service.SLSService(bus), Broker(bus, 'B', '.'), print(bus)\n")
+    assert sorted(_builds_a_service(bad)) == [
+        "3: BankService(...)", "4: Broker(...)", "4: SLSService(...)"]

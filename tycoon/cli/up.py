@@ -11,6 +11,10 @@ it is free. While a market runs its state directory is locked: a second ``up`` o
 refused at once.
 ``--duration`` stops after that many seconds, prints a summary and exits 0 only if every
 service stopped cleanly and the bank's audit passes.
+
+This module starts, supervises and stops the market's processes; what a run shows (live
+view, progress, summary) is ``tycoon.cli.upview``, its hold on the state directory
+``tycoon.cli.upstate``.
 """
 
 from __future__ import annotations
@@ -18,22 +22,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console, Group
-from rich.live import Live
-from rich.text import Text
 
 from tycoon.auctioneer.bidparse import parse_duration
-from tycoon.bank.audit import AuditReport, audit
 from tycoon.bank.client import BankClient
-from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.envelope import Message
@@ -43,6 +39,7 @@ from tycoon.cli.init import write_nats_config
 from tycoon.cli.status import discover, healthy
 from tycoon.cli.top import MarketView
 from tycoon.cli.upstate import StateLock, last_port, port_is_free
+from tycoon.cli.upview import console, live_view, run_for, summarise
 from tycoon.cli.web import dashboard
 from tycoon.deploy import Deployment
 from tycoon.metrics import targets
@@ -52,7 +49,6 @@ from tycoon.sls.client import SLSClient
 from tycoon.supervisor import Child, stop_all
 from tycoon.web.server import DashboardServer
 
-console = Console(stderr=False, highlight=False, soft_wrap=True)
 READY_TIMEOUT_S = 60.0
 """How long a service child may take to write ``READY=1`` to its ready pipe."""
 
@@ -314,7 +310,7 @@ async def run_market(args: argparse.Namespace, state: Path, lock: StateLock) -> 
         if sys.stdout.isatty():
             await live_view(view, remaining, url)
         else:
-            await run_for(remaining, view, market)
+            await run_for(remaining, view, market.agents)
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     except (RuntimeError, OSError) as error:
@@ -334,7 +330,7 @@ async def run_market(args: argparse.Namespace, state: Path, lock: StateLock) -> 
                 (state / "pids" / "nats.pid").unlink()
     if market is None:
         return 1
-    return summarise(state, view, market, codes)
+    return summarise(state, view, market.agents, codes)
 
 
 def start_web(deployment: Deployment, port: int) -> DashboardServer | None:
@@ -346,75 +342,3 @@ def start_web(deployment: Deployment, port: int) -> DashboardServer | None:
         return None
     step(f"dashboard at {server.url} (verified in the browser; docs/dashboard.md)")
     return server
-
-
-async def run_for(seconds: float | None, view: MarketView, market: Processes) -> None:
-    """Without a terminal: a progress line every 5 s until ``seconds`` pass (or, with a
-    duration, every agent is done); without one, until a signal."""
-    begun = time.monotonic()
-    end = begun + max(0.0, seconds) if seconds is not None else float("inf")
-    while time.monotonic() < end:
-        await asyncio.sleep(min(5.0, max(0.1, end - time.monotonic())))
-        done = sum(1 for a in market.agents if not a.running)
-        left = f"  {int(end - time.monotonic())}s left" if seconds is not None else ""
-        console.print(f"  {int(time.monotonic() - begun):>4}s{left}  {len(view.hosts)} hosts"
-                      f"  {view.events} events  {len(view.transfers)} recent transfers"
-                      f"  agents done {done}/{len(market.agents)}")
-        if seconds is not None and market.agents and done == len(market.agents):
-            break
-
-
-async def live_view(view: MarketView, seconds: float | None, url: str) -> None:
-    """On a terminal: the live view, with the time left, until Ctrl-C (or ``seconds``)."""
-    end = time.monotonic() + seconds if seconds is not None else float("inf")
-
-    def frame() -> Group:
-        left = f"{int(end - time.monotonic())}s left · " if seconds is not None else ""
-        head = Text.from_markup(f"[bold]market at {url}[/] · {left}[dim]Ctrl-C stops it "
-                                "(state is kept)[/]")
-        return Group(head, view.render())
-
-    with Live(frame(), refresh_per_second=4, console=console) as live:
-        while time.monotonic() < end:
-            await asyncio.sleep(min(0.4, max(0.0, end - time.monotonic())))
-            live.update(frame())
-
-
-def agent_results(market: Processes) -> list[dict[str, Any]]:
-    results = []
-    for child in market.agents:
-        lines = [ln for ln in child.tail(50).splitlines() if ln.startswith('{"agent"')]
-        if lines:
-            results.append({"name": child.name, **json.loads(lines[-1])})
-    return results
-
-
-def summarise(state: Path, view: MarketView, market: Processes,
-              codes: dict[str, int | None]) -> int:
-    console.print("\n[bold]summary[/]")
-    console.print(view.render())
-    for r in agent_results(market):
-        console.print(f"  {r['name']}: spent {format_credits(r['spent'])} credits in "
-                      f"{r['plans']} plans, refunded {format_credits(r['refunded'])}")
-    report: AuditReport | None = None
-    db = state / "bank.db"
-    if db.exists():
-        store = SqliteStore(db, readonly=True)
-        try:
-            report = audit(store)
-        finally:
-            store.close()
-        verdict = "[green]passes[/]" if report.ok else "[red]FAILS[/]"
-        balances = format_credits(report.total_balances, 6)
-        console.print(f"  bank audit {verdict}: Σ balances {balances}"
-                      f" = Σ minted {format_credits(report.total_minted, 6)} credits over "
-                      f"{report.transfers} transfers, {report.accounts} accounts")
-        for problem in report.problems[:5]:
-            console.print(f"    {problem}")
-    bad = {n: c for n, c in codes.items()
-           if c not in (0, None, 130) and not (n.startswith("agent") and c == 130)}
-    if bad:
-        console.print(f"  [red]unclean exits:[/] {bad} (logs in {state / 'logs'})")
-    ok = report is not None and report.ok and not bad
-    return 0 if ok else 1
-
