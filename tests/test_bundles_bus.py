@@ -1,5 +1,5 @@
 """Bundles on a real, permissioned nats-server with JetStream: owners put and get their own
-objects through the bank's bundle service, a host reads a job's bundle and writes its
+objects through the store's bundle service, a host reads a job's bundle and writes its
 results back with the account's signed host.exec as proof, and every attack is refused or
 harmless: another account's bucket, forged or misused proofs, any JetStream right for a
 user or a host (stream administration, steered server answers), a lying digest, oversized
@@ -18,14 +18,11 @@ from pathlib import Path
 import pytest
 from nats.js.api import StreamConfig
 
-from tycoon.bank.client import BankClient
-from tycoon.bank.ledger import Ledger
-from tycoon.bank.service import BankService
-from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bundles import client, names
-from tycoon.bundles.buckets import BucketKeeper
+from tycoon.bundles.buckets import BucketMaker
 from tycoon.bundles.pack import pack
 from tycoon.bundles.service import BundleService
+from tycoon.bundles.state import StoreState
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.envelope import seal
@@ -37,7 +34,7 @@ from tycoon.natsserver import NatsServer, free_port
 pytestmark = pytest.mark.nats
 MAX_BYTES = 1 << 20
 ROLES = {"operator": "operator", "host": "host", "alice": "user", "mallory": "user",
-         "agent": "agent", "bank": "bank"}
+         "agent": "agent", "bank": "bank", "store": "store"}
 
 
 @dataclass
@@ -71,9 +68,10 @@ async def market(tmp_path: Path) -> AsyncIterator[Market]:
     conf.write_text(render_principals(principals, port=port, jetstream_dir=str(tmp_path / "js")))
     async with NatsServer(port=port, config=conf) as server:
         buses = {n: await open_bus(server.url, i) for n, i in ids.items()}
-        m = Market(server, buses, BundleService(buses["bank"]), ids)
+        state = StoreState(tmp_path / "store.db")
+        m = Market(server, buses, BundleService(buses["store"], state=state), ids)
         try:
-            for who in ("alice", "mallory", "agent"):  # as the bank makes them at open
+            for who in ("alice", "mallory", "agent"):  # as the store makes them (first put)
                 await client.ensure_bucket(m.operator, m.id(buses[who]), max_bytes=MAX_BYTES)
             js = m.operator.nc.jetstream()
             for name, subject in (("PRICES", "tycoon.price.>"),
@@ -89,6 +87,7 @@ async def market(tmp_path: Path) -> AsyncIterator[Market]:
             for bus in buses.values():
                 with contextlib.suppress(Exception):
                     await bus.close()
+            state.close()
 
 
 async def refused(bus: Bus, subject: str) -> None:
@@ -104,7 +103,7 @@ async def refused(bus: Bus, subject: str) -> None:
 
 
 def exec_by(account: Identity, host: Bus, **body: object) -> bytes:
-    """The account's signed host.exec to ``host``: a host's proof at the bank."""
+    """The account's signed host.exec to ``host``: a host's proof at the store."""
     return seal(account, "host.exec", {"argv": ["true"], **body},
                 subject=subjects.host_op(subject_id(host.identity.public_key), "exec"))
 
@@ -191,7 +190,7 @@ async def test_why_users_hold_none_steered_answers(market: Market) -> None:
     The operator (who holds the rights) shows it; users and hosts can do neither."""
     m = market
     js = m.operator.nc.jetstream()
-    await m.bank.nc.jetstream().publish(names.chunks(m.id(m.alice), "x"), b"stored")
+    await m.store.nc.jetstream().publish(names.chunks(m.id(m.alice), "x"), b"stored")
     await m.operator.nc.publish(names.msg_get(m.id(m.alice)), b'{"seq": 1}',
                                 reply="tycoon.settlement.junk.junk")
     alloc = f"tycoon.alloc.{m.id(m.host)}"
@@ -232,27 +231,29 @@ async def test_lying_digests_and_oversized_uploads_store_nothing(market: Market,
     assert (await client.pull(m.mallory, digest, tmp_path / "o") / "small").read_text() == "fits"
 
 
-async def test_the_bank_makes_the_bucket_when_it_opens_the_account(market: Market,
-                                                                   tmp_path: Path) -> None:
+async def test_the_store_makes_the_bucket_at_the_first_push(market: Market,
+                                                              tmp_path: Path) -> None:
+    """No bucket yet: the first push makes it (capped in size, no direct gets); the store
+    counts the buckets it made and refuses past ``max_buckets``; the bank holds no
+    object-store right any more."""
     m = market
-    ledger = Ledger(SqliteStore(tmp_path / "bank.db"), m.ids["bank"],
-                    operator=m.ids["operator"].public_key)
-    service = BankService(m.bank, ledger, buckets=BucketKeeper(m.bank.nc, max_bytes=MAX_BYTES))
-    await service.start()
-    try:  # the agent's account, its bucket not made yet: the bank's open makes it
-        carol = m.agent
-        account = m.id(carol)
-        await m.operator.nc.jetstream().delete_stream(names.stream(account))
-        await BankClient(carol, m.ids["bank"].public_key).open()
-        info = await m.operator.nc.jetstream().stream_info(names.stream(account))
-        assert info.config.max_bytes == MAX_BYTES and not info.config.allow_direct
-        (tmp_path / "f").write_text("x")
-        digest = await client.push(carol, tmp_path / "f")
-        assert await client.fetch_bytes(carol, digest)
-        await BankClient(carol, m.ids["bank"].public_key).open(exist_ok=True)  # harmless
-    finally:
-        await service.stop()
-        ledger.store.close()
+    carol = m.agent
+    account = m.id(carol)
+    await m.operator.nc.jetstream().delete_stream(names.stream(account))
+    m.service.make_bucket = BucketMaker(m.store.nc, m.service.state, max_bytes=MAX_BYTES,
+                                        max_buckets=1)
+    (tmp_path / "f").write_text("x")
+    digest = await client.push(carol, tmp_path / "f")
+    info = await m.operator.nc.jetstream().stream_info(names.stream(account))
+    assert info.config.max_bytes == MAX_BYTES and not info.config.allow_direct
+    assert await client.fetch_bytes(carol, digest)
+    assert m.service.state.has_bucket(account) and m.service.state.buckets() == 1
+    await m.operator.nc.jetstream().delete_stream(names.stream(m.id(m.mallory)))
+    with pytest.raises(Rejected) as caught:  # a second bucket: over this store's maximum
+        await client.push(m.mallory, tmp_path / "f")
+    assert caught.value.code == "forbidden" and "maximum" in caught.value.message
+    await m.bank.nc.publish(names.chunks(account, "x"), b"junk")
+    await refused(m.bank, names.chunks(account, "x"))
 
 
 async def test_a_host_needs_the_accounts_own_exec_to_it(market: Market, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """``tycoon-pub push|pull`` and ``exec --bundle --collect --results`` through the real entry
-point, against a bank and an auctioneer (simulated driver) on a JetStream server."""
+point, against a store, a bank and an auctioneer (simulated driver) on a JetStream server."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ SCRIPT = "import pathlib\np = pathlib.Path('out')\np.mkdir()\n" \
 
 
 async def bucket_for(url: str, user: User) -> str:
-    """The account's bucket, made as the bank or operator would (an open server here)."""
+    """The account's bucket, made as the store or operator would (an open server here)."""
     nc = await nats.connect(url)
     try:
         return await client.ensure_bucket(nc, subject_id(user.key), max_bytes=4 << 20)
@@ -61,7 +61,7 @@ def crafted(name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE,
 
 @contextlib.asynccontextmanager
 async def bundle_service(url: str) -> AsyncIterator[BundleService]:
-    """What the bank runs beside its own service (an open test server: any key will do)."""
+    """What `tycoon store serve` runs (an open test server: any key will do)."""
     bus = await open_bus(url, Identity.generate())
     service = BundleService(bus)
     await service.start()

@@ -15,6 +15,7 @@ from test_bundles_bus import Market, exec_by, market  # noqa: F401  (the fixture
 from tycoon.bundles import client, names
 from tycoon.bundles.pack import Limits, collect
 from tycoon.bundles.service import BundleService
+from tycoon.bundles.state import StoreState
 from tycoon.errors import Rejected
 
 
@@ -27,7 +28,7 @@ async def test_a_hostile_host_cannot_steer_a_message_get_answer_into_the_bank(
     receipts) or onto a JetStream API subject. Hosts hold no JetStream right (72bd133)."""
     m = market
     alice = m.id(m.alice)
-    await m.bus["bank"].nc.jetstream().publish(names.chunks(alice, "x"), b"stored")
+    await m.bus["store"].nc.jetstream().publish(names.chunks(alice, "x"), b"stored")
     for reply in ("tycoon.settlement.junk.junk", "$JS.API.STREAM.PURGE.PRICES",
                   "$JS.API.STREAM.DELETE.SETTLEMENTS"):
         await m.host.nc.publish(names.msg_get(alice), b'{"seq": 1}', reply=reply)
@@ -106,8 +107,8 @@ async def test_one_proof_lets_a_host_store_one_bundles_worth_not_fill_the_bucket
     storing that job's results. Re-used for object after object, it would fill the
     account's bucket (nothing in it expires) so the owner could push nothing more."""
     m = market
-    await m.service.stop()  # the bank's service, with a 256 KiB bundle limit
-    service = BundleService(m.bus["bank"], limits=Limits(bundle=256 << 10))
+    await m.service.stop()  # the store's service, with a 256 KiB bundle limit
+    service = BundleService(m.bus["store"], limits=Limits(bundle=256 << 10))
     await service.start()
     try:
         alice = m.ids["alice"]
@@ -125,3 +126,34 @@ async def test_one_proof_lets_a_host_store_one_bundles_worth_not_fill_the_bucket
         assert await client.push_bytes(m.alice, os.urandom(200 << 10))  # room left
     finally:
         await service.stop()
+
+
+@pytest.mark.nats
+@pytest.mark.hostile
+async def test_restarting_the_store_does_not_renew_a_proofs_budget(
+        market: Market, tmp_path: Path) -> None:  # noqa: F811
+    """The hostile host stores one job's results, waits for (or causes) a restart of the
+    store, and stores again with the same proof: the budget lives in the store's SQLite
+    file, so the second upload is refused as if no restart had happened."""
+    m = market
+    await m.service.stop()
+    limits, db = Limits(bundle=256 << 10), tmp_path / "restarted.db"
+    alice = m.ids["alice"]
+    proof = exec_by(alice, m.host, collect=["out"])
+    for run in range(2):
+        state = StoreState(db)
+        service = BundleService(m.bus["store"], limits=limits, state=state)
+        await service.start()
+        try:
+            if run == 0:
+                await client.push_bytes(m.host, os.urandom(200 << 10),
+                                        account=alice.public_key, proof=proof)
+            else:
+                with pytest.raises(Rejected) as refused:
+                    await client.push_bytes(m.host, os.urandom(200 << 10),
+                                            account=alice.public_key, proof=proof)
+                assert refused.value.code == "bundle_too_large"
+                assert state.spent(proof) == 200 << 10
+        finally:
+            await service.stop()
+            state.close()

@@ -58,6 +58,9 @@ LOG_MAX_FILES = 5
 """nats-server's log: rotated at 10 MB, the current file and 4 older ones kept."""
 PRINCIPALS_NAME = "principals.conf"
 LOOPBACK = "127.0.0.1"
+STORE_KEY = "store"
+"""The bundle store's key on a single machine (``tycoon up`` makes it); a store elsewhere is
+admitted like a host (``tycoon admit store NAME PUBKEY``: principals.conf)."""
 
 @dataclass(frozen=True)
 class TLS:
@@ -88,6 +91,8 @@ def deployment_principals(
         make(deployment.sls_key, "sls"),
         make(deployment.operator_key, "operator", operator_capabilities),
     ]
+    if STORE_KEY in deployment.pins or deployment.store.exists(STORE_KEY):
+        out.append(make(STORE_KEY, "store"))  # bundles (tycoon store serve); else admitted
     out += [make(h.key, "host") for h in deployment.hosts]
     out += [make(a.key, "agent") for a in deployment.agents]
     return out

@@ -12,7 +12,7 @@ from tycoon.bundles import names as bundles
 from tycoon.bus import subjects
 from tycoon.bus.keys import is_public_key, subject_id
 
-ROLES = ("bank", "sls", "host", "agent", "broker", "user", "operator", "viewer")
+ROLES = ("bank", "sls", "store", "host", "agent", "broker", "user", "operator", "viewer")
 """Every role a principal can play."""
 
 CAPABILITIES = ("requests", "monitor", "jetstream")
@@ -56,7 +56,7 @@ CLIENT_REQUESTS = (
     f"{subjects.PREFIX}.sls.*",
     f"{subjects.PREFIX}.host.*.*",
     f"{subjects.PREFIX}.broker.*.*",
-    bundles.REQUESTS,  # bundle.put / bundle.get, served by the hosts in the signer's bucket
+    bundles.REQUESTS,  # bundle.put / bundle.get, served by the store in the signer's bucket
 )
 SERVICE_EVENTS = (subjects.BANK_SETTLED, subjects.SLS_SNAPSHOT)
 # What anybody may read: the public market feeds.
@@ -138,11 +138,15 @@ def permissions(p: Principal) -> Permissions:
     sub_deny: list[str] = []
     responds = False
     if p.role == "bank":
-        pub += [INBOXES, subjects.BANK_SETTLED, SETTLEMENTS_ALL, *js_owner(SETTLEMENTS_STREAM),
-                *bundles.bank_publish()]  # makes each account's bucket, serves bundles
-        pub_deny += [d for d in NEVER_FROM_SERVICES if d != "$O.>"]
-        sub += [f"{subjects.PREFIX}.bank.*", SRV_ALL, bundles.REQUESTS]
+        pub += [INBOXES, subjects.BANK_SETTLED, SETTLEMENTS_ALL, *js_owner(SETTLEMENTS_STREAM)]
+        pub_deny += NEVER_FROM_SERVICES  # bundles are the store's: no object-store right
+        sub += [f"{subjects.PREFIX}.bank.*", SRV_ALL]
         sub_deny += [subjects.BANK_SETTLED]
+    elif p.role == "store":  # the only key with rights on bundle buckets (docs/security.md)
+        pub += [INBOXES, *bundles.store_publish()]  # make a bucket, put chunks, get messages
+        pub_deny += [*(d for d in NEVER_FROM_SERVICES if d != "$O.>"), SETTLEMENTS_ALL,
+                     *(s for s in CLIENT_REQUESTS if s != bundles.REQUESTS)]
+        sub += [bundles.REQUESTS, SRV_ALL]
     elif p.role == "sls":
         pub += [INBOXES, subjects.SLS_SNAPSHOT, *js_owner(PRICES_STREAM)]
         pub_deny += [*NEVER_FROM_SERVICES, SETTLEMENTS_ALL]
@@ -153,7 +157,7 @@ def permissions(p: Principal) -> Permissions:
         # talks to the bank (its own account, refunds) — nothing else, no JetStream at all
         # (PRICES captures its price updates).
         pub += [INBOXES, subjects.price(pid), subjects.alloc(pid), f"{subjects.PREFIX}.bank.*",
-                JOB_EVENTS, bundles.REQUESTS]  # a job's bundle and results: through the bank
+                JOB_EVENTS, bundles.REQUESTS]  # a job's bundle and results: through the store
         pub_deny += [subjects.BANK_SETTLED, SETTLEMENTS_ALL, "$JS.>", *NEVER_FROM_SERVICES]
         sub += [subjects.host_all(pid), SRV_ALL]
     elif p.role in ("agent", "broker", "user"):

@@ -6,16 +6,16 @@ The stable API (the agent and ``tycoon-pub`` use it)::
     digest = await push(bus, path)          # pack DIR|FILE, upload, return the hex digest
     dest = await pull(bus, digest, dest)    # fetch, check the digest, unpack safely
 
-``push`` and ``pull`` are signed requests (``bundle.put`` / ``bundle.get``) that the bank
-serves (tycoon.bundles.service) in the signer's own bucket; a host fetching a job's bundle
-or storing its results passes ``account`` and ``proof`` (the account's signed
-``host.exec``). Nobody but the bank holds a JetStream right on buckets: a JetStream answer
-goes to any reply subject the request names, so with any right a key steers the server's
-answers into other streams. :class:`Store`, :func:`get_bytes` and :func:`put_bytes` are
-that direct access (the bank's service; the operator).
+``push`` and ``pull`` are signed requests (``bundle.put`` / ``bundle.get``) that the store
+serves (``tycoon store serve``: tycoon.bundles.service) in the signer's own bucket; a host
+fetching a job's bundle or storing its results passes ``account`` and ``proof`` (the
+account's signed ``host.exec``). Nobody but the store holds a JetStream right on buckets:
+a JetStream answer goes to any reply subject the request names, so with any right a key
+steers the server's answers into other streams. :class:`Store`, :func:`get_bytes` and
+:func:`put_bytes` are that direct access (the store's service; the operator).
 
 The bucket ``bundles-<account id>`` (stream ``OBJ_bundles-<account id>``) is made, with
-its size limit, by the bank when it opens the account (tycoon.bundles.buckets). Objects
+its size limit, by the store on the account's first put (tycoon.bundles.buckets). Objects
 are stored in the object store's own layout (chunks on ``$O.<bucket>.C.<nuid>``, the meta
 on ``$O.<bucket>.M.<base64 name>``, so ``nats object get`` reads them) and read back with
 ``$JS.API.STREAM.MSG.GET`` one message at a time: no consumer and no direct get (a direct
@@ -127,7 +127,7 @@ async def _get(bus: Any, digest: str, after: int | None, timeout: float,
     return dict(reply.body)
 
 
-# ------------------------------------------------------------------ direct access (the bank)
+# ------------------------------------------------------------------ direct access (the store)
 
 
 def _nc(nc_or_bus: Any) -> Client:
@@ -182,7 +182,7 @@ async def get_bytes(nc_or_bus: Any, digest: str, *, account: str,
 async def ensure_bucket(nc_or_bus: Any, account: str, *, max_bytes: int = BUCKET_BYTES,
                         replicas: int = 1) -> str:
     """Create the account's bucket if missing (the operator's JetStream capability; the
-    bank uses :class:`tycoon.bundles.buckets.BucketKeeper`); its stream name."""
+    store uses :class:`tycoon.bundles.buckets.BucketMaker`); its stream name."""
     name = stream(account)
     js = _nc(nc_or_bus).jetstream(timeout=TIMEOUT)
     with contextlib.suppress(Exception):
@@ -213,8 +213,12 @@ def _meta_subject(account: str, name: str) -> str:
     return f"$O.{bucket(account)}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
 
 
+class NoBucket(Rejected):
+    """JetStream has no stream for the subject (no bucket yet), or is not running."""
+
+
 class Store:
-    """Direct JetStream access to one account's bucket (the bank), on one inbox
+    """Direct JetStream access to one account's bucket (the store), on one inbox
     subscription."""
 
     def __init__(self, nc: Client, account: str) -> None:
@@ -246,8 +250,9 @@ class Store:
         except TimeoutError:
             raise Rejected("unavailable", f"no answer from JetStream on {subject}") from None
         if msg.headers and str(msg.headers.get("Status", "")) == "503":
-            raise Rejected("unavailable", "JetStream is not running, or the account has no "
-                           f"bucket {bucket(self.account)} (the bank makes it at open)")
+            raise NoBucket("unavailable", "JetStream is not running, or the account has no "
+                           f"bucket {bucket(self.account)} (the store makes it at the first "
+                           "put)")
         try:
             body = json.loads(msg.data)
         except ValueError:
@@ -263,7 +268,7 @@ class Store:
                 return None
             if error.get("err_code") == 10059:
                 raise Rejected("unknown_bundle", f"no bucket {bucket(self.account)}: the "
-                               "bank makes it when the account opens (tycoon bank open)")
+                               "store makes it at the account's first push")
             raise Rejected("unavailable", f"JetStream: {error.get('description', error)}")
         message = body.get("message")
         return message if isinstance(message, dict) else None
@@ -299,16 +304,20 @@ class Store:
             seq = int(stored.get("seq", seq)) + 1
         return bytes(out[: size + 1])
 
-    async def read_chunks(self, nuid: str, most: int) -> tuple[bytes, int]:
-        """Every chunk of upload ``nuid`` (``bundle_too_large`` past ``most`` bytes)."""
-        seq, out, count = 1, bytearray(), 0
+    async def hash_chunks(self, nuid: str, most: int) -> tuple[str, int, int, str]:
+        """(hex SHA-256, size, chunk count, the object store's digest) of upload ``nuid``,
+        read one chunk at a time and never held whole (``bundle_too_large`` past ``most``)."""
+        seq, size, count, sha = 1, 0, 0, hashlib.sha256()
         while True:
             stored = await self.get({"seq": seq, "next_by_subj": self.chunks_subject(nuid)})
             if stored is None:
-                return bytes(out), count
-            out += self.payload(stored)
-            count += 1
-            if len(out) > most:
+                raw = sha.digest()
+                return (raw.hex(), size, count,
+                        "SHA-256=" + base64.urlsafe_b64encode(raw).decode())
+            piece = self.payload(stored)
+            sha.update(piece)
+            size, count = size + len(piece), count + 1
+            if size > most:
                 await self.drop(nuid)
                 raise Rejected("bundle_too_large", f"upload {nuid} is over {most} bytes")
             seq = int(stored.get("seq", seq)) + 1
@@ -346,5 +355,5 @@ class Store:
                 await self.sub.unsubscribe()
 
 
-__all__ = ["Store", "ensure_bucket", "fetch_bytes", "get_bytes", "pull", "push", "push_bytes",
-           "put_bytes"]
+__all__ = ["NoBucket", "Store", "ensure_bucket", "fetch_bytes", "get_bytes", "pull", "push",
+           "push_bytes", "put_bytes"]

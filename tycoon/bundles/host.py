@@ -2,7 +2,7 @@
 results when it ends (the thin adapter between :mod:`tycoon.auctioneer.jobhost` and the
 object store; docs/jobs.md, "Bundles").
 
-The host fetches and stores through the bank's bundle service, with the account's signed
+The host fetches and stores through the store's bundle service, with the account's signed
 ``host.exec`` as proof (it holds no JetStream right). It runs as root and writes into a
 sandbox a job of the same account may be changing:
 every path below the sandbox is reached through directory descriptors without following a

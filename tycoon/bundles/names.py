@@ -31,8 +31,9 @@ def msg_get(account_id: str) -> str:
 
 
 REQUESTS = "tycoon.bundle.*"
-"""``bundle.put`` / ``bundle.get``: the bank serves them (queue group ``bundles``). Users,
-agents and hosts reach buckets only this way: they hold no JetStream right."""
+"""``bundle.put`` / ``bundle.get``: the store serves them (``tycoon store serve``, queue
+group ``bundles``). Users, agents and hosts reach buckets only this way: they hold no
+JetStream right."""
 
 
 def request(op: str) -> str:
@@ -40,12 +41,14 @@ def request(op: str) -> str:
     return f"tycoon.bundle.{op}"
 
 
-BANK_CREATES = "$JS.API.STREAM.CREATE.*"
-"""The bank's right to make a bucket when it opens an account (stream names are one token:
-NATS cannot narrow it to ``OBJ_bundles-*``; the bank may not update, purge or delete)."""
+STORE_CREATES = "$JS.API.STREAM.CREATE.*"
+"""The store's right to make an account's bucket on its first put (stream names are one
+token: NATS cannot narrow it to ``OBJ_bundles-*``; the store may not update, purge or
+delete)."""
 
 
-def bank_publish() -> tuple[str, ...]:
-    """What the bank publishes to make buckets and serve bundles (the only key with rights
-    on them): create a stream, put chunks and metas, get messages."""
-    return (BANK_CREATES, "$O.*.C.*", "$O.*.M.*", "$JS.API.STREAM.MSG.GET.*")
+def store_publish() -> tuple[str, ...]:
+    """What the store publishes to make buckets and serve bundles (the only key with rights
+    on them): create a stream, put chunks and metas, get messages. NATS wildcards match
+    whole tokens only, so ``$O.*`` cannot be narrowed to ``$O.bundles-*``."""
+    return (STORE_CREATES, "$O.*.C.*", "$O.*.M.*", "$JS.API.STREAM.MSG.GET.*")

@@ -1,28 +1,31 @@
-"""The bank serves bundles: ``bundle.put`` / ``bundle.get`` on ``tycoon.bundle.<op>``, queue
-group ``bundles`` (docs/jobs.md, "Bundles"; docs/security.md, "Bundles").
+"""The store serves bundles: ``bundle.put`` / ``bundle.get`` on ``tycoon.bundle.<op>``,
+queue group ``bundles`` (``tycoon store serve``; docs/jobs.md, "Bundles"; docs/security.md,
+"Bundles"). It runs apart from the bank, so big pushes never slow payments.
 
 Nobody else holds a JetStream right on the buckets. A JetStream answer goes to whatever
 reply subject the request names, so any key holding one can steer the server's answers
 (publish acks, message gets) into any stream — the bank's SETTLEMENTS included (tested:
-1,000 junk messages in a blink, from a user; a host could do the same). The bank, which
-owns SETTLEMENTS and holds the money anyway, replies only to the signer's own inbox.
+1,000 junk messages in a blink, from a user; a host could do the same). The store replies
+only to the signer's own inbox.
 
 Who reaches which bucket: a key its own; a host an account's only with ``proof``, the
 account's own signed ``host.exec`` to that very host (its subject names the host) — naming
 the bundle for a get, asking for ``collect`` for a put. A put's last chunk names the
-digest: the chunks are read back and the object is named only if they hash to it.
+digest: the chunks are read back one at a time, hashed, and the object is named only if
+they hash to it (the store never holds a whole bundle). The bytes a host stored per proof
+live in the store's SQLite file (tycoon.bundles.state): a restart resets nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tycoon.bundles.client import Store, nats_digest
+from tycoon.bundles.client import NoBucket, Store
 from tycoon.bundles.names import request
-from tycoon.bundles.pack import LIMITS, Limits, check_digest, digest_of
+from tycoon.bundles.pack import LIMITS, Limits, check_digest
+from tycoon.bundles.state import StoreState
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
@@ -37,9 +40,6 @@ from tycoon.messages.jobs import HostExec
 UPLOAD_RE = re.compile(r"^[A-Za-z0-9]{8,22}$")
 RATE = RateLimit(rate=400.0, burst=800, max_pending=32, parallel=1)
 """Per key: 400 chunks/s (50 MiB/s), one at a time (a push's chunks arrive in order)."""
-PROOFS_KEPT = 10_000
-"""Proofs whose stored bytes are remembered (the oldest forgotten first; a bank restart
-forgets them all): one proof stores at most a bundle's worth of results."""
 
 
 def bucket_of(msg: Message, account: str | None, proof: bytes | None,
@@ -69,13 +69,17 @@ def bucket_of(msg: Message, account: str | None, proof: bytes | None,
 
 
 class BundleService:
-    """``bundle.put`` and ``bundle.get``, run by the bank beside its own service."""
+    """``bundle.put`` and ``bundle.get``, run by the store (tycoon.bundles.launch).
+
+    ``state``: the store's SQLite file (proof budgets; an in-memory one if None);
+    ``make_bucket``: makes an account's missing bucket at its first put (None: never)."""
 
     def __init__(self, bus: Bus, *, limits: Limits = LIMITS,
-                 rate_limit: RateLimit | None = RATE) -> None:
+                 rate_limit: RateLimit | None = RATE, state: StoreState | None = None,
+                 make_bucket: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.bus, self.limits = bus, limits
-        self.spent: OrderedDict[str, tuple[int, tuple[str, int]]] = OrderedDict()
-        """Bytes a host stored with one proof (by its hash), and its last chunk."""
+        self.state = state if state is not None else StoreState(":memory:")
+        self.make_bucket = make_bucket
         self.service = Service(
             bus, "tycoon-bundles",
             [Endpoint(request("put"), "bundle.put", self._put),
@@ -94,13 +98,17 @@ class BundleService:
         if not UPLOAD_RE.match(body.upload) or not 0 <= body.index < 1 << 20:
             raise Rejected("malformed", "upload: 8-22 letters or digits; index: 0..2^20")
         digest = check_digest(body.digest) if body.digest is not None else None
-        store = Store(self.bus.nc, bucket_of(msg, body.account, body.proof))
+        account = bucket_of(msg, body.account, body.proof)
+        store = Store(self.bus.nc, account)
         if body.account is not None and body.account != msg.sender and body.data:
-            self._spend(body.proof or b"", (body.upload, body.index), len(body.data))
+            # one job's results, one bundle's worth: re-used, a proof would fill the
+            # account's bucket (where nothing expires); durable across restarts
+            self.state.spend(body.proof or b"", (body.upload, body.index), len(body.data),
+                             self.limits.bundle)
         try:
             if body.data:
                 try:
-                    await store.chunk(body.upload, body.index, body.data)
+                    await self._chunk(store, account, body.upload, body.index, body.data)
                 except Rejected:
                     await store.drop(body.upload)  # e.g. the bucket is full: keep nothing
                     raise
@@ -110,28 +118,25 @@ class BundleService:
             await store.close()
         return BundlePutReply(body.upload, body.index, digest).to_body()
 
-    def _spend(self, proof: bytes, chunk: tuple[str, int], size: int) -> None:
-        """Count a host's chunk against its proof: one job's results, one bundle's worth
-        (re-used, a proof would fill the account's bucket, where nothing expires)."""
-        key = hashlib.sha256(proof).hexdigest()
-        spent, last = self.spent.pop(key, (0, ("", -1)))
-        spent += size if chunk != last else 0  # a resent chunk counts once
-        if spent > self.limits.bundle:
-            self.spent[key] = (spent - size, last)
-            raise Rejected("bundle_too_large", "this job's results are stored already: one "
-                           f"host.exec stores at most {self.limits.bundle} bytes")
-        self.spent[key] = (spent, chunk)
-        while len(self.spent) > PROOFS_KEPT:
-            self.spent.popitem(last=False)
+    async def _chunk(self, store: Store, account: str, upload: str, index: int,
+                     data: bytes) -> None:
+        """Store one chunk; the account's first makes its bucket (tycoon.bundles.buckets)."""
+        try:
+            await store.chunk(upload, index, data)
+        except NoBucket:
+            if self.make_bucket is None:
+                raise
+            await self.make_bucket(account)
+            await store.chunk(upload, index, data)
 
     async def _commit(self, store: Store, upload: str, digest: str) -> None:
-        """Name the object only if its chunks, read back, hash to ``digest``."""
-        data, count = await store.read_chunks(upload, self.limits.bundle)
-        if digest_of(data) != digest:
+        """Name the object only if its chunks, read back one by one, hash to ``digest``."""
+        got, size, count, nats = await store.hash_chunks(upload, self.limits.bundle)
+        if got != digest:
             await store.drop(upload)
             raise Rejected("bad_digest", f"the chunks of upload {upload} hash to "
-                           f"{digest_of(data)[:12]}…, not {digest[:12]}…")
-        await store.name(digest, upload, len(data), count, nats_digest(data))
+                           f"{got[:12]}…, not {digest[:12]}…")
+        await store.name(digest, upload, size, count, nats)
 
     async def _get(self, msg: Message) -> dict[str, Any]:
         body = BundleGet.from_body(msg.body)

@@ -18,8 +18,6 @@ from tycoon.bank.ledger import Ledger
 from tycoon.bank.receipt import Receipt
 from tycoon.bank.service import OPEN_BURST, OPEN_RATE
 from tycoon.bank.sqlite_store import SqliteStore, StoreLocked
-from tycoon.bundles.buckets import BucketKeeper
-from tycoon.bundles.client import BUCKET_BYTES
 from tycoon.bus import ratelimit
 from tycoon.bus.connection import Bus
 from tycoon.bus.keys import is_public_key
@@ -87,9 +85,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--rate-limit", type=rate_limit_arg(ratelimit.BANK),
                        default=ratelimit.BANK, help="requests/s per signer key, "
                        "RATE[/BURST] or 'off' (default 400/2000; the operator is exempt)")
-    serve.add_argument("--bucket-bytes", type=int, default=BUCKET_BYTES,
-                       help="make a bundle bucket of this size for each account opened, and "
-                            "serve bundles (docs/jobs.md, Bundles; 0: neither)")
     add_metrics_arguments(serve)
     add_ready_argument(serve)
     serve.set_defaults(func=cmd_serve)
@@ -230,9 +225,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
                 guard=restore_guard(path) if journal else None,
                 open_fee=parse_amount(args.open_fee) if args.open_fee != "0" else 0,
                 open_rate=args.open_rate, open_burst=args.open_burst,
-                rate_limit=args.rate_limit,
-                buckets=(lambda bus: BucketKeeper(bus, max_bytes=args.bucket_bytes))
-                if args.bucket_bytes > 0 else None))
+                rate_limit=args.rate_limit))  # bundles: `tycoon store serve`
         except (StoreLocked, ValueError) as error:  # another bank holds it, or owns it
             return fail(str(error))
         pub = home_dir(args) / PUB_NAME

@@ -107,6 +107,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "sls": ("tycoon hosts", "tycoon sls host abcdefghijklmn23"),
     "sls serve": ("tycoon --as sls sls serve                 # run several: one queue group",),
     "sls host": ("tycoon sls host abcdefghijklmn23 --json",),
+    "store": ("tycoon --as store store serve --state /var/lib/tycoon",),
+    "store serve": ("tycoon --as store store serve --state /var/lib/tycoon   # bundles",),
     "auctioneer": ("tycoon --as host-7 auctioneer serve --driver cgroups --bank BANKKEY",),
     "auctioneer serve": ("tycoon --as host-7 auctioneer serve --driver cgroups --bank BANKKEY",
                          "tycoon --as host-8 auctioneer serve --preset large   # simulated",

@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "run",
     "bank",
     "sls",
+    "store",
     "auctioneer",
     "history",
     "web",

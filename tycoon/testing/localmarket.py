@@ -18,7 +18,7 @@ from tycoon.bank.client import BankClient
 from tycoon.bank.launch import RunningBank, start_bank
 from tycoon.bank.ledger import Ledger
 from tycoon.bank.service import BankService, ReceiptLog
-from tycoon.bundles.buckets import BucketKeeper
+from tycoon.bundles.launch import RunningStore, start_store
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.keys import Identity, host_id
 from tycoon.sls.launch import RunningSLS, start_sls
@@ -53,6 +53,7 @@ class LocalMarket:
     operator: Identity
     running_bank: RunningBank | None = None
     running_sls: RunningSLS | None = None
+    running_store: RunningStore | None = None
     hosts: list[LocalHost] = field(default_factory=list)
     buses: list[Bus] = field(default_factory=list)
 
@@ -92,8 +93,9 @@ class LocalMarket:
         """The bank, its ledger in ``<state>/bank.db``."""
         self.running_bank = await start_bank(
             self.url, self.bank_identity, db=self.state / "bank.db",
-            operator=self.operator.public_key, settlement_log=settlement_log,
-            buckets=lambda bus: BucketKeeper(bus))  # bundles, where JetStream runs
+            operator=self.operator.public_key, settlement_log=settlement_log)
+        self.running_store = await start_store(  # bundles (their buckets: where JetStream runs)
+            self.url, None, db=self.state / "store.db")
         return self.running_bank
 
     async def start_sls(self, config: SLSConfig | None = None) -> RunningSLS:
@@ -123,7 +125,8 @@ class LocalMarket:
         return {"minted": self.ledger.minted, "balances": self.ledger.total_balances()}
 
     async def close(self) -> None:
-        parts = [*(h.running for h in reversed(self.hosts)), self.running_sls, self.running_bank]
+        parts = [*(h.running for h in reversed(self.hosts)), self.running_sls,
+                 self.running_store, self.running_bank]
         for part in parts:
             if part is not None:
                 with contextlib.suppress(Exception):
