@@ -121,8 +121,8 @@ async def run_chaos(config: ChaosConfig, tmp: Path) -> dict[str, Any]:
     started = time.monotonic()
     supervisors: list[asyncio.Task[None]] = []
     try:
-        await chaos.procs["bank"].start("ready")
-        await asyncio.gather(*(p.start(None) for n, p in chaos.procs.items() if n != "bank"))
+        await chaos.procs["bank"].start()
+        await asyncio.gather(*(p.start(ready=False) for n, p in chaos.procs.items() if n != "bank"))
         operator = BankClient(await _bus(chaos, keys.load("operator")), bank_key, timeout=3.0)
         for n, (budget, deadline) in enumerate(config.agents):
             ident = keys.create(f"agent{n}")
@@ -147,7 +147,7 @@ async def run_chaos(config: ChaosConfig, tmp: Path) -> dict[str, Any]:
             user_task = asyncio.create_task(_user_pays(chaos, rng.random()))
         t0 = time.monotonic()
         for name in [n for n in chaos.procs if n.startswith("agent")]:
-            await chaos.procs[name].start(None)
+            await chaos.procs[name].start(ready=False)
         supervisors = [asyncio.create_task(_supervise(chaos, n, random.Random(rng.random())))
                        for n in chaos.procs]
         schedule = _schedule(chaos, rng, t0)
@@ -344,7 +344,7 @@ async def _supervise(chaos: Chaos, name: str, rng: random.Random) -> None:
         await asyncio.sleep(rng.uniform(*chaos.config.restart))
         if chaos.stopping:
             return
-        await proc.start(None)
+        await proc.start(ready=False)
         chaos.restarts.append(time.monotonic())
 
 

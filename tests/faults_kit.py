@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import sqlite3
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from tycoon.bank.sqlite_store import SqliteStore
 from tycoon.bus.connection import Bus, inbox_prefix
 from tycoon.bus.keys import Identity, is_public_key
 from tycoon.errors import Rejected
+from tycoon.supervisor import Child
 
 
 def check_bank(db: Path) -> dict[str, int]:
@@ -167,39 +165,37 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class Proc:
-    """One ``tycoon`` command as a child process, logging to a file; killed with SIGKILL
+    """One ``tycoon`` command as a child process (a :class:`tycoon.supervisor.Child`, as
+    ``tycoon up`` runs them), everything it prints and logs in one file; killed with SIGKILL
     and restarted with the same command (and so the same state)."""
 
     def __init__(self, name: str, url: str, home: Path, *args: str) -> None:
         self.name, self.home = name, home
-        self.argv = [sys.executable, "-m", "tycoon.cli.main", "--nats", url,
-                     "--home", str(home), *args]
-        self.log = home / "logs" / f"{name}.log"
-        self.proc: asyncio.subprocess.Process | None = None
+        # TYCOON_LOG_FILE empty: the structured log goes to stderr, into the same file
+        self.child = Child(name, ["--nats", url, "--home", str(home), *args], home / "logs",
+                           {"PYTHONPATH": str(ROOT), "TYCOON_LOG": "info",
+                            "TYCOON_LOG_FILE": ""})
+        self.log = self.child.out_path
         self.offset = 0
         """Where this run's output starts in the log."""
 
     @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+    def proc(self) -> asyncio.subprocess.Process | None:
+        return self.child.process
 
-    async def start(self, ready: str | None, timeout: float = 60.0) -> None:
-        """Start and wait for ``ready`` in what this run writes to the log (None: no wait)."""
-        self.log.parent.mkdir(parents=True, exist_ok=True)
+    @property
+    def alive(self) -> bool:
+        return self.child.running
+
+    async def start(self, *, ready: bool = True, timeout: float = 60.0) -> None:
+        """Start; with ``ready`` (a ``serve`` command) wait until it writes ``READY=1`` to
+        its ``--ready-fd`` pipe. What it prints never counts."""
         self.offset = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
-                cwd=ROOT, start_new_session=True,
-                env={**os.environ, "PYTHONPATH": str(ROOT), "TYCOON_LOG": "info"},
-            )
-        if ready is None:
-            return
-        deadline = time.monotonic() + timeout
-        while ready not in self.text(self.offset):
-            assert self.proc.returncode is None, f"{self.name} exited:\n{self.text(self.offset)}"
-            assert time.monotonic() < deadline, f"{self.name} not ready:\n{self.text(self.offset)}"
-            await asyncio.sleep(0.05)
+        await self.child.start(notify=ready)
+        if ready and not await self.child.ready(timeout):
+            code = self.proc.returncode if self.proc is not None else None
+            raise AssertionError(f"{self.name} not ready (exit code {code}):\n"
+                                 f"{self.text(self.offset)}")
 
     def text(self, offset: int = 0) -> str:
         with open(self.log, "rb") as f:
@@ -213,12 +209,5 @@ class Proc:
         assert await self.proc.wait() == -signal.SIGKILL
 
     async def stop(self, timeout: float = 20.0) -> int | None:
-        if self.proc is None or self.proc.returncode is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-            return None
+        """SIGTERM, then SIGKILL after ``timeout``; the exit code (None if never started)."""
+        return await self.child.stop(timeout)

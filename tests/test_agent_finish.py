@@ -247,7 +247,7 @@ async def test_agent_run_exits_3_while_money_is_away_and_0_once_home(nats_url: s
         agent = Proc("agent", nats_url, home, "--as", "agent", "agent", "run", "--json",
                      "--budget", "10", "--deadline", "6s", "--replan", "1", "--grace", "1s",
                      "--state", str(tmp_path / "agents"), "--bank", market.bank_key)
-        await agent.start(None)
+        await agent.start(ready=False)
         await until(lambda: _paid_and_redeemed(market, ident.public_key), timeout=60,
                     what="paid twice")
         gone = market.hosts.pop(1)
@@ -257,7 +257,7 @@ async def test_agent_run_exits_3_while_money_is_away_and_0_once_home(nats_url: s
         summary = json.loads(agent.text(agent.offset).strip().splitlines()[-1])
         assert [(o["host"], o["what"]) for o in summary["outstanding"]] == [(gone.id, "unknown")]
         await market.add_host("small", identity=gone.identity)
-        await agent.start(None)
+        await agent.start(ready=False)
         assert await asyncio.wait_for(agent.proc.wait(), 60) == 0
         summary = json.loads(agent.text(agent.offset).strip().splitlines()[-1])
         assert summary["outstanding"] == []

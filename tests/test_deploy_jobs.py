@@ -64,7 +64,7 @@ async def test_second_job_of_one_key_has_its_own_ids(nats_url: str, tmp_path: Pa
             agent = Proc("agent", nats_url, home, "--as", "agent", "agent", "run", "--json",
                          "--budget", budget, "--deadline", "4s", "--replan", "1", "--grace",
                          "5s", "--state", str(tmp_path / state), "--bank", market.bank_key)
-            await agent.start(None)
+            await agent.start(ready=False)
             assert agent.proc is not None
             assert await asyncio.wait_for(agent.proc.wait(), 90) == 0
             summaries.append(json.loads(agent.text(agent.offset).strip().splitlines()[-1]))

@@ -86,8 +86,8 @@ async def test_kill_agent_auctioneer_and_bank_processes(tmp_path: Path) -> None:
                  "--candidates", "10", "--state", str(tmp_path / "agents"), "--bank", bank_key)
     buses: list[Bus] = []
     try:
-        await bank.start("ready")
-        await asyncio.gather(sls.start("sls serving"), *(h.start("serving on") for h in hosts))
+        await bank.start()
+        await asyncio.gather(sls.start(), *(h.start() for h in hosts))
 
         async def bus_of(identity: Identity) -> Bus:
             bus = await open_bus(url, identity)
@@ -120,20 +120,20 @@ async def test_kill_agent_auctioneer_and_bank_processes(tmp_path: Path) -> None:
             users.append(user)
 
         # 1. the agent, killed once it has moved money, resumes from its journal
-        await agent.start("agent ")
+        await agent.start(ready=False)
         await eventually(lambda: _true(fund_moves_done(journal) > 0), 30)
         await agent.kill()
         await asyncio.sleep(0.3)  # what the killed agent had in flight is delivered by now
         # taken before the restart: the new agent's first plan can come out before start()
-        # (which polls its log) returns, and later plans only on a market move
+        # returns, and later plans only on a market move
         restarted = time.monotonic()
-        await agent.start("agent ")
+        await agent.start(ready=False)
         await eventually(lambda: _true(any(t > restarted for t in plans)), 30)
 
         # 2. an auctioneer killed while the agent bids on it comes back from its store
         await hosts[0].kill()
         await asyncio.sleep(0.5)
-        await hosts[0].start("serving on")
+        await hosts[0].start()
         back = time.time_ns()
         await eventually(lambda: hosts_listed(back), 30)
 
@@ -143,7 +143,7 @@ async def test_kill_agent_auctioneer_and_bank_processes(tmp_path: Path) -> None:
         await eventually(lambda: _true(len(flood.told) >= 60), 30)
         await bank.kill()
         await asyncio.sleep(0.5)
-        await bank.start("ready")
+        await bank.start()
         mark = len(flood.told)
         await eventually(lambda: _true(flood.settled_since(mark) >= 30), 30)
         await flood.finish()
@@ -158,7 +158,7 @@ async def test_kill_agent_auctioneer_and_bank_processes(tmp_path: Path) -> None:
         # 4. the same job run again after its deadline finishes any move an outage left
         # pending (paid at the bank, not yet redeemed at the host), refunds, and pays nothing
         # twice
-        await agent.start("agent ")
+        await agent.start(ready=False)
         assert await asyncio.wait_for(agent.proc.wait(), 60) == 0, agent.text()
         codes = [await p.stop() for p in (sls, *hosts, bank)]
         assert codes == [0, 0, 0, 0], [p.text()[-2000:] for p in (sls, *hosts, bank)]

@@ -62,7 +62,7 @@ async def bank_and_host(nats_url: str, tmp_path: Path) -> AsyncIterator[BankAndH
     auctioneer: RunningAuctioneer | None = None
     world: BankAndHost | None = None
     try:
-        await bank.start("ready")
+        await bank.start()
         auctioneer = await start_auctioneer(
             nats_url, host_id, bank_key=bank_key, driver=SimulatedDriver(preset="small"),
             store_path=tmp_path / "host.db", name="h1", tick_s=0.1, heartbeat_s=0.5,
@@ -91,7 +91,7 @@ async def test_pending_refund_is_paid_when_the_bank_returns(nats_url: str,
         assert sum(r.amount for r in market.pending.values()) == 12 * MICRO
         await asyncio.sleep(5)  # down across several retries (the cap is 2 s)
         assert len(market.pending) == 3
-        await w.bank.start("ready")
+        await w.bank.start()
 
         async def all_paid() -> bool:
             return not market.pending
@@ -190,7 +190,7 @@ async def test_a_refund_the_bank_refuses_does_not_hold_up_the_others(nats_url: s
         for _, client in users:  # the closed account's refund is first in line
             with pytest.raises(Rejected):
                 await client.refund()
-        await w.bank.start("ready")
+        await w.bank.start()
         market = w.auctioneer.market
 
         async def only_the_refused_one_left() -> bool:
