@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from tycoon.bus.connection import Bus, open_bus  # noqa: E402
 from tycoon.bus.envelope import seal  # noqa: E402
 from tycoon.bus.keys import Identity, KeyStore  # noqa: E402
 from tycoon.natsserver import NatsServer  # noqa: E402
+from tycoon.supervisor import Child  # noqa: E402
 
 LEVELS = (1, 16, 64)
 
@@ -62,17 +62,17 @@ def crypto_bound(seconds: float = 1.0) -> float:
     return n / (time.perf_counter() - start)
 
 
-async def start_bank(url: str, home: Path, db: Path) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tycoon.cli.main", "--nats", url, "--home", str(home),
-        "--log-level", "error", "bank", "serve", "--db", str(db), "--operator-key", "operator",
-        stdout=asyncio.subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    if b"ready" not in line:
-        raise RuntimeError(f"bank did not start: {line!r}")
-    return proc
+async def start_bank(url: str, home: Path, db: Path) -> Child:
+    """``tycoon bank serve`` as a child process, ready once it writes ``READY=1`` to its
+    ``--ready-fd`` (as ``tycoon up`` starts it; its output goes to ``<home>/logs``)."""
+    bank = Child("bank", ["--nats", url, "--home", str(home), "--log-level", "error", "bank",
+                          "serve", "--db", str(db), "--operator-key", "operator"],
+                 home / "logs", {"PYTHONPATH": str(ROOT)})
+    await bank.start(notify=True)
+    if not await bank.ready(30):
+        await bank.stop(5)
+        raise RuntimeError(f"bank did not start:\n{bank.tail(20)}")
+    return bank
 
 
 async def run_level(clients: list[BankClient], payees: list[str], seconds: float
@@ -114,7 +114,9 @@ async def bench(seconds: float) -> dict[str, object]:
     operator = store.create("operator")
     results: dict[int, dict[str, float]] = {}
     async with NatsServer() as server:
-        proc = await start_bank(server.url, home, db)
+        bank = await start_bank(server.url, home, db)
+        assert bank.process is not None
+        pid = bank.process.pid
         buses: list[Bus] = []
         try:
             async def client(identity: Identity) -> BankClient:
@@ -130,10 +132,10 @@ async def bench(seconds: float) -> dict[str, object]:
             await asyncio.gather(*[op.mint(c.account, 10**12) for c in payers])
             await run_level(payers[:8], [p.account for p in payees], 0.5)  # warm up
             for level in LEVELS:
-                bank_cpu, client_cpu = cpu_seconds(proc.pid), time.process_time()
+                bank_cpu, client_cpu = cpu_seconds(pid), time.process_time()
                 done, elapsed, lat = await run_level(payers[:level],
                                                      [p.account for p in payees], seconds)
-                bank_cpu = cpu_seconds(proc.pid) - bank_cpu
+                bank_cpu = cpu_seconds(pid) - bank_cpu
                 client_cpu = time.process_time() - client_cpu
                 results[level] = {"clients": level, "transfers": done,
                                   "transfers_per_s": done / elapsed,
@@ -145,8 +147,7 @@ async def bench(seconds: float) -> dict[str, object]:
         finally:
             for bus in buses:
                 await bus.close()
-            proc.send_signal(signal.SIGTERM)
-            await proc.wait()
+            await bank.stop(20)
     with SqliteStore(db, readonly=True) as ro:
         mode = ro._db.execute("PRAGMA journal_mode").fetchone()[0]
         transfers = sum(1 for e in ro.events() if e.kind == "transfer")
