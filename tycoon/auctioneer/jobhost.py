@@ -79,6 +79,11 @@ class JobConfig:
     """The persisted account → uid map; None: jobs run as this process's user (simulated)."""
     uid_range: tuple[int, int] = runner.UID_RANGE
     limits: Limits = field(default_factory=Limits)
+    host_jobs: int = field(default_factory=runner.host_jobs_default)
+    """Jobs running (or frozen) at once, all accounts together (``job_limit`` beyond)."""
+    host_pids: int = field(default_factory=runner.host_pids_default)
+    """Processes of all jobs together: exec refused (``job_limit``) at this many, and the
+    kernel's cap on the driver's root cgroup (cgroups driver)."""
 
 
 class JobHost:
@@ -104,6 +109,7 @@ class JobHost:
         if isinstance(saved.get("prefix"), str) and isinstance(saved.get("counter"), int):
             with contextlib.suppress(ValueError):  # job ids go on where the last run stopped
                 self.table = JobTable(saved["prefix"], config.limits, counter=saved["counter"])
+        self.confine.cap_host(config.host_pids)  # the kernel's cap, where there is one
         closed = [str(p) for p in root.parents if not os.stat(p).st_mode & 0o001]
         if self.uids is not None and closed:
             raise Rejected("driver_failed", f"jobs run as their own uids cannot reach {root}: "
@@ -127,8 +133,10 @@ class JobHost:
         frozen = self._share(account) <= 0.0
         if not frozen and account in self.frozen:
             self._freeze(account, False)  # left frozen while it had no job: thaw first
+        self._room()
         bundle = (await bundles.fetch(self.bus, account, request.bundle, msg.raw)
                   if request.bundle else None)  # unknown, bad or unsafe: nothing starts
+        self._room()  # again, with no await until the job is in the table
         job = self.table.admit(account, request, self.clock())
         try:
             uid = self.uids.uid(account) if self.uids is not None else None
@@ -148,7 +156,8 @@ class JobHost:
             frozen = self._share(account) <= 0.0  # again: the bundle took its time, the
             if not frozen and account in self.frozen:  # share may have changed meanwhile
                 self._freeze(account, False)
-            self.confine.prepare(account, self.config.limits.pids_per_account)
+            self.confine.prepare(account, min(self.config.limits.pids_per_account,
+                                              self.config.host_pids))
             env = runner.base_env(account, job.id, home, request.env)
             output, theirs = self.state.create_output(job.id)
             try:
@@ -187,6 +196,19 @@ class JobHost:
                       uid=uid if uid is not None else -1, frozen=frozen)
         return HostExecReply(job.id, account, self._subject(job, "out"), started.pid,
                              uid if uid is not None else -1, job.state).to_body()
+
+    def _room(self) -> None:
+        """``job_limit`` when the host runs its most jobs or processes, all accounts
+        together (a hostile or busy account cannot take the whole machine: docs/jobs.md)."""
+        running = self.table.running()
+        if len(running) >= self.config.host_jobs:
+            raise Rejected("job_limit", f"this host runs its maximum of {self.config.host_jobs}"
+                           " jobs for all accounts together: try later or another host")
+        used = self.confine.host_pids([job.pid for job in running])
+        if used >= self.config.host_pids:
+            raise Rejected("job_limit", f"this host's jobs hold {used} processes, its maximum "
+                           f"of {self.config.host_pids} for all accounts together: try later "
+                           "or another host")
 
     async def _signal(self, msg: Message) -> dict[str, Any]:
         body = HostSignal.from_body(msg.body)

@@ -16,6 +16,7 @@ from tycoon.cli import bundles as bundles_cli
 from tycoon.cli.common import bus_for, host_id_of, print_json
 from tycoon.errors import Rejected
 from tycoon.messages.jobs import JobExit, JobOutput
+from tycoon.vmm import jobs as runner
 from tycoon.vmm.jobs import UID_RANGE
 
 EXEC_OPTIONS = argparse.ArgumentParser(prog="tycoon host exec HOST", add_help=False)
@@ -59,6 +60,13 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help="range of per-account uids (cgroups driver, root)")
     group.add_argument("--job-pids", type=int, default=Limits.pids_per_account,
                        help="processes per account (pids controller)")
+    group.add_argument("--host-jobs", type=int, default=None,
+                       help="jobs at once, all accounts together (default: "
+                            f"{runner.JOBS_PER_CORE} per core)")
+    group.add_argument("--host-pids", type=int, default=None,
+                       help="processes of all jobs together (default: "
+                            f"{runner.PIDS_PER_CORE} per core, at most pid_max/"
+                            f"{runner.PIDS_SHARE})")
     group.add_argument("--job-output", type=int, default=Limits.output_total,
                        help="bytes of output published per job")
     group.add_argument("--job-output-rate", type=int, default=Limits.output_rate,
@@ -87,7 +95,10 @@ def job_config(args: argparse.Namespace, driver_name: str, store: Path) -> JobCo
                     output_rate=args.job_output_rate,
                     output_burst=max(args.job_output_rate, Limits.chunk))
     uid_file = store.with_name(store.name + ".uids.json") if driver_name == "cgroups" else None
-    return JobConfig(root=Path(args.jobs), uid_file=uid_file, uid_range=uids, limits=limits)
+    caps = {k: v for k, v in (("host_jobs", getattr(args, "host_jobs", None)),
+                              ("host_pids", getattr(args, "host_pids", None))) if v}
+    return JobConfig(root=Path(args.jobs), uid_file=uid_file, uid_range=uids, limits=limits,
+                     **caps)
 
 
 def _env(pairs: list[str]) -> dict[str, str]:

@@ -37,6 +37,28 @@ from tycoon.vmm.validate import sandbox_name
 
 log = get_logger("vmm.jobs")
 UID_RANGE = (60000, 60999)
+JOBS_PER_CORE = 32
+"""Default host-wide cap on running jobs, all accounts together: this many per core."""
+PIDS_PER_CORE, PIDS_SHARE = 2048, 4
+"""Default host-wide cap on the jobs' processes: this many per core, and never more than
+1/``PIDS_SHARE`` of the kernel's ``pid_max`` (the rest is the system's)."""
+
+
+def host_jobs_default(cores: int | None = None) -> int:
+    """Jobs a host runs at once for all accounts together (``--host-jobs``)."""
+    return JOBS_PER_CORE * max(1, cores or os.cpu_count() or 1)
+
+
+def host_pids_default(cores: int | None = None, pid_max: int | None = None) -> int:
+    """Processes a host's jobs hold at once for all accounts together (``--host-pids``):
+    from the cores, capped by ``/proc/sys/kernel/pid_max``."""
+    if pid_max is None:
+        try:
+            pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+        except (OSError, ValueError):
+            pid_max = 32768
+    per_cores = PIDS_PER_CORE * max(1, cores or os.cpu_count() or 1)
+    return max(64, min(per_cores, pid_max // PIDS_SHARE))
 """The default range of per-account uids (and gids of the same numbers)."""
 PATH = "/usr/local/bin:/usr/bin:/bin"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -311,6 +333,25 @@ class Confinement:
     def prepare(self, account: str, pids_max: int) -> None:
         """Ready the account's sandbox for jobs (the pids cap)."""
 
+    def cap_host(self, pids_max: int) -> bool:
+        """Cap the processes of every sandbox together (False: nothing to cap here)."""
+        return False
+
+    def host_pids(self, pids: Sequence[int]) -> int:
+        """Processes the host's jobs hold now (``pids``: the job leaders; here, unconfined:
+        each leader's session, counted from /proc)."""
+        sessions = {p for p in pids if p > 1}
+        if not sessions:
+            return 0
+        count = 0
+        with contextlib.suppress(OSError):
+            for entry in os.scandir("/proc"):
+                if entry.name.isdigit():
+                    with contextlib.suppress(OSError, ValueError):
+                        if os.getsid(int(entry.name)) in sessions:
+                            count += 1
+        return count
+
     def freeze(self, account: str, frozen: bool, pids: Sequence[int]) -> None:
         """Freeze or thaw the account's processes (``pids``: its job leaders' sessions)."""
         for pid in pids:
@@ -350,6 +391,23 @@ class CgroupConfinement(Confinement):
         self.procs_files(account)
         if not self.driver.backend.set_pids_max(self._name(account), pids_max):
             log.warning("no pids controller: job process counts are not capped")
+
+    def cap_host(self, pids_max: int) -> bool:
+        """The pids controller on the driver's root: the kernel caps all sandboxes."""
+        try:
+            return bool(self.driver.backend.set_pids_max("", pids_max))
+        except (OSError, Rejected) as error:
+            log.warning("host-wide pids cap not set", error=str(error))
+            return False
+
+    def host_pids(self, pids: Sequence[int]) -> int:
+        """``pids.current`` of the driver's root (every sandbox together)."""
+        paths = self.driver.backend.paths("")
+        base = paths.get("unified") or paths.get("pids")
+        if base is not None:
+            with contextlib.suppress(OSError, ValueError):
+                return int((Path(base) / "pids.current").read_text())
+        return super().host_pids(pids)
 
     def freeze(self, account: str, frozen: bool, pids: Sequence[int]) -> None:
         if not self.driver.backend.freeze(self._name(account), frozen):
