@@ -190,6 +190,7 @@ def tour(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tour]:
         assert not lock.exists() or not lock.read_text(), "the state lock outlived tycoon up"
 
 
+@pytest.mark.xdist_group("readme_tour")  # one worker, one market for both tour tests
 def test_a_broken_readme_fails_the_runner(tour: Tour) -> None:
     """A misspelled command, or a PORT before any market, stops the tour at that line."""
     text = README.read_text().replace("tycoon --as operator hosts", "tycoon --as operator hsots")
@@ -203,6 +204,7 @@ def test_a_broken_readme_fails_the_runner(tour: Tour) -> None:
         tour_lines(text.replace(TOUR, "## A tour"))
 
 
+@pytest.mark.xdist_group("readme_tour")
 def test_the_readme_tour_runs_word_for_word(tour: Tour) -> None:
     for line in tour_lines(README.read_text()):
         if not line.startswith("tycoon up"):  # the market the fixture started from it
