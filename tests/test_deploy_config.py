@@ -19,6 +19,7 @@ from tycoon.errors import Rejected
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 SAMPLES = {"bank.toml": ["bank", "serve"], "sls.toml": ["sls", "serve"],
+           "store.toml": ["store", "serve"],
            "auctioneer.toml": ["auctioneer", "serve"],
            "agent.toml": ["agent", "run", "--budget", "1", "--deadline", "1m"]}
 

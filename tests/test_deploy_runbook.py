@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "operations.md"
 KEY_OF = {"UBANK": ("bank", "bank"), "USLS2": ("sls-2", "sls-2"), "USLS": ("sls-1", "sls"),
           "UHOST": ("host-1", "host-1"), "UALICE": ("laptop", "alice"),
-          "UOPER": ("box", "operator")}
+          "UOPER": ("box", "operator"), "USTORE": ("store", "store")}
 URLS = "nats://n1:4222,nats://n2:4222,nats://n3:4222"
 CGROUPS = re.compile(r"--driver cgroups --cgroup-root (\S+) --driver-state-dir \S+")
 
@@ -89,6 +89,7 @@ def test_the_runbook_has_every_step() -> None:
                  "--dry-run", "nats-server -c", "/varz", "SSL_CERT_FILE", "streams ensure",
                  "key trust", "bank serve", "sls-2 sls serve", "auctioneer serve",
                  "status --check", "bank open", "bank mint", "hosts", "revoke",
+                 "admit store", "store serve", "host push",
                  "--signal reload"):
         assert part in commands, part
     machines = {m for m, _, _ in runbook()}
@@ -173,7 +174,8 @@ class Runbook:
             stderr=asyncio.subprocess.PIPE)
         self.procs.append(proc)
         assert proc.stdout is not None and proc.stderr is not None
-        want = b"ready" if "bank" in argv[argv.index("serve") - 1] else b"serving on"
+        service = argv[argv.index("serve") - 1]
+        want = b"ready" if service in ("bank", "store") else b"serving on"
         while True:
             line = await asyncio.wait_for(proc.stdout.readline(), 60)
             assert line, (argv, (await proc.stderr.read()).decode()[-2000:])
@@ -224,6 +226,8 @@ async def test_the_runbook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                 assert "10" in out, out
             if command.endswith("streams info"):  # the leader and replicas, per stream
                 assert out.count(" R3 ") == 2 and out.count("leader n") == 2, out
+            if " host push " in command:  # a 64-hex digest: the store made alice's bucket
+                assert len(out.strip()) == 64, out
             if command.endswith("alice hosts"):  # the laptop sees host-1 through an SLS
                 host = KeyStore(book.home("host-1")).load("host-1").public_key
                 assert subject_id(host) in out, out

@@ -261,7 +261,6 @@ SERVICES = {"BankService", "SLSService", "AuctioneerService", "Broker"}
 BUILDS_BY_HAND = {
     "tests/test_bank_service.py": "tests the BankService class itself",
     "tests/test_sls_service.py": "tests the SLSService class itself",
-    "tests/test_bundles_bus.py": "tests BankService's bundle buckets option directly",
 }
 """Modules allowed to construct a service class outside ``tycoon/*/launch.py``, and why."""
 

@@ -82,10 +82,11 @@ async def push_bytes(bus: Any, data: bytes, *, timeout: float = TIMEOUT,
             if first.get("size") == len(data):
                 return digest  # already there (its chunks were checked when it was named)
     upload = "".join(secrets.choice(_ALNUM) for _ in range(22))
-    pieces = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
-    for index, piece in enumerate(pieces):
+    count = max(1, -(-len(data) // CHUNK))  # one chunk at a time: no copy of the whole
+    for index in range(count):
+        piece = data[index * CHUNK:(index + 1) * CHUNK]
         body: dict[str, Any] = {"upload": upload, "index": index, "data": piece, **extra}
-        if index == len(pieces) - 1:
+        if index == count - 1:
             body["digest"] = digest
         await bus.request(request("put"), "bundle.put", body, timeout=timeout)
     return digest

@@ -193,8 +193,11 @@ class RecentlyVerified:
     per receiver.
     """
 
-    def __init__(self, capacity: int = 4096) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity: int = 4096, largest: int = 16 * 1024) -> None:
+        # Envelopes above ``largest`` bytes are not kept: fan-out messages (prices,
+        # allocations) are small, and 4,096 bundle chunks of 128 KiB (raw and decoded)
+        # held the store's memory at 485 MiB (benchmarks/bundles.py).
+        self.capacity, self.largest = capacity, largest
         self._seen: dict[bytes, tuple[Limits, Message]] = {}
 
     def open(self, raw: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Message:
@@ -206,6 +209,8 @@ class RecentlyVerified:
                 return seen[1]
             return _decode_verified(raw, limits)  # the signature is known good
         msg = _verify_and_decode(raw, limits)
+        if len(raw) > self.largest:
+            return msg
         self._seen[raw] = (limits, msg)
         if len(self._seen) > self.capacity:
             del self._seen[next(iter(self._seen))]

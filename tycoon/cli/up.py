@@ -41,9 +41,10 @@ from tycoon.cli.top import MarketView
 from tycoon.cli.upstate import StateLock, last_port, port_is_free
 from tycoon.cli.upview import console, live_view, run_for, summarise
 from tycoon.cli.web import dashboard
-from tycoon.deploy import Deployment
+from tycoon.deploy import LOCAL_KEYS, Deployment
 from tycoon.metrics import targets
 from tycoon.money import format_credits, parse_amount
+from tycoon.natsconf import STORE_KEY
 from tycoon.natsserver import NatsServer, free_port
 from tycoon.sls.client import SLSClient
 from tycoon.supervisor import Child, stop_all
@@ -98,14 +99,18 @@ class Processes:
                      self.state / "logs", dict(self.env))
 
     async def start_services(self) -> None:
-        """The bank and the SLS side by side, then the auctioneers one by one (each ready
-        before the next starts: a host's pid file means the hosts before it serve)."""
+        """The bank, the SLS and the bundle store side by side, then the auctioneers one by
+        one (each ready before the next starts: a host's pid file means the hosts before it
+        serve)."""
         d = self.deployment
         await self._start(
             (self.child("bank", "--as", d.bank_key, "bank", "serve", "--db",
                         str(self.state / "bank.db"), "--operator-key", d.operator_key), "bank"),
             (self.child("sls", "--as", d.sls_key, "sls", "serve", "--snapshot-s", "5"),
-             "service location service"))
+             "service location service"),
+            (Child("store", ["--nats", self.url, "--as", STORE_KEY, "store", "serve", "--state",
+                             str(self.state)], self.state / "logs", dict(self.env)),
+             "bundle store"))  # bundles (tycoon-pub push, exec --bundle/--collect)
         for spec in d.hosts:
             args = ["--as", spec.key, "auctioneer", "serve", "--driver", spec.driver,
                     "--bank", d.bank_key, "--name", spec.key,
@@ -216,7 +221,7 @@ def deployment_for(args: argparse.Namespace, state: Path, url: str) -> Deploymen
             deployment.hosts = [type(h)(h.key, "this machine", "cgroups")
                                 for h in deployment.hosts]
         step(f"new market in {state}")
-    made = deployment.ensure_keys()
+    made = deployment.ensure_keys((*LOCAL_KEYS, STORE_KEY))
     if made:
         step(f"made keys: {', '.join(made)}")
     deployment.nats_url = url
