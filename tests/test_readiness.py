@@ -74,10 +74,10 @@ def test_notify_ready_without_a_supervisor_is_a_no_op() -> None:
 def test_the_service_commands_take_ready_fd() -> None:
     import argparse
 
-    from tycoon.cli import auctioneer, bank, sls
+    from tycoon.cli import agent, auctioneer, bank, sls
 
     for module, argv in ((bank, ["bank", "serve"]), (sls, ["sls", "serve"]),
-                         (auctioneer, ["auctioneer", "serve"])):
+                         (auctioneer, ["auctioneer", "serve"]), (agent, ["broker", "serve"])):
         parser = argparse.ArgumentParser()
         module.register(parser.add_subparsers())
         assert parser.parse_args([*argv, "--ready-fd", "7"]).ready_fd == 7

@@ -29,6 +29,7 @@ from tycoon.metrics.server import add_arguments as add_metrics_arguments
 from tycoon.metrics.server import serve_from_args, stop_server
 from tycoon.money import format_amount, parse_amount
 from tycoon.resources import RESOURCES
+from tycoon.supervisor import add_ready_argument, notify_ready
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -81,6 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--fee-percent", type=int, default=5)
     serve.add_argument("--state", default=None, help="directory (default <home>/broker)")
     serve.add_argument("--bank", default=None, help="the bank's public key or key name")
+    add_ready_argument(serve)
     serve.set_defaults(func=cmd_serve)
     join = bops.add_parser("enroll", help="pay a broker budget + fee and start a job")
     join.add_argument("broker", help="the broker's public key or key name")
@@ -249,6 +251,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
             broker = running.broker
             print(f"broker {broker.id} serving on {subjects.broker(broker.id, 'enroll')}",
                   flush=True)
+            notify_ready(args.ready_fd)
             await run_until_signal()
     finally:
         await bus.close()
