@@ -12,7 +12,9 @@ processes on one JetStream server, as ``tycoon up`` starts them. Measured:
 Before the store existed, the bank served bundles itself: the red-team run measured
 transfer p50 2 ms / p95 5 ms without pushes and 16 / 26 ms with 4 users pushing 16 MiB.
 
-Run: ``python benchmarks/bundles.py [--json] [--seconds S]``.
+Run: ``python benchmarks/bundles.py [--json] [--seconds S]``. ``--bank-serves-bundles``
+starts no store, for measuring a checkout from before the store (the bank served bundles
+and made an account's bucket when the account opened: each pusher opens its account).
 """
 
 from __future__ import annotations
@@ -73,9 +75,11 @@ async def transfers(client: BankClient, payee: str, seconds: float) -> list[floa
     return out
 
 
-async def pusher(url: str, size: int) -> None:
-    """(A child process) push fresh random bundles of ``size`` bytes until killed."""
+async def pusher(url: str, size: int, bank_key: str) -> None:
+    """(A child process) open a bank account, then push fresh random bundles of ``size``
+    bytes until killed."""
     bus = await open_bus(url, Identity.generate())
+    await BankClient(bus, bank_key, timeout=10.0).open()
     while True:
         t0 = time.perf_counter()
         await bundles.push_bytes(bus, os.urandom(size), timeout=60)
@@ -103,7 +107,7 @@ def stats(ms: list[float]) -> dict[str, float]:
             "p99_ms": percentile(ms, 99)}
 
 
-async def bench(seconds: float) -> dict[str, object]:
+async def bench(seconds: float, store_too: bool = True) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix="tycoon-bundles-bench-"))
     home = tmp / "home"
     keys = KeyStore(home)
@@ -116,7 +120,7 @@ async def bench(seconds: float) -> dict[str, object]:
                            "--no-settlement-log")
         store = await serve("store", server.url, home, "--as", "store", "store", "serve",
                             "--db", str(tmp / "store.db"), "--bucket-bytes", str(4 << 30),
-                            "--rate-limit", "off")
+                            "--rate-limit", "off") if store_too else None
         buses: list[Bus] = []
         procs: list[asyncio.subprocess.Process] = []
         try:
@@ -132,7 +136,7 @@ async def bench(seconds: float) -> dict[str, object]:
             await transfers(payer, payee.account, 1.0)  # warm up
             quiet = await transfers(payer, payee.account, seconds)
             procs = [await asyncio.create_subprocess_exec(
-                sys.executable, __file__, "--pusher", server.url, str(PUSH_MIB * MIB),
+                sys.executable, __file__, "--pusher", server.url, str(PUSH_MIB * MIB), bank_key,
                 stdout=asyncio.subprocess.PIPE, env={**os.environ, "TYCOON_LOG": "error"})
                 for _ in range(PUSHERS)]
             await asyncio.sleep(2.0)  # every pusher connected and streaming chunks
@@ -145,7 +149,8 @@ async def bench(seconds: float) -> dict[str, object]:
                 pushes += [float(line.split()[1]) for line in out.decode().splitlines()
                            if line.startswith("pushed ")]
             speed = {f"{mib}MiB": await throughput(payer.bus, mib * MIB) for mib in (1, 32)}
-            memory = {"bank_peak_mib": peak_mib(bank), "store_peak_mib": peak_mib(store)}
+            memory = {"bank_peak_mib": peak_mib(bank),
+                      "store_peak_mib": peak_mib(store) if store else None}
         finally:
             for proc in procs:
                 if proc.returncode is None:
@@ -153,22 +158,27 @@ async def bench(seconds: float) -> dict[str, object]:
                     await proc.wait()
             for bus in buses:
                 await bus.close()
-            await store.stop(10)
+            if store is not None:
+                await store.stop(10)
             await bank.stop(10)
     return {"transfer_quiet": stats(quiet), "transfer_while_pushing": stats(busy),
             "pushers": PUSHERS, "push_mib": PUSH_MIB, "pushes_done": len(pushes),
             "push_16mib_s_median": statistics.median(pushes) if pushes else None,
-            "throughput": speed, "memory": memory, "cores": os.cpu_count()}
+            "throughput": speed, "memory": memory, "cores": os.cpu_count(),
+            "bundles_served_by": "store" if store_too else "bank",
+            "load_average": os.getloadavg()[0]}
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--pusher":
-        asyncio.run(pusher(sys.argv[2], int(sys.argv[3])))
+    if len(sys.argv) == 5 and sys.argv[1] == "--pusher":
+        asyncio.run(pusher(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
         return
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=8.0, help="per latency measurement")
+    p.add_argument("--bank-serves-bundles", action="store_true",
+                   help="start no store (a checkout from before it: the bank served bundles)")
     args = p.parse_args()
-    result = asyncio.run(bench(args.seconds))
+    result = asyncio.run(bench(args.seconds, not args.bank_serves_bundles))
     q, b = result["transfer_quiet"], result["transfer_while_pushing"]
     table("bank transfer latency (ms)", [
         ["nobody pushing", q["n"], q["p50_ms"], q["p95_ms"], q["p99_ms"]],

@@ -89,7 +89,7 @@ def test_the_runbook_has_every_step() -> None:
                  "--dry-run", "nats-server -c", "/varz", "SSL_CERT_FILE", "streams ensure",
                  "key trust", "bank serve", "sls-2 sls serve", "auctioneer serve",
                  "status --check", "bank open", "bank mint", "hosts", "revoke",
-                 "admit store", "store serve", "host push",
+                 "admit store", "store serve", "host push", "--service store",
                  "--signal reload"):
         assert part in commands, part
     machines = {m for m, _, _ in runbook()}

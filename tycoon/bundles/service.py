@@ -81,7 +81,7 @@ class BundleService:
         self.state = state if state is not None else StoreState(":memory:")
         self.make_bucket = make_bucket
         self.service = Service(
-            bus, "tycoon-bundles",
+            bus, "tycoon-store",
             [Endpoint(request("put"), "bundle.put", self._put),
              Endpoint(request("get"), "bundle.get", self._get)],
             queue="bundles", description="Tycoon bundles: code and results of jobs",

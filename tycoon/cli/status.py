@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     status.add_argument("--check", action="store_true",
                         help="exit 0 if the bank, an SLS and an auctioneer answer, else 1")
     status.add_argument("--service", action="append", default=[],
-                        choices=("bank", "sls", "auctioneer"),
+                        choices=("bank", "sls", "auctioneer", "store"),
                         help="with --check: require only these (repeatable): one service's "
                              "health check, e.g. for its systemd unit or monitoring")
     status.add_argument("--json", action="store_true")
