@@ -18,7 +18,13 @@ from tycoon.agent.allocator import MIN_DURATION_S, PARK_S, Allocator
 from tycoon.agent.journal import Journal
 from tycoon.agent.planner import Plan
 from tycoon.errors import Rejected
-from tycoon.messages.market import HostAccountReply, HostBidReply, HostFundReply, HostRefundReply
+from tycoon.messages.market import (
+    HostAccountReply,
+    HostBidReply,
+    HostFundReply,
+    HostRefundReply,
+    HostStatusReply,
+)
 from tycoon.units import NS
 
 
@@ -127,7 +133,10 @@ class FakeHost:
 
     async def status(self) -> dict[str, Any]:
         self._spend()
-        return {"account": {"balance": self.balance, "pending_refunds": []}}
+        account = HostAccountReply("agent", True, self.balance, 0, 0, 0, str(self.balance),
+                                   pending_refunds=[])
+        return HostStatusReply("h", "h", "simulated", {}, 1, 0, 0, 0, 0, self.balance, 0,
+                               0.0, 0, 0.0, account=account.to_body()).to_body()
 
 
 class Market:

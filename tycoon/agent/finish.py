@@ -18,6 +18,7 @@ from typing import Any
 from tycoon.agent.allocator import Allocator
 from tycoon.agent.journal import Journal
 from tycoon.errors import Rejected
+from tycoon.messages.market import HostAccountReply, HostStatusReply
 
 
 @dataclass(frozen=True)
@@ -63,20 +64,19 @@ async def check_host(allocator: Allocator, journal: Journal, host: str,
                      totals: dict[str, tuple[int, int]]) -> list[Outstanding]:
     """What of ours ``host`` still holds, by its own word (``unknown`` if it is silent)."""
     try:
-        info = await allocator.host_client(host).status()
+        status = HostStatusReply.from_body(await allocator.host_client(host).status())
+        account = None if status.account is None else HostAccountReply.from_body(status.account)
     except Rejected as error:
-        # silent (or busy: rate_limited) or refusing: either way we cannot tell what it
-        # holds; it is asked again next round
+        # silent (or busy: rate_limited), refusing or answering nonsense: either way we
+        # cannot tell what it holds; it is asked again next round
         funded, refunded = totals.get(host, (0, 0))
         return [Outstanding(host, "unknown", max(funded - refunded, 0), error.code)]
-    account = info.get("account")
-    if not isinstance(account, dict):
+    if account is None:
         return []
     out = []
-    balance = account.get("balance")
-    if isinstance(balance, int) and balance > 0:
-        out.append(Outstanding(host, "balance", balance))
-    for refund in account.get("pending_refunds") or []:
+    if account.balance > 0:
+        out.append(Outstanding(host, "balance", account.balance))
+    for refund in account.pending_refunds or []:
         if isinstance(refund, dict) and isinstance(refund.get("amount"), int):
             out.append(Outstanding(host, "refund", refund["amount"],
                                    str(refund.get("refund_id", ""))))
