@@ -346,6 +346,7 @@ async def test_the_agent_progress_line_shows_money_hosts_rate_time_and_last_even
     from rich.console import Console
 
     from tycoon.cli.progress import AgentProgress
+    from tycoon.messages.agent import AgentRebid
 
     published: list[str] = []
 
@@ -357,7 +358,8 @@ async def test_the_agent_progress_line_shows_money_hosts_rate_time_and_last_even
         journal=SimpleNamespace(net_paid_out=lambda: 12_500_000), seconds_left=125.0,
         publish=publish)
     progress = AgentProgress(agent, 50_000_000)
-    await agent.publish("rebid", {"summary": "2 hosts, 27777.8 µc/s"})
+    await agent.publish("rebid", AgentRebid(3, "prices", "2 hosts, 27777.8 µc/s", {}, {},
+                                            {}).to_body())
     assert published == ["rebid"]  # the agent's own publish still runs
     console = Console(width=200, record=True)
     console.print(progress.render())

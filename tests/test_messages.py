@@ -191,15 +191,10 @@ def test_no_consumer_reads_a_price_body_by_hand() -> None:
 
 # -- producers and consumers use the model -----------------------------------------------
 
-def _serves_or_sends(rel: str) -> bool:
-    """The modules that serve requests or send them: where wire bodies are built and read."""
-    name = rel.rsplit("/", 1)[-1]
-    return not rel.startswith("tycoon/messages/") and (
-        name in ("service.py", "broker.py", "jobhost.py") or name.endswith("client.py")
-        or rel in ("tycoon/agent/agent.py", "tycoon/agent/allocator.py", "tycoon/agent/bag.py",
-                   "tycoon/agent/parts.py", "tycoon/bank/ledger.py", "tycoon/cli/demo.py",
-                   "tycoon/cli/tap.py", "tycoon/cli/top.py", "tycoon/streams/history.py",
-                   "tycoon/web/history.py"))
+def _in_scope(rel: str) -> bool:
+    """Every module of the package but the message model itself: services, clients, the
+    agent, the CLI (replies it prints, events it shows), the bus (error bodies)."""
+    return rel.startswith("tycoon/") and not rel.startswith("tycoon/messages/")
 
 
 NOT_BODIES = {
@@ -207,8 +202,27 @@ NOT_BODIES = {
                                        "envelopes",
     ("tycoon/sls/client.py", "from_body"): "HostRow: one row of an sls.query reply, whose "
                                            "body SlsQueryReply checked",
+    ("tycoon/sls/stats.py", "*"): "Moments, ProbabilityDistribution, PriceStatistics: the "
+                                  "typed readers of the statistics map nested in SLS rows "
+                                  "(the model of that part), not a whole body",
+    ("tycoon/agent/prediction.py", "read_stats"): "the statistics map of one SLS row (the "
+                                                  "row checked by SlsQueryReply) or of a "
+                                                  "file (bad_input), not a whole body",
+    ("tycoon/auctioneer/bidparse.py", "bid_from_body"): "a host.bid body, read by the bid "
+                                                        "grammar: HostBid's own reader (its "
+                                                        "docstring names it), two forms",
+    ("tycoon/auctioneer/bidparse.py", "_structured"): "the structured form of the same",
+    ("tycoon/auctioneer/jobs.py", "check_exec"): "the rules of a host.exec body beyond its "
+                                                 "types (NUL, sizes, env names), after "
+                                                 "HostExec.from_body (jobhost._exec)",
+    ("tycoon/bus/connection.py", "check_reply"): "an error body: tycoon.bus may not import "
+                                                 "tycoon.messages (which imports bus.schema: "
+                                                 "a package cycle, test_structure); Error's "
+                                                 "two fields become a Rejected",
+    ("tycoon/cli/sim.py", "*"): "simulation results (its own dicts), not wire bodies",
 }
-"""(module, function or ``*``) → why what it reads by key is not a wire body."""
+"""(module, function or ``*``) → why what it reads by key is no whole wire body, or is
+read there on purpose."""
 PENDING: dict[str, str] = {}
 """Modules not yet on the model: each must still be found (remove it once it is not).
 Empty: every module in scope builds and reads its bodies with the message classes."""
@@ -220,11 +234,14 @@ BODY_RETURNS = {
 like handlers (no dict built by hand)."""
 GETTERS = {"get_str", "get_int", "get_bytes", "get_id", "get_name"}
 SENDERS = {"publish", "request", "_call"}
+BODY_NAMES = frozenset({"body", "reply"})
+CLI_BODY_NAMES = BODY_NAMES | {"result"}
+"""In tycoon/cli a command's reply is often called ``result``."""
 
 
-def _is_body(node: ast.AST) -> bool:
+def _is_body(node: ast.AST, names: frozenset[str] = BODY_NAMES) -> bool:
     return (isinstance(node, ast.Attribute) and node.attr == "body") or \
-        (isinstance(node, ast.Name) and node.id in ("body", "reply"))
+        (isinstance(node, ast.Name) and node.id in names)
 
 
 def _is_key(node: ast.AST) -> bool:
@@ -235,20 +252,20 @@ def _is_dict_body(node: ast.AST | None) -> bool:
     return isinstance(node, ast.Dict) and any(k is not None and _is_key(k) for k in node.keys)
 
 
-def _by_hand(node: ast.AST) -> str | None:
+def _by_hand(node: ast.AST, names: frozenset[str] = BODY_NAMES) -> str | None:
     """What ``node`` does by hand with a body, if it does: a string key read from a body
     (``x.body[...]``, ``.get``, a bus/schema reader) or a dict literal sent as one."""
     if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) \
-            and _is_body(node.value) and _is_key(node.slice):
+            and _is_body(node.value, names) and _is_key(node.slice):
         return f"reads {ast.unparse(node)}"
     if not isinstance(node, ast.Call):
         return None
     func = node.func
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-    if name == "get" and isinstance(func, ast.Attribute) and _is_body(func.value) \
+    if name == "get" and isinstance(func, ast.Attribute) and _is_body(func.value, names) \
             and node.args and _is_key(node.args[0]):
         return f"reads {ast.unparse(node)}"
-    if name in GETTERS and node.args and _is_body(node.args[0]):
+    if name in GETTERS and node.args and _is_body(node.args[0], names):
         return f"reads {ast.unparse(node)[:60]}"
     if name in SENDERS and any(_is_dict_body(a) for a in node.args):
         return f"sends a dict built by hand: {ast.unparse(node)[:60]}"
@@ -259,6 +276,7 @@ def _bodies_by_hand(rel: str, source: str) -> list[str]:
     found: list[str] = []
     if (rel, "*") in NOT_BODIES:
         return found
+    names = CLI_BODY_NAMES if rel.startswith("tycoon/cli/") else BODY_NAMES
     for func in ast.walk(ast.parse(source)):
         if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef) \
                 or (rel, func.name) in NOT_BODIES:
@@ -267,7 +285,7 @@ def _bodies_by_hand(rel: str, source: str) -> list[str]:
             isinstance(a.annotation, ast.Name) and a.annotation.id == "Message"
             for a in func.args.args)
         for node in ast.walk(func):
-            what = _by_hand(node)
+            what = _by_hand(node, names)
             if what is None and handler and isinstance(node, ast.Return) \
                     and _is_dict_body(node.value):
                 what = f"{func.name} answers a dict built by hand"
@@ -280,7 +298,7 @@ def _scan() -> dict[str, list[str]]:
     out = {}
     for path in sorted((ROOT / "tycoon").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
-        if _serves_or_sends(rel) and (found := _bodies_by_hand(rel, path.read_text())):
+        if _in_scope(rel) and (found := _bodies_by_hand(rel, path.read_text())):
             out[rel] = found
     return out
 
@@ -311,8 +329,29 @@ def test_the_body_rule_catches_what_it_forbids() -> None:
         "    x = BankTransfer.from_body(msg.body).amount\n"
         "    return rows['r'], {'not': 'a handler'}, msg.body\n")
     assert len(_bodies_by_hand("tycoon/x/service.py", source)) == 6
-    assert _serves_or_sends("tycoon/bank/client.py") and _serves_or_sends("tycoon/sls/service.py")
-    assert not _serves_or_sends("tycoon/messages/price.py")
+    printed = "def show(result):\n    print(result['job'], result.get('state'))\n"
+    assert len(_bodies_by_hand("tycoon/cli/x.py", printed)) == 2
+    assert not _bodies_by_hand("tycoon/x/core.py", printed)
+    assert _in_scope("tycoon/cli/bank.py") and _in_scope("tycoon/bus/connection.py")
+    assert not _in_scope("tycoon/messages/price.py")
+
+
+def test_what_is_read_by_key_on_purpose_still_is() -> None:
+    """Each allow-list entry names a module and function that exist and read by key."""
+    stale = []
+    for rel, func in NOT_BODIES:
+        path = ROOT / rel
+        if not path.exists():
+            stale.append((rel, func))
+            continue
+        names = CLI_BODY_NAMES if rel.startswith("tycoon/cli/") else BODY_NAMES
+        tree = ast.parse(path.read_text())
+        scope = [tree] if func == "*" else [
+            f for f in ast.walk(tree)
+            if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef) and f.name == func]
+        if not any(_by_hand(n, names) for s in scope for n in ast.walk(s)):
+            stale.append((rel, func))
+    assert not stale, f"no longer read by key: remove {stale} from NOT_BODIES"
 
 
 # -- the one verification path ------------------------------------------------------------

@@ -33,6 +33,7 @@ from tycoon.cli.jobs import job_config
 from tycoon.cli.jobs import register as register_jobs
 from tycoon.cli.sls import format_capacity
 from tycoon.errors import Rejected
+from tycoon.messages.market import HostRefundReply, HostStatusReply
 from tycoon.messages.price import Offer, offers_from_body
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
 from tycoon.metrics.server import serve_from_args, stop_server
@@ -211,7 +212,7 @@ def cmd_key(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_client(args: argparse.Namespace, op: Any) -> int:
+async def _with_client(args: argparse.Namespace, op: Any, *, status: bool = False) -> int:
     bus = await bus_for(args)
     try:
         client = AuctioneerClient(bus, host_id_of(args, str(args.host)), timeout=args.timeout)
@@ -220,8 +221,10 @@ async def _with_client(args: argparse.Namespace, op: Any) -> int:
         await bus.close()
     if args.json:
         print_json(result)
-    else:
-        _print(result)
+        return 0
+    if status:
+        _print_host(HostStatusReply.from_body(result))
+    _print(result)
     return 0
 
 
@@ -230,19 +233,22 @@ RATES = ("rate", "prices", "floor_price")
 """Replies' micro-credits/s: shown as credits/s."""
 
 
+def _print_host(status: HostStatusReply) -> None:
+    """The head of a ``host.status`` reply: the host and its offer of each resource."""
+    print(f"host {status.host} {status.name} ({status.driver})")
+    print(f"  {'resource':<8} {'capacity':>16} {'credits/s':>12} {'util':>6} {'bidders':>8}")
+    offers = offers_from_body(status.resources)
+    for r in RESOURCES:
+        o = offers.get(r) or Offer(0, 0.0, 0.0, 0)
+        print(f"  {r:<8} {format_capacity(r, o.capacity):>16} "
+              f"{o.price / MICRO:>12.6f} {o.utilization:>6.0%} {o.bidders:>8}")
+
+
 def _print(result: dict[str, Any], indent: str = "", within: str = "") -> None:
     """A readable rendering of a reply (money in credits, prices in credits/s, shares in
-    per cent, times local); ``within`` is the key of the enclosing section."""
-    if isinstance(result.get("resources"), dict):
-        print(f"{indent}host {result.get('host')} {result.get('name', '')} "
-              f"({result.get('driver', '')})")  # fmt: skip
-        print(f"{indent}  {'resource':<8} {'capacity':>16} {'credits/s':>12} {'util':>6} "
-              f"{'bidders':>8}")  # fmt: skip
-        offers = offers_from_body(result["resources"])
-        for r in RESOURCES:
-            o = offers.get(r) or Offer(0, 0.0, 0.0, 0)
-            print(f"{indent}  {r:<8} {format_capacity(r, o.capacity):>16} "
-                  f"{o.price / MICRO:>12.6f} {o.utilization:>6.0%} {o.bidders:>8}")
+    per cent, times local); ``within`` is the key of the enclosing section. Any reply,
+    checked against its class by the client, key by key (a status reply's offers are
+    shown by :func:`_print_host` first)."""
     for key, value in result.items():
         if key == "resources" and isinstance(value, dict):
             continue
@@ -285,7 +291,7 @@ def _print_item(item: dict[str, Any], prefix: str) -> None:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    return await _with_client(args, lambda client, _bus: client.status())
+    return await _with_client(args, lambda client, _bus: client.status(), status=True)
 
 
 async def cmd_account(args: argparse.Namespace) -> int:
@@ -324,7 +330,8 @@ async def cmd_settle(args: argparse.Namespace) -> int:
             for host in sorted({r.host for r in results if r.result in ("redeemed", "done")}):
                 try:
                     reply = await AuctioneerClient(bus, host, timeout=args.timeout).refund()
-                    refunds[host] = sum(r["amount"] for r in reply.get("refunds", []))
+                    refunds[host] = sum(r["amount"]
+                                        for r in HostRefundReply.from_body(reply).refunds)
                 except Rejected as error:
                     refunds[host] = error.code
     finally:

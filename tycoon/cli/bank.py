@@ -45,6 +45,7 @@ from tycoon.cli.common import (
 from tycoon.cli.verifylog import add_verify_log
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
+from tycoon.messages.bank import BankCloseReply, BankMintReply, BankOpenReply
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
 from tycoon.metrics.server import serve_from_args, stop_server
 from tycoon.money import format_amount, format_credits, parse_amount
@@ -280,8 +281,9 @@ async def cmd_open(args: argparse.Namespace) -> int:
     async def act(c: BankClient) -> int:
         account = resolve_account(args, args.account) if args.account else None
         reply = await c.open(args.name, account=account)
+        opened = BankOpenReply.from_body(reply)
         return _out(args, reply, "opened the account of "
-                                 f"{who(names_of(keystore(args)), reply['account'])}")
+                                 f"{who(names_of(keystore(args)), opened.account)}")
     return await _with_client(args, act)
 
 
@@ -290,9 +292,10 @@ async def cmd_mint(args: argparse.Namespace) -> int:
 
     async def act(c: BankClient) -> int:
         reply = await c.mint(account, amount, args.id, memo=args.memo)
+        minted = BankMintReply.from_body(reply)
         return _out(args, reply, f"minted {format_credits(amount)} credits into "
                                  f"{who(names_of(keystore(args)), account)} "
-                                 f"(mint id {reply['mint_id']}, seq {reply['seq']})")
+                                 f"(mint id {minted.mint_id}, seq {minted.seq})")
     return await _with_client(args, act)
 
 
@@ -351,7 +354,7 @@ async def cmd_close(args: argparse.Namespace) -> int:
 
     async def act(c: BankClient) -> int:
         reply = await c.close(account)
-        return _out(args, reply, f"closed account {reply['account']}")
+        return _out(args, reply, f"closed account {BankCloseReply.from_body(reply).account}")
     return await _with_client(args, act)
 
 

@@ -15,7 +15,13 @@ from tycoon.auctioneer.jobs import Limits
 from tycoon.cli import bundles as bundles_cli
 from tycoon.cli.common import bus_for, host_id_of, print_json
 from tycoon.errors import Rejected
-from tycoon.messages.jobs import JobExit, JobOutput
+from tycoon.messages.jobs import (
+    HostExecReply,
+    HostJobsReply,
+    HostSignalReply,
+    JobExit,
+    JobOutput,
+)
 from tycoon.vmm import jobs as runner
 from tycoon.vmm.jobs import UID_RANGE
 
@@ -134,11 +140,12 @@ async def cmd_exec(args: argparse.Namespace) -> int:
         reply, stream, sub = await client.start(argv, env=_env(args.env), cwd=args.cwd,
                                                 bundle=await bundles_cli.bundle_of(args, bus),
                                                 collect=args.collect or None)
+        started = HostExecReply.from_body(reply)
         if args.detach:
             await sub.unsubscribe()
-            print_json(reply) if args.json else print(reply["job"])
+            print_json(reply) if args.json else print(started.job)
             return 0
-        print(f"job {reply['job']} ({reply['state']}, uid {reply['uid']})", file=sys.stderr)
+        print(f"job {started.job} ({started.state}, uid {started.uid})", file=sys.stderr)
         done: JobExit | None = None
         async for event in stream.events():
             if isinstance(event, JobOutput):
@@ -184,9 +191,10 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
         return 0
-    print(f"account {result['account'][:12]}…: cpu {result['cpu_s']:.2f} s, memory "
-          f"{result['memory'] // 1024} KiB{', FROZEN (no share)' if result['frozen'] else ''}")
-    for job in result["jobs"]:
+    mine = HostJobsReply.from_body(result)
+    print(f"account {mine.account[:12]}…: cpu {mine.cpu_s:.2f} s, memory "
+          f"{mine.memory // 1024} KiB{', FROZEN (no share)' if mine.frozen else ''}")
+    for job in mine.jobs:
         tail = (f"exit {job['status']}" if job["state"] == "exited"
                 else f"pid {job['pid']}")
         print(f"  {job['job']:<10} {job['state']:<8} cpu {job.get('cpu_s', 0.0):7.2f} s  "
@@ -196,8 +204,9 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
 
 async def cmd_signal(args: argparse.Namespace) -> int:
     result = await _call(args, "signal", args.job, args.signal)
-    print_json(result) if args.json else print(f"job {result['job']}: signal {result['signal']}"
-                                                f" sent ({result['state']})")
+    sent = HostSignalReply.from_body(result)
+    print_json(result) if args.json else print(f"job {sent.job}: signal {sent.signal}"
+                                                f" sent ({sent.state})")
     return 0
 
 

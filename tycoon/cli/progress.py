@@ -16,7 +16,20 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from tycoon.errors import Rejected
+from tycoon.messages import MESSAGES
 from tycoon.money import format_credits, format_rate
+
+
+def _detail(event: str, body: dict[str, Any]) -> str:
+    """The line an agent event shows: its ``summary`` (plan, rebid, done) or its
+    ``message`` (warning); nothing for others, or for a body its class refuses."""
+    cls = MESSAGES.get(f"agent.{event}")
+    try:
+        read = cls.from_body(body) if cls is not None else None
+    except Rejected:
+        return ""
+    return str(getattr(read, "summary", "") or getattr(read, "message", "") or "")
 
 
 class AgentProgress:
@@ -30,8 +43,7 @@ class AgentProgress:
         publish = agent.publish
 
         async def publish_and_note(event: str, body: dict[str, Any]) -> None:
-            detail = body.get("summary") or body.get("message") or ""
-            self.last = f"{event} {detail}".strip()
+            self.last = f"{event} {_detail(event, body)}".strip()
             await publish(event, body)
 
         agent.publish = publish_and_note  # every event the agent publishes passes here

@@ -21,14 +21,17 @@ from tycoon.cli.common import (
     service_identity,
 )
 from tycoon.errors import Rejected
+from tycoon.messages.price import offers_from_body
+from tycoon.messages.sls import SlsHostReply, SlsQueryReply
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
 from tycoon.metrics.server import serve_from_args, stop_server
 from tycoon.money import format_rate
 from tycoon.resources import RESOURCES
-from tycoon.sls.client import SLSClient
+from tycoon.sls.client import HostRow, SLSClient
 from tycoon.sls.launch import launch as launch_sls
 from tycoon.sls.query import DEFAULT_LIMIT, MAX_LIMIT_WITH_STATISTICS, SORTS, TIES
 from tycoon.sls.service import SLSConfig
+from tycoon.sls.stats import Moments, PriceStatistics
 from tycoon.supervisor import add_ready_argument, notify_ready
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmMgGtT]i?)?[bB]?$")
@@ -127,19 +130,28 @@ async def cmd_host(args: argparse.Namespace) -> int:
     if args.json:
         print_json(body)
         return 0
+    host = SlsHostReply.from_body(body)
     for key in ("host", "name", "driver", "public_key", "seq", "heartbeat_s", "availability"):
-        print(f"{key}: {body[key]}")
-    for name, offer in body["resources"].items():
-        windows = offer["statistics"]["windows"]
-        hour = windows.get("hour", {})
+        print(f"{key}: {getattr(host, key)}")
+    for name, offer in offers_from_body(host.resources).items():
+        hour = _hour(host.resources[name].get("statistics"))
         print(
-            f"{name}: capacity {format_capacity(name, offer['capacity'])}, "
-            f"price {format_rate(offer['price'])} credits/s, "
-            f"util {offer['utilization']:.0%}, bidders {offer['bidders']}, "
-            f"hour mean {format_rate(hour.get('mean', 0))} "
-            f"sd {format_rate(math.sqrt(hour.get('var', 0)))} credits/s"
+            f"{name}: capacity {format_capacity(name, offer.capacity)}, "
+            f"price {format_rate(offer.price)} credits/s, "
+            f"util {offer.utilization:.0%}, bidders {offer.bidders}, "
+            f"hour mean {format_rate(hour.mean)} sd {format_rate(hour.std)} credits/s"
         )
     return 0
+
+
+NO_SAMPLES = Moments(0, 0.0, 0.0, 0.0, 0.0)
+
+
+def _hour(statistics: Any) -> Moments:
+    """The hour window of a row's price statistics (none: zeros)."""
+    if statistics is None:
+        return NO_SAMPLES
+    return PriceStatistics.from_body(statistics).windows.get("hour", NO_SAMPLES)
 
 
 async def cmd_hosts(args: argparse.Namespace) -> int:
@@ -184,7 +196,9 @@ def print_table(resource: str, body: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{resource}: {len(body['rows'])} of {body['total']} live hosts, "
+    page = SlsQueryReply.from_body(body)
+    rows = [HostRow.from_body(row) for row in page.rows]
+    table = Table(title=f"{resource}: {len(rows)} of {page.total} live hosts, "
                         f"cheapest capacity first (prices in credits/s)")
     for col, justify in (
         ("name", "left"), ("host", "left"), ("capacity", "right"), ("price", "right"),
@@ -192,19 +206,20 @@ def print_table(resource: str, body: dict[str, Any]) -> None:
         ("avail", "right"), ("hour mean", "right"), ("hour sd", "right"),
     ):  # fmt: skip
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for row in body["rows"]:
-        hour = row.get("statistics", {}).get("windows", {}).get("hour", {})
+    for row in rows:
+        hour = NO_SAMPLES if row.statistics is None \
+            else row.statistics.windows.get("hour", NO_SAMPLES)
         table.add_row(
-            row["name"],
-            row["host"],
-            format_capacity(resource, row["capacity"]),
-            format_rate(row["price"]),
-            format_rate(row["unit_price"] * UNIT_SIZE[resource] * 3600, 2),
-            f"{row['utilization']:.0%}",
-            str(row["bidders"]),
-            f"{row['availability']:.1%}",
-            format_rate(hour.get("mean", 0.0)),
-            format_rate(math.sqrt(hour.get("var", 0.0))),
+            row.name,
+            row.host,
+            format_capacity(resource, row.capacity),
+            format_rate(row.price),
+            format_rate(row.unit_price * UNIT_SIZE[resource] * 3600, 2),
+            f"{row.utilization:.0%}",
+            str(row.bidders),
+            f"{row.availability:.1%}",
+            format_rate(hour.mean),
+            format_rate(hour.std),
         )
     wide = sys.stdout.isatty() or "COLUMNS" in os.environ
     Console(width=None if wide else 160).print(table)
