@@ -20,6 +20,7 @@ stderr are the job's; a failed exec is said on the job's stderr, status 127.
 import _signal  # not signal (its enum import), not json: ~1 MB less per job
 import os
 import sys
+import warnings  # noqa: F401  os.execvpe imports it (PATH search) after setresuid
 
 
 def _write(fd: int, text: str) -> None:
@@ -61,7 +62,7 @@ def _child(spec: dict, status: int, errw: int) -> None:
             os.setresuid(uid, uid, uid)
         stage = "cwd"
         os.chdir(spec["cwd"])  # with the user's rights, not root's
-        stage = "exec"
+        stage = "exec"  # warnings is imported above: the uid may not read the stdlib
         os.execvpe(spec["argv"][0], spec["argv"], spec["env"])
     except OSError as error:
         _write(errw, f"{error.errno} {stage}")
