@@ -433,10 +433,11 @@ async def test_status_check_says_healthy_and_status_says_where_it_looked(
 
 def test_top_starts_from_the_sls_rows() -> None:
     from tycoon.cli.top import MarketView
+    from tycoon.sls.client import HostRow
 
     view = MarketView(names={"UAGENT": "agent-1"})
-    view.seed([{"host": "abcdefghijklmn23", "name": "host-1", "price": 25_000.0,
-                "unit_price": 12.5, "utilization": 0.5, "bidders": 2}], "cpu")
+    view.seed([HostRow("abcdefghijklmn23", "UHOSTKEY", "host-1", "simulated", "cpu", 2000,
+                       25_000.0, 12.5, 0.5, 2, 1.0, 7, 1.0, 0)], "cpu")
     row = view.hosts["abcdefghijklmn23"]
     assert row.name == "host-1" and row.resources["cpu"]["bidders"] == 2
     from rich.console import Console

@@ -36,7 +36,7 @@ from tycoon.messages.bank import BankSettled
 from tycoon.messages.market import Alloc
 from tycoon.messages.price import PriceUpdate
 from tycoon.money import format_credits, format_rate
-from tycoon.sls.client import SLSClient
+from tycoon.sls.client import HostRow, SLSClient
 
 RESOURCES = ("cpu", "memory", "disk", "net")
 
@@ -76,17 +76,14 @@ class MarketView:
                                   f"{self.who(receipt.payee)} {format_credits(receipt.amount)}"
                                   f" {receipt.memo[:20]}")
 
-    def seed(self, rows: list[dict[str, Any]], resource: str = "cpu") -> None:
-        """Take the SLS's rows (one resource) into the host table."""
+    def seed(self, rows: list[HostRow], resource: str = "cpu") -> None:
+        """Take the SLS's rows (one resource, read by the client) into the host table."""
         for r in rows:
-            host = str(r.get("host", ""))
-            if not host:
-                continue
-            row = self.hosts.setdefault(host, TopHost(host))
-            row.name = row.name or str(r.get("name", ""))
+            row = self.hosts.setdefault(r.host, TopHost(r.host))
+            row.name = row.name or r.name
             if resource not in row.resources:
-                row.resources[resource] = {k: r.get(k) for k in
-                                           ("price", "unit_price", "utilization", "bidders")}
+                row.resources[resource] = {"price": r.price, "unit_price": r.unit_price,
+                                           "utilization": r.utilization, "bidders": r.bidders}
 
     def feed(self, msg: Message, now: float | None = None) -> None:
         """Take one verified message into the view (read with its kind's class: a body the
@@ -212,7 +209,7 @@ async def cmd_top(args: argparse.Namespace) -> int:
         sls = SLSClient(bus, timeout=2.0)
         for resource in ("cpu", "memory"):  # every live host now, not at its next heartbeat
             with contextlib.suppress(Rejected):
-                view.seed(await sls.query(resource, limit=1000, statistics=False), resource)
+                view.seed(await sls.rows(resource, limit=1000, statistics=False), resource)
         await recent_transfers(view, bus, bank_key_of(args))
         if args.json:
             await asyncio.sleep(args.listen)
