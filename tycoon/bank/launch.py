@@ -63,7 +63,6 @@ async def start_bank(
     open_rate: float = OPEN_RATE,
     open_burst: int = OPEN_BURST,
     rate_limit: RateLimit | None = ratelimit.BANK,
-    buckets: Callable[[Bus], Callable[[str], Awaitable[None]]] | None = None,
 ) -> RunningBank:
     """Open the ledger in ``db`` (``StoreLocked`` if another bank holds it; ``ValueError``
     if it belongs to another bank key), connect as the bank's key (or run on the open bus
@@ -81,7 +80,7 @@ async def start_bank(
         service = BankService(bus, ledger, max_batch=max_batch,
                               settlement_log=settlement_log(bus) if settlement_log else None,
                               open_fee=open_fee, open_rate=open_rate, open_burst=open_burst,
-                              rate_limit=rate_limit, buckets=buckets(bus) if buckets else None)
+                              rate_limit=rate_limit)
         service.maintenance = maintenance
         undo.push_async_callback(stop_quietly, service)
         await service.start()

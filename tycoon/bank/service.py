@@ -11,9 +11,7 @@ transfers is published on ``tycoon.bank.settled``.
 from __future__ import annotations
 
 import collections
-import contextlib
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from tycoon.bank.committer import GroupCommitter
@@ -70,8 +68,7 @@ class BankService:
                  settlement_log: ReceiptLog | None = None,
                  rate_limit: RateLimit | None = ratelimit.BANK,
                  open_rate: float = OPEN_RATE, open_burst: int = OPEN_BURST,
-                 open_fee: int = 0,
-                 buckets: Callable[[str], Awaitable[None]] | None = None) -> None:
+                 open_fee: int = 0) -> None:
         """``rate_limit``: per signer key (the operator is exempt). ``open_rate`` and
         ``open_burst``: accounts opened per second by all keys together (0: no limit; the
         operator's openings are not counted). ``open_fee``: µcredits an account costs to
@@ -85,7 +82,6 @@ class BankService:
         self.bus = bus
         self.ledger = ledger
         self.settlement_log = settlement_log  # JetStream copy of receipts, best effort
-        self.buckets = buckets  # makes an opened account's bundle bucket, best effort
         self.maintenance: str | None = None
         """Why writes are refused (``maintenance``) while reads are served; only the
         operator may open and mint, to re-enter what a restored ledger lost; lifts by itself
@@ -125,13 +121,9 @@ class BankService:
         if self.settlement_log is not None:
             await self.settlement_log.start()
         await self.service.start()
-        if hasattr(self.buckets, "start"):  # bundle.put / bundle.get (tycoon.bundles)
-            await self.buckets.start()
 
     async def stop(self) -> None:
         """Stop taking requests, answer the ones in flight, flush the last batch."""
-        if hasattr(self.buckets, "stop"):
-            await self.buckets.stop()
         await self.service.stop()
         await self.committer.stop()
         if self.settlement_log is not None:
@@ -173,7 +165,6 @@ class BankService:
             raise Rejected("malformed", "an account id is a user public key")
         row = self.ledger.accounts.get(target)
         if row is not None and not row.closed:  # before the budget: a retry costs nothing
-            await self._bucket(target)  # an account opened before buckets existed gets one
             raise Rejected("account_exists", "this key already has an open account")
         fee, fee_to = 0, ""
         if sender != self.ledger.operator:
@@ -190,16 +181,8 @@ class BankService:
                     raise Rejected("rate_limited", "the bank opens at most "
                                    f"{self.openings.rate:g} accounts/s for all keys together; "
                                    f"{retry_text(wait)}")
-        opened = await self.committer.submit(
+        return await self.committer.submit(
             lambda b: b.open(sender, name, account=target, fee=fee, fee_to=fee_to))
-        await self._bucket(target)
-        return opened
-
-    async def _bucket(self, account: str) -> None:
-        """The account's object-store bucket for bundles (tycoon.bundles.buckets)."""
-        if self.buckets is not None:
-            with contextlib.suppress(Exception):
-                await self.buckets(account)
 
     async def _mint(self, msg: Message) -> dict[str, Any]:
         sender = msg.sender
