@@ -24,7 +24,7 @@ from tycoon.bank.store import AccountRow, EventRow, Store
 from tycoon.bus.keys import Identity, is_public_key
 from tycoon.bus.schema import check_id, check_name
 from tycoon.errors import Rejected
-from tycoon.messages.bank import BankCloseReply, BankMintReply, BankOpenReply
+from tycoon.messages.bank import BankCloseReply, BankEntry, BankMintReply, BankOpenReply
 from tycoon.money import MAX_AMOUNT, check_amount, format_amount
 
 MAX_NAME = 64
@@ -337,15 +337,5 @@ def history_entry(event: EventRow, account: str) -> dict[str, Any]:
             delta, other = -event.amount, event.payee or ""
         else:
             delta, other = event.amount, event.payer or ""
-    entry: dict[str, Any] = {
-        "seq": event.seq,
-        "kind": event.kind,
-        "ts_ns": event.ts_ns,
-        "amount": delta,
-        "counterparty": other,
-        "id": event.op_id or "",
-        "memo": event.memo,
-    }
-    if event.receipt is not None:
-        entry["receipt"] = event.receipt
-    return entry
+    return BankEntry(event.seq, event.kind, event.ts_ns, delta, other, event.op_id or "",
+                     event.memo, event.receipt).to_body()

@@ -45,7 +45,7 @@ from tycoon.cli.common import (
 from tycoon.cli.verifylog import add_verify_log
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
-from tycoon.messages.bank import BankCloseReply, BankMintReply, BankOpenReply
+from tycoon.messages.bank import BankCloseReply, BankEntry, BankMintReply, BankOpenReply
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
 from tycoon.metrics.server import serve_from_args, stop_server
 from tycoon.money import format_amount, format_credits, parse_amount
@@ -339,12 +339,11 @@ async def cmd_history(args: argparse.Namespace) -> int:
                         "entries": entries})
             return 0
         names = names_of(keystore(args))
-        for e in entries:
-            amount = format_credits(e["amount"]) if e["amount"] else ""
-            when = local_time(e["ts_ns"]) if isinstance(e.get("ts_ns"), int) else ""
-            other = names.get(e["counterparty"], e["counterparty"][:12])
-            print(f"{e['seq']:>8} {when:<25} {e['kind']:<8} {amount:>14} {other:<14} "
-                  f"{e['id'][:32]:<32} {e['memo']}")
+        for e in map(BankEntry.from_body, entries):
+            amount = format_credits(e.amount) if e.amount else ""
+            other = names.get(e.counterparty, e.counterparty[:12])
+            print(f"{e.seq:>8} {local_time(e.ts_ns):<25} {e.kind:<8} {amount:>14} {other:<14} "
+                  f"{e.id[:32]:<32} {e.memo}")
         return 0
     return await _with_client(args, act)
 

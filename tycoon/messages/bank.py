@@ -92,8 +92,24 @@ class BankHistory(Body):
 class BankHistoryReply(Body):
     account: str
     offset: int
-    entries: list[Any]
+    entries: list[Any] = field(metadata=meta(doc="[BankEntry]: `seq`, `kind`, `ts_ns`, "
+                                                 "`amount`, `counterparty`, `id`, `memo`, "
+                                                 "`receipt`?"))
     more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BankEntry(Body):
+    """One entry of a ``bank.history`` reply: a ledger event as its account sees it."""
+
+    seq: int
+    kind: str = field(metadata=meta(doc="`open`, `mint`, `transfer` or `close`"))
+    ts_ns: int
+    amount: int = field(metadata=meta(doc="signed µcredits: + received, - paid, 0"))
+    counterparty: str = field(metadata=meta(doc="the other account (a mint: the operator)"))
+    id: str = field(metadata=meta(doc="the transfer or mint id"))
+    memo: str
+    receipt: bytes | None = field(default=None, metadata=meta(doc="a transfer's receipt"))
 
 
 @dataclass(frozen=True, slots=True)
