@@ -26,7 +26,8 @@ from tycoon.bus.verify import (
 from tycoon.errors import Rejected
 from tycoon.messages import MESSAGES, REPLIES, Body
 from tycoon.messages.agent import AgentWarning
-from tycoon.messages.bank import BankHistory, BankMint, BankTransfer
+from tycoon.messages.bank import BankEntry, BankHistory, BankMint, BankTransfer
+from tycoon.messages.jobs import HostJob
 from tycoon.messages.market import HostFund
 from tycoon.messages.price import Offer, PriceUpdate, offers_from_body
 from tycoon.messages.sls import SlsHost, SlsQuery
@@ -38,6 +39,8 @@ SAMPLES: dict[str, Any] = {"str": "x", "int": 7, "float": 1.5, "bool": True, "bi
 ALL = sorted({*MESSAGES.values(), *REPLIES.values()}, key=lambda c: c.__name__)
 OWN_PARSER = [c for c in ALL if c.__dict__.get("from_body") is not None]
 """Bodies with rules of their own (tested one by one below)."""
+ROWS: list[type[Body]] = [BankEntry, HostJob]
+"""Rows of a reply's list, read with their own class (bank.history, host.jobs)."""
 
 
 def sample(cls: type[Body], *, optional: bool) -> dict[str, Any]:
@@ -52,7 +55,8 @@ def test_every_kind_on_the_wire_is_a_frozen_body_class(kind: str) -> None:
     assert cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("cls", [c for c in ALL if c not in OWN_PARSER], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [c for c in ALL if c not in OWN_PARSER] + ROWS,
+                         ids=lambda c: c.__name__)
 def test_every_body_round_trips(cls: type[Body]) -> None:
     for optional in (False, True):
         body = sample(cls, optional=optional)
@@ -63,7 +67,7 @@ def test_every_body_round_trips(cls: type[Body]) -> None:
     assert cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("cls", [c for c in ALL if any(not s.optional for s in c.specs())],
+@pytest.mark.parametrize("cls", [c for c in ALL + ROWS if any(not s.optional for s in c.specs())],
                          ids=lambda c: c.__name__)
 def test_a_missing_or_mistyped_field_is_malformed(cls: type[Body]) -> None:
     body = sample(cls, optional=False)
@@ -170,6 +174,26 @@ def test_price_update_producer_and_consumer_agree(seq: int, heartbeat: float,
     again = PriceUpdate.from_body(update.to_body())
     assert again.to_body() == update.to_body()
     assert offers_from_body(update.to_body()["resources"]) == again.resources
+
+
+def test_rows_read_what_their_producers_write() -> None:
+    """A bank.history entry and a host.jobs row, as the ledger and the host write them."""
+    from tycoon.auctioneer.jobs import EXITED, Job
+    from tycoon.bank.ledger import history_entry
+    from tycoon.bank.store import EventRow
+
+    paid = EventRow(3, "transfer", NOW, "UA", op_id="t1", payer="UA", payee="UB", amount=5,
+                    memo="m", receipt=b"r")
+    entry = BankEntry.from_body(history_entry(paid, "UA"))
+    assert (entry.amount, entry.counterparty, entry.id, entry.receipt) == (-5, "UB", "t1", b"r")
+    assert BankEntry.from_body(history_entry(paid, "UB")).amount == 5
+    job = Job("j1", "UA", ("sleep", "9"), NOW, pid=12, adopted=True)
+    running = HostJob.from_body({**job.view(), "cpu_s": 0.5, "memory": 4096})
+    assert (running.state, running.pid, running.memory, running.adopted) == \
+        ("running", 12, 4096, True)
+    job.state, job.status, job.signal, job.cpu_s, job.peak_memory = EXITED, None, 9, 1.0, 7
+    exited = HostJob.from_body(job.view())
+    assert (exited.status, exited.signal, exited.peak_memory) == (None, 9, 7)
 
 
 def test_the_auctioneers_price_body_is_a_price_update() -> None:

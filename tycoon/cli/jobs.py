@@ -17,6 +17,7 @@ from tycoon.cli.common import bus_for, host_id_of, print_json
 from tycoon.errors import Rejected
 from tycoon.messages.jobs import (
     HostExecReply,
+    HostJob,
     HostJobsReply,
     HostSignalReply,
     JobExit,
@@ -194,11 +195,11 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
     mine = HostJobsReply.from_body(result)
     print(f"account {mine.account[:12]}…: cpu {mine.cpu_s:.2f} s, memory "
           f"{mine.memory // 1024} KiB{', FROZEN (no share)' if mine.frozen else ''}")
-    for job in mine.jobs:
-        tail = (f"exit {job['status']}" if job["state"] == "exited"
-                else f"pid {job['pid']}")
-        print(f"  {job['job']:<10} {job['state']:<8} cpu {job.get('cpu_s', 0.0):7.2f} s  "
-              f"{tail:<12} {' '.join(job['argv'])[:60]}")
+    for job in map(HostJob.from_body, mine.jobs):
+        tail = f"exit {job.status}" if job.state == "exited" else f"pid {job.pid}"
+        cpu_s = 0.0 if job.cpu_s is None else job.cpu_s
+        print(f"  {job.job:<10} {job.state:<8} cpu {cpu_s:7.2f} s  "
+              f"{tail:<12} {' '.join(job.argv)[:60]}")
     return 0
 
 

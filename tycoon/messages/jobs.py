@@ -77,6 +77,26 @@ class HostJobsReply(Body):
 
 
 @dataclass(frozen=True, slots=True)
+class HostJob(Body):
+    """One row of a ``host.jobs`` reply (:meth:`tycoon.auctioneer.jobs.Job.view`, with
+    CPU and memory sampled by the host while it runs)."""
+
+    job: str
+    state: str = field(metadata=meta(doc="`running`, `frozen` or `exited`"))
+    argv: list[Any] = field(metadata=meta(doc="its first 8 arguments"))
+    pid: int
+    started_ns: int
+    dropped: int = field(metadata=meta(doc="output bytes dropped by the caps"))
+    adopted: bool | None = field(default=None, metadata=meta(doc="re-adopted after a restart"))
+    result: str | None = field(default=None, metadata=meta(doc="collected outputs' digest"))
+    status: int | None = field(default=None, metadata=meta(doc="exited: as in `job.exit`"))
+    cpu_s: float | None = field(default=None, metadata=meta(doc="user + system seconds"))
+    peak_memory: int | None = field(default=None, metadata=meta(doc="exited: bytes"))
+    signal: int | None = field(default=None, metadata=meta(doc="exited: the signal sent"))
+    memory: int | None = field(default=None, metadata=meta(doc="running: bytes now"))
+
+
+@dataclass(frozen=True, slots=True)
 class JobOutput(Body):
     KINDS: ClassVar[tuple[str, ...]] = ("job.output",)
     SUMMARY: ClassVar[str] = ("a chunk of a job's stdout/stderr, signed by the host; "
