@@ -88,23 +88,6 @@ def verify_live(data: bytes, subject: str, guard: ReplayGuard | None, *,
     return msg
 
 
-def verify_live_batch(batch: Sequence[Raw], guard: ReplayGuard | None, *,
-                      limits: Limits = DEFAULT_LIMITS,
-                      now_ns: int | None = None) -> list[Message | Rejected]:
-    """:func:`verify_live` of each (subject, bytes), in order, refusals returned."""
-    out: list[Message | Rejected] = []
-    for (subject, _), msg in zip(batch, open_batch([d for _, d in batch], limits=limits),
-                                 strict=True):
-        if not isinstance(msg, Rejected):
-            try:
-                check_live(msg.subject, subject, msg.sender, msg.nonce, msg.ts_ns, guard,
-                           now_ns)
-            except Rejected as error:
-                msg = error
-        out.append(msg)
-    return out
-
-
 def check_stored(msg: Message, subject: str, kind: str | None = None) -> Message:
     """The checks of a durable message read back from a stream: signed for the subject
     it is stored under (``wrong_subject``) and, if given, of ``kind`` (``unknown_kind``).
