@@ -185,11 +185,6 @@ class Journal:
             new += amount if cur.rowcount else 0
         return new
 
-    def refund_ids(self) -> set[tuple[str, str]]:
-        """``(host, refund id)`` of every refund recorded."""
-        return {(str(h), str(r)) for h, r in self.db.execute(
-            "SELECT host, refund_id FROM refunds")}
-
     # -- a bag of tasks ------------------------------------------------------------------
 
     def save_task(self, task: Task) -> None:

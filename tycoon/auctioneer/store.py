@@ -208,17 +208,6 @@ class MarketStore:
             "refunds": int(refunds),
         }
 
-    def refund_receipts(self, account: str) -> list[tuple[str, int, bytes]]:
-        """The paid refunds of one account: (refund id, amount, bank receipt)."""
-        return [
-            (r[0], int(r[1]), bytes(r[2]))
-            for r in self.db.execute(
-                "SELECT refund_id, amount, receipt FROM refunds"
-                " WHERE account = ? AND receipt IS NOT NULL ORDER BY created_ns",
-                (account,),
-            )
-        ]
-
 
 class _Transaction:
     """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on an exception."""
