@@ -1,4 +1,4 @@
-"""Bundles, pure: deterministic packing and the unpacking refusals (tycoon.bundles.pack)."""
+"""Bundles, pure: deterministic packing and the unpacking refusals (bundles.pack, .unpack)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tycoon.bundles.pack import LIMITS, Limits, check, check_digest, digest_of, pack, unpack
+from tycoon.bundles.pack import LIMITS, Limits, check_digest, digest_of, pack
+from tycoon.bundles.unpack import check, unpack
 from tycoon.errors import Rejected
 
 

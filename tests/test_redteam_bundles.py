@@ -13,7 +13,8 @@ import pytest
 from test_bundles_bus import Market, exec_by, market  # noqa: F401  (the fixture)
 
 from tycoon.bundles import client, names
-from tycoon.bundles.pack import Limits, collect
+from tycoon.bundles.collect import collect
+from tycoon.bundles.pack import Limits
 from tycoon.bundles.service import BundleService
 from tycoon.bundles.state import StoreState
 from tycoon.errors import Rejected

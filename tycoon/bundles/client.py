@@ -39,7 +39,8 @@ from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from tycoon.bundles.names import bucket, msg_get, request, stream
-from tycoon.bundles.pack import LIMITS, Limits, check_digest, digest_of, pack, unpack
+from tycoon.bundles.pack import LIMITS, Limits, check_digest, digest_of, pack
+from tycoon.bundles.unpack import unpack
 from tycoon.errors import Rejected
 from tycoon.messages.bundles import CHUNK
 
@@ -63,7 +64,7 @@ async def push(bus: Any, path: Path | str, *, limits: Limits = LIMITS,
 async def pull(bus: Any, digest: str, dest: Path | str, *, limits: Limits = LIMITS,
                timeout: float = TIMEOUT) -> Path:
     """Fetch bundle ``digest`` from the signer's bucket, check it hashes to its name, and
-    unpack it under ``dest`` (refusing anything unsafe: tycoon.bundles.pack); ``dest``."""
+    unpack it under ``dest`` (refusing anything unsafe: tycoon.bundles.unpack); ``dest``."""
     data = await fetch_bytes(bus, digest, limits=limits, timeout=timeout)
     await asyncio.to_thread(unpack, data, Path(dest), limits)
     return Path(dest)

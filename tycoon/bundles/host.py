@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from tycoon.bundles.client import fetch_bytes, push_bytes
+from tycoon.bundles.collect import collect
 from tycoon.bundles.pack import LIMITS as DEFAULT_LIMITS
-from tycoon.bundles.pack import Limits, check, collect, unpack
+from tycoon.bundles.pack import Limits
+from tycoon.bundles.unpack import check, unpack
 from tycoon.errors import Rejected
 
 LIMITS: Limits = DEFAULT_LIMITS
