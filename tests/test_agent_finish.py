@@ -177,6 +177,7 @@ async def test_agent_waits_for_a_host_down_at_its_deadline(nats_url: str,
         task = asyncio.create_task(agent.run())
         await until(lambda: _paid_and_redeemed(market, key), timeout=60, what="paid twice")
         gone = market.hosts.pop(1)
+        market.buses.append(gone.running.bus)  # closed with the market (else it hung teardown)
         await gone.service.stop()  # down across the deadline, back 4 s after it
         await asyncio.sleep(max(agent.deadline - time.time(), 0) + 4)
         assert not task.done()  # still settling: the host's money is unknown, not zero
@@ -210,6 +211,7 @@ async def test_money_away_at_the_end_of_grace_is_reported_and_a_rerun_only_settl
         task = asyncio.create_task(agent.run())
         await until(lambda: _paid_and_redeemed(market, key), timeout=60, what="paid twice")
         gone = market.hosts.pop(1)
+        market.buses.append(gone.running.bus)  # closed with the market (else it hung teardown)
         await gone.service.stop()
         summary = await asyncio.wait_for(task, 30)
         (away,) = summary.outstanding
@@ -251,6 +253,7 @@ async def test_agent_run_exits_3_while_money_is_away_and_0_once_home(nats_url: s
         await until(lambda: _paid_and_redeemed(market, ident.public_key), timeout=60,
                     what="paid twice")
         gone = market.hosts.pop(1)
+        market.buses.append(gone.running.bus)  # closed with the market (else it hung teardown)
         await gone.service.stop()
         assert agent.proc is not None
         assert await asyncio.wait_for(agent.proc.wait(), 60) == 3
