@@ -35,7 +35,7 @@ from tycoon.agent.planner import (
     should_replan,
     switch_or_stay,
 )
-from tycoon.agent.prediction import Prediction, predict
+from tycoon.agent.prediction import Prediction, cushion_budget, predict
 from tycoon.agent.tasks import Bag, Move, Seat
 from tycoon.bus.envelope import is_finite_number
 from tycoon.bus.keys import is_key_of
@@ -345,10 +345,9 @@ class AgentCore:
         """Extra micro-credits that would keep every planned share with ``probability``."""
         if self.config.probability is None:
             return 0
-        extra = 0.0
-        for host, rate in plan.rates.items():
-            prediction = self.predictions.get(host)
-            if prediction is not None:
-                extra += prediction.cushion(plan.shares.get(host, 0.0), rate,
-                                            self.config.probability)
-        return round(extra * plan.seconds_left) if math.isfinite(extra) else -1
+        hosts = [h for h in plan.rates if h in self.predictions]
+        extra = cushion_budget([self.predictions[h] for h in hosts],
+                               [plan.rates[h] for h in hosts],
+                               [plan.shares.get(h, 0.0) for h in hosts],
+                               self.config.probability, plan.seconds_left)
+        return round(extra) if math.isfinite(extra) else -1

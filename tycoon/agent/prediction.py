@@ -18,6 +18,7 @@ SLS's histogram, linear inside a bin).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any, Protocol
@@ -173,14 +174,15 @@ class Prediction:
 
 def cushion_budget(
     predictions: list[Prediction],
-    bids: np.ndarray,
-    shares: np.ndarray,
+    bids: Sequence[float] | np.ndarray,
+    shares: Sequence[float] | np.ndarray,
     probability: float,
     seconds: float,
 ) -> float:
     """Extra budget (credits, for ``seconds``) keeping each planned share with ``probability``.
 
-    ``bids`` and ``shares`` are a plan (e.g. a Best Response at the current prices).
+    ``bids`` and ``shares`` are a plan (e.g. a Best Response at the current prices, or an
+    agent's plan: :meth:`tycoon.agent.core.AgentCore.cushion`).
     """
     total = 0.0
     for pred, x, s in zip(predictions, np.asarray(bids), np.asarray(shares), strict=True):
