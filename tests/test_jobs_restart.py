@@ -27,7 +27,7 @@ from tycoon.bus import subjects
 from tycoon.bus.connection import open_bus
 from tycoon.bus.keys import subject_id
 from tycoon.messages.jobs import JobExit, JobOutput
-from tycoon.vmm import jobs as runner
+from tycoon.vmm import procinfo
 from tycoon.vmm.simulated import SimulatedDriver
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(60)]
@@ -58,7 +58,7 @@ async def restart(market: JobMarket, tmp: Path, between: Callable[[], Any] | Non
 def fake_record(market: JobMarket, account: str, job_id: str, pid: int, uid: int = -1) -> None:
     """A record of a 'running job' whose pid is someone else's — with that process's true
     start time, as an attacker who could write the record would give it."""
-    stat = runner.proc_stat(pid)
+    stat = procinfo.proc_stat(pid)
     assert stat is not None
     job = Job(job_id, account, ("sleep", "60"), 1, pid=pid, start_ticks=stat.start_ticks,
               uid=uid)

@@ -16,6 +16,7 @@ import pytest
 
 from tycoon.errors import Rejected
 from tycoon.vmm import jobs as runner
+from tycoon.vmm.confine import Confinement
 
 PY = sys.executable
 
@@ -90,5 +91,5 @@ async def test_what_a_shim_costs(tmp_path: Path) -> None:
 def test_freezing_a_job_not_started_yet_never_stops_the_host(tmp_path: Path) -> None:
     """While a start is awaited the job's pid is 0: killpg(0, SIGSTOP) would stop the
     auctioneer's own process group (this test's, here)."""
-    runner.Confinement(None).freeze("acct", True, [0, 1])
+    Confinement(None).freeze("acct", True, [0, 1])
     assert "T" not in Path("/proc/self/stat").read_text().split(") ")[1][:1]

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 from tycoon.auctioneer.jobs import EXITED, Job
 from tycoon.auctioneer.jobstate import from_record, refusal, shim_refusal
-from tycoon.vmm import jobs as runner
-from tycoon.vmm.jobs import Confinement
+from tycoon.vmm import procinfo
+from tycoon.vmm.confine import Confinement
 
 if TYPE_CHECKING:
     from tycoon.auctioneer.jobhost import JobHost
@@ -34,7 +34,7 @@ async def adopt(host: JobHost) -> None:
     time, same session, uid and sandbox: :func:`~tycoon.auctioneer.jobstate.refusal`),
     and end the others with an unknown status — their pid is never signalled."""
     saved = host.state.load("host") or {}
-    boot = runner.boot_id()
+    boot = procinfo.boot_id()
     same_boot = bool(boot) and saved.get("boot") == boot
     frozen = {a for a in saved.get("frozen", []) if isinstance(a, str)}
     for name in host.state.records():
@@ -76,7 +76,7 @@ def verify(job: Job, confine: Confinement) -> tuple[int | None, str | None]:
     if job.pid > 1:
         with contextlib.suppress(OSError):
             fd = os.pidfd_open(job.pid)
-    stat = runner.proc_stat(job.pid) if fd is not None else None
+    stat = procinfo.proc_stat(job.pid) if fd is not None else None
     alive = stat is not None and fd is not None and not _readable(fd)
     reason = refusal(job, alive=alive, start_ticks=stat.start_ticks if stat else -1,
                      sid=stat.sid if stat else -1, uid=stat.uid if stat else -1,
@@ -96,7 +96,7 @@ def verify_shim(job: Job, confine: Confinement) -> tuple[int | None, str | None]
     if job.shim_pid > 1:
         with contextlib.suppress(OSError):
             fd = os.pidfd_open(job.shim_pid)
-    stat = runner.proc_stat(job.shim_pid) if fd is not None else None
+    stat = procinfo.proc_stat(job.shim_pid) if fd is not None else None
     alive = stat is not None and fd is not None and not _readable(fd)
     reason = shim_refusal(job, alive=alive, start_ticks=stat.start_ticks if stat else -1,
                           uid=stat.uid if stat else -1, job_env=stat.job_env if stat else None,

@@ -57,6 +57,8 @@ from tycoon.messages.jobs import (
 )
 from tycoon.resources import Shares
 from tycoon.vmm import jobs as runner
+from tycoon.vmm import procinfo
+from tycoon.vmm.confine import confinement
 from tycoon.vmm.driver import Driver
 
 OPS = ("exec", "signal", "jobs")
@@ -92,7 +94,7 @@ class JobHost:
     def __init__(self, bus: Bus, market: Market, driver: Driver, config: JobConfig, *,
                  clock: Callable[[], int] = time.time_ns) -> None:
         self.bus, self.market, self.config, self.clock = bus, market, config, clock
-        self.confine = runner.confinement(driver)
+        self.confine = confinement(driver)
         self.uids = (runner.UidMap(config.uid_file, *config.uid_range)
                      if config.uid_file is not None else None)
         self.table = JobTable(secrets.token_hex(3), config.limits)
@@ -217,7 +219,7 @@ class JobHost:
         if number == signal.SIGCONT and msg.sender in self.frozen:  # SIGSTOP-frozen: stay
             raise Rejected("forbidden", "the account's jobs are frozen (no CPU share): "
                            "fund it to thaw them")
-        stat = runner.proc_stat(job.pid) if job.state != "exited" else None
+        stat = procinfo.proc_stat(job.pid) if job.state != "exited" else None
         if stat is not None and stat.start_ticks == (job.start_ticks or stat.start_ticks):
             # the job's very process, not another's that took its pid since
             with contextlib.suppress(ProcessLookupError):
@@ -230,7 +232,7 @@ class JobHost:
         for job in self.table.of(account):
             view = job.view()
             if job.state != "exited":
-                view.update(cpu_s=runner.cpu_seconds(job.pid), memory=runner.rss_bytes(job.pid))
+                view.update(cpu_s=procinfo.cpu_seconds(job.pid), memory=procinfo.rss_bytes(job.pid))
             listed.append(view)
         known = account in self.market.accounts
         return HostJobsReply(
@@ -346,7 +348,7 @@ class JobHost:
 
     def _save_host(self) -> None:
         self.state.save("host", {"prefix": self.table.prefix, "counter": self.table.counter,
-                                 "boot": runner.boot_id(), "frozen": sorted(self.frozen)})
+                                 "boot": procinfo.boot_id(), "frozen": sorted(self.frozen)})
 
     # ------------------------------------------------------------------ one job
 
@@ -383,8 +385,8 @@ class JobHost:
                 await self._drain(job)
                 if process is None and loop.time() - sampled >= SAMPLE_S:
                     sampled = loop.time()
-                    job.cpu_s = max(job.cpu_s, runner.cpu_seconds(job.pid))
-                    job.peak_memory = max(job.peak_memory, runner.rss_bytes(job.pid))
+                    job.cpu_s = max(job.cpu_s, procinfo.cpu_seconds(job.pid))
+                    job.peak_memory = max(job.peak_memory, procinfo.rss_bytes(job.pid))
                 await asyncio.sleep(POLL_S)
             await self._ended(job, process)
         except asyncio.CancelledError:

@@ -5,11 +5,9 @@ cgroups (writing its own pid to each ``cgroup.procs``, so no child of it escapes
 every supplementary group, sets the account's gid and uid, and only then changes to the
 working directory (so the directory is reached with the user's rights, not root's).
 :class:`UidMap` gives every account its own uid from a configured range, deterministic and
-collision-checked, persisted in a file. :func:`confinement` picks how a driver freezes,
-caps and ends an account's processes: the cgroups driver with its freezer and pids
-controllers; the simulated driver runs real **unconfined** processes (tests, the local
-demo) and freezes them with SIGSTOP/SIGCONT. The Xen driver runs none: a VM's owner runs
-work inside the VM (docs/drivers.md). See docs/jobs.md.
+collision-checked, persisted in a file. How a driver freezes, caps and ends an account's
+processes is :mod:`.confine`; what ``/proc`` says of them, :mod:`.procinfo`. See
+docs/jobs.md.
 """
 
 from __future__ import annotations
@@ -29,14 +27,14 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tycoon.errors import Rejected
-from tycoon.log import get_logger
+from tycoon.vmm.procinfo import proc_stat
 from tycoon.vmm.validate import sandbox_name
 
-log = get_logger("vmm.jobs")
 UID_RANGE = (60000, 60999)
+"""The default range of per-account uids (and gids of the same numbers)."""
+PATH = "/usr/local/bin:/usr/bin:/bin"
 JOBS_PER_CORE = 32
 """Default host-wide cap on running jobs, all accounts together: this many per core."""
 PIDS_PER_CORE, PIDS_SHARE = 2048, 4
@@ -59,9 +57,6 @@ def host_pids_default(cores: int | None = None, pid_max: int | None = None) -> i
             pid_max = 32768
     per_cores = PIDS_PER_CORE * max(1, cores or os.cpu_count() or 1)
     return max(64, min(per_cores, pid_max // PIDS_SHARE))
-"""The default range of per-account uids (and gids of the same numbers)."""
-PATH = "/usr/local/bin:/usr/bin:/bin"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class UidMap:
@@ -127,17 +122,6 @@ class Started:
     shim_pid: int = 0
     shim_ticks: int = 0
 
-
-@dataclass(frozen=True)
-class ProcStat:
-    """What ``/proc`` says of a live process (for re-adopting it after a restart)."""
-
-    start_ticks: int
-    sid: int
-    uid: int
-    job_env: str | None
-    """Its ``TYCOON_JOB`` (None: absent, or its environment is unreadable)."""
-    ppid: int = 0
 
 
 SHIM = Path(__file__).with_name("jobshim.py")
@@ -252,33 +236,6 @@ def _abandon(process: subprocess.Popen[bytes], pid: int) -> None:
         process.wait(timeout=2.0)
 
 
-def proc_stat(pid: int) -> ProcStat | None:
-    """Start time, session, real uid and ``TYCOON_JOB`` of a live process; None if gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (OSError, ValueError):
-        return None
-    fields = text[text.rfind(")") + 2:].split()
-    uid = next((int(line.split()[1]) for line in status.splitlines()
-                if line.startswith("Uid:")), -1)
-    job_env = None
-    with contextlib.suppress(OSError):
-        for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-            if item.startswith(b"TYCOON_JOB="):
-                job_env = item[len(b"TYCOON_JOB="):].decode("ascii", "replace")
-    return ProcStat(int(fields[19]), int(fields[3]), uid, job_env,  # starttime, session
-                    int(fields[1]))  # ppid
-
-
-def boot_id() -> str:
-    """This boot's id: start times count from boot, so a record of another boot adopts
-    nothing."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
@@ -298,153 +255,6 @@ def base_env(account: str, job: str, home: Path, extra: dict[str, str]) -> dict[
     names; HOME, TYCOON_ACCOUNT and TYCOON_JOB."""
     return {**extra, "PATH": PATH, "HOME": str(home), "TYCOON_ACCOUNT": account,
             "TYCOON_JOB": job}
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a live process and its reaped children (``/proc/<pid>/stat``); 0 if gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text[text.rfind(")") + 2:].split()
-    return sum(int(x) for x in fields[11:15]) / CLK_TCK  # utime stime cutime cstime
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a live process (``/proc/<pid>/statm``); 0 if gone."""
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-class Confinement:
-    """How one driver confines an account's jobs. This base: **unconfined** processes (the
-    simulated driver): no cgroup, no uid change, freezing by SIGSTOP/SIGCONT."""
-
-    confined = False
-
-    def __init__(self, driver: Any) -> None:
-        self.driver = driver
-
-    def procs_files(self, account: str) -> list[Path]:
-        return []
-
-    def prepare(self, account: str, pids_max: int) -> None:
-        """Ready the account's sandbox for jobs (the pids cap)."""
-
-    def cap_host(self, pids_max: int) -> bool:
-        """Cap the processes of every sandbox together (False: nothing to cap here)."""
-        return False
-
-    def host_pids(self, pids: Sequence[int]) -> int:
-        """Processes the host's jobs hold now (``pids``: the job leaders; here, unconfined:
-        each leader's session, counted from /proc)."""
-        sessions = {p for p in pids if p > 1}
-        if not sessions:
-            return 0
-        count = 0
-        with contextlib.suppress(OSError):
-            for entry in os.scandir("/proc"):
-                if entry.name.isdigit():
-                    with contextlib.suppress(OSError, ValueError):
-                        if os.getsid(int(entry.name)) in sessions:
-                            count += 1
-        return count
-
-    def freeze(self, account: str, frozen: bool, pids: Sequence[int]) -> None:
-        """Freeze or thaw the account's processes (``pids``: its job leaders' sessions)."""
-        for pid in pids:
-            if pid <= 1:  # a job not started yet: never killpg(0), this process's own group
-                continue
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
-
-    def kill_rest(self, account: str) -> None:
-        """SIGKILL whatever of the account still runs (after the grace)."""
-
-    def holds(self, account: str, pid: int) -> bool | None:
-        """Whether ``pid`` is in the account's sandbox (None: no sandbox to ask)."""
-        return None
-
-    def cpu_seconds(self, account: str) -> float:
-        return 0.0
-
-    def memory_bytes(self, account: str) -> int:
-        return 0
-
-
-class CgroupConfinement(Confinement):
-    """The cgroups driver: the account's cgroups, the freezer and the pids controller."""
-
-    confined = True
-
-    def _name(self, account: str) -> str:
-        return str(self.driver.sandbox(account))
-
-    def procs_files(self, account: str) -> list[Path]:
-        if not self.driver.exists(account):
-            self.driver.create(account)
-        return list(self.driver.backend.procs_files(self._name(account)))
-
-    def prepare(self, account: str, pids_max: int) -> None:
-        self.procs_files(account)
-        if not self.driver.backend.set_pids_max(self._name(account), pids_max):
-            log.warning("no pids controller: job process counts are not capped")
-
-    def cap_host(self, pids_max: int) -> bool:
-        """The pids controller on the driver's root: the kernel caps all sandboxes."""
-        try:
-            return bool(self.driver.backend.set_pids_max("", pids_max))
-        except (OSError, Rejected) as error:
-            log.warning("host-wide pids cap not set", error=str(error))
-            return False
-
-    def host_pids(self, pids: Sequence[int]) -> int:
-        """``pids.current`` of the driver's root (every sandbox together)."""
-        paths = self.driver.backend.paths("")
-        base = paths.get("unified") or paths.get("pids")
-        if base is not None:
-            with contextlib.suppress(OSError, ValueError):
-                return int((Path(base) / "pids.current").read_text())
-        return super().host_pids(pids)
-
-    def freeze(self, account: str, frozen: bool, pids: Sequence[int]) -> None:
-        if not self.driver.backend.freeze(self._name(account), frozen):
-            super().freeze(account, frozen, pids)  # no freezer here: stop the sessions
-
-    def kill_rest(self, account: str) -> None:
-        if self.driver.exists(account):
-            self.driver.backend.kill(self._name(account))
-
-    def holds(self, account: str, pid: int) -> bool | None:
-        if not self.driver.exists(account):
-            return False
-        return pid in self.driver.procs(account)
-
-    def cpu_seconds(self, account: str) -> float:
-        try:
-            return float(self.driver.cpu_seconds(account))
-        except Rejected:
-            return 0.0
-
-    def memory_bytes(self, account: str) -> int:
-        try:
-            return int(self.driver.backend.memory_bytes(self._name(account)))
-        except Rejected:
-            return 0
-
-
-def confinement(driver: Any) -> Confinement:
-    """The confinement of a driver's jobs; ``Rejected("driver_failed")`` if it runs none."""
-    if getattr(driver, "name", "") == "cgroups":
-        return CgroupConfinement(driver)
-    if getattr(driver, "name", "") == "simulated":
-        log.warning("simulated driver: jobs run as real UNCONFINED processes of this user "
-                    "(no cgroup, no uid change): for tests and the local demo only")
-        return Confinement(driver)
-    raise Rejected("driver_failed", f"the {getattr(driver, 'name', '?')} driver runs no jobs "
-                   "(a VM's owner runs work inside the VM: docs/drivers.md)")
 
 
 def workdir(root: Path, account: str, uid: int | None) -> Path:
