@@ -63,15 +63,14 @@ def test_greedy_sandboxes_use_their_share() -> None:
     assert driver.sandboxes() == ["a", "b", "idle"]
 
 
-def test_demand_caps_usage_and_can_change() -> None:
+def test_demand_caps_usage() -> None:
     driver = SimulatedDriver(demand={"a": 0.1, "b": {"cpu": 0.3}})
-    driver.apply({"a": Shares(cpu=0.5, memory=0.5), "b": Shares(cpu=0.5, memory=0.5)})
+    driver.apply({"a": Shares(cpu=0.5, memory=0.5), "b": Shares(cpu=0.5, memory=0.5),
+                  "nobody": Shares(disk=0.5)})
     usage = driver.usage()
     assert usage["a"] == Usage(cpu=0.1, memory=0.1)
     assert usage["b"] == Usage(cpu=0.3, memory=0.5)  # memory demand defaults to greedy
-    driver.set_demand("a", {"cpu": 0.0})
-    assert driver.usage()["a"].cpu == 0.0
-    assert driver.demand_of("nobody") == dict.fromkeys(RESOURCES, 1.0)
+    assert usage["nobody"] == Usage(disk=0.5)  # no demand given: greedy
 
 
 def test_work_conserving_hands_idle_share_to_the_hungry() -> None:

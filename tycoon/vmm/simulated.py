@@ -10,7 +10,7 @@ scheduler does (memory stays a hard limit, as in the real drivers).
 By default a usage reading reflects the shares and demands in force when it is taken, so
 the driver is fully deterministic given its seed. Given a ``clock`` (a callable returning
 seconds), usage is averaged over time instead: between two readings every change of shares
-or demands starts a new segment and the reading is the time-weighted mean of the segments.
+starts a new segment and the reading is the time-weighted mean of the segments.
 """
 
 from __future__ import annotations
@@ -181,16 +181,6 @@ class SimulatedDriver:
         return result
 
     # -- simulation knobs -----------------------------------------------------------------
-
-    def set_demand(self, account: str, demand: Demand) -> None:
-        """Change one account's demand (a fraction of capacity, or a map per resource)."""
-        vector = _demand_vector(demand, 1.0)
-        self._advance()
-        self._demand[check_account(account)] = vector
-
-    def demand_of(self, account: str) -> dict[str, float]:
-        """The demand vector of one account (the default if none was set)."""
-        return dict(self._demand.get(account, self._default_demand))
 
     def shares(self) -> dict[str, Shares]:
         """The shares in force now (a copy)."""
