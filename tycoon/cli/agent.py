@@ -23,13 +23,14 @@ from tycoon.bus.runner import run_until_signal
 from tycoon.cli.bank import resolve_account, resolve_bank_key
 from tycoon.cli.common import bus_for, identity, print_json
 from tycoon.cli.progress import start_progress
+from tycoon.cli.serving import serve_until_signal
 from tycoon.errors import Rejected
 from tycoon.messages.agent import BrokerStatus, BrokerStatusReply
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
 from tycoon.metrics.server import serve_from_args, stop_server
 from tycoon.money import format_amount, parse_amount
 from tycoon.resources import RESOURCES
-from tycoon.supervisor import add_ready_argument, notify_ready
+from tycoon.supervisor import add_ready_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -249,10 +250,8 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         async with launch_broker(bus, bank_key=resolve_bank_key(args), state=state,
                                  fee_percent=args.fee_percent) as running:
             broker = running.broker
-            print(f"broker {broker.id} serving on {subjects.broker(broker.id, 'enroll')}",
-                  flush=True)
-            notify_ready(args.ready_fd)
-            await run_until_signal()
+            await serve_until_signal(
+                args, f"broker {broker.id} serving on {subjects.broker(broker.id, 'enroll')}")
     finally:
         await bus.close()
     return 0

@@ -18,7 +18,6 @@ from tycoon.auctioneer.market import FLOOR_PRICE, IDLE_S
 from tycoon.bus import ratelimit
 from tycoon.bus.keys import subject_id
 from tycoon.bus.ratelimit import rate_limit_arg
-from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import (
     bus_for,
     host_id_of,
@@ -31,15 +30,15 @@ from tycoon.cli.common import (
 from tycoon.cli.jobs import add_serve_arguments as add_job_arguments
 from tycoon.cli.jobs import job_config
 from tycoon.cli.jobs import register as register_jobs
+from tycoon.cli.serving import serve_until_signal
 from tycoon.cli.sls import format_capacity
 from tycoon.errors import Rejected
 from tycoon.messages.market import HostRefundReply, HostStatusReply
 from tycoon.messages.price import Offer, offers_from_body
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
-from tycoon.metrics.server import serve_from_args, stop_server
 from tycoon.money import MICRO, format_amount, format_credits, format_rate, parse_amount
 from tycoon.resources import RESOURCES
-from tycoon.supervisor import add_ready_argument, notify_ready
+from tycoon.supervisor import add_ready_argument
 from tycoon.vmm.driver import Driver
 
 DRIVERS = ("simulated", "cgroups", "xen")
@@ -195,14 +194,9 @@ async def cmd_serve(args: argparse.Namespace) -> int:
                         "idle_s": args.idle},
         jobs=job_config(args, driver.name, store), rate_limit=args.rate_limit,
     ) as running:  # fmt: skip
-        metrics = await serve_from_args(args, running.service)
-        try:
-            print(f"auctioneer of host {host} ({driver.name}) serving on {args.nats}",
-                  flush=True)
-            notify_ready(args.ready_fd)
-            await run_until_signal()
-        finally:
-            await stop_server(metrics)
+        await serve_until_signal(
+            args, f"auctioneer of host {host} ({driver.name}) serving on {args.nats}",
+            running.service)
     return 0
 
 

@@ -22,7 +22,6 @@ from tycoon.bus import ratelimit
 from tycoon.bus.connection import Bus
 from tycoon.bus.keys import is_public_key
 from tycoon.bus.ratelimit import rate_limit_arg
-from tycoon.bus.runner import run_until_signal
 from tycoon.cli.bankpaths import (
     bank_key_name,
     db_path,
@@ -42,15 +41,15 @@ from tycoon.cli.common import (
     service_identity,
     who,
 )
+from tycoon.cli.serving import serve_until_signal
 from tycoon.cli.verifylog import add_verify_log
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
 from tycoon.messages.bank import BankCloseReply, BankEntry, BankMintReply, BankOpenReply
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
-from tycoon.metrics.server import serve_from_args, stop_server
 from tycoon.money import format_amount, format_credits, parse_amount
 from tycoon.streams.settlements import SettlementLog, sqlite_source
-from tycoon.supervisor import add_ready_argument, notify_ready
+from tycoon.supervisor import add_ready_argument
 
 PUB_NAME = "bank.pub"
 
@@ -232,14 +231,12 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         pub = home_dir(args) / PUB_NAME
         pub.parent.mkdir(parents=True, exist_ok=True)
         pub.write_text(bank.public_key + "\n")
-        stack.push_async_callback(stop_server, await serve_from_args(args, running.service))
         ledger = running.ledger
         get_logger("bank").info("bank ready", bank=bank.public_key, operator=operator,
                                 db=str(path), seq=ledger.seq, accounts=len(ledger.accounts))
-        print(f"bank {bank.public_key} {'in MAINTENANCE' if running.maintenance else 'ready'}"
-              f": db {path}, seq {ledger.seq}", flush=True)
-        notify_ready(args.ready_fd)
-        await run_until_signal()
+        await serve_until_signal(
+            args, f"bank {bank.public_key} {'in MAINTENANCE' if running.maintenance else 'ready'}"
+                  f": db {path}, seq {ledger.seq}", running.service)
     return 0
 
 

@@ -11,7 +11,6 @@ from typing import Any
 
 from tycoon.bus import ratelimit
 from tycoon.bus.ratelimit import rate_limit_arg
-from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import (
     bus_for,
     fail,
@@ -20,11 +19,11 @@ from tycoon.cli.common import (
     print_json,
     service_identity,
 )
+from tycoon.cli.serving import serve_until_signal
 from tycoon.errors import Rejected
 from tycoon.messages.price import offers_from_body
 from tycoon.messages.sls import SlsHostReply, SlsQueryReply
 from tycoon.metrics.server import add_arguments as add_metrics_arguments
-from tycoon.metrics.server import serve_from_args, stop_server
 from tycoon.money import format_rate
 from tycoon.resources import RESOURCES
 from tycoon.sls.client import HostRow, SLSClient
@@ -32,7 +31,7 @@ from tycoon.sls.launch import launch as launch_sls
 from tycoon.sls.query import DEFAULT_LIMIT, MAX_LIMIT_WITH_STATISTICS, SORTS, TIES
 from tycoon.sls.service import SLSConfig
 from tycoon.sls.stats import Moments, PriceStatistics
-from tycoon.supervisor import add_ready_argument, notify_ready
+from tycoon.supervisor import add_ready_argument
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmMgGtT]i?)?[bB]?$")
 _POWERS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -108,14 +107,9 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     )
     async with launch_sls(args.nats, service_identity(args, key_name(args), "sls"), config,
                           rate_limit=args.rate_limit) as sls:
-        metrics = await serve_from_args(args, sls.service)
-        try:
-            print(f"sls serving on {args.nats} (queue {config.queue!r}); Ctrl-C stops",
-                  flush=True)
-            notify_ready(args.ready_fd)
-            await run_until_signal()
-        finally:
-            await stop_server(metrics)
+        await serve_until_signal(
+            args, f"sls serving on {args.nats} (queue {config.queue!r}); Ctrl-C stops",
+            sls.service)
     return 0
 
 

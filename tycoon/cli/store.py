@@ -15,10 +15,10 @@ from tycoon.bundles.client import BUCKET_BYTES
 from tycoon.bundles.launch import launch as launch_store
 from tycoon.bundles.service import RATE
 from tycoon.bus.ratelimit import rate_limit_arg
-from tycoon.bus.runner import run_until_signal
 from tycoon.cli.common import home_of, key_name, service_identity
+from tycoon.cli.serving import serve_until_signal
 from tycoon.log import get_logger
-from tycoon.supervisor import add_ready_argument, notify_ready
+from tycoon.supervisor import add_ready_argument
 
 DB_NAME = "store.db"
 
@@ -70,8 +70,6 @@ async def cmd_serve(args: argparse.Namespace) -> int:
                             rate_limit=args.rate_limit):
         get_logger("store").info("store ready", store=me.public_key, db=str(path),
                                  bucket_bytes=args.bucket_bytes)
-        print(f"store {me.public_key} ready: db {path}, buckets of {args.bucket_bytes} "
-              "bytes; Ctrl-C stops", flush=True)
-        notify_ready(args.ready_fd)
-        await run_until_signal()
+        await serve_until_signal(args, f"store {me.public_key} ready: db {path}, buckets of "
+                                       f"{args.bucket_bytes} bytes; Ctrl-C stops")
     return 0
