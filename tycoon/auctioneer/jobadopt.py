@@ -19,6 +19,7 @@ import os
 import select
 from typing import TYPE_CHECKING
 
+from tycoon.auctioneer import joboutput
 from tycoon.auctioneer.jobs import EXITED, Job
 from tycoon.auctioneer.jobstate import from_record, refusal, shim_refusal
 from tycoon.vmm import procinfo
@@ -49,10 +50,10 @@ async def adopt(host: JobHost) -> None:
         host._pending[job.id] = pending
         if job.state == EXITED:
             if not job.exit_sent:  # it ended, the exit was not published yet
-                host._tasks[job.id] = asyncio.create_task(host._watch(job, None, None))
+                host._tasks[job.id] = asyncio.create_task(joboutput.watch(host, job, None, None))
             continue
         output = host._outputs[job.id] = host.state.open_output(job.id)
-        await host._republish(job, pending, output)
+        await joboutput.republish(host, job, pending, output)
         pidfd, reason = None, "another boot"
         if same_boot:  # its shim, whose end means its exit status is written; else itself
             pidfd, reason = verify_shim(job, host.confine)
@@ -61,7 +62,7 @@ async def adopt(host: JobHost) -> None:
         job.adopted = pidfd is not None
         host.log.info("job adopted" if pidfd is not None else "job not adopted: ended",
                       job=job.id, pid=job.pid, reason=reason or "")
-        host._tasks[job.id] = asyncio.create_task(host._watch(job, None, pidfd),
+        host._tasks[job.id] = asyncio.create_task(joboutput.watch(host, job, None, pidfd),
                                                   name=f"job-{job.id}")
     host.frozen = {a for a in frozen if host.table.running(a)}
     host._save_host()

@@ -1,10 +1,10 @@
-"""The auctioneer's job adapter: ``host.exec``, ``host.signal``, ``host.jobs`` and job output.
+"""The auctioneer's job adapter: ``host.exec``, ``host.signal``, ``host.jobs``, freezing, ending.
 
 Thin: the job table (:mod:`tycoon.auctioneer.jobs`) decides ids, states and output caps;
-:mod:`tycoon.vmm.jobs` starts processes in the account's sandbox as its own uid. This
-module tails their output files (:mod:`tycoon.auctioneer.jobfiles`), watches their exit
-(a pidfd, no thread), publishes signed ``job.output`` / ``job.exit`` on
-``tycoon.job.<account id>.<job id>.{out,exit}``, freezes an account whose CPU share is zero
+:mod:`tycoon.vmm.jobs` starts processes in the account's sandbox as its own uid;
+:mod:`tycoon.auctioneer.joboutput` watches each job, publishing its signed ``job.output``
+and ``job.exit`` on ``tycoon.job.<account id>.<job id>.{out,exit}``. This module answers
+the requests, fetches a job's bundle, freezes an account whose CPU share is zero
 and thaws it when funded, and ends an account's jobs (SIGTERM, grace, SIGKILL) when it is
 refunded or removed. Stopping leaves the jobs running; the next start re-adopts them
 (:mod:`tycoon.auctioneer.jobstate` decides who is still the job). docs/jobs.md.
@@ -24,25 +24,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tycoon.auctioneer import jobadopt
+from tycoon.auctioneer import jobadopt, joboutput
 from tycoon.auctioneer.jobfiles import Output, StateDir
 from tycoon.auctioneer.jobs import (
-    EXITED,
     FROZEN,
-    Chunk,
     Job,
     JobTable,
     Limits,
     check_exec,
     check_signal,
 )
-from tycoon.auctioneer.jobstate import STREAMS, Pending, to_record
+from tycoon.auctioneer.jobstate import Pending, to_record
 from tycoon.auctioneer.market import Market
 from tycoon.bundles import host as bundles
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
 from tycoon.bus.envelope import Message
-from tycoon.bus.keys import subject_id
 from tycoon.bus.service import Endpoint
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
@@ -52,8 +49,6 @@ from tycoon.messages.jobs import (
     HostJobsReply,
     HostSignal,
     HostSignalReply,
-    JobExit,
-    JobOutput,
 )
 from tycoon.resources import Shares
 from tycoon.vmm import jobs as runner
@@ -62,13 +57,6 @@ from tycoon.vmm.confine import confinement
 from tycoon.vmm.driver import Driver
 
 OPS = ("exec", "signal", "jobs")
-POLL_S = 0.02
-"""A live job's output files are read this often (chunk latency ≤ this plus publishing)."""
-SAMPLE_S = 1.0
-"""An adopted job's CPU and memory are sampled this often (used if its shim's exit file is
-missing)."""
-PUBLISH_RETRY_S, PUBLISH_RETRY_MAX_S = 0.05, 2.0
-"""A refused publish is tried again after this, doubling up to the most."""
 
 
 @dataclass(frozen=True)
@@ -189,14 +177,14 @@ class JobHost:
         if frozen:  # no share now: it starts frozen, with the account's other jobs
             self.frozen.discard(account)
             self._freeze(account, True)
-        self._tasks[job.id] = asyncio.create_task(self._watch(job, started.process, pidfd),
-                                                  name=f"job-{job.id}")
+        self._tasks[job.id] = asyncio.create_task(
+            joboutput.watch(self, job, started.process, pidfd), name=f"job-{job.id}")
         if account not in self.market.accounts:  # it left while the start was awaited
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(started.pid, signal.SIGKILL)
         self.log.info("job started", job=job.id, account=account[:12], pid=started.pid,
                       uid=uid if uid is not None else -1, frozen=frozen)
-        return HostExecReply(job.id, account, self._subject(job, "out"), started.pid,
+        return HostExecReply(job.id, account, joboutput.subject(job, "out"), started.pid,
                              uid if uid is not None else -1, job.state).to_body()
 
     def _room(self) -> None:
@@ -354,144 +342,6 @@ class JobHost:
 
     def _share(self, account: str) -> float:
         return self.market.shares_map().get(account, Shares()).cpu
-
-    async def _collect(self, job: Job) -> dict[str, Any]:
-        """``collect``: the job's named outputs, packed into its account's bucket; the
-        ``job.exit`` fields naming them (``result``) or why not (``result_error``)."""
-        if not job.collect or not job.workdir:
-            return {}
-        uid = self.uids.uid(job.account) if self.uids is not None else None
-        home = Path(self.config.root).absolute() / runner.sandbox_name(job.account)
-        digest, error = await bundles.collect_results(
-            self.bus, job.account, job.proof, home, Path(job.workdir), job.collect, uid)
-        job.result = digest  # host.jobs shows it too (a --detach caller never saw job.exit)
-        return {"result": digest} if digest else {"result_error": error} if error else {}
-
-    def _subject(self, job: Job, event: str) -> str:
-        return subjects.job(subject_id(job.account), job.id, event)
-
-    async def _watch(self, job: Job, process: Any, pidfd: int | None) -> None:
-        """Publish the job's output until it ends, then its exit. ``pidfd``: of its shim
-        (or, adopted without one, of the program). ``process``: the shim's Popen of a job
-        this run started (reaped here); None for an adopted one. The exit status and rusage
-        are the shim's exit file's (missing: status unknown, CPU and memory as sampled)."""
-        loop = asyncio.get_running_loop()
-        ended = [pidfd is None]
-        if pidfd is not None:
-            loop.add_reader(pidfd, ended.__setitem__, 0, True)
-        sampled = 0.0
-        try:
-            while not ended[0]:
-                await self._drain(job)
-                if process is None and loop.time() - sampled >= SAMPLE_S:
-                    sampled = loop.time()
-                    job.cpu_s = max(job.cpu_s, procinfo.cpu_seconds(job.pid))
-                    job.peak_memory = max(job.peak_memory, procinfo.rss_bytes(job.pid))
-                await asyncio.sleep(POLL_S)
-            await self._ended(job, process)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self.log.exception("job watch failed", job=job.id)
-        finally:
-            if pidfd is not None:
-                loop.remove_reader(pidfd)
-                os.close(pidfd)
-            output = self._outputs.pop(job.id, None)
-            if output is not None:
-                output.close()
-            self._tasks.pop(job.id, None)
-
-    async def _ended(self, job: Job, process: Any) -> None:
-        if job.state != EXITED:
-            if process is not None:
-                with contextlib.suppress(ChildProcessError):
-                    process.poll()  # reap the shim
-            status, cpu_s, peak = self.state.read_exit(job.id) or (
-                None, job.cpu_s, job.peak_memory)
-            if job.id in self._outputs:
-                await self._drain(job)  # what it wrote last
-            sig = -status if status is not None and status < 0 else None
-            self.table.exited(job.id, status, sig, cpu_s, peak, self.clock())
-            self._save(job)
-        else:  # ended in an earlier run, its exit not yet published: its last chunks first
-            output = self._outputs[job.id] = self.state.open_output(job.id)
-            await self._republish(job, self._pending.get(job.id, []), output)
-        body = JobExit(job.id, job.seq, job.cpu_s, job.peak_memory, job.dropped,
-                       status=job.status, **(await self._collect(job)))
-        await self._send(self._subject(job, "exit"), "job.exit", body.to_body())
-        job.exit_sent = True
-        self._pending[job.id] = []
-        self._save(job)
-        self.state.remove(job.id)
-        for name in self.state.records():  # records of jobs the table no longer lists
-            if name not in self.table.jobs:
-                self.state.remove(name, record=True)
-        self.log.info("job exited", job=job.id, status=job.status, cpu_s=round(job.cpu_s, 3))
-
-    async def _drain(self, job: Job) -> None:
-        """Publish what the job wrote since the last read (as the caps allow). The record,
-        with the chunks about to go out, is written first: a crash in between republishes
-        the same chunks, so readers see neither a gap nor two versions of a ``seq``."""
-        output = self._outputs[job.id]
-        now = self.clock()
-        batch: list[Chunk] = []
-        pending: list[Pending] = []
-        begun = dict(job.offsets)
-        for stream in STREAMS:
-            offset = min(job.offsets[stream], output.size(stream))  # it truncated its own
-            available = output.size(stream) - offset
-            if available <= 0:
-                job.offsets[stream] = offset
-                continue
-            read, skip = self.table.plan(job.id, available, now)
-            data = output.read(stream, offset, read)
-            chunks = self.table.emit(job.id, stream, data, skip if len(data) == read else 0)
-            at = offset
-            for chunk in chunks:
-                pending.append(Pending(chunk.seq, stream, at, len(chunk.data), chunk.dropped))
-                at += len(chunk.data)
-            job.offsets[stream] = offset + len(data) + (skip if len(data) == read else 0)
-            batch += chunks
-        if not batch:
-            if job.sent >= self.table.limits.output_total:  # past the cap, all is dropped:
-                for stream in STREAMS:  # free it but the chunks a restart would republish
-                    kept = max((p.offset + p.length for p in self._pending.get(job.id, [])
-                                if p.stream == stream), default=0)
-                    runner.punch(output.fds[stream], job.offsets[stream], kept)
-            return
-        self._pending[job.id] = pending
-        self._save(job)
-        for chunk in batch:
-            await self._publish(chunk, job)
-        for stream in STREAMS:  # published before this batch: free its disk blocks
-            runner.punch(output.fds[stream], begun[stream])
-
-    async def _republish(self, job: Job, pending: list[Pending], output: Output) -> None:
-        for p in pending:
-            data = output.read(p.stream, p.offset, p.length)
-            await self._send(self._subject(job, "out"), "job.output", JobOutput(
-                job.id, p.seq, p.stream, data, p.dropped or None).to_body())
-
-    async def _publish(self, chunk: Chunk, job: Job) -> None:
-        body = JobOutput(chunk.job, chunk.seq, chunk.stream, chunk.data, chunk.dropped or None)
-        await self._send(self._subject(job, "out"), "job.output", body.to_body())
-
-    async def _send(self, subject: str, kind: str, body: dict[str, Any]) -> None:
-        """Publish, retrying with backoff while the bus refuses (a full buffer, a
-        disconnect): the watcher lives on, and a chunk sent again has the same ``seq``."""
-        delay = PUBLISH_RETRY_S
-        while True:
-            try:
-                await self.bus.publish(subject, kind, body)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                self.log.warning("job event not published, retrying", kind=kind,
-                                 error=str(error)[:200], retry_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, PUBLISH_RETRY_MAX_S)
 
 
 __all__ = ["FROZEN", "JobConfig", "JobHost"]
