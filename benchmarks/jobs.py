@@ -36,6 +36,7 @@ from tycoon.auctioneer.jobclient import JobClient
 from tycoon.bus.connection import open_bus
 from tycoon.bus.keys import KeyStore, subject_id
 from tycoon.messages.jobs import JobExit, JobOutput
+from tycoon.vmm import cgroups_v1
 from tycoon.vmm.cgroupfs import find_mounts
 from tycoon.vmm.cgroups import CgroupsDriver
 
@@ -47,15 +48,10 @@ USERS = {"alice": 3, "bob": 1}
 
 
 def missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (cgroups, per-account uids)"
-    v1 = find_mounts().v1
-    lacking = [c for c in ("cpu", "cpuacct", "cpuset", "freezer", "pids") if c not in v1]
-    if lacking:
-        return f"needs the cgroup v1 controllers {lacking}"
-    if not os.access(PY, os.X_OK) or 0 not in os.sched_getaffinity(0):
+    lacking = cgroups_v1.lacks(pinned=True)
+    if lacking is None and (not os.access(PY, os.X_OK) or 0 not in os.sched_getaffinity(0)):
         return f"needs {PY} and CPU 0"
-    return None
+    return lacking
 
 
 def calibrate(seconds: float) -> int:

@@ -8,6 +8,7 @@ strict refusal. The knob formats are checked on a directory laid out like a cgro
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from tycoon.resources import Shares
 from tycoon.vmm import cgroupfs
 from tycoon.vmm.cgroups import CgroupsDriver, detect_version
 from tycoon.vmm.cgroups_backend import scale
+from tycoon.vmm.cgroups_v1 import JOB_CONTROLLERS, lacks
 from tycoon.vmm.cgroups_v2 import V2Backend
 
 KEY = "UC" + "C" * 54
@@ -168,6 +170,15 @@ def test_mount_table_parsing(tmp_path: Path) -> None:
     assert detect_version(cgroupfs.Mounts(v2=Path("/nonexistent"))) == "v2"
     with pytest.raises(Rejected):
         detect_version(cgroupfs.Mounts())
+    # what a jobs host lacks, read from the same table: freezer and pids (cpuset if pinned)
+    if os.geteuid() == 0:
+        assert lacks(mounts=mounts) == "needs the cgroup v1 controllers ['freezer', 'pids']"
+        assert lacks(pinned=True, mounts=mounts) == \
+            "needs the cgroup v1 controllers ['freezer', 'pids', 'cpuset']"
+        full = cgroupfs.Mounts(v1=dict.fromkeys((*JOB_CONTROLLERS, "cpuset"), Path("/x")))
+        assert lacks(pinned=True, mounts=full) is None
+    else:
+        assert lacks(mounts=mounts) == "needs root (cgroups and per-account uids)"
     assert cgroupfs.find_mounts(str(tmp_path / "missing")) == cgroupfs.Mounts()
 
 

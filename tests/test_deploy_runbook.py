@@ -47,13 +47,9 @@ CGROUPS = re.compile(r"--driver cgroups --cgroup-root (\S+) --driver-state-dir \
 
 def cgroups_missing() -> str | None:
     """Why the runbook's host cannot run on cgroups here (None: it can)."""
-    from tycoon.vmm.cgroupfs import find_mounts
+    from tycoon.vmm.cgroups_v1 import lacks
 
-    if os.geteuid() != 0:
-        return "needs root"
-    v1 = find_mounts().v1
-    missing = [c for c in ("cpu", "cpuacct", "cpuset", "freezer", "pids") if c not in v1]
-    return f"needs the cgroup v1 controllers {missing}" if missing else None
+    return lacks(pinned=True)
 
 
 def remove_cgroup_root(root: str) -> None:

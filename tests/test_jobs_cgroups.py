@@ -23,7 +23,8 @@ from tycoon.auctioneer.jobhost import JobConfig
 from tycoon.auctioneer.jobs import Limits
 from tycoon.errors import Rejected
 from tycoon.messages.jobs import JobExit, JobOutput
-from tycoon.vmm.cgroupfs import find_mounts, read_text
+from tycoon.vmm import cgroups_v1
+from tycoon.vmm.cgroupfs import read_text
 from tycoon.vmm.cgroups import CgroupsDriver
 
 pytestmark = [pytest.mark.cgroups, pytest.mark.nats, pytest.mark.timeout(90)]
@@ -33,15 +34,10 @@ UIDS = (61000, 61999)
 
 
 def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (cgroups and setuid)"
-    v1 = find_mounts().v1
-    for controller in ("cpu", "cpuacct", "freezer", "pids"):
-        if controller not in v1:
-            return f"needs the cgroup v1 {controller} controller"
-    if not os.access(PY, os.X_OK):
+    lacking = cgroups_v1.lacks()
+    if lacking is None and not os.access(PY, os.X_OK):
         return f"needs {PY}"
-    return None
+    return lacking
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from up_kit import stop
 
 from tycoon.metrics.targets import TARGETS
 from tycoon.natsserver import free_port
@@ -103,13 +103,7 @@ def market(tmp_path: Path) -> Iterator[Path]:
     try:
         yield state
     finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            out, _ = up.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            out, _ = up.communicate()
-        print(out[-4000:])
+        print(stop(up)[-4000:])
 
 
 @pytest.mark.slow

@@ -237,13 +237,11 @@ def test_every_command_in_the_readme_parses() -> None:
 
 
 def _cgroups_missing() -> str | None:
-    from tycoon.vmm.cgroupfs import find_mounts
+    from tycoon.vmm.cgroups_v1 import lacks
 
-    if os.geteuid() != 0:
-        return "needs root (cgroups and per-account uids)"
-    lacking = [c for c in ("cpu", "cpuacct", "freezer", "pids") if c not in find_mounts().v1]
-    if lacking:
-        return f"needs the cgroup v1 controllers {lacking}"
+    lacking = lacks()
+    if lacking is not None:
+        return lacking
     if not os.access("/usr/bin/python3", os.X_OK):
         return "needs /usr/bin/python3 (the jobs' python3, reachable by their uids)"
     return None

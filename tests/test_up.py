@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from up_kit import stop
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
@@ -112,8 +113,4 @@ def test_pub_and_status_against_a_running_market(nats_url: str, tmp_path: Path) 
             time.sleep(0.25)
         assert tycoon("--nats", nats_url, "status", "--check").returncode == 1
     finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(60)
-        except subprocess.TimeoutExpired:
-            up.kill()
+        stop(up)

@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from up_kit import stop
 
 from tycoon.bus.keys import subject_id
+from tycoon.vmm import cgroups_v1
 from tycoon.vmm.cgroupfs import find_mounts
 from tycoon.vmm.cgroups import CgroupsDriver
 
@@ -25,15 +27,10 @@ pytestmark = [pytest.mark.cgroups, pytest.mark.nats, pytest.mark.slow, pytest.ma
 
 
 def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    v1 = find_mounts().v1
-    missing = [c for c in ("cpu", "cpuacct", "cpuset", "freezer", "pids") if c not in v1]
-    if missing:
-        return f"needs the cgroup v1 controllers {missing}"
-    if len(os.sched_getaffinity(0)) < 2:
+    lacking = cgroups_v1.lacks(pinned=True)
+    if lacking is None and len(os.sched_getaffinity(0)) < 2:
         return "needs two CPUs (one per host)"
-    return None
+    return lacking
 
 
 def tycoon(*args: str, home: Path, script: str = "tycoon.cli.main",
@@ -90,11 +87,7 @@ def test_up_with_cgroups_runs_jobs_on_pinned_hosts(nats_url: str, tmp_path: Path
             assert cpu.endswith(f"/{root}/{key['public_key']}"), cpu
         assert seen == {"host-1": "CPUS [0]", "host-2": "CPUS [1]"}
     finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(60)
-        except subprocess.TimeoutExpired:
-            up.kill()
+        stop(up)
         shutil.rmtree(jobs, ignore_errors=True)
         for host in ("host-1", "host-2"):  # the hosts keep their sandboxes for a restart
             shown = tycoon("keys", "show", host, "--json", home=state)

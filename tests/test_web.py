@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import msgpack
 import nats
 import pytest
 from polling import until, until_blocking
+from up_kit import stop
 
 from tycoon.bus import subjects
 from tycoon.bus.envelope import seal
@@ -470,9 +470,4 @@ def test_the_dashboard_verifies_a_live_market_in_chromium(browser, tmp_path: Pat
         if os.environ.get("TYCOON_SCREENSHOT"):
             shutil.copy(shot, os.environ["TYCOON_SCREENSHOT"])
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        stop(proc)

@@ -8,6 +8,7 @@ Knobs: ``cpu.shares`` (2..262144) for the proportional CPU share, ``cpu.cfs_quot
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tycoon.errors import Rejected
@@ -18,6 +19,20 @@ CPU_SHARES_TOP = 100_000
 """A share of 1.0 is 100000 ``cpu.shares`` (so 0.00002 still gets the kernel's minimum, 2)."""
 CPU_SHARES_MIN, CPU_SHARES_MAX = 2, 262_144
 UNLIMITED = -1
+JOB_CONTROLLERS: tuple[str, ...] = ("cpu", "cpuacct", "freezer", "pids")
+"""What a v1 host running jobs needs: cpu weights, cpu time, freezing and process caps."""
+
+
+def lacks(*, pinned: bool = False, mounts: cgroupfs.Mounts | None = None) -> str | None:
+    """What this machine lacks to be a cgroup v1 host running jobs (None: nothing): root
+    (cgroups and per-account uids) and :data:`JOB_CONTROLLERS`, with ``cpuset`` when hosts
+    are ``pinned`` to CPUs (``tycoon up --driver cgroups``)."""
+    if os.geteuid() != 0:
+        return "needs root (cgroups and per-account uids)"
+    v1 = (mounts or cgroupfs.find_mounts()).v1
+    wanted = (*JOB_CONTROLLERS, "cpuset") if pinned else JOB_CONTROLLERS
+    lacking = [c for c in wanted if c not in v1]
+    return f"needs the cgroup v1 controllers {lacking}" if lacking else None
 
 
 class V1Backend(Backend):
