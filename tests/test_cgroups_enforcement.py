@@ -26,6 +26,7 @@ from tycoon.auctioneer.market import Market
 from tycoon.bank.receipt import make_receipt
 from tycoon.bus.keys import Identity
 from tycoon.errors import Rejected
+from tycoon.vmm import cgroupfs
 from tycoon.vmm.cgroups import CgroupsDriver
 
 pytestmark = [pytest.mark.cgroups, pytest.mark.slow, pytest.mark.xdist_group("cpu")]
@@ -68,13 +69,7 @@ def _spawn_pinned(driver: CgroupsDriver, account: str, cpu: int) -> subprocess.P
 
     def enter() -> None:
         os.sched_setaffinity(0, {cpu})
-        pid = str(os.getpid()).encode()
-        for path in procs:
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.write(fd, pid)
-            finally:
-                os.close(fd)
+        cgroupfs.join(procs)
 
     code = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
     return subprocess.Popen([sys.executable, "-c", code], preexec_fn=enter)

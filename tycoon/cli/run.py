@@ -11,6 +11,7 @@ environment, and its exit code is passed through (128 + N when killed by signal 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tycoon.errors import Rejected
+from tycoon.vmm import cgroupfs
 from tycoon.vmm.cgroups import DEFAULT_ROOT, DEFAULT_STATE_DIR, VERSIONS, CgroupsDriver
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
@@ -89,18 +91,9 @@ def spawn_in(procs_files: Sequence[Path], command: Sequence[str], env: dict[str,
     """Start ``command`` with its pid written to every ``cgroup.procs`` before exec; wait for it,
     forwarding termination signals, and return its exit code."""
     paths = [str(p) for p in procs_files]
-
-    def join() -> None:  # runs in the child between fork and exec: plain syscalls only
-        pid = str(os.getpid()).encode()
-        for path in paths:
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.write(fd, pid)
-            finally:
-                os.close(fd)
-
     try:
-        child = subprocess.Popen(list(command), env=env, preexec_fn=join)
+        child = subprocess.Popen(list(command), env=env,
+                                 preexec_fn=functools.partial(cgroupfs.join, paths))
     except FileNotFoundError:
         print(f"error: command not found: {command[0]}", file=sys.stderr)
         return 127

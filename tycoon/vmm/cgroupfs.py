@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,6 +154,18 @@ def pids(procs_file: Path) -> list[int]:
         return [int(x) for x in procs_file.read_text().split()]
     except (OSError, ValueError):
         return []
+
+
+def join(procs_files: Sequence[str]) -> None:
+    """Move this process into the cgroups whose ``cgroup.procs`` files are given: plain
+    syscalls only, so it may run in a child between fork and exec (``preexec_fn``)."""
+    pid = str(os.getpid()).encode()
+    for path in procs_files:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, pid)
+        finally:
+            os.close(fd)
 
 
 # -- host capacity ------------------------------------------------------------------------
