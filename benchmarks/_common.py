@@ -1,4 +1,5 @@
-"""Shared benchmark helpers: argument parsing, table printing, the JSON last line."""
+"""Shared benchmark helpers: argument parsing, table printing, the JSON last line, services
+started as child processes."""
 
 from __future__ import annotations
 
@@ -6,7 +7,24 @@ import argparse
 import json
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from tycoon.supervisor import Child
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def serve(name: str, url: str, home: Path, *args: str) -> Child:
+    """``tycoon <args>`` (a ``serve`` command) as a child process, ready once it says so
+    (``--ready-fd``, as ``tycoon up`` starts it); its output goes to ``<home>/logs``."""
+    child = Child(name, ["--nats", url, "--home", str(home), "--log-level", "error", *args],
+                  home / "logs", {"PYTHONPATH": str(ROOT)})
+    await child.start(notify=True)
+    if not await child.ready(30):
+        await child.stop(5)
+        raise RuntimeError(f"{name} did not start:\n{child.tail(20)}")
+    return child
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -28,6 +28,8 @@ from nacl.bindings import crypto_sign_open
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import serve  # noqa: E402
+
 from tycoon.bank.client import BankClient  # noqa: E402
 from tycoon.bank.receipt import make_receipt  # noqa: E402
 from tycoon.bank.sqlite_store import SqliteStore  # noqa: E402
@@ -63,16 +65,9 @@ def crypto_bound(seconds: float = 1.0) -> float:
 
 
 async def start_bank(url: str, home: Path, db: Path) -> Child:
-    """``tycoon bank serve`` as a child process, ready once it writes ``READY=1`` to its
-    ``--ready-fd`` (as ``tycoon up`` starts it; its output goes to ``<home>/logs``)."""
-    bank = Child("bank", ["--nats", url, "--home", str(home), "--log-level", "error", "bank",
-                          "serve", "--db", str(db), "--operator-key", "operator"],
-                 home / "logs", {"PYTHONPATH": str(ROOT)})
-    await bank.start(notify=True)
-    if not await bank.ready(30):
-        await bank.stop(5)
-        raise RuntimeError(f"bank did not start:\n{bank.tail(20)}")
-    return bank
+    """``tycoon bank serve`` as a child process (:func:`_common.serve`)."""
+    return await serve("bank", url, home, "bank", "serve", "--db", str(db), "--operator-key",
+                       "operator")
 
 
 async def run_level(clients: list[BankClient], payees: list[str], seconds: float

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import emit_json, parser, percentile, table  # noqa: E402
+from _common import emit_json, parser, percentile, serve, table  # noqa: E402
 
 from tycoon.bank.client import BankClient  # noqa: E402
 from tycoon.bundles import client as bundles  # noqa: E402
@@ -42,17 +42,6 @@ from tycoon.supervisor import Child  # noqa: E402
 
 MIB = 1 << 20
 PUSHERS, PUSH_MIB = 4, 16
-
-
-async def serve(name: str, url: str, home: Path, *args: str) -> Child:
-    """``tycoon <name> serve …`` as a child process, ready once it says so (--ready-fd)."""
-    child = Child(name, ["--nats", url, "--home", str(home), "--log-level", "error", *args],
-                  home / "logs", {"PYTHONPATH": str(ROOT)})
-    await child.start(notify=True)
-    if not await child.ready(30):
-        await child.stop(5)
-        raise RuntimeError(f"{name} did not start:\n{child.tail(20)}")
-    return child
 
 
 def peak_mib(child: Child) -> float:
