@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	for b in bus bank auctioneer sls best_response agent sim; do \
+	for b in bus bank auctioneer sls best_response agent sim bundles; do \
 		$(BIN)/python benchmarks/$$b.py || exit 1; done
 	$(BIN)/python benchmarks/scale.py --quick
 
