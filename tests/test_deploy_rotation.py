@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.nats, pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 async def test_host_key_rotation_strands_no_money(tmp_path: Path) -> None:
-    bank, operator, old, new, user = (Identity.generate() for _ in range(5))
+    bank, operator, store, old, new, user = (Identity.generate() for _ in range(6))
     port = free_port()
     conf = tmp_path / "nats.conf"
 
@@ -33,13 +33,14 @@ async def test_host_key_rotation_strands_no_money(tmp_path: Path) -> None:
         principals = [Principal(bank.public_key, "bank", "bank"),
                       Principal(operator.public_key, "operator", "operator",
                                 frozenset(OPERATOR_CAPABILITIES)),
+                      Principal(store.public_key, "store", "store"),  # bundles (start_bank)
                       Principal(user.public_key, "user", "alice"),
                       *(Principal(h.public_key, "host", f"host-{i}") for i, h in enumerate(hosts))]
         write_config(conf, render_principals(principals, port=port))
 
     render(old)
     async with NatsServer(port=port, config=conf) as server:
-        market = LocalMarket(server.url, tmp_path / "m", bank, operator)
+        market = LocalMarket(server.url, tmp_path / "m", bank, operator, store)
         try:
             await market.start_bank()
             await market.add_host("small", identity=old, tick_s=0.1)

@@ -51,6 +51,9 @@ class LocalMarket:
     state: Path
     bank_identity: Identity
     operator: Identity
+    store_identity: Identity | None = None
+    """The bundle store's key (a fresh one if None; a permissioned server admits it, role
+    ``store``)."""
     running_bank: RunningBank | None = None
     running_sls: RunningSLS | None = None
     running_store: RunningStore | None = None
@@ -95,7 +98,7 @@ class LocalMarket:
             self.url, self.bank_identity, db=self.state / "bank.db",
             operator=self.operator.public_key, settlement_log=settlement_log)
         self.running_store = await start_store(  # bundles (their buckets: where JetStream runs)
-            self.url, None, db=self.state / "store.db")
+            self.url, self.store_identity, db=self.state / "store.db")
         return self.running_bank
 
     async def start_sls(self, config: SLSConfig | None = None) -> RunningSLS:
