@@ -39,7 +39,13 @@ from tycoon.messages.agent import AgentPlan, AgentRebid, AgentSettled, AgentWarn
 from tycoon.messages.market import Alloc, HostBidReply
 from tycoon.messages.price import PriceUpdate
 
-__all__ = ["WATCHED", "Agent", "AgentConfig", "AgentParts", "Summary", "sls_candidate"]
+__all__ = ["STOP_SETTLE_S", "WATCHED", "Agent", "AgentConfig", "AgentParts", "Summary",
+           "sls_candidate"]
+
+#: How long an interrupted agent (its run cancelled: Ctrl-C, SIGTERM) goes on bringing its
+#: money home before it returns. What is not home by then stays in the journal, and the
+#: next run of the job settles it; ``tycoon up`` waits 10 s for each agent to exit.
+STOP_SETTLE_S = 5.0
 
 
 class Agent:
@@ -136,6 +142,7 @@ class Agent:
             self.log.info("recovered pending moves", count=recovered)
         await self.bus.subscribe(subjects.SLS_SNAPSHOT, self._on_snapshot)
         await self._follow_allocations(sorted(self.journal.hosts_funded()))
+        interrupted = False
         try:
             await self._discover()
             await self._replan("start", force=True)
@@ -158,8 +165,11 @@ class Agent:
                 if reason == "periodic":
                     await self._discover()
                 await self._replan(reason)
+        except asyncio.CancelledError:
+            interrupted = True
+            raise
         finally:
-            await self._finish()
+            await self._finish(STOP_SETTLE_S if interrupted else None)
         return self.summary
 
     def _run_tasks(self) -> None:
@@ -398,20 +408,48 @@ class Agent:
         """Every host where we may hold money: by the journal, or by our books."""
         return sorted(self.journal.hosts_funded(pending=True) | set(self.allocator.holdings))
 
-    async def _finish(self) -> None:
-        """Bring every credit home (up to ``grace_s`` past the deadline) and report."""
+    async def _finish(self, within: float | None = None) -> None:
+        """Bring every credit home (up to ``grace_s`` past the deadline) and report.
+
+        ``within`` (an interrupted run): all of it within that many seconds; a move cut
+        short stays pending in the journal (recorded before it is sent), for the next run."""
+        started = self.timer()
+
+        def left() -> float | None:
+            return None if within is None else max(within - (self.timer() - started), 0.01)
+
+        if within is not None:
+            self.log.info("interrupted: settling", within_s=within)
         if self.tasks is not None:
-            await self.tasks.stop()  # what still runs is killed; the journal keeps it
+            # what still runs is killed; the journal keeps it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.tasks.stop(), left())
             self._tasks_changed()
-        await self._settle_now_and_wait(supersede=True)
         try:
-            accounting = await bring_home(
+            await asyncio.wait_for(self._settle_now_and_wait(supersede=True), left())
+        except TimeoutError:
+            for task in list(self._settling):  # cut short: pending in the journal
+                task.cancel()
+            await asyncio.gather(*self._settling, return_exceptions=True)
+        until = max(self.deadline, self.clock()) + self.config.grace_s
+        if within is not None:
+            until = min(until, self.clock() + (left() or 0.0))
+        try:
+            # bring_home stops its rounds at ``until``; a round's requests are cut at left()
+            accounting = await asyncio.wait_for(bring_home(
                 self.allocator, self.journal, self._funded_hosts,
                 new_epoch=self.journal.next_epoch, clock=self.clock, payees=self.payees,
-                until=max(self.deadline, self.clock()) + self.config.grace_s)
+                until=until), left())
         except Rejected as error:  # a host's answer we cannot read: report, never hang
             await self.warn(f"final settling failed: {error.code}")
             accounting = None
+        except TimeoutError:
+            await self.warn("interrupted while settling: the next run settles the rest",
+                            pending=len(self.journal.pending()))
+            accounting = None
+        if within is not None:
+            self.log.info("interrupted: settled", seconds=round(self.timer() - started, 3),
+                          pending=len(self.journal.pending()))
         self.summary.account(self.journal, accounting)
         if self.summary.outstanding:
             await self.warn("money still away at the end of the grace period",

@@ -1,0 +1,58 @@
+"""An interrupted agent (Ctrl-C, SIGTERM: its run cancelled) stops within ``STOP_SETTLE_S``
+however its settling goes: ``tycoon up`` gives each agent 10 s before SIGKILL. Money a
+host holds that cannot come home in time stays in the journal for the next run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from polling import until
+from test_agent_finish import _market, _paid_and_redeemed
+
+from tycoon.agent.journal import Journal
+from tycoon.bank.client import BankClient
+
+
+@pytest.mark.nats
+@pytest.mark.timeout(60)
+async def test_an_interrupted_agent_stops_in_time_with_a_host_down(
+        nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tycoon.agent.agent as agent_module
+    from tycoon.agent.agent import Agent, AgentConfig
+    from tycoon.money import MICRO
+
+    monkeypatch.setattr(agent_module, "STOP_SETTLE_S", 1.0)
+    market = await _market(nats_url, tmp_path)
+    try:
+        bus = await market.fund_user(10 * MICRO)
+        key = bus.identity.public_key
+        # a long deadline and grace: before, a stop settled until the grace ended
+        agent = Agent(bus, market.bank_key, AgentConfig(
+            budget=10 * MICRO, deadline_s=600.0, replan_every_s=1.0, grace_s=180.0),
+            tmp_path / "agent.db")
+        task = asyncio.create_task(agent.run())
+        await until(lambda: _paid_and_redeemed(market, key), timeout=40, what="paid twice")
+        gone = market.hosts.pop(1)
+        market.buses.append(gone.running.bus)  # closed with the market
+        await gone.service.stop()  # its money cannot come home now
+        started = time.perf_counter()
+        task.cancel()
+        await asyncio.wait({task}, timeout=10)
+        took = time.perf_counter() - started
+        assert task.done() and took < 1.0 + 1.5, f"stop took {took:.1f} s"
+        journal = Journal(tmp_path / "agent.db")  # as the next run reads it
+        assert journal.hosts_funded() >= {gone.id}  # the next run looks there
+        # no credit lost or made: at the bank, at a host, or charged by one
+        hosts = [*market.hosts, gone]
+        held = sum(h.service.market.accounts[key].balance + h.service.market.accounts[key].spent
+                   for h in hosts if key in h.service.market.accounts)
+        pending = sum(m.amount for m in journal.pending() if m.kind == "refund")
+        journal.close()
+        bank = await BankClient(bus, market.bank_key).balance()
+        assert bank + held + pending == 10 * MICRO
+        assert gone.service.market.accounts[key].balance > 0
+    finally:
+        await market.close()
