@@ -131,6 +131,14 @@ def wide_books(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, flo
 @example((*BOOK_14, 1.0), "numpy")
 @example((np.array([0.176, 0.849]), np.zeros(2), np.full(2, 1e200), 1e200), "python")
 @example((np.array([0.176, 0.849]), np.zeros(2), np.full(2, 1e200), 1e200), "numpy")
+# Found by Hypothesis in a full run: scaled by the capacity's power of two, a maximum of
+# 4.9e-300 became subnormal (rounded to 1 ulp) and came back as 5.97e-300, above itself.
+@example((np.array([1.0]), np.zeros(1), np.array([4.9406564584124654e-300]), 1e24), "python")
+@example((np.array([1.0]), np.zeros(1), np.array([4.9406564584124654e-300]), 1e24), "numpy")
+@example((np.array([1.0, 0.0]), np.zeros(2), np.array([2e-300, 1e24]), 1e24), "numpy")  # was 0
+# The reverse: scaled by the largest maximum (1e24), a capacity of 1e-300 underflowed: [0, 0].
+@example((np.array([1.0, 1.0]), np.zeros(2), np.full(2, 1e24), 1e-300), "python")
+@example((np.array([1.0, 1.0]), np.zeros(2), np.full(2, 1e24), 1e-300), "fallback")
 def test_wide_dynamic_range(case: tuple[np.ndarray, np.ndarray, np.ndarray, float],
                             path: str) -> None:
     rates, lo, hi, cap = case

@@ -17,9 +17,14 @@ common case; a row that does not converge falls back to the exact solver, which
 sorts the breakpoints (O(n log n)), finds the crossing segment by binary search with ``f``
 summed afresh at each probe (a sum of non-negative terms: no cancellation, whatever the
 rates' range) and interpolates the crossing there. 2-D inputs (one row per resource) are
-solved in one vectorised pass. A row whose capacity or largest maximum lies outside
-[2⁻⁶⁴, 2⁶⁴] is solved scaled by a power of two (exact), so huge or tiny capacities neither
-overflow nor underflow.
+solved in one vectorised pass. A row to solve whose capacity lies outside [2⁻⁶⁴, 2⁶⁴] is
+solved scaled by a power of two, so huge or tiny capacities neither overflow nor underflow.
+Only the arithmetic is scaled: a row where everyone gets its maximum returns the maximums
+as given, and a row being solved has its maximums cut to the capacity first (no share can
+exceed it), so the scale is the capacity itself. A bound more than 2¹⁰²² times smaller than
+the capacity becomes subnormal at that scale and loses digits (not exact, unlike the rest of
+the scaling); the shares are therefore clipped to the bounds as given after scaling back, and
+the error left on the total is below 2⁻¹⁰⁷⁰ of the capacity.
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ def water_fill(
             else np.broadcast_to(np.asarray(capacity, dtype=np.float64), (rows,)).tolist()
         if not all(math.isfinite(c) and c >= 0 for c in caps):
             raise ValueError("capacity must be finite and >= 0")
-        out = np.array([_fill_row_scaled(*row) for row in zip(rates.tolist(), lo.tolist(),
+        out = np.array([_fill_row(*row) for row in zip(rates.tolist(), lo.tolist(),
                                                                hi.tolist(), caps, strict=True)])
         return out[0] if one_d else out
     cap = np.broadcast_to(np.asarray(capacity, dtype=np.float64), (rows,)).copy()
@@ -86,20 +91,14 @@ def water_fill(
     if n == 0:
         out = np.zeros((rows, 0))
         return out[0] if one_d else out
-    shift = _shifts(np.maximum(cap, hi.max(axis=1)))
-    if shift is not None:  # solve at unit scale, exactly (powers of two), and scale back
-        out = _fill_rows(rates, np.ldexp(lo, -shift[:, None]), np.ldexp(hi, -shift[:, None]),
-                         np.ldexp(cap, -shift))
-        out = np.ldexp(out, shift[:, None])
-    else:
-        out = _fill_rows(rates, lo, hi, cap)
+    out = _fill_rows(rates, lo, hi, cap)
     return out[0] if one_d else out
 
 
 SCALE_LIMIT = 2.0**64
-"""Rows whose largest magnitude (capacity or a maximum) lies outside [1/SCALE_LIMIT,
-SCALE_LIMIT] are solved scaled by a power of two: breakpoints ``hi/r`` (r ≥ 1e-200 after
-normalising) and levels then stay in float range."""
+"""Rows to solve whose capacity lies outside [1/SCALE_LIMIT, SCALE_LIMIT] are solved scaled
+by a power of two: breakpoints ``hi/r`` (r ≥ 1e-200 after normalising) and levels then stay
+in float range."""
 
 
 def _shifts(scale: np.ndarray) -> np.ndarray | None:
@@ -125,21 +124,39 @@ def _fill_rows(rates: np.ndarray, lo: np.ndarray, hi: np.ndarray, cap: np.ndarra
     rates = np.where(rates >= TINY * top, rates / np.where(top > 0, top, 1.0), 0.0)
     active = rates > 0
     eff_hi = np.where(active, hi, lo)  # a bidder without rate never rises above its lo
-    sum_lo = lo.sum(axis=1)
-    sum_hi = eff_hi.sum(axis=1)
+    with np.errstate(over="ignore"):  # a sum past 1.7e308 is inf: still > cap, as it should
+        sum_lo = lo.sum(axis=1)
+        sum_hi = eff_hi.sum(axis=1)
     full = sum_hi <= cap  # everyone gets its (effective) max
     over = (sum_lo >= cap) & ~full  # the mins alone fill (or overfill) the capacity
     solve = ~(full | over)
     if solve.all():
-        return _newton(rates, lo, eff_hi, active, cap)
+        return _newton_scaled(rates, lo, eff_hi, active, cap)
     out = np.empty_like(rates)
-    out[full] = eff_hi[full]
-    if np.any(over):
-        scale = np.where(sum_lo[over] > 0, cap[over] / np.maximum(sum_lo[over], 1e-300), 0.0)
-        out[over] = lo[over] * np.minimum(scale, 1.0)[:, None]
+    out[full] = eff_hi[full]  # as given: no arithmetic, so no scaling
+    if np.any(over):  # lo · cap/Σlo, with Σlo summed at unit scale (it may pass 1.7e308)
+        top = lo[over].max(axis=1)
+        unit = np.ldexp(lo[over], -np.frexp(top)[1][:, None])
+        total = unit.sum(axis=1, keepdims=True)
+        out[over] = unit / np.where(total > 0, total, 1.0) * cap[over][:, None]
     if np.any(solve):
-        out[solve] = _newton(rates[solve], lo[solve], eff_hi[solve], active[solve], cap[solve])
+        out[solve] = _newton_scaled(rates[solve], lo[solve], eff_hi[solve], active[solve],
+                                    cap[solve])
     return out
+
+
+def _newton_scaled(
+    rates: np.ndarray, lo: np.ndarray, hi: np.ndarray, active: np.ndarray, cap: np.ndarray
+) -> np.ndarray:
+    """:func:`_newton`, with maximums cut to the capacity and rows whose capacity needs it
+    solved at unit scale (then clipped to the bounds as given: see the module docstring)."""
+    hi = np.minimum(hi, cap[:, None])  # Σ = cap, so no share exceeds it (lo < cap here)
+    shift = _shifts(cap)
+    if shift is None:
+        return _newton(rates, lo, hi, active, cap)
+    out = _newton(rates, np.ldexp(lo, -shift[:, None]), np.ldexp(hi, -shift[:, None]), active,
+                  np.ldexp(cap, -shift))
+    return np.clip(np.ldexp(out, shift[:, None]), lo, hi)
 
 
 SMALL = 12
@@ -149,40 +166,51 @@ docs/performance.md). Beyond it, and with minimums and maximums to clip, numpy's
 vectorised rows win (see :func:`_fill_row`)."""
 
 
-def _fill_row_scaled(
-    rates: list[float], lo: list[float], hi: list[float], cap: float
-) -> list[float]:
-    """:func:`_fill_row`, at unit scale if the row needs it (as the numpy path does)."""
-    shift = _shift(max(cap, max(hi, default=0.0)))
-    if not shift:
-        return _fill_row(rates, lo, hi, cap)
-    lo = [math.ldexp(v, -shift) for v in lo]
-    hi = [math.ldexp(v, -shift) for v in hi]
-    out = _fill_row(rates, lo, hi, math.ldexp(cap, -shift))
-    return [math.ldexp(v, shift) for v in out]
-
-
 def _fill_row(rates: list[float], lo: list[float], hi: list[float], cap: float) -> list[float]:
-    """One row, exactly, in plain Python: the level of :func:`_solve`, found by binary
-    search over the sorted breakpoints (f evaluated afresh at each), then interpolated on
-    the crossing segment with f and its slope summed afresh there."""
-    top = max(rates)
+    """One row in plain Python: everyone at its maximum (as given), the minimums scaled to
+    fit, or the level found by :func:`_level_row`, at unit scale if the capacity needs it."""
+    top = max(rates, default=0.0)
     if top <= 0:  # nobody bids: everyone sits at its lo
-        sum_lo = sum(lo)
-        return list(lo) if sum_lo <= cap else [low * cap / sum_lo for low in lo]
+        return list(lo) if sum(lo) <= cap else _fit_row(lo, cap)
     floor = TINY * top
     active = [i for i, x in enumerate(rates) if x >= floor and x > 0]
     r = {i: rates[i] / top for i in active}
-    out = list(lo)  # bidders without rate sit at their lo
     sum_lo = sum(lo)
-    if sum_lo - sum(lo[i] for i in active) + sum(hi[i] for i in active) <= cap:
+    fixed = sum_lo - sum(lo[i] for i in active)  # bidders without rate sit at their lo
+    if fixed + sum(hi[i] for i in active) <= cap:
+        out = list(lo)
         for i in active:
             out[i] = hi[i]
         return out
     if sum_lo >= cap:  # the minimums alone fill the capacity (or it is 0): scaled to fit
-        scale = cap / sum_lo if sum_lo > 0 else 0.0
-        return [low * scale for low in lo]
-    fixed = sum_lo - sum(lo[i] for i in active)
+        return _fit_row(lo, cap)
+    hi = [min(h, cap) for h in hi]  # Σ = cap, so no share exceeds it (lo < cap here)
+    shift = _shift(cap)
+    if not shift:
+        return _level_row(r, lo, hi, cap, fixed)
+    out = _level_row(r, [math.ldexp(v, -shift) for v in lo],
+                     [math.ldexp(v, -shift) for v in hi], math.ldexp(cap, -shift),
+                     math.ldexp(fixed, -shift))
+    return [min(max(math.ldexp(v, shift), low), high) if i in r else low
+            for i, (v, low, high) in enumerate(zip(out, lo, hi, strict=True))]
+
+
+def _fit_row(lo: list[float], cap: float) -> list[float]:
+    """The minimums scaled down to sum to ``cap`` (≤ Σ lo), summed at unit scale."""
+    shift = math.frexp(max(lo, default=0.0))[1]
+    unit = [math.ldexp(v, -shift) for v in lo]
+    total = sum(unit)
+    return [v / total * cap if total > 0 else 0.0 for v in unit]
+
+
+def _level_row(
+    r: dict[int, float], lo: list[float], hi: list[float], cap: float, fixed: float
+) -> list[float]:
+    """Σ lo < cap < Σ effective hi: the level of :func:`_solve`, found by binary search over
+    the sorted breakpoints (f evaluated afresh at each), then interpolated on the crossing
+    segment with f and its slope summed afresh there. ``r``: the active bidders' rates
+    (largest 1); ``fixed``: Σ lo of the others."""
+    out = list(lo)  # bidders without rate sit at their lo
     # The common case: nobody is clipped, shares are the rates scaled to the capacity.
     level = (cap - fixed) / sum(r.values())
     if all(lo[i] <= level * x <= hi[i] for i, x in r.items()):
