@@ -56,3 +56,18 @@ async def test_an_interrupted_agent_stops_in_time_with_a_host_down(
         assert gone.service.market.accounts[key].balance > 0
     finally:
         await market.close()
+
+
+async def test_no_first_funding_below_the_deposit(tmp_path: Path) -> None:
+    """A host refuses a first funding below its deposit once the bank paid it: that receipt
+    could never be redeemed (and settling waited for it to the end of grace)."""
+    from test_allocator import Market, start
+
+    from tycoon.agent.allocator import MIN_FIRST_FUND
+
+    m = Market(tmp_path, 10**6)
+    await start(m, {"h0": (MIN_FIRST_FUND - 1) / 1_000, "h1": 100.0})
+    assert m.hosts["h0"].balance == 0 and m.hosts["h1"].balance == 100_000
+    assert m.journal.hosts_funded(pending=True) == {"h1"}
+    await start(m, {"h1": (MIN_FIRST_FUND - 1) / 1_000})  # a top-up may be smaller
+    assert not m.journal.pending() and m.money() == 10**6

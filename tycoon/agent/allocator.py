@@ -45,6 +45,11 @@ NOTHING_THERE = ("no_funds", "unknown_account")
 """A host's answer to a refund when it holds nothing of ours (any refund already paid)."""
 UNREACHABLE = ("unavailable", "timeout", "rate_limited")
 """A host that gave no answer now: what we hold there is unknown, not zero."""
+MIN_FIRST_FUND = 1_000
+"""The least first funding at a host (micro-credits; the default deposit, ``tycoon
+auctioneer serve --deposit``): a host refuses a smaller one (``bad_amount``) after the bank
+paid it, and the receipt could never be redeemed, so the agent's settling waited for it
+until the end of its grace."""
 MIN_DURATION_S = 2
 """A raised rate never spends a balance in less than this: until the top-up arrives, a
 host with little money gets what the money buys rather than a burst."""
@@ -254,7 +259,7 @@ class Allocator:
         now = self.clock()
         need = moves.funding(rate, end, now, self._left(host, now), self.allowance(budget),
                        self.slack)
-        if need <= 0:
+        if need <= 0 or (need < MIN_FIRST_FUND and host not in self.journal.hosts_funded()):
             return
         move = self._begin_fund(self.move_id(epoch, host, step), epoch, host, payee, need)
         outcome.funded[host] = await self._fund(move, bid_until=end, outcome=outcome)
