@@ -233,6 +233,14 @@ class Bus:
         return await self.nc.subscribe(subject, cb=on_message, **options)
 
     async def flush(self, timeout: float = 5.0) -> None:
+        """Return once the server has processed everything sent so far (a PING round trip).
+
+        nats-py (2.16) writes the PING straight to the socket, ahead of commands still queued
+        for its flusher task (a SUB just made): the PONG could return before the server had
+        the SUB, and a service "started" (``Service.start``, ``--ready-fd``) answered its
+        first request with no responders. The queue is written out first, so the PING
+        follows it."""
+        await asyncio.wait_for(self.nc._flush_pending(force_flush=True), timeout)
         await self.nc.flush(timeout=timeout)
 
     async def close(self) -> None:
