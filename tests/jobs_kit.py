@@ -86,8 +86,8 @@ async def job_market(url: str, tmp: Path, driver: Any, jobs: JobConfig,
             await bus.close()
         with contextlib.suppress(Exception):  # a stop leaves jobs running (re-adopted later)
             await market.jobhost.end_all()
-        with contextlib.suppress(Exception):
-            await auctioneer.stop()
+        with contextlib.suppress(Exception):  # the one running now (a test may restart it)
+            await market.auctioneer.stop()
         await bank.stop()
 
 

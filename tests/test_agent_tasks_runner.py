@@ -337,3 +337,24 @@ async def test_a_task_no_host_will_start_is_reported_not_retried_forever(
     assert record["status"] == 127 and record["refused"].startswith("malformed")
     again = runner(tmp_path, FakeHost(), Bag.of([(1, "a")]), run.journal)
     assert again.resume() == 1  # kept as done on a restart
+
+
+async def test_a_stop_right_after_a_wake_ends_the_loop(tmp_path: Path) -> None:
+    """A task's end wakes the loop; a stop landing in the next few loop turns used to be
+    swallowed (3.11's wait_for returns its result when cancelled after it completed), and
+    stop() waited for the loop forever. Every turn from 0 to 5 after the wake is tried."""
+    for turns in range(6):
+        run = runner(tmp_path, FakeHost(), Bag.of([(1, "a")]), Journal(tmp_path / f"{turns}.db"))
+
+        async def unsubscribe() -> None:
+            pass
+
+        run._sub = SimpleNamespace(unsubscribe=unsubscribe)  # subscribed (no bus here)
+        run.start(lambda _cores: [], lambda: None)
+        await settle()  # the loop waits for a wake
+        run.wake.set()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        async with asyncio.timeout(2):  # the bug: forever
+            await run.stop()
+        assert run._driving is not None and run._driving.cancelled()

@@ -155,8 +155,11 @@ class TaskRunner:
                     self._spawn(self._ask_cores(host))
             self.on_change()
             self.wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11, wait_for swallows a cancel that lands
+            # just after the wake (stop() then waited for this loop forever)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), every_s)
+                async with asyncio.timeout(every_s):
+                    await self.wake.wait()
 
     async def _on_job(self, msg: Message) -> None:
         """A job's output or exit: to its task's stream (which checks the signer is the
