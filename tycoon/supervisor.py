@@ -126,7 +126,8 @@ class Child:
         if self.process is None:
             return None
         try:
-            return await asyncio.wait_for(self.process.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see tycoon.waiting
+                return await self.process.wait()
         except TimeoutError:
             return None
 

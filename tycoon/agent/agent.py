@@ -38,6 +38,7 @@ from tycoon.log import get_logger
 from tycoon.messages.agent import AgentPlan, AgentRebid, AgentSettled, AgentWarning
 from tycoon.messages.market import Alloc, HostBidReply
 from tycoon.messages.price import PriceUpdate
+from tycoon.waiting import wait_set
 
 __all__ = ["STOP_SETTLE_S", "WATCHED", "Agent", "AgentConfig", "AgentParts", "Summary",
            "sls_candidate"]
@@ -151,8 +152,7 @@ class Agent:
                     and not self.core.tasks_finished:
                 timeout = min(self.config.replan_every_s,
                               self.seconds_left - self.config.refund_margin_s)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(timeout, 0.01))
+                await wait_set(self._wake, max(timeout, 0.01))
                 self._wake.clear()
                 if self.seconds_left <= self.config.refund_margin_s \
                         or self.core.tasks_finished:
@@ -355,8 +355,7 @@ class Agent:
     async def _settle_later(self, plan: Plan, epoch: int, end: float) -> None:
         """Move the money of plan ``epoch`` behind its bids, once ``settle_delay_s`` passed
         without a newer plan (or at once when :meth:`_settle_now_and_wait` asks)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._settle_now.wait(), self.config.settle_delay_s)
+        await wait_set(self._settle_now, self.config.settle_delay_s)
         if self._settling_epoch != epoch:
             return
         started = self.timer()

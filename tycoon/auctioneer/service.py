@@ -29,6 +29,7 @@ from tycoon.auctioneer.events import (
     PricesChanged,
     Refund,
     RefundDue,
+    Returned,
     SharesChanged,
 )
 from tycoon.auctioneer.jobhost import JobConfig, JobHost
@@ -51,6 +52,7 @@ from tycoon.messages.market import (
     HostStatusReply,
 )
 from tycoon.vmm.driver import Driver
+from tycoon.waiting import wait_set
 
 OPS = ("account", "fund", "bid", "refund", "status")
 REFUND_RETRY_S = (0.25, 2.0)
@@ -256,10 +258,30 @@ class AuctioneerService:
         raw = HostFund.from_body(msg.body).receipt  # ≤ 4096 bytes (HostFund)
         events = self.market.fund(raw, self.clock())
         self._commit()  # redemption and credit in one transaction, before the reply
+        returned = next((e for e in events if isinstance(e, Returned)), None)
+        if returned is not None:  # refused, the receipt consumed: its money goes back
+            await self._return(returned)
         funded = next(e for e in events if isinstance(e, Funded))
         await self._act(events)
         return HostFundReply(funded.account, funded.transfer_id, funded.amount,
                              funded.balance).to_body()
+
+    async def _return(self, returned: Returned) -> None:
+        """Pay a refused receipt back to its payer (the pending return is on disk, its
+        transfer id derived from the receipt: a retry or the payer loop pays it once) and
+        refuse with the return receipt; while the bank does not pay, ``unavailable``."""
+        refund = returned.refund
+        if not refund.receipt:
+            try:
+                await self._pay(refund)
+            except Rejected:
+                self._refunds_due.set()  # the payer loop pays it; a retried fund answers
+                raise
+            refund = self.market.returns[refund.refund_id]  # paid (here or meanwhile)
+        raise Rejected(returned.code, f"not credited (a host account opens with a first"
+                       f" funding of at least {self.market.deposit} µcredits, and holds at"
+                       f" most the largest amount): {refund.amount} µcredits paid back to the"
+                       f" payer, transfer {refund.refund_id}", returned=refund.receipt)
 
     async def _bid(self, msg: Message) -> dict[str, Any]:
         now = self.clock()
@@ -370,8 +392,7 @@ class AuctioneerService:
                     break
             retries += 1
             if self.market.pending:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._refunds_due.wait(), delay)
+                await wait_set(self._refunds_due, delay)
                 self._refunds_due.clear()
                 delay = min(delay * 2, cap)
 

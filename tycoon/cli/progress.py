@@ -19,6 +19,7 @@ from rich.table import Table
 from tycoon.errors import Rejected
 from tycoon.messages import MESSAGES
 from tycoon.money import format_credits, format_rate
+from tycoon.waiting import wait_set
 
 
 def _detail(event: str, body: dict[str, Any]) -> str:
@@ -93,8 +94,7 @@ class AgentProgress:
         """Off a terminal: print the task counts and credits paid whenever they change."""
         last = ""
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+            await wait_set(stop, 0.5)
             text = self.tasks_text()
             if text.split(" · ETA")[0] != last.split(" · ETA")[0]:
                 print(f"{text} · paid {format_credits(self.paid_out())} credits", flush=True)
@@ -105,8 +105,7 @@ class AgentProgress:
         with Live(self.render(), console=console, refresh_per_second=2,
                   transient=False) as live:
             while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.5)
+                await wait_set(stop, 0.5)
                 live.update(self.render())
 
 

@@ -26,6 +26,7 @@ from tycoon.messages import MESSAGES
 from tycoon.messages.market import Alloc
 from tycoon.messages.price import PriceUpdate
 from tycoon.money import format_credits, format_rate
+from tycoon.waiting import wait_set
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -150,11 +151,9 @@ async def cmd_tap(args: argparse.Namespace) -> int:
     await bus.flush()
     try:
         if args.timeout:
-            await asyncio.wait_for(done.wait(), args.timeout)
+            await wait_set(done, args.timeout)
         else:
             await done.wait()
-    except TimeoutError:
-        pass
     finally:
         await bus.close()
     return 0

@@ -37,6 +37,7 @@ from tycoon.messages.market import Alloc
 from tycoon.messages.price import PriceUpdate
 from tycoon.money import format_credits, format_rate
 from tycoon.sls.client import HostRow, SLSClient
+from tycoon.waiting import wait_set
 
 RESOURCES = ("cpu", "memory", "disk", "net")
 
@@ -264,8 +265,7 @@ async def live(view: MarketView, refresh: float, duration: float) -> None:
     with keys_pressed(quit_), Live(Group(view.render(), footer(view, refresh)),
                                    refresh_per_second=max(2, int(1 / refresh))) as screen:
         while not quit_.is_set() and (not duration or time.monotonic() - started < duration):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(quit_.wait(), refresh)
+            await wait_set(quit_, refresh)
             screen.update(Group(view.render(), footer(view, refresh)))
 
 

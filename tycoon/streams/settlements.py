@@ -44,6 +44,7 @@ from tycoon.streams.config import (
     settlement_subject,
 )
 from tycoon.streams.reader import read_stream
+from tycoon.waiting import wait_set
 
 TransferSource = Callable[[int, int], list[EventRow]]
 """(after_seq, limit) -> the next committed transfer events, in ledger order."""
@@ -171,8 +172,7 @@ class SettlementLog:
         if self._task is None:
             return
         if self._queue or self._resync:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout)
+            await wait_set(self._idle, timeout)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -181,11 +181,7 @@ class SettlementLog:
 
     async def drained(self, timeout: float = 10.0) -> bool:
         """Wait until everything offered so far is in the stream (tests, tools)."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+        return await wait_set(self._idle, timeout)
 
     # -- the publisher ---------------------------------------------------------------
 

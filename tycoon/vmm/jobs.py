@@ -31,6 +31,7 @@ from pathlib import Path
 from tycoon.errors import Rejected
 from tycoon.vmm.procinfo import proc_stat
 from tycoon.vmm.validate import sandbox_name
+from tycoon.waiting import wait_set
 
 UID_RANGE = (60000, 60999)
 """The default range of per-account uids (and gids of the same numbers)."""
@@ -214,8 +215,7 @@ async def _lines(fd: int, frozen: Callable[[], bool]) -> list[str]:
             except BlockingIOError:
                 if loop.time() >= deadline:
                     break
-                with contextlib.suppress(TimeoutError):  # frozen() may change meanwhile
-                    await asyncio.wait_for(ready.wait(), 0.1)
+                await wait_set(ready, 0.1)  # frozen() may change meanwhile
                 continue
             if not part:
                 break
