@@ -16,7 +16,7 @@ from tycoon.auctioneer.client import AuctioneerClient
 from tycoon.auctioneer.launch import RunningAuctioneer, start_auctioneer
 from tycoon.bank.client import BankClient
 from tycoon.bank.launch import RunningBank, start_bank
-from tycoon.bank.receipt import make_receipt
+from tycoon.bank.receipt import make_receipt, verify_receipt
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
 from tycoon.bus.envelope import Message, open_envelope, seal
@@ -370,3 +370,30 @@ async def test_twenty_thousand_account_requests_from_fresh_keys_leave_nothing(
     assert set(core.accounts) == accounts and set(market.driver.sandboxes()) == sandboxes
     rows = market.auctioneer.store.db.execute("SELECT COUNT(*) FROM accounts").fetchone()
     assert rows == (len(accounts),)
+
+
+async def test_a_refused_funding_is_paid_back_once(market: Market) -> None:
+    """A receipt paid to the host but below its deposit: refused with the return receipt,
+    the money back at the payer; replays and concurrent funds pay nothing more."""
+    core = market.auctioneer.market
+    core.deposit = 1000
+    bank, client = await market.user(1)
+    start = await bank.balance()
+    small = (await bank.transfer(market.host_id.public_key, 999)).raw
+    answers = await asyncio.gather(client.fund(small), client.fund(small),
+                                   return_exceptions=True)  # fmt: skip
+    assert all(isinstance(a, Rejected) and a.code == "bad_amount" for a in answers), answers
+    first = answers[0]
+    assert isinstance(first, Rejected) and first.returned
+    assert all(isinstance(a, Rejected) and a.returned == first.returned for a in answers)
+    back = verify_receipt(first.returned, market.bank_id.public_key)
+    assert (back.payer, back.payee, back.amount) == (market.host_id.public_key, bank.account,
+                                                     999)  # fmt: skip
+    assert await bank.balance() == start and not core.pending and not core.accounts
+    before = market.state()
+    with pytest.raises(Rejected) as info:  # replayed after the return: nothing moves
+        await client.fund(small)
+    assert info.value.code == "bad_amount" and info.value.returned == first.returned
+    assert market.state() == before and await bank.balance() == start
+    audit = market.auctioneer.store.audit()
+    assert audit["funded"] == audit["refunded"] == 999

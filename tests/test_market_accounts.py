@@ -10,7 +10,7 @@ from test_market import BANK, CAP, HOST, NS, T0, USERS, greedy, receipt, snapsho
 
 from tycoon.auctioneer import views
 from tycoon.auctioneer.bidparse import parse_bid
-from tycoon.auctioneer.events import AccountClosed, AccountOpened, RefundDue
+from tycoon.auctioneer.events import AccountClosed, AccountOpened, RefundDue, Returned
 from tycoon.auctioneer.market import Market
 from tycoon.auctioneer.store import MarketStore
 from tycoon.bank.receipt import make_receipt
@@ -57,14 +57,13 @@ def test_twenty_thousand_unfunded_keys_leave_nothing_behind() -> None:
 def test_a_first_funding_below_the_deposit_opens_nothing() -> None:
     m = market(deposit=1000)
     small = receipt(USERS[0], 999, "small")
-    with pytest.raises(Rejected) as info:
-        m.fund(small, T0)
-    assert info.value.code == "bad_amount" and "1000" in info.value.message
-    assert not m.accounts and not m.redeemed and not m.take_changes()
+    (returned,) = m.fund(small, T0)  # refused: consumed and paid back (test_fund_return)
+    assert isinstance(returned, Returned) and returned.code == "bad_amount"
+    assert not m.accounts and returned.refund.amount == 999 and m.conserved()
     events = m.fund(receipt(USERS[0], 1000, "deposit"), T0)
     assert AccountOpened(USERS[0]) in events
-    m.fund(small, T0)  # once open, the small receipt redeems: nothing was lost
-    assert m.accounts[USERS[0]].balance == 1999 and m.conserved()
+    assert m.fund(small, T0) == [returned]  # never credited on top of its return
+    assert m.accounts[USERS[0]].balance == 1000 and m.conserved()
 
 
 def test_an_empty_idle_account_is_removed_and_can_open_again(tmp_path: Path) -> None:

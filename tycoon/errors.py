@@ -62,13 +62,18 @@ CODES: dict[str, str] = {
 class Rejected(Exception):
     """A refusal with a stable ``code`` (a key of :data:`CODES`) and a human message."""
 
-    def __init__(self, code: str, message: str = "") -> None:
+    def __init__(self, code: str, message: str = "", *, returned: bytes = b"") -> None:
         if code not in CODES:
             raise ValueError(f"unknown error code {code!r}")
         self.code = code
         self.message = message or CODES[code]
+        self.returned = returned
+        """A host's refused ``host.fund``: the bank receipt paying the money back (or b"")."""
         super().__init__(f"{code}: {self.message}")
 
-    def to_body(self) -> dict[str, str]:
+    def to_body(self) -> dict[str, str | bytes]:
         """The body of a signed error reply."""
-        return {"code": self.code, "message": self.message}
+        body: dict[str, str | bytes] = {"code": self.code, "message": self.message}
+        if self.returned:
+            body["returned"] = self.returned
+        return body

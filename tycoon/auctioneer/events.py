@@ -63,6 +63,15 @@ class RefundDue:
 
 
 @dataclass(frozen=True)
+class Returned:
+    """A receipt paid to this host was refused (``code``) and is paid back to its payer:
+    ``refund`` (id from :func:`~tycoon.auctioneer.market.return_id`; ``receipt`` once paid)."""
+
+    refund: Refund
+    code: str
+
+
+@dataclass(frozen=True)
 class SharesChanged:
     """The allocation changed: apply it to the driver and publish it."""
 
@@ -82,6 +91,7 @@ Event = (
     | BidEnded
     | Charged
     | RefundDue
+    | Returned
     | SharesChanged
     | PricesChanged
 )

@@ -35,11 +35,12 @@ from tycoon.auctioneer.events import (
     PricesChanged,
     Refund,
     RefundDue,
+    Returned,
     SharesChanged,
 )
 from tycoon.auctioneer.lifecycle import DEPOSIT, IDLE_S
 from tycoon.auctioneer.unique import UniqueBook
-from tycoon.bank.receipt import verify_receipt
+from tycoon.bank.receipt import Receipt, verify_receipt
 from tycoon.bus.keys import is_public_key, subject_id
 from tycoon.errors import Rejected
 from tycoon.money import MAX_AMOUNT
@@ -65,6 +66,13 @@ def refund_id(host_key: str, account: str, counter: int) -> str:
     return "refund-" + digest[:40]
 
 
+def return_id(host_key: str, receipt_key: str) -> str:
+    """The bank transfer id paying back a receipt this host refused to credit (derived
+    from the receipt's key: a retry, even after a crash, pays it once)."""
+    digest = hashlib.sha256(f"{host_key}\x00return\x00{receipt_key}".encode()).hexdigest()
+    return "return-" + digest[:40]
+
+
 class Market(charging.Ledger):
     """One host's proportional-share market."""
 
@@ -85,6 +93,8 @@ class Market(charging.Ledger):
         self.accounts = {}
         self.redeemed: set[str] = set()
         self.pending: dict[str, Refund] = {}
+        self.returns: dict[str, Refund] = {}
+        """Paid returns of refused receipts, by return id (a retried fund gets the receipt)."""
         self.earnings = self.funded = self.refunded = self.seq = self.refund_floor = 0
         self.book = Book(grace_s=tick_s)
         self.unique = UniqueBook(self.floor_price)
@@ -130,17 +140,16 @@ class Market(charging.Ledger):
             raise Rejected("wrong_host", f"the receipt pays {receipt.payee[:12]}…, not this host")
         # a transfer id is unique per payer: a receipt is known by (payer, id); a bare id is
         # a redemption stored before ids were scoped (then unique at the bank)
+        rid = return_id(self.host_key, receipt.key)
+        if rid in self.pending or rid in self.returns:  # refused and paid back: same answer
+            return [Returned(self.pending.get(rid) or self.returns[rid], "bad_amount")]
         if receipt.key in self.redeemed or receipt.transfer_id in self.redeemed:
             raise Rejected("already_redeemed", f"transfer {receipt.transfer_id} was redeemed")
         existing = self.accounts.get(receipt.payer)
         if existing is not None and existing.balance + receipt.amount > MAX_AMOUNT:
-            raise Rejected("bad_amount", "the balance would exceed the largest amount")
+            return self._return(receipt, rid, now_ns)  # "bad_amount": over the largest amount
         if existing is None and receipt.amount < self.deposit:
-            raise Rejected(
-                "bad_amount",
-                f"a host account opens with a first funding of at least {self.deposit}"
-                " µcredits; this receipt stays unredeemed (present it once the account is open)",
-            )
+            return self._return(receipt, rid, now_ns)  # "bad_amount": below the deposit
         self._accrue(now_ns)
         events = self._open(receipt.payer, now_ns)
         account = self.accounts[receipt.payer]
@@ -155,6 +164,18 @@ class Market(charging.Ledger):
         self.book.set_balance(account.account, account.balance)
         events.append(Funded(account.account, receipt.transfer_id, receipt.amount, account.balance))
         return events + self.recompute(now_ns, force=True)
+
+    def _return(self, receipt: Receipt, rid: str, now_ns: int) -> list[Event]:
+        """Consume a receipt this host refuses to credit and owe its amount back to the
+        payer (a pending refund with id ``rid``): money paid to a host always comes home."""
+        refund = Refund(rid, receipt.payer, receipt.amount, now_ns)
+        self.redeemed.add(receipt.key)
+        self._changes.redeemed.append((receipt.key, receipt.payer, receipt.amount, now_ns))
+        self.funded += receipt.amount  # in and out again: the totals stay conserved
+        self.refunded += receipt.amount
+        self.pending[rid] = refund
+        self._changes.refunds[rid] = refund
+        return [Returned(refund, "bad_amount")]
 
     def refund(self, owner: str, now_ns: int) -> list[Event]:
         """Move the whole unspent balance to a refund; return every pending refund due."""
@@ -194,6 +215,8 @@ class Market(charging.Ledger):
             raise Rejected("bad_receipt", "the receipt does not pay this refund")
         paid = replace(refund, receipt=bytes(raw))
         del self.pending[refund_id_]
+        if refund_id_.startswith("return-"):
+            self.returns[refund_id_] = paid
         self._changes.refunds[refund_id_] = paid
         return paid
 
@@ -391,9 +414,11 @@ class Market(charging.Ledger):
     def load(
         self, *, accounts: Iterable[Account], redeemed: Iterable[str], pending: Iterable[Refund],
         earnings: int, funded: int, refunded: int, seq: int, now_ns: int,
+        returns: Iterable[Refund] = (),
     ) -> list[Event]:  # fmt: skip
         """Restore a stored state and recompute (see :func:`lifecycle.restore`)."""
         self.accounts = {a.account: a for a in accounts}
+        self.returns = {r.refund_id: r for r in returns}
         self.redeemed = set(redeemed)
         self.pending = {r.refund_id: r for r in pending}
         self.earnings, self.funded, self.refunded, self.seq = earnings, funded, refunded, seq

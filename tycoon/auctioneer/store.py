@@ -120,7 +120,15 @@ class MarketStore:
                 "SELECT refund_id, account, amount, created_ns FROM refunds WHERE receipt IS NULL"
             )
         ]
+        returns = [  # paid returns of refused receipts: a retried fund gets the receipt
+            Refund(*row[:4], bytes(row[4]))
+            for row in self.db.execute(
+                "SELECT refund_id, account, amount, created_ns, receipt FROM refunds"
+                " WHERE receipt IS NOT NULL AND refund_id LIKE 'return-%'"
+            )
+        ]
         return market.load(
+            returns=returns,
             accounts=accounts,
             redeemed=redeemed,
             pending=pending,

@@ -190,7 +190,9 @@ class Bus:
             code = msg.body.get("code")
             text = str(msg.body.get("message", ""))[:1024]
             if code in CODES:
-                raise Rejected(code, text)
+                returned = msg.body.get("returned")  # a refused host.fund paid back
+                ok = isinstance(returned, bytes) and len(returned) <= 4096
+                raise Rejected(code, text, returned=returned if ok else b"")
             raise Rejected("internal", f"{code!s:.64}: {text}")
         if msg.kind != "reply":
             raise Rejected("malformed", f"expected a reply, got {msg.kind!r}")

@@ -29,6 +29,9 @@ class Error(Body):
     SUMMARY: ClassVar[str] = "a refused request (§4)"
     code: str = field(metadata=meta("stable code (§4)", max_len=64))
     message: str = field(metadata=meta("human text", max_len=1024))
+    returned: bytes | None = field(default=None, metadata=meta(
+        "a refused `host.fund`: the bank receipt paying the amount back (docs/auctioneer.md)",
+        max_len=4096))
 
 
 @dataclass(frozen=True, slots=True)
