@@ -11,7 +11,7 @@ import structlog
 
 from tycoon.bus.keys import Identity
 from tycoon.log import configure_logging
-from tycoon.natsserver import NatsServer, free_port, nats_server_binary
+from tycoon.natsserver import PORTS_ENV, NatsServer, free_port, nats_server_binary
 
 SERVER_MARKS = ("nats", "hostile", "faults")
 """A test that runs a nats-server carries one of these; pure tests carry none and run
@@ -28,9 +28,19 @@ def pytest_configure_node(node: Any) -> None:
     node.workerinput["terminal_env"] = {k: os.environ.get(k) for k in TERMINAL_ENV}
 
 
+PORT_SLICE = 2500
+"""Ports each xdist worker takes its servers' ports from, in turn, from 10000 up: below the
+kernel's ephemeral range (32768 up here), so neither another worker nor an outgoing
+connection takes a chosen port before its server binds it (tycoon.natsserver.PORTS_ENV)."""
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # the tests run as root, and some run an auctioneer with --jobs on the simulated driver
     os.environ.setdefault("TYCOON_UNCONFINED_JOBS", "1")  # tycoon.cli.jobs.UNCONFINED_ENV
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # gw0 for a serial run too
+    index = int(worker.removeprefix("gw") or 0) % 8
+    low = 10000 + index * PORT_SLICE
+    os.environ[PORTS_ENV] = f"{low}-{low + PORT_SLICE - 1}"
     given = getattr(config, "workerinput", {}).get("terminal_env")
     for name, value in (given or {}).items():
         if value is None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -29,8 +31,32 @@ def nats_server_binary() -> str:
     return found
 
 
+PORTS_ENV = "TYCOON_FREE_PORTS"
+"""``LO-HI``: take free ports from this range, in turn. A port the kernel picks (port 0)
+comes from its ephemeral range, which outgoing connections share: between choosing a port
+and the server binding it, a client elsewhere may take it. The test suite gives each of its
+parallel workers its own slice below the ephemeral range."""
+
+_turns: dict[tuple[int, int], itertools.cycle[int]] = {}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on ``host``."""
+    """A TCP port that is free right now on ``host`` (from ``TYCOON_FREE_PORTS`` if set)."""
+    span = os.environ.get(PORTS_ENV, "")
+    if span:
+        lo, hi = (int(part) for part in span.split("-", 1))
+        turn = _turns.get((lo, hi))
+        if turn is None:  # a random start: processes sharing a range rarely meet
+            start = random.randrange(lo, hi + 1)
+            turn = _turns[(lo, hi)] = itertools.cycle(
+                [*range(start, hi + 1), *range(lo, start)])
+        for port in itertools.islice(turn, hi - lo + 1):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
