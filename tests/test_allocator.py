@@ -315,3 +315,39 @@ async def test_crash_between_transfer_and_funding_repeats_nothing(tmp_path: Path
     assert await m.allocator.recover() == 0
     assert m.hosts["h0"].balance == 5_000 and len(m.bank.settled) == 1
     assert m.journal.net_paid_out() == 5_000
+
+
+async def test_a_refused_funding_paid_back_is_money_home(tmp_path: Path) -> None:
+    """A host refusing a funding with a return receipt (docs/auctioneer.md, "Refused
+    fundings are paid back") settles the move: nothing pending, the money counted home.
+    A return receipt not signed by the bank, or not paying this move back, is ignored."""
+    from tycoon.bank.receipt import make_receipt
+    from tycoon.bus.keys import Identity
+
+    bank_id, me = Identity.generate(), Identity.generate()
+    m = Market(tmp_path, 10**6)
+    m.bank.bank_key, m.bank.account = bank_id.public_key, me.public_key  # type: ignore[attr-defined]
+    host_key = m.payees["h0"] = Identity.generate().public_key  # receipts need real keys
+    move = m.journal.begin("agent.1.h0.f", 1, "h0", host_key, "fund", 500)
+    await m.bank.transfer(host_key, 500, transfer_id=move.id)
+    m.journal.paid(move.id, b"agent.1.h0.f|500")
+    m.allocator.bank_balance = m.bank.balance
+
+    def back(signer: Identity, amount: int) -> bytes:
+        return make_receipt(signer, transfer_id="return-x", payer=host_key,
+                            payee=me.public_key, amount=amount, memo="", seq=1,
+                            settled_ns=1)  # fmt: skip
+
+    answers = [back(Identity.generate(), 500), back(bank_id, 499), back(bank_id, 500)]
+
+    async def refuse(receipt: bytes) -> dict[str, Any]:
+        raise Rejected("bad_amount", "below the deposit", returned=answers.pop(0))
+
+    m.hosts["h0"].fund = refuse  # type: ignore[method-assign]
+    for _ in range(2):  # forged, then the wrong amount: still pending, nothing counted
+        await m.allocator.recover()
+        assert [p.id for p in m.journal.pending()] == [move.id]
+    assert await m.allocator.recover() == 1
+    assert not m.journal.pending() and m.journal.net_paid_out() == 0
+    assert m.journal.move(move.id).status == "failed"  # type: ignore[union-attr]
+    assert m.allocator.bank_balance == m.bank.balance + 500  # the bank pays it back

@@ -35,6 +35,7 @@ from tycoon.agent.journal import Journal, Move
 from tycoon.agent.moves import PARK_S, Fund, Rebid
 from tycoon.agent.planner import Plan
 from tycoon.bank.client import BankClient
+from tycoon.bank.receipt import verify_receipt
 from tycoon.errors import Rejected
 from tycoon.log import get_logger
 from tycoon.messages.market import HostAccountReply, HostBidReply, HostFundReply, HostRefundReply
@@ -357,6 +358,8 @@ class Allocator:
                 balance = HostFundReply.from_body(
                     await self.host_client(move.host).fund(raw)).balance
             except Rejected as error:
+                if self._returned(move, error):
+                    return 0  # refused and paid back to us: the money is home
                 if error.code != "already_redeemed":
                     # The money sits in the host's bank account, not yet in our host
                     # account; the move stays pending and is presented again later.
@@ -371,6 +374,25 @@ class Allocator:
             if bid_until is not None:
                 await self._bid(move.host, bid_until - self.clock(), outcome)
         return move.amount
+
+    def _returned(self, move: Move, error: Rejected) -> bool:
+        """A refused funding the host paid back (``error.returned``: the bank's receipt of
+        the return, checked): settle the move as failed, its money home; else False."""
+        if not error.returned:
+            return False
+        try:
+            back = verify_receipt(error.returned, self.bank.bank_key)
+        except Rejected:
+            return False
+        if (back.payer, back.payee, back.amount) != (move.payee, self.bank.account,
+                                                     move.amount):  # fmt: skip
+            return False
+        self.journal.finish(move.id, status="failed", detail=f"returned ({error.code})")
+        if self.bank_balance is not None:
+            self.bank_balance += move.amount
+        self.log.warning("funding refused and paid back", host=move.host, code=error.code,
+                    amount=move.amount)
+        return True
 
     async def _refund(self, move: Move) -> int:
         """Refund our whole balance at the host; record every refund received by its id.
