@@ -321,6 +321,7 @@ async def test_a_refused_funding_paid_back_is_money_home(tmp_path: Path) -> None
     """A host refusing a funding with a return receipt (docs/auctioneer.md, "Refused
     fundings are paid back") settles the move: nothing pending, the money counted home.
     A return receipt not signed by the bank, or not paying this move back, is ignored."""
+    from tycoon.auctioneer.market import return_id
     from tycoon.bank.receipt import make_receipt
     from tycoon.bus.keys import Identity
 
@@ -333,18 +334,21 @@ async def test_a_refused_funding_paid_back_is_money_home(tmp_path: Path) -> None
     m.journal.paid(move.id, b"agent.1.h0.f|500")
     m.allocator.bank_balance = m.bank.balance
 
-    def back(signer: Identity, amount: int) -> bytes:
-        return make_receipt(signer, transfer_id="return-x", payer=host_key,
-                            payee=me.public_key, amount=amount, memo="", seq=1,
-                            settled_ns=1)  # fmt: skip
+    ours = return_id(host_key, f"{me.public_key}:{move.id}")
 
-    answers = [back(Identity.generate(), 500), back(bank_id, 499), back(bank_id, 500)]
+    def back(signer: Identity, amount: int, tid: str = ours) -> bytes:
+        return make_receipt(signer, transfer_id=tid, payer=host_key, payee=me.public_key,
+                            amount=amount, memo="", seq=1, settled_ns=1)  # fmt: skip
+
+    # forged, the wrong amount, another payment of the host (a refund): none is ours
+    answers = [back(Identity.generate(), 500), back(bank_id, 499),
+               back(bank_id, 500, "refund-1"), back(bank_id, 500)]
 
     async def refuse(receipt: bytes) -> dict[str, Any]:
         raise Rejected("bad_amount", "below the deposit", returned=answers.pop(0))
 
     m.hosts["h0"].fund = refuse  # type: ignore[method-assign]
-    for _ in range(2):  # forged, then the wrong amount: still pending, nothing counted
+    for _ in range(3):  # still pending, nothing counted
         await m.allocator.recover()
         assert [p.id for p in m.journal.pending()] == [move.id]
     assert await m.allocator.recover() == 1

@@ -34,6 +34,7 @@ from tycoon.agent.books import Holding, HostClient, Outcome
 from tycoon.agent.journal import Journal, Move
 from tycoon.agent.moves import PARK_S, Fund, Rebid
 from tycoon.agent.planner import Plan
+from tycoon.auctioneer.market import return_id
 from tycoon.bank.client import BankClient
 from tycoon.bank.receipt import verify_receipt
 from tycoon.errors import Rejected
@@ -384,14 +385,15 @@ class Allocator:
             back = verify_receipt(error.returned, self.bank.bank_key)
         except Rejected:
             return False
-        if (back.payer, back.payee, back.amount) != (move.payee, self.bank.account,
-                                                     move.amount):  # fmt: skip
+        ours = return_id(move.payee, f"{self.bank.account}:{move.id}")  # not another payment
+        if (back.transfer_id, back.payer, back.payee, back.amount) != (
+                ours, move.payee, self.bank.account, move.amount):  # fmt: skip
             return False
         self.journal.finish(move.id, status="failed", detail=f"returned ({error.code})")
         if self.bank_balance is not None:
             self.bank_balance += move.amount
         self.log.warning("funding refused and paid back", host=move.host, code=error.code,
-                    amount=move.amount)
+                         amount=move.amount)
         return True
 
     async def _refund(self, move: Move) -> int:
