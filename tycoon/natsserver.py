@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import os
 import random
@@ -54,8 +55,10 @@ def free_port(host: str = "127.0.0.1") -> int:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 try:
                     s.bind((host, port))
-                except OSError:
-                    continue
+                except OSError as error:  # taken: try the next; anything else is an error
+                    if error.errno in (errno.EADDRINUSE, errno.EACCES):
+                        continue
+                    raise
                 return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
