@@ -28,7 +28,17 @@ from typing import Any
 from tycoon.agent.tasks import DONE, RUNNING, STATES, STOPPING, Task
 from tycoon.errors import Rejected
 
-SCHEMA = """
+REFUNDS_COLUMNS = """(
+    refund_id TEXT NOT NULL,
+    host TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    move_id TEXT NOT NULL,
+    receipt BLOB,
+    PRIMARY KEY (host, refund_id)
+)"""
+"""The refunds table, keyed by host and refund id (the schema and its migration)."""
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS moves (
     id TEXT PRIMARY KEY,
@@ -42,14 +52,7 @@ CREATE TABLE IF NOT EXISTS moves (
     detail TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS moves_status ON moves (status);
-CREATE TABLE IF NOT EXISTS refunds (
-    refund_id TEXT NOT NULL,
-    host TEXT NOT NULL,
-    amount INTEGER NOT NULL,
-    move_id TEXT NOT NULL,
-    receipt BLOB,
-    PRIMARY KEY (host, refund_id)
-);
+CREATE TABLE IF NOT EXISTS refunds {REFUNDS_COLUMNS};
 CREATE TABLE IF NOT EXISTS tasks (
     idx INTEGER PRIMARY KEY,
     arg TEXT NOT NULL,
@@ -62,16 +65,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 """
 
-REFUNDS_BY_ID = """
+REFUNDS_BY_ID = f"""
 ALTER TABLE refunds RENAME TO refunds_by_id;
-CREATE TABLE refunds (
-    refund_id TEXT NOT NULL,
-    host TEXT NOT NULL,
-    amount INTEGER NOT NULL,
-    move_id TEXT NOT NULL,
-    receipt BLOB,
-    PRIMARY KEY (host, refund_id)
-);
+CREATE TABLE refunds {REFUNDS_COLUMNS};
 INSERT INTO refunds SELECT refund_id, host, amount, move_id, receipt FROM refunds_by_id;
 DROP TABLE refunds_by_id;
 """
