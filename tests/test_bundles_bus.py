@@ -256,6 +256,32 @@ async def test_the_store_makes_the_bucket_at_the_first_push(market: Market,
     await refused(m.bank, names.chunks(account, "x"))
 
 
+async def test_fresh_keys_pushing_at_once_make_buckets_no_faster_than_the_rate(
+        market: Market, tmp_path: Path) -> None:
+    """Attack: many keys (a broker signs for job keys it makes) each push a first bundle at
+    once to have the store make bucket after bucket. Past the burst the store refuses with
+    rate_limited and makes nothing; an account whose bucket it made before is not held up."""
+    m = market
+    js = m.operator.nc.jetstream()
+    for who in ("alice", "mallory", "agent"):
+        await js.delete_stream(names.stream(m.id(m.bus[who])))
+    m.service.make_bucket = BucketMaker(m.store.nc, m.service.state, max_bytes=MAX_BYTES,
+                                        rate=0.001, burst=1)
+    (tmp_path / "f").write_text("x")
+    await client.push(m.alice, tmp_path / "f")  # the burst: one bucket
+    for attacker in (m.mallory, m.agent):
+        with pytest.raises(Rejected) as caught:
+            await client.push(attacker, tmp_path / "f")
+        assert caught.value.code == "rate_limited", caught.value
+    assert m.service.state.buckets() == 1
+    made = await m.streams()
+    assert names.stream(m.id(m.alice)) in made
+    assert not {names.stream(m.id(b)) for b in (m.mallory, m.agent)} & set(made)
+    await js.delete_stream(names.stream(m.id(m.alice)))  # the operator deleted it
+    (tmp_path / "g").write_text("y")
+    assert await client.push(m.alice, tmp_path / "g")  # made again, outside the budget
+
+
 async def test_a_host_needs_the_accounts_own_exec_to_it(market: Market, tmp_path: Path) -> None:
     """A host reaches an account's bucket only with that account's signed host.exec to that
     very host, naming the bundle (a get) or asking for outputs (a put)."""
