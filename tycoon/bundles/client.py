@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from tycoon.bundles.names import bucket, msg_get, request, stream
@@ -220,41 +221,26 @@ class NoBucket(Rejected):
 
 
 class Store:
-    """Direct JetStream access to one account's bucket (the store), on one inbox
-    subscription."""
+    """Direct JetStream access to one account's bucket (the store). Requests go through
+    the connection's shared reply inbox (``nc.request``): a store made per ``bundle.put``
+    chunk costs no subscription of its own."""
 
     def __init__(self, nc: Client, account: str) -> None:
         self.nc, self.account = nc, account
-        self.inbox = nc.new_inbox()
-        self.sub: Any = None
-        self.waiting: dict[str, asyncio.Future[Any]] = {}
-        self.n = 0
 
     def chunks_subject(self, nuid: str) -> str:
         return f"$O.{bucket(self.account)}.C.{nuid}"
 
-    async def _on(self, msg: Any) -> None:
-        future = self.waiting.pop(msg.subject, None)
-        if future is not None and not future.done():
-            future.set_result(msg)
-
     async def _send(self, subject: str, payload: bytes,
                     headers: dict[str, str] | None = None) -> dict[str, Any]:
-        if self.sub is None:
-            self.sub = await self.nc.subscribe(f"{self.inbox}.*", cb=self._on)
-        self.n += 1
-        reply = f"{self.inbox}.{self.n}"
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.waiting[reply] = future
-        await self.nc.publish(subject, payload, reply=reply, headers=headers)
         try:
-            msg = await asyncio.wait_for(future, TIMEOUT)
-        except TimeoutError:
-            raise Rejected("unavailable", f"no answer from JetStream on {subject}") from None
-        if msg.headers and str(msg.headers.get("Status", "")) == "503":
+            msg = await self.nc.request(subject, payload, timeout=TIMEOUT, headers=headers)
+        except NoRespondersError:
             raise NoBucket("unavailable", "JetStream is not running, or the account has no "
                            f"bucket {bucket(self.account)} (the store makes it at the first "
-                           "put)")
+                           "put)") from None
+        except TimeoutError:  # nats.errors.TimeoutError is one
+            raise Rejected("unavailable", f"no answer from JetStream on {subject}") from None
         try:
             body = json.loads(msg.data)
         except ValueError:
@@ -350,11 +336,7 @@ class Store:
                            f"{error.get('description', error)}")
 
     async def close(self) -> None:
-        for future in self.waiting.values():
-            future.cancel()
-        if self.sub is not None:
-            with contextlib.suppress(Exception):
-                await self.sub.unsubscribe()
+        """Nothing left to release (kept so callers need not know)."""
 
 
 __all__ = ["NoBucket", "Store", "ensure_bucket", "fetch_bytes", "get_bytes", "pull", "push",
