@@ -73,41 +73,44 @@ async def adopt(host: JobHost) -> None:
 
 def verify(job: Job, confine: Confinement) -> tuple[int | None, str | None]:
     """(a pidfd of the job's process, None) or (None, why the pid is not the job)."""
-    fd = None
-    if job.pid > 1:
-        with contextlib.suppress(OSError):
-            fd = os.pidfd_open(job.pid)
-    stat = procinfo.proc_stat(job.pid) if fd is not None else None
-    alive = stat is not None and fd is not None and not _readable(fd)
+    fd, stat, alive = _probe(job.pid)
     reason = refusal(job, alive=alive, start_ticks=stat.start_ticks if stat else -1,
                      sid=stat.sid if stat else -1, uid=stat.uid if stat else -1,
                      job_env=stat.job_env if stat else None,
                      in_sandbox=confine.holds(job.account, job.pid) if alive else None,
                      confined=confine.confined)
-    if reason is None and fd is not None and not _readable(fd):
-        return fd, None  # alive after the checks: the pidfd is that very process
-    if fd is not None:
-        os.close(fd)
-    return None, reason or "gone"
+    return _kept(fd, reason)
 
 
 def verify_shim(job: Job, confine: Confinement) -> tuple[int | None, str | None]:
     """(a pidfd of the job's shim, None) or (None, why that pid is not its shim)."""
-    fd = None
-    if job.shim_pid > 1:
-        with contextlib.suppress(OSError):
-            fd = os.pidfd_open(job.shim_pid)
-    stat = procinfo.proc_stat(job.shim_pid) if fd is not None else None
-    alive = stat is not None and fd is not None and not _readable(fd)
+    fd, stat, alive = _probe(job.shim_pid)
     reason = shim_refusal(job, alive=alive, start_ticks=stat.start_ticks if stat else -1,
                           uid=stat.uid if stat else -1, job_env=stat.job_env if stat else None,
                           in_sandbox=confine.holds(job.account, job.shim_pid) if alive
                           else None, confined=confine.confined, host_uid=os.getuid())
+    fd, why = _kept(fd, reason)
+    return fd, None if why is None else f"shim: {why}"
+
+
+def _probe(pid: int) -> tuple[int | None, procinfo.ProcStat | None, bool]:
+    """A pidfd of ``pid`` (None: no such process), its /proc stat, and whether it is alive."""
+    fd = None
+    if pid > 1:
+        with contextlib.suppress(OSError):
+            fd = os.pidfd_open(pid)
+    stat = procinfo.proc_stat(pid) if fd is not None else None
+    return fd, stat, stat is not None and fd is not None and not _readable(fd)
+
+
+def _kept(fd: int | None, reason: str | None) -> tuple[int | None, str | None]:
+    """(the pidfd, None) if the checks passed and the process is alive after them (the pidfd
+    is then that very process), else (None, the reason or "gone") with the pidfd closed."""
     if reason is None and fd is not None and not _readable(fd):
         return fd, None
     if fd is not None:
         os.close(fd)
-    return None, f"shim: {reason or 'gone'}"
+    return None, reason or "gone"
 
 
 def _readable(fd: int) -> bool:
