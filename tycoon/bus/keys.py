@@ -20,7 +20,10 @@ import nkeys
 
 SIGNATURE_SIZE = 64
 PUBLIC_KEY_SIZE = 32
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+KEY_NAME = _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""A key name (also what `tycoon admit` accepts as a principal's name)."""
+SUBJECT_ID = re.compile(r"[a-z2-7]{16}")
+"""What :func:`subject_id` returns (16 lowercase base32 characters): match with fullmatch."""
 
 
 def _encode_public(raw: bytes) -> str:
@@ -150,7 +153,7 @@ class KeyStore:
         self.keys_dir = self.home / "keys"
 
     def _path(self, name: str) -> Path:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ValueError(f"bad key name {name!r}: letters, digits, '_', '.', '-'")
         return self.keys_dir / f"{name}.nk"
 

@@ -11,10 +11,9 @@ See docs/operations.md ("Admitting a machine") and docs/security.md.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
-from tycoon.bus.keys import KeyStore, is_public_key, subject_id
+from tycoon.bus.keys import KEY_NAME, KeyStore, is_public_key, subject_id
 from tycoon.cli.common import home_of, keystore
 from tycoon.cli.init import reload_server, show_diff, write_nats_config
 from tycoon.deploy import Deployment
@@ -101,14 +100,14 @@ def known_public_key(home: Path, text: str) -> str | None:
         return None
 
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = KEY_NAME
 """An admitted name: a key name's characters. principals.conf is split on whitespace, so a
 name with a space, ``+``, ``#`` or a newline would add a capability, a comment or a whole
 principal (tests/test_redteam_deploy.py)."""
 
 
 def cmd_admit(args: argparse.Namespace) -> int:
-    if not NAME_RE.match(args.name):
+    if not NAME_RE.fullmatch(args.name):
         raise Rejected("malformed", f"bad name {args.name[:80]!r}: 1-64 letters, digits, "
                                     "'_', '.', '-' (starting with a letter or digit)")
     deployment = _deployment(args)

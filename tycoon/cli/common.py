@@ -16,7 +16,6 @@ import datetime
 import hashlib
 import json
 import os
-import re
 import sys
 import tomllib
 from pathlib import Path
@@ -25,14 +24,13 @@ from urllib.parse import urlsplit
 
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
-from tycoon.bus.keys import Identity, KeyStore, subject_id
+from tycoon.bus.keys import SUBJECT_ID, Identity, KeyStore, subject_id
 from tycoon.errors import Rejected
 from tycoon.money import format_credits
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 CONFIG_NAME = "tycoon.toml"
 URL_SCHEMES = ("nats", "tls", "ws", "wss")
-_ID = re.compile(r"^[a-z2-7]{16}$")
 
 
 def home_of(args: argparse.Namespace) -> tuple[Path, str]:
@@ -189,7 +187,7 @@ def host_id_of(args: argparse.Namespace, text: str) -> str:
     store = keystore(args)
     with contextlib.suppress(FileNotFoundError, ValueError, OSError):
         return subject_id(store.load(text).public_key)
-    if _ID.match(text):
+    if SUBJECT_ID.fullmatch(text):
         return subjects.token(text)
     raise Rejected("unknown_host", f"no host named {text} (tycoon hosts lists them)")
 

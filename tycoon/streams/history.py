@@ -17,11 +17,11 @@ bytes], ...]``, ``more``; at most ``PAGE`` messages and ``PAGE_BYTES``).
 from __future__ import annotations
 
 import collections
-import re
 from typing import Any
 
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus
+from tycoon.bus.keys import SUBJECT_ID
 from tycoon.errors import Rejected
 from tycoon.messages.sls import SlsHistory, SlsHistoryReply
 from tycoon.streams.config import PRICES
@@ -31,7 +31,7 @@ from tycoon.streams.reader import StoredMsg, read_stream
 PAGE = 1000
 PAGE_BYTES = 512 * 1024
 """A page stays well under the 1 MiB envelope limit whatever the envelopes' sizes."""
-_HOST_ID = re.compile(r"[a-z2-7]{16}")
+_HOST_ID = SUBJECT_ID
 
 
 async def history_page(js: Any, body: Any) -> dict[str, Any]:

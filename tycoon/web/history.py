@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from typing import Any
 
 from tycoon.bus import subjects
 from tycoon.bus.connection import Bus, open_bus
-from tycoon.bus.keys import Identity
+from tycoon.bus.keys import SUBJECT_ID, Identity
 from tycoon.errors import Rejected
 from tycoon.streams.config import PRICES
 from tycoon.streams.history import history_request
@@ -32,7 +31,7 @@ HISTORY_POINTS = 60
 """Envelopes per host handed to the page: its sparklines hold the last 60 updates."""
 HISTORY_SPAN_NS = 3600 * NS
 """How far back the page's history reaches."""
-HOST_ID = re.compile(r"[a-z2-7]{16}")
+HOST_ID = SUBJECT_ID
 
 Fetch = Callable[[str], tuple[str, list[bytes]]]
 """``fetch(host id) -> (source, envelopes oldest first)``; raises Rejected."""
