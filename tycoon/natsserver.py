@@ -41,6 +41,16 @@ parallel workers its own slice below the ephemeral range."""
 _turns: dict[tuple[int, int], itertools.cycle[int]] = {}
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``host:port`` can be bound right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now on ``host`` (from ``TYCOON_FREE_PORTS`` if set)."""
     span = os.environ.get(PORTS_ENV, "")

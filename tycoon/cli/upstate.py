@@ -7,12 +7,12 @@ import contextlib
 import fcntl
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from tycoon.deploy import Deployment
+from tycoon.natsserver import port_is_free  # noqa: F401  (cli.up and tests import it here)
 
 LOCK_NAME = "up.lock"
 
@@ -55,16 +55,6 @@ class StateLock:
             os.ftruncate(self.fd, 0)
             os.close(self.fd)
             self.fd = None
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether ``host:port`` can be bound right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def last_port(state: Path) -> int | None:

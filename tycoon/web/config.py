@@ -8,11 +8,10 @@ home's ``viewer`` key, whose role reads the public feeds and publishes nothing.
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 
 from tycoon.natsconf import CONFIG_NAME, Principal
-from tycoon.natsserver import free_port
+from tycoon.natsserver import free_port, port_is_free
 
 VIEWER_KEY = "viewer"
 """The key name of a home's read-only dashboard principal (role ``viewer``)."""
@@ -48,7 +47,8 @@ def websocket_port(home: Path, host: str = "127.0.0.1") -> int:
         where = websocket_listen((home / CONFIG_NAME).read_text())
     except FileNotFoundError:
         where = None
-    if where is not None and ((home / "pids" / "nats.pid").exists() or _is_free(host, where[1])):
+    if where is not None and ((home / "pids" / "nats.pid").exists()
+                              or port_is_free(where[1], host)):
         return where[1]
     return free_port(host)
 
@@ -58,10 +58,3 @@ def viewer_principal(public_key: str) -> Principal:
     return Principal(public_key, "viewer", VIEWER_KEY)
 
 
-def _is_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
