@@ -127,8 +127,9 @@ async def drain(host: JobHost, job: Job) -> None:
     pending: list[Pending] = []
     begun = dict(job.offsets)
     for stream in STREAMS:
-        offset = min(job.offsets[stream], output.size(stream))  # it truncated its own
-        available = output.size(stream) - offset
+        size = output.size(stream)  # one fstat per stream per poll
+        offset = min(job.offsets[stream], size)  # it truncated its own
+        available = size - offset
         if available <= 0:
             job.offsets[stream] = offset
             continue
