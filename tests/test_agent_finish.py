@@ -155,6 +155,29 @@ async def _paid_and_redeemed(market: Any, key: str) -> bool:
     return len(paid) >= 2 and sum(e.amount for e in paid) == redeemed
 
 
+async def _paid_agent(market: Any, tmp_path: Path, config: Any,
+                      timeout: float = 60) -> tuple[Any, str, Any, asyncio.Task[Any]]:
+    """A user funded with ``config.budget`` runs an agent (journal ``tmp_path/agent.db``)
+    until it paid two hosts, each payment redeemed: (bus, key, agent, its task)."""
+    from tycoon.agent.agent import Agent
+
+    bus = await market.fund_user(config.budget)
+    key = bus.identity.public_key
+    agent = Agent(bus, market.bank_key, config, tmp_path / "agent.db")
+    task = asyncio.create_task(agent.run())
+    await until(lambda: _paid_and_redeemed(market, key), timeout=timeout, what="paid twice")
+    return bus, key, agent, task
+
+
+async def _host_down(market: Any) -> Any:
+    """Stop the market's second host, holding the agent's money; its bus is closed with the
+    market (else it hung teardown)."""
+    gone = market.hosts.pop(1)
+    market.buses.append(gone.running.bus)
+    await gone.service.stop()
+    return gone
+
+
 def _charged(market: Any, key: str) -> int:
     return sum(h.service.market.accounts[key].spent for h in market.hosts
                if key in h.service.market.accounts)
@@ -164,21 +187,14 @@ def _charged(market: Any, key: str) -> int:
 @pytest.mark.timeout(120)
 async def test_agent_waits_for_a_host_down_at_its_deadline(nats_url: str,
                                                            tmp_path: Path) -> None:
-    from tycoon.agent.agent import Agent, AgentConfig
+    from tycoon.agent.agent import AgentConfig
     from tycoon.money import MICRO
 
     market = await _market(nats_url, tmp_path)
     try:
-        bus = await market.fund_user(10 * MICRO)
-        key = bus.identity.public_key
-        agent = Agent(bus, market.bank_key, AgentConfig(
-            budget=10 * MICRO, deadline_s=5.0, replan_every_s=1.0, grace_s=60.0),
-            tmp_path / "agent.db")
-        task = asyncio.create_task(agent.run())
-        await until(lambda: _paid_and_redeemed(market, key), timeout=60, what="paid twice")
-        gone = market.hosts.pop(1)
-        market.buses.append(gone.running.bus)  # closed with the market (else it hung teardown)
-        await gone.service.stop()  # down across the deadline, back 4 s after it
+        bus, key, agent, task = await _paid_agent(market, tmp_path, AgentConfig(
+            budget=10 * MICRO, deadline_s=5.0, replan_every_s=1.0, grace_s=60.0))
+        gone = await _host_down(market)  # down across the deadline, back 4 s after it
         await asyncio.sleep(max(agent.deadline - time.time(), 0) + 4)
         assert not task.done()  # still settling: the host's money is unknown, not zero
         await market.add_host("small", identity=gone.identity, heartbeat_s=0.5)
@@ -203,16 +219,10 @@ async def test_money_away_at_the_end_of_grace_is_reported_and_a_rerun_only_settl
 
     market = await _market(nats_url, tmp_path)
     try:
-        bus = await market.fund_user(10 * MICRO)
-        key = bus.identity.public_key
         config = AgentConfig(budget=10 * MICRO, deadline_s=4.0, replan_every_s=1.0,
                              grace_s=1.0)
-        agent = Agent(bus, market.bank_key, config, tmp_path / "agent.db")
-        task = asyncio.create_task(agent.run())
-        await until(lambda: _paid_and_redeemed(market, key), timeout=60, what="paid twice")
-        gone = market.hosts.pop(1)
-        market.buses.append(gone.running.bus)  # closed with the market (else it hung teardown)
-        await gone.service.stop()
+        bus, key, _, task = await _paid_agent(market, tmp_path, config)
+        gone = await _host_down(market)
         summary = await asyncio.wait_for(task, 30)
         (away,) = summary.outstanding
         assert away["host"] == gone.id and away["what"] == "unknown" and away["amount"] > 0
@@ -252,9 +262,7 @@ async def test_agent_run_exits_3_while_money_is_away_and_0_once_home(nats_url: s
         await agent.start(ready=False)
         await until(lambda: _paid_and_redeemed(market, ident.public_key), timeout=60,
                     what="paid twice")
-        gone = market.hosts.pop(1)
-        market.buses.append(gone.running.bus)  # closed with the market (else it hung teardown)
-        await gone.service.stop()
+        gone = await _host_down(market)
         assert agent.proc is not None
         assert await asyncio.wait_for(agent.proc.wait(), 60) == 3
         summary = json.loads(agent.text(agent.offset).strip().splitlines()[-1])

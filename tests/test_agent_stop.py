@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from polling import until
-from test_agent_finish import _market, _paid_and_redeemed
+from test_agent_finish import _host_down, _market, _paid_agent
 
 from tycoon.agent.journal import Journal
 from tycoon.bank.client import BankClient
@@ -21,23 +20,16 @@ from tycoon.bank.client import BankClient
 async def test_an_interrupted_agent_stops_in_time_with_a_host_down(
         nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tycoon.agent.agent as agent_module
-    from tycoon.agent.agent import Agent, AgentConfig
+    from tycoon.agent.agent import AgentConfig
     from tycoon.money import MICRO
 
     monkeypatch.setattr(agent_module, "STOP_SETTLE_S", 1.0)
     market = await _market(nats_url, tmp_path)
     try:
-        bus = await market.fund_user(10 * MICRO)
-        key = bus.identity.public_key
         # a long deadline and grace: before, a stop settled until the grace ended
-        agent = Agent(bus, market.bank_key, AgentConfig(
-            budget=10 * MICRO, deadline_s=600.0, replan_every_s=1.0, grace_s=180.0),
-            tmp_path / "agent.db")
-        task = asyncio.create_task(agent.run())
-        await until(lambda: _paid_and_redeemed(market, key), timeout=40, what="paid twice")
-        gone = market.hosts.pop(1)
-        market.buses.append(gone.running.bus)  # closed with the market
-        await gone.service.stop()  # its money cannot come home now
+        bus, key, _, task = await _paid_agent(market, tmp_path, AgentConfig(
+            budget=10 * MICRO, deadline_s=600.0, replan_every_s=1.0, grace_s=180.0), 40)
+        gone = await _host_down(market)  # its money cannot come home now
         started = time.perf_counter()
         task.cancel()
         await asyncio.wait({task}, timeout=10)
