@@ -12,8 +12,6 @@ import os
 import shutil
 import sys
 import tarfile
-import tempfile
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -152,17 +150,9 @@ async def test_bad_bundles_are_refused_and_nothing_starts(market: JobMarket,
 @pytest.mark.cgroups
 async def test_bundles_belong_to_the_jobs_uid(js_url: str, tmp_path: Path) -> None:
     from test_jobs_cgroups import PY as SYSTEM_PY
-    from test_jobs_cgroups import UIDS, _missing
+    from test_jobs_cgroups import UIDS, _driver_and_base
 
-    from tycoon.vmm.cgroups import CgroupsDriver
-
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
-    driver = CgroupsDriver(root=f"tycoon-test-{uuid.uuid4().hex[:10]}", parent="self",
-                           version="v1", state_dir=str(tmp_path))
-    base = Path(tempfile.mkdtemp(prefix="tycoon-bundles-", dir="/tmp"))
-    base.chmod(0o755)
+    driver, base = _driver_and_base(tmp_path, "tycoon-bundles-")
     config = JobConfig(root=base / "jobs", uid_file=tmp_path / "uids.json", uid_range=UIDS,
                        limits=Limits(grace_s=0.5))
     try:

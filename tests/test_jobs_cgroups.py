@@ -48,15 +48,22 @@ class Setup:
     secrets: Path
 
 
-@pytest.fixture
-async def setup(nats_url: str, tmp_path: Path) -> AsyncIterator[Setup]:
+def _driver_and_base(tmp_path: Path, prefix: str) -> tuple[CgroupsDriver, Path]:
+    """A fresh v1 cgroups driver (the test skipped if this kernel lacks what it needs) and a
+    new directory under /tmp for the host's files: a world-traversable place, modes must hold."""
     reason = _missing()
     if reason:
         pytest.skip(reason)
     driver = CgroupsDriver(root=f"tycoon-test-{uuid.uuid4().hex[:10]}", parent="self",
                            version="v1", state_dir=str(tmp_path))
-    base = Path(tempfile.mkdtemp(prefix="tycoon-jobs-", dir="/tmp"))
-    base.chmod(0o755)  # the host's files sit in a world-traversable place: modes must hold
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    base.chmod(0o755)
+    return driver, base
+
+
+@pytest.fixture
+async def setup(nats_url: str, tmp_path: Path) -> AsyncIterator[Setup]:
+    driver, base = _driver_and_base(tmp_path, "tycoon-jobs-")
     secrets = base / "state"
     secrets.mkdir(mode=0o700)
     (secrets / "host.seed").write_text("SUAHOSTSEED")
