@@ -43,13 +43,22 @@ def test_every_sample_applies_to_its_command(name: str) -> None:
 def test_tls_ca_and_log_file_reach_the_environment(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A service's TLS trust comes from its config file: tls_ca is the servers' CA."""
-    monkeypatch.setenv("SSL_CERT_FILE", "")  # restored after the test, whatever main sets
-    monkeypatch.setenv("TYCOON_LOG_FILE", "")
+    assert_config_reaches_environment(tmp_path, monkeypatch, {
+        "tls_ca": ("SSL_CERT_FILE", "ca.pem"), "log_file": ("TYCOON_LOG_FILE", "x.log")})
+
+
+def assert_config_reaches_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      settings: dict[str, tuple[str, str]]) -> None:
+    """Each ``key = "<tmp_path>/<file>"`` of a config file ends up, after ``main``, in its
+    environment variable (``settings``: key -> (variable, file))."""
+    for variable, _ in settings.values():
+        monkeypatch.setenv(variable, "")  # restored after the test, whatever main sets
     path = tmp_path / "c.toml"
-    path.write_text(f'tls_ca = "{tmp_path}/ca.pem"\nlog_file = "{tmp_path}/x.log"\n')
+    path.write_text("".join(f'{key} = "{tmp_path}/{file}"\n'
+                            for key, (_, file) in settings.items()))
     assert main(["--home", str(tmp_path), "--config", str(path), "keys", "list"]) == 0
-    assert os.environ["SSL_CERT_FILE"] == f"{tmp_path}/ca.pem"
-    assert os.environ["TYCOON_LOG_FILE"] == f"{tmp_path}/x.log"
+    for variable, file in settings.values():
+        assert os.environ[variable] == f"{tmp_path}/{file}"
 
 
 def test_command_line_wins_and_typos_are_refused(tmp_path: Path) -> None:

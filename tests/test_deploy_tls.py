@@ -5,7 +5,6 @@ the openssl CLI, as docs/operations.md's runbook makes them."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import ssl
 import subprocess
@@ -57,13 +56,10 @@ def test_a_client_certificate_needs_both_halves(tmp_path: Path,
 
 def test_tls_cert_and_key_of_a_config_file_reach_the_environment(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TYCOON_TLS_CERT", "")  # restored after the test, whatever main sets
-    monkeypatch.setenv("TYCOON_TLS_KEY", "")
-    path = tmp_path / "c.toml"
-    path.write_text(f'tls_cert = "{tmp_path}/c.pem"\ntls_key = "{tmp_path}/k.pem"\n')
-    assert main(["--home", str(tmp_path), "--config", str(path), "keys", "list"]) == 0
-    assert os.environ["TYCOON_TLS_CERT"] == f"{tmp_path}/c.pem"
-    assert os.environ["TYCOON_TLS_KEY"] == f"{tmp_path}/k.pem"
+    from test_deploy_config import assert_config_reaches_environment
+
+    assert_config_reaches_environment(tmp_path, monkeypatch, {
+        "tls_cert": ("TYCOON_TLS_CERT", "c.pem"), "tls_key": ("TYCOON_TLS_KEY", "k.pem")})
 
 
 @pytest.mark.nats
