@@ -13,7 +13,7 @@ import stat
 import tarfile
 from pathlib import Path
 
-from tycoon.bundles.pack import LIMITS, Limits, clean_name, link_inside
+from tycoon.bundles.pack import LIMITS, Limits, clean_name, link_inside, within
 from tycoon.bundles.unpack import open_parents
 from tycoon.errors import Rejected
 
@@ -110,8 +110,4 @@ def _tar(entries: list, limits: Limits) -> bytes:
                 if total > limits.total:
                     raise Rejected("bundle_too_large", f"over {limits.total} bytes of files")
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    out = buf.getvalue()
-    if len(out) > limits.bundle:
-        raise Rejected("bundle_too_large", f"the results are {len(out)} bytes, over "
-                       f"{limits.bundle}")
-    return out
+    return within(buf.getvalue(), limits, "the results are")

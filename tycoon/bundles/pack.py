@@ -101,10 +101,14 @@ def pack(path: Path | str, limits: Limits = LIMITS) -> bytes:
             if total > limits.total:
                 raise Rejected("bundle_too_large", f"over {limits.total} bytes of files")
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    data = out.getvalue()
+    return within(out.getvalue(), limits, "the bundle is")
+
+
+def within(data: bytes, limits: Limits, what: str) -> bytes:
+    """``data`` (a packed bundle) if no longer than ``limits.bundle``, else
+    ``bundle_too_large`` saying "<what> N bytes, over ..."."""
     if len(data) > limits.bundle:
-        raise Rejected("bundle_too_large", f"the bundle is {len(data)} bytes, over "
-                       f"{limits.bundle}")
+        raise Rejected("bundle_too_large", f"{what} {len(data)} bytes, over {limits.bundle}")
     return data
 
 
