@@ -201,18 +201,23 @@ async def priced(market: Market, base: Path, tasks: int, n: int, budget: int,
              "--", PY, "-c", BURN.format(n=n), "{}"],
             env=market.env, stdout=log, stderr=subprocess.STDOUT, text=True)
     samples: list[dict[str, Any]] = []
+
+    async def sample() -> None:
+        row: dict[str, Any] = {"t": time.monotonic() - t0}
+        for name in USERS:
+            row[f"cpu_{name}"] = market.cpu_s(name)
+            with contextlib.suppress(Exception):
+                row[f"spent_{name}"] = (await clients[name].account()).get("spent", 0)
+            row[f"done_{name}"] = len(list((base / f"{name}.out").glob("*/exit.json")))
+        samples.append(row)
+
     try:
         while any(a.poll() is None for a in agents.values()):
-            row: dict[str, Any] = {"t": time.monotonic() - t0}
-            for name in USERS:
-                row[f"cpu_{name}"] = market.cpu_s(name)
-                with contextlib.suppress(Exception):
-                    row[f"spent_{name}"] = (await clients[name].account()).get("spent", 0)
-                row[f"done_{name}"] = len(list((base / f"{name}.out").glob("*/exit.json")))
-            samples.append(row)
+            await sample()
             if time.monotonic() - t0 > 600:
                 raise RuntimeError("the bags did not finish in 10 minutes")
             await asyncio.sleep(0.25)
+        await sample()  # a bag finishing between the last sample and its agent's exit
     finally:
         for agent in agents.values():
             if agent.poll() is None:
